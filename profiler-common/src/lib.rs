@@ -1,0 +1,151 @@
+//! Types shared by the eBPF programs (`profiler-ebpf`) and the agent (`profiler-user`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes these bytes into the ring buffer
+//! and the agent reads them back, so both sides must agree on layout to the byte. Sizes are
+//! asserted at compile time. Flags are `u32`, never `bool`, so that no padding byte is left
+//! uninitialised (the verifier rejects reads of uninitialised stack, and `Pod` forbids padding).
+#![no_std]
+
+/// What an [`Event`] records. Kept as plain `u32` constants rather than an enum, because the
+/// kernel side writes raw integers and an unknown value from a newer kernel build must not be UB.
+pub mod kind {
+    /// A followed thread was switched out (`current` at sched_switch).
+    pub const SWITCH_OUT: u32 = 1;
+    /// A followed thread was switched in (`next` at sched_switch).
+    pub const SWITCH_IN: u32 = 2;
+    /// A followed thread was picked for waking (sched_waking, runs in the waker's context).
+    pub const WAKING: u32 = 3;
+    /// A followed thread was put on a runqueue (sched_wakeup / sched_wakeup_new).
+    pub const WAKEUP: u32 = 4;
+    /// A followed thread entered a wait-point syscall (epoll_wait, poll, select, ...).
+    pub const WAIT_ENTER: u32 = 5;
+    /// A followed thread returned from a wait-point syscall.
+    pub const WAIT_EXIT: u32 = 6;
+    /// A cpu-clock sample hit a followed thread.
+    pub const SAMPLE: u32 = 7;
+    /// A followed process forked or spawned a thread.
+    pub const FORK: u32 = 8;
+    /// A followed thread exited.
+    pub const EXIT: u32 = 9;
+    /// A followed process called exec.
+    pub const EXEC: u32 = 10;
+}
+
+/// Indices into the per-CPU `DROPS` counter array: every place the kernel side gives up on data.
+pub mod drop {
+    /// The ring buffer was full; the event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// `bpf_get_stackid` failed for a kernel stack (bucket collision or map full).
+    pub const KERNEL_STACK: u32 = 1;
+    /// `bpf_get_stackid` failed for a user stack.
+    pub const USER_STACK: u32 = 2;
+    /// A followed-set map was full, so a new thread or process could not be followed.
+    pub const FOLLOW_MAP_FULL: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Sentinel for "no stack" in [`Event::kernel_stack_id`] / [`Event::user_stack_id`].
+pub const NO_STACK: i32 = -1;
+/// Sentinel for "not in a syscall" in [`Event::syscall`].
+pub const NO_SYSCALL: i32 = -1;
+/// Size of the syscall-number table the agent fills with wait points.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// One record in the ring buffer. The meaning of `arg0`, `arg1` and `aux` depends on `kind`:
+///
+/// | kind        | arg0                 | arg1           | aux                |
+/// |-------------|----------------------|----------------|--------------------|
+/// | SWITCH_OUT  | prev_state           | -              | 0                  |
+/// | SWITCH_IN   | -                    | -              | 0                  |
+/// | WAKING/UP   | waker tgid<<32\|tid  | -              | target cpu or 0    |
+/// | WAIT_ENTER  | -                    | -              | 0                  |
+/// | WAIT_EXIT   | return value         | -              | 0                  |
+/// | FORK        | child tid            | -              | 0                  |
+/// | EXIT        | -                    | -              | group_dead (0/1)   |
+/// | EXEC        | old tid              | -              | 0                  |
+///
+/// `pid`/`tid` always name the thread the event is about (for WAKING that is the woken thread,
+/// not the waker). For events taken in another task's context (SWITCH_IN, WAKING, WAKEUP), `pid`
+/// is the followed-set's record of the thread's process and may lag for a brand-new process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Per-CPU sequence number, incremented for every event attempted on that CPU, written or
+    /// not: a gap tells the agent exactly where (which CPU, between which times) events were lost.
+    pub seq: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub kind: u32,
+    pub cpu: u32,
+    /// Thread group id (process id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub kernel_stack_id: i32,
+    pub user_stack_id: i32,
+    /// Syscall number the thread is in, or [`NO_SYSCALL`].
+    pub syscall: i32,
+    pub aux: u32,
+    /// `comm` of the thread (NUL-padded).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+
+/// Byte offsets of tracepoint fields, read by the agent from tracefs `format` files at start-up
+/// (they differ between kernels) and handed to the programs as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub switch_prev_pid: u32,
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    pub wakeup_pid: u32,
+    pub wakeup_target_cpu: u32,
+    pub fork_parent_pid: u32,
+    pub fork_child_pid: u32,
+    pub exit_pid: u32,
+    /// `u32::MAX` when the kernel has no `group_dead` field.
+    pub exit_group_dead: u32,
+    pub exec_pid: u32,
+    pub exec_old_pid: u32,
+    pub sys_enter_id: u32,
+    pub sys_exit_id: u32,
+    pub sys_exit_ret: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 56);
+
+impl TracepointOffsets {
+    /// All zero: the value compiled into the programs, always replaced by the agent at load.
+    pub const UNSET: Self = Self {
+        switch_prev_pid: 0,
+        switch_prev_state: 0,
+        switch_next_pid: 0,
+        wakeup_pid: 0,
+        wakeup_target_cpu: 0,
+        fork_parent_pid: 0,
+        fork_child_pid: 0,
+        exit_pid: 0,
+        exit_group_dead: FIELD_ABSENT,
+        exec_pid: 0,
+        exec_old_pid: 0,
+        sys_enter_id: 0,
+        sys_exit_id: 0,
+        sys_exit_ret: 0,
+    };
+}
+
+/// Absent optional tracepoint field.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both types are repr(C), made only of integers and arrays of integers, and have no
+    // padding (asserted by the size checks above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+}

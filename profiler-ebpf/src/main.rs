@@ -1,0 +1,407 @@
+//! stallscope's kernel side: scheduler, wait-point syscall, sampling and process-lifecycle
+//! probes, all filtered to the followed processes before any other work.
+//!
+//! Invariants:
+//! - The first thing every program does is a lookup in `FOLLOWED_PIDS` (by the current tgid) or
+//!   `FOLLOWED_TIDS` (by a thread named in the tracepoint). An untargeted process costs that
+//!   lookup and nothing else.
+//! - Every event attempted bumps the per-CPU sequence number, written or not, and every failure
+//!   bumps a `DROPS` counter: loss is always visible to the agent.
+//! - Tracepoint field offsets come from the agent (`OFFSETS`), which reads them from tracefs;
+//!   nothing here hard-codes a kernel's layout.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
+    macros::{map, perf_event, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
+};
+use aya_log_ebpf::debug;
+use profiler_common::{
+    Event, FIELD_ABSENT, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, TracepointOffsets, drop, kind,
+};
+
+#[unsafe(no_mangle)]
+static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets::UNSET);
+
+/// Events to the agent. The agent may resize it at load (`--ring-buffer`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Kernel and user stacks by id. No `BPF_F_REUSE_STACKID`: a colliding stack is dropped and
+/// counted rather than silently overwriting one the agent may not have read yet.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Followed processes (tgid -> 1). Also holds the tid of every thread forked by a followed
+/// process, because at fork time we cannot tell a thread from a process; such keys are removed
+/// when that thread exits.
+#[map]
+static FOLLOWED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+
+/// Followed threads (tid -> tgid), for tracepoints that name a thread other than `current`.
+#[map]
+static FOLLOWED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Syscall each followed thread is in (tid -> nr, or NO_SYSCALL), so a switch-out can say what
+/// the thread blocked in.
+#[map]
+static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
+
+/// Wait-point syscalls (nr -> 1), filled by the agent from its table of runtimes.
+#[map]
+static WAIT_POINTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
+
+#[map]
+static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count_drop(index: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and a BPF program is not preempted by another on its CPU.
+        unsafe { *counter += 1 }
+    }
+}
+
+#[inline(always)]
+fn next_seq() -> u64 {
+    match SEQ.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, see count_drop.
+        Some(seq) => unsafe {
+            *seq += 1;
+            *seq
+        },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+#[inline(always)]
+fn is_followed_pid(tgid: u32) -> bool {
+    // SAFETY: the value is only compared against None.
+    tgid != 0 && unsafe { FOLLOWED_PIDS.get(&tgid) }.is_some()
+}
+
+#[inline(always)]
+fn followed_tid(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    // SAFETY: plain u32 copied out of the map.
+    unsafe { FOLLOWED_TIDS.get(&tid) }.copied()
+}
+
+/// Records `tid` as a thread of `tgid` (so later switch-ins and wake-ups of it are seen), fixing
+/// the entry fork made for a new process with its parent's tgid.
+#[inline(always)]
+fn remember_thread(tgid: u32, tid: u32) {
+    match FOLLOWED_TIDS.get_ptr_mut(&tid) {
+        Some(known) => {
+            // SAFETY: pointer into the map's value, valid for this program run.
+            unsafe {
+                if *known != tgid {
+                    *known = tgid;
+                }
+            }
+        }
+        None => {
+            if FOLLOWED_TIDS.insert(&tid, &tgid, 0).is_err() {
+                count_drop(drop::FOLLOW_MAP_FULL);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn thread_syscall(tid: u32) -> i32 {
+    // SAFETY: plain i32 copied out of the map.
+    unsafe { THREAD_SYSCALL.get(&tid) }
+        .copied()
+        .unwrap_or(NO_SYSCALL)
+}
+
+#[inline(always)]
+fn set_thread_syscall(tid: u32, nr: i32) {
+    match THREAD_SYSCALL.get_ptr_mut(&tid) {
+        // SAFETY: pointer into the map's value, valid for this program run.
+        Some(slot) => unsafe { *slot = nr },
+        None => {
+            let _ = THREAD_SYSCALL.insert(&tid, &nr, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn is_wait_point(nr: i64) -> bool {
+    nr >= 0 && nr < MAX_SYSCALL_NR as i64 && WAIT_POINTS.get(nr as u32).copied() == Some(1)
+}
+
+#[inline(always)]
+fn stack_ids<C: StackIdContext>(ctx: &C) -> (i32, i32) {
+    let kernel = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            count_drop(drop::KERNEL_STACK);
+            NO_STACK
+        }
+    };
+    let user = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            count_drop(drop::USER_STACK);
+            NO_STACK
+        }
+    };
+    (kernel, user)
+}
+
+/// An event with the common fields filled in; the caller sets the rest.
+#[inline(always)]
+fn new_event(kind: u32, pid: u32, tid: u32) -> Event {
+    Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        seq: next_seq(),
+        arg0: 0,
+        arg1: 0,
+        kind,
+        // SAFETY: helper without preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        pid,
+        tid,
+        kernel_stack_id: NO_STACK,
+        user_stack_id: NO_STACK,
+        syscall: NO_SYSCALL,
+        aux: 0,
+        comm: [0; 16],
+    }
+}
+
+#[inline(always)]
+fn submit(event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+        }
+        None => count_drop(drop::RINGBUF_FULL),
+    }
+}
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_switch(&ctx);
+    0
+}
+
+fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
+    let offsets = OFFSETS.load();
+    // At sched_switch `current` is still the task being switched out.
+    let (tgid, tid) = current_ids();
+    if is_followed_pid(tgid) {
+        remember_thread(tgid, tid);
+        let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
+        let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
+        event.arg0 = prev_state as u64;
+        (event.kernel_stack_id, event.user_stack_id) = stack_ids(ctx);
+        event.syscall = thread_syscall(tid);
+        event.comm = bpf_get_current_comm().unwrap_or_default();
+        submit(&event);
+    }
+    let next_tid: i32 = unsafe { ctx.read_at(offsets.switch_next_pid as usize)? };
+    if let Some(next_tgid) = followed_tid(next_tid as u32) {
+        submit(&new_event(kind::SWITCH_IN, next_tgid, next_tid as u32));
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_waking(ctx: TracePointContext) -> u32 {
+    let _ = try_wakeup(&ctx, kind::WAKING);
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let _ = try_wakeup(&ctx, kind::WAKEUP);
+    0
+}
+
+fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
+    let offsets = OFFSETS.load();
+    let woken: i32 = unsafe { ctx.read_at(offsets.wakeup_pid as usize)? };
+    let Some(woken_tgid) = followed_tid(woken as u32) else {
+        return Ok(());
+    };
+    let (waker_tgid, waker_tid) = current_ids();
+    let target_cpu: i32 = unsafe { ctx.read_at(offsets.wakeup_target_cpu as usize) }.unwrap_or(-1);
+    let mut event = new_event(kind, woken_tgid, woken as u32);
+    event.arg0 = ((waker_tgid as u64) << 32) | waker_tid as u64;
+    event.aux = target_cpu as u32;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    submit(&event);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current_ids();
+    if !is_followed_pid(tgid) {
+        return Ok(());
+    }
+    let nr: i64 = unsafe { ctx.read_at(OFFSETS.load().sys_enter_id as usize)? };
+    set_thread_syscall(tid, nr as i32);
+    if is_wait_point(nr) {
+        remember_thread(tgid, tid);
+        let mut event = new_event(kind::WAIT_ENTER, tgid, tid);
+        event.syscall = nr as i32;
+        submit(&event);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current_ids();
+    if !is_followed_pid(tgid) {
+        return Ok(());
+    }
+    let offsets = OFFSETS.load();
+    let nr: i64 = unsafe { ctx.read_at(offsets.sys_exit_id as usize)? };
+    set_thread_syscall(tid, NO_SYSCALL);
+    if is_wait_point(nr) {
+        let ret: i64 = unsafe { ctx.read_at(offsets.sys_exit_ret as usize) }.unwrap_or(0);
+        let mut event = new_event(kind::WAIT_EXIT, tgid, tid);
+        event.syscall = nr as i32;
+        event.arg0 = ret as u64;
+        submit(&event);
+    }
+    Ok(())
+}
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if is_followed_pid(tgid) {
+        let mut event = new_event(kind::SAMPLE, tgid, tid);
+        (event.kernel_stack_id, event.user_stack_id) = stack_ids(&ctx);
+        event.syscall = thread_syscall(tid);
+        submit(&event);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current_ids();
+    if !is_followed_pid(tgid) {
+        return Ok(());
+    }
+    let child: i32 = unsafe { ctx.read_at(OFFSETS.load().fork_child_pid as usize)? };
+    let child = child as u32;
+    // A thread or a new process: follow it either way (see FOLLOWED_PIDS), before it first runs,
+    // so none of a new worker's events are lost.
+    if FOLLOWED_PIDS.insert(&child, &1, 0).is_err() || FOLLOWED_TIDS.insert(&child, &tgid, 0).is_err()
+    {
+        count_drop(drop::FOLLOW_MAP_FULL);
+    }
+    debug!(ctx, "following {} (forked by {}/{})", child, tgid, tid);
+    let mut event = new_event(kind::FORK, tgid, tid);
+    event.arg0 = child as u64;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    submit(&event);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current_ids();
+    if !is_followed_pid(tgid) {
+        return Ok(());
+    }
+    let offsets = OFFSETS.load();
+    let group_dead = if offsets.exit_group_dead == FIELD_ABSENT {
+        0
+    } else {
+        let dead: u8 = unsafe { ctx.read_at(offsets.exit_group_dead as usize) }.unwrap_or(0);
+        dead as u32
+    };
+    let _ = FOLLOWED_TIDS.remove(&tid);
+    let _ = THREAD_SYSCALL.remove(&tid);
+    if tid != tgid {
+        // The key fork added for this thread, in case it had been a process.
+        let _ = FOLLOWED_PIDS.remove(&tid);
+    }
+    let mut event = new_event(kind::EXIT, tgid, tid);
+    event.aux = group_dead;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    submit(&event);
+    if group_dead == 1 {
+        // Last thread of the group: the process is gone. Its tgid can be reused by an unrelated
+        // process, which must not be followed.
+        let _ = FOLLOWED_PIDS.remove(&tgid);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current_ids();
+    if !is_followed_pid(tgid) {
+        return Ok(());
+    }
+    let old: i32 = unsafe { ctx.read_at(OFFSETS.load().exec_old_pid as usize)? };
+    let mut event = new_event(kind::EXEC, tgid, tid);
+    event.arg0 = old as u32 as u64;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    submit(&event);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,160 @@
+//! Loading and attaching the eBPF programs, and the handles to their maps: the only module that
+//! uses aya. Links are owned by the returned [`Probes`] and released when it drops, or by the
+//! kernel when the agent dies, even by SIGKILL: nothing is pinned, nothing is left behind.
+
+use std::collections::HashMap as StdHashMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use profiler_common::{TracepointOffsets, drop};
+
+/// The compiled programs, built by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
+
+pub struct LoadOptions {
+    pub offsets: TracepointOffsets,
+    pub ring_buffer_bytes: u32,
+    pub freq_hz: u64,
+    pub wait_points: Vec<u32>,
+}
+
+/// Loaded, attached programs and the maps the agent talks to.
+pub struct Probes {
+    // Keeps programs and links alive.
+    _ebpf: Ebpf,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    followed_pids: HashMap<MapData, u32, u32>,
+    followed_tids: HashMap<MapData, u32, u32>,
+    stacks: StackTraceMap<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+/// (category, name, program) for every tracepoint attachment.
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sched", "sched_switch", "sched_switch"),
+    ("sched", "sched_waking", "sched_waking"),
+    ("sched", "sched_wakeup", "sched_wakeup"),
+    ("sched", "sched_wakeup_new", "sched_wakeup"),
+    ("raw_syscalls", "sys_enter", "sys_enter"),
+    ("raw_syscalls", "sys_exit", "sys_exit"),
+    ("sched", "sched_process_fork", "sched_process_fork"),
+    ("sched", "sched_process_exit", "sched_process_exit"),
+    ("sched", "sched_process_exec", "sched_process_exec"),
+];
+
+/// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
+pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &options.offsets, true)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes)
+        .load(PROGRAMS)
+        .context("loading the eBPF programs into the kernel")?;
+    let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+
+    let mut wait_points: Array<MapData, u32> = take(&mut ebpf, "WAIT_POINTS")?;
+    for &nr in &options.wait_points {
+        wait_points
+            .set(nr, 1, 0)
+            .with_context(|| format!("marking syscall {nr} as a wait point"))?;
+    }
+    let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();
+    for &(category, name, program) in TRACEPOINTS {
+        let tracepoint: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {program} is not a tracepoint"))?;
+        if !programs_loaded.contains_key(program) {
+            tracepoint
+                .load()
+                .with_context(|| format!("loading program {program} (verifier)"))?;
+            programs_loaded.insert(program, true);
+        }
+        tracepoint
+            .attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+    }
+    let sampler: &mut PerfEvent = ebpf
+        .program_mut("cpu_sample")
+        .ok_or_else(|| anyhow!("program cpu_sample missing from the eBPF object"))?
+        .try_into()
+        .context("program cpu_sample is not a perf_event program")?;
+    sampler.load().context("loading program cpu_sample")?;
+    let cpus = online_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))?;
+    for cpu in cpus {
+        sampler
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(options.freq_hz),
+                true,
+            )
+            .with_context(|| format!("attaching the cpu-clock sampler on CPU {cpu}"))?;
+    }
+    let events = take(&mut ebpf, "EVENTS")?;
+    let probes = Probes {
+        followed_pids: take(&mut ebpf, "FOLLOWED_PIDS")?,
+        followed_tids: take(&mut ebpf, "FOLLOWED_TIDS")?,
+        stacks: take(&mut ebpf, "STACKS")?,
+        drops: take(&mut ebpf, "DROPS")?,
+        logger,
+        _ebpf: ebpf,
+    };
+    Ok((probes, events))
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Probes {
+    /// Adds a process (and the thread ids it has now) to the in-kernel follow set.
+    pub fn follow(&mut self, pid: u32, tids: &[u32]) -> Result<()> {
+        self.followed_pids
+            .insert(pid, 1, 0)
+            .with_context(|| format!("following process {pid}"))?;
+        for &tid in tids {
+            self.followed_tids
+                .insert(tid, pid, 0)
+                .with_context(|| format!("following thread {tid} of {pid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops following a process that has gone (its PID may be reused by someone else).
+    pub fn unfollow(&mut self, pid: u32) {
+        let _ = self.followed_pids.remove(&pid);
+    }
+
+    /// Instruction pointers of a stack id, innermost first.
+    pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        let id = u32::try_from(id).ok()?;
+        let trace = self.stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// Kernel-side drop counters, summed over CPUs, indexed by `profiler_common::drop`.
+    pub fn drops(&self) -> [u64; drop::COUNT as usize] {
+        let mut totals = [0u64; drop::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.drops.get(&(index as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        totals
+    }
+}

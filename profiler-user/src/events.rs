@@ -1,0 +1,155 @@
+//! Ring-buffer bytes to typed events: the timeline's [`timeline::Event`]s and the process
+//! lifecycle events the follow set needs. Also detects lost events from per-CPU sequence gaps.
+
+use std::collections::HashMap;
+
+use profiler_common::{Event as RawEvent, NO_SYSCALL, kind};
+
+use crate::timeline::{self, StackKey, What};
+
+/// Decodes one ring-buffer record. Records of the wrong size (a mismatched build) are refused.
+pub fn decode(bytes: &[u8]) -> Option<RawEvent> {
+    if bytes.len() < size_of::<RawEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; RawEvent is plain data valid for any bit pattern; the read is
+    // unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
+}
+
+/// Process lifecycle, for following workers and for the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Fork {
+        parent_pid: u32,
+        child_tid: u32,
+    },
+    Exec {
+        pid: u32,
+    },
+    Exit {
+        pid: u32,
+        tid: u32,
+        group_dead: bool,
+    },
+}
+
+/// What one raw event means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub timeline: Option<timeline::Event>,
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// `prev_state` of sched_switch says "still runnable" (preempted or yielded) when no
+/// sleeping/stopped bit is set. The kernel ORs TASK_REPORT_MAX (0x100 and up) in for preemption,
+/// so only the low byte of task-state bits matters.
+/// <https://elixir.bootlin.com/linux/v6.18/source/include/trace/events/sched.h#L223>
+pub fn is_runnable(prev_state: u64) -> bool {
+    prev_state & 0xff == 0
+}
+
+pub fn interpret(raw: &RawEvent) -> Decoded {
+    let stack = StackKey {
+        pid: raw.pid,
+        kernel: raw.kernel_stack_id,
+        user: raw.user_stack_id,
+    };
+    let syscall = (raw.syscall != NO_SYSCALL).then_some(raw.syscall);
+    let what = match raw.kind {
+        kind::SWITCH_OUT => Some(What::SwitchOut {
+            runnable: is_runnable(raw.arg0),
+            stack,
+            syscall,
+        }),
+        kind::SWITCH_IN => Some(What::SwitchIn),
+        kind::WAKING | kind::WAKEUP => Some(What::Wake),
+        kind::WAIT_ENTER => Some(What::WaitEnter),
+        kind::WAIT_EXIT => Some(What::WaitExit),
+        kind::SAMPLE => Some(What::Sample { stack, syscall }),
+        kind::EXIT => Some(What::Exit),
+        _ => None,
+    };
+    let lifecycle = match raw.kind {
+        kind::FORK => Some(Lifecycle::Fork {
+            parent_pid: raw.pid,
+            child_tid: raw.arg0 as u32,
+        }),
+        kind::EXEC => Some(Lifecycle::Exec { pid: raw.pid }),
+        kind::EXIT => Some(Lifecycle::Exit {
+            pid: raw.pid,
+            tid: raw.tid,
+            group_dead: raw.aux == 1,
+        }),
+        _ => None,
+    };
+    Decoded {
+        timeline: what.map(|what| timeline::Event {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            what,
+        }),
+        lifecycle,
+    }
+}
+
+/// Tracks per-CPU sequence numbers; a jump means the kernel dropped events on that CPU.
+#[derive(Default)]
+pub struct LossDetector {
+    last_seq: HashMap<u32, u64>,
+    pub lost: u64,
+}
+
+impl LossDetector {
+    /// Returns how many events were lost just before this one on its CPU.
+    pub fn observe(&mut self, cpu: u32, seq: u64) -> u64 {
+        let gap = match self.last_seq.insert(cpu, seq) {
+            Some(last) if seq > last + 1 => seq - last - 1,
+            _ => 0,
+        };
+        self.lost += gap;
+        gap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prev_state_decoding() {
+        assert!(is_runnable(0)); // yielded, TASK_RUNNING
+        assert!(is_runnable(0x100)); // preempted: TASK_REPORT_MAX
+        assert!(!is_runnable(1)); // S
+        assert!(!is_runnable(2)); // D
+    }
+
+    #[test]
+    fn sequence_gaps_are_losses() {
+        let mut d = LossDetector::default();
+        assert_eq!(d.observe(0, 1), 0);
+        assert_eq!(d.observe(1, 7), 0);
+        assert_eq!(d.observe(0, 2), 0);
+        assert_eq!(d.observe(0, 6), 3);
+        assert_eq!(d.observe(1, 8), 0);
+        assert_eq!(d.lost, 3);
+    }
+
+    #[test]
+    fn decode_refuses_short_records() {
+        assert!(decode(&[0u8; 10]).is_none());
+        let raw = RawEvent {
+            kind: kind::SAMPLE,
+            ts_ns: 5,
+            pid: 1,
+            tid: 2,
+            ..Default::default()
+        };
+        // SAFETY: viewing a plain-data struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+        };
+        assert_eq!(decode(bytes), Some(raw));
+    }
+}

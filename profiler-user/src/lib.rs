@@ -1,0 +1,22 @@
+//! stallscope's agent: finds event-loop stalls in live processes with eBPF and explains them.
+//!
+//! Modules, one concept each:
+//! - [`cli`]: command line → validated config;
+//! - [`tracefs`], [`procfs`], [`privileges`]: what the machine and the targets look like;
+//! - [`attach`]: the eBPF programs and maps (the only aya user);
+//! - [`events`]: ring-buffer bytes → typed events, loss detection;
+//! - [`timeline`]: the pure state machine from events to iterations and stalls;
+//! - [`symbolize`]: addresses → frames (the only blazesym user);
+//! - [`report`]: the recording as data, and every output rendered from it;
+//! - [`record`]: the `record` command, wiring the above together at the I/O edge.
+pub mod attach;
+pub mod cli;
+pub mod events;
+pub mod privileges;
+pub mod procfs;
+pub mod record;
+pub mod report;
+pub mod symbolize;
+pub mod syscalls;
+pub mod timeline;
+pub mod tracefs;

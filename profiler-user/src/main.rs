@@ -1,0 +1,55 @@
+//! The `stallscope` binary: parse, run, and turn the outcome into an exit code and one line.
+//! Exit codes (DESIGN.md): 0 fine, 1 error, 2 bad usage, 3 budget exceeded.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use profiler_user::cli::{Cli, Command, UsageError};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help/version to stdout (exit 0) and mistakes to stderr (exit 2).
+            let _ = err.print();
+            return ExitCode::from(err.exit_code() as u8);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(usage) = err.downcast_ref::<UsageError>() {
+                eprintln!("stallscope: {usage}");
+                return ExitCode::from(2);
+            }
+            eprintln!("stallscope: error: {}", one_line(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The error chain on one line, outermost context first.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Record(args) => {
+            let config = args.to_config()?;
+            runtime.block_on(profiler_user::record::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The recording as data ([`Recording`], the `stalls.json` schema of DESIGN.md) and every output
+//! rendered from it: JSON, folded stacks, flamegraph SVGs, the live line and the text summary.
+//! Pure apart from [`write_outputs`], which writes the files.
+
+use std::{fmt::Write as _, fs, io, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::symbolize::{Frame, FrameKind};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Recording {
+    pub version: u32,
+    pub threshold_ns: u64,
+    pub recorded_ns: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub sample_freq_hz: u64,
+    /// Events the kernel could not deliver (ring buffer full), from per-CPU sequence gaps.
+    pub lost_events: u64,
+    pub drops: Drops,
+    pub processes: Vec<ProcessRecord>,
+    pub threads: Vec<ThreadRecord>,
+    pub stalls: Vec<StallRecord>,
+    /// Off-CPU time of every followed thread, by stack (offcputime-style).
+    pub offcpu: Vec<OffCpuRecord>,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Drops {
+    pub ringbuf_full: u64,
+    pub kernel_stack: u64,
+    pub user_stack: u64,
+    pub follow_map_full: u64,
+    /// Iterations thrown away because their wait-point entry was lost.
+    pub iterations_discarded: u64,
+    /// Distinct stacks past the per-stall or off-CPU limits.
+    pub stacks_dropped: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub started_ns: Option<u64>,
+    pub exited_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThreadRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(rename = "loop")]
+    pub is_loop: bool,
+    pub iterations: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StallRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub duration_ns: u64,
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    /// "iteration" (a loop iteration) or "run" (a thread with no wait point held the CPU).
+    pub rule: String,
+    /// Began before recording or was still open at its end: the duration is a lower bound.
+    pub partial: bool,
+    /// Events were lost during it: the breakdown may be incomplete.
+    pub data_lost: bool,
+    pub stacks: Vec<StackRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StackRecord {
+    pub kind: String,
+    pub weight_ns: u64,
+    pub count: u32,
+    pub syscall: Option<String>,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OffCpuRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub weight_ns: u64,
+    pub syscall: Option<String>,
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub budgets: Vec<serde_json::Value>,
+    pub passed: bool,
+}
+
+/// Files written for each recording.
+pub const STALLS_JSON: &str = "stalls.json";
+pub const STALLS_FOLDED: &str = "stalls.folded";
+pub const FLAMEGRAPH_SVG: &str = "flamegraph.svg";
+pub const OFFCPU_FOLDED: &str = "offcpu.folded";
+pub const OFFCPU_SVG: &str = "offcpu.svg";
+
+impl StallRecord {
+    /// The stack that explains most of the stall: the heaviest one.
+    pub fn dominant_stack(&self) -> Option<&StackRecord> {
+        self.stacks.iter().max_by_key(|s| s.weight_ns)
+    }
+
+    /// Which kind of time dominates: "on-CPU", "blocked" or "runqueue".
+    pub fn dominant_kind(&self) -> &'static str {
+        let max = self.on_cpu_ns.max(self.off_cpu_ns).max(self.runqueue_ns);
+        if max == self.on_cpu_ns {
+            "on-CPU"
+        } else if max == self.off_cpu_ns {
+            "blocked"
+        } else {
+            "runqueue"
+        }
+    }
+}
+
+/// Label of a frame in folded stacks. inferno colours `_[k]` frames as kernel and `_[j]` as JIT.
+fn frame_label(frame: &Frame) -> String {
+    let name = frame.function.replace(';', ":");
+    match frame.kind {
+        FrameKind::Kernel => format!("{name}_[k]"),
+        FrameKind::Jit => format!("{name}_[j]"),
+        FrameKind::Python => match (&frame.file, frame.line) {
+            (Some(file), Some(line)) => format!("{name} ({}:{line})", short_path(file)),
+            _ => name,
+        },
+        FrameKind::Native => name,
+    }
+}
+
+fn short_path(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The leaf marker saying what kind of waiting a stack is (none for on-CPU time), so the code
+/// above it merges across kinds while the leaf tells them apart.
+fn kind_marker(kind: &str, syscall: Option<&str>) -> Option<String> {
+    match kind {
+        "off_cpu" => Some(match syscall {
+            Some(syscall) => format!("[blocked in {syscall}]"),
+            None => "[blocked]".into(),
+        }),
+        "runqueue" => Some("[waiting for a CPU]".into()),
+        "lock" => Some("[lock wait]".into()),
+        _ => None,
+    }
+}
+
+fn folded_line(
+    process: &str,
+    thread: &str,
+    frames: &[Frame],
+    marker: Option<String>,
+    weight_ns: u64,
+) -> Option<String> {
+    let weight_us = weight_ns / 1000;
+    if weight_us == 0 {
+        return None;
+    }
+    let mut parts = vec![process.replace(';', ":"), thread.replace(';', ":")];
+    parts.extend(frames.iter().rev().map(frame_label));
+    parts.extend(marker);
+    Some(format!("{} {weight_us}", parts.join(";")))
+}
+
+fn process_label(recording: &Recording, pid: u32) -> String {
+    let comm = recording
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map_or("?", |p| p.comm.as_str());
+    format!("{comm} ({pid})")
+}
+
+/// Stall time, weighted in microseconds; root frame = process;thread.
+pub fn stall_folded(recording: &Recording) -> Vec<String> {
+    let mut lines = Vec::new();
+    for stall in &recording.stalls {
+        let process = process_label(recording, stall.pid);
+        let thread = format!("{} ({})", stall.comm, stall.tid);
+        for stack in &stall.stacks {
+            let marker = kind_marker(&stack.kind, stack.syscall.as_deref());
+            lines.extend(folded_line(
+                &process,
+                &thread,
+                &stack.frames,
+                marker,
+                stack.weight_ns,
+            ));
+        }
+    }
+    merge_folded(lines)
+}
+
+/// Off-CPU time of every followed thread, weighted in microseconds.
+pub fn offcpu_folded(recording: &Recording) -> Vec<String> {
+    let lines = recording
+        .offcpu
+        .iter()
+        .filter_map(|entry| {
+            let process = process_label(recording, entry.pid);
+            let thread = format!("{} ({})", entry.comm, entry.tid);
+            let marker = kind_marker("off_cpu", entry.syscall.as_deref());
+            folded_line(&process, &thread, &entry.frames, marker, entry.weight_ns)
+        })
+        .collect();
+    merge_folded(lines)
+}
+
+/// Sums identical stacks and sorts, as folded files conventionally are.
+fn merge_folded(lines: Vec<String>) -> Vec<String> {
+    let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in lines {
+        if let Some((stack, count)) = line.rsplit_once(' ') {
+            *totals.entry(stack.to_string()).or_default() += count.parse::<u64>().unwrap_or(0);
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(stack, count)| format!("{stack} {count}"))
+        .collect()
+}
+
+/// Renders folded lines as a flamegraph. An empty profile still gets a valid SVG that says so,
+/// so a CI artifact link never points at nothing.
+pub fn flamegraph_svg(lines: &[String], title: &str) -> Result<Vec<u8>> {
+    if lines.is_empty() {
+        return Ok(empty_svg(title).into_bytes());
+    }
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_string();
+    options.count_name = "us".to_string();
+    options.hash = true;
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+        .context("rendering the flamegraph")?;
+    Ok(svg)
+}
+
+fn empty_svg(title: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="600" height="60" xmlns="http://www.w3.org/2000/svg"><text x="10" y="25" font-family="Verdana" font-size="14">{title}</text><text x="10" y="48" font-family="Verdana" font-size="12">nothing recorded: no stack exceeded the threshold</text></svg>
+"#
+    )
+}
+
+/// Writes stalls.json, the folded files and their SVGs into `dir`.
+pub fn write_outputs(dir: &Path, recording: &Recording) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path.display().to_string());
+        Ok(())
+    };
+    let json = serde_json::to_vec_pretty(recording).context("serializing stalls.json")?;
+    write(STALLS_JSON, &json)?;
+    let stalls = stall_folded(recording);
+    write(STALLS_FOLDED, folded_text(&stalls).as_bytes())?;
+    write(
+        FLAMEGRAPH_SVG,
+        &flamegraph_svg(&stalls, "stallscope: where stall time went")?,
+    )?;
+    let offcpu = offcpu_folded(recording);
+    write(OFFCPU_FOLDED, folded_text(&offcpu).as_bytes())?;
+    write(
+        OFFCPU_SVG,
+        &flamegraph_svg(&offcpu, "stallscope: off-CPU time of followed threads")?,
+    )?;
+    Ok(written)
+}
+
+fn folded_text(lines: &[String]) -> String {
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
+pub fn format_ms(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+/// The user frames that matter first: innermost first, kernel frames skipped.
+pub fn top_user_frames(stack: &StackRecord, count: usize) -> Vec<&Frame> {
+    stack
+        .frames
+        .iter()
+        .filter(|f| f.kind != FrameKind::Kernel)
+        .take(count)
+        .collect()
+}
+
+fn frame_text(frame: &Frame) -> String {
+    match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!("{} ({}:{line})", frame.function, short_path(file)),
+        _ => frame.function.clone(),
+    }
+}
+
+/// One line per stall, printed as it ends.
+pub fn live_line(stall: &StallRecord) -> String {
+    let mut line = format!(
+        "stall {:>9}  {} pid {} tid {}  on-CPU {}  blocked {}  runqueue {}",
+        format_ms(stall.duration_ns),
+        stall.comm,
+        stall.pid,
+        stall.tid,
+        format_ms(stall.on_cpu_ns),
+        format_ms(stall.off_cpu_ns),
+        format_ms(stall.runqueue_ns),
+    );
+    if let Some(stack) = stall.dominant_stack() {
+        let frames: Vec<String> = top_user_frames(stack, 3)
+            .into_iter()
+            .map(frame_text)
+            .collect();
+        let cause = match (stack.kind.as_str(), &stack.syscall) {
+            ("off_cpu", Some(syscall)) => format!(" [blocked in {syscall}]"),
+            ("off_cpu", None) => " [blocked]".to_string(),
+            ("runqueue", _) => " [waiting for a CPU]".to_string(),
+            _ => String::new(),
+        };
+        let _ = write!(line, "\n    at {}{cause}", frames.join(" < "));
+    }
+    if stall.partial {
+        line.push_str("\n    (partial: it began before recording or was still running at the end)");
+    }
+    if stall.data_lost {
+        line.push_str("\n    (events were lost during this stall: the breakdown may be incomplete)");
+    }
+    line
+}
+
+/// The human summary printed at the end.
+pub fn summary_text(recording: &Recording, written: &[String]) -> String {
+    let mut text = String::new();
+    let processes: Vec<String> = recording
+        .processes
+        .iter()
+        .map(|p| format!("{} ({})", p.comm, p.pid))
+        .collect();
+    let loops = recording.threads.iter().filter(|t| t.is_loop).count();
+    let iterations: u64 = recording.threads.iter().map(|t| t.iterations).sum();
+    let _ = writeln!(
+        text,
+        "\nstallscope: recorded {} for {}: {} loop thread(s), {} iterations, {} stall(s) over {}",
+        processes.join(", "),
+        format_ms(recording.recorded_ns),
+        loops,
+        iterations,
+        recording.stalls.len(),
+        format_ms(recording.threshold_ns),
+    );
+    if !recording.stalls.is_empty() {
+        let total: u64 = recording.stalls.iter().map(|s| s.duration_ns).sum();
+        let longest = recording
+            .stalls
+            .iter()
+            .map(|s| s.duration_ns)
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(
+            text,
+            "  longest {}, total {}",
+            format_ms(longest),
+            format_ms(total)
+        );
+        let mut by_duration: Vec<&StallRecord> = recording.stalls.iter().collect();
+        by_duration.sort_by(|a, b| b.duration_ns.cmp(&a.duration_ns));
+        for stall in by_duration.iter().take(10) {
+            let top = stall
+                .dominant_stack()
+                .map(|s| {
+                    top_user_frames(s, 3)
+                        .into_iter()
+                        .map(frame_text)
+                        .collect::<Vec<_>>()
+                        .join(" < ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "  {:>9}  {}/{}  mostly {:<8}  {}",
+                format_ms(stall.duration_ns),
+                stall.comm,
+                stall.tid,
+                stall.dominant_kind(),
+                top
+            );
+        }
+    }
+    if loops == 0 {
+        let _ = writeln!(
+            text,
+            "  no loop thread was seen (no thread waited in epoll/poll/select): stalls are runs that held a CPU past the threshold"
+        );
+    }
+    let drops = &recording.drops;
+    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stack > 0 {
+        let _ = writeln!(
+            text,
+            "  lost: {} events (ring buffer full), {} kernel and {} user stacks; results may be incomplete",
+            recording.lost_events, drops.kernel_stack, drops.user_stack
+        );
+    }
+    let _ = writeln!(text, "outputs:");
+    for path in written {
+        let _ = writeln!(text, "  {path}");
+    }
+    text
+}
+
+/// Whether `dir` can take our files: created if missing, probed with a temporary file that is
+/// removed again (it is ours).
+pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let probe = dir.join(".stallscope-write-test");
+    fs::write(&probe, b"")?;
+    fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, kind: FrameKind) -> Frame {
+        Frame {
+            function: function.into(),
+            file: None,
+            line: None,
+            module: None,
+            kind,
+        }
+    }
+
+    fn recording() -> Recording {
+        let stall = StallRecord {
+            pid: 10,
+            tid: 11,
+            comm: "server".into(),
+            start_ns: 0,
+            end_ns: 300_000_000,
+            duration_ns: 300_000_000,
+            on_cpu_ns: 290_000_000,
+            off_cpu_ns: 0,
+            runqueue_ns: 10_000_000,
+            rule: "iteration".into(),
+            partial: false,
+            data_lost: false,
+            stacks: vec![
+                StackRecord {
+                    kind: "on_cpu".into(),
+                    weight_ns: 200_000_000,
+                    count: 20,
+                    syscall: None,
+                    frames: vec![
+                        frame("burn_cpu", FrameKind::Native),
+                        frame("main", FrameKind::Native),
+                    ],
+                },
+                StackRecord {
+                    kind: "off_cpu".into(),
+                    weight_ns: 5_000_000,
+                    count: 1,
+                    syscall: Some("nanosleep".into()),
+                    frames: vec![
+                        frame("schedule", FrameKind::Kernel),
+                        frame("nap", FrameKind::Native),
+                        frame("main", FrameKind::Native),
+                    ],
+                },
+            ],
+        };
+        Recording {
+            version: SCHEMA_VERSION,
+            threshold_ns: 100_000_000,
+            recorded_ns: 1_000_000_000,
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            sample_freq_hz: 99,
+            lost_events: 0,
+            drops: Drops::default(),
+            processes: vec![ProcessRecord {
+                pid: 10,
+                comm: "server".into(),
+                exe: "/bin/server".into(),
+                started_ns: None,
+                exited_ns: None,
+            }],
+            threads: vec![],
+            stalls: vec![stall],
+            offcpu: vec![],
+            verdict: Verdict {
+                budgets: vec![],
+                passed: true,
+            },
+        }
+    }
+
+    #[test]
+    fn folded_is_outermost_first_with_kind_markers() {
+        let lines = stall_folded(&recording());
+        assert_eq!(
+            lines,
+            vec![
+                "server (10);server (11);main;burn_cpu 200000".to_string(),
+                "server (10);server (11);main;nap;schedule_[k];[blocked in nanosleep] 5000"
+                    .to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn svg_contains_the_frames_and_empty_profiles_still_render() {
+        let lines = stall_folded(&recording());
+        let svg = String::from_utf8(flamegraph_svg(&lines, "t").expect("svg")).expect("utf8");
+        assert!(svg.contains("burn_cpu"));
+        let empty = String::from_utf8(flamegraph_svg(&[], "t").expect("svg")).expect("utf8");
+        assert!(empty.starts_with("<?xml"));
+    }
+
+    #[test]
+    fn json_round_trips_with_the_documented_names() {
+        let rec = recording();
+        let json = serde_json::to_value(&rec).expect("json");
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["stalls"][0]["stacks"][0]["frames"][0]["kind"], "native");
+        assert_eq!(json["stalls"][0]["stacks"][1]["frames"][0]["kind"], "kernel");
+        let back: Recording = serde_json::from_value(json).expect("parses back");
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn live_line_names_the_cause() {
+        let rec = recording();
+        let line = live_line(&rec.stalls[0]);
+        assert!(line.contains("300.0 ms"), "{line}");
+        assert!(line.contains("burn_cpu < main"), "{line}");
+        assert_eq!(rec.stalls[0].dominant_kind(), "on-CPU");
+    }
+}

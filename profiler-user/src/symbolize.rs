@@ -1,0 +1,262 @@
+//! Addresses to frames, with blazesym: the only module that uses it.
+//!
+//! User addresses are symbolized from the ELF file behind each mapping, by *file offset*, using a
+//! snapshot of /proc/PID/maps taken while the process lived. That way a worker that exits during
+//! the recording is still symbolized at the end (its binary is still on disk), which the
+//! process-based source of blazesym cannot do once /proc/PID is gone.
+//!
+//! Results are cached per (pid, address); blazesym caches parsed ELF/DWARF per path.
+//! `blazesym::symbolize::Symbolizer` is not `Send`: keep a [`Symbols`] on one thread.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Kernel, Source},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::procfs::{self, Mapping};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    Python,
+    Native,
+    Kernel,
+    Jit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    fn unknown(addr: u64, module: Option<String>, kind: FrameKind) -> Self {
+        let function = match &module {
+            Some(module) => format!("{}+{addr:#x}", short_module(module)),
+            None => format!("[unknown] {addr:#x}"),
+        };
+        Frame {
+            function,
+            file: None,
+            line: None,
+            module,
+            kind,
+        }
+    }
+}
+
+fn short_module(module: &str) -> &str {
+    module.rsplit('/').next().unwrap_or(module)
+}
+
+/// Cache limits: bounded memory on long recordings of programs with huge code.
+const MAX_CACHED_ADDRESSES: usize = 200_000;
+
+pub struct Symbols {
+    symbolizer: Symbolizer,
+    maps: HashMap<u32, Vec<Mapping>>,
+    user_cache: HashMap<(u32, u64), Vec<Frame>>,
+    kernel_cache: HashMap<u64, Frame>,
+    pub failures: u64,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbols {
+    pub fn new() -> Self {
+        Symbols {
+            symbolizer: Symbolizer::new(),
+            maps: HashMap::new(),
+            user_cache: HashMap::new(),
+            kernel_cache: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Reads the process's mappings now, while it is alive (replacing an older snapshot: after
+    /// exec, or when code was loaded since). Returns false when the process is gone.
+    pub fn snapshot(&mut self, pid: u32) -> bool {
+        match procfs::maps(pid) {
+            Some(maps) if !maps.is_empty() => {
+                self.maps.insert(pid, maps);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget what was cached for `pid` (its image was replaced by exec).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+        self.user_cache.retain(|(p, _), _| *p != pid);
+    }
+
+    pub fn has_snapshot(&self, pid: u32) -> bool {
+        self.maps.contains_key(&pid)
+    }
+
+    fn mapping(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
+        let find = |maps: &HashMap<u32, Vec<Mapping>>| {
+            maps.get(&pid)?
+                .iter()
+                .find(|m| m.start <= addr && addr < m.end)
+                .cloned()
+        };
+        if let Some(mapping) = find(&self.maps) {
+            return Some(mapping);
+        }
+        // Code mapped since the last snapshot (dlopen, a new worker): look again if it lives.
+        if self.snapshot(pid) {
+            return find(&self.maps);
+        }
+        None
+    }
+
+    /// Frames for a user stack, innermost first. `ips[0]` is the interrupted instruction; the
+    /// others are return addresses, looked up one byte earlier so they land in the call.
+    pub fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let mut frames = Vec::with_capacity(ips.len());
+        for (index, &ip) in ips.iter().enumerate() {
+            let lookup = if index == 0 { ip } else { ip.saturating_sub(1) };
+            frames.extend(self.user_address(pid, lookup));
+        }
+        frames
+    }
+
+    fn user_address(&mut self, pid: u32, addr: u64) -> Vec<Frame> {
+        if let Some(frames) = self.user_cache.get(&(pid, addr)) {
+            return frames.clone();
+        }
+        let frames = match self.mapping(pid, addr) {
+            Some(mapping) => self.symbolize_in_file(pid, &mapping, addr),
+            None => vec![Frame::unknown(addr, None, FrameKind::Native)],
+        };
+        if self.user_cache.len() >= MAX_CACHED_ADDRESSES {
+            self.user_cache.clear();
+        }
+        self.user_cache.insert((pid, addr), frames.clone());
+        frames
+    }
+
+    fn symbolize_in_file(&mut self, pid: u32, mapping: &Mapping, addr: u64) -> Vec<Frame> {
+        let module = mapping.path.to_string_lossy().into_owned();
+        let file_offset = addr - mapping.start + mapping.file_offset;
+        let Some(path) = elf_path(pid, &mapping.path) else {
+            return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
+        };
+        let source = Source::Elf(Elf::new(path));
+        match self
+            .symbolizer
+            .symbolize_single(&source, Input::FileOffset(file_offset))
+        {
+            Ok(Symbolized::Sym(sym)) => frames_of(&sym, Some(module), FrameKind::Native),
+            Ok(Symbolized::Unknown(_)) => {
+                vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)]
+            }
+            Err(_) => {
+                self.failures += 1;
+                vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)]
+            }
+        }
+    }
+
+    /// Frames for a kernel stack, innermost first.
+    pub fn kernel_frames(&mut self, ips: &[u64]) -> Vec<Frame> {
+        let missing: Vec<u64> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !self.kernel_cache.contains_key(ip))
+            .collect();
+        if !missing.is_empty() {
+            let source = Source::Kernel(Kernel::default());
+            match self.symbolizer.symbolize(&source, Input::AbsAddr(&missing)) {
+                Ok(results) => {
+                    for (ip, result) in missing.iter().zip(results) {
+                        let frame = match result {
+                            Symbolized::Sym(sym) => Frame {
+                                function: sym.name.to_string(),
+                                file: None,
+                                line: None,
+                                module: Some("[kernel]".into()),
+                                kind: FrameKind::Kernel,
+                            },
+                            Symbolized::Unknown(_) => {
+                                Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                            }
+                        };
+                        self.kernel_cache.insert(*ip, frame);
+                    }
+                }
+                Err(_) => self.failures += 1,
+            }
+        }
+        ips.iter()
+            .map(|ip| {
+                self.kernel_cache.get(ip).cloned().unwrap_or_else(|| {
+                    Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                })
+            })
+            .collect()
+    }
+}
+
+/// Where to open a mapped file: its path on the host, or through the process's root (a
+/// container) while the process lives.
+fn elf_path(pid: u32, path: &Path) -> Option<PathBuf> {
+    if path.starts_with("[") {
+        return None;
+    }
+    if path.exists() {
+        return Some(path.to_path_buf());
+    }
+    let relative = path.strip_prefix("/").ok()?;
+    let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
+    in_root.exists().then_some(in_root)
+}
+
+/// A symbol and the functions inlined at the address, innermost first. blazesym lists inlined
+/// calls outermost first, each with the location of its call site in the caller.
+fn frames_of(
+    sym: &blazesym::symbolize::Sym<'_>,
+    module: Option<String>,
+    kind: FrameKind,
+) -> Vec<Frame> {
+    let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+        info.map_or((None, None), |info| {
+            (Some(info.to_path().display().to_string()), info.line)
+        })
+    };
+    let frame = |name: &str, (file, line): (Option<String>, Option<u32>)| Frame {
+        function: name.to_string(),
+        file,
+        line,
+        module: module.clone(),
+        kind,
+    };
+    let here = location(sym.code_info.as_deref());
+    let Some((innermost, outer)) = sym.inlined.split_last() else {
+        return vec![frame(&sym.name, here)];
+    };
+    let mut frames = vec![frame(&innermost.name, here)];
+    let mut call_site = location(innermost.code_info.as_ref());
+    for inlined in outer.iter().rev() {
+        frames.push(frame(&inlined.name, call_site));
+        call_site = location(inlined.code_info.as_ref());
+    }
+    frames.push(frame(&sym.name, call_site));
+    frames
+}

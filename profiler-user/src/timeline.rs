@@ -1,0 +1,922 @@
+//! The timeline: a pure, per-thread state machine from scheduler and syscall events to loop
+//! iterations, stalls and their time breakdown. No I/O: events in, [`Stall`]s out. Time is
+//! CLOCK_MONOTONIC nanoseconds, as the kernel stamps it.
+//!
+//! Two ways a thread can stall (see DESIGN.md, *Terms*):
+//! - a **loop thread** (seen in a wait point, or blocked in one at attach) stalls when one
+//!   iteration, from leaving its wait point to entering it again, is longer than the threshold;
+//! - any other thread stalls when one *run* holds the CPU past the threshold without yielding.
+//!   Preemption (switched out while still runnable) does not end a run; a voluntary sleep does.
+//!
+//! Each thread also has a CPU state (running, runnable, blocked), which splits a stall's time
+//! into on-CPU, off-CPU (blocked) and runqueue time. On-CPU time is measured exactly from
+//! switches; on-CPU *stacks* come from samples, each weighing one sample period.
+//!
+//! Events can be lost (ring buffer full) or arrive slightly out of order across CPUs. Every
+//! transition that "cannot happen" is therefore tolerated, counted in [`Anomalies`], and never
+//! panics; spans that saw a loss are flagged `data_lost`.
+
+use std::collections::HashMap;
+
+/// Where a stack came from: identifies it to the stack store and symbolizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub pid: u32,
+    /// Kernel stack id, or -1.
+    pub kernel: i32,
+    /// User stack id, or -1.
+    pub user: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackKind {
+    OnCpu,
+    OffCpu,
+    Runqueue,
+    Lock,
+}
+
+impl StackKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackKind::OnCpu => "on_cpu",
+            StackKind::OffCpu => "off_cpu",
+            StackKind::Runqueue => "runqueue",
+            StackKind::Lock => "lock",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub what: What,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    /// Switched out; `runnable` when preempted (still wants the CPU), else a voluntary sleep.
+    SwitchOut {
+        runnable: bool,
+        stack: StackKey,
+        syscall: Option<i32>,
+    },
+    SwitchIn,
+    /// Woken (sched_waking / sched_wakeup); the first one after a sleep counts.
+    Wake,
+    WaitEnter,
+    WaitExit,
+    Sample {
+        stack: StackKey,
+        syscall: Option<i32>,
+    },
+    Exit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub threshold_ns: u64,
+    /// Weight of one on-CPU sample (1 s / frequency).
+    pub sample_period_ns: u64,
+    /// Distinct stacks kept per iteration or run; more are counted in `Stall::stacks_dropped`.
+    pub max_stacks_per_span: usize,
+    /// Distinct (thread, stack) pairs kept for the off-CPU profile.
+    pub max_offcpu_entries: usize,
+}
+
+/// Which rule made a stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallRule {
+    /// A loop iteration past the threshold.
+    Iteration,
+    /// A run past the threshold on a thread with no wait point.
+    Run,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightedStack {
+    pub kind: StackKind,
+    pub stack: StackKey,
+    pub syscall: Option<i32>,
+    pub weight_ns: u64,
+    /// Samples or switch-outs behind this weight.
+    pub count: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    /// Heaviest first.
+    pub stacks: Vec<WeightedStack>,
+    pub stacks_dropped: u64,
+    pub rule: StallRule,
+    /// Began before recording started or was still going when it ended: the duration is a
+    /// lower bound.
+    pub partial: bool,
+    /// Events were lost while it ran: the breakdown may be incomplete.
+    pub data_lost: bool,
+}
+
+impl Stall {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The heaviest stack of a kind.
+    pub fn top_stack(&self, kind: StackKind) -> Option<&WeightedStack> {
+        self.stacks.iter().find(|s| s.kind == kind)
+    }
+}
+
+/// Per-thread summary for the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSummary {
+    pub pid: u32,
+    pub tid: u32,
+    pub is_loop: bool,
+    pub iterations: u64,
+    pub exited: bool,
+}
+
+/// Transitions that should not happen with a complete, ordered stream; counted, not fatal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Anomalies {
+    /// Switched out while we believed it was not running (a switch-in was lost or reordered).
+    pub switch_out_not_running: u64,
+    /// Left a wait point while inside an iteration: the wait-point entry was lost, so the
+    /// iteration was discarded rather than reported with a wrong length.
+    pub iterations_discarded: u64,
+    /// Entered a wait point while already in one (the exit was lost).
+    pub wait_enter_while_waiting: u64,
+    /// Distinct stacks beyond the per-span or off-CPU limits.
+    pub stacks_dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cpu {
+    /// Nothing seen yet: treated as running since before the span began.
+    Unknown,
+    Running {
+        since: u64,
+    },
+    /// Wants the CPU: preempted (`stack` is where) or woken after a sleep.
+    Runnable {
+        since: u64,
+        out_since: u64,
+        stack: Option<StackKey>,
+        syscall: Option<i32>,
+    },
+    Blocked {
+        since: u64,
+        stack: StackKey,
+        syscall: Option<i32>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Span {
+    start_ns: u64,
+    on_cpu_ns: u64,
+    off_cpu_ns: u64,
+    runqueue_ns: u64,
+    stacks: HashMap<(StackKind, StackKey, Option<i32>), (u64, u32)>,
+    stacks_dropped: u64,
+    partial: bool,
+    data_lost: bool,
+}
+
+impl Span {
+    fn new(start_ns: u64, partial: bool) -> Self {
+        Span {
+            start_ns,
+            on_cpu_ns: 0,
+            off_cpu_ns: 0,
+            runqueue_ns: 0,
+            stacks: HashMap::new(),
+            stacks_dropped: 0,
+            partial,
+            data_lost: false,
+        }
+    }
+
+    /// Adds the part of [from, to) that lies inside this span.
+    fn add_time(&mut self, kind: StackKind, from: u64, to: u64) -> u64 {
+        let from = from.max(self.start_ns);
+        let ns = to.saturating_sub(from);
+        match kind {
+            StackKind::OnCpu => self.on_cpu_ns += ns,
+            StackKind::OffCpu | StackKind::Lock => self.off_cpu_ns += ns,
+            StackKind::Runqueue => self.runqueue_ns += ns,
+        }
+        ns
+    }
+
+    fn add_stack(
+        &mut self,
+        limit: usize,
+        kind: StackKind,
+        stack: StackKey,
+        syscall: Option<i32>,
+        ns: u64,
+    ) {
+        if ns == 0 {
+            return;
+        }
+        let key = (kind, stack, syscall);
+        if let Some((weight, count)) = self.stacks.get_mut(&key) {
+            *weight += ns;
+            *count += 1;
+        } else if self.stacks.len() < limit {
+            self.stacks.insert(key, (ns, 1));
+        } else {
+            self.stacks_dropped += 1;
+        }
+    }
+
+    fn into_stall(self, pid: u32, tid: u32, end_ns: u64, rule: StallRule) -> Stall {
+        let mut stacks: Vec<WeightedStack> = self
+            .stacks
+            .into_iter()
+            .map(|((kind, stack, syscall), (weight_ns, count))| WeightedStack {
+                kind,
+                stack,
+                syscall,
+                weight_ns,
+                count,
+            })
+            .collect();
+        stacks.sort_by(|a, b| {
+            b.weight_ns
+                .cmp(&a.weight_ns)
+                .then((a.kind, a.stack).cmp(&(b.kind, b.stack)))
+        });
+        Stall {
+            pid,
+            tid,
+            start_ns: self.start_ns,
+            end_ns,
+            on_cpu_ns: self.on_cpu_ns,
+            off_cpu_ns: self.off_cpu_ns,
+            runqueue_ns: self.runqueue_ns,
+            stacks,
+            stacks_dropped: self.stacks_dropped,
+            rule,
+            partial: self.partial,
+            data_lost: self.data_lost,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Thread {
+    pid: u32,
+    cpu: Cpu,
+    is_loop: bool,
+    in_wait: bool,
+    /// The current loop iteration (loop threads, and threads not yet classified).
+    iteration: Option<Span>,
+    /// The current run (threads never seen in a wait point).
+    run: Option<Span>,
+    iterations: u64,
+}
+
+impl Thread {
+    fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
+        self.iteration.iter_mut().chain(self.run.iter_mut())
+    }
+}
+
+/// Off-CPU time per (process, thread, stack), for the offcputime-style profile.
+pub type OffCpuProfile = HashMap<(u32, u32, StackKey, Option<i32>), u64>;
+
+pub struct Timeline {
+    config: Config,
+    threads: HashMap<u32, Thread>,
+    exited: Vec<ThreadSummary>,
+    offcpu: OffCpuProfile,
+    anomalies: Anomalies,
+}
+
+impl Timeline {
+    pub fn new(config: Config) -> Self {
+        Timeline {
+            config,
+            threads: HashMap::new(),
+            exited: Vec::new(),
+            offcpu: HashMap::new(),
+            anomalies: Anomalies::default(),
+        }
+    }
+
+    /// A thread found blocked in a wait point at attach time: a loop thread, between iterations.
+    pub fn mark_waiting(&mut self, pid: u32, tid: u32) {
+        let thread = self.thread(pid, tid, 0);
+        thread.is_loop = true;
+        thread.in_wait = true;
+        thread.iteration = None;
+        thread.run = None;
+        thread.cpu = Cpu::Unknown;
+    }
+
+    pub fn is_loop_thread(&self, tid: u32) -> bool {
+        self.threads.get(&tid).is_some_and(|t| t.is_loop)
+            || self.exited.iter().any(|t| t.tid == tid && t.is_loop)
+    }
+
+    /// Whether any thread of `pid` is a loop thread.
+    pub fn process_has_loop(&self, pid: u32) -> bool {
+        self.threads.values().any(|t| t.pid == pid && t.is_loop)
+            || self.exited.iter().any(|t| t.pid == pid && t.is_loop)
+    }
+
+    pub fn anomalies(&self) -> Anomalies {
+        self.anomalies
+    }
+
+    /// Events were lost: every span in progress may be missing data.
+    pub fn lost(&mut self) {
+        for thread in self.threads.values_mut() {
+            for span in thread.spans() {
+                span.data_lost = true;
+            }
+        }
+    }
+
+    fn thread(&mut self, pid: u32, tid: u32, ts_ns: u64) -> &mut Thread {
+        self.threads.entry(tid).or_insert_with(|| Thread {
+            pid,
+            cpu: Cpu::Unknown,
+            is_loop: false,
+            in_wait: false,
+            // Seen for the first time mid-flight: whatever it is doing began before we looked.
+            iteration: Some(Span::new(ts_ns, true)),
+            run: Some(Span::new(ts_ns, true)),
+            iterations: 0,
+        })
+    }
+
+    /// Feeds one event; returns the stall it ended, if any.
+    pub fn handle(&mut self, event: &Event) -> Option<Stall> {
+        let Event {
+            ts_ns: ts,
+            pid,
+            tid,
+            what,
+        } = *event;
+        let config = self.config;
+        let thread = self.thread(pid, tid, ts);
+        // The kernel's record of a brand-new process's tgid can lag (see profiler-common); the
+        // thread's own events carry the right one.
+        if matches!(what, What::SwitchOut { .. } | What::Sample { .. }) {
+            thread.pid = pid;
+        }
+        match what {
+            What::SwitchOut {
+                runnable,
+                stack,
+                syscall,
+            } => self.switch_out(tid, ts, runnable, stack, syscall),
+            What::SwitchIn => {
+                self.switch_in(tid, ts);
+                None
+            }
+            What::Wake => {
+                wake(thread, ts, config);
+                None
+            }
+            What::WaitEnter => self.wait_enter(tid, ts),
+            What::WaitExit => {
+                self.wait_exit(tid, ts);
+                None
+            }
+            What::Sample { stack, syscall } => {
+                let limit = config.max_stacks_per_span;
+                if thread.cpu == Cpu::Unknown {
+                    thread.cpu = Cpu::Running { since: 0 };
+                }
+                for span in thread.spans() {
+                    span.add_stack(
+                        limit,
+                        StackKind::OnCpu,
+                        stack,
+                        syscall,
+                        config.sample_period_ns,
+                    );
+                }
+                None
+            }
+            What::Exit => self.exit(tid, ts),
+        }
+    }
+
+    fn switch_out(
+        &mut self,
+        tid: u32,
+        ts: u64,
+        runnable: bool,
+        stack: StackKey,
+        syscall: Option<i32>,
+    ) -> Option<Stall> {
+        let threshold = self.config.threshold_ns;
+        let thread = self.threads.get_mut(&tid)?;
+        let since = match thread.cpu {
+            Cpu::Running { since } => since,
+            Cpu::Unknown => 0,
+            Cpu::Runnable { .. } | Cpu::Blocked { .. } => {
+                self.anomalies.switch_out_not_running += 1;
+                ts
+            }
+        };
+        for span in thread.spans() {
+            span.add_time(StackKind::OnCpu, since, ts);
+        }
+        thread.cpu = if runnable {
+            Cpu::Runnable {
+                since: ts,
+                out_since: ts,
+                stack: Some(stack),
+                syscall: None,
+            }
+        } else {
+            Cpu::Blocked {
+                since: ts,
+                stack,
+                syscall,
+            }
+        };
+        if runnable {
+            return None;
+        }
+        // A voluntary sleep ends a run.
+        let run = thread.run.take()?;
+        let stall = run.into_stall(thread.pid, tid, ts, StallRule::Run);
+        (stall.duration_ns() >= threshold).then_some(stall)
+    }
+
+    fn switch_in(&mut self, tid: u32, ts: u64) {
+        let limit = self.config.max_stacks_per_span;
+        let max_offcpu = self.config.max_offcpu_entries;
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let out = match thread.cpu {
+            Cpu::Runnable {
+                since,
+                out_since,
+                stack,
+                syscall,
+            } => {
+                if let Some(stack) = stack {
+                    for span in thread.spans() {
+                        let ns = span.add_time(StackKind::Runqueue, since, ts);
+                        span.add_stack(limit, StackKind::Runqueue, stack, None, ns);
+                    }
+                } else {
+                    for span in thread.spans() {
+                        span.add_time(StackKind::Runqueue, since, ts);
+                    }
+                }
+                stack.map(|stack| (out_since, stack, syscall))
+            }
+            Cpu::Blocked {
+                since,
+                stack,
+                syscall,
+            } => {
+                // The wake-up was lost or reordered: count all of it as blocked.
+                add_blocked(thread, limit, since, ts, stack, syscall);
+                Some((since, stack, syscall))
+            }
+            Cpu::Running { .. } | Cpu::Unknown => None,
+        };
+        if let Some((out_since, stack, syscall)) = out {
+            let key = (thread.pid, tid, stack, syscall);
+            let ns = ts.saturating_sub(out_since);
+            if let Some(total) = self.offcpu.get_mut(&key) {
+                *total += ns;
+            } else if self.offcpu.len() < max_offcpu {
+                self.offcpu.insert(key, ns);
+            } else {
+                self.anomalies.stacks_dropped += 1;
+            }
+        }
+        thread.cpu = Cpu::Running { since: ts };
+        if thread.run.is_none() && !thread.is_loop {
+            thread.run = Some(Span::new(ts, false));
+        }
+    }
+
+    fn wait_enter(&mut self, tid: u32, ts: u64) -> Option<Stall> {
+        let threshold = self.config.threshold_ns;
+        let thread = self.threads.get_mut(&tid)?;
+        thread.is_loop = true;
+        thread.run = None;
+        if thread.in_wait {
+            self.anomalies.wait_enter_while_waiting += 1;
+            return None;
+        }
+        thread.in_wait = true;
+        let mut iteration = thread.iteration.take()?;
+        let since = match thread.cpu {
+            Cpu::Running { since } => since,
+            // It is making a syscall, so it is running, whatever we last saw.
+            _ => ts,
+        };
+        iteration.add_time(StackKind::OnCpu, since, ts);
+        thread.cpu = Cpu::Running { since: ts };
+        if !iteration.partial {
+            thread.iterations += 1;
+        }
+        let stall = iteration.into_stall(thread.pid, tid, ts, StallRule::Iteration);
+        (stall.duration_ns() >= threshold).then_some(stall)
+    }
+
+    fn wait_exit(&mut self, tid: u32, ts: u64) {
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        if !thread.in_wait && thread.is_loop && thread.iteration.is_some() {
+            self.anomalies.iterations_discarded += 1;
+        }
+        thread.is_loop = true;
+        thread.run = None;
+        thread.in_wait = false;
+        thread.iteration = Some(Span::new(ts, false));
+        // Returning from a syscall: it is on a CPU now.
+        thread.cpu = Cpu::Running { since: ts };
+    }
+
+    fn exit(&mut self, tid: u32, ts: u64) -> Option<Stall> {
+        let threshold = self.config.threshold_ns;
+        let mut thread = self.threads.remove(&tid)?;
+        let since = match thread.cpu {
+            Cpu::Running { since } => since,
+            _ => ts,
+        };
+        for span in thread.spans() {
+            span.add_time(StackKind::OnCpu, since, ts);
+        }
+        self.exited.push(ThreadSummary {
+            pid: thread.pid,
+            tid,
+            is_loop: thread.is_loop,
+            iterations: thread.iterations,
+            exited: true,
+        });
+        let (span, rule) = if thread.is_loop {
+            (thread.iteration.take(), StallRule::Iteration)
+        } else {
+            (thread.run.take(), StallRule::Run)
+        };
+        let stall = span?.into_stall(thread.pid, tid, ts, rule);
+        (stall.duration_ns() >= threshold && !thread.in_wait).then_some(stall)
+    }
+
+    /// Ends the recording at `ts`: spans still open past the threshold are reported as partial
+    /// stalls (a user who stops the recording mid-stall wants to see it).
+    pub fn finish(mut self, ts: u64) -> TimelineResult {
+        let threshold = self.config.threshold_ns;
+        let mut stalls = Vec::new();
+        let mut threads = std::mem::take(&mut self.exited);
+        let mut tids: Vec<u32> = self.threads.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let Some(mut thread) = self.threads.remove(&tid) else {
+                continue;
+            };
+            let since = match thread.cpu {
+                Cpu::Running { since } => Some(since),
+                Cpu::Unknown => Some(0),
+                _ => None,
+            };
+            if let Some(since) = since {
+                for span in thread.spans() {
+                    span.add_time(StackKind::OnCpu, since, ts);
+                }
+            }
+            let open = if thread.is_loop && !thread.in_wait {
+                thread.iteration.take().map(|s| (s, StallRule::Iteration))
+            } else if !thread.is_loop {
+                thread.run.take().map(|s| (s, StallRule::Run))
+            } else {
+                None
+            };
+            if let Some((mut span, rule)) = open {
+                span.partial = true;
+                let stall = span.into_stall(thread.pid, tid, ts, rule);
+                if stall.duration_ns() >= threshold {
+                    stalls.push(stall);
+                }
+            }
+            threads.push(ThreadSummary {
+                pid: thread.pid,
+                tid,
+                is_loop: thread.is_loop,
+                iterations: thread.iterations,
+                exited: false,
+            });
+        }
+        TimelineResult {
+            open_stalls: stalls,
+            threads,
+            offcpu: self.offcpu,
+            anomalies: self.anomalies,
+        }
+    }
+}
+
+fn add_blocked(
+    thread: &mut Thread,
+    limit: usize,
+    from: u64,
+    to: u64,
+    stack: StackKey,
+    syscall: Option<i32>,
+) {
+    for span in thread.spans() {
+        let ns = span.add_time(StackKind::OffCpu, from, to);
+        span.add_stack(limit, StackKind::OffCpu, stack, syscall, ns);
+    }
+}
+
+fn wake(thread: &mut Thread, ts: u64, config: Config) {
+    // Waking a thread that is running or already runnable is normal (it had not slept yet);
+    // only the first wake after a sleep ends the blocked time.
+    if let Cpu::Blocked {
+        since,
+        stack,
+        syscall,
+    } = thread.cpu
+    {
+        add_blocked(thread, config.max_stacks_per_span, since, ts, stack, syscall);
+        thread.cpu = Cpu::Runnable {
+            since: ts,
+            out_since: since,
+            stack: Some(stack),
+            syscall,
+        };
+    }
+}
+
+pub struct TimelineResult {
+    /// Stalls still open when the recording ended (already-ended ones came from `handle`).
+    pub open_stalls: Vec<Stall>,
+    pub threads: Vec<ThreadSummary>,
+    pub offcpu: OffCpuProfile,
+    pub anomalies: Anomalies,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const PID: u32 = 100;
+    const TID: u32 = 101;
+
+    fn config() -> Config {
+        Config {
+            threshold_ns: 100 * MS,
+            sample_period_ns: 10 * MS,
+            max_stacks_per_span: 64,
+            max_offcpu_entries: 1024,
+        }
+    }
+
+    fn stack(user: i32) -> StackKey {
+        StackKey {
+            pid: PID,
+            kernel: 1,
+            user,
+        }
+    }
+
+    fn ev(ms: u64, what: What) -> Event {
+        Event {
+            ts_ns: ms * MS,
+            pid: PID,
+            tid: TID,
+            what,
+        }
+    }
+
+    fn out(ms: u64, runnable: bool, user: i32) -> Event {
+        ev(
+            ms,
+            What::SwitchOut {
+                runnable,
+                stack: stack(user),
+                syscall: (!runnable).then_some(35),
+            },
+        )
+    }
+
+    fn sample(ms: u64, user: i32) -> Event {
+        ev(
+            ms,
+            What::Sample {
+                stack: stack(user),
+                syscall: None,
+            },
+        )
+    }
+
+    fn run(timeline: &mut Timeline, events: &[Event]) -> Vec<Stall> {
+        events.iter().filter_map(|e| timeline.handle(e)).collect()
+    }
+
+    /// ```text
+    /// wait ]---- iteration 0..300: on 0-150, sleep 150-270, rq 270-280, on 280-300 ----[ wait
+    /// ```
+    #[test]
+    fn loop_iteration_breakdown() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                sample(50, 7),
+                sample(100, 7),
+                out(150, false, 8),
+                ev(270, What::Wake),
+                ev(280, What::SwitchIn),
+                ev(300, What::WaitEnter),
+            ],
+        );
+        assert_eq!(stalls.len(), 1);
+        let s = &stalls[0];
+        assert_eq!((s.start_ns, s.end_ns), (0, 300 * MS));
+        assert_eq!(s.on_cpu_ns, 170 * MS);
+        assert_eq!(s.off_cpu_ns, 120 * MS);
+        assert_eq!(s.runqueue_ns, 10 * MS);
+        assert_eq!(s.rule, StallRule::Iteration);
+        assert!(!s.partial && !s.data_lost);
+        let off = s.top_stack(StackKind::OffCpu).expect("off-CPU stack");
+        assert_eq!((off.stack.user, off.weight_ns, off.syscall), (8, 120 * MS, Some(35)));
+        let on = s.top_stack(StackKind::OnCpu).expect("on-CPU stack");
+        assert_eq!((on.stack.user, on.count), (7, 2));
+    }
+
+    #[test]
+    fn short_iterations_are_not_stalls() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                ev(5, What::WaitEnter),
+                ev(500, What::WaitExit),
+                ev(599, What::WaitEnter),
+            ],
+        );
+        assert!(stalls.is_empty());
+        let result = t.finish(1000 * MS);
+        assert!(result.open_stalls.is_empty());
+        assert_eq!(result.threads[0].iterations, 2);
+        assert!(result.threads[0].is_loop);
+    }
+
+    /// ```text
+    /// run: in 0 ======= preempted 60 ...rq... in 90 ======= sleep 200
+    /// ```
+    #[test]
+    fn preemption_does_not_end_a_run_but_a_sleep_does() {
+        let mut t = Timeline::new(config());
+        let stalls = run(
+            &mut t,
+            &[
+                out(0, false, 1),
+                ev(10, What::SwitchIn),
+                sample(30, 2),
+                out(60, true, 2),
+                ev(90, What::SwitchIn),
+                sample(150, 3),
+                out(200, false, 4),
+            ],
+        );
+        assert_eq!(stalls.len(), 1, "{stalls:?}");
+        let s = &stalls[0];
+        assert_eq!(s.rule, StallRule::Run);
+        assert_eq!((s.start_ns, s.end_ns), (10 * MS, 200 * MS));
+        assert_eq!(s.on_cpu_ns, 160 * MS);
+        assert_eq!(s.runqueue_ns, 30 * MS);
+        assert_eq!(s.off_cpu_ns, 0);
+    }
+
+    #[test]
+    fn a_voluntary_sleep_splits_runs_below_threshold() {
+        let mut t = Timeline::new(config());
+        let stalls = run(
+            &mut t,
+            &[
+                out(0, false, 1),
+                ev(10, What::SwitchIn),
+                out(90, false, 1),
+                ev(100, What::Wake),
+                ev(100, What::SwitchIn),
+                out(180, false, 1),
+            ],
+        );
+        assert!(stalls.is_empty(), "{stalls:?}");
+    }
+
+    #[test]
+    fn migration_between_cpus_keeps_accounting() {
+        // The same thread's events come from different CPUs; the timeline is keyed by thread, so
+        // a switch-out on CPU 0 and switch-in on CPU 1 form one runqueue span.
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                out(100, true, 5),  // preempted on CPU 0
+                ev(130, What::SwitchIn), // resumed on CPU 1
+                ev(200, What::WaitEnter),
+            ],
+        );
+        let s = &stalls[0];
+        assert_eq!(s.on_cpu_ns, 170 * MS);
+        assert_eq!(s.runqueue_ns, 30 * MS);
+        assert_eq!(s.duration_ns(), 200 * MS);
+    }
+
+    #[test]
+    fn lost_wait_enter_discards_the_iteration_instead_of_merging() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                // WaitEnter at 10 and the wait itself were lost...
+                ev(500, What::WaitExit),
+                ev(510, What::WaitEnter),
+            ],
+        );
+        // ...so no 510 ms stall is invented.
+        assert!(stalls.is_empty(), "{stalls:?}");
+        assert_eq!(t.anomalies().iterations_discarded, 1);
+    }
+
+    #[test]
+    fn loss_marks_the_open_stall() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(&mut t, &[ev(0, What::WaitExit), sample(50, 1)]);
+        t.lost();
+        let stalls = run(&mut t, &[ev(250, What::WaitEnter)]);
+        assert_eq!(stalls.len(), 1);
+        assert!(stalls[0].data_lost);
+    }
+
+    #[test]
+    fn open_iteration_at_the_end_is_partial() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(&mut t, &[ev(0, What::WaitExit), sample(50, 1)]);
+        let result = t.finish(400 * MS);
+        assert_eq!(result.open_stalls.len(), 1);
+        assert!(result.open_stalls[0].partial);
+        assert_eq!(result.open_stalls[0].duration_ns(), 400 * MS);
+    }
+
+    #[test]
+    fn switch_out_while_blocked_is_counted_not_fatal() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(
+            &mut t,
+            &[ev(0, What::WaitExit), out(10, false, 1), out(20, false, 1)],
+        );
+        assert_eq!(t.anomalies().switch_out_not_running, 1);
+    }
+
+    #[test]
+    fn offcpu_profile_counts_whole_switched_out_time() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                out(10, false, 9),
+                ev(40, What::Wake),
+                ev(45, What::SwitchIn),
+            ],
+        );
+        let result = t.finish(100 * MS);
+        let total: u64 = result.offcpu.values().sum();
+        assert_eq!(total, 35 * MS);
+    }
+}
