@@ -329,7 +329,8 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i32> {
     let child = child as u32;
     // A thread or a new process: follow it either way (see FOLLOWED_PIDS), before it first runs,
     // so none of a new worker's events are lost.
-    if FOLLOWED_PIDS.insert(&child, &1, 0).is_err() || FOLLOWED_TIDS.insert(&child, &tgid, 0).is_err()
+    if FOLLOWED_PIDS.insert(&child, &1, 0).is_err()
+        || FOLLOWED_TIDS.insert(&child, &tgid, 0).is_err()
     {
         count_drop(drop::FOLLOW_MAP_FULL);
     }

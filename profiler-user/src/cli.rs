@@ -25,7 +25,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Process(es) to record, comma-separated. Their children and threads are followed too.
-    #[arg(long, short = 'p', value_delimiter = ',', required_unless_present = "command")]
+    #[arg(
+        long,
+        short = 'p',
+        value_delimiter = ',',
+        required_unless_present = "command"
+    )]
     pub pid: Vec<String>,
 
     /// An iteration longer than this is a stall (units: us, ms, s, m).
@@ -210,7 +215,10 @@ mod tests {
 
     #[test]
     fn pid_lists_reject_junk() {
-        assert_eq!(parse_pid_list(&["12".into(), " 34".into()]), Ok(vec![12, 34]));
+        assert_eq!(
+            parse_pid_list(&["12".into(), " 34".into()]),
+            Ok(vec![12, 34])
+        );
         assert!(parse_pid_list(&["0".into()]).is_err());
         assert!(parse_pid_list(&["-3".into()]).is_err());
         assert!(parse_pid_list(&["x".into()]).is_err());

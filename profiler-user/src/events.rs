@@ -148,7 +148,10 @@ mod tests {
         };
         // SAFETY: viewing a plain-data struct as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+            std::slice::from_raw_parts(
+                (&raw as *const RawEvent).cast::<u8>(),
+                size_of::<RawEvent>(),
+            )
         };
         assert_eq!(decode(bytes), Some(raw));
     }

@@ -151,7 +151,9 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 }
 
 pub fn maps(pid: u32) -> Option<Vec<Mapping>> {
-    Some(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).ok()?))
+    Some(parse_maps(
+        &fs::read_to_string(format!("/proc/{pid}/maps")).ok()?,
+    ))
 }
 
 /// Clock ticks per second, for converting start times.

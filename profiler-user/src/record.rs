@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use profiler_common::{Event as RawEvent, drop as drop_index};
+use profiler_common::{Event as RawEvent, drop as drop_index, kind};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -20,10 +20,10 @@ use crate::{
     cli::{RecordConfig, Target},
     events::{self, Lifecycle, LossDetector},
     privileges, procfs,
-    report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StallRecord, StackRecord},
+    report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
     symbolize::{Frame, Symbols},
     syscalls,
-    timeline::{self, Stall, StallRule, StackKey, Timeline},
+    timeline::{self, StackKey, Stall, StallRule, Timeline},
     tracefs,
 };
 
@@ -80,6 +80,8 @@ struct Session {
     stalls_not_kept: u64,
     resolved: HashMap<StackKey, Vec<Frame>>,
     stack_cache: HashMap<i32, Vec<u64>>,
+    /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
+    debug_events: bool,
 }
 
 impl Session {
@@ -102,6 +104,7 @@ impl Session {
             stalls_not_kept: 0,
             resolved: HashMap::new(),
             stack_cache: HashMap::new(),
+            debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
     }
 
@@ -137,11 +140,16 @@ impl Session {
         if self.loss.observe(raw.cpu, raw.seq) > 0 {
             self.timeline.lost();
         }
-        if raw.comm[0] != 0 && raw.kind != profiler_common::kind::WAKING {
+        // Only events taken in the thread's own context carry its name (a wake-up carries the
+        // waker's).
+        if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
             let comm = comm_string(&raw.comm);
             if self.thread_names.get(&raw.tid) != Some(&comm) {
                 self.thread_names.insert(raw.tid, comm);
             }
+        }
+        if self.debug_events {
+            eprintln!("event {raw:?}");
         }
         let decoded = events::interpret(raw);
         if let Some(lifecycle) = decoded.lifecycle {
@@ -335,7 +343,9 @@ impl Session {
         // Runs reported before a thread of their process turned out to be a loop thread.
         let selected = !self.config.threads.is_empty() || self.config.thread_name.is_some();
         self.stalls.retain(|s| {
-            selected || s.rule == "iteration" || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid))
+            selected
+                || s.rule == "iteration"
+                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid))
         });
         self.stalls.sort_by_key(|s| s.start_ns);
 
@@ -400,10 +410,7 @@ impl Session {
 
 fn syscall_name(nr: Option<i32>) -> Option<String> {
     let nr = nr?;
-    Some(
-        syscalls::name(i64::from(nr))
-            .map_or_else(|| format!("syscall {nr}"), str::to_string),
-    )
+    Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {

@@ -353,7 +353,9 @@ pub fn live_line(stall: &StallRecord) -> String {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
     }
     if stall.data_lost {
-        line.push_str("\n    (events were lost during this stall: the breakdown may be incomplete)");
+        line.push_str(
+            "\n    (events were lost during this stall: the breakdown may be incomplete)",
+        );
     }
     line
 }
@@ -551,8 +553,14 @@ mod tests {
         let rec = recording();
         let json = serde_json::to_value(&rec).expect("json");
         assert_eq!(json["version"], 1);
-        assert_eq!(json["stalls"][0]["stacks"][0]["frames"][0]["kind"], "native");
-        assert_eq!(json["stalls"][0]["stacks"][1]["frames"][0]["kind"], "kernel");
+        assert_eq!(
+            json["stalls"][0]["stacks"][0]["frames"][0]["kind"],
+            "native"
+        );
+        assert_eq!(
+            json["stalls"][0]["stacks"][1]["frames"][0]["kind"],
+            "kernel"
+        );
         let back: Recording = serde_json::from_value(json).expect("parses back");
         assert_eq!(back, rec);
     }

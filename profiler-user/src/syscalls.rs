@@ -6,7 +6,10 @@
 /// not special cases in the timeline: (syscall, which runtimes wait in it).
 pub const WAIT_POINTS: &[(&str, &str)] = &[
     ("epoll_wait", "libuv (Node), asyncio, libevent, C servers"),
-    ("epoll_pwait", "asyncio, uvloop, tokio (mio), glib, C servers"),
+    (
+        "epoll_pwait",
+        "asyncio, uvloop, tokio (mio), glib, C servers",
+    ),
     ("epoll_pwait2", "newer glibc-based loops"),
     ("poll", "glib, older loops, asyncio with PollSelector"),
     ("ppoll", "glib, Qt"),

@@ -245,13 +245,15 @@ impl Span {
         let mut stacks: Vec<WeightedStack> = self
             .stacks
             .into_iter()
-            .map(|((kind, stack, syscall), (weight_ns, count))| WeightedStack {
-                kind,
-                stack,
-                syscall,
-                weight_ns,
-                count,
-            })
+            .map(
+                |((kind, stack, syscall), (weight_ns, count))| WeightedStack {
+                    kind,
+                    stack,
+                    syscall,
+                    weight_ns,
+                    count,
+                },
+            )
             .collect();
         stacks.sort_by(|a, b| {
             b.weight_ns
@@ -656,7 +658,14 @@ fn wake(thread: &mut Thread, ts: u64, config: Config) {
         syscall,
     } = thread.cpu
     {
-        add_blocked(thread, config.max_stacks_per_span, since, ts, stack, syscall);
+        add_blocked(
+            thread,
+            config.max_stacks_per_span,
+            since,
+            ts,
+            stack,
+            syscall,
+        );
         thread.cpu = Cpu::Runnable {
             since: ts,
             out_since: since,
@@ -761,7 +770,10 @@ mod tests {
         assert_eq!(s.rule, StallRule::Iteration);
         assert!(!s.partial && !s.data_lost);
         let off = s.top_stack(StackKind::OffCpu).expect("off-CPU stack");
-        assert_eq!((off.stack.user, off.weight_ns, off.syscall), (8, 120 * MS, Some(35)));
+        assert_eq!(
+            (off.stack.user, off.weight_ns, off.syscall),
+            (8, 120 * MS, Some(35))
+        );
         let on = s.top_stack(StackKind::OnCpu).expect("on-CPU stack");
         assert_eq!((on.stack.user, on.count), (7, 2));
     }
@@ -840,7 +852,7 @@ mod tests {
             &mut t,
             &[
                 ev(0, What::WaitExit),
-                out(100, true, 5),  // preempted on CPU 0
+                out(100, true, 5),       // preempted on CPU 0
                 ev(130, What::SwitchIn), // resumed on CPU 1
                 ev(200, What::WaitEnter),
             ],
@@ -918,5 +930,63 @@ mod tests {
         let result = t.finish(100 * MS);
         let total: u64 = result.offcpu.values().sum();
         assert_eq!(total, 35 * MS);
+    }
+}
+
+#[cfg(test)]
+mod regression {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// The event sequence a real epoll server produced for a 300 ms nanosleep in a handler.
+    #[test]
+    fn sleep_inside_an_iteration_is_blocked_time() {
+        let mut t = Timeline::new(Config {
+            threshold_ns: 100 * MS,
+            sample_period_ns: 10 * MS,
+            max_stacks_per_span: 64,
+            max_offcpu_entries: 64,
+        });
+        t.mark_waiting(1, 1);
+        let key = StackKey {
+            pid: 1,
+            kernel: 1,
+            user: 2,
+        };
+        let at = |ms: u64, what| Event {
+            ts_ns: ms * MS,
+            pid: 1,
+            tid: 1,
+            what,
+        };
+        let out = |ms| {
+            at(
+                ms,
+                What::SwitchOut {
+                    runnable: false,
+                    stack: key,
+                    syscall: Some(35),
+                },
+            )
+        };
+        let seq = [
+            at(0, What::Wake),
+            at(0, What::SwitchIn),
+            at(1, What::WaitExit),
+            at(2, What::WaitEnter),
+            out(3),
+            at(5, What::Wake),
+            at(5, What::SwitchIn),
+            at(6, What::WaitExit),
+            out(7),
+            at(307, What::Wake),
+            at(307, What::Wake),
+            at(308, What::SwitchIn),
+            at(309, What::WaitEnter),
+        ];
+        let stalls: Vec<Stall> = seq.iter().filter_map(|e| t.handle(e)).collect();
+        assert_eq!(stalls.len(), 1);
+        assert_eq!(stalls[0].off_cpu_ns, 300 * MS, "{:?}", stalls[0]);
     }
 }

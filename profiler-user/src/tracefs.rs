@@ -25,10 +25,7 @@ pub enum TracefsError {
         source: std::io::Error,
     },
     #[error("tracepoint {tracepoint} has no field '{field}' on this kernel")]
-    MissingField {
-        tracepoint: String,
-        field: String,
-    },
+    MissingField { tracepoint: String, field: String },
 }
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing when nothing is mounted.

@@ -1,1 +1,364 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
+//! each step checks first, says "ok" and skips when its piece is there, and fails with the
+//! command to run by hand when it cannot install it.
+
+use std::{
+    env,
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "stallscope developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (apt packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// setup, then build the agent (release).
+    Build,
+    /// setup, build, then run every test: unit tests and integration tests on real processes.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// setup, build, then record a bundled server with a planted stall and show the result.
+    Demo,
+}
+
+/// Debian packages: LLVM for bpf-linker, a C compiler for the test targets.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc", "libc6-dev"];
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Test { filter } => {
+            setup()?;
+            build()?;
+            test(filter.as_deref())
+        }
+        Task::Demo => {
+            setup()?;
+            build()?;
+            demo()
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    setup_apt()?;
+    setup_rust_src()?;
+    setup_bpf_linker()?;
+    eprintln!("setup: done in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn apt_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: ok: apt packages present ({})",
+            APT_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!("setup: installing apt packages: {}", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update (are you root?)")?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!(
+            "installing {}; try `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        )
+    })
+}
+
+fn setup_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
+            eprintln!("setup: ok: nightly toolchain with rust-src present");
+            Ok(())
+        }
+        Some(_) => {
+            eprintln!("setup: adding rust-src to the nightly toolchain");
+            status(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
+        }
+        None => {
+            eprintln!("setup: installing the nightly toolchain (minimal, with rust-src)");
+            status(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+            .context("the eBPF programs need a nightly Rust toolchain with rust-src")
+        }
+    }
+}
+
+fn setup_bpf_linker() -> Result<()> {
+    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
+        eprintln!("setup: ok: {} present", version.trim());
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker against Debian's LLVM 22 (about 3 minutes)");
+    // The default feature downloads a prebuilt LLVM, which cannot be fetched here; link the
+    // system LLVM instead.
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+    .context("installing bpf-linker; see TOOLCHAIN notes in README")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn agent_path() -> PathBuf {
+    root().join("target/release/stallscope")
+}
+
+fn build() -> Result<()> {
+    let started = Instant::now();
+    status(cargo().args(["build", "--release", "-p", "profiler-user"]))?;
+    eprintln!(
+        "build: {} ({:.0?})",
+        agent_path().display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E)");
+    }
+    let filter: Vec<&str> = filter.into_iter().collect();
+    status(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "profiler-common",
+                "-p",
+                "profiler-user",
+                "-p",
+                "xtask",
+            ])
+            .args(&filter),
+    )
+    .context("unit tests failed")?;
+    status(
+        cargo()
+            .args(["test", "--release", "-p", "stallscope-tests", "--"])
+            .args(&filter)
+            .arg("--test-threads=1")
+            .env("STALLSCOPE_BIN", agent_path()),
+    )
+    .context("integration tests failed")
+}
+
+/// Builds the bundled epoll server with planted stalls.
+fn build_demo_server(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let binary = dir.join("epoll_server");
+    status(
+        Command::new("cc")
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-o",
+            ])
+            .arg(&binary)
+            .arg(root().join("tests/targets/epoll_server.c")),
+    )?;
+    Ok(binary)
+}
+
+fn send(port: u16, line: &str) -> Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let dir = root().join("target/demo");
+    let server_bin = build_demo_server(&dir)?;
+    let mut server = Command::new(&server_bin)
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the demo server")?;
+    let mut server_out = BufReader::new(server.stdout.take().context("server stdout")?);
+    let mut first = String::new();
+    server_out.read_line(&mut first)?;
+    let port: u16 = first
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .context("demo server did not report its port")?;
+    let pid = server.id();
+    eprintln!(
+        "demo: started epoll_server (pid {pid}) on 127.0.0.1:{port}; it burns CPU for 250 ms in burn_cpu() when asked"
+    );
+    let out_dir = dir.join("recording");
+    let mut agent = Command::new(agent_path())
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "5s",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting stallscope")?;
+    let agent_err = BufReader::new(agent.stderr.take().context("agent stderr")?);
+    let mut ready = false;
+    let mut lines = agent_err.lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        eprintln!("{line}");
+        if line.contains("stallscope: recording") {
+            ready = true;
+            break;
+        }
+    }
+    thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    if ready {
+        eprintln!("demo: sending requests: quick ones, and one that stalls the loop");
+        for round in 0..2 {
+            for _ in 0..20 {
+                send(port, "quick\n")?;
+            }
+            send(
+                port,
+                if round == 0 {
+                    "burn 250\n"
+                } else {
+                    "sleep 200\n"
+                },
+            )?;
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let status = agent.wait()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    if !status.success() {
+        bail!("stallscope exited with {status}");
+    }
+    eprintln!(
+        "demo: outputs are in {} (open flamegraph.svg in a browser)",
+        out_dir.display()
+    );
+    Ok(())
+}
