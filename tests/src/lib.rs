@@ -1,1 +1,384 @@
+//! Helpers for stallscope's integration tests: build and run real target programs, run the
+//! real agent against them, and read what it wrote. Targets are killed when dropped (they are
+//! ours); the agent is stopped the way a user stops it (SIGINT).
+//!
+//! These tests need root and a kernel with BPF; `cargo xtask test` runs them. A missing
+//! privilege is a failure with a message, never a silent skip.
 
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        mpsc::{self, Receiver},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The agent binary: $STALLSCOPE_BIN (set by `cargo xtask test`) or target/release/stallscope.
+pub fn agent_bin() -> PathBuf {
+    let path = std::env::var_os("STALLSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/stallscope"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo xtask test` (it builds the agent first)",
+        path.display()
+    );
+    path
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests load eBPF programs: run them as root (`sudo -E cargo xtask test`)"
+    );
+}
+
+/// A fresh, empty directory for one test's outputs.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = workspace_root()
+        .join("target/test-runs")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Compiles a C target from tests/targets once per test binary.
+pub fn c_target(name: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().expect("lock");
+    let key = format!("{name} {}", flags.join(" "));
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let dir = workspace_root().join("target/test-targets");
+    std::fs::create_dir_all(&dir).expect("create target dir");
+    let binary = dir.join(format!("{name}-{}", built.len()));
+    let source = workspace_root().join(format!("tests/targets/{name}.c"));
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("run cc (cargo xtask setup installs gcc)");
+    assert!(status.success(), "compiling {}", source.display());
+    built.push((key, binary.clone()));
+    binary
+}
+
+/// Reads a child's stdout lines on a thread, so tests can wait for a line with a timeout.
+pub struct Lines {
+    rx: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn spawn(reader: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Some(line.clone());
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Everything received so far (waits briefly for stragglers).
+    pub fn collect(&mut self, settle: Duration) -> Vec<String> {
+        while let Ok(line) = self.rx.recv_timeout(settle) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}
+
+/// A process we started; killed when dropped.
+pub struct Target {
+    pub child: Child,
+    pub stdout: Lines,
+}
+
+impl Target {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start target");
+        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+        Target { child, stdout }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bundled epoll server (tests/targets/epoll_server.c) with planted stalls.
+pub struct EpollServer {
+    pub target: Target,
+    pub port: u16,
+}
+
+/// A stall the server planted, as it measured it itself (CLOCK_MONOTONIC ns).
+#[derive(Clone, Debug)]
+pub struct Planted {
+    pub kind: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Planted {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns - self.start_ns
+    }
+}
+
+impl EpollServer {
+    pub fn start(flags: &[&str]) -> Self {
+        let binary = c_target("epoll_server", flags);
+        let mut target = Target::spawn(Command::new(binary).arg("0"));
+        let line = target
+            .stdout
+            .wait_for("listening", Duration::from_secs(10))
+            .expect("server reports its port");
+        let port = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port number");
+        EpollServer { target, port }
+    }
+
+    /// Sends one request line and waits for the answer.
+    pub fn request(&self, line: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("answer");
+        assert_eq!(answer.trim(), "ok");
+    }
+
+    pub fn planted(&mut self) -> Vec<Planted> {
+        self.target
+            .stdout
+            .collect(Duration::from_millis(200))
+            .iter()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                (parts.next()? == "planted").then_some(())?;
+                Some(Planted {
+                    kind: parts.next()?.to_string(),
+                    start_ns: parts.next()?.parse().ok()?,
+                    end_ns: parts.next()?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A running `stallscope record`.
+pub struct Agent {
+    child: Child,
+    stderr: Lines,
+    stdout: Lines,
+    pub out_dir: PathBuf,
+}
+
+/// What the agent left: exit status, its output, and the recording.
+pub struct AgentResult {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    pub out_dir: PathBuf,
+}
+
+impl AgentResult {
+    pub fn stalls_json(&self) -> Value {
+        let path = self.out_dir.join("stalls.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "reading {}: {e}\nstderr: {:#?}\nstdout: {:#?}",
+                path.display(),
+                self.stderr,
+                self.stdout
+            )
+        });
+        serde_json::from_str(&text).expect("stalls.json is JSON")
+    }
+}
+
+impl Agent {
+    /// Starts `stallscope record ARGS --out DIR` and waits until it says it is recording.
+    pub fn record(args: &[&str], out_dir: &Path) -> Self {
+        require_root();
+        let mut child = Command::new(agent_bin())
+            .arg("record")
+            .args(args)
+            .arg("--out")
+            .arg(out_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start stallscope");
+        let mut stderr = Lines::spawn(child.stderr.take().expect("stderr"));
+        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+        if stderr
+            .wait_for("stallscope: recording", Duration::from_secs(30))
+            .is_none()
+        {
+            let _ = child.kill();
+            panic!(
+                "stallscope did not start recording: {:#?}",
+                stderr.collect(Duration::from_millis(500))
+            );
+        }
+        Agent {
+            child,
+            stderr,
+            stdout,
+            out_dir: out_dir.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it like Ctrl-C does and waits for it to write its outputs.
+    pub fn stop(self) -> AgentResult {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for it to finish on its own (--duration, or the targets exited).
+    pub fn wait(mut self) -> AgentResult {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "stallscope did not exit");
+            thread::sleep(Duration::from_millis(50));
+        };
+        AgentResult {
+            status,
+            stdout: self.stdout.collect(Duration::from_millis(200)),
+            stderr: self.stderr.collect(Duration::from_millis(200)),
+            out_dir: self.out_dir.clone(),
+        }
+    }
+}
+
+/// Runs the agent to completion with the given arguments (for error cases).
+pub fn run_agent(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stallscope");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Function names of a stack's frames, innermost first.
+pub fn function_names(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["function"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The user (non-kernel) function names of a stack, innermost first.
+pub fn user_function_names(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter(|f| f["kind"] != "kernel")
+                .filter_map(|f| f["function"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The heaviest stack of a stall.
+pub fn dominant_stack(stall: &Value) -> &Value {
+    stall["stacks"]
+        .as_array()
+        .and_then(|stacks| {
+            stacks
+                .iter()
+                .max_by_key(|s| s["weight_ns"].as_u64().unwrap_or(0))
+        })
+        .unwrap_or(&Value::Null)
+}
