@@ -325,11 +325,12 @@ impl Session {
             }),
         );
         // Decide "is this thread a loop thread" with the full knowledge of the recording.
-        let loop_tids: HashSet<u32> = HashSet::new();
         let result = finished.finish(end_ns);
-        let loop_tids: HashSet<u32> = loop_tids
-            .into_iter()
-            .chain(result.threads.iter().filter(|t| t.is_loop).map(|t| t.tid))
+        let loop_tids: HashSet<u32> = result
+            .threads
+            .iter()
+            .filter(|t| t.is_loop)
+            .map(|t| t.tid)
             .collect();
         let loop_pids: HashSet<u32> = result
             .threads
@@ -350,7 +351,7 @@ impl Session {
         self.stalls.sort_by_key(|s| s.start_ns);
 
         let mut offcpu: Vec<_> = result.offcpu.into_iter().collect();
-        offcpu.sort_by(|a, b| b.1.cmp(&a.1));
+        offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let offcpu = offcpu
             .into_iter()
             .map(|((pid, tid, stack, syscall), weight_ns)| OffCpuRecord {

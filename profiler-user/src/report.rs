@@ -395,7 +395,7 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             format_ms(total)
         );
         let mut by_duration: Vec<&StallRecord> = recording.stalls.iter().collect();
-        by_duration.sort_by(|a, b| b.duration_ns.cmp(&a.duration_ns));
+        by_duration.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
         for stall in by_duration.iter().take(10) {
             let top = stall
                 .dominant_stack()
