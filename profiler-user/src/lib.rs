@@ -8,10 +8,15 @@
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
 //! - [`symbolize`]: addresses → frames (the only blazesym user);
 //! - [`report`]: the recording as data, and every output rendered from it;
+//! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
+//!   more renderings of a recording for CI and other tools;
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
+pub mod budget;
 pub mod cli;
 pub mod events;
+pub mod junit;
+pub mod pprof;
 pub mod privileges;
 pub mod procfs;
 pub mod record;
@@ -19,4 +24,5 @@ pub mod report;
 pub mod symbolize;
 pub mod syscalls;
 pub mod timeline;
+pub mod trace;
 pub mod tracefs;

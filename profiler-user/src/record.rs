@@ -401,6 +401,8 @@ impl Session {
             threads,
             stalls: self.stalls,
             offcpu,
+            spans: Vec::new(),
+            spans_dropped: 0,
             verdict: report::Verdict {
                 budgets: Vec::new(),
                 passed: true,

@@ -27,7 +27,28 @@ pub struct Recording {
     pub stalls: Vec<StallRecord>,
     /// Off-CPU time of every followed thread, by stack (offcputime-style).
     pub offcpu: Vec<OffCpuRecord>,
+    /// Off-CPU spans, runqueue waits and samples of followed threads, in time order, for the
+    /// timeline view (trace.json). Bounded: see `spans_dropped`.
+    #[serde(default)]
+    pub spans: Vec<SpanRecord>,
+    #[serde(default)]
+    pub spans_dropped: u64,
     pub verdict: Verdict,
+}
+
+/// One span on a thread's timeline track.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpanRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// "off_cpu" (blocked), "runqueue" (waiting for a CPU) or "sample" (an on-CPU sample,
+    /// where `end_ns == start_ns`).
+    pub kind: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub syscall: Option<String>,
+    /// Innermost user function, or kernel function when there is no user frame.
+    pub label: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,7 +124,7 @@ pub struct OffCpuRecord {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verdict {
-    pub budgets: Vec<serde_json::Value>,
+    pub budgets: Vec<crate::budget::BudgetResult>,
     pub passed: bool,
 }
 
@@ -519,6 +540,8 @@ mod tests {
             threads: vec![],
             stalls: vec![stall],
             offcpu: vec![],
+            spans: vec![],
+            spans_dropped: 0,
             verdict: Verdict {
                 budgets: vec![],
                 passed: true,

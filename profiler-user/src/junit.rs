@@ -1,0 +1,1 @@
+//! JUnit XML: one test case per budget (being written).

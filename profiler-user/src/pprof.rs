@@ -1,0 +1,1 @@
+//! pprof output (profile.pb.gz) (being written).

@@ -1,0 +1,1 @@
+//! Chrome trace-event / Perfetto timeline (trace.json) (being written).
