@@ -36,12 +36,18 @@ pub struct Limits {
     /// Stalls kept in full; past this only the count grows (a loop stalling every iteration for
     /// an hour must not eat the machine).
     pub stalls: usize,
+    /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
+    pub marks: usize,
+    /// Off-CPU spans shorter than this are left out of the timeline view.
+    pub min_mark_ns: u64,
 }
 
 pub const LIMITS: Limits = Limits {
     stacks_per_stall: 256,
     offcpu_entries: 20_000,
     stalls: 10_000,
+    marks: 200_000,
+    min_mark_ns: 1_000_000,
 };
 
 pub fn monotonic_ns() -> u64 {
@@ -91,6 +97,8 @@ impl Session {
             sample_period_ns: 1_000_000_000 / config.freq_hz,
             max_stacks_per_span: LIMITS.stacks_per_stall,
             max_offcpu_entries: LIMITS.offcpu_entries,
+            max_marks: LIMITS.marks,
+            min_mark_ns: LIMITS.min_mark_ns,
         });
         Session {
             config,
@@ -322,6 +330,8 @@ impl Session {
                 sample_period_ns: 1,
                 max_stacks_per_span: 0,
                 max_offcpu_entries: 0,
+                max_marks: 0,
+                min_mark_ns: 0,
             }),
         );
         // Decide "is this thread a loop thread" with the full knowledge of the recording.
@@ -363,6 +373,26 @@ impl Session {
                 frames: self.frames(probes, stack),
             })
             .collect();
+        let spans = result
+            .marks
+            .iter()
+            .map(|mark| report::SpanRecord {
+                pid: mark.pid,
+                tid: mark.tid,
+                kind: match mark.kind {
+                    timeline::StackKind::OnCpu => "sample",
+                    other => other.as_str(),
+                }
+                .to_string(),
+                start_ns: mark.start_ns,
+                end_ns: mark.end_ns,
+                syscall: syscall_name(mark.syscall),
+                label: mark
+                    .stack
+                    .map(|key| span_label(&self.frames(probes, key)))
+                    .unwrap_or_default(),
+            })
+            .collect();
         let threads = result
             .threads
             .iter()
@@ -401,8 +431,8 @@ impl Session {
             threads,
             stalls: self.stalls,
             offcpu,
-            spans: Vec::new(),
-            spans_dropped: 0,
+            spans,
+            spans_dropped: result.marks_dropped,
             verdict: report::Verdict {
                 budgets: Vec::new(),
                 passed: true,
@@ -414,6 +444,16 @@ impl Session {
 fn syscall_name(nr: Option<i32>) -> Option<String> {
     let nr = nr?;
     Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
+}
+
+/// The innermost user function of a stack, or its innermost kernel function.
+fn span_label(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .find(|f| f.kind != crate::symbolize::FrameKind::Kernel)
+        .or_else(|| frames.first())
+        .map(|f| f.function.clone())
+        .unwrap_or_default()
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {

@@ -84,6 +84,24 @@ pub struct Config {
     pub max_stacks_per_span: usize,
     /// Distinct (thread, stack) pairs kept for the off-CPU profile.
     pub max_offcpu_entries: usize,
+    /// Timeline marks (off-CPU spans, runqueue waits, samples) kept for the trace view.
+    pub max_marks: usize,
+    /// Off-CPU and runqueue spans shorter than this are not marked (they would flood the view
+    /// of a busy server and say nothing a person can see).
+    pub min_mark_ns: u64,
+}
+
+/// A span or instant on a thread's track, for the timeline view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub pid: u32,
+    pub tid: u32,
+    /// OnCpu marks are samples (start == end).
+    pub kind: StackKind,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub stack: Option<StackKey>,
+    pub syscall: Option<i32>,
 }
 
 /// Which rule made a stall.
@@ -305,6 +323,8 @@ pub struct Timeline {
     exited: Vec<ThreadSummary>,
     offcpu: OffCpuProfile,
     anomalies: Anomalies,
+    marks: Vec<Mark>,
+    marks_dropped: u64,
 }
 
 impl Timeline {
@@ -315,6 +335,20 @@ impl Timeline {
             exited: Vec::new(),
             offcpu: HashMap::new(),
             anomalies: Anomalies::default(),
+            marks: Vec::new(),
+            marks_dropped: 0,
+        }
+    }
+
+    fn mark(&mut self, mark: Mark) {
+        let is_sample = mark.kind == StackKind::OnCpu;
+        if !is_sample && mark.end_ns.saturating_sub(mark.start_ns) < self.config.min_mark_ns {
+            return;
+        }
+        if self.marks.len() < self.config.max_marks {
+            self.marks.push(mark);
+        } else {
+            self.marks_dropped += 1;
         }
     }
 
@@ -401,6 +435,7 @@ impl Timeline {
             }
             What::Sample { stack, syscall } => {
                 let limit = config.max_stacks_per_span;
+                let pid = thread.pid;
                 if thread.cpu == Cpu::Unknown {
                     thread.cpu = Cpu::Running { since: 0 };
                 }
@@ -413,6 +448,15 @@ impl Timeline {
                         config.sample_period_ns,
                     );
                 }
+                self.mark(Mark {
+                    pid,
+                    tid,
+                    kind: StackKind::OnCpu,
+                    start_ns: ts,
+                    end_ns: ts,
+                    stack: Some(stack),
+                    syscall,
+                });
                 None
             }
             What::Exit => self.exit(tid, ts),
@@ -469,6 +513,38 @@ impl Timeline {
         let Some(thread) = self.threads.get_mut(&tid) else {
             return;
         };
+        let pid = thread.pid;
+        let mut marks: [Option<Mark>; 2] = [None, None];
+        let span = |kind, start_ns, end_ns, stack, syscall| {
+            Some(Mark {
+                pid,
+                tid,
+                kind,
+                start_ns,
+                end_ns,
+                stack,
+                syscall,
+            })
+        };
+        match thread.cpu {
+            Cpu::Runnable {
+                since,
+                out_since,
+                stack,
+                syscall,
+            } => {
+                if out_since < since {
+                    marks[0] = span(StackKind::OffCpu, out_since, since, stack, syscall);
+                }
+                marks[1] = span(StackKind::Runqueue, since, ts, stack, None);
+            }
+            Cpu::Blocked {
+                since,
+                stack,
+                syscall,
+            } => marks[0] = span(StackKind::OffCpu, since, ts, Some(stack), syscall),
+            Cpu::Running { .. } | Cpu::Unknown => {}
+        }
         let out = match thread.cpu {
             Cpu::Runnable {
                 since,
@@ -513,6 +589,9 @@ impl Timeline {
         thread.cpu = Cpu::Running { since: ts };
         if thread.run.is_none() && !thread.is_loop {
             thread.run = Some(Span::new(ts, false));
+        }
+        for mark in marks.into_iter().flatten() {
+            self.mark(mark);
         }
     }
 
@@ -631,6 +710,8 @@ impl Timeline {
             threads,
             offcpu: self.offcpu,
             anomalies: self.anomalies,
+            marks: self.marks,
+            marks_dropped: self.marks_dropped,
         }
     }
 }
@@ -681,6 +762,9 @@ pub struct TimelineResult {
     pub threads: Vec<ThreadSummary>,
     pub offcpu: OffCpuProfile,
     pub anomalies: Anomalies,
+    /// In time order of their end.
+    pub marks: Vec<Mark>,
+    pub marks_dropped: u64,
 }
 
 #[cfg(test)]
@@ -697,6 +781,8 @@ mod tests {
             sample_period_ns: 10 * MS,
             max_stacks_per_span: 64,
             max_offcpu_entries: 1024,
+            max_marks: 1024,
+            min_mark_ns: 0,
         }
     }
 
@@ -930,6 +1016,16 @@ mod tests {
         let result = t.finish(100 * MS);
         let total: u64 = result.offcpu.values().sum();
         assert_eq!(total, 35 * MS);
+        // The timeline view gets the blocked span and the runqueue wait after it.
+        let spans: Vec<(StackKind, u64, u64)> = result
+            .marks
+            .iter()
+            .map(|m| (m.kind, m.start_ns / MS, m.end_ns / MS))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![(StackKind::OffCpu, 10, 40), (StackKind::Runqueue, 40, 45)]
+        );
     }
 }
 
@@ -947,6 +1043,8 @@ mod regression {
             sample_period_ns: 10 * MS,
             max_stacks_per_span: 64,
             max_offcpu_entries: 64,
+            max_marks: 64,
+            min_mark_ns: 0,
         });
         t.mark_waiting(1, 1);
         let key = StackKey {
