@@ -20,6 +20,183 @@ pub enum Command {
     /// Record a running process (--pid) or a command, report every loop iteration past the
     /// threshold (a stall) and where its time went.
     Record(RecordArgs),
+    /// Record a service while a load test runs, then judge the --fail-on budgets (exit 3 when
+    /// exceeded, 4 when the load command itself failed).
+    Ci(CiArgs),
+    /// Re-render a saved recording directory (e.g. with another --threshold or --format).
+    Report(ReportArgs),
+    /// Compare two recordings: differential flamegraph and what grew, with growth budgets.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// The service to record (or use --spawn).
+    #[arg(
+        long,
+        short = 'p',
+        value_delimiter = ',',
+        required_unless_present = "spawn"
+    )]
+    pub pid: Vec<String>,
+
+    /// Start the server with this shell command, record it, stop it afterwards.
+    #[arg(long, conflicts_with = "pid")]
+    pub spawn: Option<String>,
+
+    /// Wait until the service is ready before starting the load: tcp:PORT or http://HOST:PORT/PATH.
+    #[arg(long)]
+    pub ready: Option<String>,
+
+    /// How long to wait for --ready.
+    #[arg(long, default_value = "30s")]
+    pub ready_timeout: String,
+
+    /// Budgets, e.g. `max=200ms,count=0`; exceeded means exit code 3.
+    #[arg(long)]
+    pub fail_on: Option<String>,
+
+    /// An iteration longer than this is a stall.
+    #[arg(long, default_value = "100ms")]
+    pub threshold: String,
+
+    /// cpu-clock samples per second, per CPU.
+    #[arg(long, default_value_t = 99)]
+    pub freq: u64,
+
+    /// Output directory (default: ./stallscope-<pid>-<YYYYmmdd-HHMMSS>).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+
+    /// Outputs to render (see `record --format`).
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    pub format: Vec<String>,
+
+    /// Do not print each stall as it ends.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// The load command (wrk, k6, locust, a pytest run, ...).
+    #[arg(last = true, num_args = 1.., required = true)]
+    pub load: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A directory written by `stallscope record` or `ci`.
+    pub dir: PathBuf,
+
+    /// Re-cut stalls at this threshold (replays the saved events).
+    #[arg(long)]
+    pub threshold: Option<String>,
+
+    /// Outputs to render (see `record --format`).
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    pub format: Vec<String>,
+
+    /// Write here instead of into DIR.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+
+    /// Judge these budgets (exit 3 when exceeded).
+    #[arg(long)]
+    pub fail_on: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The baseline recording directory.
+    pub base: PathBuf,
+    /// The recording to compare with it.
+    pub new: PathBuf,
+    /// Budgets on growth, e.g. `total=+20%,count=+2,p99=+10ms` (exit 3 when exceeded).
+    #[arg(long)]
+    pub fail_on: Option<String>,
+    /// Where to write diff.svg, diff.folded, diff.md (default: NEW).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_threshold(text: &str) -> Result<u64, UsageError> {
+    let ns = parse_duration_ns(text).map_err(|e| UsageError(format!("--threshold {text}: {e}")))?;
+    if ns == 0 {
+        return Err(UsageError(
+            "--threshold must be greater than 0 (e.g. --threshold 100ms)".into(),
+        ));
+    }
+    Ok(ns)
+}
+
+impl CiArgs {
+    pub fn to_options(&self) -> Result<crate::ci::CiOptions, UsageError> {
+        let record = RecordArgs {
+            pid: if self.pid.is_empty() {
+                vec![]
+            } else {
+                self.pid.clone()
+            },
+            threshold: self.threshold.clone(),
+            duration: None,
+            freq: self.freq,
+            out: self.out.clone(),
+            thread: Vec::new(),
+            thread_name: None,
+            quiet: self.quiet,
+            fail_on: self.fail_on.clone(),
+            format: self.format.clone(),
+            ring_buffer_kib: 8192,
+            command: Vec::new(),
+        };
+        let mut config = record.to_config()?;
+        if let Some(text) = &self.fail_on {
+            crate::budget::parse_budgets(text, false)?;
+        }
+        if self.spawn.is_some() {
+            config.target = Target::Pids(Vec::new());
+        }
+        let ready_timeout = parse_duration_ns(&self.ready_timeout)
+            .map_err(|e| UsageError(format!("--ready-timeout {}: {e}", self.ready_timeout)))?;
+        Ok(crate::ci::CiOptions {
+            record: config,
+            spawn: self.spawn.clone(),
+            ready: self
+                .ready
+                .as_deref()
+                .map(crate::ci::parse_readiness)
+                .transpose()?,
+            ready_timeout: Duration::from_nanos(ready_timeout),
+            load: self.load.clone(),
+        })
+    }
+}
+
+impl ReportArgs {
+    pub fn to_options(&self) -> Result<crate::replay::ReportOptions, UsageError> {
+        if let Some(text) = &self.fail_on {
+            crate::budget::parse_budgets(text, false)?;
+        }
+        Ok(crate::replay::ReportOptions {
+            dir: self.dir.clone(),
+            out: self.out.clone(),
+            threshold_ns: self.threshold.as_deref().map(parse_threshold).transpose()?,
+            formats: Formats::parse(&self.format)?,
+            fail_on: self.fail_on.clone(),
+        })
+    }
+}
+
+impl DiffArgs {
+    pub fn to_options(&self) -> Result<crate::diff::DiffOptions, UsageError> {
+        if let Some(text) = &self.fail_on {
+            crate::budget::parse_budgets(text, true)?;
+        }
+        Ok(crate::diff::DiffOptions {
+            base: self.base.clone(),
+            new: self.new.clone(),
+            out: self.out.clone(),
+            fail_on: self.fail_on.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +238,16 @@ pub struct RecordArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
+    /// Fail (exit 3) when a budget is exceeded, e.g. `max=200ms,count=0` or `thread:p99=50ms`.
+    /// Metrics: max, count, total, p50, p90, p99; scopes: all (default), process, thread.
+    #[arg(long)]
+    pub fail_on: Option<String>,
+
+    /// Outputs to render, comma-separated: svg, folded, trace, pprof, summary, junit, or all.
+    /// stalls.json and the saved events are always written.
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    pub format: Vec<String>,
+
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, hide = true)]
     pub ring_buffer_kib: u32,
@@ -82,6 +269,59 @@ pub struct RecordConfig {
     pub thread_name: Option<String>,
     pub quiet: bool,
     pub ring_buffer_bytes: u32,
+    pub fail_on: Option<String>,
+    pub formats: Formats,
+}
+
+/// Which renderings to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Formats {
+    pub svg: bool,
+    pub folded: bool,
+    pub trace: bool,
+    pub pprof: bool,
+    pub summary: bool,
+    pub junit: bool,
+}
+
+impl Formats {
+    pub const ALL: Formats = Formats {
+        svg: true,
+        folded: true,
+        trace: true,
+        pprof: true,
+        summary: true,
+        junit: true,
+    };
+
+    pub fn parse(items: &[String]) -> Result<Formats, UsageError> {
+        let mut formats = Formats {
+            svg: false,
+            folded: false,
+            trace: false,
+            pprof: false,
+            summary: false,
+            junit: false,
+        };
+        for item in items {
+            match item.trim() {
+                "all" => formats = Formats::ALL,
+                "svg" => formats.svg = true,
+                "folded" => formats.folded = true,
+                "trace" => formats.trace = true,
+                "pprof" => formats.pprof = true,
+                "summary" => formats.summary = true,
+                "junit" => formats.junit = true,
+                "json" => {}
+                other => {
+                    return Err(UsageError(format!(
+                        "--format {other}: unknown output; use svg, folded, trace, pprof, summary, junit or all"
+                    )));
+                }
+            }
+        }
+        Ok(formats)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,12 +349,9 @@ impl RecordArgs {
         } else {
             Target::Command(self.command.clone())
         };
-        let threshold_ns = parse_duration_ns(&self.threshold)
-            .map_err(|e| UsageError(format!("--threshold {}: {e}", self.threshold)))?;
-        if threshold_ns == 0 {
-            return Err(UsageError(
-                "--threshold must be greater than 0 (e.g. --threshold 100ms)".into(),
-            ));
+        let threshold_ns = parse_threshold(&self.threshold)?;
+        if let Some(text) = &self.fail_on {
+            crate::budget::parse_budgets(text, false)?;
         }
         let duration = match &self.duration {
             None => None,
@@ -149,6 +386,8 @@ impl RecordArgs {
             thread_name: self.thread_name.clone(),
             quiet: self.quiet,
             ring_buffer_bytes: ring_kib * 1024,
+            fail_on: self.fail_on.clone(),
+            formats: Formats::parse(&self.format)?,
         })
     }
 }
@@ -228,7 +467,9 @@ mod tests {
     fn zero_threshold_is_a_usage_error() {
         let cli = Cli::try_parse_from(["stallscope", "record", "--pid", "1", "--threshold", "0ms"])
             .expect("parses");
-        let Command::Record(args) = cli.command;
+        let Command::Record(args) = cli.command else {
+            panic!("record")
+        };
         assert!(args.to_config().is_err());
     }
 

@@ -13,14 +13,18 @@
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
 pub mod budget;
+pub mod ci;
 pub mod cli;
+pub mod diff;
 pub mod events;
 pub mod junit;
 pub mod pprof;
 pub mod privileges;
 pub mod procfs;
 pub mod record;
+pub mod replay;
 pub mod report;
+pub mod session;
 pub mod symbolize;
 pub mod syscalls;
 pub mod timeline;

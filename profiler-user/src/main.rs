@@ -48,8 +48,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => {
             let config = args.to_config()?;
-            runtime.block_on(profiler_user::record::run(config))?;
-            Ok(ExitCode::SUCCESS)
+            let outcome = runtime.block_on(profiler_user::record::run(config))?;
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Command::Ci(args) => {
+            let options = args.to_options()?;
+            let code = runtime.block_on(profiler_user::ci::run(options))?;
+            Ok(ExitCode::from(code))
+        }
+        Command::Report(args) => {
+            let outcome = profiler_user::replay::run(args.to_options()?)?;
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Command::Diff(args) => {
+            let outcome = profiler_user::diff::run(args.to_options()?)?;
+            Ok(ExitCode::from(outcome.exit_code()))
         }
     }
 }

@@ -7,7 +7,10 @@ use std::{fmt::Write as _, fs, io, path::Path};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::symbolize::{Frame, FrameKind};
+use crate::{
+    cli::Formats,
+    symbolize::{Frame, FrameKind},
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -33,6 +36,9 @@ pub struct Recording {
     pub spans: Vec<SpanRecord>,
     #[serde(default)]
     pub spans_dropped: u64,
+    /// (pid, tid) of threads blocked in a wait point when recording began.
+    #[serde(default)]
+    pub waiting_at_start: Vec<(u32, u32)>,
     pub verdict: Verdict,
 }
 
@@ -61,6 +67,9 @@ pub struct Drops {
     pub iterations_discarded: u64,
     /// Distinct stacks past the per-stall or off-CPU limits.
     pub stacks_dropped: u64,
+    /// Events not saved to events.bin (its size limit): `report` re-renders only what was saved.
+    #[serde(default)]
+    pub events_not_saved: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,6 +143,10 @@ pub const STALLS_FOLDED: &str = "stalls.folded";
 pub const FLAMEGRAPH_SVG: &str = "flamegraph.svg";
 pub const OFFCPU_FOLDED: &str = "offcpu.folded";
 pub const OFFCPU_SVG: &str = "offcpu.svg";
+pub const PROFILE_PB_GZ: &str = "profile.pb.gz";
+pub const TRACE_JSON: &str = "trace.json";
+pub const SUMMARY_MD: &str = "summary.md";
+pub const JUNIT_XML: &str = "junit.xml";
 
 impl StallRecord {
     /// The stack that explains most of the stall: the heaviest one.
@@ -214,10 +227,31 @@ fn process_label(recording: &Recording, pid: u32) -> String {
 
 /// Stall time, weighted in microseconds; root frame = process;thread.
 pub fn stall_folded(recording: &Recording) -> Vec<String> {
+    stall_folded_labelled(recording, true)
+}
+
+/// As [`stall_folded`], but process and thread are named without their ids, so that two
+/// recordings of the same service (different PIDs) can be compared.
+pub fn stall_folded_without_ids(recording: &Recording) -> Vec<String> {
+    stall_folded_labelled(recording, false)
+}
+
+fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
     let mut lines = Vec::new();
     for stall in &recording.stalls {
-        let process = process_label(recording, stall.pid);
-        let thread = format!("{} ({})", stall.comm, stall.tid);
+        let (process, thread) = if with_ids {
+            (
+                process_label(recording, stall.pid),
+                format!("{} ({})", stall.comm, stall.tid),
+            )
+        } else {
+            let process = recording
+                .processes
+                .iter()
+                .find(|p| p.pid == stall.pid)
+                .map_or_else(|| "?".to_string(), |p| p.comm.clone());
+            (process, stall.comm.clone())
+        };
         for stack in &stall.stacks {
             let marker = kind_marker(&stack.kind, stack.syscall.as_deref());
             lines.extend(folded_line(
@@ -285,8 +319,8 @@ fn empty_svg(title: &str) -> String {
     )
 }
 
-/// Writes stalls.json, the folded files and their SVGs into `dir`.
-pub fn write_outputs(dir: &Path, recording: &Recording) -> Result<Vec<String>> {
+/// Writes stalls.json and the renderings `formats` asks for into `dir`; returns their paths.
+pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Result<Vec<String>> {
     let mut written = Vec::new();
     let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
         let path = dir.join(name);
@@ -297,18 +331,146 @@ pub fn write_outputs(dir: &Path, recording: &Recording) -> Result<Vec<String>> {
     let json = serde_json::to_vec_pretty(recording).context("serializing stalls.json")?;
     write(STALLS_JSON, &json)?;
     let stalls = stall_folded(recording);
-    write(STALLS_FOLDED, folded_text(&stalls).as_bytes())?;
-    write(
-        FLAMEGRAPH_SVG,
-        &flamegraph_svg(&stalls, "stallscope: where stall time went")?,
-    )?;
     let offcpu = offcpu_folded(recording);
-    write(OFFCPU_FOLDED, folded_text(&offcpu).as_bytes())?;
-    write(
-        OFFCPU_SVG,
-        &flamegraph_svg(&offcpu, "stallscope: off-CPU time of followed threads")?,
-    )?;
+    if formats.folded {
+        write(STALLS_FOLDED, folded_text(&stalls).as_bytes())?;
+        write(OFFCPU_FOLDED, folded_text(&offcpu).as_bytes())?;
+    }
+    if formats.svg {
+        write(
+            FLAMEGRAPH_SVG,
+            &flamegraph_svg(&stalls, "stallscope: where stall time went")?,
+        )?;
+        write(
+            OFFCPU_SVG,
+            &flamegraph_svg(&offcpu, "stallscope: off-CPU time of followed threads")?,
+        )?;
+    }
+    if formats.pprof {
+        write(PROFILE_PB_GZ, &crate::pprof::profile_pb_gz(recording)?)?;
+    }
+    if formats.trace {
+        let trace = serde_json::to_vec(&crate::trace::trace_json(recording))
+            .context("serializing trace.json")?;
+        write(TRACE_JSON, &trace)?;
+    }
+    if formats.summary {
+        write(SUMMARY_MD, summary_markdown(recording).as_bytes())?;
+    }
+    if formats.junit {
+        let xml = crate::junit::junit_xml(
+            &recording.verdict,
+            "stallscope",
+            recording.recorded_ns as f64 / 1e9,
+        );
+        write(JUNIT_XML, xml.as_bytes())?;
+    }
     Ok(written)
+}
+
+/// Appends the markdown summary to `$GITHUB_STEP_SUMMARY` when running in GitHub Actions.
+pub fn append_github_step_summary(recording: &Recording) -> Result<()> {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+        return Ok(());
+    };
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "opening $GITHUB_STEP_SUMMARY ({})",
+                Path::new(&path).display()
+            )
+        })?;
+    io::Write::write_all(&mut file, summary_markdown(recording).as_bytes())
+        .context("appending to $GITHUB_STEP_SUMMARY")
+}
+
+/// The summary for people and CI job pages: verdict first, then the worst stalls.
+pub fn summary_markdown(recording: &Recording) -> String {
+    let mut md = String::new();
+    let verdict = &recording.verdict;
+    let stalls = &recording.stalls;
+    let headline = if verdict.passed {
+        "✅ stallscope: passed"
+    } else {
+        "❌ stallscope: budget exceeded"
+    };
+    let _ = writeln!(md, "## {headline}\n");
+    if !verdict.budgets.is_empty() {
+        let _ = writeln!(
+            md,
+            "| budget | where | measured | actual | limit | result |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+        for b in &verdict.budgets {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | {} | {} | {} |",
+                b.budget,
+                b.subject,
+                b.measured,
+                b.actual,
+                b.limit,
+                if b.passed { "pass" } else { "**FAIL**" }
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let total: u64 = stalls.iter().map(|s| s.duration_ns).sum();
+    let longest = stalls.iter().map(|s| s.duration_ns).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "Recorded {} of {}: **{} stall(s)** over {} (longest {}, total {}).\n",
+        format_ms(recording.recorded_ns),
+        recording
+            .processes
+            .iter()
+            .map(|p| format!("`{}` ({})", p.comm, p.pid))
+            .collect::<Vec<_>>()
+            .join(", "),
+        stalls.len(),
+        format_ms(recording.threshold_ns),
+        format_ms(longest),
+        format_ms(total),
+    );
+    if !stalls.is_empty() {
+        let _ = writeln!(md, "| duration | thread | mostly | where |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let mut worst: Vec<&StallRecord> = stalls.iter().collect();
+        worst.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
+        for stall in worst.iter().take(10) {
+            let place = stall
+                .dominant_stack()
+                .map(|s| {
+                    top_user_frames(s, 3)
+                        .into_iter()
+                        .map(frame_text)
+                        .collect::<Vec<_>>()
+                        .join(" ← ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} ({}/{}) | {} | `{}` |",
+                format_ms(stall.duration_ns),
+                stall.comm,
+                stall.pid,
+                stall.tid,
+                stall.dominant_kind(),
+                place.replace('`', "'")
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let drops = &recording.drops;
+    let _ = writeln!(
+        md,
+        "Lost events: {} · stacks lost: {} kernel, {} user.",
+        recording.lost_events, drops.kernel_stack, drops.user_stack
+    );
+    md
 }
 
 fn folded_text(lines: &[String]) -> String {
@@ -542,6 +704,7 @@ mod tests {
             offcpu: vec![],
             spans: vec![],
             spans_dropped: 0,
+            waiting_at_start: vec![],
             verdict: Verdict {
                 budgets: vec![],
                 passed: true,

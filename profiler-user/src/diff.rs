@@ -1,0 +1,206 @@
+//! `stallscope diff BASE NEW`: what grew between two recordings: a differential flamegraph
+//! (inferno's differential mode: red grew, blue shrank) and a table of stall count, total,
+//! percentiles and the functions whose stall time grew most, judged against growth budgets.
+
+use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    budget,
+    replay::load_recording,
+    report::{self, Recording, Verdict},
+};
+
+pub struct DiffOptions {
+    pub base: PathBuf,
+    pub new: PathBuf,
+    pub out: Option<PathBuf>,
+    pub fail_on: Option<String>,
+}
+
+pub const DIFF_FOLDED: &str = "diff.folded";
+pub const DIFF_SVG: &str = "diff.svg";
+pub const DIFF_MD: &str = "diff.md";
+
+/// Nearest-rank percentile of stall durations (0 with no stalls).
+pub fn percentile_ns(recording: &Recording, pct: f64) -> u64 {
+    let mut durations: Vec<u64> = recording.stalls.iter().map(|s| s.duration_ns).collect();
+    if durations.is_empty() {
+        return 0;
+    }
+    durations.sort_unstable();
+    let rank = ((pct / 100.0) * durations.len() as f64).ceil() as usize;
+    durations[rank.clamp(1, durations.len()) - 1]
+}
+
+/// Stall time by the innermost user function of each stack.
+fn time_by_function(recording: &Recording) -> HashMap<String, u64> {
+    let mut totals = HashMap::new();
+    for stall in &recording.stalls {
+        for stack in &stall.stacks {
+            if let Some(frame) = report::top_user_frames(stack, 1).first() {
+                *totals.entry(frame.function.clone()).or_default() += stack.weight_ns;
+            }
+        }
+    }
+    totals
+}
+
+fn change(base: u64, new: u64) -> String {
+    if base == 0 {
+        return if new == 0 { "=".into() } else { "new".into() };
+    }
+    format!("{:+.1}%", (new as f64 - base as f64) * 100.0 / base as f64)
+}
+
+/// The growth table, as markdown.
+pub fn growth_table(base: &Recording, new: &Recording) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "| metric | base | new | change |");
+    let _ = writeln!(md, "| --- | --- | --- | --- |");
+    let count = |r: &Recording| r.stalls.len() as u64;
+    let total = |r: &Recording| r.stalls.iter().map(|s| s.duration_ns).sum::<u64>();
+    let _ = writeln!(
+        md,
+        "| stalls | {} | {} | {} |",
+        count(base),
+        count(new),
+        change(count(base), count(new))
+    );
+    let rows: [(&str, u64, u64); 5] = [
+        ("total stall time", total(base), total(new)),
+        ("p50", percentile_ns(base, 50.0), percentile_ns(new, 50.0)),
+        ("p90", percentile_ns(base, 90.0), percentile_ns(new, 90.0)),
+        ("p99", percentile_ns(base, 99.0), percentile_ns(new, 99.0)),
+        (
+            "longest",
+            percentile_ns(base, 100.0),
+            percentile_ns(new, 100.0),
+        ),
+    ];
+    for (name, b, n) in rows {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            report::format_ms(b),
+            report::format_ms(n),
+            change(b, n)
+        );
+    }
+    let base_fns = time_by_function(base);
+    let new_fns = time_by_function(new);
+    let mut grown: Vec<(&String, u64, u64)> = new_fns
+        .iter()
+        .map(|(f, n)| (f, base_fns.get(f).copied().unwrap_or(0), *n))
+        .filter(|(_, b, n)| n > b)
+        .collect();
+    grown.sort_by_key(|(_, b, n)| std::cmp::Reverse(n - b));
+    if !grown.is_empty() {
+        let _ = writeln!(md, "\n| function (top of stack) | base | new | change |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        for (function, b, n) in grown.into_iter().take(10) {
+            let _ = writeln!(
+                md,
+                "| `{function}` | {} | {} | {} |",
+                report::format_ms(b),
+                report::format_ms(n),
+                change(b, n)
+            );
+        }
+    }
+    md
+}
+
+/// Differential folded lines ("stack before after"), process and thread named without ids so
+/// the two runs' frames line up.
+pub fn differential_folded(base: &Recording, new: &Recording) -> Result<Vec<String>> {
+    let before = report::stall_folded_without_ids(base).join("\n");
+    let after = report::stall_folded_without_ids(new).join("\n");
+    let mut out = Vec::new();
+    let options = inferno::differential::Options::default();
+    inferno::differential::from_readers(options, before.as_bytes(), after.as_bytes(), &mut out)
+        .context("computing the differential profile")?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+pub struct DiffOutcome {
+    pub verdict: Verdict,
+}
+
+impl DiffOutcome {
+    pub fn exit_code(&self) -> u8 {
+        if self.verdict.passed { 0 } else { 3 }
+    }
+}
+
+pub fn run(options: DiffOptions) -> Result<DiffOutcome> {
+    let base = load_recording(&options.base)?;
+    let new = load_recording(&options.new)?;
+    let budgets = match &options.fail_on {
+        Some(text) => budget::parse_budgets(text, true)?,
+        None => Vec::new(),
+    };
+    let verdict = budget::judge_growth(&budgets, &base, &new);
+    let out_dir = options.out.clone().unwrap_or_else(|| options.new.clone());
+    report::ensure_writable_dir(&out_dir).with_context(|| {
+        format!(
+            "output directory {} is not writable; choose another with --out",
+            out_dir.display()
+        )
+    })?;
+    let lines = differential_folded(&base, &new)?;
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
+        let path = out_dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let mut folded = lines.join("\n");
+    folded.push('\n');
+    let folded_path = write(DIFF_FOLDED, folded.as_bytes())?;
+    let svg = report::flamegraph_svg(
+        &lines,
+        "stallscope diff: stall time, red grew and blue shrank since the base",
+    )?;
+    let svg_path = write(DIFF_SVG, &svg)?;
+    let mut md = format!(
+        "## stallscope diff\n\nbase: `{}`\nnew: `{}`\n\n",
+        options.base.display(),
+        options.new.display()
+    );
+    md.push_str(&growth_table(&base, &new));
+    if !verdict.budgets.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nverdict: {}",
+            if verdict.passed {
+                "passed"
+            } else {
+                "budget exceeded"
+            }
+        );
+        for b in &verdict.budgets {
+            let _ = writeln!(
+                md,
+                "- `{}`: {} {} (limit {}) {}",
+                b.budget,
+                b.measured,
+                b.actual,
+                b.limit,
+                if b.passed { "pass" } else { "FAIL" }
+            );
+        }
+    }
+    let md_path = write(DIFF_MD, md.as_bytes())?;
+    println!("{md}");
+    println!(
+        "outputs:\n  {}\n  {}\n  {}",
+        svg_path.display(),
+        folded_path.display(),
+        md_path.display()
+    );
+    Ok(DiffOutcome { verdict })
+}

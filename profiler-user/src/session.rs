@@ -1,0 +1,615 @@
+//! One recording's state while events flow: from raw kernel events to the [`Recording`]. Used
+//! live (with the kernel's maps at hand) and when re-rendering a saved recording (replaying its
+//! saved events with its saved symbols), so both produce the same results by construction.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use profiler_common::{Event as RawEvent, drop as drop_index, kind};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    attach::Probes,
+    cli::RecordConfig,
+    events::{self, Lifecycle, LossDetector},
+    procfs,
+    report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
+    symbolize::{Frame, Symbols},
+    syscalls,
+    timeline::{self, StackKey, Stall, StallRule, Timeline},
+};
+
+/// Limits on what a recording keeps, with the reason for each.
+pub struct Limits {
+    /// Distinct stacks per stall: the top few explain a stall; thousands only cost memory.
+    pub stacks_per_stall: usize,
+    /// (thread, stack) pairs in the off-CPU profile: enough for any real service.
+    pub offcpu_entries: usize,
+    /// Stalls kept in full; past this only the count grows (a loop stalling every iteration for
+    /// an hour must not eat the machine).
+    pub stalls: usize,
+    /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
+    pub marks: usize,
+    /// Off-CPU spans shorter than this are left out of the timeline view.
+    pub min_mark_ns: u64,
+}
+
+pub const LIMITS: Limits = Limits {
+    stacks_per_stall: 256,
+    offcpu_entries: 20_000,
+    stalls: 10_000,
+    marks: 200_000,
+    min_mark_ns: 1_000_000,
+};
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct ProcessState {
+    pub record: ProcessRecord,
+    pub id: Option<procfs::ProcessId>,
+}
+
+/// Everything one recording accumulates while events flow.
+pub struct Session {
+    pub config: RecordConfig,
+    own_pid: u32,
+    pub timeline: Timeline,
+    pub resolver: Resolver,
+    loss: LossDetector,
+    pub processes: HashMap<u32, ProcessState>,
+    pub thread_names: HashMap<u32, String>,
+    stalls: Vec<StallRecord>,
+    stalls_not_kept: u64,
+    /// Raw events saved for `stallscope report` (None when replaying).
+    pub event_log: Option<EventLog>,
+    waiting_at_start: Vec<(u32, u32)>,
+    /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
+    debug_events: bool,
+}
+
+impl Session {
+    pub fn new(config: RecordConfig) -> Self {
+        let timeline = Timeline::new(timeline::Config {
+            threshold_ns: config.threshold_ns,
+            sample_period_ns: 1_000_000_000 / config.freq_hz,
+            max_stacks_per_span: LIMITS.stacks_per_stall,
+            max_offcpu_entries: LIMITS.offcpu_entries,
+            max_marks: LIMITS.marks,
+            min_mark_ns: LIMITS.min_mark_ns,
+        });
+        Session {
+            config,
+            own_pid: std::process::id(),
+            timeline,
+            resolver: Resolver::default(),
+            loss: LossDetector::default(),
+            processes: HashMap::new(),
+            thread_names: HashMap::new(),
+            stalls: Vec::new(),
+            stalls_not_kept: 0,
+            event_log: None,
+            waiting_at_start: Vec::new(),
+            debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
+        }
+    }
+
+    /// Registers a process we follow, reading what /proc says about it while it lives.
+    pub fn add_process(&mut self, pid: u32, started_ns: Option<u64>) {
+        if self.processes.contains_key(&pid) {
+            return;
+        }
+        let stat = procfs::stat(pid);
+        let record = ProcessRecord {
+            pid,
+            comm: stat.as_ref().map_or_else(|| "?".into(), |s| s.comm.clone()),
+            exe: procfs::exe(pid).map_or_else(String::new, |p| p.display().to_string()),
+            started_ns,
+            exited_ns: None,
+        };
+        self.resolver.symbols.snapshot(pid);
+        for tid in procfs::threads(pid) {
+            if let Some(stat) = procfs::thread_stat(pid, tid) {
+                self.thread_names.insert(tid, stat.comm);
+            }
+        }
+        let id = procfs::process_id(pid);
+        self.processes.insert(pid, ProcessState { record, id });
+    }
+
+    /// A thread found blocked in a wait point when recording began: a loop thread between
+    /// iterations. Remembered in the recording so a replay starts from the same knowledge.
+    pub fn mark_waiting(&mut self, pid: u32, tid: u32) {
+        self.timeline.mark_waiting(pid, tid);
+        self.waiting_at_start.push((pid, tid));
+    }
+
+    pub fn handle_raw(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+        if raw.pid == self.own_pid {
+            // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
+            // child from its first instruction); our own events are not part of the recording.
+            return;
+        }
+        if self.loss.observe(raw.cpu, raw.seq) > 0 {
+            self.timeline.lost();
+        }
+        // Only events taken in the thread's own context carry its name (a wake-up carries the
+        // waker's).
+        if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
+            let comm = comm_string(&raw.comm);
+            if self.thread_names.get(&raw.tid) != Some(&comm) {
+                self.thread_names.insert(raw.tid, comm);
+            }
+        }
+        if self.debug_events {
+            eprintln!("event {raw:?}");
+        }
+        let decoded = events::interpret(raw);
+        if raw.kernel_stack_id >= 0 || raw.user_stack_id >= 0 {
+            self.resolver.saw(StackKey {
+                pid: raw.pid,
+                kernel: raw.kernel_stack_id,
+                user: raw.user_stack_id,
+            });
+        }
+        if let Some(log) = self.event_log.as_mut() {
+            log.write(raw);
+        }
+        if let Some(lifecycle) = decoded.lifecycle {
+            self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
+        }
+        if let Some(event) = decoded.timeline {
+            // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
+            // someone else by now): everything known about them was saved.
+            let live = probes.is_some();
+            if live && !self.processes.contains_key(&event.pid) && event.pid == event.tid {
+                self.add_process(event.pid, None);
+            }
+            if let Some(stall) = self.timeline.handle(&event) {
+                self.stall_ended(probes.as_deref(), stall, true);
+            }
+        }
+    }
+
+    fn lifecycle(&mut self, probes: Option<&mut Probes>, lifecycle: Lifecycle, ts_ns: u64) {
+        let live = probes.is_some();
+        match lifecycle {
+            Lifecycle::Fork { child_tid, .. } if live => {
+                // A new process (not a thread) has itself as thread group leader.
+                let is_process = procfs::stat(child_tid).is_some()
+                    && std::fs::read_to_string(format!("/proc/{child_tid}/status"))
+                        .ok()
+                        .and_then(|s| {
+                            s.lines()
+                                .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_string()))
+                        })
+                        .is_some_and(|tgid| tgid == child_tid.to_string());
+                if is_process {
+                    self.add_process(child_tid, Some(ts_ns));
+                }
+            }
+            Lifecycle::Fork { .. } => {}
+            Lifecycle::Exec { pid } if live => {
+                self.resolver.symbols.forget(pid);
+                self.resolver.symbols.snapshot(pid);
+                if let Some(process) = self.processes.get_mut(&pid) {
+                    if let Some(stat) = procfs::stat(pid) {
+                        process.record.comm = stat.comm;
+                    }
+                    if let Some(exe) = procfs::exe(pid) {
+                        process.record.exe = exe.display().to_string();
+                    }
+                }
+            }
+            Lifecycle::Exec { .. } => {}
+            Lifecycle::Exit {
+                pid, group_dead, ..
+            } => {
+                if group_dead {
+                    if let Some(process) = self.processes.get_mut(&pid) {
+                        process.record.exited_ns = Some(ts_ns);
+                    }
+                    if let Some(probes) = probes {
+                        probes.unfollow(pid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a stall is shown: iterations of loop threads always; runs only for processes
+    /// with no loop thread (a worker pool's CPU work is not a stall of anyone's loop); with
+    /// --thread/--thread-name, only those threads.
+    fn is_reported(&self, stall: &Stall) -> bool {
+        if !self.config.threads.is_empty() || self.config.thread_name.is_some() {
+            let by_tid = self.config.threads.contains(&stall.tid);
+            let by_name = self
+                .config
+                .thread_name
+                .as_ref()
+                .is_some_and(|name| self.thread_names.get(&stall.tid) == Some(name));
+            return by_tid || by_name;
+        }
+        match stall.rule {
+            StallRule::Iteration => true,
+            StallRule::Run => {
+                !self.timeline.is_loop_thread(stall.tid)
+                    && !self.timeline.process_has_loop(stall.pid)
+            }
+        }
+    }
+
+    fn stall_ended(&mut self, probes: Option<&Probes>, stall: Stall, live: bool) {
+        if !self.is_reported(&stall) {
+            return;
+        }
+        if self.stalls.len() >= LIMITS.stalls {
+            self.stalls_not_kept += 1;
+            return;
+        }
+        let record = self.stall_record(probes, &stall);
+        if live && !self.config.quiet {
+            println!("{}", report::live_line(&record));
+        }
+        self.stalls.push(record);
+    }
+
+    fn stall_record(&mut self, probes: Option<&Probes>, stall: &Stall) -> StallRecord {
+        let stacks = stall
+            .stacks
+            .iter()
+            .map(|s| StackRecord {
+                kind: s.kind.as_str().to_string(),
+                weight_ns: s.weight_ns,
+                count: s.count,
+                syscall: syscall_name(s.syscall),
+                frames: self.resolver.frames(probes, s.stack),
+            })
+            .collect();
+        StallRecord {
+            pid: stall.pid,
+            tid: stall.tid,
+            comm: self.thread_name(stall.tid),
+            start_ns: stall.start_ns,
+            end_ns: stall.end_ns,
+            duration_ns: stall.duration_ns(),
+            on_cpu_ns: stall.on_cpu_ns,
+            off_cpu_ns: stall.off_cpu_ns,
+            runqueue_ns: stall.runqueue_ns,
+            rule: match stall.rule {
+                StallRule::Iteration => "iteration",
+                StallRule::Run => "run",
+            }
+            .into(),
+            partial: stall.partial,
+            data_lost: stall.data_lost,
+            stacks,
+        }
+    }
+
+    fn thread_name(&self, tid: u32) -> String {
+        self.thread_names
+            .get(&tid)
+            .cloned()
+            .unwrap_or_else(|| "?".into())
+    }
+
+    pub fn all_targets_gone(&self) -> bool {
+        self.processes
+            .values()
+            .all(|p| p.record.exited_ns.is_some() || !p.id.is_some_and(procfs::is_alive))
+    }
+
+    pub fn finish(mut self, probes: Option<&Probes>, start_ns: u64, end_ns: u64) -> Recording {
+        let finished = std::mem::replace(
+            &mut self.timeline,
+            Timeline::new(timeline::Config {
+                threshold_ns: u64::MAX,
+                sample_period_ns: 1,
+                max_stacks_per_span: 0,
+                max_offcpu_entries: 0,
+                max_marks: 0,
+                min_mark_ns: 0,
+            }),
+        );
+        // Decide "is this thread a loop thread" with the full knowledge of the recording.
+        let result = finished.finish(end_ns);
+        let loop_tids: HashSet<u32> = result
+            .threads
+            .iter()
+            .filter(|t| t.is_loop)
+            .map(|t| t.tid)
+            .collect();
+        let loop_pids: HashSet<u32> = result
+            .threads
+            .iter()
+            .filter(|t| t.is_loop)
+            .map(|t| t.pid)
+            .collect();
+        for stall in result.open_stalls {
+            self.stall_ended(probes, stall, false);
+        }
+        // Runs reported before a thread of their process turned out to be a loop thread.
+        let selected = !self.config.threads.is_empty() || self.config.thread_name.is_some();
+        self.stalls.retain(|s| {
+            selected
+                || s.rule == "iteration"
+                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid))
+        });
+        self.stalls.sort_by_key(|s| s.start_ns);
+
+        let mut offcpu: Vec<_> = result.offcpu.into_iter().collect();
+        offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+        let offcpu = offcpu
+            .into_iter()
+            .map(|((pid, tid, stack, syscall), weight_ns)| OffCpuRecord {
+                pid,
+                tid,
+                comm: self.thread_name(tid),
+                weight_ns,
+                syscall: syscall_name(syscall),
+                frames: self.resolver.frames(probes, stack),
+            })
+            .collect();
+        let spans = result
+            .marks
+            .iter()
+            .map(|mark| report::SpanRecord {
+                pid: mark.pid,
+                tid: mark.tid,
+                kind: match mark.kind {
+                    timeline::StackKind::OnCpu => "sample",
+                    other => other.as_str(),
+                }
+                .to_string(),
+                start_ns: mark.start_ns,
+                end_ns: mark.end_ns,
+                syscall: syscall_name(mark.syscall),
+                label: mark
+                    .stack
+                    .map(|key| span_label(&self.resolver.frames(probes, key)))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let threads = result
+            .threads
+            .iter()
+            .map(|t| report::ThreadRecord {
+                pid: t.pid,
+                tid: t.tid,
+                comm: self.thread_name(t.tid),
+                is_loop: t.is_loop,
+                iterations: t.iterations,
+            })
+            .collect();
+        let kernel_drops = probes.map(Probes::drops).unwrap_or_default();
+        let mut processes: Vec<ProcessRecord> =
+            self.processes.values().map(|p| p.record.clone()).collect();
+        processes.sort_by_key(|p| p.pid);
+        Recording {
+            version: report::SCHEMA_VERSION,
+            threshold_ns: self.config.threshold_ns,
+            recorded_ns: end_ns.saturating_sub(start_ns),
+            start_ns,
+            end_ns,
+            sample_freq_hz: self.config.freq_hz,
+            lost_events: self
+                .loss
+                .lost
+                .max(kernel_drops[drop_index::RINGBUF_FULL as usize]),
+            drops: Drops {
+                ringbuf_full: kernel_drops[drop_index::RINGBUF_FULL as usize],
+                kernel_stack: kernel_drops[drop_index::KERNEL_STACK as usize],
+                user_stack: kernel_drops[drop_index::USER_STACK as usize],
+                follow_map_full: kernel_drops[drop_index::FOLLOW_MAP_FULL as usize],
+                iterations_discarded: result.anomalies.iterations_discarded,
+                stacks_dropped: result.anomalies.stacks_dropped + self.stalls_not_kept,
+                events_not_saved: 0,
+            },
+            processes,
+            threads,
+            stalls: self.stalls,
+            offcpu,
+            spans,
+            spans_dropped: result.marks_dropped,
+            waiting_at_start: self.waiting_at_start,
+            verdict: report::Verdict {
+                budgets: Vec::new(),
+                passed: true,
+            },
+        }
+    }
+}
+
+fn syscall_name(nr: Option<i32>) -> Option<String> {
+    let nr = nr?;
+    Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
+}
+
+/// The innermost user function of a stack, or its innermost kernel function.
+fn span_label(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .find(|f| f.kind != crate::symbolize::FrameKind::Kernel)
+        .or_else(|| frames.first())
+        .map(|f| f.function.clone())
+        .unwrap_or_default()
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Stack ids to frames, cached. Live, it reads the kernel's stack map and symbolizes; replaying
+/// a saved recording, every key was resolved when it was saved.
+#[derive(Default)]
+pub struct Resolver {
+    pub symbols: Symbols,
+    stack_cache: HashMap<i32, Vec<u64>>,
+    resolved: HashMap<StackKey, Vec<Frame>>,
+    /// Every stack seen in the events, resolved at the end so a saved recording can be
+    /// re-rendered with a lower threshold.
+    seen: HashSet<StackKey>,
+}
+
+/// Bound on distinct stacks remembered for saving; past it, re-rendering shows fewer frames.
+const MAX_SEEN_STACKS: usize = 200_000;
+
+impl Resolver {
+    pub fn from_saved(saved: Vec<SavedStack>) -> Self {
+        let resolved = saved
+            .into_iter()
+            .map(|s| {
+                (
+                    StackKey {
+                        pid: s.pid,
+                        kernel: s.kernel,
+                        user: s.user,
+                    },
+                    s.frames,
+                )
+            })
+            .collect();
+        Resolver {
+            resolved,
+            ..Default::default()
+        }
+    }
+
+    fn saw(&mut self, key: StackKey) {
+        if self.seen.len() < MAX_SEEN_STACKS {
+            self.seen.insert(key);
+        }
+    }
+
+    fn stack_ips(&mut self, probes: &Probes, id: i32) -> Vec<u64> {
+        if id < 0 {
+            return Vec::new();
+        }
+        if let Some(ips) = self.stack_cache.get(&id) {
+            return ips.clone();
+        }
+        let ips = probes.stack(id).unwrap_or_default();
+        self.stack_cache.insert(id, ips.clone());
+        ips
+    }
+
+    /// Kernel frames (innermost) then user frames, as DESIGN.md orders them.
+    pub fn frames(&mut self, probes: Option<&Probes>, key: StackKey) -> Vec<Frame> {
+        if let Some(frames) = self.resolved.get(&key) {
+            return frames.clone();
+        }
+        let Some(probes) = probes else {
+            return Vec::new();
+        };
+        let kernel_ips = self.stack_ips(probes, key.kernel);
+        let user_ips = self.stack_ips(probes, key.user);
+        let mut frames = self.symbols.kernel_frames(&kernel_ips);
+        frames.extend(self.symbols.user_frames(key.pid, &user_ips));
+        self.resolved.insert(key, frames.clone());
+        frames
+    }
+
+    /// Resolves every stack seen, for saving next to the recording.
+    pub fn save_all(&mut self, probes: Option<&Probes>) -> Vec<SavedStack> {
+        let mut keys: Vec<StackKey> = self.seen.iter().copied().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|key| SavedStack {
+                pid: key.pid,
+                kernel: key.kernel,
+                user: key.user,
+                frames: self.frames(probes, key),
+            })
+            .collect()
+    }
+}
+
+/// One resolved stack in `symbols.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedStack {
+    pub pid: u32,
+    pub kernel: i32,
+    pub user: i32,
+    pub frames: Vec<Frame>,
+}
+
+/// Raw events saved as they arrive (`events.bin`: the 80-byte records back to back), bounded.
+pub struct EventLog {
+    writer: BufWriter<File>,
+    written: u64,
+    limit: u64,
+    pub not_saved: u64,
+    pub failed: Option<String>,
+}
+
+pub const EVENTS_BIN: &str = "events.bin";
+pub const SYMBOLS_JSON: &str = "symbols.json";
+
+impl EventLog {
+    pub fn create(dir: &Path, limit: u64) -> Result<Self> {
+        let path = dir.join(EVENTS_BIN);
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(EventLog {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            limit,
+            not_saved: 0,
+            failed: None,
+        })
+    }
+
+    fn write(&mut self, raw: &RawEvent) {
+        if self.written >= self.limit || self.failed.is_some() {
+            self.not_saved += 1;
+            return;
+        }
+        // SAFETY: RawEvent is plain data without padding (asserted in profiler-common).
+        let bytes = unsafe {
+            std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+        };
+        match self.writer.write_all(bytes) {
+            Ok(()) => self.written += 1,
+            Err(err) => self.failed = Some(err.to_string()),
+        }
+    }
+
+    pub fn finish(mut self) -> Result<u64> {
+        if let Some(err) = self.failed.take() {
+            anyhow::bail!("saving events failed: {err}");
+        }
+        self.writer.flush().context("saving events")?;
+        Ok(self.not_saved)
+    }
+}
+
+/// Reads a saved `events.bin` back.
+pub fn read_event_log(dir: &Path) -> Result<Vec<RawEvent>> {
+    let path = dir.join(EVENTS_BIN);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let size = size_of::<RawEvent>();
+    if bytes.len() % size != 0 {
+        anyhow::bail!(
+            "{} is truncated or corrupted ({} bytes is not a whole number of {size}-byte events)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(bytes
+        .chunks_exact(size)
+        .filter_map(events::decode)
+        .collect())
+}
