@@ -95,7 +95,7 @@ fn render(
     let _ = write!(
         xml,
         "    <system-out>{}</system-out>\n    <system-err/>\n  </testsuite>\n</testsuites>\n",
-        escape(&out)
+        escape_text(&out)
     );
     xml
 }
@@ -110,11 +110,13 @@ fn testcase(xml: &mut String, result: &BudgetResult) {
     if result.passed {
         xml.push_str("/>\n");
     } else {
-        let message = escape(&result.describe());
+        let message = result.describe();
         let _ = write!(
             xml,
-            ">\n      <failure message=\"{message}\" type=\"{FAILURE_TYPE}\">{message}</failure>\n    \
-             </testcase>\n"
+            ">\n      <failure message=\"{}\" type=\"{FAILURE_TYPE}\">{}</failure>\n    \
+             </testcase>\n",
+            escape(&message),
+            escape_text(&message)
         );
     }
 }
@@ -129,10 +131,20 @@ fn seconds(duration_s: f64) -> String {
     }
 }
 
-/// Escapes text for use in both attribute values and element content. Line breaks and tabs
+/// Escapes text for an attribute value (also safe in element content). Line breaks and tabs
 /// become character references so attribute-value normalization keeps them; characters XML 1.0
 /// cannot carry at all (most C0 controls, which a thread name may contain) become U+FFFD.
 pub fn escape(text: &str) -> String {
+    escape_with(text, true)
+}
+
+/// Escapes element content, where line breaks and tabs survive as they are and stay readable
+/// in the raw file.
+pub fn escape_text(text: &str) -> String {
+    escape_with(text, false)
+}
+
+fn escape_with(text: &str, attribute: bool) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -141,9 +153,10 @@ pub fn escape(text: &str) -> String {
             '>' => escaped.push_str("&gt;"),
             '"' => escaped.push_str("&quot;"),
             '\'' => escaped.push_str("&apos;"),
-            '\n' => escaped.push_str("&#10;"),
+            // Parsers turn a raw CR into LF even in content; a reference keeps it.
             '\r' => escaped.push_str("&#13;"),
-            '\t' => escaped.push_str("&#9;"),
+            '\n' if attribute => escaped.push_str("&#10;"),
+            '\t' if attribute => escaped.push_str("&#9;"),
             c if is_xml_char(c) => escaped.push(c),
             _ => escaped.push('\u{FFFD}'),
         }
@@ -454,6 +467,12 @@ mod tests {
             escape("<&>\"'"),
             "&lt;&amp;&gt;&quot;&apos;",
             "the five predefined entities"
+        );
+        assert_eq!(escape("a\nb\tc\rd"), "a&#10;b&#9;c&#13;d");
+        assert_eq!(escape_text("a\nb\tc\rd<"), "a\nb\tc&#13;d&lt;");
+        assert_eq!(
+            escape_text("\u{0}\u{1F}\u{FFFE}\u{1F600}"),
+            "\u{FFFD}\u{FFFD}\u{FFFD}\u{1F600}"
         );
     }
 

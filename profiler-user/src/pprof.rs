@@ -182,9 +182,12 @@ struct Builder {
     functions: HashMap<(String, Option<String>), u64>,
     /// module → mapping id.
     mappings: HashMap<String, u64>,
-    /// The frame minus its kind (kind is not part of what pprof can show) → location id.
-    locations: HashMap<(String, Option<String>, Option<u32>, Option<String>), u64>,
+    locations: HashMap<LocationKey, u64>,
 }
+
+/// What tells locations apart: the frame as pprof can show it, i.e. with its mapping rather
+/// than its kind (see [`module_of`]).
+type LocationKey = (String, Option<String>, Option<u32>, Option<String>);
 
 impl Builder {
     fn new() -> Self {
@@ -259,11 +262,11 @@ impl Builder {
     }
 
     fn location(&mut self, frame: &Frame) -> u64 {
-        let key = (
+        let key: LocationKey = (
             frame.function.clone(),
             frame.file.clone(),
             frame.line,
-            frame.module.clone(),
+            module_of(frame).map(str::to_string),
         );
         if let Some(&id) = self.locations.get(&key) {
             return id;
@@ -302,6 +305,8 @@ impl Builder {
         }
     }
 
+    // One call per sample with everything it is labelled with; a struct for these would only
+    // be unpacked again here.
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &mut self,
@@ -363,11 +368,10 @@ fn build(recording: &Recording) -> Profile {
     b.profile.default_sample_type = b.profile.sample_type[STALL].r#type;
     // On-CPU weights come from sampling at this period; off-CPU weights are measured exactly.
     b.profile.period_type = Some(b.value_type("cpu", "nanoseconds"));
-    b.profile.period = if recording.sample_freq_hz > 0 {
-        i64::try_from(1_000_000_000 / recording.sample_freq_hz).unwrap_or(0)
-    } else {
-        0
-    };
+    b.profile.period = 1_000_000_000u64
+        .checked_div(recording.sample_freq_hz)
+        .and_then(|ns| i64::try_from(ns).ok())
+        .unwrap_or(0);
     // Only CLOCK_MONOTONIC times are recorded, which mean nothing as wall-clock time: leave
     // time_nanos unset (0) rather than invent a date.
     b.profile.time_nanos = 0;

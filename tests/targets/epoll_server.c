@@ -4,6 +4,8 @@
  *   "burn MS"  -> burn_cpu(MS): spins on the CPU inside the loop thread for MS milliseconds
  *   "sleep MS" -> sleep_in_handler(MS): sleeps (nanosleep) inside the loop thread for MS ms
  *   "quick"    -> answers at once
+ * With a second argument "fixed" the server plays the fixed version of itself: "burn" requests
+ * answer at once (as if the work had moved off the loop).
  * For each planted stall it prints "planted KIND START_NS END_NS" (CLOCK_MONOTONIC, the clock
  * stallscope reports in), so tests compare the agent's durations with the truth.
  *
@@ -50,6 +52,8 @@ __attribute__((noinline)) void sleep_in_handler(long ms) {
     (void)ret;
 }
 
+static int fixed_mode;
+
 __attribute__((noinline)) void handle_request(int fd) {
     char buf[256];
     ssize_t n = read(fd, buf, sizeof buf - 1);
@@ -60,7 +64,7 @@ __attribute__((noinline)) void handle_request(int fd) {
     long long start = now_ns();
     if (sscanf(buf, "burn %ld", &ms) == 1) {
         kind = "burn";
-        burn_cpu(ms);
+        if (!fixed_mode) burn_cpu(ms);
     } else if (sscanf(buf, "sleep %ld", &ms) == 1) {
         kind = "sleep";
         sleep_in_handler(ms);
@@ -75,6 +79,7 @@ __attribute__((noinline)) void handle_request(int fd) {
 
 int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 0;
+    fixed_mode = argc > 2 && strcmp(argv[2], "fixed") == 0;
     int listener = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

@@ -39,8 +39,17 @@ enum Task {
     Demo,
 }
 
-/// Debian packages: LLVM for bpf-linker, a C compiler for the test targets.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc", "libc6-dev"];
+/// Debian packages: LLVM for bpf-linker, a C compiler for the test targets, and the tools the
+/// tests use to check our outputs.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "gcc",
+    "libc6-dev",
+    // Real consumers of our outputs in the tests: `go tool pprof`, xmllint (JUnit XSD, SVG).
+    "golang-go",
+    "libxml2-utils",
+];
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
