@@ -150,23 +150,30 @@ fn is_wait_point(nr: i64) -> bool {
     nr >= 0 && nr < MAX_SYSCALL_NR as i64 && WAIT_POINTS.get(nr as u32).copied() == Some(1)
 }
 
+/// `bpf_get_stackid` answers -EFAULT when there is no stack to take (a sample that hit user
+/// mode has no kernel frames): that is not a loss. Anything else (-EEXIST: the bucket holds a
+/// different stack; -ENOMEM) is.
+const EFAULT: i32 = 14;
+
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            if err != -EFAULT {
+                count_drop(drop_counter);
+            }
+            NO_STACK
+        }
+    }
+}
+
 #[inline(always)]
 fn stack_ids<C: StackIdContext>(ctx: &C) -> (i32, i32) {
-    let kernel = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            count_drop(drop::KERNEL_STACK);
-            NO_STACK
-        }
-    };
-    let user = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            count_drop(drop::USER_STACK);
-            NO_STACK
-        }
-    };
-    (kernel, user)
+    (
+        stack_id(ctx, 0, drop::KERNEL_STACK),
+        stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK),
+    )
 }
 
 /// An event with the common fields filled in; the caller sets the rest.
