@@ -27,6 +27,15 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare two recordings: differential flamegraph and what grew, with growth budgets.
     Diff(DiffArgs),
+    /// Check kernel, permissions and toolchain support; say what is missing and how to fix it.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check what building stallscope needs (bpf-linker, nightly rust-src).
+    #[arg(long)]
+    pub developer: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ pub mod budget;
 pub mod ci;
 pub mod cli;
 pub mod diff;
+pub mod doctor;
 pub mod events;
 pub mod junit;
 pub mod pprof;
