@@ -142,6 +142,38 @@ impl TracepointOffsets {
 /// Absent optional tracepoint field.
 pub const FIELD_ABSENT: u32 = u32::MAX;
 
+/// `Event::arg1` flag on SWITCH_OUT and SAMPLE: a [`UserStackCopy`] for this thread was sent
+/// just before this event (same CPU, so it precedes it in the ring buffer).
+pub const USER_STACK_COPIED: u64 = 1;
+
+/// Largest user-stack copy the programs can send; the agent picks the size used, up to this.
+pub const MAX_STACK_COPY: usize = 32768;
+
+/// Header of a user-stack copy: the registers an unwinder starts from, and how many bytes of
+/// stack (from `sp` upwards) follow. The record's total size tells it apart from an [`Event`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserStackHeader {
+    pub ts_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Bytes of stack copied (the record carries exactly this many after the header).
+    pub len: u32,
+    pub _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<UserStackHeader>() == 48);
+
+/// The per-CPU scratch record a user-stack copy is assembled in before it is sent.
+#[repr(C)]
+pub struct UserStackCopy {
+    pub header: UserStackHeader,
+    pub data: [u8; MAX_STACK_COPY],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both types are repr(C), made only of integers and arrays of integers, and have no

@@ -16,7 +16,9 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        bpf_task_pt_regs,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -24,11 +26,23 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    Event, FIELD_ABSENT, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, TracepointOffsets, drop, kind,
+    Event, FIELD_ABSENT, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, TracepointOffsets,
+    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets::UNSET);
+
+/// Bytes of user stack to copy at each sample and switch-out outside a wait point (0: none,
+/// use the kernel's frame-pointer walk instead). Set by the agent, at most MAX_STACK_COPY.
+#[unsafe(no_mangle)]
+static STACK_COPY_BYTES: Global<u32> = Global::new(0);
+
+/// Scratch records for user-stack copies, two per CPU (slot 0: switch-out, slot 1: sample), so
+/// a sample that interrupts a program on the same CPU never shares a buffer with it. The agent
+/// sizes it to 2 x CPUs at load.
+#[map]
+static STACK_SCRATCH: Array<UserStackCopy> = Array::with_max_entries(2, 0);
 
 /// Events to the agent. The agent may resize it at load (`--ring-buffer`).
 #[map]
@@ -168,12 +182,110 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
     }
 }
 
+/// Offsets in x86-64 `struct pt_regs`, in u64 words (arch/x86/include/asm/ptrace.h).
+const PT_REGS_BP: usize = 4;
+const PT_REGS_IP: usize = 16;
+const PT_REGS_SP: usize = 19;
+
+/// Stack ids for an event, and whether the user stack was copied for the agent to unwind
+/// (then no frame-pointer walk is needed). Copying is skipped inside a wait point: an idle
+/// loop costs nothing.
 #[inline(always)]
-fn stack_ids<C: StackIdContext>(ctx: &C) -> (i32, i32) {
-    (
-        stack_id(ctx, 0, drop::KERNEL_STACK),
-        stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK),
-    )
+fn stacks<C: StackIdContext>(
+    ctx: &C,
+    pid: u32,
+    tid: u32,
+    syscall: i32,
+    slot: u32,
+) -> (i32, i32, bool) {
+    let kernel = stack_id(ctx, 0, drop::KERNEL_STACK);
+    let copied = !is_wait_point(syscall as i64) && copy_user_stack(pid, tid, slot);
+    let user = if copied {
+        NO_STACK
+    } else {
+        stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK)
+    };
+    (kernel, user, copied)
+}
+
+/// Sends the current thread's user registers and the top of its user stack.
+#[inline(always)]
+fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
+    let want = STACK_COPY_BYTES.load() as usize;
+    if want == 0 {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(cpu * 2 + slot) else {
+        return false;
+    };
+    // SAFETY: the map value lives for this program run and no other program uses this slot
+    // on this CPU meanwhile (see STACK_SCRATCH).
+    let buf = unsafe { &mut *buf };
+    // The user registers saved at kernel entry: valid both at sched_switch and in a sample
+    // that interrupted the kernel.
+    // SAFETY: helpers valid in tracing programs; the result is only read with probe_read.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
+        return false;
+    }
+    // SAFETY: probe reads of kernel memory; failures are handled.
+    let (ip, sp, bp) = unsafe {
+        match (
+            bpf_probe_read_kernel(regs.add(PT_REGS_IP)),
+            bpf_probe_read_kernel(regs.add(PT_REGS_SP)),
+            bpf_probe_read_kernel(regs.add(PT_REGS_BP)),
+        ) {
+            (Ok(ip), Ok(sp), Ok(bp)) => (ip, sp, bp),
+            _ => return false,
+        }
+    };
+    // A stack near the top of its mapping is shorter than `want`; a read past the mapping
+    // fails whole, so fall back to smaller sizes.
+    let mut len = if want > MAX_STACK_COPY {
+        MAX_STACK_COPY
+    } else {
+        want
+    };
+    let mut copied = false;
+    for _ in 0..3 {
+        if len > MAX_STACK_COPY {
+            return false;
+        }
+        // SAFETY: reading user memory into our buffer; len is bounded by the buffer size.
+        if unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut buf.data[..len]) }.is_ok() {
+            copied = true;
+            break;
+        }
+        len /= 8;
+    }
+    if !copied {
+        count_drop(drop::USER_STACK);
+        return false;
+    }
+    buf.header = UserStackHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ip,
+        sp,
+        bp,
+        pid,
+        tid,
+        len: len as u32,
+        _reserved: 0,
+    };
+    let total = size_of::<UserStackHeader>() + len;
+    if total > size_of::<UserStackCopy>() {
+        return false;
+    }
+    // SAFETY: `total` bytes of `buf` are initialised (header, then `len` copied bytes).
+    let bytes =
+        unsafe { core::slice::from_raw_parts((buf as *const UserStackCopy).cast::<u8>(), total) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_drop(drop::RINGBUF_FULL);
+        return false;
+    }
+    true
 }
 
 /// An event with the common fields filled in; the caller sets the rest.
@@ -221,10 +333,13 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
         let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
+        let syscall = thread_syscall(tid);
+        let (kernel, user, copied) = stacks(ctx, tgid, tid, syscall, 0);
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
-        (event.kernel_stack_id, event.user_stack_id) = stack_ids(ctx);
-        event.syscall = thread_syscall(tid);
+        event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
+        (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
+        event.syscall = syscall;
         event.comm = bpf_get_current_comm().unwrap_or_default();
         submit(&event);
     }
@@ -313,9 +428,12 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
+        let syscall = thread_syscall(tid);
+        let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
         let mut event = new_event(kind::SAMPLE, tgid, tid);
-        (event.kernel_stack_id, event.user_stack_id) = stack_ids(&ctx);
-        event.syscall = thread_syscall(tid);
+        event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
+        (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
+        event.syscall = syscall;
         submit(&event);
     }
     0

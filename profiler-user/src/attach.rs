@@ -24,6 +24,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub freq_hz: u64,
     pub wait_points: Vec<u32>,
+    /// Bytes of user stack copied per sample/switch-out (0: frame-pointer walk only).
+    pub stack_copy_bytes: u32,
 }
 
 /// Loaded, attached programs and the maps the agent talks to.
@@ -52,9 +54,14 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
+    let possible_cpus =
+        aya::util::nr_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))? as u32;
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &options.offsets, true)
+        .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
+        // Two scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
+        .map_max_entries("STACK_SCRATCH", 2 * possible_cpus)
         .load(PROGRAMS)
         .context("loading the eBPF programs into the kernel")?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();

@@ -154,6 +154,7 @@ impl CiArgs {
             fail_on: self.fail_on.clone(),
             format: self.format.clone(),
             ring_buffer_kib: 8192,
+            stack_bytes: 16384,
             command: Vec::new(),
         };
         let mut config = record.to_config()?;
@@ -257,6 +258,11 @@ pub struct RecordArgs {
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub format: Vec<String>,
 
+    /// Bytes of user stack copied at each sample and switch-out outside a wait point, for
+    /// DWARF unwinding (0: frame pointers only). At most 32768.
+    #[arg(long, default_value_t = 16384)]
+    pub stack_bytes: u32,
+
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, hide = true)]
     pub ring_buffer_kib: u32,
@@ -280,6 +286,7 @@ pub struct RecordConfig {
     pub ring_buffer_bytes: u32,
     pub fail_on: Option<String>,
     pub formats: Formats,
+    pub stack_bytes: u32,
 }
 
 /// Which renderings to write.
@@ -397,6 +404,14 @@ impl RecordArgs {
             ring_buffer_bytes: ring_kib * 1024,
             fail_on: self.fail_on.clone(),
             formats: Formats::parse(&self.format)?,
+            stack_bytes: if self.stack_bytes > 32768 {
+                return Err(UsageError(format!(
+                    "--stack-bytes {}: at most 32768",
+                    self.stack_bytes
+                )));
+            } else {
+                self.stack_bytes
+            },
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{Event as RawEvent, NO_SYSCALL, kind};
+use profiler_common::{Event as RawEvent, NO_SYSCALL, UserStackHeader, kind};
 
 use crate::timeline::{self, StackKey, What};
 
@@ -15,6 +15,32 @@ pub fn decode(bytes: &[u8]) -> Option<RawEvent> {
     // SAFETY: length checked; RawEvent is plain data valid for any bit pattern; the read is
     // unaligned-safe.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
+}
+
+/// One ring-buffer record: an event, or a user-stack copy for the event that follows it.
+#[derive(Debug)]
+pub enum Record<'a> {
+    Event(RawEvent),
+    Stack {
+        header: UserStackHeader,
+        stack: &'a [u8],
+    },
+}
+
+/// Tells the two record types apart by size: events are fixed-size, stack copies are a header
+/// plus `len` bytes.
+pub fn decode_record(bytes: &[u8]) -> Option<Record<'_>> {
+    if bytes.len() == size_of::<RawEvent>() {
+        return decode(bytes).map(Record::Event);
+    }
+    let header_size = size_of::<UserStackHeader>();
+    if bytes.len() < header_size {
+        return None;
+    }
+    // SAFETY: length checked; plain data valid for any bit pattern; unaligned read.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UserStackHeader>()) };
+    let stack = bytes.get(header_size..header_size + header.len as usize)?;
+    Some(Record::Stack { header, stack })
 }
 
 /// Process lifecycle, for following workers and for the report.

@@ -31,3 +31,4 @@ pub mod syscalls;
 pub mod timeline;
 pub mod trace;
 pub mod tracefs;
+pub mod unwind;

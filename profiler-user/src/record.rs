@@ -134,6 +134,7 @@ pub async fn run_with_start(
         ring_buffer_bytes: config.ring_buffer_bytes,
         freq_hz: config.freq_hz,
         wait_points: syscalls::wait_point_numbers(),
+        stack_copy_bytes: config.stack_bytes,
     })
     .map_err(explain_load_error)?;
 
@@ -318,10 +319,13 @@ fn drain(
     // Copy each record out before handling it: handling may read maps, and the ring slot must
     // be released promptly so the kernel can reuse it.
     while let Some(item) = ring.next() {
-        let raw = events::decode(&item);
-        drop(item);
-        if let Some(raw) = raw {
-            session.handle_raw(Some(probes), &raw);
+        match events::decode_record(&item) {
+            Some(events::Record::Event(raw)) => {
+                drop(item);
+                session.handle_raw(Some(probes), &raw);
+            }
+            Some(events::Record::Stack { header, stack }) => session.handle_stack(&header, stack),
+            None => {}
         }
     }
 }

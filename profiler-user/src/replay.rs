@@ -76,6 +76,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
         ring_buffer_bytes: 0,
         fail_on: None,
         formats: Formats::ALL,
+        stack_bytes: 0,
     };
     let mut session = Session::new(config);
     session.resolver = Resolver::from_saved(stacks);

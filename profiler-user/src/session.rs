@@ -76,6 +76,9 @@ pub struct Session {
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
+    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, id).
+    pending_stacks: HashMap<u32, (u64, i32)>,
+    pub unwinders: crate::unwind::Unwinders,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
 }
@@ -102,6 +105,8 @@ impl Session {
             stalls_not_kept: 0,
             event_log: None,
             waiting_at_start: Vec::new(),
+            pending_stacks: HashMap::new(),
+            unwinders: crate::unwind::Unwinders::new(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
     }
@@ -136,7 +141,36 @@ impl Session {
         self.waiting_at_start.push((pid, tid));
     }
 
-    pub fn handle_raw(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+    /// A user-stack copy: unwind it now (the bytes are gone after this) and keep the result
+    /// for the event that follows it.
+    pub fn handle_stack(&mut self, header: &profiler_common::UserStackHeader, stack: &[u8]) {
+        if header.pid == self.own_pid {
+            return;
+        }
+        let ips = self
+            .unwinders
+            .unwind(header.pid, header.ip, header.sp, header.bp, stack);
+        let id = self.resolver.intern(ips);
+        self.pending_stacks.insert(header.tid, (header.ts_ns, id));
+    }
+
+    pub fn handle_raw(&mut self, probes: Option<&mut Probes>, raw: &RawEvent) {
+        let mut raw = *raw;
+        if raw.arg1 & profiler_common::USER_STACK_COPIED != 0 {
+            // Live: attach the stack unwound from the copy sent just before this event. (A
+            // replayed event already carries the id it was given live.)
+            if let Some((taken_ns, id)) = self.pending_stacks.remove(&raw.tid) {
+                // Only a copy from this very event: one whose event was lost must not be
+                // attached to a later one.
+                if raw.ts_ns >= taken_ns && raw.ts_ns - taken_ns < 1_000_000 {
+                    raw.user_stack_id = id;
+                }
+            }
+        }
+        self.handle_event(probes, &raw);
+    }
+
+    fn handle_event(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
         if raw.pid == self.own_pid {
             // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
             // child from its first instruction); our own events are not part of the recording.
@@ -463,7 +497,17 @@ pub struct Resolver {
     /// Every stack seen in the events, resolved at the end so a saved recording can be
     /// re-rendered with a lower threshold.
     seen: HashSet<StackKey>,
+    /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
+    /// apart from the kernel stack map's ids).
+    interned: HashMap<Vec<u64>, i32>,
+    interned_ips: Vec<Vec<u64>>,
+    pub interned_dropped: u64,
 }
+
+/// First id given to an unwound user stack; kernel stack-map ids are far below.
+pub const INTERNED_BASE: i32 = 1 << 24;
+/// Distinct unwound stacks kept (bounded memory); past it new ones are dropped and counted.
+const MAX_INTERNED: usize = 500_000;
 
 /// Bound on distinct stacks remembered for saving; past it, re-rendering shows fewer frames.
 const MAX_SEEN_STACKS: usize = 200_000;
@@ -495,9 +539,31 @@ impl Resolver {
         }
     }
 
+    /// The id of an unwound user stack (the same stack always gets the same id).
+    pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
+        if let Some(&id) = self.interned.get(&ips) {
+            return id;
+        }
+        if self.interned_ips.len() >= MAX_INTERNED {
+            self.interned_dropped += 1;
+            return profiler_common::NO_STACK;
+        }
+        let id = INTERNED_BASE + self.interned_ips.len() as i32;
+        self.interned_ips.push(ips.clone());
+        self.interned.insert(ips, id);
+        id
+    }
+
     fn stack_ips(&mut self, probes: &Probes, id: i32) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
+        }
+        if id >= INTERNED_BASE {
+            return self
+                .interned_ips
+                .get((id - INTERNED_BASE) as usize)
+                .cloned()
+                .unwrap_or_default();
         }
         if let Some(ips) = self.stack_cache.get(&id) {
             return ips.clone();

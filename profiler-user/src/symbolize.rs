@@ -216,7 +216,7 @@ impl Symbols {
 
 /// Where to open a mapped file: its path on the host, or through the process's root (a
 /// container) while the process lives.
-fn elf_path(pid: u32, path: &Path) -> Option<PathBuf> {
+pub fn elf_path(pid: u32, path: &Path) -> Option<PathBuf> {
     if path.starts_with("[") {
         return None;
     }
