@@ -212,10 +212,13 @@ impl Unwinders {
         let Some(maps) = procfs::maps(pid) else {
             return false;
         };
-        if !self.processes.contains_key(&pid) && self.processes.len() >= MAX_PROCESSES {
-            if let Some(&oldest) = self.processes.keys().next() {
-                self.processes.remove(&oldest);
-            }
+        // Bounded memory: past the limit, forget some other process (any: a HashMap has no
+        // order, and the limit is far above what a service runs).
+        if !self.processes.contains_key(&pid)
+            && self.processes.len() >= MAX_PROCESSES
+            && let Some(&other) = self.processes.keys().next()
+        {
+            self.processes.remove(&other);
         }
         let mut added = Vec::new();
         {
