@@ -159,9 +159,26 @@ fn set_thread_syscall(tid: u32, nr: i32) {
     }
 }
 
+/// 0: not a wait point; 1: a wait point for every thread; 2: for some runtimes' threads only
+/// (the agent decides which).
+#[inline(always)]
+fn wait_point_mark(nr: i64) -> u32 {
+    if nr >= 0 && nr < MAX_SYSCALL_NR as i64 {
+        WAIT_POINTS.get(nr as u32).copied().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 #[inline(always)]
 fn is_wait_point(nr: i64) -> bool {
-    nr >= 0 && nr < MAX_SYSCALL_NR as i64 && WAIT_POINTS.get(nr as u32).copied() == Some(1)
+    wait_point_mark(nr) != 0
+}
+
+/// A wait for work in every runtime: a thread there is idle, so its stack is not copied.
+#[inline(always)]
+fn is_idle_wait(nr: i64) -> bool {
+    wait_point_mark(nr) == 1
 }
 
 /// `bpf_get_stackid` answers -EFAULT when there is no stack to take (a sample that hit user
@@ -199,7 +216,7 @@ fn stacks<C: StackIdContext>(
     slot: u32,
 ) -> (i32, i32, bool) {
     let kernel = stack_id(ctx, 0, drop::KERNEL_STACK);
-    let copied = !is_wait_point(syscall as i64) && copy_user_stack(pid, tid, slot);
+    let copied = !is_idle_wait(syscall as i64) && copy_user_stack(pid, tid, slot);
     let user = if copied {
         NO_STACK
     } else {

@@ -24,6 +24,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub freq_hz: u64,
     pub wait_points: Vec<u32>,
+    /// Wait points of some runtimes' threads only (the agent decides per thread).
+    pub runtime_wait_points: Vec<u32>,
     /// Bytes of user stack copied per sample/switch-out (0: frame-pointer walk only).
     pub stack_copy_bytes: u32,
 }
@@ -67,9 +69,16 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
     let mut wait_points: Array<MapData, u32> = take(&mut ebpf, "WAIT_POINTS")?;
-    for &nr in &options.wait_points {
+    // 1: a wait point for every thread; 2: for some runtimes' threads (events are sent, the
+    // agent decides; stack copies are not skipped, since a futex elsewhere is a lock wait).
+    let marks = options
+        .runtime_wait_points
+        .iter()
+        .map(|&nr| (nr, 2))
+        .chain(options.wait_points.iter().map(|&nr| (nr, 1)));
+    for (nr, mark) in marks {
         wait_points
-            .set(nr, 1, 0)
+            .set(nr, mark, 0)
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
     let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();

@@ -134,6 +134,7 @@ pub async fn run_with_start(
         ring_buffer_bytes: config.ring_buffer_bytes,
         freq_hz: config.freq_hz,
         wait_points: syscalls::wait_point_numbers(),
+        runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
     })
     .map_err(explain_load_error)?;
@@ -233,7 +234,12 @@ fn spawn_followed(
 /// Threads blocked in a wait point right now are loop threads between iterations.
 fn detect_waiting_threads(session: &mut Session, pid: u32) {
     for tid in procfs::threads(pid) {
-        if procfs::blocked_syscall(pid, tid).is_some_and(syscalls::is_wait_point) {
+        let comm = procfs::thread_stat(pid, tid)
+            .map(|s| s.comm)
+            .unwrap_or_default();
+        if procfs::blocked_syscall(pid, tid)
+            .is_some_and(|nr| syscalls::is_wait_point_for(&comm, nr))
+        {
             session.mark_waiting(pid, tid);
         }
     }

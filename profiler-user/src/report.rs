@@ -36,6 +36,9 @@ pub struct Recording {
     pub spans: Vec<SpanRecord>,
     #[serde(default)]
     pub spans_dropped: u64,
+    /// One-line advice on getting better results (e.g. how to name JIT frames).
+    #[serde(default)]
+    pub hints: Vec<String>,
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
@@ -464,6 +467,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
         }
         let _ = writeln!(md);
     }
+    for hint in &recording.hints {
+        let _ = writeln!(md, "> hint: {hint}\n");
+    }
     let drops = &recording.drops;
     let _ = writeln!(
         md,
@@ -615,6 +621,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             recording.lost_events, drops.kernel_stack, drops.user_stack
         );
     }
+    for hint in &recording.hints {
+        let _ = writeln!(text, "  hint: {hint}");
+    }
     let _ = writeln!(text, "outputs:");
     for path in written {
         let _ = writeln!(text, "  {path}");
@@ -704,6 +713,7 @@ mod tests {
             offcpu: vec![],
             spans: vec![],
             spans_dropped: 0,
+            hints: vec![],
             waiting_at_start: vec![],
             verdict: Verdict {
                 budgets: vec![],

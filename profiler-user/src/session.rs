@@ -204,6 +204,20 @@ impl Session {
         if let Some(lifecycle) = decoded.lifecycle {
             self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
         }
+        // A runtime-specific wait point (tokio's futex) counts only for that runtime's threads;
+        // for anyone else the same syscall is a lock wait inside an iteration.
+        let decoded = if matches!(raw.kind, kind::WAIT_ENTER | kind::WAIT_EXIT)
+            && !syscalls::is_wait_point_for(
+                self.thread_names.get(&raw.tid).map_or("", String::as_str),
+                i64::from(raw.syscall),
+            ) {
+            events::Decoded {
+                timeline: None,
+                ..decoded
+            }
+        } else {
+            decoded
+        };
         if let Some(event) = decoded.timeline {
             // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
             // someone else by now): everything known about them was saved.
@@ -432,6 +446,7 @@ impl Session {
         let mut processes: Vec<ProcessRecord> =
             self.processes.values().map(|p| p.record.clone()).collect();
         processes.sort_by_key(|p| p.pid);
+        let hints = hints(&processes, &self.resolver.symbols);
         Recording {
             version: report::SCHEMA_VERSION,
             threshold_ns: self.config.threshold_ns,
@@ -456,6 +471,7 @@ impl Session {
             threads,
             stalls: self.stalls,
             offcpu,
+            hints,
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
@@ -465,6 +481,29 @@ impl Session {
             },
         }
     }
+}
+
+/// Advice for the summary: JIT code that could be named.
+fn hints(processes: &[ProcessRecord], symbols: &Symbols) -> Vec<String> {
+    let mut hints = Vec::new();
+    for process in processes {
+        let is_node = std::path::Path::new(&process.exe)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("node"));
+        let no_perf_map = crate::symbolize::perf_map_path(process.pid).is_none();
+        if is_node && no_perf_map {
+            hints.push(format!(
+                "{} ({}) is Node.js: JavaScript functions show as unknown addresses; start it with `node --perf-basic-prof` to name them",
+                process.comm, process.pid
+            ));
+        } else if no_perf_map && symbols.jit_without_perf_map.contains(&process.pid) {
+            hints.push(format!(
+                "{} ({}) runs JIT code with no /tmp/perf-{}.map: enable its perf map (Python 3.12+: -X perf; JVM: perf-map-agent) to name those frames",
+                process.comm, process.pid, process.pid
+            ));
+        }
+    }
+    hints
 }
 
 fn syscall_name(nr: Option<i32>) -> Option<String> {

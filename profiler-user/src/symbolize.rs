@@ -62,9 +62,59 @@ fn short_module(module: &str) -> &str {
 /// Cache limits: bounded memory on long recordings of programs with huge code.
 const MAX_CACHED_ADDRESSES: usize = 200_000;
 
+/// A JIT's own symbol map (`/tmp/perf-PID.map`: "START SIZE name" per line, hex), as written by
+/// Node `--perf-basic-prof`, Python `-X perf`, and the JVM's perf agents.
+#[derive(Default)]
+struct PerfMap {
+    /// (start, end, name), sorted by start.
+    entries: Vec<(u64, u64, String)>,
+    /// File size when read: the JIT appends, so a bigger file means new code.
+    size: u64,
+}
+
+impl PerfMap {
+    fn parse(text: &str) -> Vec<(u64, u64, String)> {
+        let mut entries: Vec<(u64, u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let start = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
+                let size = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
+                Some((start, start + size, parts.next()?.trim().to_string()))
+            })
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        entries
+    }
+
+    fn lookup(&self, addr: u64) -> Option<&str> {
+        let index = self
+            .entries
+            .partition_point(|e| e.0 <= addr)
+            .checked_sub(1)?;
+        let (start, end, name) = &self.entries[index];
+        (*start <= addr && addr < *end).then_some(name.as_str())
+    }
+}
+
+pub fn perf_map_path(pid: u32) -> Option<PathBuf> {
+    let host = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    if host.exists() {
+        return Some(host);
+    }
+    let in_root = PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{pid}.map"));
+    in_root.exists().then_some(in_root)
+}
+
 pub struct Symbols {
     symbolizer: Symbolizer,
     maps: HashMap<u32, Vec<Mapping>>,
+    /// When each process's mappings were last read: unknown addresses (JIT code) would
+    /// otherwise re-read /proc/PID/maps for every one of them.
+    maps_read_at: HashMap<u32, std::time::Instant>,
+    perf_maps: HashMap<u32, PerfMap>,
+    /// Processes seen with code outside any file mapping (JIT) but no perf map.
+    pub jit_without_perf_map: std::collections::BTreeSet<u32>,
     user_cache: HashMap<(u32, u64), Vec<Frame>>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
@@ -81,6 +131,9 @@ impl Symbols {
         Symbols {
             symbolizer: Symbolizer::new(),
             maps: HashMap::new(),
+            maps_read_at: HashMap::new(),
+            perf_maps: HashMap::new(),
+            jit_without_perf_map: Default::default(),
             user_cache: HashMap::new(),
             kernel_cache: HashMap::new(),
             failures: 0,
@@ -90,6 +143,7 @@ impl Symbols {
     /// Reads the process's mappings now, while it is alive (replacing an older snapshot: after
     /// exec, or when code was loaded since). Returns false when the process is gone.
     pub fn snapshot(&mut self, pid: u32) -> bool {
+        self.maps_read_at.insert(pid, std::time::Instant::now());
         match procfs::maps(pid) {
             Some(maps) if !maps.is_empty() => {
                 self.maps.insert(pid, maps);
@@ -119,8 +173,13 @@ impl Symbols {
         if let Some(mapping) = find(&self.maps) {
             return Some(mapping);
         }
-        // Code mapped since the last snapshot (dlopen, a new worker): look again if it lives.
-        if self.snapshot(pid) {
+        // Code mapped since the last snapshot (dlopen, a new worker): look again if it lives,
+        // but not more than twice a second.
+        let stale = self
+            .maps_read_at
+            .get(&pid)
+            .is_none_or(|at| at.elapsed() > std::time::Duration::from_millis(500));
+        if stale && self.snapshot(pid) {
             return find(&self.maps);
         }
         None
@@ -143,13 +202,39 @@ impl Symbols {
         }
         let frames = match self.mapping(pid, addr) {
             Some(mapping) => self.symbolize_in_file(pid, &mapping, addr),
-            None => vec![Frame::unknown(addr, None, FrameKind::Native)],
+            None => match self.jit_symbol(pid, addr) {
+                Some(name) => vec![Frame {
+                    function: name,
+                    file: None,
+                    line: None,
+                    module: Some("[jit]".into()),
+                    kind: FrameKind::Jit,
+                }],
+                None => vec![Frame::unknown(addr, None, FrameKind::Native)],
+            },
         };
         if self.user_cache.len() >= MAX_CACHED_ADDRESSES {
             self.user_cache.clear();
         }
         self.user_cache.insert((pid, addr), frames.clone());
         frames
+    }
+
+    /// A name for JIT code from the process's perf map, re-read when the JIT has appended.
+    fn jit_symbol(&mut self, pid: u32, addr: u64) -> Option<String> {
+        let Some(path) = perf_map_path(pid) else {
+            self.jit_without_perf_map.insert(pid);
+            return None;
+        };
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let map = self.perf_maps.entry(pid).or_default();
+        if size != map.size
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            map.entries = PerfMap::parse(&text);
+            map.size = size;
+        }
+        map.lookup(addr).map(str::to_string)
     }
 
     fn symbolize_in_file(&mut self, pid: u32, mapping: &Mapping, addr: u64) -> Vec<Frame> {
@@ -211,6 +296,25 @@ impl Symbols {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_map_lookup() {
+        let map = PerfMap {
+            entries: PerfMap::parse(
+                "3f00 20 LazyCompile:*spinForMs /app.js:3\n1000 10 Builtin:Add\nzz bad\n",
+            ),
+            size: 0,
+        };
+        assert_eq!(map.lookup(0x1008), Some("Builtin:Add"));
+        assert_eq!(map.lookup(0x3f1f), Some("LazyCompile:*spinForMs /app.js:3"));
+        assert_eq!(map.lookup(0x3f20), None);
+        assert_eq!(map.lookup(0x10), None);
     }
 }
 

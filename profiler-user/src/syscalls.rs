@@ -17,6 +17,41 @@ pub const WAIT_POINTS: &[(&str, &str)] = &[
     ("pselect6", "select() in glibc"),
 ];
 
+/// Wait points that belong to one runtime only, recognised by its threads' names: tokio's idle
+/// workers park on a futex (the worker holding the I/O driver waits in epoll_wait, which the
+/// table above covers). A futex elsewhere is a lock, not a wait for work.
+pub struct RuntimeWaitPoint {
+    pub runtime: &'static str,
+    /// Prefix of the thread name (comm, at most 15 bytes) the runtime gives its workers.
+    pub thread_name_prefix: &'static str,
+    pub syscalls: &'static [&'static str],
+}
+
+pub const RUNTIME_WAIT_POINTS: &[RuntimeWaitPoint] = &[RuntimeWaitPoint {
+    runtime: "tokio",
+    thread_name_prefix: "tokio-runtime-w",
+    syscalls: &["futex"],
+}];
+
+/// Syscall numbers that are wait points for some runtime's threads only.
+pub fn runtime_wait_point_numbers() -> Vec<u32> {
+    RUNTIME_WAIT_POINTS
+        .iter()
+        .flat_map(|r| r.syscalls.iter().filter_map(|name| number(name)))
+        .collect()
+}
+
+/// Whether `nr` is a wait point for a thread named `comm`.
+pub fn is_wait_point_for(comm: &str, nr: i64) -> bool {
+    is_wait_point(nr)
+        || RUNTIME_WAIT_POINTS.iter().any(|r| {
+            comm.starts_with(r.thread_name_prefix)
+                && r.syscalls
+                    .iter()
+                    .any(|name| number(name).map(i64::from) == Some(nr))
+        })
+}
+
 /// The syscall numbers of [`WAIT_POINTS`].
 pub fn wait_point_numbers() -> Vec<u32> {
     WAIT_POINTS
@@ -509,5 +544,8 @@ mod tests {
         assert!(!is_wait_point(0));
         assert_eq!(wait_point_numbers().len(), WAIT_POINTS.len());
         assert_eq!(name(-1), None);
+        assert!(is_wait_point_for("tokio-runtime-w", 202));
+        assert!(!is_wait_point_for("python3", 202));
+        assert!(is_wait_point_for("python3", 232));
     }
 }
