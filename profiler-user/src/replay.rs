@@ -102,6 +102,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
     // What the kernel lost was counted live; a replay cannot see it again.
     recording.lost_events = saved.lost_events;
     recording.drops = saved.drops.clone();
+    recording.unwind = saved.unwind;
     Ok(recording)
 }
 

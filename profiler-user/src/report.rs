@@ -36,6 +36,9 @@ pub struct Recording {
     pub spans: Vec<SpanRecord>,
     #[serde(default)]
     pub spans_dropped: u64,
+    /// How user stacks were unwound (copied stack bytes, DWARF CFI).
+    #[serde(default)]
+    pub unwind: UnwindReport,
     /// One-line advice on getting better results (e.g. how to name JIT frames).
     #[serde(default)]
     pub hints: Vec<String>,
@@ -58,6 +61,22 @@ pub struct SpanRecord {
     pub syscall: Option<String>,
     /// Innermost user function, or kernel function when there is no user frame.
     pub label: String,
+}
+
+/// Cost and completeness of user-stack unwinding, for the bench and for trust in the frames.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnwindReport {
+    /// Stack copies unwound.
+    pub stacks: u64,
+    pub frames: u64,
+    /// Unwinds that stopped before reaching the thread's entry (bytes not copied, no unwind info).
+    pub truncated: u64,
+    /// Stack bytes copied by the kernel, summed.
+    pub bytes_copied: u64,
+    /// Time spent unwinding in the agent, summed.
+    pub unwind_ns: u64,
+    pub files_parsed: u64,
+    pub files_failed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -713,6 +732,7 @@ mod tests {
             offcpu: vec![],
             spans: vec![],
             spans_dropped: 0,
+            unwind: UnwindReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
             verdict: Verdict {

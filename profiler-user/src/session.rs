@@ -78,6 +78,8 @@ pub struct Session {
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, id).
     pending_stacks: HashMap<u32, (u64, i32)>,
+    unwind_ns: u64,
+    stack_bytes_copied: u64,
     pub unwinders: crate::unwind::Unwinders,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
@@ -106,6 +108,8 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
+            unwind_ns: 0,
+            stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
@@ -147,9 +151,12 @@ impl Session {
         if header.pid == self.own_pid {
             return;
         }
+        let started = std::time::Instant::now();
         let ips = self
             .unwinders
             .unwind(header.pid, header.ip, header.sp, header.bp, stack);
+        self.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stack_bytes_copied += stack.len() as u64;
         let id = self.resolver.intern(ips);
         self.pending_stacks.insert(header.tid, (header.ts_ns, id));
     }
@@ -472,6 +479,15 @@ impl Session {
             stalls: self.stalls,
             offcpu,
             hints,
+            unwind: report::UnwindReport {
+                stacks: self.unwinders.stats.stacks,
+                frames: self.unwinders.stats.frames,
+                truncated: self.unwinders.stats.truncated,
+                bytes_copied: self.stack_bytes_copied,
+                unwind_ns: self.unwind_ns,
+                files_parsed: self.unwinders.stats.files_parsed,
+                files_failed: self.unwinders.stats.files_failed,
+            },
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
