@@ -203,6 +203,7 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
 const PT_REGS_BP: usize = 4;
 const PT_REGS_IP: usize = 16;
 const PT_REGS_SP: usize = 19;
+const STACK_CHUNK: usize = 4096;
 
 /// Stack ids for an event, and whether the user stack was copied for the agent to unwind
 /// (then no frame-pointer walk is needed). Copying is skipped inside a wait point: an idle
@@ -258,26 +259,43 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
             _ => return false,
         }
     };
-    // A stack near the top of its mapping is shorter than `want`; a read past the mapping
-    // fails whole, so fall back to smaller sizes.
-    let mut len = if want > MAX_STACK_COPY {
+    // Copy in 4 KiB chunks until `want` or the first unreadable chunk: the stack's mapping
+    // ends somewhere above sp (the top of the main thread's stack is close), and a read that
+    // crosses its end fails whole.
+    let want = if want > MAX_STACK_COPY {
         MAX_STACK_COPY
     } else {
         want
     };
-    let mut copied = false;
-    for _ in 0..3 {
-        if len > MAX_STACK_COPY {
-            return false;
-        }
-        // SAFETY: reading user memory into our buffer; len is bounded by the buffer size.
-        if unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut buf.data[..len]) }.is_ok() {
-            copied = true;
+    let mut len = 0usize;
+    for chunk in 0..(MAX_STACK_COPY / STACK_CHUNK) {
+        let start = chunk * STACK_CHUNK;
+        if start >= want || start + STACK_CHUNK > MAX_STACK_COPY {
             break;
         }
-        len /= 8;
+        let src = (sp as usize + start) as *const u8;
+        // SAFETY: reading user memory into our buffer, within its bounds (checked above).
+        if unsafe { bpf_probe_read_user_buf(src, &mut buf.data[start..start + STACK_CHUNK]) }
+            .is_err()
+        {
+            break;
+        }
+        len = start + STACK_CHUNK;
     }
-    if !copied {
+    // Then the part of the last chunk that is still mapped, in halving pieces: the outermost
+    // frames (main, the thread start) live right below the end of the mapping.
+    let mut piece = STACK_CHUNK / 2;
+    while piece >= 64 {
+        if len + piece <= want && len + piece <= MAX_STACK_COPY {
+            let src = (sp as usize + len) as *const u8;
+            // SAFETY: as above, within the buffer.
+            if unsafe { bpf_probe_read_user_buf(src, &mut buf.data[len..len + piece]) }.is_ok() {
+                len += piece;
+            }
+        }
+        piece /= 2;
+    }
+    if len == 0 {
         count_drop(drop::USER_STACK);
         return false;
     }
@@ -298,7 +316,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     // SAFETY: `total` bytes of `buf` are initialised (header, then `len` copied bytes).
     let bytes =
         unsafe { core::slice::from_raw_parts((buf as *const UserStackCopy).cast::<u8>(), total) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count_drop(drop::RINGBUF_FULL);
         return false;
     }
@@ -326,12 +344,29 @@ fn new_event(kind: u32, pid: u32, tid: u32) -> Event {
     }
 }
 
+/// Wake the agent only once a batch has accumulated (it also drains on a short timer). Waking
+/// it per event makes it preempt the very threads it watches, whose switch-outs are events that
+/// wake it again: a feedback loop of tens of thousands of switches per second.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn submit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            entry.submit(wakeup_flags());
         }
         None => count_drop(drop::RINGBUF_FULL),
     }

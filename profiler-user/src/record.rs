@@ -281,6 +281,10 @@ async fn event_loop(
     let deadline = session.config.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The kernel side wakes us only per batch (see WAKEUP_BYTES there); drain on a short timer
+    // so live lines stay prompt on a quiet target.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(10));
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -291,6 +295,7 @@ async fn event_loop(
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 break StopReason::Duration;
             }
+            _ = drain_tick.tick() => drain(session, probes, ring.get_mut()),
             () = &mut stop => break StopReason::External,
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,

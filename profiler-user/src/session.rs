@@ -151,6 +151,9 @@ impl Session {
         if header.pid == self.own_pid {
             return;
         }
+        if self.debug_events {
+            eprintln!("stack {header:?}");
+        }
         let started = std::time::Instant::now();
         let ips = self
             .unwinders

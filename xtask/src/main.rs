@@ -37,6 +37,8 @@ enum Task {
     },
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
+    /// Benchmarks (never tests): unwinding cost and stack-copy sizes; writes bench/RESULTS.md.
+    Bench,
 }
 
 /// Debian packages: LLVM for bpf-linker, a C compiler for the test targets, and the tools the
@@ -77,6 +79,11 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             demo()
+        }
+        Task::Bench => {
+            setup()?;
+            build()?;
+            bench()
         }
     }
 }
@@ -369,5 +376,115 @@ fn demo() -> Result<()> {
         "demo: outputs are in {} (open flamegraph.svg in a browser)",
         out_dir.display()
     );
+    Ok(())
+}
+
+/// Unwinding: the agent records a CPU-bound process whose every sample is a 40-deep stack built
+/// without frame pointers, at 999 Hz, once per stack-copy size. From the agent's own counters:
+/// stacks unwound per second of agent unwinding time (one core, caches warm after the first
+/// few), bytes copied per sample, frames per stack and how many unwinds stopped short.
+fn bench_unwinding(dir: &Path) -> Result<String> {
+    let target_bin = dir.join("deep_burn");
+    status(
+        Command::new("cc")
+            .args(["-O2", "-g", "-fomit-frame-pointer", "-o"])
+            .arg(&target_bin)
+            .arg(root().join("bench/targets/deep_burn.c")),
+    )?;
+    let mut target = Command::new(&target_bin)
+        .spawn()
+        .context("starting the bench target")?;
+    let pid = target.id().to_string();
+    let mut table = String::from(
+        "| stack copy | stacks | stacks/s (one core) | bytes copied / sample | frames / stack | stopped short |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    let result = (|| -> Result<()> {
+        for bytes in [8192u32, 16384, 32768] {
+            let out = dir.join(format!("unwind-{bytes}"));
+            let _ = std::fs::remove_dir_all(&out);
+            status(
+                Command::new(agent_path())
+                    .args([
+                        "record",
+                        "--pid",
+                        &pid,
+                        "--duration",
+                        "6s",
+                        "--freq",
+                        "999",
+                        "--quiet",
+                    ])
+                    .args([
+                        "--stack-bytes",
+                        &bytes.to_string(),
+                        "--format",
+                        "json",
+                        "--out",
+                    ])
+                    .arg(&out)
+                    .stdout(Stdio::null()),
+            )?;
+            let json: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("stalls.json")).context("stalls.json")?,
+            )?;
+            let u = &json["unwind"];
+            let n = |k: &str| u[k].as_u64().unwrap_or(0);
+            let stacks = n("stacks").max(1);
+            let per_second = stacks as f64 / (n("unwind_ns").max(1) as f64 / 1e9);
+            table.push_str(&format!(
+                "| {} KiB | {} | {:.0} | {} | {:.1} | {:.1}% |\n",
+                bytes / 1024,
+                n("stacks"),
+                per_second,
+                n("bytes_copied") / stacks,
+                n("frames") as f64 / stacks as f64,
+                n("truncated") as f64 * 100.0 / stacks as f64,
+            ));
+        }
+        Ok(())
+    })();
+    let _ = target.kill();
+    let _ = target.wait();
+    result?;
+    Ok(table)
+}
+
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let date = output(Command::new("date").arg("+%Y-%m-%d")).unwrap_or_default();
+    format!(
+        "{} · {cores} cores · kernel {} · {}",
+        cpu,
+        kernel.trim(),
+        date.trim()
+    )
+}
+
+fn bench() -> Result<()> {
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut results = format!(
+        "# stallscope benchmarks\n\nMachine: {}\n\nReproduce: `cargo xtask bench` (as root).\n\n",
+        machine_line()
+    );
+    eprintln!("bench: unwinding (3 runs of 6 s)");
+    results.push_str("## Unwinding (40-deep stacks, no frame pointers, 999 Hz)\n\n");
+    results.push_str(&bench_unwinding(&dir)?);
+    let path = root().join("bench/RESULTS.md");
+    std::fs::write(&path, &results).with_context(|| format!("writing {}", path.display()))?;
+    println!("{results}");
+    eprintln!("bench: written to {}", path.display());
     Ok(())
 }
