@@ -554,6 +554,8 @@ mod tests {
             spans: vec![],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            hints: vec![],
+            unwind: Default::default(),
             verdict: Verdict::default(),
         }
     }

@@ -299,25 +299,6 @@ impl Symbols {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn perf_map_lookup() {
-        let map = PerfMap {
-            entries: PerfMap::parse(
-                "3f00 20 LazyCompile:*spinForMs /app.js:3\n1000 10 Builtin:Add\nzz bad\n",
-            ),
-            size: 0,
-        };
-        assert_eq!(map.lookup(0x1008), Some("Builtin:Add"));
-        assert_eq!(map.lookup(0x3f1f), Some("LazyCompile:*spinForMs /app.js:3"));
-        assert_eq!(map.lookup(0x3f20), None);
-        assert_eq!(map.lookup(0x10), None);
-    }
-}
-
 /// Where to open a mapped file: its path on the host, or through the process's root (a
 /// container) while the process lives.
 pub fn elf_path(pid: u32, path: &Path) -> Option<PathBuf> {
@@ -363,4 +344,23 @@ fn frames_of(
     }
     frames.push(frame(&sym.name, call_site));
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_map_lookup() {
+        let map = PerfMap {
+            entries: PerfMap::parse(
+                "3f00 20 LazyCompile:*spinForMs /app.js:3\n1000 10 Builtin:Add\nzz bad\n",
+            ),
+            size: 0,
+        };
+        assert_eq!(map.lookup(0x1008), Some("Builtin:Add"));
+        assert_eq!(map.lookup(0x3f1f), Some("LazyCompile:*spinForMs /app.js:3"));
+        assert_eq!(map.lookup(0x3f20), None);
+        assert_eq!(map.lookup(0x10), None);
+    }
 }

@@ -22,14 +22,15 @@ pub const WAIT_POINTS: &[(&str, &str)] = &[
 /// table above covers). A futex elsewhere is a lock, not a wait for work.
 pub struct RuntimeWaitPoint {
     pub runtime: &'static str,
-    /// Prefix of the thread name (comm, at most 15 bytes) the runtime gives its workers.
-    pub thread_name_prefix: &'static str,
+    /// Prefixes of the thread names (comm, at most 15 bytes) the runtime gives its workers.
+    pub thread_name_prefixes: &'static [&'static str],
     pub syscalls: &'static [&'static str],
 }
 
 pub const RUNTIME_WAIT_POINTS: &[RuntimeWaitPoint] = &[RuntimeWaitPoint {
     runtime: "tokio",
-    thread_name_prefix: "tokio-runtime-w",
+    // "tokio-rt-worker" since tokio 1.42, "tokio-runtime-worker" (cut to 15 bytes) before.
+    thread_name_prefixes: &["tokio-rt-worker", "tokio-runtime-w"],
     syscalls: &["futex"],
 }];
 
@@ -45,7 +46,7 @@ pub fn runtime_wait_point_numbers() -> Vec<u32> {
 pub fn is_wait_point_for(comm: &str, nr: i64) -> bool {
     is_wait_point(nr)
         || RUNTIME_WAIT_POINTS.iter().any(|r| {
-            comm.starts_with(r.thread_name_prefix)
+            r.thread_name_prefixes.iter().any(|p| comm.starts_with(p))
                 && r.syscalls
                     .iter()
                     .any(|name| number(name).map(i64::from) == Some(nr))
@@ -545,6 +546,7 @@ mod tests {
         assert_eq!(wait_point_numbers().len(), WAIT_POINTS.len());
         assert_eq!(name(-1), None);
         assert!(is_wait_point_for("tokio-runtime-w", 202));
+        assert!(is_wait_point_for("tokio-rt-worker", 202));
         assert!(!is_wait_point_for("python3", 202));
         assert!(is_wait_point_for("python3", 232));
     }

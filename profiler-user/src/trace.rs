@@ -529,6 +529,8 @@ mod tests {
             ],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            hints: vec![],
+            unwind: Default::default(),
             verdict: Verdict::default(),
         }
     }

@@ -45,7 +45,7 @@ impl Deref for Bytes {
 
 /// What framehop needs from one ELF file, parsed once.
 struct ElfUnwindInfo {
-    /// (p_vaddr, p_offset, p_filesz) of each PT_LOAD segment, to place mappings.
+    /// (p_vaddr, p_offset, p_filesz) of each executable PT_LOAD segment, to place mappings.
     segments: Vec<(u64, u64, u64)>,
     text_svma: Option<Range<u64>>,
     text: Option<Bytes>,
@@ -74,8 +74,14 @@ fn section(file: &object::File<'_>, name: &str) -> (Option<Range<u64>>, Option<B
 impl ElfUnwindInfo {
     fn parse(data: &[u8]) -> Option<Self> {
         let file = object::File::parse(data).ok()?;
+        // Only executable segments: the page a code mapping starts at often also holds the end
+        // of the read-only segment before it, which would give the wrong bias.
         let segments = file
             .segments()
+            .filter(|s| match s.flags() {
+                object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+                _ => true,
+            })
             .map(|s| {
                 let (offset, size) = s.file_range();
                 (s.address(), offset, size)
@@ -114,14 +120,22 @@ impl ElfUnwindInfo {
         }
     }
 
-    /// The load bias of a mapping: AVMA minus SVMA, from the segment holding its file offset.
+    /// The load bias of a mapping (AVMA minus SVMA), from the PT_LOAD segment it maps. A
+    /// segment's file offset need not be page-aligned while the mapping's is, so the segment
+    /// is found by its page-aligned start.
     fn bias(&self, mapping: &Mapping) -> Option<u64> {
         self.segments.iter().find_map(|&(vaddr, offset, size)| {
+            let aligned = offset & !0xfff;
             let inside =
-                offset <= mapping.file_offset && mapping.file_offset < offset + size.max(1);
+                aligned <= mapping.file_offset && mapping.file_offset < offset + size.max(1);
+            // A byte at file offset f sits at avma = start + (f - map offset) and at
+            // svma = vaddr + (f - segment offset); the difference does not depend on f.
             inside.then(|| {
-                let svma = vaddr + (mapping.file_offset - offset);
-                mapping.start.wrapping_sub(svma)
+                mapping
+                    .start
+                    .wrapping_sub(mapping.file_offset)
+                    .wrapping_add(offset)
+                    .wrapping_sub(vaddr)
             })
         })
     }
@@ -317,5 +331,56 @@ impl Unwinders {
         }
         self.stats.frames += frames.len() as u64;
         frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(segments: Vec<(u64, u64, u64)>) -> ElfUnwindInfo {
+        ElfUnwindInfo {
+            segments,
+            text_svma: None,
+            text: None,
+            eh_frame_svma: None,
+            eh_frame: None,
+            eh_frame_hdr_svma: None,
+            eh_frame_hdr: None,
+            debug_frame: None,
+            got_svma: None,
+        }
+    }
+
+    fn mapping(start: u64, file_offset: u64) -> Mapping {
+        Mapping {
+            start,
+            end: start + 0x10000,
+            file_offset,
+            executable: true,
+            path: PathBuf::from("/bin/x"),
+        }
+    }
+
+    /// A Rust PIE as linked by lld: the text segment's file offset (0x33a30) is not page
+    /// aligned and differs from its vaddr (0x34a30) by a page.
+    #[test]
+    fn bias_of_an_unaligned_text_segment() {
+        let elf = info(vec![(0x34a30, 0x33a30, 0x7a000)]);
+        let bias = elf
+            .bias(&mapping(0x55f8cd712000, 0x33000))
+            .expect("segment");
+        // svma 0x34a30 must land at avma start + (0x33a30 - 0x33000).
+        assert_eq!(0x34a30 + bias, 0x55f8cd712000 + 0xa30);
+    }
+
+    #[test]
+    fn bias_of_a_classic_layout() {
+        let elf = info(vec![(0, 0, 0x1000), (0x1000, 0x1000, 0x2000)]);
+        assert_eq!(
+            elf.bias(&mapping(0x7f0000001000, 0x1000)),
+            Some(0x7f0000000000)
+        );
+        assert_eq!(elf.bias(&mapping(0x7f0000001000, 0x9000)), None);
     }
 }
