@@ -154,7 +154,7 @@ impl CiArgs {
             fail_on: self.fail_on.clone(),
             format: self.format.clone(),
             ring_buffer_kib: 8192,
-            stack_bytes: 16384,
+            stack_bytes: 32768,
             command: Vec::new(),
         };
         let mut config = record.to_config()?;
@@ -259,8 +259,9 @@ pub struct RecordArgs {
     pub format: Vec<String>,
 
     /// Bytes of user stack copied at each sample and switch-out outside a wait point, for
-    /// DWARF unwinding (0: frame pointers only). At most 32768.
-    #[arg(long, default_value_t = 16384)]
+    /// DWARF unwinding (0: frame pointers only). At most 32768. The default reaches the
+    /// thread start of Node/V8 and CPython stacks; see README (Benchmarks) for the cost.
+    #[arg(long, default_value_t = 32768)]
     pub stack_bytes: u32,
 
     /// Ring buffer size in KiB (a power of two, at least 4).

@@ -154,6 +154,20 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Start addresses of the mappings that became modules.
     covered: Vec<Range<u64>>,
+    /// (avma range of .text, bias, .text bytes), to check return-address candidates.
+    texts: Vec<(Range<u64>, u64, Bytes)>,
+}
+
+impl ProcessUnwinder {
+    /// The 7 code bytes before `avma`, if it lies in a known .text.
+    fn code_before(&self, avma: u64) -> Option<[u8; 7]> {
+        let (range, bias, text) = self.texts.iter().find(|(r, _, _)| r.contains(&avma))?;
+        let svma = avma.wrapping_sub(*bias);
+        let text_start = range.start.wrapping_sub(*bias);
+        let offset = svma.checked_sub(text_start)? as usize;
+        let bytes = text.get(offset.checked_sub(7)?..offset)?;
+        bytes.try_into().ok()
+    }
 }
 
 /// Counters for the report and the bench.
@@ -165,6 +179,68 @@ pub struct UnwindStats {
     pub truncated: u64,
     pub files_parsed: u64,
     pub files_failed: u64,
+    /// Stacks where a caller was found by scanning (no unwind rule for the leaf).
+    pub scanned: u64,
+}
+
+/// Unwinds from (ip, sp, bp); returns the addresses and whether it reached the end cleanly.
+fn walk(
+    unwinder: &UnwinderX86_64<Bytes>,
+    cache: &mut CacheX86_64,
+    read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+) -> (Vec<u64>, bool) {
+    let mut frames = Vec::with_capacity(32);
+    let mut iter = unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, read_stack);
+    loop {
+        match iter.next() {
+            Ok(Some(frame)) => {
+                frames.push(match frame {
+                    FrameAddress::InstructionPointer(addr) => addr,
+                    FrameAddress::ReturnAddress(addr) => addr.get(),
+                });
+                if frames.len() >= MAX_FRAMES {
+                    return (frames, false);
+                }
+            }
+            Ok(None) => return (frames, true),
+            Err(_) => return (frames, false),
+        }
+    }
+}
+
+/// Words of stack scanned for a return address when the leaf cannot be unwound.
+const SCAN_WORDS: usize = 512;
+
+/// Stack words (with their addresses) that look like return addresses into known code: they
+/// point just after a `call` (e8 rel32, or ff /2 through a register or memory).
+fn return_address_candidates<'a>(
+    process: &'a ProcessUnwinder,
+    stack: &'a [u8],
+    sp: u64,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    stack
+        .chunks_exact(8)
+        .take(SCAN_WORDS)
+        .enumerate()
+        .filter_map(move |(index, word)| {
+            let value = u64::from_le_bytes(word.try_into().ok()?);
+            let code = process.code_before(value)?;
+            follows_call(&code).then_some((sp + 8 * index as u64, value))
+        })
+}
+
+/// Whether the 7 bytes before an address end with a call instruction.
+fn follows_call(before: &[u8; 7]) -> bool {
+    // e8 rel32: 5 bytes.
+    before[2] == 0xe8
+        // ff /2 with ModRM forms of 2, 3 and 6/7 bytes (register, [reg+disp8], [rip+disp32]).
+        || (before[5] == 0xff && (before[6] & 0x38) == 0x10)
+        || (before[4] == 0xff && (before[5] & 0x38) == 0x10)
+        || (before[1] == 0xff && (before[2] & 0x38) == 0x10)
+        || (before[0] == 0xff && (before[1] & 0x38) == 0x10)
 }
 
 /// Most processes with a live unwinder; past it the oldest are dropped (bounded memory).
@@ -260,7 +336,15 @@ impl Unwinders {
                     bias,
                     info.section_info(),
                 );
-                added.push((mapping.start..mapping.end, module));
+                let text = match (&info.text_svma, &info.text) {
+                    (Some(svma), Some(bytes)) => Some((
+                        svma.start.wrapping_add(bias)..svma.end.wrapping_add(bias),
+                        bias,
+                        bytes.clone(),
+                    )),
+                    _ => None,
+                };
+                added.push((mapping.start..mapping.end, module, text));
             }
         }
         let process = self
@@ -269,10 +353,12 @@ impl Unwinders {
             .or_insert_with(|| ProcessUnwinder {
                 unwinder: UnwinderX86_64::new(),
                 covered: Vec::new(),
+                texts: Vec::new(),
             });
-        for (range, module) in added {
+        for (range, module, text) in added {
             process.unwinder.add_module(module);
             process.covered.push(range);
+            process.texts.extend(text);
         }
         true
     }
@@ -300,31 +386,41 @@ impl Unwinders {
             let bytes = stack.get(offset..offset + 8).ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
-        let mut frames = Vec::with_capacity(32);
-        let mut iter = process.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, bp),
+        let (mut frames, mut complete) = walk(
+            &process.unwinder,
             &mut self.cache,
             &mut read_stack,
+            ip,
+            sp,
+            bp,
         );
-        loop {
-            match iter.next() {
-                Ok(Some(frame)) => {
-                    frames.push(match frame {
-                        FrameAddress::InstructionPointer(addr) => addr,
-                        FrameAddress::ReturnAddress(addr) => addr.get(),
-                    });
-                    if frames.len() >= MAX_FRAMES {
-                        self.stats.truncated += 1;
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    self.stats.truncated += 1;
+        if !complete && frames.len() <= 1 {
+            // The leaf has no usable unwind rule (hand-written assembly such as OpenSSL's
+            // SHA kernels, whose CFA is an expression): find its caller's return address by
+            // scanning the stack for a word that points just after a call instruction, and
+            // carry on from there. The same heuristic crash reporters use.
+            // Stale return addresses linger in dead stack slots; take the first candidate from
+            // which the rest of the stack unwinds cleanly to its root.
+            for (slot, return_address) in return_address_candidates(process, stack, sp).take(8) {
+                let (rest, rest_complete) = walk(
+                    &process.unwinder,
+                    &mut self.cache,
+                    &mut read_stack,
+                    return_address,
+                    slot + 8,
+                    bp,
+                );
+                if rest_complete {
+                    frames.truncate(1);
+                    frames.extend(rest);
+                    complete = true;
+                    self.stats.scanned += 1;
                     break;
                 }
             }
+        }
+        if !complete {
+            self.stats.truncated += 1;
         }
         if frames.is_empty() {
             frames.push(ip);
@@ -372,6 +468,22 @@ mod tests {
             .expect("segment");
         // svma 0x34a30 must land at avma start + (0x33a30 - 0x33000).
         assert_eq!(0x34a30 + bias, 0x55f8cd712000 + 0xa30);
+    }
+
+    #[test]
+    fn call_instructions_before_return_addresses() {
+        // call rel32
+        assert!(follows_call(&[0x90, 0x90, 0xe8, 1, 2, 3, 4]));
+        // call *%rax (ff d0)
+        assert!(follows_call(&[0x90, 0x90, 0x90, 0x90, 0x90, 0xff, 0xd0]));
+        // call *0x10(%rax) (ff 50 10)
+        assert!(follows_call(&[0x90, 0x90, 0x90, 0x90, 0xff, 0x50, 0x10]));
+        // call *disp32(%rip) (ff 15 ..)
+        assert!(follows_call(&[0x90, 0xff, 0x15, 1, 2, 3, 4]));
+        // plain data
+        assert!(!follows_call(&[0, 0, 0, 0, 0, 0, 0]));
+        // jmp *%rax (ff e0) is not a call
+        assert!(!follows_call(&[0x90, 0x90, 0x90, 0x90, 0x90, 0xff, 0xe0]));
     }
 
     #[test]

@@ -48,6 +48,8 @@ const APT_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "gcc",
     "libc6-dev",
+    // glibc's debug symbols, so stacks name start_thread, clone3, __libc_start_call_main.
+    "libc6-dbg",
     // Real consumers of our outputs in the tests: `go tool pprof`, xmllint (JUnit XSD, SVG).
     "golang-go",
     "libxml2-utils",

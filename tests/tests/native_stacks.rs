@@ -1,0 +1,899 @@
+//! Full user stacks on binaries as they are shipped: a tokio server built with Cargo's default
+//! release profile (no frame pointers), Node.js with and without `--perf-basic-prof` (JIT
+//! frames from /tmp/perf-PID.map), and the C epoll server compiled `-O2 -fomit-frame-pointer`.
+//! The agent, attached by PID, must report exactly the planted stalls and unwind their stacks
+//! from .eh_frame (falling back to frame pointers through JIT code) down to the thread's start.
+//!
+//! Targets: tests/targets/tokio_app/ (built here with cargo into target/tokio_app),
+//! tests/targets/node_app.js (run with /usr/bin/node or $NODE), tests/targets/epoll_server.c.
+//! Symbol names of glibc's internal functions (`start_thread`, `clone3`,
+//! `__libc_start_call_main`) come from Debian's detached debug symbols (package libc6-dbg).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde_json::Value;
+use stallscope_tests::{
+    Agent, AgentResult, EpollServer, Planted, Target, dominant_stack, require_root, scratch_dir,
+    user_function_names, workspace_root,
+};
+
+/// Pause around each planted request, so that the loop goes back to its wait point.
+const IDLE_GAP: Duration = Duration::from_millis(100);
+
+/// max(10 %, 20 ms), as for the C epoll server.
+fn tolerance_ns(truth_ns: u64) -> u64 {
+    (truth_ns / 10).max(20_000_000)
+}
+
+/// CLOCK_MONOTONIC now, the clock the agent reports in.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One request as the client saw it: sent and answered, CLOCK_MONOTONIC ns.
+#[derive(Clone, Debug)]
+struct Exchange {
+    what: String,
+    sent_ns: u64,
+    answered_ns: u64,
+}
+
+/// A stall a target measured itself when it prints only a duration (`planted KIND DURATION_NS`),
+/// paired with the client's view of the request that planted it.
+#[derive(Clone, Debug)]
+struct Measured {
+    kind: String,
+    duration_ns: u64,
+    exchange: Exchange,
+}
+
+/// Parses `planted KIND DURATION_NS` lines, in order.
+fn planted_durations(lines: &[String]) -> Vec<(String, u64)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            (parts.next()? == "planted").then_some(())?;
+            Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Pairs the target's planted lines with the planted requests, both in order (the load sends
+/// one request at a time, so the order is the same).
+fn pair_planted(lines: &[String], planted_requests: &[Exchange]) -> Vec<Measured> {
+    let durations = planted_durations(lines);
+    assert_eq!(
+        durations.len(),
+        planted_requests.len(),
+        "the target reports one planted line per planted request: {lines:#?}"
+    );
+    durations
+        .into_iter()
+        .zip(planted_requests)
+        .map(|((kind, duration_ns), exchange)| Measured {
+            kind,
+            duration_ns,
+            exchange: exchange.clone(),
+        })
+        .collect()
+}
+
+fn stalls_of(json: &Value) -> Vec<Value> {
+    let mut stalls = json["stalls"].as_array().expect("stalls array").clone();
+    stalls.sort_by_key(|s| s["start_ns"].as_u64().unwrap_or(0));
+    stalls
+}
+
+fn thread_of(json: &Value, tid: u64) -> Option<&Value> {
+    json["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["tid"].as_u64() == Some(tid))
+}
+
+fn thread_comm(json: &Value, stall: &Value) -> String {
+    thread_of(json, stall["tid"].as_u64().unwrap_or(0))
+        .and_then(|t| t["comm"].as_str())
+        .or_else(|| stall["comm"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// User (non-kernel) frames of a stack, innermost first.
+fn user_frames(stack: &Value) -> Vec<&Value> {
+    stack["frames"]
+        .as_array()
+        .map(|frames| frames.iter().filter(|f| f["kind"] != "kernel").collect())
+        .unwrap_or_default()
+}
+
+fn frame_fn(frame: &Value) -> &str {
+    frame["function"].as_str().unwrap_or("")
+}
+
+/// A stack as one line per frame, for failure messages.
+fn show(stack: &Value) -> String {
+    let mut text = format!(
+        "{} stack, {} ns, syscall {}:\n",
+        stack["kind"], stack["weight_ns"], stack["syscall"]
+    );
+    for frame in stack["frames"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "    [{}] {} ({})\n",
+            frame["kind"].as_str().unwrap_or("?"),
+            frame_fn(frame),
+            frame["module"].as_str().unwrap_or("-")
+        ));
+    }
+    text
+}
+
+/// Every failed check of a test, reported together at the end: a run shows all that is
+/// missing (wait points, unwinding, symbols), not only the first.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, message: impl FnOnce() -> String) {
+        if !ok {
+            let message = message();
+            eprintln!("FAILED CHECK: {message}");
+            self.0.push(message);
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} check(s) failed:\n\n{}",
+            self.0.len(),
+            self.0.join("\n\n")
+        );
+    }
+}
+
+/// Matches each planted stall, in order, to the stall inside the client's window of its
+/// request (±20 ms) whose duration is closest to what the target measured, and checks the
+/// count and the durations. Returns the matched stall of each planted one.
+fn match_stalls<'a>(
+    stalls: &'a [Value],
+    measured: &[Measured],
+    failures: &mut Failures,
+) -> Vec<Option<&'a Value>> {
+    failures.check(stalls.len() == measured.len(), || {
+        format!(
+            "exactly the planted stalls ({}), nothing for the quick requests; got {}:\n{}",
+            measured.len(),
+            stalls.len(),
+            summarize(stalls)
+        )
+    });
+    let mut used = vec![false; stalls.len()];
+    let mut matched = Vec::new();
+    for truth in measured {
+        let window = truth.exchange.sent_ns.saturating_sub(20_000_000)
+            ..=truth.exchange.answered_ns + 20_000_000;
+        let best = stalls
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                !used[*i]
+                    && s["start_ns"].as_u64().is_some_and(|t| window.contains(&t))
+                    && s["end_ns"].as_u64().is_some_and(|t| window.contains(&t))
+            })
+            .min_by_key(|(_, s)| {
+                s["duration_ns"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .abs_diff(truth.duration_ns)
+            });
+        let Some((index, stall)) = best else {
+            failures.check(false, || {
+                format!(
+                    "no stall inside the {} request ({}..{} ns):\n{}",
+                    truth.exchange.what,
+                    truth.exchange.sent_ns,
+                    truth.exchange.answered_ns,
+                    summarize(stalls)
+                )
+            });
+            matched.push(None);
+            continue;
+        };
+        used[index] = true;
+        let duration = stall["duration_ns"].as_u64().unwrap_or(0);
+        let error = duration.abs_diff(truth.duration_ns);
+        eprintln!(
+            "{}: truth {:.1} ms, measured {:.1} ms, error {:.2} ms",
+            truth.kind,
+            truth.duration_ns as f64 / 1e6,
+            duration as f64 / 1e6,
+            error as f64 / 1e6
+        );
+        failures.check(error <= tolerance_ns(truth.duration_ns), || {
+            format!(
+                "{} stall measured {duration} ns, the target says {} ns",
+                truth.kind, truth.duration_ns
+            )
+        });
+        matched.push(Some(stall));
+    }
+    matched
+}
+
+/// One line per stall, for failure messages (the full JSON is in the output directory).
+fn summarize(stalls: &[Value]) -> String {
+    stalls
+        .iter()
+        .map(|s| {
+            format!(
+                "tid {} {}..{} {:.1} ms (on {:.1} off {:.1} rq {:.1}) top: {:?}",
+                s["tid"],
+                s["start_ns"],
+                s["end_ns"],
+                s["duration_ns"].as_f64().unwrap_or(0.0) / 1e6,
+                s["on_cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
+                s["off_cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
+                s["runqueue_ns"].as_f64().unwrap_or(0.0) / 1e6,
+                user_function_names(dominant_stack(s))
+                    .into_iter()
+                    .take(4)
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn check_agent_ok(result: &AgentResult) -> Value {
+    assert!(
+        result.status.success(),
+        "agent failed ({}): {:#?}",
+        result.status,
+        result.stderr
+    );
+    let json = result.stalls_json();
+    assert_eq!(json["lost_events"], 0, "no events lost");
+    json
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokio
+
+/// Builds tests/targets/tokio_app once per test binary (cargo is incremental across runs).
+fn tokio_app() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let manifest = root.join("tests/targets/tokio_app/Cargo.toml");
+            let target_dir = root.join("target/tokio_app");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            // The point is Cargo's default release profile: no frame pointers, whatever flags
+            // the outer build was given.
+            let output = Command::new(&cargo)
+                .args(["build", "--release", "--manifest-path"])
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("CARGO_BUILD_RUSTFLAGS")
+                .output()
+                .map_err(|e| format!("running {cargo:?}: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "`cargo build --release --manifest-path {} --target-dir {}` failed ({}):\n{}",
+                    manifest.display(),
+                    target_dir.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+            let binary = target_dir.join("release/tokio_app");
+            if binary.exists() {
+                Ok(binary)
+            } else {
+                Err(format!("cargo built no {}", binary.display()))
+            }
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("building the tokio target: {e}"))
+}
+
+/// A server that speaks "one line in, `ok\n` out" (tokio_app).
+struct LineServer {
+    target: Target,
+    port: u16,
+}
+
+fn wait_for_port(target: &mut Target, what: &str) -> u16 {
+    let line = target
+        .stdout
+        .wait_for("listening", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{what} did not report its port"));
+    line.trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no port in {line:?}"))
+}
+
+impl LineServer {
+    fn request(&self, line: &str) -> Exchange {
+        let sent_ns = monotonic_ns();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("answer");
+        assert_eq!(answer.trim(), "ok", "answer to {line}");
+        Exchange {
+            what: line.to_string(),
+            sent_ns,
+            answered_ns: monotonic_ns(),
+        }
+    }
+}
+
+#[test]
+fn tokio_release_binary() {
+    require_root();
+    let binary = tokio_app();
+    let mut target = Target::spawn(Command::new(&binary).arg("0"));
+    let port = wait_for_port(&mut target, "tokio_app");
+    let server = LineServer { target, port };
+    let out = scratch_dir("native-tokio");
+    let pid = server.target.pid().to_string();
+    let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
+
+    // Bounded load: quick requests around two CPU-bound and two blocking handlers.
+    let mut planted = Vec::new();
+    for kind in ["hash", "sleep", "hash", "sleep"] {
+        for _ in 0..5 {
+            server.request("quick");
+        }
+        // Idle gaps: the workers park (their wait point) before and after each planted
+        // handler, so it is an iteration of its own whatever the runtime does between tasks.
+        std::thread::sleep(IDLE_GAP);
+        planted.push(server.request(kind));
+        std::thread::sleep(IDLE_GAP);
+    }
+    for _ in 0..5 {
+        server.request("quick");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let result = agent.stop();
+    let json = check_agent_ok(&result);
+    let mut target = server.target;
+    let lines = target.stdout.collect(Duration::from_millis(200));
+    let measured = pair_planted(&lines, &planted);
+    let stalls = stalls_of(&json);
+    let mut failures = Failures::default();
+    let matched = match_stalls(&stalls, &measured, &mut failures);
+
+    for (stall, truth) in matched.into_iter().zip(&measured) {
+        let Some(stall) = stall else { continue };
+        let kind = truth.kind.as_str();
+        let comm = thread_comm(&json, stall);
+        failures.check(comm.starts_with("tokio-r"), || {
+            format!("the {kind} stall is on a tokio worker thread, not {comm:?}")
+        });
+        let thread = thread_of(&json, stall["tid"].as_u64().unwrap_or(0));
+        failures.check(thread.is_some_and(|t| t["loop"] == true), || {
+            format!("the worker is a loop thread (tokio's wait point): {thread:?}")
+        });
+        let on = stall["on_cpu_ns"].as_u64().unwrap_or(0);
+        let off = stall["off_cpu_ns"].as_u64().unwrap_or(0);
+        let rq = stall["runqueue_ns"].as_u64().unwrap_or(0);
+        let top = dominant_stack(stall);
+        let names: Vec<&str> = user_frames(top).into_iter().map(frame_fn).collect();
+        let handler = match kind {
+            "hash" => {
+                failures.check(on > off + rq, || {
+                    format!("hash must be mostly on-CPU: on {on} off {off} rq {rq}")
+                });
+                failures.check(top["kind"] == "on_cpu", || {
+                    format!("hash: the dominant stack is on-CPU: {}", show(top))
+                });
+                "hash_handler"
+            }
+            "sleep" => {
+                failures.check(off > on + rq, || {
+                    format!("sleep must be mostly off-CPU: on {on} off {off} rq {rq}")
+                });
+                failures.check(
+                    top["kind"] == "off_cpu"
+                        && (top["syscall"] == "clock_nanosleep" || top["syscall"] == "nanosleep"),
+                    || {
+                        format!(
+                            "sleep: the dominant stack is off-CPU in (clock_)nanosleep: {}",
+                            show(top)
+                        )
+                    },
+                );
+                "blocking_sleep_handler"
+            }
+            other => panic!("unexpected planted kind {other}"),
+        };
+        failures.check(names.iter().take(6).any(|n| n.contains(handler)), || {
+            format!(
+                "{kind}: {handler} among the top 6 user frames: {}",
+                show(top)
+            )
+        });
+        failures.check(names.iter().any(|n| n.contains("tokio::runtime")), || {
+            format!(
+                "{kind}: the stack goes through tokio's scheduler (tokio::runtime frames): {}",
+                show(top)
+            )
+        });
+        // Unwound from .eh_frame down to the thread's start (about 20 frames: handler, task
+        // poll, worker run loop, std's thread start, start_thread, clone3).
+        let last = names.last().copied().unwrap_or("");
+        failures.check(
+            names.len() > 8 && (last.contains("clone") || last.contains("start_thread")),
+            || {
+                format!(
+                    "{kind}: user frames reach the thread's start ({} user frames, last \
+                     {last:?}; `start_thread`/`clone3` are named from libc6-dbg): {}",
+                    names.len(),
+                    show(top)
+                )
+            },
+        );
+    }
+    failures.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node.js
+
+fn node_bin() -> PathBuf {
+    let node = std::env::var_os("NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/node"));
+    assert!(
+        node.exists(),
+        "{} does not exist: install Node.js 20 (or set $NODE)",
+        node.display()
+    );
+    node
+}
+
+/// Removes the perf map a Node target wrote (`--perf-basic-prof` writes /tmp/perf-PID.map and
+/// never removes it) once the test is done with it. Only that file: the target is ours.
+struct PerfMap(PathBuf);
+
+impl Drop for PerfMap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct NodeServer {
+    target: Target,
+    port: u16,
+}
+
+impl NodeServer {
+    /// Starts node_app.js in `cwd`: with --perf-basic-prof V8 also writes its log
+    /// (isolate-*-v8.log) into the working directory, which must not be the source tree.
+    fn start(flags: &[&str], cwd: &Path) -> Self {
+        let script = workspace_root().join("tests/targets/node_app.js");
+        let mut target = Target::spawn(
+            Command::new(node_bin())
+                .args(flags)
+                .arg(&script)
+                .arg("0")
+                .current_dir(cwd),
+        );
+        let port = wait_for_port(&mut target, "node_app.js");
+        NodeServer { target, port }
+    }
+
+    fn get(&self, path: &str) -> Exchange {
+        let sent_ns = monotonic_ns();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("\r\n\r\nok\n"),
+            "answer to {path}: {answer:?}"
+        );
+        Exchange {
+            what: path.to_string(),
+            sent_ns,
+            answered_ns: monotonic_ns(),
+        }
+    }
+}
+
+/// A Node recording: the agent's result, stalls.json, and each planted stall with the stall
+/// matched to it (`None` when there was none, already a failure).
+struct NodeRun {
+    result: AgentResult,
+    measured: Vec<Measured>,
+    matched: Vec<Option<Value>>,
+}
+
+/// Records a Node server under a bounded load (quick requests around two `/spin` and two
+/// `/pbkdf2`); checks the stalls are the planted ones, on the main (libuv loop) thread.
+fn record_node(flags: &[&str], name: &str, failures: &mut Failures) -> NodeRun {
+    let cwd = scratch_dir(&format!("{name}-cwd"));
+    let server = NodeServer::start(flags, &cwd);
+    let pid = server.target.pid();
+    let _perf_map = PerfMap(PathBuf::from(format!("/tmp/perf-{pid}.map")));
+    let out = scratch_dir(name);
+    let agent = Agent::record(&["--pid", &pid.to_string(), "--threshold", "100ms"], &out);
+
+    let mut planted = Vec::new();
+    for path in ["/spin", "/pbkdf2", "/spin", "/pbkdf2"] {
+        for _ in 0..5 {
+            server.get("/quick");
+        }
+        std::thread::sleep(IDLE_GAP);
+        planted.push(server.get(path));
+        std::thread::sleep(IDLE_GAP);
+    }
+    for _ in 0..5 {
+        server.get("/quick");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let result = agent.stop();
+    let json = check_agent_ok(&result);
+    let mut target = server.target;
+    let lines = target.stdout.collect(Duration::from_millis(200));
+    let measured = pair_planted(&lines, &planted);
+    let stalls = stalls_of(&json);
+    let matched: Vec<Option<Value>> = match_stalls(&stalls, &measured, failures)
+        .into_iter()
+        .map(|s| s.cloned())
+        .collect();
+
+    // The libuv loop is the main thread (comm "node") and it is where every stall is.
+    let main = thread_of(&json, u64::from(pid));
+    failures.check(
+        main.is_some_and(|t| t["loop"] == true && t["comm"] == "node"),
+        || {
+            format!(
+                "the main thread (libuv's loop, comm node) is a loop thread: {main:?}\nthreads {:#}",
+                json["threads"]
+            )
+        },
+    );
+    for stall in &stalls {
+        let tid = stall["tid"].as_u64();
+        failures.check(tid == Some(u64::from(pid)), || {
+            format!("stalls are on the loop thread {pid}, not {tid:?}")
+        });
+    }
+    for (stall, truth) in matched.iter().zip(&measured) {
+        let Some(stall) = stall else { continue };
+        let on = stall["on_cpu_ns"].as_u64().unwrap_or(0);
+        let off = stall["off_cpu_ns"].as_u64().unwrap_or(0);
+        let rq = stall["runqueue_ns"].as_u64().unwrap_or(0);
+        failures.check(on > off + rq, || {
+            format!(
+                "the {} stall is mostly on-CPU: on {on} off {off} rq {rq}",
+                truth.kind
+            )
+        });
+    }
+    NodeRun {
+        result,
+        measured,
+        matched,
+    }
+}
+
+fn on_cpu_stacks(stall: &Value) -> Vec<&Value> {
+    stall["stacks"]
+        .as_array()
+        .map(|stacks| stacks.iter().filter(|s| s["kind"] == "on_cpu").collect())
+        .unwrap_or_default()
+}
+
+fn weight(stack: &Value) -> u64 {
+    stack["weight_ns"].as_u64().unwrap_or(0)
+}
+
+fn is_jit(frame: &Value, name: &str) -> bool {
+    frame["kind"] == "jit" && frame_fn(frame).contains(name)
+}
+
+/// OpenSSL's PBKDF2 as the node binary names it (PKCS5_PBKDF2_HMAC, kdf_pbkdf2_derive,
+/// node::crypto::PBKDF2Traits::DeriveBits).
+fn is_native_pbkdf2(frame: &Value) -> bool {
+    frame["kind"] == "native" && frame_fn(frame).to_ascii_lowercase().contains("pbkdf2")
+}
+
+/// The heaviest on-CPU stack of a stall.
+fn heaviest_on_cpu(stall: &Value) -> &Value {
+    on_cpu_stacks(stall)
+        .into_iter()
+        .max_by_key(|s| weight(s))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn node_with_perf_basic_prof() {
+    require_root();
+    let mut failures = Failures::default();
+    let run = record_node(
+        &["--perf-basic-prof"],
+        "native-node-perf-map",
+        &mut failures,
+    );
+    for (stall, truth) in run.matched.iter().zip(&run.measured) {
+        let Some(stall) = stall else { continue };
+        match truth.kind.as_str() {
+            "spin" => {
+                // The loop runs in V8's optimized (OSR) code for spinForMs, named by the map.
+                let top = heaviest_on_cpu(stall);
+                failures.check(
+                    user_frames(top)
+                        .iter()
+                        .take(6)
+                        .any(|f| is_jit(f, "spinForMs")),
+                    || {
+                        format!(
+                            "spin: a jit frame spinForMs among the top 6 user frames of the \
+                             heaviest on-CPU stack: {}",
+                            show(top)
+                        )
+                    },
+                );
+            }
+            "pbkdf2" => {
+                // Native OpenSSL code called from JS: every stack goes from OpenSSL's frames
+                // (.eh_frame) through V8's builtins (frame pointers) into the JIT frame of the
+                // JS caller. Stacks are keyed by address, so the single heaviest one is a
+                // matter of chance: the time is checked as a share as well. Most samples are
+                // in sha512_block_data_order_avx2, whose CFA is a DWARF expression
+                // (`DW_OP_breg7 rsp+N; DW_OP_deref; DW_OP_plus_uconst 8`: the asm realigns the
+                // stack), which framehop's rules do not express: those stacks must be unwound
+                // too for the time to be attributed. stallscope recovers them by scanning the
+                // stack for a return address (see unwind.rs); the issue asks for the JS function
+                // on top for pbkdf2Sync *or* a busy loop, and the busy loop (above) is where it
+                // is strict. Here: the JS caller is named in stacks carrying a real share.
+                let stacks = on_cpu_stacks(stall);
+                let total: u64 = stacks.iter().map(|s| weight(s)).sum();
+                let reaches = |s: &Value| {
+                    let frames = user_frames(s);
+                    let js = frames.iter().position(|f| is_jit(f, "hashPasswordSync"));
+                    let native = frames.iter().position(|f| is_native_pbkdf2(f));
+                    matches!((native, js), (Some(n), Some(j)) if n < j)
+                };
+                let share: u64 = stacks
+                    .iter()
+                    .filter(|s| reaches(s))
+                    .map(|s| weight(s))
+                    .sum();
+                failures.check(total > 0 && share * 10 >= total * 3, || {
+                    // Where the stacks that stop short begin, heaviest first.
+                    let mut short: Vec<(String, u64)> = Vec::new();
+                    for stack in stacks.iter().filter(|s| !reaches(s)) {
+                        let frames = user_frames(stack);
+                        let key = format!(
+                            "{} ({} user frames, last {})",
+                            frames.first().map(|f| frame_fn(f)).unwrap_or("-"),
+                            frames.len(),
+                            frames.last().map(|f| frame_fn(f)).unwrap_or("-")
+                        );
+                        match short.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, w)) => *w += weight(stack),
+                            None => short.push((key, weight(stack))),
+                        }
+                    }
+                    short.sort_by_key(|(_, w)| std::cmp::Reverse(*w));
+                    format!(
+                        "pbkdf2: stacks from OpenSSL's PBKDF2 (native) out to the jit frame \
+                         hashPasswordSync carry at least 30 % of the on-CPU stack weight \
+                         ({share} of {total} ns); the others start at:\n{}",
+                        short
+                            .iter()
+                            .map(|(k, w)| format!("    {:.1} ms  {k}", *w as f64 / 1e6))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                });
+            }
+            other => panic!("unexpected planted kind {other}"),
+        }
+    }
+    failures.finish();
+}
+
+#[test]
+fn node_without_perf_basic_prof() {
+    require_root();
+    let mut failures = Failures::default();
+    let run = record_node(&[], "native-node-no-perf-map", &mut failures);
+    for (stall, truth) in run.matched.iter().zip(&run.measured) {
+        let Some(stall) = stall else { continue };
+        let kind = truth.kind.as_str();
+        let top = dominant_stack(stall);
+        let frames = user_frames(top);
+        failures.check(
+            frames.iter().any(|f| {
+                f["kind"] == "native" && f["module"].as_str().is_some_and(|m| m.contains("node"))
+            }),
+            || {
+                format!(
+                    "{kind}: native frames of the node binary in the dominant stack: {}",
+                    show(top)
+                )
+            },
+        );
+        match kind {
+            "spin" => {
+                // JIT code has no unwind tables and no map here: the walk must go on through
+                // V8's frame pointers to the native loop below.
+                failures.check(frames.iter().any(|f| frame_fn(f) == "uv_run"), || {
+                    format!(
+                        "spin: the stack is unwound through the JIT code down to uv_run: {}",
+                        show(top)
+                    )
+                });
+            }
+            "pbkdf2" => {
+                failures.check(
+                    on_cpu_stacks(stall)
+                        .iter()
+                        .any(|s| user_frames(s).iter().any(|f| is_native_pbkdf2(f))),
+                    || {
+                        format!(
+                            "pbkdf2: OpenSSL's PBKDF2 frames in the on-CPU stacks; dominant: {}",
+                            show(top)
+                        )
+                    },
+                );
+            }
+            other => panic!("unexpected planted kind {other}"),
+        }
+    }
+    // JIT frames cannot be named without the map: the agent says how to get them.
+    let result = &run.result;
+    let summary = std::fs::read_to_string(result.out_dir.join("summary.md")).unwrap_or_default();
+    let said = format!(
+        "{}\n{}\n{summary}",
+        result.stdout.join("\n"),
+        result.stderr.join("\n")
+    );
+    failures.check(said.contains("--perf-basic-prof"), || {
+        format!(
+            "a hint to start node with --perf-basic-prof in stdout, stderr or summary.md:\n{said}"
+        )
+    });
+    failures.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// C without frame pointers
+
+fn stall_for<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
+    stalls.iter().find(|s| {
+        let start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
+        let end = s["end_ns"].as_u64().unwrap_or(0);
+        start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
+    })
+}
+
+#[test]
+fn c_o2_without_frame_pointers() {
+    require_root();
+    let mut server = EpollServer::start(&["-O2", "-g", "-fomit-frame-pointer"]);
+    let out = scratch_dir("native-c-nofp");
+    let pid = server.target.pid().to_string();
+    let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
+    for planted in ["burn 200", "sleep 200", "burn 200", "sleep 200"] {
+        for _ in 0..5 {
+            server.request("quick");
+        }
+        server.request(planted);
+    }
+    for _ in 0..5 {
+        server.request("quick");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let result = agent.stop();
+    let json = check_agent_ok(&result);
+    let planted = server.planted();
+    assert_eq!(planted.len(), 4, "server log: {planted:?}");
+    let stalls = stalls_of(&json);
+    let mut failures = Failures::default();
+    failures.check(stalls.len() == planted.len(), || {
+        format!("exactly the planted stalls:\n{}", summarize(&stalls))
+    });
+    for truth in &planted {
+        let kind = truth.kind.as_str();
+        let Some(stall) = stall_for(&stalls, truth) else {
+            failures.check(false, || {
+                format!("no stall covers {truth:?}:\n{}", summarize(&stalls))
+            });
+            continue;
+        };
+        let duration = stall["duration_ns"].as_u64().unwrap_or(0);
+        failures.check(
+            duration.abs_diff(truth.duration_ns()) <= tolerance_ns(truth.duration_ns()),
+            || {
+                format!(
+                    "{kind} stall measured {duration} ns, server says {} ns",
+                    truth.duration_ns()
+                )
+            },
+        );
+        let top = dominant_stack(stall);
+        let names: Vec<&str> = user_frames(top).into_iter().map(frame_fn).collect();
+        let innermost = match kind {
+            "burn" => {
+                failures.check(top["kind"] == "on_cpu", || {
+                    format!("burn: the dominant stack is on-CPU: {}", show(top))
+                });
+                "burn_cpu"
+            }
+            "sleep" => {
+                failures.check(
+                    top["kind"] == "off_cpu" && top["syscall"] == "nanosleep",
+                    || {
+                        format!(
+                            "sleep: the dominant stack is off-CPU in nanosleep: {}",
+                            show(top)
+                        )
+                    },
+                );
+                "sleep_in_handler"
+            }
+            other => panic!("unexpected planted kind {other}"),
+        };
+        failures.check(names.first().copied() == Some(innermost), || {
+            format!("{kind}: {innermost} on top of the stack: {}", show(top))
+        });
+        let main = names.iter().position(|n| *n == "main");
+        let libc_start = names
+            .iter()
+            .position(|n| n.contains("__libc_start_call_main") || n.contains("__libc_start_main"));
+        failures.check(
+            matches!((main, libc_start), (Some(m), Some(l)) if m < l),
+            || {
+                format!(
+                    "{kind}: unwound from .eh_frame through main into glibc's \
+                     __libc_start_call_main / __libc_start_main: {}",
+                    show(top)
+                )
+            },
+        );
+    }
+    failures.finish();
+}
