@@ -1,7 +1,7 @@
 //! `stallscope record -- COMMAND`: the agent starts the program, follows it from its first
 //! instruction, finds its loop thread from the epoll_wait calls it sees (the program was not
 //! running at attach, so /proc had nothing to say), reports its one stall, and stops with exit
-//! code 0 when the program exits.
+//! code 0 when the program exits; what is symbolized after the exit still resolves.
 
 use std::process::{Command, Stdio};
 

@@ -1,0 +1,66 @@
+//! CPython's own native frames, from a pyenv build without frame pointers, unwind through the
+//! interpreter loop to `main` (DWARF CFI from libpython). Python-level frames are a separate
+//! feature; this is the native stack under them.
+
+use std::{process::Command, time::Duration};
+
+use stallscope_tests::{
+    Agent, Target, dominant_stack, require_root, scratch_dir, user_function_names, workspace_root,
+};
+
+/// The real interpreter behind pyenv's shim (the shim is a shell script that execs it).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 on PATH (the machine image has pyenv)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn cpython_native_frames_unwind_to_main() {
+    require_root();
+    let script = workspace_root().join("tests/targets/py_busy_loop.py");
+    let mut target = Target::spawn(Command::new(python()).arg(&script));
+    let out = scratch_dir("cpython-native");
+    let pid = target.pid().to_string();
+    let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
+    // Two planted burns, 250 ms apart at most.
+    for _ in 0..2 {
+        assert!(
+            target
+                .stdout
+                .wait_for("planted busy", Duration::from_secs(5))
+                .is_some(),
+            "the loop reports its burns"
+        );
+        target.stdout.seen.clear();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let result = agent.stop();
+    assert!(result.status.success(), "{:#?}", result.stderr);
+    let json = result.stalls_json();
+    let stalls = json["stalls"].as_array().expect("stalls");
+    assert!(stalls.len() >= 2, "{stalls:#?}");
+    for stall in stalls {
+        let top = dominant_stack(stall);
+        assert_eq!(top["kind"], "on_cpu", "{top:#}");
+        let names = user_function_names(top);
+        assert!(
+            names.iter().any(|n| n == "_PyEval_EvalFrameDefault"),
+            "the interpreter loop is on the stack: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "main" || n == "Py_BytesMain"),
+            "the stack reaches main: {names:?}"
+        );
+        let last = names.last().map(String::as_str).unwrap_or("");
+        assert!(
+            matches!(
+                last,
+                "_start" | "__libc_start_main_impl" | "__libc_start_call_main"
+            ),
+            "outermost frame is the process entry, got {last}: {names:?}"
+        );
+    }
+}
