@@ -120,6 +120,8 @@ pub struct Mapping {
     pub file_offset: u64,
     pub executable: bool,
     pub path: PathBuf,
+    /// Inode of the mapped file: tells a binary replaced on disk since it was mapped.
+    pub inode: u64,
 }
 
 /// File-backed mappings of /proc/PID/maps text (anonymous, [heap], [stack] and the like are
@@ -132,7 +134,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
             let perms = fields.next()?;
             let offset = fields.next()?;
             let _dev = fields.next()?;
-            let _inode = fields.next()?;
+            let inode = fields.next()?;
             let path: Vec<&str> = fields.collect();
             let path = path.join(" ");
             if !(path.starts_with('/') || path == "[vdso]") {
@@ -145,6 +147,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
                 file_offset: u64::from_str_radix(offset, 16).ok()?,
                 executable: perms.contains('x'),
                 path: PathBuf::from(path.trim_end_matches(" (deleted)")),
+                inode: inode.parse().unwrap_or(0),
             })
         })
         .collect()

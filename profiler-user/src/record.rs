@@ -101,6 +101,17 @@ fn test_attach_delay() {
 }
 
 /// `stallscope record`: records until --duration, a signal, or the targets exit.
+/// Test hook: hold the agent in its finishing phase (after the first interrupt, before the
+/// outputs are written) so the second-interrupt abort can be tested. Never set in normal use.
+fn test_finish_delay() {
+    if let Some(ms) = std::env::var("STALLSCOPE_TEST_FINISH_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 pub async fn run(config: RecordConfig) -> Result<Outcome> {
     run_with_start(config, || Box::pin(std::future::pending())).await
 }
@@ -170,6 +181,7 @@ pub async fn run_with_start(
     announce(&session, &out_dir);
 
     let stop = event_loop(&mut session, &mut probes, ring, child, start()).await?;
+    test_finish_delay();
     let end_ns = monotonic_ns();
     let event_log = session.event_log.take();
     let saved = session.resolver.save_all(Some(&probes));
@@ -279,6 +291,7 @@ async fn event_loop(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let deadline = session.config.duration.map(|d| Instant::now() + d);
+    let mut reported_losses = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The kernel side wakes us only per batch (see WAKEUP_BYTES there); drain on a short timer
@@ -312,6 +325,7 @@ async fn event_loop(
                 if let Some(logger) = probes.logger.as_mut() {
                     logger.flush();
                 }
+                warn_about_losses(session, probes, &mut reported_losses);
                 if child.is_none() && session.all_targets_gone() {
                     break StopReason::TargetsExited;
                 }
@@ -319,7 +333,53 @@ async fn event_loop(
         }
     };
     drain(session, probes, ring.get_mut());
+    if reason == StopReason::Signal {
+        abort_on_second_interrupt(session.stalls.len());
+    }
     Ok(reason)
+}
+
+/// Says so, live, when the kernel drops events (at most once per tick, and only when the count
+/// grew): the stalls of that time are flagged `data_lost`, not silently wrong.
+fn warn_about_losses(session: &Session, probes: &Probes, reported: &mut u64) {
+    let kernel_full = probes.drops()[profiler_common::drop::RINGBUF_FULL as usize];
+    let lost = session.loss.lost.max(kernel_full);
+    if lost > *reported {
+        eprintln!(
+            "stallscope: warning: {} events lost so far (ring buffer full); stalls meanwhile are marked data_lost. A larger --ring-buffer-kib or a lower --freq helps",
+            lost
+        );
+        *reported = lost;
+    }
+}
+
+/// The message the second Ctrl-C prints; formatted before the handler can run, since a signal
+/// handler may only call async-signal-safe functions (write, _exit).
+static ABORT_MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn abort_now(_signal: libc::c_int) {
+    if let Some(message) = ABORT_MESSAGE.get() {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is immutable.
+        unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(130) };
+}
+
+/// After the first interrupt the agent symbolizes and writes its outputs, which can take a
+/// while on a big recording; a second Ctrl-C (or SIGTERM) ends it at once with a short report.
+fn abort_on_second_interrupt(stalls_so_far: usize) {
+    let _ = ABORT_MESSAGE.set(
+        format!(
+            "\nstallscope: interrupted again: aborting with {stalls_so_far} stall(s) seen; outputs were not written\n"
+        )
+        .into_bytes(),
+    );
+    // SAFETY: installing a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(libc::SIGINT, abort_now as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, abort_now as libc::sighandler_t);
+    }
 }
 
 fn drain(

@@ -68,10 +68,10 @@ pub struct Session {
     own_pid: u32,
     pub timeline: Timeline,
     pub resolver: Resolver,
-    loss: LossDetector,
+    pub loss: LossDetector,
     pub processes: HashMap<u32, ProcessState>,
     pub thread_names: HashMap<u32, String>,
-    stalls: Vec<StallRecord>,
+    pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,

@@ -240,7 +240,7 @@ impl Symbols {
     fn symbolize_in_file(&mut self, pid: u32, mapping: &Mapping, addr: u64) -> Vec<Frame> {
         let module = mapping.path.to_string_lossy().into_owned();
         let file_offset = addr - mapping.start + mapping.file_offset;
-        let Some(path) = elf_path(pid, &mapping.path) else {
+        let Some(path) = elf_path(pid, mapping) else {
             return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
         };
         let source = Source::Elf(Elf::new(path));
@@ -299,18 +299,32 @@ impl Symbols {
     }
 }
 
-/// Where to open a mapped file: its path on the host, or through the process's root (a
-/// container) while the process lives.
-pub fn elf_path(pid: u32, path: &Path) -> Option<PathBuf> {
+/// Where to open the file behind a mapping: its path on the host when that is still the same
+/// file (same inode); else, while the process lives, the mapping itself through
+/// /proc/PID/map_files (a binary deleted or replaced since it was started); else the path
+/// through the process's root (a container). None when none of these is the mapped file.
+pub fn elf_path(pid: u32, mapping: &Mapping) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let path = &mapping.path;
     if path.starts_with("[") {
         return None;
     }
-    if path.exists() {
+    let same_file = |candidate: &Path| {
+        std::fs::metadata(candidate).is_ok_and(|m| mapping.inode == 0 || m.ino() == mapping.inode)
+    };
+    if same_file(path) {
         return Some(path.to_path_buf());
+    }
+    let mapped = PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    ));
+    if same_file(&mapped) {
+        return Some(mapped);
     }
     let relative = path.strip_prefix("/").ok()?;
     let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
-    in_root.exists().then_some(in_root)
+    same_file(&in_root).then_some(in_root)
 }
 
 /// A symbol and the functions inlined at the address, innermost first. blazesym lists inlined

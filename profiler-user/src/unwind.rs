@@ -271,8 +271,8 @@ impl Unwinders {
         }
     }
 
-    fn file_info(&mut self, pid: u32, path: &Path) -> Option<Arc<ElfUnwindInfo>> {
-        let open_path = crate::symbolize::elf_path(pid, path)?;
+    fn file_info(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
+        let open_path = crate::symbolize::elf_path(pid, mapping)?;
         let meta = fs::metadata(&open_path).ok()?;
         let key = FileKey {
             path: open_path.clone(),
@@ -324,7 +324,7 @@ impl Unwinders {
                 if covered.iter().any(|r| r.start == mapping.start) {
                     continue;
                 }
-                let Some(info) = self.file_info(pid, &mapping.path) else {
+                let Some(info) = self.file_info(pid, mapping) else {
                     continue;
                 };
                 let Some(bias) = info.bias(mapping) else {
@@ -455,6 +455,7 @@ mod tests {
             file_offset,
             executable: true,
             path: PathBuf::from("/bin/x"),
+            inode: 0,
         }
     }
 
