@@ -377,8 +377,8 @@ fn abort_on_second_interrupt(stalls_so_far: usize) {
     );
     // SAFETY: installing a handler that only calls async-signal-safe functions.
     unsafe {
-        libc::signal(libc::SIGINT, abort_now as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, abort_now as libc::sighandler_t);
+        libc::signal(libc::SIGINT, abort_now as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, abort_now as *const () as libc::sighandler_t);
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
     fs,
     ops::{Deref, Range},
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
