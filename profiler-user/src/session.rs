@@ -565,7 +565,7 @@ pub struct Resolver {
 /// First id given to an unwound user stack; kernel stack-map ids are far below.
 pub const INTERNED_BASE: i32 = 1 << 24;
 /// Distinct unwound stacks kept (bounded memory); past it new ones are dropped and counted.
-const MAX_INTERNED: usize = 500_000;
+const MAX_INTERNED: usize = 100_000;
 
 /// Bound on distinct stacks remembered for saving; past it, re-rendering shows fewer frames.
 const MAX_SEEN_STACKS: usize = 200_000;

@@ -38,7 +38,15 @@ enum Task {
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
     /// Benchmarks (never tests): unwinding cost and stack-copy sizes; writes bench/RESULTS.md.
-    Bench,
+    Bench {
+        /// Also run the long-run memory check: a 30-minute recording of a busy server, with the
+        /// agent's RSS sampled every minute (written to bench/LONG_RUN.md).
+        #[arg(long)]
+        long: bool,
+        /// Length of the long run in minutes.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
 }
 
 /// Debian packages: LLVM for bpf-linker, a C compiler for the test targets, and the tools the
@@ -82,10 +90,14 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             demo()
         }
-        Task::Bench => {
+        Task::Bench { long, minutes } => {
             setup()?;
             build()?;
-            bench()
+            if long {
+                bench_long_run(minutes)
+            } else {
+                bench()
+            }
         }
     }
 }
@@ -488,5 +500,79 @@ fn bench() -> Result<()> {
     std::fs::write(&path, &results).with_context(|| format!("writing {}", path.display()))?;
     println!("{results}");
     eprintln!("bench: written to {}", path.display());
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A 30-minute recording of a busy server (a request every 5 ms, a 150 ms stall every 2 s):
+/// the agent's RSS is sampled every minute; with every cache bounded, growth must stop.
+fn bench_long_run(minutes: u64) -> Result<()> {
+    let dir = root().join("target/bench");
+    let server_bin = build_demo_server(&dir)?;
+    let mut server = Command::new(&server_bin)
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the server")?;
+    let mut server_out = BufReader::new(server.stdout.take().context("server stdout")?);
+    let mut first = String::new();
+    server_out.read_line(&mut first)?;
+    thread::spawn(move || for _ in server_out.lines() {});
+    let port: u16 = first
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .context("server did not report its port")?;
+    let out = dir.join("long-run");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut agent = Command::new(agent_path())
+        .args(["record", "--pid", &server.id().to_string(), "--quiet", "--format", "json"])
+        .args(["--duration", &format!("{minutes}m"), "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting stallscope")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load_stop = stop.clone();
+    let load = thread::spawn(move || {
+        let mut sent = 0u64;
+        while !load_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let line = if sent % 400 == 399 { "burn 150\n" } else { "quick\n" };
+            let _ = send(port, line);
+            sent += 1;
+            thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    });
+    let mut table = String::from("| minute | agent RSS (MiB) |\n| --- | --- |\n");
+    let started = Instant::now();
+    for minute in 0..=minutes {
+        while started.elapsed() < Duration::from_secs(minute * 60) {
+            thread::sleep(Duration::from_millis(500));
+        }
+        let Some(kib) = rss_kib(agent.id()) else { break };
+        let line = format!("| {minute} | {:.1} |\n", kib as f64 / 1024.0);
+        eprint!("long run: {line}");
+        table.push_str(&line);
+    }
+    let status = agent.wait()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.join().unwrap_or(0);
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = format!(
+        "# Long run\n\nMachine: {}\n\n{minutes} minutes recording a busy epoll server ({sent} requests, a 150 ms stall every ~2 s); agent exit: {status}.\n\n{table}",
+        machine_line()
+    );
+    let path = root().join("bench/LONG_RUN.md");
+    std::fs::write(&path, &text)?;
+    println!("{text}");
     Ok(())
 }
