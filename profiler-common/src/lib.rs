@@ -29,6 +29,10 @@ pub mod kind {
     pub const EXIT: u32 = 9;
     /// A followed process called exec.
     pub const EXEC: u32 = 10;
+    /// A followed thread called exit or exit_group (`arg0`: the exit status it passed).
+    pub const EXIT_CALL: u32 = 11;
+    /// A signal was generated for a followed thread (`arg0`: signal number, `aux`: result).
+    pub const SIGNAL: u32 = 12;
 }
 
 /// Indices into the per-CPU `DROPS` counter array: every place the kernel side gives up on data.
@@ -113,11 +117,16 @@ pub struct TracepointOffsets {
     pub exec_pid: u32,
     pub exec_old_pid: u32,
     pub sys_enter_id: u32,
+    pub sys_enter_args: u32,
     pub sys_exit_id: u32,
     pub sys_exit_ret: u32,
+    /// signal:signal_generate fields; `FIELD_ABSENT` when the tracepoint is missing.
+    pub signal_sig: u32,
+    pub signal_pid: u32,
+    pub signal_result: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 72);
 
 impl TracepointOffsets {
     /// All zero: the value compiled into the programs, always replaced by the agent at load.
@@ -134,8 +143,12 @@ impl TracepointOffsets {
         exec_pid: 0,
         exec_old_pid: 0,
         sys_enter_id: 0,
+        sys_enter_args: 0,
         sys_exit_id: 0,
         sys_exit_ret: 0,
+        signal_sig: FIELD_ABSENT,
+        signal_pid: FIELD_ABSENT,
+        signal_result: FIELD_ABSENT,
     };
 }
 

@@ -441,8 +441,18 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_followed_pid(tgid) {
         return Ok(());
     }
-    let nr: i64 = unsafe { ctx.read_at(OFFSETS.load().sys_enter_id as usize)? };
+    let offsets = OFFSETS.load();
+    let nr: i64 = unsafe { ctx.read_at(offsets.sys_enter_id as usize)? };
     set_thread_syscall(tid, nr as i32);
+    // exit (60) and exit_group (231) never return: this is the only place to see the status.
+    if nr == 60 || nr == 231 {
+        let status: i64 = unsafe { ctx.read_at(offsets.sys_enter_args as usize) }.unwrap_or(0);
+        let mut event = new_event(kind::EXIT_CALL, tgid, tid);
+        event.syscall = nr as i32;
+        event.arg0 = status as u64;
+        submit(&event);
+        return Ok(());
+    }
     if is_wait_point(nr) {
         remember_thread(tgid, tid);
         let mut event = new_event(kind::WAIT_ENTER, tgid, tid);
@@ -552,6 +562,31 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // process, which must not be followed.
         let _ = FOLLOWED_PIDS.remove(&tgid);
     }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let _ = try_signal(&ctx);
+    0
+}
+
+/// A signal for a followed thread: what killed a worker, when it did not exit by itself.
+fn try_signal(ctx: &TracePointContext) -> Result<(), i32> {
+    let offsets = OFFSETS.load();
+    if offsets.signal_pid == FIELD_ABSENT {
+        return Ok(());
+    }
+    let target: i32 = unsafe { ctx.read_at(offsets.signal_pid as usize)? };
+    let Some(target_tgid) = followed_tid(target as u32) else {
+        return Ok(());
+    };
+    let sig: i32 = unsafe { ctx.read_at(offsets.signal_sig as usize)? };
+    let result: i32 = unsafe { ctx.read_at(offsets.signal_result as usize) }.unwrap_or(0);
+    let mut event = new_event(kind::SIGNAL, target_tgid, target as u32);
+    event.arg0 = sig as u32 as u64;
+    event.aux = result as u32;
+    submit(&event);
     Ok(())
 }
 

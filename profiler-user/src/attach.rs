@@ -41,17 +41,19 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
 }
 
-/// (category, name, program) for every tracepoint attachment.
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sched", "sched_switch", "sched_switch"),
-    ("sched", "sched_waking", "sched_waking"),
-    ("sched", "sched_wakeup", "sched_wakeup"),
-    ("sched", "sched_wakeup_new", "sched_wakeup"),
-    ("raw_syscalls", "sys_enter", "sys_enter"),
-    ("raw_syscalls", "sys_exit", "sys_exit"),
-    ("sched", "sched_process_fork", "sched_process_fork"),
-    ("sched", "sched_process_exit", "sched_process_exit"),
-    ("sched", "sched_process_exec", "sched_process_exec"),
+/// (category, name, program, required) for every tracepoint attachment. An optional one that
+/// the kernel lacks only costs the detail it gives (what signal killed a process).
+pub const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("sched", "sched_switch", "sched_switch", true),
+    ("sched", "sched_waking", "sched_waking", true),
+    ("sched", "sched_wakeup", "sched_wakeup", true),
+    ("sched", "sched_wakeup_new", "sched_wakeup", true),
+    ("raw_syscalls", "sys_enter", "sys_enter", true),
+    ("raw_syscalls", "sys_exit", "sys_exit", true),
+    ("sched", "sched_process_fork", "sched_process_fork", true),
+    ("sched", "sched_process_exit", "sched_process_exit", true),
+    ("sched", "sched_process_exec", "sched_process_exec", true),
+    ("signal", "signal_generate", "signal_generate", false),
 ];
 
 /// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
@@ -82,7 +84,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
     let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();
-    for &(category, name, program) in TRACEPOINTS {
+    for &(category, name, program, required) in TRACEPOINTS {
         let tracepoint: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -94,9 +96,16 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
                 .with_context(|| format!("loading program {program} (verifier)"))?;
             programs_loaded.insert(program, true);
         }
-        tracepoint
-            .attach(category, name)
-            .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        match tracepoint.attach(category, name) {
+            Ok(_) => {}
+            Err(err) if !required => {
+                log::warn!("optional tracepoint {category}:{name} not attached: {err}");
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("attaching to tracepoint {category}:{name}"));
+            }
+        }
     }
     let sampler: &mut PerfEvent = ebpf
         .program_mut("cpu_sample")

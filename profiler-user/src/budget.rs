@@ -1243,3 +1243,243 @@ mod tests {
         assert_eq!(back, result);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of `--fail-on` parsing: any text gives budgets or a one-line usage error,
+    //! never a panic; generated valid budgets parse to what they say and survive a round trip
+    //! through their Display.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 2000,
+            // Never write proptest-regressions/ files into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn is_one_line(message: &str) -> bool {
+        !message.is_empty() && !message.contains('\n') && !message.contains('\r')
+    }
+
+    /// Pieces of budgets, right and wrong, to be glued together.
+    fn token() -> impl Strategy<Value = String> {
+        let scope = "(all|process|thread|proc|THREAD|)[ ]?(:|::|)[ ]?";
+        let metric = "(max|count|total|p50|p90|p99|p100|min|)";
+        let eq = "[ ]?(=|==|:|)[ ]?";
+        let value = "(\\+|-|\\+\\+|)[ ]?([0-9]{0,21}([.][0-9]{0,4})?|inf|NaN|1e400|x)[ ]?(ms|s|us|m|ns|%|h|)";
+        prop_oneof![
+            6 => valid_budget().prop_map(|(text, ..)| text),
+            4 => (scope, metric, eq, value).prop_map(|(s, m, e, v)| format!("{s}{m}{e}{v}")),
+            1 => "[ =:+%,.0-9a-z-]{0,12}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn budget_list() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(token(), 0..5),
+            prop::collection::vec(any::<bool>(), 5),
+        )
+            .prop_map(|(tokens, spaces)| {
+                tokens
+                    .iter()
+                    .zip(&spaces)
+                    .map(|(t, s)| if *s { format!(" {t} ") } else { t.clone() })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+    }
+
+    /// What every parse result must satisfy, whatever the input.
+    fn check_any(text: &str) -> Result<(), TestCaseError> {
+        let strict = parse_budgets(text, false);
+        let growth = parse_budgets(text, true);
+        for (result, allow_growth) in [(&strict, false), (&growth, true)] {
+            match result {
+                Ok(budgets) => {
+                    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+                    prop_assert_eq!(budgets.len(), items.len(), "{:?}", text);
+                    for (budget, item) in budgets.iter().zip(&items) {
+                        prop_assert_eq!(budget.text(), *item);
+                        prop_assert!(allow_growth || !budget.is_growth(), "{text:?}");
+                        if budget.is_growth() {
+                            prop_assert_eq!(budget.scope(), Scope::All, "{:?}", text);
+                        }
+                        if let Limit::GrowthPercent(p) = budget.limit() {
+                            prop_assert!(p.is_finite() && p >= 0.0, "{text:?}");
+                        }
+                    }
+                    // Its Display round-trips.
+                    let again: Vec<String> = budgets.iter().map(|b| b.to_string()).collect();
+                    prop_assert_eq!(&parse_budgets(&again.join(","), allow_growth), result);
+                }
+                Err(UsageError(message)) => {
+                    prop_assert!(message.starts_with("--fail-on '"), "{message}");
+                    if !text.contains(['\n', '\r']) {
+                        prop_assert!(is_one_line(message), "{message:?}");
+                    }
+                }
+            }
+        }
+        // Allowing growth only ever accepts more, and never changes what was accepted.
+        if let Ok(budgets) = &strict {
+            prop_assert_eq!(Ok(budgets), growth.as_ref(), "{:?}", text);
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Value {
+        AtMost(String, u64),
+        Percent(String, f64),
+        By(String, u64),
+    }
+
+    fn duration_text() -> impl Strategy<Value = (String, u64)> {
+        prop_oneof![
+            Just(("0".to_string(), 0)),
+            Just(("000".to_string(), 0)),
+            (
+                0u32..=u32::MAX,
+                prop::sample::select(vec![
+                    ("us", 1_000u64),
+                    ("ms", 1_000_000),
+                    ("s", 1_000_000_000)
+                ])
+            )
+                .prop_map(|(n, (unit, scale))| (format!("{n}{unit}"), u64::from(n) * scale)),
+            (0u32..100_000_000).prop_map(|n| (format!("{n}m"), u64::from(n) * 60_000_000_000)),
+            (0u32..10_000, 0u32..10).prop_map(|(n, tenth)| (
+                format!("{n}.{tenth}ms"),
+                u64::from(n) * 1_000_000 + u64::from(tenth) * 100_000
+            )),
+        ]
+    }
+
+    fn value_for(metric: Metric) -> BoxedStrategy<Value> {
+        let percent = (0u32..1_000_000, 0u32..10).prop_map(|(whole, tenth)| {
+            let text = format!("+{whole}.{tenth}%");
+            Value::Percent(text, f64::from(whole) + f64::from(tenth) / 10.0)
+        });
+        if metric == Metric::Count {
+            prop_oneof![
+                any::<u64>().prop_map(|n| Value::AtMost(n.to_string(), n)),
+                any::<u64>().prop_map(|n| Value::By(format!("+{n}"), n)),
+                percent,
+            ]
+            .boxed()
+        } else {
+            prop_oneof![
+                duration_text().prop_map(|(text, ns)| Value::AtMost(text, ns)),
+                duration_text().prop_map(|(text, ns)| Value::By(format!("+{text}"), ns)),
+                percent,
+            ]
+            .boxed()
+        }
+    }
+
+    /// A valid budget: (text, scope, metric, value); growth budgets are whole-recording only.
+    fn valid_budget() -> impl Strategy<Value = (String, Scope, Metric, Value)> {
+        (
+            prop::sample::select(vec![
+                None,
+                Some(Scope::All),
+                Some(Scope::Process),
+                Some(Scope::Thread),
+            ]),
+            prop::sample::select(Metric::ALL.to_vec()),
+            prop::sample::select(vec!["", " ", "  "]),
+        )
+            .prop_flat_map(|(scope, metric, pad)| {
+                value_for(metric).prop_filter_map("growth is whole-recording only", move |value| {
+                    let growth = !matches!(value, Value::AtMost(..));
+                    if growth && scope.is_some_and(|s| s != Scope::All) {
+                        return None;
+                    }
+                    let value_text = match &value {
+                        Value::AtMost(t, _) | Value::Percent(t, _) | Value::By(t, _) => t.clone(),
+                    };
+                    let prefix = match scope {
+                        None => String::new(),
+                        Some(Scope::All) => format!("all{pad}:{pad}"),
+                        Some(Scope::Process) => format!("process{pad}:{pad}"),
+                        Some(Scope::Thread) => format!("thread{pad}:{pad}"),
+                    };
+                    let text = format!("{prefix}{}{pad}={pad}{value_text}", metric.name());
+                    Some((text, scope.unwrap_or(Scope::All), metric, value))
+                })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn never_panics_on_any_string(text in any::<String>()) {
+            check_any(&text)?;
+        }
+
+        #[test]
+        fn never_panics_on_plausible_token_lists(text in budget_list()) {
+            check_any(&text)?;
+        }
+
+        #[test]
+        fn valid_budgets_parse_to_what_they_say(
+            budgets in prop::collection::vec(valid_budget(), 1..6),
+            pad in prop::sample::select(vec!["", " ", "\t"]),
+        ) {
+            let text = budgets
+                .iter()
+                .map(|(t, ..)| format!("{pad}{t}{pad}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let any_growth = budgets.iter().any(|(.., v)| !matches!(v, Value::AtMost(..)));
+            let strict = parse_budgets(&text, false);
+            if any_growth {
+                let UsageError(message) = strict.expect_err("growth refused outside diff");
+                prop_assert!(message.contains("only apply to stallscope diff"), "{message}");
+            } else {
+                prop_assert_eq!(&strict, &parse_budgets(&text, true));
+            }
+            let parsed = parse_budgets(&text, true).map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(parsed.len(), budgets.len());
+            for (budget, (item, scope, metric, value)) in parsed.iter().zip(&budgets) {
+                prop_assert_eq!(budget.text(), item.as_str());
+                prop_assert_eq!(budget.to_string(), item.clone());
+                prop_assert_eq!(budget.scope(), *scope, "{}", item);
+                prop_assert_eq!(budget.metric(), *metric, "{}", item);
+                match value {
+                    Value::AtMost(_, n) => prop_assert_eq!(budget.limit(), Limit::AtMost(*n), "{}", item),
+                    Value::By(_, n) => prop_assert_eq!(budget.limit(), Limit::GrowthBy(*n), "{}", item),
+                    Value::Percent(_, p) => match budget.limit() {
+                        Limit::GrowthPercent(parsed) => {
+                            prop_assert!((parsed - p).abs() < 1e-9, "{item}: {parsed} vs {p}")
+                        }
+                        other => prop_assert!(false, "{item}: {other:?}"),
+                    },
+                }
+            }
+            // Display round trip: the budgets print as they were written and parse back equal.
+            let printed: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+            prop_assert_eq!(parse_budgets(&printed.join(","), true), Ok(parsed));
+        }
+
+        #[test]
+        fn scoped_growth_is_always_refused(
+            scope in prop::sample::select(vec!["process", "thread"]),
+            metric in prop::sample::select(Metric::ALL.to_vec()),
+            value in prop::sample::select(vec!["+20%", "+1", "+10ms"]),
+        ) {
+            let text = format!("{scope}:{}={value}", metric.name());
+            prop_assert!(parse_budgets(&text, true).is_err(), "{text}");
+            prop_assert!(parse_budgets(&text, false).is_err(), "{text}");
+        }
+    }
+}

@@ -504,3 +504,184 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the command-line value parsers: whatever a user types, a value or a
+    //! one-line error, never a panic; documented forms parse to exactly what they say.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 2000,
+            // Never write proptest-regressions/ files into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// The documented units and their scale in nanoseconds.
+    const UNITS: [(&str, u128); 4] = [
+        ("us", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+    ];
+
+    fn unit() -> impl Strategy<Value = (&'static str, u128)> {
+        prop::sample::select(UNITS.to_vec())
+    }
+
+    /// Strings close to durations: digits, dots, signs, exponents, spaces, real and wrong units.
+    fn near_duration() -> impl Strategy<Value = String> {
+        "[ \t]?[-+]?[0-9]{0,22}[.]?[0-9]{0,6}([eE][-+]?[0-9]{1,3})?[ ]?(ns|us|µs|ms|s|m|min|h|d|sec|MS|S|\\.|%|)[ \t]?"
+    }
+
+    fn is_one_line(message: &str) -> bool {
+        !message.is_empty() && !message.contains('\n') && !message.contains('\r')
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn duration_never_panics_on_any_string(text in any::<String>()) {
+            let result = parse_duration_ns(&text);
+            if let Err(message) = result {
+                prop_assert!(!message.is_empty());
+                if !text.contains(['\n', '\r']) {
+                    prop_assert!(is_one_line(&message), "{message:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn duration_never_panics_on_near_misses(text in near_duration()) {
+            match parse_duration_ns(&text) {
+                Ok(_) => {
+                    // Accepted only with a unit, and never with a sign, exponent or junk.
+                    let trimmed = text.trim();
+                    prop_assert!(
+                        trimmed.starts_with(|c: char| c.is_ascii_digit() || c == '.'),
+                        "{text:?} accepted"
+                    );
+                    prop_assert!(!trimmed.contains(['-', '+', 'e', 'E', '%', ' ']), "{text:?} accepted");
+                    prop_assert!(
+                        ["ns", "us", "µs", "ms", "s", "m", "min"]
+                            .iter()
+                            .any(|u| trimmed.ends_with(u)),
+                        "{text:?} accepted"
+                    );
+                }
+                Err(message) => prop_assert!(is_one_line(&message), "{message:?}"),
+            }
+        }
+
+        #[test]
+        fn whole_durations_parse_to_the_exact_nanosecond(n in any::<u32>(), (unit, scale) in unit()) {
+            let exact = u128::from(n) * scale;
+            let text = format!("{n}{unit}");
+            let result = parse_duration_ns(&text);
+            if exact <= u128::from(u64::MAX / 2) {
+                prop_assert_eq!(result.clone(), Ok(exact as u64), "{}", text);
+                // Whitespace around the value is ignored.
+                prop_assert_eq!(parse_duration_ns(&format!("  {text}\t")), result);
+            } else if exact > u128::from(u64::MAX) {
+                let message = result.expect_err("more than u64::MAX ns cannot be accepted");
+                prop_assert!(message.contains("too large"), "{text}: {message}");
+            } else {
+                prop_assert!(result.is_err() || result == Ok(exact as u64), "{text}: {result:?}");
+            }
+        }
+
+        #[test]
+        fn fractional_durations_parse_exactly(
+            whole in 0u32..100_000,
+            millis in 0u32..1000,
+            (unit, scale) in unit(),
+        ) {
+            let text = format!("{whole}.{millis:03}{unit}");
+            let exact = (u128::from(whole) * scale + u128::from(millis) * scale / 1000) as u64;
+            let parsed = parse_duration_ns(&text);
+            if scale <= 1_000_000_000 {
+                prop_assert_eq!(parsed, Ok(exact), "{}", text);
+            } else {
+                // Minutes: 6e15 ns is where f64 steps by 1 ns; allow that rounding.
+                let parsed = parsed.map_err(|e| TestCaseError::fail(e))?;
+                prop_assert!(parsed.abs_diff(exact) <= 1, "{text}: {parsed} vs {exact}");
+            }
+        }
+
+        #[test]
+        fn bare_and_negative_numbers_are_refused(n in any::<u32>(), (unit, _) in unit()) {
+            let bare = parse_duration_ns(&n.to_string());
+            prop_assert!(bare.as_ref().is_err_and(|m| m.contains("has no unit")), "{n}: {bare:?}");
+            let negative = format!("-{n}{unit}");
+            prop_assert!(parse_duration_ns(&negative).is_err(), "{negative} accepted");
+        }
+
+        #[test]
+        fn pid_list_never_panics(items in prop::collection::vec(any::<String>(), 0..6)) {
+            match parse_pid_list(&items) {
+                Ok(pids) => {
+                    prop_assert_eq!(pids.len(), items.len());
+                    prop_assert!(pids.iter().all(|&pid| pid > 0));
+                }
+                Err(UsageError(message)) => {
+                    prop_assert!(message.contains("is not a process or thread id"), "{message}");
+                    if !items.iter().any(|i| i.contains(['\n', '\r'])) {
+                        prop_assert!(is_one_line(&message), "{message:?}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn pid_accepts_exactly_positive_u32(n in prop_oneof![
+            any::<i64>(),
+            -2i64..=2,
+            (i64::from(u32::MAX) - 2)..=(i64::from(u32::MAX) + 2),
+        ]) {
+            let text = n.to_string();
+            let result = parse_pid_list(std::slice::from_ref(&text));
+            if (1..=i64::from(u32::MAX)).contains(&n) {
+                prop_assert_eq!(result, Ok(vec![n as u32]));
+            } else {
+                let UsageError(message) = result.expect_err("not a positive u32");
+                prop_assert!(message.contains(&format!("'{text}'")), "{message}");
+            }
+        }
+
+        #[test]
+        fn pid_strings_accepted_are_numbers(text in prop_oneof![
+            any::<String>(),
+            "[ +\\-0-9a-fx٣]{0,12}",
+        ]) {
+            if let Ok(pids) = parse_pid_list(std::slice::from_ref(&text)) {
+                // Only decimal ASCII digits (an optional '+', surrounding blanks) make a PID.
+                let trimmed = text.trim();
+                let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+                prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{text:?} accepted");
+                prop_assert_eq!(digits.parse::<u64>().ok(), Some(u64::from(pids[0])));
+                prop_assert!(pids[0] > 0);
+            }
+        }
+
+        #[test]
+        fn pid_lists_keep_order_and_name_the_bad_item(
+            pids in prop::collection::vec(1u32.., 1..8),
+            bad in prop_oneof![Just("0".to_string()), Just("-1".to_string()), "[a-z]{1,5}", Just("4294967296".to_string())],
+            at in any::<prop::sample::Index>(),
+        ) {
+            let mut items: Vec<String> = pids.iter().map(|p| format!(" {p} ")).collect();
+            prop_assert_eq!(parse_pid_list(&items), Ok(pids.clone()));
+            let index = at.index(items.len() + 1);
+            items.insert(index, bad.clone());
+            let UsageError(message) = parse_pid_list(&items).expect_err("a bad item");
+            prop_assert!(message.contains(&format!("'{bad}'")), "{message}");
+        }
+    }
+}

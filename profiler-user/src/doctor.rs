@@ -19,7 +19,8 @@ use std::{
 
 use profiler_common::{FIELD_ABSENT, TracepointOffsets};
 
-/// Every tracepoint the agent attaches to, as `category/name` (mirrors `attach::TRACEPOINTS`).
+/// Every tracepoint the agent requires, as `category/name` (the required entries of
+/// `attach::TRACEPOINTS`; a unit test keeps the two in step).
 pub const TRACEPOINTS: [&str; 9] = [
     "sched/sched_switch",
     "sched/sched_waking",
@@ -1324,5 +1325,15 @@ mod tests {
                       \tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\nprint fmt: \"pid=%d\"\n";
         assert_eq!(format_fields(format), Some(3));
         assert_eq!(format_fields("name: x\nformat:\n"), None);
+    }
+
+    #[test]
+    fn tracepoint_list_matches_what_the_agent_attaches() {
+        let required: Vec<String> = crate::attach::TRACEPOINTS
+            .iter()
+            .filter(|t| t.3)
+            .map(|(category, name, _, _)| format!("{category}/{name}"))
+            .collect();
+        assert_eq!(required, TRACEPOINTS.map(str::to_string).to_vec());
     }
 }

@@ -58,6 +58,16 @@ pub enum Lifecycle {
         tid: u32,
         group_dead: bool,
     },
+    /// exit/exit_group called with this status.
+    ExitCall {
+        pid: u32,
+        status: i32,
+    },
+    /// A signal was generated for one of the process's threads.
+    Signal {
+        pid: u32,
+        signal: i32,
+    },
 }
 
 /// What one raw event means.
@@ -106,6 +116,14 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
             pid: raw.pid,
             tid: raw.tid,
             group_dead: raw.aux == 1,
+        }),
+        kind::EXIT_CALL => Some(Lifecycle::ExitCall {
+            pid: raw.pid,
+            status: raw.arg0 as i32,
+        }),
+        kind::SIGNAL => Some(Lifecycle::Signal {
+            pid: raw.pid,
+            signal: raw.arg0 as i32,
         }),
         _ => None,
     };

@@ -530,6 +530,8 @@ mod tests {
                 exe: "/srv/server".into(),
                 started_ns: None,
                 exited_ns: None,
+                exit_code: None,
+                exit_signal: None,
             }],
             threads: vec![],
             stalls: vec![stall],

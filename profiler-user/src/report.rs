@@ -101,6 +101,11 @@ pub struct ProcessRecord {
     pub exe: String,
     pub started_ns: Option<u64>,
     pub exited_ns: Option<u64>,
+    /// How it ended: the status it passed to exit, or the signal that killed it.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub exit_signal: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -486,6 +491,10 @@ pub fn summary_markdown(recording: &Recording) -> String {
         }
         let _ = writeln!(md);
     }
+    let churn = churn_lines(recording);
+    if !churn.is_empty() {
+        let _ = writeln!(md, "```\n{}\n```\n", churn.join("\n"));
+    }
     for hint in &recording.hints {
         let _ = writeln!(md, "> hint: {hint}\n");
     }
@@ -568,6 +577,54 @@ pub fn live_line(stall: &StallRecord) -> String {
     line
 }
 
+/// Worker churn, for services whose master forks and recycles workers: how many processes
+/// started and exited during the recording, when (seconds from its start), and how they ended.
+pub fn churn_lines(recording: &Recording) -> Vec<String> {
+    let seconds = |ns: u64| ns.saturating_sub(recording.start_ns) as f64 / 1e9;
+    let started: Vec<&ProcessRecord> = recording
+        .processes
+        .iter()
+        .filter(|p| p.started_ns.is_some())
+        .collect();
+    let exited: Vec<&ProcessRecord> = recording
+        .processes
+        .iter()
+        .filter(|p| p.exited_ns.is_some())
+        .collect();
+    if started.is_empty() && exited.is_empty() {
+        return Vec::new();
+    }
+    let span = |times: Vec<u64>| match (times.iter().min(), times.iter().max()) {
+        (Some(first), Some(last)) => format!(
+            " (first at +{:.1} s, last at +{:.1} s)",
+            seconds(*first),
+            seconds(*last)
+        ),
+        _ => String::new(),
+    };
+    let mut lines = vec![format!(
+        "processes: {} started{}, {} exited{}",
+        started.len(),
+        span(started.iter().filter_map(|p| p.started_ns).collect()),
+        exited.len(),
+        span(exited.iter().filter_map(|p| p.exited_ns).collect()),
+    )];
+    for process in exited.iter().take(20) {
+        let how = match (&process.exit_code, &process.exit_signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by {signal}"),
+            (None, None) => "exited".into(),
+        };
+        lines.push(format!(
+            "  {} ({}) {how} at +{:.1} s",
+            process.comm,
+            process.pid,
+            seconds(process.exited_ns.unwrap_or(0))
+        ));
+    }
+    lines
+}
+
 /// The human summary printed at the end.
 pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     let mut text = String::new();
@@ -639,6 +696,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             "  lost: {} events (ring buffer full), {} kernel and {} user stacks; results may be incomplete",
             recording.lost_events, drops.kernel_stack, drops.user_stack
         );
+    }
+    for line in churn_lines(recording) {
+        let _ = writeln!(text, "  {line}");
     }
     for hint in &recording.hints {
         let _ = writeln!(text, "  hint: {hint}");
@@ -726,6 +786,8 @@ mod tests {
                 exe: "/bin/server".into(),
                 started_ns: None,
                 exited_ns: None,
+                exit_code: None,
+                exit_signal: None,
             }],
             threads: vec![],
             stalls: vec![stall],

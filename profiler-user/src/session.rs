@@ -70,6 +70,15 @@ pub struct Session {
     pub resolver: Resolver,
     pub loss: LossDetector,
     pub processes: HashMap<u32, ProcessState>,
+    /// Processes that exited during the recording (their PIDs may come back as others).
+    past_processes: Vec<ProcessRecord>,
+    exited_pids: HashSet<u32>,
+    /// Last exit status passed to exit_group, and last signal, per process.
+    exit_calls: HashMap<u32, i32>,
+    /// Fork times of children not yet known as processes (a short-lived child can be gone from
+    /// /proc before its fork event is read; its own first event then shows it is a process).
+    forks: HashMap<u32, u64>,
+    signals: HashMap<u32, i32>,
     pub thread_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
@@ -102,6 +111,11 @@ impl Session {
             resolver: Resolver::default(),
             loss: LossDetector::default(),
             processes: HashMap::new(),
+            past_processes: Vec::new(),
+            exited_pids: HashSet::new(),
+            exit_calls: HashMap::new(),
+            forks: HashMap::new(),
+            signals: HashMap::new(),
             thread_names: HashMap::new(),
             stalls: Vec::new(),
             stalls_not_kept: 0,
@@ -120,6 +134,12 @@ impl Session {
         if self.processes.contains_key(&pid) {
             return;
         }
+        // A PID the recording saw exit before belongs to a new process now: start afresh so
+        // the two are never mixed (the old one's stacks were resolved when it exited).
+        if self.exited_pids.remove(&pid) {
+            self.resolver.symbols.forget(pid);
+            self.unwinders.forget(pid);
+        }
         let stat = procfs::stat(pid);
         let record = ProcessRecord {
             pid,
@@ -127,6 +147,8 @@ impl Session {
             exe: procfs::exe(pid).map_or_else(String::new, |p| p.display().to_string()),
             started_ns,
             exited_ns: None,
+            exit_code: None,
+            exit_signal: None,
         };
         self.resolver.symbols.snapshot(pid);
         for tid in procfs::threads(pid) {
@@ -181,13 +203,14 @@ impl Session {
     }
 
     fn handle_event(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+        // Sequence numbers first: our own events (below) used numbers too.
+        if self.loss.observe(raw.cpu, raw.seq) > 0 {
+            self.timeline.lost();
+        }
         if raw.pid == self.own_pid {
             // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
             // child from its first instruction); our own events are not part of the recording.
             return;
-        }
-        if self.loss.observe(raw.cpu, raw.seq) > 0 {
-            self.timeline.lost();
         }
         // Only events taken in the thread's own context carry its name (a wake-up carries the
         // waker's).
@@ -211,9 +234,6 @@ impl Session {
         if let Some(log) = self.event_log.as_mut() {
             log.write(raw);
         }
-        if let Some(lifecycle) = decoded.lifecycle {
-            self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
-        }
         // A runtime-specific wait point (tokio's futex) counts only for that runtime's threads;
         // for anyone else the same syscall is a lock wait inside an iteration.
         let decoded = if matches!(raw.kind, kind::WAIT_ENTER | kind::WAIT_EXIT)
@@ -229,15 +249,32 @@ impl Session {
             decoded
         };
         if let Some(event) = decoded.timeline {
+            // Before its lifecycle events: a short-lived child's exit must find it.
             // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
             // someone else by now): everything known about them was saved.
             let live = probes.is_some();
-            if live && !self.processes.contains_key(&event.pid) && event.pid == event.tid {
-                self.add_process(event.pid, None);
+            if live
+                && !self.processes.contains_key(&event.pid)
+                && !self.exited_pids.contains(&event.pid)
+                && event.pid == event.tid
+            {
+                let forked_ns = self.forks.remove(&event.pid);
+                self.add_process(event.pid, forked_ns);
+                if let Some(process) = self.processes.get_mut(&event.pid)
+                    && process.record.comm == "?"
+                    && raw.comm[0] != 0
+                {
+                    process.record.comm = comm_string(&raw.comm);
+                }
             }
-            if let Some(stall) = self.timeline.handle(&event) {
-                self.stall_ended(probes.as_deref(), stall, true);
-            }
+        }
+        if let Some(lifecycle) = decoded.lifecycle {
+            self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
+        }
+        if let Some(event) = decoded.timeline
+            && let Some(stall) = self.timeline.handle(&event)
+        {
+            self.stall_ended(probes.as_deref(), stall, true);
         }
     }
 
@@ -256,12 +293,17 @@ impl Session {
                         .is_some_and(|tgid| tgid == child_tid.to_string());
                 if is_process {
                     self.add_process(child_tid, Some(ts_ns));
+                } else if self.forks.len() < 65536 {
+                    self.forks.insert(child_tid, ts_ns);
                 }
             }
             Lifecycle::Fork { .. } => {}
             Lifecycle::Exec { pid } if live => {
+                // The old image's stacks are resolved against the old mappings first.
+                self.resolver.resolve_pid(probes.as_deref(), pid);
                 self.resolver.symbols.forget(pid);
                 self.resolver.symbols.snapshot(pid);
+                self.unwinders.forget(pid);
                 if let Some(process) = self.processes.get_mut(&pid) {
                     if let Some(stat) = procfs::stat(pid) {
                         process.record.comm = stat.comm;
@@ -272,19 +314,47 @@ impl Session {
                 }
             }
             Lifecycle::Exec { .. } => {}
+            Lifecycle::ExitCall { pid, status } => {
+                self.exit_calls.insert(pid, status);
+            }
+            Lifecycle::Signal { pid, signal } => {
+                self.signals.insert(pid, signal);
+            }
             Lifecycle::Exit {
                 pid, group_dead, ..
             } => {
                 if group_dead {
-                    if let Some(process) = self.processes.get_mut(&pid) {
-                        process.record.exited_ns = Some(ts_ns);
-                    }
-                    if let Some(probes) = probes {
-                        probes.unfollow(pid);
-                    }
+                    self.process_exited(probes, pid, ts_ns);
                 }
             }
         }
+    }
+
+    /// The last thread of a process is gone: record how it ended, resolve its stacks while
+    /// its mappings are the ones we know, and free its PID for a new process.
+    fn process_exited(&mut self, probes: Option<&mut Probes>, pid: u32, ts_ns: u64) {
+        let status = self.exit_calls.remove(&pid);
+        let signal = self.signals.remove(&pid);
+        let Some(mut process) = self.processes.remove(&pid) else {
+            return;
+        };
+        process.record.exited_ns = Some(ts_ns);
+        match status {
+            Some(code) => process.record.exit_code = Some(code),
+            None => {
+                process.record.exit_signal =
+                    Some(signal.map_or_else(|| "a signal".into(), signal_name))
+            }
+        }
+        let live = probes.is_some();
+        if let Some(probes) = probes {
+            probes.unfollow(pid);
+            self.resolver.resolve_pid(Some(&*probes), pid);
+        }
+        if live {
+            self.exited_pids.insert(pid);
+        }
+        self.past_processes.push(process.record);
     }
 
     /// Whether a stall is shown: iterations of loop threads always; runs only for processes
@@ -367,7 +437,7 @@ impl Session {
     pub fn all_targets_gone(&self) -> bool {
         self.processes
             .values()
-            .all(|p| p.record.exited_ns.is_some() || !p.id.is_some_and(procfs::is_alive))
+            .all(|p| !p.id.is_some_and(procfs::is_alive))
     }
 
     pub fn finish(mut self, probes: Option<&Probes>, start_ns: u64, end_ns: u64) -> Recording {
@@ -453,10 +523,14 @@ impl Session {
             })
             .collect();
         let kernel_drops = probes.map(Probes::drops).unwrap_or_default();
-        let mut processes: Vec<ProcessRecord> =
-            self.processes.values().map(|p| p.record.clone()).collect();
-        processes.sort_by_key(|p| p.pid);
-        let hints = hints(&processes, &self.resolver.symbols);
+        let mut processes: Vec<ProcessRecord> = self
+            .past_processes
+            .iter()
+            .cloned()
+            .chain(self.processes.values().map(|p| p.record.clone()))
+            .collect();
+        processes.sort_by_key(|p| (p.pid, p.started_ns));
+        let hints = hints(&processes);
         Recording {
             version: report::SCHEMA_VERSION,
             threshold_ns: self.config.threshold_ns,
@@ -502,8 +576,50 @@ impl Session {
     }
 }
 
-/// Advice for the summary: JIT code that could be named.
-fn hints(processes: &[ProcessRecord], symbols: &Symbols) -> Vec<String> {
+fn signal_name(signal: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| format!("signal {signal}"), |n| n.to_string())
+}
+
+/// Advice for the summary: JIT code that could be named (Node's, whose perf map is opt-in).
+fn hints(processes: &[ProcessRecord]) -> Vec<String> {
     let mut hints = Vec::new();
     for process in processes {
         let is_node = std::path::Path::new(&process.exe)
@@ -514,11 +630,6 @@ fn hints(processes: &[ProcessRecord], symbols: &Symbols) -> Vec<String> {
             hints.push(format!(
                 "{} ({}) is Node.js: JavaScript functions show as unknown addresses; start it with `node --perf-basic-prof` to name them",
                 process.comm, process.pid
-            ));
-        } else if no_perf_map && symbols.jit_without_perf_map.contains(&process.pid) {
-            hints.push(format!(
-                "{} ({}) runs JIT code with no /tmp/perf-{}.map: enable its perf map (Python 3.12+: -X perf; JVM: perf-map-agent) to name those frames",
-                process.comm, process.pid, process.pid
             ));
         }
     }
@@ -645,6 +756,14 @@ impl Resolver {
         frames.extend(self.symbols.user_frames(key.pid, &user_ips));
         self.resolved.insert(key, frames.clone());
         frames
+    }
+
+    /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).
+    pub fn resolve_pid(&mut self, probes: Option<&Probes>, pid: u32) {
+        let keys: Vec<StackKey> = self.seen.iter().filter(|k| k.pid == pid).copied().collect();
+        for key in keys {
+            self.frames(probes, key);
+        }
     }
 
     /// Resolves every stack seen, for saving next to the recording.

@@ -113,8 +113,6 @@ pub struct Symbols {
     /// otherwise re-read /proc/PID/maps for every one of them.
     maps_read_at: HashMap<u32, std::time::Instant>,
     perf_maps: HashMap<u32, PerfMap>,
-    /// Processes seen with code outside any file mapping (JIT) but no perf map.
-    pub jit_without_perf_map: std::collections::BTreeSet<u32>,
     user_cache: HashMap<(u32, u64), Vec<Frame>>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
@@ -133,7 +131,6 @@ impl Symbols {
             maps: HashMap::new(),
             maps_read_at: HashMap::new(),
             perf_maps: HashMap::new(),
-            jit_without_perf_map: Default::default(),
             user_cache: HashMap::new(),
             kernel_cache: HashMap::new(),
             failures: 0,
@@ -222,10 +219,7 @@ impl Symbols {
 
     /// A name for JIT code from the process's perf map, re-read when the JIT has appended.
     fn jit_symbol(&mut self, pid: u32, addr: u64) -> Option<String> {
-        let Some(path) = perf_map_path(pid) else {
-            self.jit_without_perf_map.insert(pid);
-            return None;
-        };
+        let path = perf_map_path(pid)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let map = self.perf_maps.entry(pid).or_default();
         if size != map.size

@@ -488,6 +488,8 @@ mod tests {
                 exe: "/srv/server".into(),
                 started_ns: Some(START - 5),
                 exited_ns: Some(START + 900_000_000),
+                exit_code: None,
+                exit_signal: None,
             }],
             threads: vec![
                 ThreadRecord {

@@ -106,6 +106,8 @@ pub fn read_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
     let exec = formats.read("sched/sched_process_exec")?;
     let enter = formats.read("raw_syscalls/sys_enter")?;
     let exit_sys = formats.read("raw_syscalls/sys_exit")?;
+    // Optional: only names what killed a process.
+    let signal = formats.read("signal/signal_generate").unwrap_or_default();
     Ok(TracepointOffsets {
         switch_prev_pid: formats.required(&switch, "sched_switch", "prev_pid")?,
         switch_prev_state: formats.required(&switch, "sched_switch", "prev_state")?,
@@ -119,8 +121,12 @@ pub fn read_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
         exec_pid: formats.required(&exec, "sched_process_exec", "pid")?,
         exec_old_pid: formats.required(&exec, "sched_process_exec", "old_pid")?,
         sys_enter_id: formats.required(&enter, "sys_enter", "id")?,
+        sys_enter_args: formats.required(&enter, "sys_enter", "args")?,
         sys_exit_id: formats.required(&exit_sys, "sys_exit", "id")?,
         sys_exit_ret: formats.required(&exit_sys, "sys_exit", "ret")?,
+        signal_sig: field_offset(&signal, "sig").unwrap_or(FIELD_ABSENT),
+        signal_pid: field_offset(&signal, "pid").unwrap_or(FIELD_ABSENT),
+        signal_result: field_offset(&signal, "result").unwrap_or(FIELD_ABSENT),
     })
 }
 

@@ -296,6 +296,11 @@ impl Unwinders {
         info
     }
 
+    /// Forgets a process (its image was replaced by exec, or its PID now names another).
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
     /// Adds modules for every executable mapping of `pid` not yet covered. Returns false when
     /// the process is gone (nothing new can be learnt).
     pub fn refresh(&mut self, pid: u32) -> bool {
