@@ -181,6 +181,15 @@ impl StallRecord {
         self.stacks.iter().max_by_key(|s| s.weight_ns)
     }
 
+    /// What a reader must know before trusting the duration, for summaries (empty if nothing).
+    pub fn caveat(&self) -> &'static str {
+        match (self.data_lost, self.partial) {
+            (true, _) => " (incomplete: events lost, duration may be wrong)",
+            (false, true) => " (partial: began before or outlived the recording)",
+            _ => "",
+        }
+    }
+
     /// Which kind of time dominates: "on-CPU", "blocked" or "runqueue".
     pub fn dominant_kind(&self) -> &'static str {
         let max = self.on_cpu_ns.max(self.off_cpu_ns).max(self.runqueue_ns);
@@ -480,8 +489,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {} | {} ({}/{}) | {} | `{}` |",
+                "| {}{} | {} ({}/{}) | {} | `{}` |",
                 format_ms(stall.duration_ns),
+                stall.caveat(),
                 stall.comm,
                 stall.pid,
                 stall.tid,
@@ -674,12 +684,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "  {:>9}  {}/{}  mostly {:<8}  {}",
+                "  {:>9}  {}/{}  mostly {:<8}  {}{}",
                 format_ms(stall.duration_ns),
                 stall.comm,
                 stall.tid,
                 stall.dominant_kind(),
-                top
+                top,
+                stall.caveat()
             );
         }
     }

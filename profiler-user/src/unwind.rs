@@ -201,7 +201,7 @@ fn walk(
                     FrameAddress::InstructionPointer(addr) => addr,
                     FrameAddress::ReturnAddress(addr) => addr.get(),
                 });
-                if frames.len() >= MAX_FRAMES {
+                if frames.len() >= MAX_FRAMES || is_cycling(&frames) {
                     return (frames, false);
                 }
             }
@@ -209,6 +209,20 @@ fn walk(
             Err(_) => return (frames, false),
         }
     }
+}
+
+/// An unwind that stopped making progress: the last frames repeat with period 1 or 2 (seen at
+/// the instant after glibc's clone3 returns in the child, where no unwind rule applies). The
+/// repeated frames are dropped.
+fn is_cycling(frames: &[u64]) -> bool {
+    let n = frames.len();
+    let period_1 = n >= 3 && frames[n - 1] == frames[n - 2] && frames[n - 2] == frames[n - 3];
+    let period_2 = n >= 6
+        && frames[n - 1] == frames[n - 3]
+        && frames[n - 3] == frames[n - 5]
+        && frames[n - 2] == frames[n - 4]
+        && frames[n - 4] == frames[n - 6];
+    period_1 || period_2
 }
 
 /// Words of stack scanned for a return address when the leaf cannot be unwound.
@@ -474,6 +488,14 @@ mod tests {
             .expect("segment");
         // svma 0x34a30 must land at avma start + (0x33a30 - 0x33000).
         assert_eq!(0x34a30 + bias, 0x55f8cd712000 + 0xa30);
+    }
+
+    #[test]
+    fn cycles_are_cut() {
+        assert!(!is_cycling(&[1, 2, 3, 4]));
+        assert!(is_cycling(&[9, 1, 1, 1]));
+        assert!(is_cycling(&[9, 1, 2, 1, 2, 1, 2]));
+        assert!(!is_cycling(&[1, 2, 1, 2]));
     }
 
     #[test]
