@@ -77,7 +77,7 @@ pub struct Session {
     exit_calls: HashMap<u32, i32>,
     /// Fork times of children not yet known as processes (a short-lived child can be gone from
     /// /proc before its fork event is read; its own first event then shows it is a process).
-    forks: HashMap<u32, u64>,
+    forks: HashMap<u32, (u64, u32)>,
     signals: HashMap<u32, i32>,
     pub thread_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
@@ -258,8 +258,11 @@ impl Session {
                 && !self.exited_pids.contains(&event.pid)
                 && event.pid == event.tid
             {
-                let forked_ns = self.forks.remove(&event.pid);
-                self.add_process(event.pid, forked_ns);
+                let fork = self.forks.remove(&event.pid);
+                self.add_process(event.pid, fork.map(|(ts, _)| ts));
+                if let Some((_, parent)) = fork {
+                    self.inherit_exe(parent, event.pid);
+                }
                 if let Some(process) = self.processes.get_mut(&event.pid)
                     && process.record.comm == "?"
                     && raw.comm[0] != 0
@@ -281,7 +284,14 @@ impl Session {
     fn lifecycle(&mut self, probes: Option<&mut Probes>, lifecycle: Lifecycle, ts_ns: u64) {
         let live = probes.is_some();
         match lifecycle {
-            Lifecycle::Fork { child_tid, .. } if live => {
+            Lifecycle::Fork {
+                parent_pid,
+                child_tid,
+            } if live => {
+                // The child may be gone from /proc by the time we look (a worker that lived
+                // a few ms): until it execs, its address space is its parent's.
+                self.resolver.symbols.inherit(parent_pid, child_tid);
+                self.unwinders.inherit(parent_pid, child_tid);
                 // A new process (not a thread) has itself as thread group leader.
                 let is_process = procfs::stat(child_tid).is_some()
                     && std::fs::read_to_string(format!("/proc/{child_tid}/status"))
@@ -293,8 +303,9 @@ impl Session {
                         .is_some_and(|tgid| tgid == child_tid.to_string());
                 if is_process {
                     self.add_process(child_tid, Some(ts_ns));
+                    self.inherit_exe(parent_pid, child_tid);
                 } else if self.forks.len() < 65536 {
-                    self.forks.insert(child_tid, ts_ns);
+                    self.forks.insert(child_tid, (ts_ns, parent_pid));
                 }
             }
             Lifecycle::Fork { .. } => {}
@@ -327,6 +338,17 @@ impl Session {
                     self.process_exited(probes, pid, ts_ns);
                 }
             }
+        }
+    }
+
+    /// A child that /proc could not describe (already a zombie) runs its parent's binary
+    /// until it execs.
+    fn inherit_exe(&mut self, parent: u32, child: u32) {
+        let parent_exe = self.processes.get(&parent).map(|p| p.record.exe.clone());
+        if let (Some(exe), Some(process)) = (parent_exe, self.processes.get_mut(&child))
+            && process.record.exe.is_empty()
+        {
+            process.record.exe = exe;
         }
     }
 

@@ -150,6 +150,16 @@ impl Symbols {
         }
     }
 
+    /// A forked child's mappings are its parent's until it execs: used when the child is gone
+    /// from /proc before we could read its own.
+    pub fn inherit(&mut self, parent: u32, child: u32) {
+        if !self.maps.contains_key(&child)
+            && let Some(maps) = self.maps.get(&parent).cloned()
+        {
+            self.maps.insert(child, maps);
+        }
+    }
+
     /// Forget what was cached for `pid` (its image was replaced by exec).
     pub fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);

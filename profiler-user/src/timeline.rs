@@ -325,6 +325,9 @@ pub struct Timeline {
     anomalies: Anomalies,
     marks: Vec<Mark>,
     marks_dropped: u64,
+    /// Threads that just exited: the kernel's last context switch of a dying task comes after
+    /// its exit event and must not bring it back to life.
+    just_exited: std::collections::HashSet<u32>,
 }
 
 impl Timeline {
@@ -337,6 +340,7 @@ impl Timeline {
             anomalies: Anomalies::default(),
             marks: Vec::new(),
             marks_dropped: 0,
+            just_exited: std::collections::HashSet::new(),
         }
     }
 
@@ -408,6 +412,14 @@ impl Timeline {
             what,
         } = *event;
         let config = self.config;
+        if self.just_exited.contains(&tid) {
+            // After its exit event a dying task still has its final samples and switch-out;
+            // only a wake-up (a new task with the reused tid) starts a new thread.
+            if what != What::Wake {
+                return None;
+            }
+            self.just_exited.remove(&tid);
+        }
         let thread = self.thread(pid, tid, ts);
         // The kernel's record of a brand-new process's tgid can lag (see profiler-common); the
         // thread's own events carry the right one.
@@ -638,6 +650,9 @@ impl Timeline {
     fn exit(&mut self, tid: u32, ts: u64) -> Option<Stall> {
         let threshold = self.config.threshold_ns;
         let mut thread = self.threads.remove(&tid)?;
+        if self.just_exited.len() < 65536 {
+            self.just_exited.insert(tid);
+        }
         let since = match thread.cpu {
             Cpu::Running { since } => since,
             _ => ts,
@@ -673,14 +688,32 @@ impl Timeline {
             let Some(mut thread) = self.threads.remove(&tid) else {
                 continue;
             };
-            let since = match thread.cpu {
-                Cpu::Running { since } => Some(since),
-                Cpu::Unknown => Some(0),
-                _ => None,
-            };
-            if let Some(since) = since {
-                for span in thread.spans() {
-                    span.add_time(StackKind::OnCpu, since, ts);
+            // Close the thread's current state at the end, whatever it is: a loop blocked in
+            // a syscall when the user stops the recording is exactly the stall to explain.
+            let limit = self.config.max_stacks_per_span;
+            match thread.cpu {
+                Cpu::Running { since } => {
+                    for span in thread.spans() {
+                        span.add_time(StackKind::OnCpu, since, ts);
+                    }
+                }
+                Cpu::Unknown => {
+                    for span in thread.spans() {
+                        span.add_time(StackKind::OnCpu, 0, ts);
+                    }
+                }
+                Cpu::Blocked {
+                    since,
+                    stack,
+                    syscall,
+                } => add_blocked(&mut thread, limit, since, ts, stack, syscall),
+                Cpu::Runnable { since, stack, .. } => {
+                    for span in thread.spans() {
+                        let ns = span.add_time(StackKind::Runqueue, since, ts);
+                        if let Some(stack) = stack {
+                            span.add_stack(limit, StackKind::Runqueue, stack, None, ns);
+                        }
+                    }
                 }
             }
             let open = if thread.is_loop && !thread.in_wait {
@@ -987,6 +1020,37 @@ mod tests {
         assert_eq!(result.open_stalls.len(), 1);
         assert!(result.open_stalls[0].partial);
         assert_eq!(result.open_stalls[0].duration_ns(), 400 * MS);
+    }
+
+    #[test]
+    fn a_loop_blocked_when_recording_stops_is_explained() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(&mut t, &[ev(0, What::WaitExit), out(10, false, 6)]);
+        let result = t.finish(1210 * MS);
+        let stall = &result.open_stalls[0];
+        assert!(stall.partial);
+        assert_eq!(stall.off_cpu_ns, 1200 * MS);
+        let top = stall.top_stack(StackKind::OffCpu).expect("blocked stack");
+        assert_eq!((top.stack.user, top.syscall), (6, Some(35)));
+    }
+
+    #[test]
+    fn the_final_switch_after_exit_does_not_revive_the_thread() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                ev(5, What::WaitEnter),
+                ev(6, What::Exit),
+                out(7, false, 1),
+            ],
+        );
+        let result = t.finish(100 * MS);
+        assert_eq!(result.threads.len(), 1, "{:?}", result.threads);
+        assert!(result.threads[0].exited && result.threads[0].is_loop);
     }
 
     #[test]

@@ -156,6 +156,8 @@ struct ProcessUnwinder {
     covered: Vec<Range<u64>>,
     /// (avma range of .text, bias, .text bytes), to check return-address candidates.
     texts: Vec<(Range<u64>, u64, Bytes)>,
+    /// The mappings last read, for a forked child to inherit.
+    mappings: Vec<Mapping>,
 }
 
 impl ProcessUnwinder {
@@ -321,6 +323,22 @@ impl Unwinders {
         let Some(maps) = procfs::maps(pid) else {
             return false;
         };
+        self.add_mappings(pid, &maps);
+        true
+    }
+
+    /// A forked child shares its parent's address space until it execs: when the child is gone
+    /// from /proc before we look (a short-lived worker), unwind it with what the parent mapped.
+    pub fn inherit(&mut self, parent: u32, child: u32) {
+        if self.processes.contains_key(&child) {
+            return;
+        }
+        if let Some(maps) = self.processes.get(&parent).map(|p| p.mappings.clone()) {
+            self.add_mappings(child, &maps);
+        }
+    }
+
+    fn add_mappings(&mut self, pid: u32, maps: &[Mapping]) {
         // Bounded memory: past the limit, forget some other process (any: a HashMap has no
         // order, and the limit is far above what a service runs).
         if !self.processes.contains_key(&pid)
@@ -373,13 +391,14 @@ impl Unwinders {
                 unwinder: UnwinderX86_64::new(),
                 covered: Vec::new(),
                 texts: Vec::new(),
+                mappings: Vec::new(),
             });
         for (range, module, text) in added {
             process.unwinder.add_module(module);
             process.covered.push(range);
             process.texts.extend(text);
         }
-        true
+        process.mappings = maps.to_vec();
     }
 
     fn covers(&self, pid: u32, addr: u64) -> bool {
