@@ -610,7 +610,7 @@ mod proptests {
                 prop_assert_eq!(parsed, Ok(exact), "{}", text);
             } else {
                 // Minutes: 6e15 ns is where f64 steps by 1 ns; allow that rounding.
-                let parsed = parsed.map_err(|e| TestCaseError::fail(e))?;
+                let parsed = parsed.map_err(TestCaseError::fail)?;
                 prop_assert!(parsed.abs_diff(exact) <= 1, "{text}: {parsed} vs {exact}");
             }
         }

@@ -20,7 +20,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             if let Some(usage) = err.downcast_ref::<UsageError>() {
-                eprintln!("stallscope: {usage}");
+                // A value the user typed may hold a newline: the message stays one line.
+                eprintln!("stallscope: {}", usage.to_string().replace('\n', "\\n"));
                 return ExitCode::from(2);
             }
             eprintln!("stallscope: error: {}", one_line(&err));

@@ -552,7 +552,20 @@ impl Session {
             .chain(self.processes.values().map(|p| p.record.clone()))
             .collect();
         processes.sort_by_key(|p| (p.pid, p.started_ns));
-        let hints = hints(&processes);
+        let mut hints = hints(&processes);
+        if !self.resolver.symbols.unopenable.is_empty() {
+            hints.push(format!(
+                "{} mapped file(s) could not be opened (deleted or replaced since they started, and /proc/PID/map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN): their frames are named by offset and their stacks may be short; e.g. {}",
+                self.resolver.symbols.unopenable.len(),
+                self.resolver.symbols.unopenable.iter().next().map_or("", String::as_str)
+            ));
+        }
+        let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
+        if kernel_frames_seen && self.resolver.symbols.kernel_symbols_hidden() {
+            hints.push(
+                "kernel frames are unnamed: /proc/kallsyms hides its addresses from this user; run as root or add CAP_SYSLOG (and check kernel.kptr_restrict)".into(),
+            );
+        }
         Recording {
             version: report::SCHEMA_VERSION,
             threshold_ns: self.config.threshold_ns,
@@ -687,7 +700,7 @@ pub struct Resolver {
     resolved: HashMap<StackKey, Vec<Frame>>,
     /// Every stack seen in the events, resolved at the end so a saved recording can be
     /// re-rendered with a lower threshold.
-    seen: HashSet<StackKey>,
+    pub seen: HashSet<StackKey>,
     /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
     /// apart from the kernel stack map's ids).
     interned: HashMap<Vec<u64>, i32>,

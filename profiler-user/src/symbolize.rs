@@ -113,6 +113,12 @@ pub struct Symbols {
     /// otherwise re-read /proc/PID/maps for every one of them.
     maps_read_at: HashMap<u32, std::time::Instant>,
     perf_maps: HashMap<u32, PerfMap>,
+    /// /proc/kallsyms shows zero addresses (no CAP_SYSLOG, or kptr_restrict): kernel frames
+    /// cannot be named. Checked once.
+    kernel_symbols_hidden: Option<bool>,
+    /// Mapped files that could not be opened (deleted or replaced, and /proc/PID/map_files not
+    /// readable without CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
+    pub unopenable: std::collections::BTreeSet<String>,
     user_cache: HashMap<(u32, u64), Vec<Frame>>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
@@ -131,6 +137,8 @@ impl Symbols {
             maps: HashMap::new(),
             maps_read_at: HashMap::new(),
             perf_maps: HashMap::new(),
+            kernel_symbols_hidden: None,
+            unopenable: Default::default(),
             user_cache: HashMap::new(),
             kernel_cache: HashMap::new(),
             failures: 0,
@@ -245,6 +253,9 @@ impl Symbols {
         let module = mapping.path.to_string_lossy().into_owned();
         let file_offset = addr - mapping.start + mapping.file_offset;
         let Some(path) = elf_path(pid, mapping) else {
+            if self.unopenable.len() < 64 {
+                self.unopenable.insert(module.clone());
+            }
             return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
         };
         let source = Source::Elf(Elf::new(path));
@@ -261,6 +272,21 @@ impl Symbols {
                 vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)]
             }
         }
+    }
+
+    /// Whether kernel frames come out unnamed because /proc/kallsyms hides its addresses.
+    pub fn kernel_symbols_hidden(&mut self) -> bool {
+        *self.kernel_symbols_hidden.get_or_insert_with(|| {
+            // Hidden addresses read as all zeros; per-CPU symbols are legitimately 0, so look
+            // for any non-zero address among the first lines.
+            std::fs::read_to_string("/proc/kallsyms").map_or(true, |text| {
+                !text.lines().take(1000).any(|line| {
+                    line.split_whitespace()
+                        .next()
+                        .is_some_and(|a| !a.trim_start_matches('0').is_empty())
+                })
+            })
+        })
     }
 
     /// Frames for a kernel stack, innermost first.
@@ -325,6 +351,12 @@ pub fn elf_path(pid: u32, mapping: &Mapping) -> Option<PathBuf> {
     ));
     if same_file(&mapped) {
         return Some(mapped);
+    }
+    // map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; the main binary is also
+    // reachable through /proc/PID/exe with ptrace access alone.
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    if same_file(&exe) {
+        return Some(exe);
     }
     let relative = path.strip_prefix("/").ok()?;
     let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(relative);

@@ -18,6 +18,10 @@ pub enum TracefsError {
         "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing` and run again"
     )]
     NotMounted(std::io::Error),
+    #[error(
+        "tracefs at {0} is mounted but not readable by this user; run as root, or add CAP_DAC_READ_SEARCH"
+    )]
+    Unreadable(PathBuf),
     #[error("cannot read tracepoint format {path}: {source}")]
     Format {
         path: PathBuf,
@@ -34,6 +38,14 @@ pub enum TracefsError {
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     if let Some(root) = find() {
         return Ok(root);
+    }
+    // Mounted, but root-only (mode 0700) and we are not root: mounting again would fail with
+    // a misleading EPERM.
+    if let Some(root) = CANDIDATES.iter().map(PathBuf::from).find(|root| {
+        std::fs::metadata(root.join("events/sched/sched_switch/format"))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    }) {
+        return Err(TracefsError::Unreadable(root));
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; no data argument.
