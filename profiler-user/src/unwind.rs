@@ -186,6 +186,9 @@ pub struct UnwindStats {
 }
 
 /// Unwinds from (ip, sp, bp); returns the addresses and whether it reached the end cleanly.
+/// Every step must move the stack pointer up: a rule that does not (glibc's clone3 in the
+/// child, right after the syscall, has none that applies) would otherwise repeat forever.
+/// Recursion, where the same return address legitimately repeats, does move it.
 fn walk(
     unwinder: &UnwinderX86_64<Bytes>,
     cache: &mut CacheX86_64,
@@ -195,36 +198,29 @@ fn walk(
     bp: u64,
 ) -> (Vec<u64>, bool) {
     let mut frames = Vec::with_capacity(32);
-    let mut iter = unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), cache, read_stack);
+    frames.push(ip);
+    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+    let mut address = FrameAddress::from_instruction_pointer(ip);
     loop {
-        match iter.next() {
-            Ok(Some(frame)) => {
-                frames.push(match frame {
-                    FrameAddress::InstructionPointer(addr) => addr,
-                    FrameAddress::ReturnAddress(addr) => addr.get(),
-                });
-                if frames.len() >= MAX_FRAMES || is_cycling(&frames) {
+        let previous_sp = regs.sp();
+        match unwinder.unwind_frame(address, &mut regs, cache, read_stack) {
+            Ok(Some(return_address)) => {
+                if regs.sp() <= previous_sp {
                     return (frames, false);
                 }
+                let Some(next) = FrameAddress::from_return_address(return_address) else {
+                    return (frames, true);
+                };
+                frames.push(return_address);
+                if frames.len() >= MAX_FRAMES {
+                    return (frames, false);
+                }
+                address = next;
             }
             Ok(None) => return (frames, true),
             Err(_) => return (frames, false),
         }
     }
-}
-
-/// An unwind that stopped making progress: the last frames repeat with period 1 or 2 (seen at
-/// the instant after glibc's clone3 returns in the child, where no unwind rule applies). The
-/// repeated frames are dropped.
-fn is_cycling(frames: &[u64]) -> bool {
-    let n = frames.len();
-    let period_1 = n >= 3 && frames[n - 1] == frames[n - 2] && frames[n - 2] == frames[n - 3];
-    let period_2 = n >= 6
-        && frames[n - 1] == frames[n - 3]
-        && frames[n - 3] == frames[n - 5]
-        && frames[n - 2] == frames[n - 4]
-        && frames[n - 4] == frames[n - 6];
-    period_1 || period_2
 }
 
 /// Words of stack scanned for a return address when the leaf cannot be unwound.
@@ -507,14 +503,6 @@ mod tests {
             .expect("segment");
         // svma 0x34a30 must land at avma start + (0x33a30 - 0x33000).
         assert_eq!(0x34a30 + bias, 0x55f8cd712000 + 0xa30);
-    }
-
-    #[test]
-    fn cycles_are_cut() {
-        assert!(!is_cycling(&[1, 2, 3, 4]));
-        assert!(is_cycling(&[9, 1, 1, 1]));
-        assert!(is_cycling(&[9, 1, 2, 1, 2, 1, 2]));
-        assert!(!is_cycling(&[1, 2, 1, 2]));
     }
 
     #[test]
