@@ -181,6 +181,19 @@ impl StallRecord {
         self.stacks.iter().max_by_key(|s| s.weight_ns)
     }
 
+    /// The top user frames of the heaviest stack, innermost first, joined by `separator`.
+    pub fn top_frames_text(&self, separator: &str) -> String {
+        self.dominant_stack()
+            .map(|s| {
+                top_user_frames(s, 3)
+                    .into_iter()
+                    .map(frame_text)
+                    .collect::<Vec<_>>()
+                    .join(separator)
+            })
+            .unwrap_or_default()
+    }
+
     /// What a reader must know before trusting the duration, for summaries (empty if nothing).
     pub fn caveat(&self) -> &'static str {
         match (self.data_lost, self.partial) {
@@ -474,19 +487,8 @@ pub fn summary_markdown(recording: &Recording) -> String {
     if !stalls.is_empty() {
         let _ = writeln!(md, "| duration | thread | mostly | where |");
         let _ = writeln!(md, "| --- | --- | --- | --- |");
-        let mut worst: Vec<&StallRecord> = stalls.iter().collect();
-        worst.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
-        for stall in worst.iter().take(10) {
-            let place = stall
-                .dominant_stack()
-                .map(|s| {
-                    top_user_frames(s, 3)
-                        .into_iter()
-                        .map(frame_text)
-                        .collect::<Vec<_>>()
-                        .join(" ← ")
-                })
-                .unwrap_or_default();
+        for stall in worst_stalls(recording, 10) {
+            let place = stall.top_frames_text(" ← ");
             let _ = writeln!(
                 md,
                 "| {}{} | {} ({}/{}) | {} | `{}` |",
@@ -532,6 +534,14 @@ pub fn format_ms(ns: u64) -> String {
     } else {
         format!("{ms:.1} ms")
     }
+}
+
+/// The longest stalls, longest first.
+fn worst_stalls(recording: &Recording, count: usize) -> Vec<&StallRecord> {
+    let mut worst: Vec<&StallRecord> = recording.stalls.iter().collect();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
+    worst.truncate(count);
+    worst
 }
 
 /// The user frames that matter first: innermost first, kernel frames skipped.
@@ -669,19 +679,8 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             format_ms(longest),
             format_ms(total)
         );
-        let mut by_duration: Vec<&StallRecord> = recording.stalls.iter().collect();
-        by_duration.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
-        for stall in by_duration.iter().take(10) {
-            let top = stall
-                .dominant_stack()
-                .map(|s| {
-                    top_user_frames(s, 3)
-                        .into_iter()
-                        .map(frame_text)
-                        .collect::<Vec<_>>()
-                        .join(" < ")
-                })
-                .unwrap_or_default();
+        for stall in worst_stalls(recording, 10) {
+            let top = stall.top_frames_text(" < ");
             let _ = writeln!(
                 text,
                 "  {:>9}  {}/{}  mostly {:<8}  {}{}",
