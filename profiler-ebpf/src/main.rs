@@ -426,6 +426,12 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     event.arg0 = ((waker_tgid as u64) << 32) | waker_tid as u64;
     event.aux = target_cpu as u32;
     event.comm = bpf_get_current_comm().unwrap_or_default();
+    if kind == kind::WAKING && waker_tgid != 0 {
+        // sched_waking runs in the waker's context: its stacks say what released the sleeper
+        // (the code that unlocked the mutex, wrote to the pipe, ...).
+        event.kernel_stack_id = stack_id(ctx, 0, drop::KERNEL_STACK);
+        event.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
+    }
     submit(&event);
     Ok(())
 }

@@ -85,6 +85,15 @@ pub fn is_runnable(prev_state: u64) -> bool {
     prev_state & 0xff == 0
 }
 
+/// The waker's stacks, carried by a WAKING event (symbolized in the waker's process).
+pub fn waker_stack(raw: &RawEvent) -> StackKey {
+    StackKey {
+        pid: (raw.arg0 >> 32) as u32,
+        kernel: raw.kernel_stack_id,
+        user: raw.user_stack_id,
+    }
+}
+
 pub fn interpret(raw: &RawEvent) -> Decoded {
     let stack = StackKey {
         pid: raw.pid,
@@ -99,7 +108,12 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
             syscall,
         }),
         kind::SWITCH_IN => Some(What::SwitchIn),
-        kind::WAKING | kind::WAKEUP => Some(What::Wake),
+        kind::WAKING => Some(What::WokenBy(timeline::Waker {
+            pid: (raw.arg0 >> 32) as u32,
+            tid: raw.arg0 as u32,
+            stack: waker_stack(raw),
+        })),
+        kind::WAKEUP => Some(What::Wake),
         kind::WAIT_ENTER => Some(What::WaitEnter),
         kind::WAIT_EXIT => Some(What::WaitExit),
         kind::SAMPLE => Some(What::Sample { stack, syscall }),

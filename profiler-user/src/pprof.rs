@@ -470,6 +470,7 @@ mod tests {
             count: 1,
             syscall: syscall.map(Into::into),
             frames,
+            waker: None,
         }
     }
 
@@ -543,6 +544,7 @@ mod tests {
                     weight_ns: 4_000_000_000,
                     syscall: Some("futex".into()),
                     frames: vec![frame("schedule", None, None, FrameKind::Kernel), main],
+                    waker: None,
                 },
                 OffCpuRecord {
                     pid: 10,
@@ -551,6 +553,7 @@ mod tests {
                     weight_ns: 700_000_000,
                     syscall: None,
                     frames: vec![],
+                    waker: None,
                 },
             ],
             spans: vec![],

@@ -146,6 +146,34 @@ pub struct StackRecord {
     pub syscall: Option<String>,
     /// Innermost first.
     pub frames: Vec<Frame>,
+    /// Who ended the wait (off-CPU and lock stacks): the thread and its stack at the wake-up.
+    #[serde(default)]
+    pub waker: Option<WakerRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WakerRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// Innermost first (kernel, then user).
+    pub frames: Vec<Frame>,
+}
+
+impl WakerRecord {
+    /// "tid 4312 (writer) write_after_delay": who, and the code that woke.
+    pub fn describe(&self) -> String {
+        if self.tid == 0 {
+            return self.comm.clone();
+        }
+        let place = self
+            .frames
+            .iter()
+            .find(|f| f.kind != FrameKind::Kernel)
+            .map(|f| format!(" {}", f.function))
+            .unwrap_or_default();
+        format!("tid {} ({}){place}", self.tid, self.comm)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,6 +184,8 @@ pub struct OffCpuRecord {
     pub weight_ns: u64,
     pub syscall: Option<String>,
     pub frames: Vec<Frame>,
+    #[serde(default)]
+    pub waker: Option<WakerRecord>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,6 +204,34 @@ pub const PROFILE_PB_GZ: &str = "profile.pb.gz";
 pub const TRACE_JSON: &str = "trace.json";
 pub const SUMMARY_MD: &str = "summary.md";
 pub const JUNIT_XML: &str = "junit.xml";
+
+impl StackRecord {
+    /// Why this time was spent, in words: " [blocked in read()], woken by tid 4312 (writer)
+    /// write_after_delay", " [waiting for a lock], held by ...", " [waiting for a CPU]".
+    pub fn cause(&self) -> String {
+        let waker = self
+            .waker
+            .as_ref()
+            .map(|w| w.describe())
+            .unwrap_or_default();
+        match (self.kind.as_str(), &self.syscall) {
+            ("lock", _) => format!(" [waiting for a lock] released by {waker}"),
+            ("off_cpu", syscall) => {
+                let what = syscall.as_ref().map_or_else(
+                    || "[blocked]".to_string(),
+                    |s| format!("[blocked in {s}()]"),
+                );
+                if waker.is_empty() {
+                    format!(" {what}")
+                } else {
+                    format!(" {what}, woken by {waker}")
+                }
+            }
+            ("runqueue", _) => " [waiting for a CPU: runnable but not running]".to_string(),
+            _ => String::new(),
+        }
+    }
+}
 
 impl StallRecord {
     /// The stack that explains most of the stall: the heaviest one.
@@ -243,16 +301,19 @@ fn kind_marker(kind: &str, syscall: Option<&str>) -> Option<String> {
             None => "[blocked]".into(),
         }),
         "runqueue" => Some("[waiting for a CPU]".into()),
-        "lock" => Some("[lock wait]".into()),
+        "lock" => Some("[waiting for a lock]".into()),
         _ => None,
     }
 }
 
+/// A folded line; with a waker, offwaketime style: the sleeper's stack, `--`, then the waker's
+/// stack from its innermost frame out, ending with the waking thread.
 fn folded_line(
     process: &str,
     thread: &str,
     frames: &[Frame],
     marker: Option<String>,
+    waker: Option<&WakerRecord>,
     weight_ns: u64,
 ) -> Option<String> {
     let weight_us = weight_ns / 1000;
@@ -262,6 +323,20 @@ fn folded_line(
     let mut parts = vec![process.replace(';', ":"), thread.replace(';', ":")];
     parts.extend(frames.iter().rev().map(frame_label));
     parts.extend(marker);
+    if let Some(waker) = waker {
+        parts.push("--".into());
+        parts.extend(
+            waker
+                .frames
+                .iter()
+                .map(|f| format!("{}_[w]", f.function.replace(';', ":"))),
+        );
+        parts.push(format!(
+            "woken by {} ({})_[w]",
+            waker.comm.replace(';', ":"),
+            waker.tid
+        ));
+    }
     Some(format!("{} {weight_us}", parts.join(";")))
 }
 
@@ -308,6 +383,7 @@ fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
                 &thread,
                 &stack.frames,
                 marker,
+                stack.waker.as_ref(),
                 stack.weight_ns,
             ));
         }
@@ -324,7 +400,14 @@ pub fn offcpu_folded(recording: &Recording) -> Vec<String> {
             let process = process_label(recording, entry.pid);
             let thread = format!("{} ({})", entry.comm, entry.tid);
             let marker = kind_marker("off_cpu", entry.syscall.as_deref());
-            folded_line(&process, &thread, &entry.frames, marker, entry.weight_ns)
+            folded_line(
+                &process,
+                &thread,
+                &entry.frames,
+                marker,
+                entry.waker.as_ref(),
+                entry.weight_ns,
+            )
         })
         .collect();
     merge_folded(lines)
@@ -578,13 +661,7 @@ pub fn live_line(stall: &StallRecord) -> String {
             .into_iter()
             .map(frame_text)
             .collect();
-        let cause = match (stack.kind.as_str(), &stack.syscall) {
-            ("off_cpu", Some(syscall)) => format!(" [blocked in {syscall}]"),
-            ("off_cpu", None) => " [blocked]".to_string(),
-            ("runqueue", _) => " [waiting for a CPU]".to_string(),
-            _ => String::new(),
-        };
-        let _ = write!(line, "\n    at {}{cause}", frames.join(" < "));
+        let _ = write!(line, "\n    at {}{}", frames.join(" < "), stack.cause());
     }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
@@ -767,6 +844,7 @@ mod tests {
                         frame("burn_cpu", FrameKind::Native),
                         frame("main", FrameKind::Native),
                     ],
+                    waker: None,
                 },
                 StackRecord {
                     kind: "off_cpu".into(),
@@ -778,6 +856,7 @@ mod tests {
                         frame("nap", FrameKind::Native),
                         frame("main", FrameKind::Native),
                     ],
+                    waker: None,
                 },
             ],
         };

@@ -80,6 +80,8 @@ pub struct Session {
     forks: HashMap<u32, (u64, u32)>,
     signals: HashMap<u32, i32>,
     pub thread_names: HashMap<u32, String>,
+    /// Names of waking threads, from the wake-up events (which run in the waker's context).
+    waker_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
     /// Raw events saved for `stallscope report` (None when replaying).
@@ -117,6 +119,7 @@ impl Session {
             forks: HashMap::new(),
             signals: HashMap::new(),
             thread_names: HashMap::new(),
+            waker_names: HashMap::new(),
             stalls: Vec::new(),
             stalls_not_kept: 0,
             event_log: None,
@@ -225,11 +228,22 @@ impl Session {
         }
         let decoded = events::interpret(raw);
         if raw.kernel_stack_id >= 0 || raw.user_stack_id >= 0 {
-            self.resolver.saw(StackKey {
-                pid: raw.pid,
-                kernel: raw.kernel_stack_id,
-                user: raw.user_stack_id,
-            });
+            let key = if raw.kind == kind::WAKING {
+                events::waker_stack(raw)
+            } else {
+                StackKey {
+                    pid: raw.pid,
+                    kernel: raw.kernel_stack_id,
+                    user: raw.user_stack_id,
+                }
+            };
+            self.resolver.saw(key);
+        }
+        if raw.kind == kind::WAKING && raw.comm[0] != 0 && self.waker_names.len() < 65536 {
+            // A waker may belong to a process we do not follow: its name is only here.
+            self.waker_names
+                .entry(raw.arg0 as u32)
+                .or_insert_with(|| comm_string(&raw.comm));
         }
         if let Some(log) = self.event_log.as_mut() {
             log.write(raw);
@@ -426,6 +440,7 @@ impl Session {
                 count: s.count,
                 syscall: syscall_name(s.syscall),
                 frames: self.resolver.frames(probes, s.stack),
+                waker: s.waker.map(|w| self.waker_record(probes, w)),
             })
             .collect();
         StallRecord {
@@ -446,6 +461,51 @@ impl Session {
             partial: stall.partial,
             data_lost: stall.data_lost,
             stacks,
+        }
+    }
+
+    fn waker_record(
+        &mut self,
+        probes: Option<&Probes>,
+        waker: timeline::Waker,
+    ) -> report::WakerRecord {
+        let mut frames = self.resolver.frames(probes, waker.stack);
+        let comm = self
+            .thread_names
+            .get(&waker.tid)
+            .or_else(|| self.waker_names.get(&waker.tid))
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        // A wake-up from an interrupt (a timer expiring, I/O completing) runs in whatever task
+        // the interrupt landed on: that task did not wake anyone. Name the interrupt instead.
+        let in_interrupt = |name: &str| {
+            name.starts_with("sysvec_") || name.starts_with("asm_sysvec_") || name.contains("irq_")
+        };
+        if frames
+            .iter()
+            .any(|f| f.kind == crate::symbolize::FrameKind::Kernel && in_interrupt(&f.function))
+        {
+            let timer = frames
+                .iter()
+                .any(|f| f.function.starts_with("hrtimer_wakeup"));
+            frames.retain(|f| f.kind == crate::symbolize::FrameKind::Kernel);
+            return report::WakerRecord {
+                pid: 0,
+                tid: 0,
+                comm: if timer {
+                    "timer interrupt"
+                } else {
+                    "interrupt"
+                }
+                .into(),
+                frames,
+            };
+        }
+        report::WakerRecord {
+            pid: waker.pid,
+            tid: waker.tid,
+            comm,
+            frames,
         }
     }
 
@@ -504,14 +564,17 @@ impl Session {
         offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let offcpu = offcpu
             .into_iter()
-            .map(|((pid, tid, stack, syscall), weight_ns)| OffCpuRecord {
-                pid,
-                tid,
-                comm: self.thread_name(tid),
-                weight_ns,
-                syscall: syscall_name(syscall),
-                frames: self.resolver.frames(probes, stack),
-            })
+            .map(
+                |((pid, tid, stack, syscall, waker), weight_ns)| OffCpuRecord {
+                    pid,
+                    tid,
+                    comm: self.thread_name(tid),
+                    weight_ns,
+                    syscall: syscall_name(syscall),
+                    frames: self.resolver.frames(probes, stack),
+                    waker: waker.map(|w| self.waker_record(probes, w)),
+                },
+            )
             .collect();
         let spans = result
             .marks

@@ -47,6 +47,18 @@ impl StackKind {
     }
 }
 
+/// The thread that woke a sleeper, and its stack at that moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Waker {
+    pub pid: u32,
+    pub tid: u32,
+    pub stack: StackKey,
+}
+
+/// The futex syscall: a sleeper in it woken by a thread of its own process waited for a lock
+/// (a mutex, the GIL) that thread held.
+const FUTEX: i32 = 202;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     pub ts_ns: u64,
@@ -64,8 +76,10 @@ pub enum What {
         syscall: Option<i32>,
     },
     SwitchIn,
-    /// Woken (sched_waking / sched_wakeup); the first one after a sleep counts.
+    /// Woken (sched_wakeup); the first wake after a sleep counts.
     Wake,
+    /// Woken, with who did it (sched_waking runs in the waker's context).
+    WokenBy(Waker),
     WaitEnter,
     WaitExit,
     Sample {
@@ -118,6 +132,8 @@ pub struct WeightedStack {
     pub kind: StackKind,
     pub stack: StackKey,
     pub syscall: Option<i32>,
+    /// Who ended the wait (off-CPU and lock stacks).
+    pub waker: Option<Waker>,
     pub weight_ns: u64,
     /// Samples or switch-outs behind this weight.
     pub count: u32,
@@ -191,6 +207,7 @@ enum Cpu {
         out_since: u64,
         stack: Option<StackKey>,
         syscall: Option<i32>,
+        waker: Option<Waker>,
     },
     Blocked {
         since: u64,
@@ -199,13 +216,16 @@ enum Cpu {
     },
 }
 
+/// What a span's time is attributed to: kind, stack, syscall and (for waits) the waker.
+type SpanStackKey = (StackKind, StackKey, Option<i32>, Option<Waker>);
+
 #[derive(Clone, Debug)]
 struct Span {
     start_ns: u64,
     on_cpu_ns: u64,
     off_cpu_ns: u64,
     runqueue_ns: u64,
-    stacks: HashMap<(StackKind, StackKey, Option<i32>), (u64, u32)>,
+    stacks: HashMap<SpanStackKey, (u64, u32)>,
     stacks_dropped: u64,
     partial: bool,
     data_lost: bool,
@@ -245,10 +265,22 @@ impl Span {
         syscall: Option<i32>,
         ns: u64,
     ) {
+        self.add_woken_stack(limit, kind, stack, syscall, None, ns);
+    }
+
+    fn add_woken_stack(
+        &mut self,
+        limit: usize,
+        kind: StackKind,
+        stack: StackKey,
+        syscall: Option<i32>,
+        waker: Option<Waker>,
+        ns: u64,
+    ) {
         if ns == 0 {
             return;
         }
-        let key = (kind, stack, syscall);
+        let key = (kind, stack, syscall, waker);
         if let Some((weight, count)) = self.stacks.get_mut(&key) {
             *weight += ns;
             *count += 1;
@@ -264,10 +296,11 @@ impl Span {
             .stacks
             .into_iter()
             .map(
-                |((kind, stack, syscall), (weight_ns, count))| WeightedStack {
+                |((kind, stack, syscall, waker), (weight_ns, count))| WeightedStack {
                     kind,
                     stack,
                     syscall,
+                    waker,
                     weight_ns,
                     count,
                 },
@@ -315,7 +348,7 @@ impl Thread {
 }
 
 /// Off-CPU time per (process, thread, stack), for the offcputime-style profile.
-pub type OffCpuProfile = HashMap<(u32, u32, StackKey, Option<i32>), u64>;
+pub type OffCpuProfile = HashMap<(u32, u32, StackKey, Option<i32>, Option<Waker>), u64>;
 
 pub struct Timeline {
     config: Config,
@@ -415,7 +448,7 @@ impl Timeline {
         if self.just_exited.contains(&tid) {
             // After its exit event a dying task still has its final samples and switch-out;
             // only a wake-up (a new task with the reused tid) starts a new thread.
-            if what != What::Wake {
+            if !matches!(what, What::Wake | What::WokenBy(_)) {
                 return None;
             }
             self.just_exited.remove(&tid);
@@ -437,7 +470,11 @@ impl Timeline {
                 None
             }
             What::Wake => {
-                wake(thread, ts, config);
+                wake(thread, ts, config, None);
+                None
+            }
+            What::WokenBy(waker) => {
+                wake(thread, ts, config, Some(waker));
                 None
             }
             What::WaitEnter => self.wait_enter(tid, ts),
@@ -502,6 +539,7 @@ impl Timeline {
                 out_since: ts,
                 stack: Some(stack),
                 syscall: None,
+                waker: None,
             }
         } else {
             Cpu::Blocked {
@@ -544,6 +582,7 @@ impl Timeline {
                 out_since,
                 stack,
                 syscall,
+                ..
             } => {
                 if out_since < since {
                     marks[0] = span(StackKind::OffCpu, out_since, since, stack, syscall);
@@ -563,6 +602,7 @@ impl Timeline {
                 out_since,
                 stack,
                 syscall,
+                waker,
             } => {
                 if let Some(stack) = stack {
                     for span in thread.spans() {
@@ -574,7 +614,7 @@ impl Timeline {
                         span.add_time(StackKind::Runqueue, since, ts);
                     }
                 }
-                stack.map(|stack| (out_since, stack, syscall))
+                stack.map(|stack| (out_since, stack, syscall, waker))
             }
             Cpu::Blocked {
                 since,
@@ -582,13 +622,13 @@ impl Timeline {
                 syscall,
             } => {
                 // The wake-up was lost or reordered: count all of it as blocked.
-                add_blocked(thread, limit, since, ts, stack, syscall);
-                Some((since, stack, syscall))
+                add_blocked(thread, limit, since, ts, stack, syscall, None);
+                Some((since, stack, syscall, None))
             }
             Cpu::Running { .. } | Cpu::Unknown => None,
         };
-        if let Some((out_since, stack, syscall)) = out {
-            let key = (thread.pid, tid, stack, syscall);
+        if let Some((out_since, stack, syscall, waker)) = out {
+            let key = (thread.pid, tid, stack, syscall, waker);
             let ns = ts.saturating_sub(out_since);
             if let Some(total) = self.offcpu.get_mut(&key) {
                 *total += ns;
@@ -706,7 +746,7 @@ impl Timeline {
                     since,
                     stack,
                     syscall,
-                } => add_blocked(&mut thread, limit, since, ts, stack, syscall),
+                } => add_blocked(&mut thread, limit, since, ts, stack, syscall, None),
                 Cpu::Runnable { since, stack, .. } => {
                     for span in thread.spans() {
                         let ns = span.add_time(StackKind::Runqueue, since, ts);
@@ -756,14 +796,19 @@ fn add_blocked(
     to: u64,
     stack: StackKey,
     syscall: Option<i32>,
+    waker: Option<Waker>,
 ) {
+    let kind = match waker {
+        Some(w) if syscall == Some(FUTEX) && w.pid == thread.pid => StackKind::Lock,
+        _ => StackKind::OffCpu,
+    };
     for span in thread.spans() {
-        let ns = span.add_time(StackKind::OffCpu, from, to);
-        span.add_stack(limit, StackKind::OffCpu, stack, syscall, ns);
+        let ns = span.add_time(kind, from, to);
+        span.add_woken_stack(limit, kind, stack, syscall, waker, ns);
     }
 }
 
-fn wake(thread: &mut Thread, ts: u64, config: Config) {
+fn wake(thread: &mut Thread, ts: u64, config: Config, waker: Option<Waker>) {
     // Waking a thread that is running or already runnable is normal (it had not slept yet);
     // only the first wake after a sleep ends the blocked time.
     if let Cpu::Blocked {
@@ -779,12 +824,14 @@ fn wake(thread: &mut Thread, ts: u64, config: Config) {
             ts,
             stack,
             syscall,
+            waker,
         );
         thread.cpu = Cpu::Runnable {
             since: ts,
             out_since: since,
             stack: Some(stack),
             syscall,
+            waker,
         };
     }
 }
@@ -1020,6 +1067,45 @@ mod tests {
         assert_eq!(result.open_stalls.len(), 1);
         assert!(result.open_stalls[0].partial);
         assert_eq!(result.open_stalls[0].duration_ns(), 400 * MS);
+    }
+
+    #[test]
+    fn a_futex_wait_released_by_a_sibling_thread_is_a_lock_wait() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let holder = Waker {
+            pid: PID,
+            tid: TID + 1,
+            stack: StackKey {
+                pid: PID,
+                kernel: 3,
+                user: 42,
+            },
+        };
+        let futex_out = ev(
+            10,
+            What::SwitchOut {
+                runnable: false,
+                stack: stack(5),
+                syscall: Some(202),
+            },
+        );
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                futex_out,
+                ev(310, What::WokenBy(holder)),
+                ev(311, What::Wake),
+                ev(312, What::SwitchIn),
+                ev(315, What::WaitEnter),
+            ],
+        );
+        let stall = &stalls[0];
+        let top = stall.top_stack(StackKind::Lock).expect("lock stack");
+        assert_eq!(top.waker, Some(holder));
+        assert_eq!(top.weight_ns, 300 * MS);
+        assert_eq!(stall.off_cpu_ns, 300 * MS);
     }
 
     #[test]

@@ -439,6 +439,7 @@ mod tests {
                     count: 1,
                     syscall: None,
                     frames: vec![frame("parse", FrameKind::Python)],
+                    waker: None,
                 },
                 StackRecord {
                     kind: "off_cpu".into(),
@@ -449,6 +450,7 @@ mod tests {
                         frame("schedule", FrameKind::Kernel),
                         frame("load_file", FrameKind::Python),
                     ],
+                    waker: None,
                 },
             ],
         };
@@ -516,6 +518,7 @@ mod tests {
                 weight_ns: 1,
                 syscall: None,
                 frames: vec![],
+                waker: None,
             }],
             spans: vec![
                 span(

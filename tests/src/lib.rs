@@ -371,6 +371,21 @@ pub fn user_function_names(stack: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The heaviest stack of a stall that the code itself accounts for (on-CPU, blocked, lock):
+/// runqueue time measures the machine's contention, which on a shared 2-core CI machine can
+/// outweigh a planted 200 ms burn without saying anything about the code.
+pub fn dominant_code_stack(stall: &Value) -> &Value {
+    stall["stacks"]
+        .as_array()
+        .and_then(|stacks| {
+            stacks
+                .iter()
+                .filter(|s| s["kind"] != "runqueue")
+                .max_by_key(|s| s["weight_ns"].as_u64().unwrap_or(0))
+        })
+        .unwrap_or(&Value::Null)
+}
+
 /// The heaviest stack of a stall.
 pub fn dominant_stack(stall: &Value) -> &Value {
     stall["stacks"]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, EpollServer, Planted, dominant_stack, require_root, scratch_dir, user_function_names,
+    Agent, EpollServer, Planted, dominant_code_stack, require_root, scratch_dir,
+    user_function_names,
 };
 
 const FP_FLAGS: &[&str] = &[
@@ -88,13 +89,14 @@ fn planted_stalls_are_found_measured_and_explained() {
         );
         let on = stall["on_cpu_ns"].as_u64().expect("on");
         let off = stall["off_cpu_ns"].as_u64().expect("off");
-        let rq = stall["runqueue_ns"].as_u64().expect("rq");
-        let top = dominant_stack(stall);
+        // Runqueue time is the machine's contention (other jobs on 2 cores), not the code's:
+        // the causes compare on-CPU with blocked time.
+        let top = dominant_code_stack(stall);
         let names = user_function_names(top);
         let top_names: Vec<&String> = names.iter().take(4).collect();
         match truth.kind.as_str() {
             "burn" => {
-                assert!(on > off + rq, "burn must be mostly on-CPU: {stall:#}");
+                assert!(on > off, "burn must be mostly on-CPU: {stall:#}");
                 assert_eq!(top["kind"], "on_cpu");
                 assert!(
                     top_names.iter().any(|n| *n == "burn_cpu"),
@@ -102,7 +104,7 @@ fn planted_stalls_are_found_measured_and_explained() {
                 );
             }
             "sleep" => {
-                assert!(off > on + rq, "sleep must be mostly off-CPU: {stall:#}");
+                assert!(off > on, "sleep must be mostly off-CPU: {stall:#}");
                 assert_eq!(top["kind"], "off_cpu");
                 assert_eq!(top["syscall"], "nanosleep");
                 assert!(
@@ -142,7 +144,7 @@ fn planted_stalls_are_found_measured_and_explained() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("burn_cpu") && stdout.contains("[blocked in nanosleep]"),
+        stdout.contains("burn_cpu") && stdout.contains("[blocked in nanosleep()]"),
         "{stdout}"
     );
 }

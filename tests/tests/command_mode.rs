@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 
 use stallscope_tests::{
-    agent_bin, c_target, dominant_stack, require_root, scratch_dir, user_function_names,
+    agent_bin, c_target, dominant_code_stack, require_root, scratch_dir, user_function_names,
 };
 
 #[test]
@@ -54,7 +54,7 @@ fn records_a_command_until_it_exits() {
         duration.abs_diff(truth) <= (truth / 10).max(20_000_000),
         "{duration} vs {truth}"
     );
-    let names = user_function_names(dominant_stack(stall));
+    let names = user_function_names(dominant_code_stack(stall));
     assert!(
         names.iter().take(3).any(|n| n == "spin_on_tick"),
         "{names:?}"

@@ -5,7 +5,8 @@
 use std::{process::Command, time::Duration};
 
 use stallscope_tests::{
-    Agent, Target, dominant_stack, require_root, scratch_dir, user_function_names, workspace_root,
+    Agent, Target, dominant_code_stack, require_root, scratch_dir, user_function_names,
+    workspace_root,
 };
 
 /// The real interpreter behind pyenv's shim (the shim is a shell script that execs it).
@@ -43,7 +44,7 @@ fn cpython_native_frames_unwind_to_main() {
     let stalls = json["stalls"].as_array().expect("stalls");
     assert!(stalls.len() >= 2, "{stalls:#?}");
     for stall in stalls {
-        let top = dominant_stack(stall);
+        let top = dominant_code_stack(stall);
         assert_eq!(top["kind"], "on_cpu", "{top:#}");
         let names = user_function_names(top);
         assert!(

@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use stallscope_tests::{
-    Agent, EpollServer, Target, c_target, dominant_stack, require_root, scratch_dir,
+    Agent, EpollServer, Target, c_target, dominant_code_stack, require_root, scratch_dir,
     user_function_names,
 };
 
@@ -45,7 +45,7 @@ fn several_pids_at_once() {
             .find(|s| s["pid"] == pid)
             .unwrap_or_else(|| panic!("a stall for {pid}: {stalls:#?}"));
         assert!(
-            user_function_names(dominant_stack(stall))
+            user_function_names(dominant_code_stack(stall))
                 .iter()
                 .any(|f| f == "burn_cpu")
         );
@@ -83,7 +83,7 @@ fn exec_replaces_the_image_and_its_symbols() {
         .as_array()
         .and_then(|s| s.iter().find(|s| s["pid"] == pid))
         .unwrap_or_else(|| panic!("stall of the exec'd process: {json:#}"));
-    let names = user_function_names(dominant_stack(stall));
+    let names = user_function_names(dominant_code_stack(stall));
     assert!(
         names.iter().take(3).any(|f| f == "burn_cpu") && names.iter().any(|f| f == "main"),
         "frames of the new image: {names:?}"
