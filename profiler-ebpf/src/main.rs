@@ -38,9 +38,9 @@ static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets::UNSET
 #[unsafe(no_mangle)]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
-/// Scratch records for user-stack copies, two per CPU (slot 0: switch-out, slot 1: sample), so
-/// a sample that interrupts a program on the same CPU never shares a buffer with it. The agent
-/// sizes it to 2 x CPUs at load.
+/// Scratch records for user-stack copies, three per CPU (slot 0: switch-out, 1: sample,
+/// 2: waker), so a sample that interrupts a program on the same CPU never shares a buffer with
+/// it. The agent sizes it to 3 x CPUs at load.
 #[map]
 static STACK_SCRATCH: Array<UserStackCopy> = Array::with_max_entries(2, 0);
 
@@ -235,7 +235,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     }
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(buf) = STACK_SCRATCH.get_ptr_mut(cpu * 2 + slot) else {
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(cpu * 3 + slot) else {
         return false;
     };
     // SAFETY: the map value lives for this program run and no other program uses this slot
@@ -428,9 +428,14 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     event.comm = bpf_get_current_comm().unwrap_or_default();
     if kind == kind::WAKING && waker_tgid != 0 {
         // sched_waking runs in the waker's context: its stacks say what released the sleeper
-        // (the code that unlocked the mutex, wrote to the pipe, ...).
+        // (the code that unlocked the mutex, wrote to the pipe, ...). A followed waker's user
+        // stack is copied for full unwinding (libc's wrappers keep no frame pointer).
         event.kernel_stack_id = stack_id(ctx, 0, drop::KERNEL_STACK);
-        event.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
+        if is_followed_pid(waker_tgid) && copy_user_stack(waker_tgid, waker_tid, 2) {
+            event.arg1 = USER_STACK_COPIED;
+        } else {
+            event.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
+        }
     }
     submit(&event);
     Ok(())

@@ -64,8 +64,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
-        // Two scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
-        .map_max_entries("STACK_SCRATCH", 2 * possible_cpus)
+        // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
+        .map_max_entries("STACK_SCRATCH", 3 * possible_cpus)
         .load(PROGRAMS)
         .context("loading the eBPF programs into the kernel")?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();

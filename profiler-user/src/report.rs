@@ -166,10 +166,16 @@ impl WakerRecord {
         if self.tid == 0 {
             return self.comm.clone();
         }
-        let place = self
-            .frames
-            .iter()
-            .find(|f| f.kind != FrameKind::Kernel)
+        // The program's own code, past libc's wrappers (write, the mutex unlock path).
+        let is_libc = |f: &&Frame| {
+            f.module
+                .as_deref()
+                .is_some_and(|m| m.contains("/libc.so") || m.contains("/libpthread"))
+        };
+        let user = || self.frames.iter().filter(|f| f.kind != FrameKind::Kernel);
+        let place = user()
+            .find(|f| !is_libc(f))
+            .or_else(|| user().next())
             .map(|f| format!(" {}", f.function))
             .unwrap_or_default();
         format!("tid {} ({}){place}", self.tid, self.comm)
@@ -568,20 +574,25 @@ pub fn summary_markdown(recording: &Recording) -> String {
         format_ms(total),
     );
     if !stalls.is_empty() {
-        let _ = writeln!(md, "| duration | thread | mostly | where |");
-        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let _ = writeln!(md, "| duration | thread | mostly | where | why |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
             let place = stall.top_frames_text(" ← ");
+            let why = stall
+                .dominant_stack()
+                .map(StackRecord::cause)
+                .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {}{} | {} ({}/{}) | {} | `{}` |",
+                "| {}{} | {} ({}/{}) | {} | `{}` | {} |",
                 format_ms(stall.duration_ns),
                 stall.caveat(),
                 stall.comm,
                 stall.pid,
                 stall.tid,
                 stall.dominant_kind(),
-                place.replace('`', "'")
+                place.replace('`', "'"),
+                why.trim().replace('|', "/")
             );
         }
         let _ = writeln!(md);
@@ -758,14 +769,19 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         );
         for stall in worst_stalls(recording, 10) {
             let top = stall.top_frames_text(" < ");
+            let cause = stall
+                .dominant_stack()
+                .map(StackRecord::cause)
+                .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "  {:>9}  {}/{}  mostly {:<8}  {}{}",
+                "  {:>9}  {}/{}  mostly {:<8}  {}{}{}",
                 format_ms(stall.duration_ns),
                 stall.comm,
                 stall.tid,
                 stall.dominant_kind(),
                 top,
+                cause,
                 stall.caveat()
             );
         }

@@ -193,11 +193,17 @@ impl Session {
         let mut raw = *raw;
         if raw.arg1 & profiler_common::USER_STACK_COPIED != 0 {
             // Live: attach the stack unwound from the copy sent just before this event. (A
-            // replayed event already carries the id it was given live.)
-            if let Some((taken_ns, id)) = self.pending_stacks.remove(&raw.tid) {
+            // replayed event already carries the id it was given live.) A wake-up carries its
+            // waker's stack, copied in the waker's context.
+            let owner = if raw.kind == kind::WAKING {
+                raw.arg0 as u32
+            } else {
+                raw.tid
+            };
+            if let Some((taken_ns, id)) = self.pending_stacks.remove(&owner) {
                 // Only a copy from this very event: one whose event was lost must not be
                 // attached to a later one.
-                if raw.ts_ns >= taken_ns && raw.ts_ns - taken_ns < 1_000_000 {
+                if raw.ts_ns.abs_diff(taken_ns) < 1_000_000 {
                     raw.user_stack_id = id;
                 }
             }
@@ -479,11 +485,17 @@ impl Session {
         // A wake-up from an interrupt (a timer expiring, I/O completing) runs in whatever task
         // the interrupt landed on: that task did not wake anyone. Name the interrupt instead.
         let in_interrupt = |name: &str| {
-            name.starts_with("sysvec_") || name.starts_with("asm_sysvec_") || name.contains("irq_")
+            name.starts_with("sysvec_")
+                || name.starts_with("asm_sysvec_")
+                || name.contains("irq_")
+                || name.contains("softirq")
+                || name.contains("common_interrupt")
         };
-        if frames
-            .iter()
-            .any(|f| f.kind == crate::symbolize::FrameKind::Kernel && in_interrupt(&f.function))
+        let idle = comm.starts_with("swapper");
+        if idle
+            || frames
+                .iter()
+                .any(|f| f.kind == crate::symbolize::FrameKind::Kernel && in_interrupt(&f.function))
         {
             let timer = frames
                 .iter()

@@ -339,7 +339,13 @@ struct Thread {
     /// The current run (threads never seen in a wait point).
     run: Option<Span>,
     iterations: u64,
+    /// Its latest on-CPU samples (time, stack): what it was doing while it held a lock
+    /// another thread waited for.
+    recent_samples: std::collections::VecDeque<(u64, StackKey)>,
 }
+
+/// On-CPU samples kept per thread for lock-holder attribution (~1.3 s at 99 Hz).
+const RECENT_SAMPLES: usize = 128;
 
 impl Thread {
     fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
@@ -433,6 +439,7 @@ impl Timeline {
             iteration: Some(Span::new(ts_ns, true)),
             run: Some(Span::new(ts_ns, true)),
             iterations: 0,
+            recent_samples: std::collections::VecDeque::new(),
         })
     }
 
@@ -474,7 +481,26 @@ impl Timeline {
                 None
             }
             What::WokenBy(waker) => {
-                wake(thread, ts, config, Some(waker));
+                // What the waker did while the sleeper waited: its samples since the sleep began.
+                let since = match self.threads.get(&tid).map(|t| t.cpu) {
+                    Some(Cpu::Blocked { since, .. }) => since,
+                    _ => ts,
+                };
+                let holder_samples: Vec<StackKey> = self
+                    .threads
+                    .get(&waker.tid)
+                    .map(|holder| {
+                        holder
+                            .recent_samples
+                            .iter()
+                            .filter(|(at, _)| (since..=ts).contains(at))
+                            .map(|(_, stack)| *stack)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(thread) = self.threads.get_mut(&tid) {
+                    wake(thread, ts, config, Some((waker, &holder_samples)));
+                }
                 None
             }
             What::WaitEnter => self.wait_enter(tid, ts),
@@ -485,6 +511,10 @@ impl Timeline {
             What::Sample { stack, syscall } => {
                 let limit = config.max_stacks_per_span;
                 let pid = thread.pid;
+                if thread.recent_samples.len() >= RECENT_SAMPLES {
+                    thread.recent_samples.pop_front();
+                }
+                thread.recent_samples.push_back((ts, stack));
                 if thread.cpu == Cpu::Unknown {
                     thread.cpu = Cpu::Running { since: 0 };
                 }
@@ -789,6 +819,10 @@ impl Timeline {
     }
 }
 
+/// Blocked time from `from` to `to` with the sleeper's `stack`. A futex wait ended by a thread
+/// of the same process is a lock wait; when that holder was sampled on a CPU meanwhile, the
+/// time is shared among those samples (waker = the holder at each sample), so the report says
+/// what the holder was doing, not only how it released the lock.
 fn add_blocked(
     thread: &mut Thread,
     limit: usize,
@@ -796,19 +830,36 @@ fn add_blocked(
     to: u64,
     stack: StackKey,
     syscall: Option<i32>,
-    waker: Option<Waker>,
+    woken: Option<(Waker, &[StackKey])>,
 ) {
+    let waker = woken.map(|(w, _)| w);
     let kind = match waker {
         Some(w) if syscall == Some(FUTEX) && w.pid == thread.pid => StackKind::Lock,
         _ => StackKind::OffCpu,
     };
+    let holder_samples = match woken {
+        Some((_, samples)) if kind == StackKind::Lock => samples,
+        _ => &[],
+    };
     for span in thread.spans() {
         let ns = span.add_time(kind, from, to);
-        span.add_woken_stack(limit, kind, stack, syscall, waker, ns);
+        if let (Some(holder), false) = (waker, holder_samples.is_empty()) {
+            let share = ns / holder_samples.len() as u64;
+            for sample in holder_samples {
+                let at_sample = Waker {
+                    stack: *sample,
+                    ..holder
+                };
+                span.add_woken_stack(limit, kind, stack, syscall, Some(at_sample), share);
+            }
+        } else {
+            span.add_woken_stack(limit, kind, stack, syscall, waker, ns);
+        }
     }
 }
 
-fn wake(thread: &mut Thread, ts: u64, config: Config, waker: Option<Waker>) {
+fn wake(thread: &mut Thread, ts: u64, config: Config, woken: Option<(Waker, &[StackKey])>) {
+    let waker = woken.map(|(w, _)| w);
     // Waking a thread that is running or already runnable is normal (it had not slept yet);
     // only the first wake after a sleep ends the blocked time.
     if let Cpu::Blocked {
@@ -824,7 +875,7 @@ fn wake(thread: &mut Thread, ts: u64, config: Config, waker: Option<Waker>) {
             ts,
             stack,
             syscall,
-            waker,
+            woken,
         );
         thread.cpu = Cpu::Runnable {
             since: ts,
