@@ -308,6 +308,7 @@ impl Session {
                 parent_pid,
                 child_tid,
             } if live => {
+                self.timeline.forked(child_tid);
                 // The child may be gone from /proc by the time we look (a worker that lived
                 // a few ms): until it execs, its address space is its parent's.
                 self.resolver.symbols.inherit(parent_pid, child_tid);
@@ -328,7 +329,7 @@ impl Session {
                     self.forks.insert(child_tid, (ts_ns, parent_pid));
                 }
             }
-            Lifecycle::Fork { .. } => {}
+            Lifecycle::Fork { child_tid, .. } => self.timeline.forked(child_tid),
             Lifecycle::Exec { pid } if live => {
                 // The old image's stacks are resolved against the old mappings first.
                 self.resolver.resolve_pid(probes.as_deref(), pid);

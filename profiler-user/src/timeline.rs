@@ -405,6 +405,11 @@ impl Timeline {
         thread.cpu = Cpu::Unknown;
     }
 
+    /// A new task got this tid (fork/clone): it is a new thread even if the tid was seen exit.
+    pub fn forked(&mut self, tid: u32) {
+        self.just_exited.remove(&tid);
+    }
+
     pub fn is_loop_thread(&self, tid: u32) -> bool {
         self.threads.get(&tid).is_some_and(|t| t.is_loop)
             || self.exited.iter().any(|t| t.tid == tid && t.is_loop)
@@ -453,12 +458,9 @@ impl Timeline {
         } = *event;
         let config = self.config;
         if self.just_exited.contains(&tid) {
-            // After its exit event a dying task still has its final samples and switch-out;
-            // only a wake-up (a new task with the reused tid) starts a new thread.
-            if !matches!(what, What::Wake | What::WokenBy(_)) {
-                return None;
-            }
-            self.just_exited.remove(&tid);
+            // After its exit event a dying task still has its final samples, wake-ups and
+            // switch-out; only a fork reusing the tid (see `forked`) starts a new thread.
+            return None;
         }
         let thread = self.thread(pid, tid, ts);
         // The kernel's record of a brand-new process's tgid can lag (see profiler-common); the
