@@ -347,7 +347,7 @@ fn new_event(kind: u32, pid: u32, tid: u32) -> Event {
 /// Wake the agent only once a batch has accumulated (it also drains on a short timer). Waking
 /// it per event makes it preempt the very threads it watches, whose switch-outs are events that
 /// wake it again: a feedback loop of tens of thousands of switches per second.
-const WAKEUP_BYTES: u64 = 256 * 1024;
+const WAKEUP_BYTES: u64 = 128 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;

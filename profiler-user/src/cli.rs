@@ -153,7 +153,7 @@ impl CiArgs {
             quiet: self.quiet,
             fail_on: self.fail_on.clone(),
             format: self.format.clone(),
-            ring_buffer_kib: 8192,
+            ring_buffer_kib: 32768,
             stack_bytes: 32768,
             command: Vec::new(),
         };
@@ -264,8 +264,9 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 32768)]
     pub stack_bytes: u32,
 
-    /// Ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, default_value_t = 8192, hide = true)]
+    /// Ring buffer size in KiB (a power of two, at least 4). The default (32 MiB) holds ~1,000
+    /// full stack copies: enough for a busy Python worker pool between two drains.
+    #[arg(long, default_value_t = 32768)]
     pub ring_buffer_kib: u32,
 
     /// Command to run and record (instead of --pid).

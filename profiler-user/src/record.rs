@@ -326,6 +326,9 @@ async fn event_loop(
                     logger.flush();
                 }
                 warn_about_losses(session, probes, &mut reported_losses);
+                if reported_losses > 0 {
+                    session.reap_vanished(monotonic_ns());
+                }
                 if child.is_none() && session.all_targets_gone() {
                     break StopReason::TargetsExited;
                 }

@@ -529,6 +529,25 @@ impl Session {
             .unwrap_or_else(|| "?".into())
     }
 
+    /// Processes gone from /proc without an exit event (it was lost with a full ring buffer):
+    /// recorded as exited now, so churn stays right; how they ended is unknown.
+    pub fn reap_vanished(&mut self, now_ns: u64) {
+        let vanished: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.id.is_some_and(|id| !procfs::is_alive(id)))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in vanished {
+            if let Some(mut process) = self.processes.remove(&pid) {
+                process.record.exited_ns = Some(now_ns);
+                process.record.exit_signal = Some("unknown (exit event lost)".into());
+                self.exited_pids.insert(pid);
+                self.past_processes.push(process.record);
+            }
+        }
+    }
+
     pub fn all_targets_gone(&self) -> bool {
         self.processes
             .values()
