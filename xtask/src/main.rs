@@ -533,7 +533,14 @@ fn bench_long_run(minutes: u64) -> Result<()> {
     let out = dir.join("long-run");
     let _ = std::fs::remove_dir_all(&out);
     let mut agent = Command::new(agent_path())
-        .args(["record", "--pid", &server.id().to_string(), "--quiet", "--format", "json"])
+        .args([
+            "record",
+            "--pid",
+            &server.id().to_string(),
+            "--quiet",
+            "--format",
+            "json",
+        ])
         .args(["--duration", &format!("{minutes}m"), "--out"])
         .arg(&out)
         .stdout(Stdio::null())
@@ -544,7 +551,11 @@ fn bench_long_run(minutes: u64) -> Result<()> {
     let load = thread::spawn(move || {
         let mut sent = 0u64;
         while !load_stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let line = if sent % 400 == 399 { "burn 150\n" } else { "quick\n" };
+            let line = if sent % 400 == 399 {
+                "burn 150\n"
+            } else {
+                "quick\n"
+            };
             let _ = send(port, line);
             sent += 1;
             thread::sleep(Duration::from_millis(5));
@@ -557,7 +568,9 @@ fn bench_long_run(minutes: u64) -> Result<()> {
         while started.elapsed() < Duration::from_secs(minute * 60) {
             thread::sleep(Duration::from_millis(500));
         }
-        let Some(kib) = rss_kib(agent.id()) else { break };
+        let Some(kib) = rss_kib(agent.id()) else {
+            break;
+        };
         let line = format!("| {minute} | {:.1} |\n", kib as f64 / 1024.0);
         eprint!("long run: {line}");
         table.push_str(&line);
