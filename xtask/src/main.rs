@@ -496,6 +496,12 @@ fn bench() -> Result<()> {
     eprintln!("bench: unwinding (3 runs of 6 s)");
     results.push_str("## Unwinding (40-deep stacks, no frame pointers, 999 Hz)\n\n");
     results.push_str(&bench_unwinding(&dir)?);
+    eprintln!("bench: cost to processes that are not followed (10 interleaved runs)");
+    results.push_str("\n## Cost to everyone else (a process that is not followed)\n\n");
+    results.push_str(&bench_everyone_else(&dir)?);
+    eprintln!("bench: agent cost on a context-switch-heavy followed process");
+    results.push_str("\n## Agent cost (followed pipe ping-pong, default settings)\n\n");
+    results.push_str(&bench_agent_cost(&dir)?);
     let path = root().join("bench/RESULTS.md");
     std::fs::write(&path, &results).with_context(|| format!("writing {}", path.display()))?;
     println!("{results}");
@@ -588,4 +594,137 @@ fn bench_long_run(minutes: u64) -> Result<()> {
     std::fs::write(&path, &text)?;
     println!("{text}");
     Ok(())
+}
+
+fn build_bench_target(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf> {
+    let binary = dir.join(name);
+    status(
+        Command::new("cc")
+            .args(flags)
+            .arg("-o")
+            .arg(&binary)
+            .arg(root().join(format!("bench/targets/{name}.c"))),
+    )?;
+    Ok(binary)
+}
+
+fn run_pingpong(binary: &Path, rounds: u64) -> Result<u64> {
+    let out = output(Command::new(binary).arg(rounds.to_string()))
+        .context("running the ping-pong benchmark")?;
+    out.trim().parse().context("ping-pong output")
+}
+
+/// Starts the agent on `pid` and waits until it is recording.
+fn start_agent(pid: u32, out: &Path, extra: &[&str]) -> Result<std::process::Child> {
+    let _ = std::fs::remove_dir_all(out);
+    let mut agent = Command::new(agent_path())
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--quiet",
+            "--format",
+            "json",
+        ])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting stallscope")?;
+    let stderr = agent.stderr.take().context("agent stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line?.contains("stallscope: recording") {
+            break;
+        }
+    }
+    thread::spawn(move || for _ in lines {});
+    Ok(agent)
+}
+
+fn stop_agent(mut agent: std::process::Child) -> Result<()> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    agent.wait()?;
+    Ok(())
+}
+
+fn median(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// A pipe ping-pong that stallscope does not follow, timed with no agent and with the agent
+/// recording some other (idle) process, interleaved: the in-kernel filter should make the
+/// difference noise.
+fn bench_everyone_else(dir: &Path) -> Result<String> {
+    let pingpong = build_bench_target(dir, "pingpong", &["-O2", "-pthread"])?;
+    let rounds = 200_000;
+    let mut idle = Command::new("sleep").arg("600").spawn()?;
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let result = (|| -> Result<()> {
+        for _ in 0..5 {
+            without.push(run_pingpong(&pingpong, rounds)?);
+            let agent = start_agent(idle.id(), &dir.join("idle-recording"), &[])?;
+            with.push(run_pingpong(&pingpong, rounds)?);
+            stop_agent(agent)?;
+        }
+        Ok(())
+    })();
+    let _ = idle.kill();
+    let _ = idle.wait();
+    result?;
+    let (a, b) = (median(without.clone()), median(with.clone()));
+    Ok(format!(
+        "{rounds} round trips (400,000 context switches) of an unfollowed process, median of 5 interleaved runs each:\n\n| agent | median time | spread (min-max) |\n| --- | --- | --- |\n| none | {:.1} ms | {:.1}-{:.1} ms |\n| recording another process | {:.1} ms | {:.1}-{:.1} ms |\n\nratio with/without: **{:.3}**\n",
+        a as f64 / 1e6,
+        *without.iter().min().unwrap_or(&0) as f64 / 1e6,
+        *without.iter().max().unwrap_or(&0) as f64 / 1e6,
+        b as f64 / 1e6,
+        *with.iter().min().unwrap_or(&0) as f64 / 1e6,
+        *with.iter().max().unwrap_or(&0) as f64 / 1e6,
+        b as f64 / a.max(1) as f64
+    ))
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The agent recording a followed ping-pong (every switch an event): its CPU time per second
+/// of recording and per 1,000 context switches of the target, and its lost events.
+fn bench_agent_cost(dir: &Path) -> Result<String> {
+    let pingpong = build_bench_target(dir, "pingpong", &["-O2", "-pthread"])?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let rounds: u64 = 1_000_000;
+    let mut target = Command::new(&pingpong)
+        .arg(rounds.to_string())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = dir.join("agent-cost");
+    let agent = start_agent(target.id(), &out, &[])?;
+    let agent_pid = agent.id();
+    let started = Instant::now();
+    let ticks_before = cpu_ticks(agent_pid).unwrap_or(0);
+    target.wait()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(agent_pid).unwrap_or(0) - ticks_before;
+    stop_agent(agent)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stalls.json"))?)?;
+    let switches = 2.0 * 2.0 * rounds as f64; // two threads, a switch each way per round trip
+    let cpu_s = ticks as f64 / hz;
+    Ok(format!(
+        "| target switches/s | agent CPU (% of one core) | agent CPU per 1,000 switches | lost events |\n| --- | --- | --- | --- |\n| {:.0} | {:.1} % | {:.2} ms | {} |\n",
+        switches / seconds,
+        100.0 * cpu_s / seconds,
+        1000.0 * cpu_s / switches * 1000.0,
+        json["lost_events"].as_u64().unwrap_or(0)
+    ))
 }
