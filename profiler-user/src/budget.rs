@@ -141,7 +141,7 @@ impl Metric {
 
 /// Nearest-rank percentile: the smallest value with at least `percent`% of values at or below
 /// it. Always one of the observed durations, so a p99 budget is checked against a real stall.
-fn nearest_rank(sorted: &[u64], percent: usize) -> u64 {
+pub fn nearest_rank(sorted: &[u64], percent: usize) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

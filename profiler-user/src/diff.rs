@@ -23,15 +23,11 @@ pub const DIFF_FOLDED: &str = "diff.folded";
 pub const DIFF_SVG: &str = "diff.svg";
 pub const DIFF_MD: &str = "diff.md";
 
-/// Nearest-rank percentile of stall durations (0 with no stalls).
-pub fn percentile_ns(recording: &Recording, pct: f64) -> u64 {
+/// Nearest-rank percentile of stall durations (0 with no stalls), as budgets compute it.
+pub fn percentile_ns(recording: &Recording, percent: usize) -> u64 {
     let mut durations: Vec<u64> = recording.stalls.iter().map(|s| s.duration_ns).collect();
-    if durations.is_empty() {
-        return 0;
-    }
     durations.sort_unstable();
-    let rank = ((pct / 100.0) * durations.len() as f64).ceil() as usize;
-    durations[rank.clamp(1, durations.len()) - 1]
+    budget::nearest_rank(&durations, percent)
 }
 
 /// Stall time by the innermost user function of each stack.
@@ -70,14 +66,10 @@ pub fn growth_table(base: &Recording, new: &Recording) -> String {
     );
     let rows: [(&str, u64, u64); 5] = [
         ("total stall time", total(base), total(new)),
-        ("p50", percentile_ns(base, 50.0), percentile_ns(new, 50.0)),
-        ("p90", percentile_ns(base, 90.0), percentile_ns(new, 90.0)),
-        ("p99", percentile_ns(base, 99.0), percentile_ns(new, 99.0)),
-        (
-            "longest",
-            percentile_ns(base, 100.0),
-            percentile_ns(new, 100.0),
-        ),
+        ("p50", percentile_ns(base, 50), percentile_ns(new, 50)),
+        ("p90", percentile_ns(base, 90), percentile_ns(new, 90)),
+        ("p99", percentile_ns(base, 99), percentile_ns(new, 99)),
+        ("longest", percentile_ns(base, 100), percentile_ns(new, 100)),
     ];
     for (name, b, n) in rows {
         let _ = writeln!(
@@ -146,12 +138,7 @@ pub fn run(options: DiffOptions) -> Result<DiffOutcome> {
     };
     let verdict = budget::judge_growth(&budgets, &base, &new);
     let out_dir = options.out.clone().unwrap_or_else(|| options.new.clone());
-    report::ensure_writable_dir(&out_dir).with_context(|| {
-        format!(
-            "output directory {} is not writable; choose another with --out",
-            out_dir.display()
-        )
-    })?;
+    report::prepare_output_dir(&out_dir)?;
     let lines = differential_folded(&base, &new)?;
     let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
         let path = out_dir.join(name);

@@ -33,8 +33,8 @@ pub const TRACEPOINTS: [&str; 9] = [
     "sched/sched_process_exec",
 ];
 
-/// Where the agent looks for tracefs (the same places as `tracefs::find`).
-const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where the agent looks for tracefs.
+use crate::tracefs::CANDIDATES as TRACEFS_CANDIDATES;
 const MOUNT_TRACEFS: &str = "mount -t tracefs tracefs /sys/kernel/tracing";
 const RUN_AS_ROOT: &str = "run stallscope as root (sudo), or with CAP_BPF and CAP_PERFMON";
 const XTASK_SETUP: &str = "cargo xtask setup";

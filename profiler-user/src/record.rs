@@ -80,12 +80,7 @@ fn prepare_out_dir(config: &RecordConfig, label: &str) -> Result<PathBuf> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("stallscope-{label}-{}", local_timestamp())));
-    report::ensure_writable_dir(&dir).with_context(|| {
-        format!(
-            "output directory {} is not writable; choose another with --out",
-            dir.display()
-        )
-    })?;
+    report::prepare_output_dir(&dir)?;
     Ok(dir)
 }
 

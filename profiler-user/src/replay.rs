@@ -127,12 +127,7 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
     };
     recording.verdict = budget::judge(&budgets, &recording);
     let out_dir = options.out.clone().unwrap_or_else(|| options.dir.clone());
-    report::ensure_writable_dir(&out_dir).with_context(|| {
-        format!(
-            "output directory {} is not writable; choose another with --out",
-            out_dir.display()
-        )
-    })?;
+    report::prepare_output_dir(&out_dir)?;
     if out_dir != options.dir {
         // Keep the new directory a complete recording too (re-renderable again).
         for name in [session::EVENTS_BIN, session::SYMBOLS_JSON] {

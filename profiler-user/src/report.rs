@@ -813,6 +813,16 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     text
 }
 
+/// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.
+pub fn prepare_output_dir(dir: &Path) -> Result<()> {
+    ensure_writable_dir(dir).with_context(|| {
+        format!(
+            "output directory {} is not writable; choose another with --out",
+            dir.display()
+        )
+    })
+}
+
 /// Whether `dir` can take our files: created if missing, probed with a temporary file that is
 /// removed again (it is ours).
 pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {

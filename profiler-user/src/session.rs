@@ -224,9 +224,10 @@ impl Session {
         // Only events taken in the thread's own context carry its name (a wake-up carries the
         // waker's).
         if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
-            let comm = comm_string(&raw.comm);
-            if self.thread_names.get(&raw.tid) != Some(&comm) {
-                self.thread_names.insert(raw.tid, comm);
+            // Compared as bytes: this runs for every event, and names rarely change.
+            let bytes = comm_bytes(&raw.comm);
+            if self.thread_names.get(&raw.tid).map(String::as_bytes) != Some(bytes) {
+                self.thread_names.insert(raw.tid, comm_string(&raw.comm));
             }
         }
         if self.debug_events {
@@ -781,9 +782,13 @@ fn span_label(frames: &[Frame]) -> String {
         .unwrap_or_default()
 }
 
-fn comm_string(comm: &[u8; 16]) -> String {
+fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    &comm[..end]
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    String::from_utf8_lossy(comm_bytes(comm)).into_owned()
 }
 
 /// Stack ids to frames, cached. Live, it reads the kernel's stack map and symbolizes; replaying

@@ -34,37 +34,59 @@ pub const RUNTIME_WAIT_POINTS: &[RuntimeWaitPoint] = &[RuntimeWaitPoint {
     syscalls: &["futex"],
 }];
 
+/// The tables above with names resolved to numbers, once: the agent asks for every wait-point
+/// event, and a name lookup scans the whole syscall table.
+struct Resolved {
+    wait_points: Vec<u32>,
+    /// (thread name prefixes, syscall numbers) per runtime.
+    runtimes: Vec<(&'static [&'static str], Vec<u32>)>,
+}
+
+fn resolved() -> &'static Resolved {
+    static RESOLVED: std::sync::OnceLock<Resolved> = std::sync::OnceLock::new();
+    RESOLVED.get_or_init(|| Resolved {
+        wait_points: WAIT_POINTS
+            .iter()
+            .filter_map(|(name, _)| number(name))
+            .collect(),
+        runtimes: RUNTIME_WAIT_POINTS
+            .iter()
+            .map(|r| {
+                let numbers = r.syscalls.iter().filter_map(|name| number(name)).collect();
+                (r.thread_name_prefixes, numbers)
+            })
+            .collect(),
+    })
+}
+
+fn contains(numbers: &[u32], nr: i64) -> bool {
+    u32::try_from(nr).is_ok_and(|nr| numbers.contains(&nr))
+}
+
 /// Syscall numbers that are wait points for some runtime's threads only.
 pub fn runtime_wait_point_numbers() -> Vec<u32> {
-    RUNTIME_WAIT_POINTS
+    resolved()
+        .runtimes
         .iter()
-        .flat_map(|r| r.syscalls.iter().filter_map(|name| number(name)))
+        .flat_map(|(_, numbers)| numbers.iter().copied())
         .collect()
 }
 
 /// Whether `nr` is a wait point for a thread named `comm`.
 pub fn is_wait_point_for(comm: &str, nr: i64) -> bool {
     is_wait_point(nr)
-        || RUNTIME_WAIT_POINTS.iter().any(|r| {
-            r.thread_name_prefixes.iter().any(|p| comm.starts_with(p))
-                && r.syscalls
-                    .iter()
-                    .any(|name| number(name).map(i64::from) == Some(nr))
+        || resolved().runtimes.iter().any(|(prefixes, numbers)| {
+            prefixes.iter().any(|p| comm.starts_with(p)) && contains(numbers, nr)
         })
 }
 
 /// The syscall numbers of [`WAIT_POINTS`].
 pub fn wait_point_numbers() -> Vec<u32> {
-    WAIT_POINTS
-        .iter()
-        .filter_map(|(name, _)| number(name))
-        .collect()
+    resolved().wait_points.clone()
 }
 
 pub fn is_wait_point(nr: i64) -> bool {
-    WAIT_POINTS
-        .iter()
-        .any(|(name, _)| number(name).map(i64::from) == Some(nr))
+    contains(&resolved().wait_points, nr)
 }
 
 /// Syscall name for a number, if known.

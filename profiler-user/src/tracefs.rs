@@ -10,7 +10,8 @@ use std::{
 
 use profiler_common::{FIELD_ABSENT, TracepointOffsets};
 
-const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where tracefs may be mounted, in the order the agent looks.
+pub const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
