@@ -217,6 +217,19 @@ impl EpollServer {
         assert_eq!(answer.trim(), "ok");
     }
 
+    /// A bounded load: `quick_each` quick requests before each planted one, and after the last.
+    pub fn plant(&self, planted: &[&str], quick_each: usize) {
+        for request in planted {
+            for _ in 0..quick_each {
+                self.request("quick");
+            }
+            self.request(request);
+        }
+        for _ in 0..quick_each {
+            self.request("quick");
+        }
+    }
+
     pub fn planted(&mut self) -> Vec<Planted> {
         self.target
             .stdout
@@ -328,6 +341,12 @@ impl Agent {
             out_dir: self.out_dir.clone(),
         }
     }
+}
+
+/// How far a measured stall may be from the target's own timing: max(10 %, 20 ms), as the
+/// issues state.
+pub fn tolerance_ns(truth_ns: u64) -> u64 {
+    (truth_ns / 10).max(20_000_000)
 }
 
 /// Runs the agent to completion with the given arguments (for error cases).

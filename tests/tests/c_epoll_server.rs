@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, EpollServer, Planted, dominant_code_stack, require_root, scratch_dir,
+    Agent, EpollServer, Planted, dominant_code_stack, require_root, scratch_dir, tolerance_ns,
     user_function_names,
 };
 
@@ -17,11 +17,6 @@ const FP_FLAGS: &[&str] = &[
     "-fno-omit-frame-pointer",
     "-mno-omit-leaf-frame-pointer",
 ];
-
-/// max(10 %, 20 ms), as the issue states.
-fn tolerance_ns(truth_ns: u64) -> u64 {
-    (truth_ns / 10).max(20_000_000)
-}
 
 fn stall_for<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
     // The stall containing the planted work (same clock: CLOCK_MONOTONIC).
@@ -41,15 +36,7 @@ fn planted_stalls_are_found_measured_and_explained() {
     let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
 
     // Bounded load: quick requests around two CPU burns and two sleeps of 300 ms.
-    for planted in ["burn 300", "sleep 300", "burn 300", "sleep 300"] {
-        for _ in 0..25 {
-            server.request("quick");
-        }
-        server.request(planted);
-    }
-    for _ in 0..25 {
-        server.request("quick");
-    }
+    server.plant(&["burn 300", "sleep 300", "burn 300", "sleep 300"], 25);
     std::thread::sleep(Duration::from_millis(200));
     let result = agent.stop();
     assert!(

@@ -24,14 +24,9 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, Lines, c_target, function_names, require_root, scratch_dir,
+    Agent, AgentResult, Lines, c_target, function_names, require_root, scratch_dir, tolerance_ns,
     user_function_names, workspace_root,
 };
-
-/// max(10 %, 20 ms), the tolerance the project holds stall durations to.
-fn tolerance_ns(truth_ns: u64) -> u64 {
-    (truth_ns / 10).max(20_000_000)
-}
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -29,6 +29,7 @@ use std::{
 use serde_json::Value;
 use stallscope_tests::{
     EpollServer, Lines, Planted, Target, agent_bin, c_target, require_root, scratch_dir,
+    tolerance_ns,
 };
 
 const FP_FLAGS: &[&str] = &["-O2", "-g", "-fno-omit-frame-pointer"];
@@ -62,11 +63,6 @@ const RENDERED: &[&str] = &[
     "junit.xml",
     "symbols.json",
 ];
-
-/// max(10 %, 20 ms), as the issue states for durations.
-fn tolerance_ns(truth_ns: u64) -> u64 {
-    (truth_ns / 10).max(20_000_000)
-}
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {

@@ -21,16 +21,11 @@ use std::{
 use serde_json::Value;
 use stallscope_tests::{
     Agent, AgentResult, EpollServer, Planted, Target, dominant_code_stack, require_root,
-    scratch_dir, user_function_names, workspace_root,
+    scratch_dir, tolerance_ns, user_function_names, workspace_root,
 };
 
 /// Pause around each planted request, so that the loop goes back to its wait point.
 const IDLE_GAP: Duration = Duration::from_millis(100);
-
-/// max(10 %, 20 ms), as for the C epoll server.
-fn tolerance_ns(truth_ns: u64) -> u64 {
-    (truth_ns / 10).max(20_000_000)
-}
 
 /// CLOCK_MONOTONIC now, the clock the agent reports in.
 fn monotonic_ns() -> u64 {
@@ -827,15 +822,7 @@ fn c_o2_without_frame_pointers() {
     let out = scratch_dir("native-c-nofp");
     let pid = server.target.pid().to_string();
     let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
-    for planted in ["burn 200", "sleep 200", "burn 200", "sleep 200"] {
-        for _ in 0..5 {
-            server.request("quick");
-        }
-        server.request(planted);
-    }
-    for _ in 0..5 {
-        server.request("quick");
-    }
+    server.plant(&["burn 200", "sleep 200", "burn 200", "sleep 200"], 5);
     std::thread::sleep(Duration::from_millis(200));
     let result = agent.stop();
     let json = check_agent_ok(&result);

@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use stallscope_tests::{
     Agent, AgentResult, Lines, Planted, Target, c_target, dominant_code_stack, dominant_stack,
-    function_names, require_root, scratch_dir, user_function_names,
+    function_names, require_root, scratch_dir, tolerance_ns, user_function_names,
 };
 
 const FLAGS: &[&str] = &[
@@ -36,11 +36,6 @@ const FLAGS: &[&str] = &[
 
 /// How many times each wait is planted.
 const ROUNDS: usize = 2;
-
-/// max(10 %, 20 ms), as the issue states.
-fn tolerance_ns(truth_ns: u64) -> u64 {
-    (truth_ns / 10).max(20_000_000)
-}
 
 /// The agent's own rendering of a duration (report::format_ms), to find a stall's lines.
 fn format_ms(ns: u64) -> String {
