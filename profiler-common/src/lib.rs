@@ -187,10 +187,117 @@ pub struct UserStackCopy {
     pub data: [u8; MAX_STACK_COPY],
 }
 
+/// `Event::arg1` flag on SWITCH_OUT and SAMPLE: a [`PyStackHeader`] record with this thread's
+/// Python frames was sent just before this event (after the user-stack copy, if any).
+pub const PY_STACK_COPIED: u64 = 2;
+
+/// `Event::arg1` flag on SWITCH_OUT: the thread went to sleep in a futex while another thread
+/// of its Python process held the GIL; `Event::aux` is that holder's tid (0 if not known yet).
+pub const GIL_HELD_BY_OTHER: u64 = 4;
+
+/// Python frames walked per stack; deeper stacks keep their innermost frames.
+pub const MAX_PY_FRAMES: usize = 96;
+
+/// Where a followed process's CPython keeps its state, and the field offsets of its version:
+/// everything the kernel side needs to walk a thread's frames (PYTHON_LAYOUTS.md, section 8).
+/// Filled by the agent per process; offsets are relative to the struct they belong to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProcess {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// Address of the GIL's `_gil_runtime_state` when it sits at a fixed place (3.9 to 3.11);
+    /// 0 when it hangs off the interpreter (`gil_in_interp`).
+    pub gil_static: u64,
+    /// `_PyRuntime.interpreters.head`.
+    pub interp_head: u32,
+    /// `interp->tstate_head` / `interp->threads.head`.
+    pub threads_head: u32,
+    /// Pointer to the GIL in the interpreter (3.12+), or [`FIELD_ABSENT`].
+    pub gil_in_interp: u32,
+    pub tstate_next: u32,
+    /// `native_thread_id` (compared with the tid) or, before 3.11, `thread_id` (= pthread_self,
+    /// compared with the task's fs_base).
+    pub tstate_thread_id: u32,
+    /// 1 when `tstate_thread_id` holds a pthread_t (compare with fs_base).
+    pub thread_id_is_pthread: u32,
+    /// Offset of the top frame (or of `cframe`) in the thread state.
+    pub tstate_frame: u32,
+    /// Offset of `current_frame` in `_PyCFrame` (3.11, 3.12), or [`FIELD_ABSENT`].
+    pub cframe_frame: u32,
+    pub frame_back: u32,
+    pub frame_code: u32,
+    /// `f_lasti` (an i32, before 3.11) or the instruction pointer (3.11+).
+    pub frame_ip: u32,
+    /// 1 when `frame_ip` is a pointer (3.11+).
+    pub ip_is_pointer: u32,
+    /// `owner` (3.11+) or [`FIELD_ABSENT`].
+    pub frame_owner: u32,
+    /// `is_entry` (3.11 only) or [`FIELD_ABSENT`].
+    pub frame_is_entry: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 72);
+
+/// Per-frame flag in [`PyFrame::flags`]: this frame is the outermost of one run of the
+/// interpreter loop (`_PyEval_EvalFrameDefault`): the agent replaces one native eval frame with
+/// the Python frames up to and including this one.
+pub const PY_FRAME_ENTRY: u32 = 1;
+
+/// One Python frame as the kernel saw it; the agent decodes the code object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrame {
+    /// Address of the code object.
+    pub code: u64,
+    /// Instruction pointer (3.11+) or `f_lasti` (before 3.11).
+    pub ip: u64,
+    /// Address of the frame itself.
+    pub frame: u64,
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PyFrame>() == 32);
+
+/// Header of a Python stack record: `depth` [`PyFrame`]s follow, innermost first. Its size is
+/// 8 modulo 16, which tells the record apart from an [`Event`] and a user-stack copy (whose sizes
+/// are multiples of 16).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyStackHeader {
+    pub ts_ns: u64,
+    /// The thread state walked.
+    pub tstate: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub depth: u32,
+    /// 1 when the walk stopped at MAX_PY_FRAMES with frames left.
+    pub truncated: u32,
+    pub magic: u64,
+}
+
+impl PyStackHeader {
+    /// Written by the kernel side; the agent checks it before trusting the record.
+    pub const MAGIC: u64 = 0x7079_7374_6163_6b31; // "pystack1"
+}
+
+/// Size of [`PyStackHeader`] (40 bytes, 8 modulo 16).
+pub const PY_STACK_HEADER_SIZE: usize = 40;
+const _: () = assert!(core::mem::size_of::<PyStackHeader>() == PY_STACK_HEADER_SIZE);
+
+/// The per-CPU scratch record a Python stack is assembled in.
+#[repr(C)]
+pub struct PyStackCopy {
+    pub header: PyStackHeader,
+    pub frames: [PyFrame; MAX_PY_FRAMES],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both types are repr(C), made only of integers and arrays of integers, and have no
     // padding (asserted by the size checks above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::PyProcess {}
 }

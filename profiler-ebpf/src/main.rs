@@ -17,8 +17,8 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
-        bpf_task_pt_regs,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -26,8 +26,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    Event, FIELD_ABSENT, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, TracepointOffsets,
-    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
+    Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR,
+    NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
+    PyProcess, PyStackCopy, PyStackHeader, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
+    UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
@@ -71,6 +73,27 @@ static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
 /// Wait-point syscalls (nr -> 1), filled by the agent from its table of runtimes.
 #[map]
 static WAIT_POINTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Followed processes that run CPython (tgid -> where its state is and its version's layout).
+#[map]
+static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(4096, 0);
+
+/// Thread state of each Python thread found so far (tid -> PyThreadState*), checked on use.
+#[map]
+static PY_THREADS: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// The reverse (PyThreadState* -> tid), to name the thread that holds the GIL.
+#[map]
+static PY_TSTATE_TIDS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Python stacks are assembled here (slot 0: switch-out, 1: sample).
+#[map]
+static PY_SCRATCH: PerCpuArray<PyStackCopy> = PerCpuArray::with_max_entries(2, 0);
+
+/// Offset of `thread.fsbase` in `struct task_struct` (from the kernel's BTF), or 0 when unknown:
+/// before 3.11 CPython names a thread state's thread only by pthread_self(), which is fs_base.
+#[unsafe(no_mangle)]
+static TASK_FSBASE_OFFSET: Global<u32> = Global::new(0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
@@ -323,6 +346,301 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     true
 }
 
+/// What the Python walk found for one event.
+struct PythonStack {
+    /// A Python stack record was sent for the event.
+    sent: bool,
+    /// The thread sleeps in a futex while another thread holds the GIL: that thread's tid (0
+    /// when it was never seen running Python).
+    gil_holder: Option<u32>,
+}
+
+const NO_PYTHON: PythonStack = PythonStack {
+    sent: false,
+    gil_holder: None,
+};
+
+/// Thread states looked at when a thread is not in the cache yet.
+const MAX_PY_THREADS: usize = 128;
+/// Frame owner of the C-stack shims of 3.12+ (entry markers, not Python code).
+const FRAME_OWNED_BY_CSTACK: u8 = 3;
+/// Shim frames skipped per walk on top of MAX_PY_FRAMES real ones.
+const MAX_PY_SHIMS: usize = 32;
+/// The futex syscall: where a thread waits for the GIL.
+const FUTEX: i32 = 202;
+/// `_gil_runtime_state.last_holder` and `.locked`, the same in 3.9 to 3.13.
+const GIL_LAST_HOLDER: u64 = 0x8;
+const GIL_LOCKED: u64 = 0x10;
+
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user copes with any address; failures are reported.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The current task's fs_base (= pthread_self() on x86-64 glibc), or 0 when unknown.
+#[inline(always)]
+fn current_fsbase() -> u64 {
+    let offset = TASK_FSBASE_OFFSET.load();
+    if offset == 0 {
+        return 0;
+    }
+    // SAFETY: helper valid in tracing programs; the pointer is only read with probe_read.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: kernel probe read, failure handled.
+    unsafe { bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>()) }.unwrap_or(0)
+}
+
+/// State of the thread-list search, shared with its bpf_loop callback.
+#[repr(C)]
+struct FindThread {
+    tstate: u64,
+    key: u64,
+    id_offset: u64,
+    next_offset: u64,
+    found: u64,
+}
+
+/// One step of the thread-list walk: bpf_loop keeps the verifier's work to one iteration, where
+/// an unrolled loop of this size took it minutes.
+extern "C" fn find_thread_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer we gave it, to a FindThread on our stack.
+    let find = unsafe { &mut *(ctx as *mut FindThread) };
+    if find.tstate == 0 {
+        return 1;
+    }
+    if read_user::<u64>(find.tstate + find.id_offset) == Some(find.key) {
+        find.found = find.tstate;
+        return 1;
+    }
+    find.tstate = read_user(find.tstate + find.next_offset).unwrap_or(0);
+    0
+}
+
+/// The PyThreadState of thread `tid`: from the cache when it still names this thread, else by
+/// walking the interpreter's thread list (newest first).
+#[inline(always)]
+fn thread_state(py: &PyProcess, tid: u32) -> Option<u64> {
+    let key = if py.thread_id_is_pthread == 1 {
+        current_fsbase()
+    } else {
+        tid as u64
+    };
+    if key == 0 {
+        return None;
+    }
+    let id_offset = py.tstate_thread_id as u64;
+    // SAFETY: plain u64 copied out of the map.
+    if let Some(cached) = unsafe { PY_THREADS.get(&tid) }.copied()
+        && read_user::<u64>(cached + id_offset) == Some(key)
+    {
+        return Some(cached);
+    }
+    let interp: u64 = read_user(py.runtime + py.interp_head as u64)?;
+    let mut find = FindThread {
+        tstate: read_user(interp + py.threads_head as u64)?,
+        key,
+        id_offset,
+        next_offset: py.tstate_next as u64,
+        found: 0,
+    };
+    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
+    unsafe {
+        bpf_loop(
+            MAX_PY_THREADS as u32,
+            find_thread_step as *mut core::ffi::c_void,
+            (&mut find as *mut FindThread).cast(),
+            0,
+        )
+    };
+    if find.found == 0 {
+        return None;
+    }
+    let _ = PY_THREADS.insert(&tid, &find.found, 0);
+    let _ = PY_TSTATE_TIDS.insert(&find.found, &tid, 0);
+    Some(find.found)
+}
+
+/// The thread holding the GIL, when it is held by a thread other than `own` (0 when that
+/// thread was never seen).
+#[inline(always)]
+fn gil_held_by_other(py: &PyProcess, own: u64) -> Option<u32> {
+    let gil = if py.gil_static != 0 {
+        py.gil_static
+    } else if py.gil_in_interp != FIELD_ABSENT {
+        let interp: u64 = read_user(py.runtime + py.interp_head as u64)?;
+        read_user(interp + py.gil_in_interp as u64)?
+    } else {
+        return None;
+    };
+    // `last_holder` stays set after a release: only `locked` says the GIL is held now.
+    let locked: i32 = read_user(gil + GIL_LOCKED)?;
+    let holder: u64 = read_user(gil + GIL_LAST_HOLDER)?;
+    if locked == 0 || holder == 0 || holder == own {
+        return None;
+    }
+    // SAFETY: plain u32 copied out of the map.
+    Some(unsafe { PY_TSTATE_TIDS.get(&holder) }.copied().unwrap_or(0))
+}
+
+/// Walks the current thread's Python frames (when its process runs CPython) and sends them
+/// for the event that follows. Skipped inside an idle wait point, like the native stack.
+#[inline(always)]
+fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
+    if is_idle_wait(syscall as i64) {
+        return NO_PYTHON;
+    }
+    // SAFETY: the value is copied out of the map.
+    let Some(py) = (unsafe { PY_PROCS.get(&pid) }).copied() else {
+        return NO_PYTHON;
+    };
+    let Some(tstate) = thread_state(&py, tid) else {
+        return NO_PYTHON;
+    };
+    let gil_holder = if syscall == FUTEX {
+        gil_held_by_other(&py, tstate)
+    } else {
+        None
+    };
+    PythonStack {
+        sent: send_python_frames(&py, pid, tid, tstate, slot),
+        gil_holder,
+    }
+}
+
+#[inline(always)]
+fn top_frame(py: &PyProcess, tstate: u64) -> Option<u64> {
+    let top: u64 = read_user(tstate + py.tstate_frame as u64)?;
+    if py.cframe_frame == FIELD_ABSENT {
+        return Some(top);
+    }
+    read_user(top + py.cframe_frame as u64)
+}
+
+/// State of the frame walk, shared with its bpf_loop callback.
+#[repr(C)]
+struct WalkFrames {
+    py: PyProcess,
+    frame: u64,
+    depth: u64,
+    slot: u32,
+    truncated: u32,
+}
+
+/// One step of the frame walk (see find_thread_step for why a callback).
+extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer we gave it, to a WalkFrames on our stack.
+    let walk = unsafe { &mut *(ctx as *mut WalkFrames) };
+    let py = &walk.py;
+    let frame = walk.frame;
+    if frame == 0 {
+        return 1;
+    }
+    let depth = walk.depth as usize;
+    if depth >= MAX_PY_FRAMES {
+        walk.truncated = 1;
+        return 1;
+    }
+    let Some(buf) = PY_SCRATCH.get_ptr_mut(walk.slot) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot used by one program at a time on this CPU (see STACK_SCRATCH).
+    let buf = unsafe { &mut *buf };
+    walk.frame = read_user(frame + py.frame_back as u64).unwrap_or(0);
+    if py.frame_owner != FIELD_ABSENT
+        && read_user::<u8>(frame + py.frame_owner as u64) == Some(FRAME_OWNED_BY_CSTACK)
+    {
+        // A 3.12+ shim: the frame walked just before is the outermost of its eval run.
+        if depth > 0
+            && let Some(last) = buf.frames.get_mut(depth - 1)
+        {
+            last.flags |= PY_FRAME_ENTRY;
+        }
+        return 0;
+    }
+    let entry = py.frame_owner == FIELD_ABSENT
+        || (py.frame_is_entry != FIELD_ABSENT
+            && read_user::<u8>(frame + py.frame_is_entry as u64).unwrap_or(0) != 0);
+    let code: u64 = read_user(frame + py.frame_code as u64).unwrap_or(0);
+    let ip = if py.ip_is_pointer == 1 {
+        read_user::<u64>(frame + py.frame_ip as u64).unwrap_or(0)
+    } else {
+        read_user::<i32>(frame + py.frame_ip as u64).unwrap_or(-1) as i64 as u64
+    };
+    if let Some(slot) = buf.frames.get_mut(depth) {
+        *slot = PyFrame {
+            code,
+            ip,
+            frame,
+            flags: if entry { PY_FRAME_ENTRY } else { 0 },
+            _reserved: 0,
+        };
+        walk.depth += 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32) -> bool {
+    let Some(frame) = top_frame(py, tstate) else {
+        return false;
+    };
+    if frame == 0 {
+        // No Python code running on this thread.
+        return false;
+    }
+    let mut walk = WalkFrames {
+        py: *py,
+        frame,
+        depth: 0,
+        slot,
+        truncated: 0,
+    };
+    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
+    unsafe {
+        bpf_loop(
+            (MAX_PY_FRAMES + MAX_PY_SHIMS) as u32,
+            walk_frame_step as *mut core::ffi::c_void,
+            (&mut walk as *mut WalkFrames).cast(),
+            0,
+        )
+    };
+    let depth = walk.depth as usize;
+    if depth == 0 || depth > MAX_PY_FRAMES {
+        return false;
+    }
+    let Some(buf) = PY_SCRATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: as in walk_frame_step.
+    let buf = unsafe { &mut *buf };
+    buf.header = PyStackHeader {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tstate,
+        pid,
+        tid,
+        depth: depth as u32,
+        truncated: walk.truncated,
+        magic: PyStackHeader::MAGIC,
+    };
+    let total = PY_STACK_HEADER_SIZE + depth * size_of::<PyFrame>();
+    if total > size_of::<PyStackCopy>() {
+        return false;
+    }
+    // SAFETY: the header and `depth` frames are initialised.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((buf as *const PyStackCopy).cast::<u8>(), total) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+        count_drop(drop::RINGBUF_FULL);
+        return false;
+    }
+    true
+}
+
 /// An event with the common fields filled in; the caller sets the rest.
 #[inline(always)]
 fn new_event(kind: u32, pid: u32, tid: u32) -> Event {
@@ -387,9 +705,17 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
         let syscall = thread_syscall(tid);
         let (kernel, user, copied) = stacks(ctx, tgid, tid, syscall, 0);
+        let python = python_stack(tgid, tid, syscall, 0);
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
+        if python.sent {
+            event.arg1 |= PY_STACK_COPIED;
+        }
+        if let Some(holder) = python.gil_holder {
+            event.arg1 |= GIL_HELD_BY_OTHER;
+            event.aux = holder;
+        }
         (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
         event.syscall = syscall;
         event.comm = bpf_get_current_comm().unwrap_or_default();
@@ -503,8 +829,12 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     if is_followed_pid(tgid) {
         let syscall = thread_syscall(tid);
         let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
+        let python = python_stack(tgid, tid, syscall, 1);
         let mut event = new_event(kind::SAMPLE, tgid, tid);
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
+        if python.sent {
+            event.arg1 |= PY_STACK_COPIED;
+        }
         (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
         event.syscall = syscall;
         submit(&event);
@@ -560,6 +890,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = FOLLOWED_TIDS.remove(&tid);
     let _ = THREAD_SYSCALL.remove(&tid);
+    // SAFETY: plain u64 copied out of the map.
+    if let Some(tstate) = unsafe { PY_THREADS.get(&tid) }.copied() {
+        let _ = PY_TSTATE_TIDS.remove(&tstate);
+        let _ = PY_THREADS.remove(&tid);
+    }
     if tid != tgid {
         // The key fork added for this thread, in case it had been a process.
         let _ = FOLLOWED_PIDS.remove(&tid);
@@ -572,6 +907,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         // Last thread of the group: the process is gone. Its tgid can be reused by an unrelated
         // process, which must not be followed.
         let _ = FOLLOWED_PIDS.remove(&tgid);
+        let _ = PY_PROCS.remove(&tgid);
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{TracepointOffsets, drop};
+use profiler_common::{PyProcess, TracepointOffsets, drop};
 
 /// The compiled programs, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
@@ -28,6 +28,9 @@ pub struct LoadOptions {
     pub runtime_wait_points: Vec<u32>,
     /// Bytes of user stack copied per sample/switch-out (0: frame-pointer walk only).
     pub stack_copy_bytes: u32,
+    /// Offset of `task_struct.thread.fsbase` (0: unknown; Python 3.9/3.10 frames are then not
+    /// read).
+    pub task_fsbase_offset: u32,
 }
 
 /// Loaded, attached programs and the maps the agent talks to.
@@ -39,6 +42,7 @@ pub struct Probes {
     followed_tids: HashMap<MapData, u32, u32>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
+    py_procs: HashMap<MapData, u32, PyProcess>,
 }
 
 /// (category, name, program, required) for every tracepoint attachment. An optional one that
@@ -63,6 +67,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
+        .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
         .map_max_entries("STACK_SCRATCH", 3 * possible_cpus)
@@ -130,6 +135,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         followed_tids: take(&mut ebpf, "FOLLOWED_TIDS")?,
         stacks: take(&mut ebpf, "STACKS")?,
         drops: take(&mut ebpf, "DROPS")?,
+        py_procs: take(&mut ebpf, "PY_PROCS")?,
         logger,
         _ebpf: ebpf,
     };
@@ -163,6 +169,17 @@ impl Probes {
     /// Stops following a process that has gone (its PID may be reused by someone else).
     pub fn unfollow(&mut self, pid: u32) {
         let _ = self.followed_pids.remove(&pid);
+    }
+
+    /// Tells the kernel side where a process's CPython is, so its frames are walked.
+    pub fn set_python(&mut self, pid: u32, layout: PyProcess) -> Result<()> {
+        self.py_procs
+            .insert(pid, layout, 0)
+            .with_context(|| format!("registering the Python interpreter of {pid}"))
+    }
+
+    pub fn forget_python(&mut self, pid: u32) {
+        let _ = self.py_procs.remove(&pid);
     }
 
     /// Instruction pointers of a stack id, innermost first.

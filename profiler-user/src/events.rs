@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{Event as RawEvent, NO_SYSCALL, UserStackHeader, kind};
+use profiler_common::{
+    Event as RawEvent, GIL_HELD_BY_OTHER, NO_SYSCALL, PY_STACK_HEADER_SIZE, PyFrame, PyStackHeader,
+    UserStackHeader, kind,
+};
 
 use crate::timeline::{self, StackKey, What};
 
@@ -25,13 +28,21 @@ pub enum Record<'a> {
         header: UserStackHeader,
         stack: &'a [u8],
     },
+    /// Python frames for the event that follows, innermost first.
+    Python {
+        header: PyStackHeader,
+        frames: Vec<PyFrame>,
+    },
 }
 
-/// Tells the two record types apart by size: events are fixed-size, stack copies are a header
-/// plus `len` bytes.
+/// Tells the record types apart by size: events are fixed-size, stack copies are a header
+/// plus `len` bytes (both multiples of 16), Python stacks are 8 modulo 16.
 pub fn decode_record(bytes: &[u8]) -> Option<Record<'_>> {
     if bytes.len() == size_of::<RawEvent>() {
         return decode(bytes).map(Record::Event);
+    }
+    if bytes.len() % 16 == PY_STACK_HEADER_SIZE % 16 {
+        return decode_python(bytes);
     }
     let header_size = size_of::<UserStackHeader>();
     if bytes.len() < header_size {
@@ -41,6 +52,24 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record<'_>> {
     let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UserStackHeader>()) };
     let stack = bytes.get(header_size..header_size + header.len as usize)?;
     Some(Record::Stack { header, stack })
+}
+
+fn decode_python(bytes: &[u8]) -> Option<Record<'_>> {
+    if bytes.len() < PY_STACK_HEADER_SIZE {
+        return None;
+    }
+    // SAFETY: length checked; plain data valid for any bit pattern; unaligned read.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PyStackHeader>()) };
+    if header.magic != PyStackHeader::MAGIC {
+        return None;
+    }
+    let frames = bytes[PY_STACK_HEADER_SIZE..]
+        .chunks_exact(size_of::<PyFrame>())
+        .take(header.depth as usize)
+        // SAFETY: each chunk is exactly one plain-data PyFrame; unaligned read.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<PyFrame>()) })
+        .collect();
+    Some(Record::Python { header, frames })
 }
 
 /// Process lifecycle, for following workers and for the report.
@@ -106,6 +135,7 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
             runnable: is_runnable(raw.arg0),
             stack,
             syscall,
+            gil_holder: (raw.arg1 & GIL_HELD_BY_OTHER != 0).then_some(raw.aux),
         }),
         kind::SWITCH_IN => Some(What::SwitchIn),
         kind::WAKING => Some(What::WokenBy(timeline::Waker {

@@ -12,6 +12,7 @@
 //!   more renderings of a recording for CI and other tools;
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
+pub mod btf;
 pub mod budget;
 pub mod ci;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod junit;
 pub mod pprof;
 pub mod privileges;
 pub mod procfs;
+pub mod python;
 pub mod record;
 pub mod replay;
 pub mod report;

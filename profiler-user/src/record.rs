@@ -142,6 +142,7 @@ pub async fn run_with_start(
         wait_points: syscalls::wait_point_numbers(),
         runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
+        task_fsbase_offset: fsbase_offset(),
     })
     .map_err(explain_load_error)?;
 
@@ -172,6 +173,7 @@ pub async fn run_with_start(
     for pid in session.processes.keys().copied().collect::<Vec<_>>() {
         detect_waiting_threads(&mut session, pid);
     }
+    session.sync_python(&mut probes);
     let start_ns = monotonic_ns();
     announce(&session, &out_dir);
 
@@ -197,6 +199,18 @@ pub async fn run_with_start(
         out_dir,
         stop,
     })
+}
+
+/// Where the kernel keeps a task's fs_base, for Python 3.9/3.10 threads (0 when unknown: their
+/// Python frames are then not read, which is said once).
+fn fsbase_offset() -> u32 {
+    match crate::btf::task_fsbase_offset() {
+        Ok(offset) => offset,
+        Err(err) => {
+            eprintln!("stallscope: warning: {err:#}; Python 3.9 and 3.10 frames will not be shown");
+            0
+        }
+    }
 }
 
 fn save_symbols(dir: &std::path::Path, saved: &[session::SavedStack]) -> Result<()> {
@@ -394,6 +408,10 @@ fn drain(
                 session.handle_raw(Some(probes), &raw);
             }
             Some(events::Record::Stack { header, stack }) => session.handle_stack(&header, stack),
+            Some(events::Record::Python { header, frames }) => {
+                drop(item);
+                session.handle_python(&header, &frames);
+            }
             None => {}
         }
     }

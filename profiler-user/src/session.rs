@@ -10,14 +10,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use profiler_common::{Event as RawEvent, drop as drop_index, kind};
+use profiler_common::{Event as RawEvent, PyFrame, drop as drop_index, kind};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     attach::Probes,
     cli::RecordConfig,
     events::{self, Lifecycle, LossDetector},
-    procfs,
+    procfs, python,
     report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
     symbolize::{Frame, Symbols},
     syscalls,
@@ -87,8 +87,16 @@ pub struct Session {
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
-    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, id).
-    pending_stacks: HashMap<u32, (u64, i32)>,
+    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, ips).
+    pending_stacks: HashMap<u32, (u64, Vec<u64>)>,
+    /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
+    pending_python: HashMap<u32, PendingPython>,
+    /// CPython interpreters of the followed processes.
+    pub pythons: python::Pythons,
+    /// Processes whose interpreter the kernel side has not been told about yet.
+    pythons_to_register: Vec<u32>,
+    /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
+    python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     unwind_ns: u64,
     stack_bytes_copied: u64,
     pub unwinders: crate::unwind::Unwinders,
@@ -125,6 +133,10 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
+            pending_python: HashMap::new(),
+            pythons: python::Pythons::default(),
+            pythons_to_register: Vec::new(),
+            python_maybe_later: HashMap::new(),
             unwind_ns: 0,
             stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
@@ -161,6 +173,65 @@ impl Session {
         }
         let id = procfs::process_id(pid);
         self.processes.insert(pid, ProcessState { record, id });
+        self.detect_python(pid);
+    }
+
+    /// Looks for CPython in a process; one that may still load it (a command just started, a
+    /// process that just exec'd) is looked at again for a few seconds.
+    fn detect_python(&mut self, pid: u32) {
+        self.pythons.forget(pid);
+        match python::detect(pid) {
+            Ok(Some(interpreter)) => {
+                log::info!(
+                    "process {pid} runs CPython 3.{} ({}): Python frames on",
+                    interpreter.minor,
+                    interpreter.binary.display()
+                );
+                self.pythons.add(pid, interpreter);
+                self.pythons_to_register.push(pid);
+                self.python_maybe_later.remove(&pid);
+            }
+            Ok(None) => {
+                self.python_maybe_later
+                    .entry(pid)
+                    .or_insert((0, std::time::Instant::now()));
+            }
+            Err(err) => {
+                self.python_maybe_later.remove(&pid);
+                eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+            }
+        }
+    }
+
+    /// Hands newly found interpreters to the kernel side, and looks again at processes that
+    /// may have loaded one since (every 100 ms, for 5 s).
+    pub fn sync_python(&mut self, probes: &mut Probes) {
+        let now = std::time::Instant::now();
+        let due: Vec<u32> = self
+            .python_maybe_later
+            .iter()
+            .filter(|(_, (_, last))| now.duration_since(*last).as_millis() >= 100)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            let tries = self.python_maybe_later.get(&pid).map_or(0, |t| t.0) + 1;
+            if tries > 50 || !self.processes.contains_key(&pid) {
+                self.python_maybe_later.remove(&pid);
+                continue;
+            }
+            self.python_maybe_later.insert(pid, (tries, now));
+            self.detect_python(pid);
+            if let Some(entry) = self.python_maybe_later.get_mut(&pid) {
+                *entry = (tries, now);
+            }
+        }
+        for pid in std::mem::take(&mut self.pythons_to_register) {
+            if let Some(interpreter) = self.pythons.get(pid)
+                && let Err(err) = probes.set_python(pid, interpreter.kernel_layout())
+            {
+                eprintln!("stallscope: warning: {err:#}");
+            }
+        }
     }
 
     /// A thread found blocked in a wait point when recording began: a loop thread between
@@ -185,28 +256,70 @@ impl Session {
             .unwind(header.pid, header.ip, header.sp, header.bp, stack);
         self.unwind_ns += started.elapsed().as_nanos() as u64;
         self.stack_bytes_copied += stack.len() as u64;
-        let id = self.resolver.intern(ips);
-        self.pending_stacks.insert(header.tid, (header.ts_ns, id));
+        self.pending_stacks.insert(header.tid, (header.ts_ns, ips));
     }
 
-    pub fn handle_raw(&mut self, probes: Option<&mut Probes>, raw: &RawEvent) {
+    /// Python frames: decoded now (the code objects may be freed soon) and kept for the event
+    /// that follows them.
+    pub fn handle_python(&mut self, header: &profiler_common::PyStackHeader, frames: &[PyFrame]) {
+        if header.pid == self.own_pid {
+            return;
+        }
+        let decoded = self.pythons.decode(header.pid, frames);
+        let task = self.pythons.task(header.pid, frames, &decoded);
+        self.pending_python.insert(
+            header.tid,
+            PendingPython {
+                taken_ns: header.ts_ns,
+                frames: decoded,
+                task,
+            },
+        );
+    }
+
+    pub fn handle_raw(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
         let mut raw = *raw;
-        if raw.arg1 & profiler_common::USER_STACK_COPIED != 0 {
-            // Live: attach the stack unwound from the copy sent just before this event. (A
-            // replayed event already carries the id it was given live.) A wake-up carries its
-            // waker's stack, copied in the waker's context.
+        let copied = profiler_common::USER_STACK_COPIED | profiler_common::PY_STACK_COPIED;
+        if raw.arg1 & copied != 0 {
+            // Live: attach the stacks sent just before this event. (A replayed event already
+            // carries the id it was given live.) A wake-up carries its waker's stack, copied in
+            // the waker's context.
             let owner = if raw.kind == kind::WAKING {
                 raw.arg0 as u32
             } else {
                 raw.tid
             };
-            if let Some((taken_ns, id)) = self.pending_stacks.remove(&owner) {
-                // Only a copy from this very event: one whose event was lost must not be
-                // attached to a later one.
-                if raw.ts_ns.abs_diff(taken_ns) < 1_000_000 {
-                    raw.user_stack_id = id;
+            // Only copies from this very event: one whose event was lost must not be attached
+            // to a later one.
+            let fresh = |taken_ns: u64| raw.ts_ns.abs_diff(taken_ns) < 1_000_000;
+            let native = self
+                .pending_stacks
+                .remove(&owner)
+                .filter(|(taken_ns, _)| fresh(*taken_ns))
+                .map(|(_, ips)| ips);
+            let python = self
+                .pending_python
+                .remove(&owner)
+                .filter(|p| fresh(p.taken_ns));
+            let native = match (native, &python, probes.as_deref()) {
+                (Some(ips), _, _) => Some(ips),
+                // Python frames without a copied native stack: the kernel walked it instead.
+                (None, Some(_), Some(probes)) if raw.user_stack_id >= 0 => {
+                    Some(probes.stack(raw.user_stack_id).unwrap_or_default())
                 }
+                _ => None,
+            };
+            if native.is_some() || python.is_some() {
+                let (frames, task) = python.map_or((Vec::new(), None), |p| (p.frames, p.task));
+                raw.user_stack_id =
+                    self.resolver
+                        .intern_mixed(native.unwrap_or_default(), &frames, task);
             }
+        }
+        if let Some(probes) = probes.as_deref_mut()
+            && (!self.pythons_to_register.is_empty() || !self.python_maybe_later.is_empty())
+        {
+            self.sync_python(probes);
         }
         self.handle_event(probes, &raw);
     }
@@ -337,6 +450,12 @@ impl Session {
                 self.resolver.symbols.forget(pid);
                 self.resolver.symbols.snapshot(pid);
                 self.unwinders.forget(pid);
+                if let Some(probes) = probes {
+                    probes.forget_python(pid);
+                }
+                if self.processes.contains_key(&pid) {
+                    self.detect_python(pid);
+                }
                 if let Some(process) = self.processes.get_mut(&pid) {
                     if let Some(stat) = procfs::stat(pid) {
                         process.record.comm = stat.comm;
@@ -393,8 +512,11 @@ impl Session {
         let live = probes.is_some();
         if let Some(probes) = probes {
             probes.unfollow(pid);
+            probes.forget_python(pid);
             self.resolver.resolve_pid(Some(&*probes), pid);
         }
+        self.pythons.forget(pid);
+        self.python_maybe_later.remove(&pid);
         if live {
             self.exited_pids.insert(pid);
         }
@@ -791,6 +913,13 @@ fn comm_string(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(comm_bytes(comm)).into_owned()
 }
 
+/// A decoded Python stack waiting for the event it was taken for.
+struct PendingPython {
+    taken_ns: u64,
+    frames: Vec<python::DecodedFrame>,
+    task: Option<python::TaskInfo>,
+}
+
 /// Stack ids to frames, cached. Live, it reads the kernel's stack map and symbolizes; replaying
 /// a saved recording, every key was resolved when it was saved.
 #[derive(Default)]
@@ -806,7 +935,24 @@ pub struct Resolver {
     interned: HashMap<Vec<u64>, i32>,
     interned_ips: Vec<Vec<u64>>,
     pub interned_dropped: u64,
+    /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
+    python_frames: Vec<Frame>,
+    python_frame_ids: HashMap<Frame, u64>,
+    /// The asyncio task running in an unwound stack, by its id.
+    tasks: HashMap<i32, python::TaskInfo>,
+    /// Replaying: tasks saved with the stacks.
+    saved_tasks: HashMap<StackKey, python::TaskInfo>,
+    /// `--python-only`: stacks with Python frames show only those.
+    pub python_only: bool,
 }
+
+/// Marks an entry of an unwound stack as a Python frame (user addresses never have this bit);
+/// the low bits index `python_frames`, PY_ENTRY marks the outermost frame of an interpreter run.
+const PY_MARK: u64 = 1 << 63;
+const PY_ENTRY: u64 = 1 << 62;
+const PY_INDEX: u64 = (1 << 62) - 1;
+/// Distinct Python frames (function, file, line) kept.
+const MAX_PYTHON_FRAMES: usize = 200_000;
 
 /// First id given to an unwound user stack; kernel stack-map ids are far below.
 pub const INTERNED_BASE: i32 = 1 << 24;
@@ -818,6 +964,17 @@ const MAX_SEEN_STACKS: usize = 200_000;
 
 impl Resolver {
     pub fn from_saved(saved: Vec<SavedStack>) -> Self {
+        let saved_tasks = saved
+            .iter()
+            .filter_map(|s| {
+                let key = StackKey {
+                    pid: s.pid,
+                    kernel: s.kernel,
+                    user: s.user,
+                };
+                Some((key, s.task.clone()?))
+            })
+            .collect();
         let resolved = saved
             .into_iter()
             .map(|s| {
@@ -833,7 +990,76 @@ impl Resolver {
             .collect();
         Resolver {
             resolved,
+            saved_tasks,
             ..Default::default()
+        }
+    }
+
+    /// The id of an unwound user stack with Python frames (innermost first) to merge in.
+    pub fn intern_mixed(
+        &mut self,
+        mut ips: Vec<u64>,
+        python: &[python::DecodedFrame],
+        task: Option<python::TaskInfo>,
+    ) -> i32 {
+        for frame in python {
+            let index = match self.python_frame_ids.get(&frame.frame) {
+                Some(&index) => index,
+                None if self.python_frames.len() < MAX_PYTHON_FRAMES => {
+                    let index = self.python_frames.len() as u64;
+                    self.python_frames.push(frame.frame.clone());
+                    self.python_frame_ids.insert(frame.frame.clone(), index);
+                    index
+                }
+                None => {
+                    self.interned_dropped += 1;
+                    continue;
+                }
+            };
+            ips.push(PY_MARK | if frame.entry { PY_ENTRY } else { 0 } | index);
+        }
+        let id = self.intern(ips);
+        if let Some(task) = task
+            && id >= INTERNED_BASE
+            && self.tasks.len() < MAX_INTERNED
+        {
+            self.tasks.entry(id).or_insert(task);
+        }
+        id
+    }
+
+    /// The asyncio task that was running when this stack was taken.
+    pub fn task(&self, key: StackKey) -> Option<&python::TaskInfo> {
+        self.tasks
+            .get(&key.user)
+            .or_else(|| self.saved_tasks.get(&key))
+    }
+
+    /// Native user frames with the Python frames of an unwound stack merged in.
+    fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let (python, native): (Vec<u64>, Vec<u64>) = ips.iter().partition(|&&ip| ip & PY_MARK != 0);
+        let native = self.symbols.user_frames(pid, &native);
+        if python.is_empty() {
+            return native;
+        }
+        let python: Vec<python::DecodedFrame> = python
+            .iter()
+            .filter_map(|&entry| {
+                Some(python::DecodedFrame {
+                    frame: self.python_frames.get((entry & PY_INDEX) as usize)?.clone(),
+                    entry: entry & PY_ENTRY != 0,
+                    coroutine: false,
+                })
+            })
+            .collect();
+        let merged = python::merge(native, &python);
+        if self.python_only {
+            merged
+                .into_iter()
+                .filter(|f| f.kind == crate::symbolize::FrameKind::Python)
+                .collect()
+        } else {
+            merged
         }
     }
 
@@ -888,7 +1114,7 @@ impl Resolver {
         let kernel_ips = self.stack_ips(probes, key.kernel);
         let user_ips = self.stack_ips(probes, key.user);
         let mut frames = self.symbols.kernel_frames(&kernel_ips);
-        frames.extend(self.symbols.user_frames(key.pid, &user_ips));
+        frames.extend(self.user_frames(key.pid, &user_ips));
         self.resolved.insert(key, frames.clone());
         frames
     }
@@ -911,6 +1137,7 @@ impl Resolver {
                 kernel: key.kernel,
                 user: key.user,
                 frames: self.frames(probes, key),
+                task: self.task(key).cloned(),
             })
             .collect()
     }
@@ -923,6 +1150,9 @@ pub struct SavedStack {
     pub kernel: i32,
     pub user: i32,
     pub frames: Vec<Frame>,
+    /// The asyncio task running when the stack was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<python::TaskInfo>,
 }
 
 /// Raw events saved as they arrive (`events.bin`: the 80-byte records back to back), bounded.

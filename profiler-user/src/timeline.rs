@@ -74,6 +74,9 @@ pub enum What {
         runnable: bool,
         stack: StackKey,
         syscall: Option<i32>,
+        /// Slept in a futex while another thread of its Python process held the GIL: that
+        /// thread (0 when not known by tid).
+        gil_holder: Option<u32>,
     },
     SwitchIn,
     /// Woken (sched_wakeup); the first wake after a sleep counts.
@@ -213,6 +216,8 @@ enum Cpu {
         since: u64,
         stack: StackKey,
         syscall: Option<i32>,
+        /// Waiting for the GIL, held by this thread (see `What::SwitchOut`).
+        gil_holder: Option<u32>,
     },
 }
 
@@ -462,6 +467,7 @@ impl Timeline {
             // switch-out; only a fork reusing the tid (see `forked`) starts a new thread.
             return None;
         }
+        let gil_holder = self.gil_holder(tid);
         let thread = self.thread(pid, tid, ts);
         // The kernel's record of a brand-new process's tgid can lag (see profiler-common); the
         // thread's own events carry the right one.
@@ -473,9 +479,29 @@ impl Timeline {
                 runnable,
                 stack,
                 syscall,
-            } => self.switch_out(tid, ts, runnable, stack, syscall),
+                gil_holder,
+            } => self.switch_out(tid, ts, runnable, stack, syscall, gil_holder),
             What::SwitchIn => {
                 self.switch_in(tid, ts);
+                None
+            }
+            What::Wake | What::WokenBy(_) if gil_holder.is_some() => {
+                // A GIL wait: whoever woke it (a timeout, the releasing thread), the time was
+                // spent waiting for the thread that held the GIL.
+                let holder = gil_holder.unwrap_or_default();
+                let waker = self.threads.get(&holder).map(|h| Waker {
+                    pid: h.pid,
+                    tid: holder,
+                    stack: h.recent_samples.back().map_or(
+                        StackKey {
+                            pid: h.pid,
+                            kernel: -1,
+                            user: -1,
+                        },
+                        |(_, stack)| *stack,
+                    ),
+                });
+                self.woken_by(tid, ts, waker);
                 None
             }
             What::Wake => {
@@ -483,26 +509,7 @@ impl Timeline {
                 None
             }
             What::WokenBy(waker) => {
-                // What the waker did while the sleeper waited: its samples since the sleep began.
-                let since = match self.threads.get(&tid).map(|t| t.cpu) {
-                    Some(Cpu::Blocked { since, .. }) => since,
-                    _ => ts,
-                };
-                let holder_samples: Vec<StackKey> = self
-                    .threads
-                    .get(&waker.tid)
-                    .map(|holder| {
-                        holder
-                            .recent_samples
-                            .iter()
-                            .filter(|(at, _)| (since..=ts).contains(at))
-                            .map(|(_, stack)| *stack)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if let Some(thread) = self.threads.get_mut(&tid) {
-                    wake(thread, ts, config, Some((waker, &holder_samples)));
-                }
+                self.woken_by(tid, ts, Some(waker));
                 None
             }
             What::WaitEnter => self.wait_enter(tid, ts),
@@ -544,6 +551,41 @@ impl Timeline {
         }
     }
 
+    /// The GIL holder a blocked thread waits for, if it sleeps waiting for the GIL.
+    fn gil_holder(&self, tid: u32) -> Option<u32> {
+        match self.threads.get(&tid)?.cpu {
+            Cpu::Blocked { gil_holder, .. } => gil_holder,
+            _ => None,
+        }
+    }
+
+    /// Ends a sleep, woken by `waker` (for a GIL wait: the holder, when known by tid). What the
+    /// waker did while the sleeper waited (its samples since the sleep began) says why.
+    fn woken_by(&mut self, tid: u32, ts: u64, waker: Option<Waker>) {
+        let config = self.config;
+        let since = match self.threads.get(&tid).map(|t| t.cpu) {
+            Some(Cpu::Blocked { since, .. }) => since,
+            _ => ts,
+        };
+        let holder_samples: Vec<StackKey> = waker
+            .and_then(|waker| self.threads.get(&waker.tid))
+            .map(|holder| {
+                holder
+                    .recent_samples
+                    .iter()
+                    .filter(|(at, _)| (since..=ts).contains(at))
+                    .map(|(_, stack)| *stack)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(thread) = self.threads.get_mut(&tid) {
+            match waker {
+                Some(waker) => wake(thread, ts, config, Some((waker, &holder_samples))),
+                None => wake(thread, ts, config, None),
+            }
+        }
+    }
+
     fn switch_out(
         &mut self,
         tid: u32,
@@ -551,6 +593,7 @@ impl Timeline {
         runnable: bool,
         stack: StackKey,
         syscall: Option<i32>,
+        gil_holder: Option<u32>,
     ) -> Option<Stall> {
         let threshold = self.config.threshold_ns;
         let thread = self.threads.get_mut(&tid)?;
@@ -578,6 +621,7 @@ impl Timeline {
                 since: ts,
                 stack,
                 syscall,
+                gil_holder,
             }
         };
         if runnable {
@@ -625,6 +669,7 @@ impl Timeline {
                 since,
                 stack,
                 syscall,
+                ..
             } => marks[0] = span(StackKind::OffCpu, since, ts, Some(stack), syscall),
             Cpu::Running { .. } | Cpu::Unknown => {}
         }
@@ -652,9 +697,18 @@ impl Timeline {
                 since,
                 stack,
                 syscall,
+                gil_holder,
             } => {
                 // The wake-up was lost or reordered: count all of it as blocked.
-                add_blocked(thread, limit, since, ts, stack, syscall, None);
+                add_blocked(
+                    thread,
+                    limit,
+                    (since, ts),
+                    stack,
+                    syscall,
+                    None,
+                    gil_holder.is_some(),
+                );
                 Some((since, stack, syscall, None))
             }
             Cpu::Running { .. } | Cpu::Unknown => None,
@@ -778,7 +832,16 @@ impl Timeline {
                     since,
                     stack,
                     syscall,
-                } => add_blocked(&mut thread, limit, since, ts, stack, syscall, None),
+                    gil_holder,
+                } => add_blocked(
+                    &mut thread,
+                    limit,
+                    (since, ts),
+                    stack,
+                    syscall,
+                    None,
+                    gil_holder.is_some(),
+                ),
                 Cpu::Runnable { since, stack, .. } => {
                     for span in thread.spans() {
                         let ns = span.add_time(StackKind::Runqueue, since, ts);
@@ -824,18 +887,20 @@ impl Timeline {
 /// Blocked time from `from` to `to` with the sleeper's `stack`. A futex wait ended by a thread
 /// of the same process is a lock wait; when that holder was sampled on a CPU meanwhile, the
 /// time is shared among those samples (waker = the holder at each sample), so the report says
-/// what the holder was doing, not only how it released the lock.
+/// what the holder was doing, not only how it released the lock. A wait for the GIL (`gil`) is
+/// a lock wait whoever woke it.
 fn add_blocked(
     thread: &mut Thread,
     limit: usize,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
     stack: StackKey,
     syscall: Option<i32>,
     woken: Option<(Waker, &[StackKey])>,
+    gil: bool,
 ) {
     let waker = woken.map(|(w, _)| w);
     let kind = match waker {
+        _ if gil => StackKind::Lock,
         Some(w) if syscall == Some(FUTEX) && w.pid == thread.pid => StackKind::Lock,
         _ => StackKind::OffCpu,
     };
@@ -868,16 +933,17 @@ fn wake(thread: &mut Thread, ts: u64, config: Config, woken: Option<(Waker, &[St
         since,
         stack,
         syscall,
+        gil_holder,
     } = thread.cpu
     {
         add_blocked(
             thread,
             config.max_stacks_per_span,
-            since,
-            ts,
+            (since, ts),
             stack,
             syscall,
             woken,
+            gil_holder.is_some(),
         );
         thread.cpu = Cpu::Runnable {
             since: ts,

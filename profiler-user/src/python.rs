@@ -1,0 +1,992 @@
+//! CPython 3.9 to 3.13: finding the interpreter in a process, the per-version layout the kernel
+//! side walks frames with, and decoding the frames it sends (code objects, line tables) into
+//! [`Frame`]s. The offsets are from `PYTHON_LAYOUTS.md` (checked on live processes), and for
+//! 3.13 from the interpreter's own `_Py_DebugOffsets`.
+//!
+//! The kernel sends, per frame, the code object's address and the instruction pointer. Code
+//! objects are read here from `/proc/PID/mem` (read-only: the target is never stopped, written
+//! or signalled) and cached by address; a cached entry is re-checked against the code object's
+//! name, file and line-table pointers at most once a second, so a freed code object whose
+//! address is reused by another is noticed.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess};
+
+use crate::{
+    procfs,
+    symbolize::{Frame, FrameKind},
+};
+
+/// Offsets the agent needs to decode a code object and its strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CodeLayout {
+    flags: u64,
+    first_line: u64,
+    filename: u64,
+    name: u64,
+    qualname: Option<u64>,
+    linetable: u64,
+    /// Start of the inline bytecode (3.11+): instruction pointers are relative to it.
+    code_adaptive: Option<u64>,
+    /// Where a compact ASCII string's characters start (sizeof(PyASCIIObject)).
+    ascii_data: u64,
+    /// Where a compact non-ASCII string's code units start (sizeof(PyCompactUnicodeObject)).
+    compact_data: u64,
+}
+
+/// One CPython minor version's layout: what the kernel walks and what the agent decodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub minor: u32,
+    kernel: PyProcess,
+    /// Offset of the static GIL in `_PyRuntime` (3.9 to 3.11).
+    gil_in_runtime: Option<u64>,
+    code: CodeLayout,
+}
+
+const ABSENT: u32 = FIELD_ABSENT;
+
+/// The layouts of PYTHON_LAYOUTS.md sections 1 to 4 and 6.
+pub fn layout(minor: u32) -> Option<Layout> {
+    let kernel = |interp_head,
+                  threads_head,
+                  gil_in_interp,
+                  thread_id,
+                  is_pthread,
+                  frame,
+                  cframe,
+                  back,
+                  code,
+                  ip,
+                  ip_ptr,
+                  owner,
+                  is_entry| PyProcess {
+        runtime: 0,
+        gil_static: 0,
+        interp_head,
+        threads_head,
+        gil_in_interp,
+        tstate_next: 0x8,
+        tstate_thread_id: thread_id,
+        thread_id_is_pthread: is_pthread,
+        tstate_frame: frame,
+        cframe_frame: cframe,
+        frame_back: back,
+        frame_code: code,
+        frame_ip: ip,
+        ip_is_pointer: ip_ptr,
+        frame_owner: owner,
+        frame_is_entry: is_entry,
+    };
+    let old_strings = (0x30, 0x48);
+    let new_strings = (0x28, 0x38);
+    let code = |flags, first_line, qualname: Option<u64>, adaptive, (ascii_data, compact_data)| {
+        CodeLayout {
+            flags,
+            first_line,
+            filename: if qualname.is_some() { 0x70 } else { 0x68 },
+            name: if qualname.is_some() { 0x78 } else { 0x70 },
+            qualname,
+            linetable: if qualname.is_some() { 0x88 } else { 0x78 },
+            code_adaptive: adaptive,
+            ascii_data,
+            compact_data,
+        }
+    };
+    let (kernel, gil_in_runtime, code) = match minor {
+        9 => (
+            kernel(
+                0x20, 0x8, ABSENT, 0xb0, 1, 0x18, ABSENT, 0x18, 0x20, 0x68, 0, ABSENT, ABSENT,
+            ),
+            Some(0x160),
+            code(0x24, 0x28, None, None, old_strings),
+        ),
+        10 => (
+            kernel(
+                0x20, 0x8, ABSENT, 0xb0, 1, 0x18, ABSENT, 0x18, 0x20, 0x60, 0, ABSENT, ABSENT,
+            ),
+            Some(0x160),
+            code(0x24, 0x28, None, None, old_strings),
+        ),
+        11 => (
+            kernel(
+                0x28, 0x10, ABSENT, 0xa0, 0, 0x38, 0x8, 0x30, 0x20, 0x38, 1, 0x45, 0x44,
+            ),
+            Some(0x168),
+            code(0x30, 0x48, Some(0x80), Some(0xb8), old_strings),
+        ),
+        12 => (
+            kernel(
+                0x28, 0x48, 0x180, 0x90, 0, 0x38, 0x0, 0x8, 0x0, 0x38, 1, 0x46, ABSENT,
+            ),
+            None,
+            code(0x30, 0x44, Some(0x80), Some(0xc0), new_strings),
+        ),
+        13 => (
+            kernel(
+                0x278, 0x1cb0, 0x10, 0xa0, 0, 0x48, ABSENT, 0x8, 0x0, 0x38, 1, 0x46, ABSENT,
+            ),
+            None,
+            code(0x30, 0x44, Some(0x80), Some(0xc8), new_strings),
+        ),
+        _ => return None,
+    };
+    Some(Layout {
+        minor,
+        kernel,
+        gil_in_runtime,
+        code,
+    })
+}
+
+/// 3.13+ describes itself: `_Py_DebugOffsets` at the start of `_PyRuntime` (its static
+/// initializer is in the file). Where it disagrees with our table, it wins.
+fn apply_debug_offsets(layout: &mut Layout, debug: &[u8]) -> Result<()> {
+    let at = |offset: usize| -> Result<u64> {
+        let bytes = debug
+            .get(offset..offset + 8)
+            .context("_Py_DebugOffsets ends early")?;
+        Ok(u64::from_le_bytes(bytes.try_into()?))
+    };
+    if debug.get(..8) != Some(b"xdebugpy".as_slice()) {
+        bail!("no _Py_DebugOffsets cookie");
+    }
+    let field = |offset: usize| -> Result<u32> { Ok(u32::try_from(at(offset)?)?) };
+    let k = &mut layout.kernel;
+    k.interp_head = field(0x28)?;
+    k.threads_head = field(0x48)?;
+    k.gil_in_interp = field(0x70)?;
+    k.tstate_next = field(0xa8)?;
+    k.tstate_frame = field(0xb8)?;
+    k.tstate_thread_id = field(0xc8)?;
+    k.frame_back = field(0xe8)?;
+    k.frame_code = field(0xf0)?;
+    k.frame_ip = field(0xf8)?;
+    k.frame_owner = field(0x108)?;
+    let c = &mut layout.code;
+    c.filename = at(0x118)?;
+    c.name = at(0x120)?;
+    c.qualname = Some(at(0x128)?);
+    c.linetable = at(0x130)?;
+    c.first_line = at(0x138)?;
+    c.code_adaptive = Some(at(0x158)?);
+    c.ascii_data = at(0x230)?;
+    Ok(())
+}
+
+/// A CPython interpreter found in a process.
+#[derive(Clone, Debug)]
+pub struct Interpreter {
+    pub minor: u32,
+    /// The ELF that holds `_PyRuntime` (libpython, or the python executable).
+    pub binary: PathBuf,
+    pub runtime: u64,
+    layout: Layout,
+}
+
+impl Interpreter {
+    /// What the kernel side needs to walk this process's frames.
+    pub fn kernel_layout(&self) -> PyProcess {
+        PyProcess {
+            runtime: self.runtime,
+            gil_static: self.layout.gil_in_runtime.map_or(0, |o| self.runtime + o),
+            ..self.layout.kernel
+        }
+    }
+}
+
+/// Minor version from a file name such as `libpython3.12.so.1.0` or `python3.11`.
+fn minor_from_name(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("libpython3.")
+        .or_else(|| name.strip_prefix("python3."))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Looks for CPython in a live process: libpython mapped, or an executable that defines
+/// `_PyRuntime` itself (a static build such as Debian's). `Ok(None)`: not Python.
+pub fn detect(pid: u32) -> Result<Option<Interpreter>> {
+    let maps = procfs::maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let mut candidates: Vec<&PathBuf> = Vec::new();
+    for mapping in &maps {
+        let name = mapping
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        if name.starts_with("libpython3") && !candidates.contains(&&mapping.path) {
+            candidates.push(&mapping.path);
+        }
+    }
+    let exe = procfs::exe(pid);
+    if let Some(exe) = &exe
+        && let Some(mapping) = maps.iter().find(|m| &m.path == exe)
+        && !candidates.contains(&&mapping.path)
+    {
+        candidates.push(&mapping.path);
+    }
+    for path in candidates {
+        if let Some(found) = inspect_binary(pid, path, &maps)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+fn inspect_binary(pid: u32, path: &Path, maps: &[procfs::Mapping]) -> Result<Option<Interpreter>> {
+    // The file as the process sees it (it may live in a container's root).
+    let data = std::fs::read(path)
+        .or_else(|_| std::fs::read(format!("/proc/{pid}/root{}", path.display())))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(runtime_sym) = elf.dynamic_symbols().find(|s| s.name() == Ok("_PyRuntime")) else {
+        return Ok(None);
+    };
+    let minor = match minor_from_name(path) {
+        Some(minor) => minor,
+        None => py_version(&elf)
+            .map(|hex| ((hex >> 16) & 0xff) as u32)
+            .with_context(|| {
+                format!(
+                    "{} has _PyRuntime but no version in its name or Py_Version",
+                    path.display()
+                )
+            })?,
+    };
+    let Some(mut layout) = layout(minor) else {
+        bail!(
+            "{} is CPython 3.{minor}, which stallscope cannot read frames of (3.9 to 3.13 are \
+             supported)",
+            path.display()
+        );
+    };
+    if minor >= 13 {
+        let section = elf
+            .section_by_name(".PyRuntime")
+            .context("3.13 without a .PyRuntime section")?;
+        apply_debug_offsets(&mut layout, section.data().unwrap_or_default())
+            .with_context(|| format!("reading _Py_DebugOffsets of {}", path.display()))?;
+    }
+    let first_load = elf
+        .segments()
+        .map(|s| s.address())
+        .min()
+        .context("no PT_LOAD segment")?;
+    let Some(base) = maps
+        .iter()
+        .find(|m| m.path == path && m.file_offset == 0)
+        .map(|m| m.start)
+    else {
+        return Ok(None);
+    };
+    let bias = base.wrapping_sub(first_load & !0xfff);
+    Ok(Some(Interpreter {
+        minor,
+        binary: path.to_path_buf(),
+        runtime: bias.wrapping_add(runtime_sym.address()),
+        layout,
+    }))
+}
+
+/// `Py_Version` (3.11+): PY_VERSION_HEX, read from the file.
+fn py_version(elf: &object::File) -> Option<u64> {
+    let symbol = elf
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok("Py_Version"))?;
+    let section = elf.section_by_index(symbol.section_index()?).ok()?;
+    let data = section.data().ok()?;
+    let offset = symbol.address().checked_sub(section.address())? as usize;
+    let bytes = data.get(offset..offset + 4)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?) as u64)
+}
+
+/// Read-only view of a process's memory.
+struct Memory {
+    file: File,
+}
+
+impl Memory {
+    fn open(pid: u32) -> Option<Self> {
+        File::open(format!("/proc/{pid}/mem"))
+            .ok()
+            .map(|file| Memory { file })
+    }
+
+    fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, addr).ok()?;
+        Some(buf)
+    }
+
+    fn u64(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        self.file.read_exact_at(&mut buf, addr).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+
+    /// A `str` object's text (PYTHON_LAYOUTS.md 4.2), at most `max` code points.
+    fn string(&self, obj: u64, code: &CodeLayout, max: usize) -> Option<String> {
+        let header = self.bytes(obj + 0x10, 0x18)?;
+        let length = u64::from_le_bytes(header[0..8].try_into().ok()?) as usize;
+        let state = u32::from_le_bytes(header[0x10..0x14].try_into().ok()?);
+        let (kind, compact, ascii) = (
+            (state >> 2) & 7,
+            state & (1 << 5) != 0,
+            state & (1 << 6) != 0,
+        );
+        if !compact {
+            return None;
+        }
+        let length = length.min(max);
+        if ascii {
+            let bytes = self.bytes(obj + code.ascii_data, length)?;
+            return Some(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let width = kind as usize;
+        if !matches!(width, 1 | 2 | 4) {
+            return None;
+        }
+        let bytes = self.bytes(obj + code.compact_data, length * width)?;
+        Some(
+            bytes
+                .chunks_exact(width)
+                .map(|unit| {
+                    let mut value = [0u8; 4];
+                    value[..width].copy_from_slice(unit);
+                    char::from_u32(u32::from_le_bytes(value)).unwrap_or('\u{fffd}')
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Limits: names and line tables of real programs are far below these.
+const MAX_NAME: usize = 512;
+const MAX_LINETABLE: usize = 1 << 20;
+/// Code objects cached per process; past it the cache starts afresh (bounded memory).
+const MAX_CODES: usize = 100_000;
+/// How long a cached code object is trusted before its identity is checked again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Flags of `co_flags` that make a frame a coroutine's.
+const CO_COROUTINE: u32 = 0x80;
+const CO_ITERABLE_COROUTINE: u32 = 0x100;
+const CO_ASYNC_GENERATOR: u32 = 0x200;
+
+struct Code {
+    name: String,
+    file: String,
+    first_line: u32,
+    linetable: Vec<u8>,
+    coroutine: bool,
+    /// The pointers that identify this code object (name, file, line table, first line).
+    identity: [u64; 4],
+    checked: Instant,
+}
+
+struct Process {
+    interpreter: Interpreter,
+    memory: Option<Memory>,
+    codes: HashMap<u64, Option<Code>>,
+    /// Task names by coroutine object address (with the coroutine's qualname, which tells a
+    /// reused address apart).
+    task_names: HashMap<(u64, String), Option<String>>,
+}
+
+/// One decoded Python frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedFrame {
+    pub frame: Frame,
+    /// Outermost frame of one run of the interpreter loop.
+    pub entry: bool,
+    /// The frame of a coroutine (async def).
+    pub coroutine: bool,
+}
+
+/// The asyncio task a stack ran in: its coroutine (the outermost `async def` frame) and, when
+/// it could be read, the Task's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TaskInfo {
+    pub name: Option<String>,
+    pub coroutine: String,
+}
+
+/// The interpreters of the followed processes and their decoded code objects.
+#[derive(Default)]
+pub struct Pythons {
+    processes: HashMap<u32, Process>,
+    pub unreadable_frames: u64,
+}
+
+/// Tasks looked up per process (by coroutine address); past it the cache starts afresh.
+const MAX_TASKS: usize = 10_000;
+
+impl Pythons {
+    pub fn add(&mut self, pid: u32, interpreter: Interpreter) {
+        self.processes.insert(
+            pid,
+            Process {
+                interpreter,
+                memory: Memory::open(pid),
+                codes: HashMap::new(),
+                task_names: HashMap::new(),
+            },
+        );
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Interpreter> {
+        self.processes.get(&pid).map(|p| &p.interpreter)
+    }
+
+    /// Decodes the frames the kernel sent, innermost first. Unreadable ones (the code object
+    /// was freed meanwhile) are named `<unknown>`.
+    pub fn decode(&mut self, pid: u32, frames: &[PyFrame]) -> Vec<DecodedFrame> {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Vec::new();
+        };
+        let layout = process.interpreter.layout;
+        let mut decoded = Vec::with_capacity(frames.len());
+        for raw in frames {
+            let entry = raw.flags & PY_FRAME_ENTRY != 0;
+            let code = process.code(raw.code);
+            let frame = match code {
+                Some(code) => DecodedFrame {
+                    frame: Frame {
+                        function: code.name.clone(),
+                        file: Some(code.file.clone()),
+                        line: line_for(&layout, code, raw),
+                        module: None,
+                        kind: FrameKind::Python,
+                    },
+                    entry,
+                    coroutine: code.coroutine,
+                },
+                None => {
+                    self.unreadable_frames += 1;
+                    DecodedFrame {
+                        frame: Frame {
+                            function: "<unknown>".into(),
+                            file: None,
+                            line: None,
+                            module: None,
+                            kind: FrameKind::Python,
+                        },
+                        entry,
+                        coroutine: false,
+                    }
+                }
+            };
+            decoded.push(frame);
+        }
+        decoded
+    }
+}
+
+impl Pythons {
+    /// The asyncio task of a stack: the outermost coroutine frame names the coroutine; the Task
+    /// object is found through the `Handle._run` frame below it, whose handle's callback is the
+    /// Task's step (`TaskStepMethWrapper`), and its name is the field after its coroutine.
+    pub fn task(
+        &mut self,
+        pid: u32,
+        raw: &[PyFrame],
+        decoded: &[DecodedFrame],
+    ) -> Option<TaskInfo> {
+        let outermost = decoded.iter().rposition(|f| f.coroutine)?;
+        let coroutine = decoded[outermost].frame.function.clone();
+        let process = self.processes.get_mut(&pid)?;
+        let minor = process.interpreter.minor;
+        let memory = process.memory.as_ref()?;
+        let coroutine_addr = coroutine_object(memory, minor, raw.get(outermost)?.frame)?;
+        let key = (coroutine_addr, coroutine.clone());
+        if let Some(name) = process.task_names.get(&key) {
+            return Some(TaskInfo {
+                name: name.clone(),
+                coroutine,
+            });
+        }
+        let handle_frame = decoded[outermost..]
+            .iter()
+            .position(|f| is_handle_run(&f.frame))
+            .and_then(|offset| raw.get(outermost + offset));
+        let name = handle_frame.and_then(|frame| {
+            task_name(
+                memory,
+                minor,
+                frame.frame,
+                coroutine_addr,
+                &process.interpreter.layout,
+            )
+        });
+        if process.task_names.len() >= MAX_TASKS {
+            process.task_names.clear();
+        }
+        process.task_names.insert(key, name.clone());
+        Some(TaskInfo { name, coroutine })
+    }
+}
+
+/// asyncio's `Handle._run` (3.11+ qualname; older versions only say `_run`).
+fn is_handle_run(frame: &Frame) -> bool {
+    (frame.function == "Handle._run" || frame.function == "_run")
+        && frame
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("asyncio/events.py"))
+}
+
+/// The coroutine object a coroutine frame belongs to: 3.11+ frames live inside it
+/// (`cr_iframe`); older frames point to it (`f_gen`).
+fn coroutine_object(memory: &Memory, minor: u32, frame: u64) -> Option<u64> {
+    match minor {
+        9 => memory.u64(frame + 0x60),
+        10 => memory.u64(frame + 0x58),
+        11 => frame.checked_sub(0x50),
+        _ => frame.checked_sub(0x48),
+    }
+    .filter(|&addr| addr != 0)
+}
+
+/// Name of an object's type (`ob_type->tp_name`).
+fn type_name(memory: &Memory, obj: u64) -> Option<String> {
+    let ty = memory.u64(obj + 0x8)?;
+    let name = memory.u64(ty + 0x18)?;
+    let bytes = memory.bytes(name, 32)?;
+    let len = bytes.iter().position(|&b| b == 0)?;
+    String::from_utf8(bytes[..len].to_vec()).ok()
+}
+
+fn task_name(
+    memory: &Memory,
+    minor: u32,
+    handle_frame: u64,
+    coroutine: u64,
+    layout: &Layout,
+) -> Option<String> {
+    // `self`, the first local of Handle._run.
+    let locals = match minor {
+        9 => 0x168,
+        10 => 0x160,
+        _ => 0x48,
+    };
+    let handle = memory.u64(handle_frame + locals)?;
+    // Handle's __slots__ start right after the object header; `_callback` is first, but look
+    // at a few in case a version reorders them.
+    let task = (0..8).find_map(|slot| {
+        let value = memory.u64(handle + 0x10 + 8 * slot)?;
+        (value != 0 && type_name(memory, value)? == "TaskStepMethWrapper")
+            .then(|| memory.u64(value + 0x10))
+            .flatten()
+    })?;
+    // The Task's fields: `task_coro` is followed by `task_name` in 3.9 to 3.13.
+    let fields = memory.bytes(task + 0x10, 8 * 48)?;
+    let pointers: Vec<u64> = fields
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    let index = pointers.iter().position(|&p| p == coroutine)?;
+    let name = *pointers.get(index + 1)?;
+    match type_name(memory, name)?.as_str() {
+        "str" => memory.string(name, &layout.code, MAX_NAME),
+        // 3.13 keeps the default name as a number until someone asks for it.
+        "int" => small_int(memory, minor, name).map(|n| format!("Task-{n}")),
+        _ => None,
+    }
+}
+
+/// A non-negative int below 2**60.
+fn small_int(memory: &Memory, minor: u32, obj: u64) -> Option<u64> {
+    let size = memory.u64(obj + 0x10)?;
+    let digits = if minor >= 12 { size >> 3 } else { size };
+    let raw = memory.bytes(obj + 0x18, 8)?;
+    let low = u32::from_le_bytes(raw[0..4].try_into().ok()?) as u64;
+    let high = u32::from_le_bytes(raw[4..8].try_into().ok()?) as u64;
+    match digits {
+        0 => Some(0),
+        1 => Some(low),
+        2 => Some(low | (high << 30)),
+        _ => None,
+    }
+}
+
+impl Process {
+    fn code(&mut self, addr: u64) -> Option<&Code> {
+        let layout = self.interpreter.layout.code;
+        let memory = self.memory.as_ref()?;
+        let fresh = match self.codes.get(&addr) {
+            Some(Some(code)) if code.checked.elapsed() < RECHECK => true,
+            Some(Some(code)) => read_identity(memory, addr, &layout) == Some(code.identity),
+            Some(None) | None => false,
+        };
+        if fresh {
+            if let Some(Some(code)) = self.codes.get_mut(&addr) {
+                code.checked = Instant::now();
+            }
+        } else {
+            if self.codes.len() >= MAX_CODES {
+                self.codes.clear();
+            }
+            let code = read_code(memory, addr, &layout);
+            self.codes.insert(addr, code);
+        }
+        self.codes.get(&addr)?.as_ref()
+    }
+}
+
+fn read_identity(memory: &Memory, addr: u64, layout: &CodeLayout) -> Option<[u64; 4]> {
+    let name = layout.qualname.unwrap_or(layout.name);
+    Some([
+        memory.u64(addr + name)?,
+        memory.u64(addr + layout.filename)?,
+        memory.u64(addr + layout.linetable)?,
+        memory.u64(addr + layout.first_line)? & 0xffff_ffff,
+    ])
+}
+
+fn read_code(memory: &Memory, addr: u64, layout: &CodeLayout) -> Option<Code> {
+    if addr == 0 {
+        return None;
+    }
+    let identity = read_identity(memory, addr, layout)?;
+    let [name_obj, file_obj, table_obj, first_line] = identity;
+    let name = memory.string(name_obj, layout, MAX_NAME)?;
+    let file = memory.string(file_obj, layout, 4 * MAX_NAME)?;
+    let table_len = (memory.u64(table_obj + 0x10)? as usize).min(MAX_LINETABLE);
+    let linetable = memory.bytes(table_obj + 0x20, table_len)?;
+    let flags = memory.u64(addr + layout.flags)? as u32;
+    Some(Code {
+        name,
+        file,
+        first_line: first_line as u32,
+        linetable,
+        coroutine: flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0,
+        identity,
+        checked: Instant::now(),
+    })
+}
+
+fn line_for(layout: &Layout, code: &Code, raw: &PyFrame) -> Option<u32> {
+    let first = code.first_line as i64;
+    let line = match (layout.minor, layout.code.code_adaptive) {
+        (9, _) => lnotab_line(&code.linetable, first, raw.ip as i64),
+        (10, _) => linetable_310_line(&code.linetable, first, 2 * raw.ip as i64),
+        (_, Some(adaptive)) => {
+            let index = raw.ip.checked_sub(raw.code + adaptive)? / 2;
+            location_table_line(&code.linetable, first, index)
+        }
+        _ => None,
+    }?;
+    u32::try_from(line).ok()
+}
+
+/// 3.9 `co_lnotab`: (address increment, signed line increment) pairs; `lasti` in bytes.
+pub fn lnotab_line(table: &[u8], first_line: i64, lasti: i64) -> Option<i64> {
+    if lasti < 0 {
+        return Some(first_line);
+    }
+    let mut addr = 0i64;
+    let mut line = first_line;
+    for pair in table.chunks_exact(2) {
+        addr += pair[0] as i64;
+        if addr > lasti {
+            break;
+        }
+        line += pair[1] as i8 as i64;
+    }
+    Some(line)
+}
+
+/// 3.10 `co_linetable`: (range length in bytes, signed line delta or -128 for none) pairs.
+pub fn linetable_310_line(table: &[u8], first_line: i64, offset: i64) -> Option<i64> {
+    if offset < 0 {
+        return Some(first_line);
+    }
+    let mut line = first_line;
+    let mut start = 0i64;
+    for pair in table.chunks_exact(2) {
+        let (length, delta) = (pair[0] as i64, pair[1] as i8);
+        let has_line = delta != -128;
+        if has_line {
+            line += delta as i64;
+        }
+        let end = start + length;
+        if start <= offset && offset < end {
+            return has_line.then_some(line);
+        }
+        start = end;
+    }
+    None
+}
+
+/// 3.11+ location table: variable-length entries of 1 to 8 code units each.
+pub fn location_table_line(table: &[u8], first_line: i64, index: u64) -> Option<i64> {
+    let mut at = 0usize;
+    let mut line = first_line;
+    let mut addr = 0u64;
+    let varint = |at: &mut usize| -> Option<u64> {
+        let mut value = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *table.get(*at)?;
+            *at += 1;
+            value |= ((byte & 0x3f) as u64) << shift;
+            shift += 6;
+            if byte & 0x40 == 0 || shift > 60 {
+                return Some(value);
+            }
+        }
+    };
+    let svarint = |at: &mut usize| -> Option<i64> {
+        let v = varint(at)?;
+        Some(if v & 1 == 1 {
+            -((v >> 1) as i64)
+        } else {
+            (v >> 1) as i64
+        })
+    };
+    while at < table.len() {
+        let first = table[at];
+        at += 1;
+        let code = (first >> 3) & 0xf;
+        let units = (first & 7) as u64 + 1;
+        let (delta, has_line) = match code {
+            15 => (0, false),
+            14 => {
+                let delta = svarint(&mut at)?;
+                varint(&mut at)?;
+                varint(&mut at)?;
+                varint(&mut at)?;
+                (delta, true)
+            }
+            13 => (svarint(&mut at)?, true),
+            10..=12 => {
+                at += 2;
+                (code as i64 - 10, true)
+            }
+            _ => {
+                at += 1;
+                (0, true)
+            }
+        };
+        line += delta;
+        if addr <= index && index < addr + units {
+            return has_line.then_some(line);
+        }
+        addr += units;
+    }
+    None
+}
+
+/// Names of the native functions that run Python frames: each is replaced by the Python frames
+/// of one run of the interpreter loop.
+fn is_eval_frame(frame: &Frame) -> bool {
+    frame.kind == FrameKind::Native
+        && (frame.function.starts_with("_PyEval_EvalFrameDefault")
+            || frame.function == "PyEval_EvalFrameEx")
+}
+
+/// Python frames in place of the interpreter loop's native frames (both innermost first): the
+/// n-th `_PyEval_EvalFrameDefault` from the top becomes the n-th run of Python frames (a run
+/// ends at an entry frame). Runs left over (the native stack was cut short) go to the bottom.
+pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
+    let mut runs: Vec<&[DecodedFrame]> = Vec::new();
+    let mut start = 0;
+    for (index, frame) in python.iter().enumerate() {
+        if frame.entry {
+            runs.push(&python[start..=index]);
+            start = index + 1;
+        }
+    }
+    if start < python.len() {
+        runs.push(&python[start..]);
+    }
+    let mut runs = runs.into_iter();
+    let mut merged = Vec::with_capacity(native.len() + python.len());
+    for frame in native {
+        if is_eval_frame(&frame) {
+            match runs.next() {
+                Some(run) => merged.extend(run.iter().map(|f| f.frame.clone())),
+                None => merged.push(frame),
+            }
+        } else {
+            merged.push(frame);
+        }
+    }
+    for run in runs {
+        merged.extend(run.iter().map(|f| f.frame.clone()));
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            file: None,
+            line: None,
+            module: None,
+            kind: FrameKind::Native,
+        }
+    }
+
+    fn py(name: &str, entry: bool) -> DecodedFrame {
+        DecodedFrame {
+            frame: Frame {
+                function: name.into(),
+                file: Some("app.py".into()),
+                line: Some(1),
+                module: None,
+                kind: FrameKind::Python,
+            },
+            entry,
+            coroutine: false,
+        }
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.function.as_str()).collect()
+    }
+
+    #[test]
+    fn python_runs_replace_eval_frames_in_order() {
+        let native = vec![
+            native("re_search"),
+            native("_PyEval_EvalFrameDefault"),
+            native("task_step"),
+            native("_PyEval_EvalFrameDefault"),
+            native("main"),
+        ];
+        let python = [
+            py("handler", false),
+            py("Task.step", true),
+            py("_run_once", false),
+            py("<module>", true),
+        ];
+        assert_eq!(
+            names(&merge(native, &python)),
+            [
+                "re_search",
+                "handler",
+                "Task.step",
+                "task_step",
+                "_run_once",
+                "<module>",
+                "main"
+            ]
+        );
+    }
+
+    #[test]
+    fn leftover_python_goes_to_the_bottom_and_spare_eval_frames_stay() {
+        let python = [py("a", true), py("b", true)];
+        let merged = merge(
+            vec![native("_PyEval_EvalFrameDefault"), native("x")],
+            &python,
+        );
+        assert_eq!(names(&merged), ["a", "x", "b"]);
+        let merged = merge(
+            vec![
+                native("_PyEval_EvalFrameDefault"),
+                native("_PyEval_EvalFrameDefault"),
+            ],
+            &[py("a", true)],
+        );
+        assert_eq!(names(&merged), ["a", "_PyEval_EvalFrameDefault"]);
+    }
+
+    #[test]
+    fn lnotab_39() {
+        // line 10 for bytes 0..6, +2 at byte 6, +1 at byte 20.
+        let table = [6, 2, 14, 1];
+        assert_eq!(lnotab_line(&table, 10, 0), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 4), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 6), Some(12));
+        assert_eq!(lnotab_line(&table, 10, 19), Some(12));
+        assert_eq!(lnotab_line(&table, 10, 20), Some(13));
+    }
+
+    #[test]
+    fn linetable_310() {
+        // [0,4): line+1, [4,10): no line, [10,12): line+2
+        let table = [4, 1, 6, 0x80, 2, 2];
+        assert_eq!(linetable_310_line(&table, 5, 0), Some(6));
+        assert_eq!(linetable_310_line(&table, 5, 6), None);
+        assert_eq!(linetable_310_line(&table, 5, 11), Some(8));
+        assert_eq!(linetable_310_line(&table, 5, 12), None);
+    }
+
+    #[test]
+    fn location_table_311() {
+        // Entry 1: code 13 (no columns), 2 units, delta +1 (svarint 2).
+        // Entry 2: code 10 (one-line, delta 0), 1 unit, columns 3 and 9.
+        // Entry 3: code 11 (delta +1), 3 units.
+        // Entry 4: code 15 (no location), 1 unit.
+        // Entry 5: code 14 (long), 1 unit, delta -2 (svarint 5), end delta, cols.
+        let table = [
+            0x80 | (13 << 3) | 1,
+            2,
+            0x80 | (10 << 3),
+            3,
+            9,
+            0x80 | (11 << 3) | 2,
+            1,
+            4,
+            0x80 | (15 << 3),
+            0x80 | (14 << 3),
+            5,
+            0,
+            1,
+            1,
+        ];
+        let line = |i| location_table_line(&table, 20, i);
+        assert_eq!(line(0), Some(21));
+        assert_eq!(line(1), Some(21));
+        assert_eq!(line(2), Some(21));
+        assert_eq!(line(3), Some(22));
+        assert_eq!(line(5), Some(22));
+        assert_eq!(line(6), None);
+        assert_eq!(line(7), Some(20));
+        assert_eq!(line(8), None);
+    }
+
+    #[test]
+    fn version_from_file_names() {
+        assert_eq!(
+            minor_from_name(Path::new("/x/libpython3.12.so.1.0")),
+            Some(12)
+        );
+        assert_eq!(minor_from_name(Path::new("/usr/bin/python3.11")), Some(11));
+        assert_eq!(minor_from_name(Path::new("/usr/bin/python3")), None);
+        assert_eq!(minor_from_name(Path::new("/x/libc.so.6")), None);
+    }
+
+    #[test]
+    fn every_supported_version_has_a_layout() {
+        for minor in 9..=13 {
+            let layout = layout(minor).expect("layout");
+            assert_eq!(layout.minor, minor);
+            // Before 3.11 a thread state names its thread by pthread_self (fs_base).
+            assert_eq!(layout.kernel.thread_id_is_pthread == 1, minor < 11);
+        }
+        assert!(layout(8).is_none());
+        assert!(layout(14).is_none());
+    }
+}
