@@ -717,7 +717,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
             event.aux = holder;
         }
         (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
-        event.syscall = syscall;
+        event.syscall = reported_syscall(syscall);
         event.comm = bpf_get_current_comm().unwrap_or_default();
         submit(&event);
     }
@@ -767,6 +767,38 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     Ok(())
 }
 
+/// Marks, in THREAD_SYSCALL, a wait-point syscall used as a plain sleep (see waits_on_no_fds):
+/// no WAIT_ENTER/EXIT is sent for it and its stacks are taken as for any other sleep.
+const NOT_A_WAIT: i32 = 1 << 20;
+
+/// poll/select with no descriptors is a sleep, not a wait for work: Python before 3.11
+/// implements time.sleep() with select(0, NULL, NULL, NULL, timeout).
+#[inline(always)]
+fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
+    const POLL: i64 = 7;
+    const SELECT: i64 = 23;
+    const PSELECT6: i64 = 270;
+    const PPOLL: i64 = 271;
+    if !matches!(nr, POLL | SELECT | PSELECT6 | PPOLL) {
+        return false;
+    }
+    // args[0] is nfds for select/pselect6; for poll/ppoll it is the array, args[1] its length.
+    let index = if nr == SELECT || nr == PSELECT6 { 0 } else { 1 };
+    let count: u64 =
+        unsafe { ctx.read_at(offsets.sys_enter_args as usize + 8 * index) }.unwrap_or(1);
+    count == 0
+}
+
+/// The syscall to report in an event (without the NOT_A_WAIT mark).
+#[inline(always)]
+fn reported_syscall(marked: i32) -> i32 {
+    if marked == NO_SYSCALL {
+        NO_SYSCALL
+    } else {
+        marked & !NOT_A_WAIT
+    }
+}
+
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter(&ctx);
@@ -780,7 +812,15 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let offsets = OFFSETS.load();
     let nr: i64 = unsafe { ctx.read_at(offsets.sys_enter_id as usize)? };
-    set_thread_syscall(tid, nr as i32);
+    let sleep = is_wait_point(nr) && waits_on_no_fds(ctx, &offsets, nr);
+    set_thread_syscall(
+        tid,
+        if sleep {
+            nr as i32 | NOT_A_WAIT
+        } else {
+            nr as i32
+        },
+    );
     // exit (60) and exit_group (231) never return: this is the only place to see the status.
     if nr == 60 || nr == 231 {
         let status: i64 = unsafe { ctx.read_at(offsets.sys_enter_args as usize) }.unwrap_or(0);
@@ -790,7 +830,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         submit(&event);
         return Ok(());
     }
-    if is_wait_point(nr) {
+    if is_wait_point(nr) && !sleep {
         remember_thread(tgid, tid);
         let mut event = new_event(kind::WAIT_ENTER, tgid, tid);
         event.syscall = nr as i32;
@@ -812,8 +852,9 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let offsets = OFFSETS.load();
     let nr: i64 = unsafe { ctx.read_at(offsets.sys_exit_id as usize)? };
+    let was_sleep = thread_syscall(tid) & NOT_A_WAIT != 0 && thread_syscall(tid) != NO_SYSCALL;
     set_thread_syscall(tid, NO_SYSCALL);
-    if is_wait_point(nr) {
+    if is_wait_point(nr) && !was_sleep {
         let ret: i64 = unsafe { ctx.read_at(offsets.sys_exit_ret as usize) }.unwrap_or(0);
         let mut event = new_event(kind::WAIT_EXIT, tgid, tid);
         event.syscall = nr as i32;
@@ -836,7 +877,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             event.arg1 |= PY_STACK_COPIED;
         }
         (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
-        event.syscall = syscall;
+        event.syscall = reported_syscall(syscall);
         submit(&event);
     }
     0

@@ -143,7 +143,7 @@ impl Btf {
             };
             id = self.resolve(member_type)?;
         }
-        (bits % 8 == 0).then_some(bits / 8)
+        bits.is_multiple_of(8).then_some(bits / 8)
     }
 }
 

@@ -85,6 +85,10 @@ pub struct CiArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
+    /// Show only the Python frames of stacks that have any.
+    #[arg(long)]
+    pub python_only: bool,
+
     /// The load command (wrk, k6, locust, a pytest run, ...).
     #[arg(last = true, num_args = 1.., required = true)]
     pub load: Vec<String>,
@@ -155,6 +159,7 @@ impl CiArgs {
             format: self.format.clone(),
             ring_buffer_kib: 32768,
             stack_bytes: 32768,
+            python_only: self.python_only,
             command: Vec::new(),
         };
         let mut config = record.to_config()?;
@@ -269,6 +274,11 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 32768)]
     pub ring_buffer_kib: u32,
 
+    /// Show only the Python frames of stacks that have any (hides the interpreter's C code and
+    /// the kernel).
+    #[arg(long)]
+    pub python_only: bool,
+
     /// Command to run and record (instead of --pid).
     #[arg(last = true, num_args = 1.., conflicts_with = "pid")]
     pub command: Vec<String>,
@@ -289,6 +299,7 @@ pub struct RecordConfig {
     pub fail_on: Option<String>,
     pub formats: Formats,
     pub stack_bytes: u32,
+    pub python_only: bool,
 }
 
 /// Which renderings to write.
@@ -414,6 +425,7 @@ impl RecordArgs {
             } else {
                 self.stack_bytes
             },
+            python_only: self.python_only,
         })
     }
 }

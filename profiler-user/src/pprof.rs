@@ -490,6 +490,7 @@ mod tests {
             rule: "iteration".into(),
             partial: false,
             data_lost: false,
+            task: None,
             stacks: vec![
                 stack(
                     "on_cpu",

@@ -585,13 +585,22 @@ fn task_name(
         _ => 0x48,
     };
     let handle = memory.u64(handle_frame + locals)?;
-    // Handle's __slots__ start right after the object header; `_callback` is first, but look
-    // at a few in case a version reorders them.
+    // Handle's __slots__ (sorted by name) start right after the object header; its callback
+    // is the Task's step or wake-up: a small wrapper object (3.9 to 3.11, and the step in
+    // 3.12+) or a builtin method bound to the Task (the wake-up in 3.12+).
     let task = (0..8).find_map(|slot| {
         let value = memory.u64(handle + 0x10 + 8 * slot)?;
-        (value != 0 && type_name(memory, value)? == "TaskStepMethWrapper")
-            .then(|| memory.u64(value + 0x10))
-            .flatten()
+        let callback_type = type_name(memory, value)?;
+        let task = if callback_type.ends_with("TaskStepMethWrapper")
+            || callback_type.ends_with("TaskWakeupMethWrapper")
+        {
+            memory.u64(value + 0x10)?
+        } else if callback_type == "builtin_function_or_method" {
+            memory.u64(value + 0x18)?
+        } else {
+            return None;
+        };
+        type_name(memory, task)?.ends_with("Task").then_some(task)
     })?;
     // The Task's fields: `task_coro` is followed by `task_name` in 3.9 to 3.13.
     let fields = memory.bytes(task + 0x10, 8 * 48)?;
@@ -817,15 +826,22 @@ pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
     }
     let mut runs = runs.into_iter();
     let mut merged = Vec::with_capacity(native.len() + python.len());
+    let mut replaced = false;
     for frame in native {
         if is_eval_frame(&frame) {
             match runs.next() {
-                Some(run) => merged.extend(run.iter().map(|f| f.frame.clone())),
+                Some(run) => {
+                    merged.extend(run.iter().map(|f| f.frame.clone()));
+                    replaced = true;
+                    continue;
+                }
                 None => merged.push(frame),
             }
-        } else {
+        } else if !(replaced && frame.function == "_PyEval_EvalFrame") {
+            // (`_PyEval_EvalFrame` is the inline wrapper around the loop just replaced.)
             merged.push(frame);
         }
+        replaced = false;
     }
     for run in runs {
         merged.extend(run.iter().map(|f| f.frame.clone()));

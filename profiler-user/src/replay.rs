@@ -77,6 +77,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
         fail_on: None,
         formats: Formats::ALL,
         stack_bytes: 0,
+        python_only: false,
     };
     let mut session = Session::new(config);
     session.resolver = Resolver::from_saved(stacks);

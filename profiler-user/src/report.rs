@@ -135,6 +135,9 @@ pub struct StallRecord {
     pub partial: bool,
     /// Events were lost during it: the breakdown may be incomplete.
     pub data_lost: bool,
+    /// The asyncio task running on the loop during the stall (Python).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::python::TaskInfo>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -639,11 +642,21 @@ fn worst_stalls(recording: &Recording, count: usize) -> Vec<&StallRecord> {
 }
 
 /// The user frames that matter first: innermost first, kernel frames skipped.
+/// The innermost frames a person should read first: the program's own code. In a stack with
+/// Python frames those are the Python frames (the interpreter's C code under a regex or a
+/// sleep says less than the function that called it).
 pub fn top_user_frames(stack: &StackRecord, count: usize) -> Vec<&Frame> {
+    let python = stack.frames.iter().any(|f| f.kind == FrameKind::Python);
     stack
         .frames
         .iter()
-        .filter(|f| f.kind != FrameKind::Kernel)
+        .filter(|f| {
+            if python {
+                f.kind == FrameKind::Python
+            } else {
+                f.kind != FrameKind::Kernel
+            }
+        })
         .take(count)
         .collect()
 }
@@ -673,6 +686,14 @@ pub fn live_line(stall: &StallRecord) -> String {
             .map(frame_text)
             .collect();
         let _ = write!(line, "\n    at {}{}", frames.join(" < "), stack.cause());
+    }
+    if let Some(task) = &stall.task {
+        let _ = write!(
+            line,
+            "\n    in asyncio task {} (coroutine {})",
+            task.name.as_deref().unwrap_or("?"),
+            task.coroutine
+        );
     }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
@@ -860,6 +881,7 @@ mod tests {
             rule: "iteration".into(),
             partial: false,
             data_lost: false,
+            task: None,
             stacks: vec![
                 StackRecord {
                     kind: "on_cpu".into(),

@@ -19,7 +19,7 @@ use crate::{
     events::{self, Lifecycle, LossDetector},
     procfs, python,
     report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
-    symbolize::{Frame, Symbols},
+    symbolize::{Frame, FrameKind, Symbols},
     syscalls,
     timeline::{self, StackKey, Stall, StallRule, Timeline},
 };
@@ -114,11 +114,15 @@ impl Session {
             max_marks: LIMITS.marks,
             min_mark_ns: LIMITS.min_mark_ns,
         });
+        let resolver = Resolver {
+            python_only: config.python_only,
+            ..Resolver::default()
+        };
         Session {
             config,
             own_pid: std::process::id(),
             timeline,
-            resolver: Resolver::default(),
+            resolver,
             loss: LossDetector::default(),
             processes: HashMap::new(),
             past_processes: Vec::new(),
@@ -590,8 +594,19 @@ impl Session {
             .into(),
             partial: stall.partial,
             data_lost: stall.data_lost,
+            task: self.stall_task(stall),
             stacks,
         }
+    }
+
+    /// The asyncio task of a stall: from its heaviest stack that ran in one (a stall is one
+    /// callback of the loop, so normally all of its Python stacks agree).
+    fn stall_task(&self, stall: &Stall) -> Option<python::TaskInfo> {
+        let mut stacks: Vec<_> = stall.stacks.iter().collect();
+        stacks.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
+        stacks
+            .into_iter()
+            .find_map(|s| self.resolver.task(s.stack).cloned())
     }
 
     fn waker_record(
@@ -1052,15 +1067,7 @@ impl Resolver {
                 })
             })
             .collect();
-        let merged = python::merge(native, &python);
-        if self.python_only {
-            merged
-                .into_iter()
-                .filter(|f| f.kind == crate::symbolize::FrameKind::Python)
-                .collect()
-        } else {
-            merged
-        }
+        python::merge(native, &python)
     }
 
     fn saw(&mut self, key: StackKey) {
@@ -1115,6 +1122,9 @@ impl Resolver {
         let user_ips = self.stack_ips(probes, key.user);
         let mut frames = self.symbols.kernel_frames(&kernel_ips);
         frames.extend(self.user_frames(key.pid, &user_ips));
+        if self.python_only && frames.iter().any(|f| f.kind == FrameKind::Python) {
+            frames.retain(|f| f.kind == FrameKind::Python);
+        }
         self.resolved.insert(key, frames.clone());
         frames
     }

@@ -1009,6 +1009,7 @@ mod tests {
                 runnable,
                 stack: stack(user),
                 syscall: (!runnable).then_some(35),
+                gil_holder: None,
             },
         )
     }
@@ -1207,6 +1208,7 @@ mod tests {
                 runnable: false,
                 stack: stack(5),
                 syscall: Some(202),
+                gil_holder: None,
             },
         );
         let stalls = run(
@@ -1334,6 +1336,7 @@ mod regression {
                     runnable: false,
                     stack: key,
                     syscall: Some(35),
+                    gil_holder: None,
                 },
             )
         };

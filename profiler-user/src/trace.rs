@@ -432,6 +432,7 @@ mod tests {
             rule: "iteration".into(),
             partial: false,
             data_lost: false,
+            task: None,
             stacks: vec![
                 StackRecord {
                     kind: "on_cpu".into(),
