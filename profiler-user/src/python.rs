@@ -401,7 +401,7 @@ struct Process {
     codes: HashMap<u64, Option<Code>>,
     /// Task names by coroutine object address (with the coroutine's qualname, which tells a
     /// reused address apart).
-    task_names: HashMap<(u64, String), Option<String>>,
+    task_names: HashMap<u64, FoundTask>,
 }
 
 /// One decoded Python frame.
@@ -513,10 +513,15 @@ impl Pythons {
         let minor = process.interpreter.minor;
         let memory = process.memory.as_ref()?;
         let coroutine_addr = coroutine_object(memory, minor, raw.get(outermost)?.frame)?;
-        let key = (coroutine_addr, coroutine.clone());
-        if let Some(name) = process.task_names.get(&key) {
+        // A cached task still holds this coroutine and name: the coroutine's address was not
+        // reused by another one (every request of a server makes a new one).
+        if let Some(found) = process.task_names.get(&coroutine_addr)
+            && memory.bytes(found.coro_field, 16).is_some_and(|b| {
+                b[..8] == coroutine_addr.to_le_bytes() && b[8..] == found.name_obj.to_le_bytes()
+            })
+        {
             return Some(TaskInfo {
-                name: name.clone(),
+                name: Some(found.name.clone()),
                 coroutine,
             });
         }
@@ -524,7 +529,7 @@ impl Pythons {
             .iter()
             .position(|f| is_handle_run(&f.frame))
             .and_then(|offset| raw.get(outermost + offset));
-        let name = handle_frame.and_then(|frame| {
+        let found = handle_frame.and_then(|frame| {
             task_name(
                 memory,
                 minor,
@@ -533,10 +538,13 @@ impl Pythons {
                 &process.interpreter.layout,
             )
         });
-        if process.task_names.len() >= MAX_TASKS {
-            process.task_names.clear();
+        let name = found.as_ref().map(|f| f.name.clone());
+        if let Some(found) = found {
+            if process.task_names.len() >= MAX_TASKS {
+                process.task_names.clear();
+            }
+            process.task_names.insert(coroutine_addr, found);
         }
-        process.task_names.insert(key, name.clone());
         Some(TaskInfo { name, coroutine })
     }
 }
@@ -571,13 +579,20 @@ fn type_name(memory: &Memory, obj: u64) -> Option<String> {
     String::from_utf8(bytes[..len].to_vec()).ok()
 }
 
+/// A Task found for a coroutine: where its `task_coro` field is (the name object follows).
+struct FoundTask {
+    coro_field: u64,
+    name_obj: u64,
+    name: String,
+}
+
 fn task_name(
     memory: &Memory,
     minor: u32,
     handle_frame: u64,
     coroutine: u64,
     layout: &Layout,
-) -> Option<String> {
+) -> Option<FoundTask> {
     // `self`, the first local of Handle._run.
     let locals = match minor {
         9 => 0x168,
@@ -609,13 +624,18 @@ fn task_name(
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .collect();
     let index = pointers.iter().position(|&p| p == coroutine)?;
-    let name = *pointers.get(index + 1)?;
-    match type_name(memory, name)?.as_str() {
-        "str" => memory.string(name, &layout.code, MAX_NAME),
+    let name_obj = *pointers.get(index + 1)?;
+    let name = match type_name(memory, name_obj)?.as_str() {
+        "str" => memory.string(name_obj, &layout.code, MAX_NAME),
         // 3.13 keeps the default name as a number until someone asks for it.
-        "int" => small_int(memory, minor, name).map(|n| format!("Task-{n}")),
+        "int" => small_int(memory, minor, name_obj).map(|n| format!("Task-{n}")),
         _ => None,
-    }
+    }?;
+    Some(FoundTask {
+        coro_field: task + 0x10 + 8 * index as u64,
+        name_obj,
+        name,
+    })
 }
 
 /// A non-negative int below 2**60.

@@ -10,14 +10,14 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "stallscope developer tasks")]
@@ -100,7 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Demo => {
             setup()?;
             build()?;
-            demo()
+            demo::run()
         }
         Task::Bench {
             long,
@@ -337,85 +337,5 @@ fn send(port: u16, line: &str) -> Result<()> {
     stream.write_all(line.as_bytes())?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
-    Ok(())
-}
-
-fn demo() -> Result<()> {
-    let dir = root().join("target/demo");
-    let server_bin = build_demo_server(&dir)?;
-    let mut server = Command::new(&server_bin)
-        .arg("0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the demo server")?;
-    let mut server_out = BufReader::new(server.stdout.take().context("server stdout")?);
-    let mut first = String::new();
-    server_out.read_line(&mut first)?;
-    let port: u16 = first
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|p| p.parse().ok())
-        .context("demo server did not report its port")?;
-    let pid = server.id();
-    eprintln!(
-        "demo: started epoll_server (pid {pid}) on 127.0.0.1:{port}; it burns CPU for 250 ms in burn_cpu() when asked"
-    );
-    let out_dir = dir.join("recording");
-    let mut agent = Command::new(agent_path())
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            "5s",
-            "--out",
-        ])
-        .arg(&out_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting stallscope")?;
-    let agent_err = BufReader::new(agent.stderr.take().context("agent stderr")?);
-    let mut ready = false;
-    let mut lines = agent_err.lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        eprintln!("{line}");
-        if line.contains("stallscope: recording") {
-            ready = true;
-            break;
-        }
-    }
-    thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            eprintln!("{line}");
-        }
-    });
-    if ready {
-        eprintln!("demo: sending requests: quick ones, and one that stalls the loop");
-        for round in 0..2 {
-            for _ in 0..20 {
-                send(port, "quick\n")?;
-            }
-            send(
-                port,
-                if round == 0 {
-                    "burn 250\n"
-                } else {
-                    "sleep 200\n"
-                },
-            )?;
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-    let status = agent.wait()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    if !status.success() {
-        bail!("stallscope exited with {status}");
-    }
-    eprintln!(
-        "demo: outputs are in {} (open flamegraph.svg in a browser)",
-        out_dir.display()
-    );
     Ok(())
 }
