@@ -224,6 +224,50 @@ mod tests {
         assert_eq!(d.lost, 3);
     }
 
+    fn bytes_of<T>(value: &T) -> &[u8] {
+        // SAFETY: viewing plain data as bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    #[test]
+    fn python_records_are_told_apart_by_size_and_magic() {
+        let header = PyStackHeader {
+            ts_ns: 7,
+            tstate: 0x1000,
+            pid: 1,
+            tid: 2,
+            depth: 2,
+            truncated: 0,
+            magic: PyStackHeader::MAGIC,
+        };
+        let frame = |code| PyFrame {
+            code,
+            ip: code + 8,
+            frame: 0x2000,
+            flags: 1,
+            _reserved: 0,
+        };
+        let mut record = bytes_of(&header).to_vec();
+        record.extend_from_slice(bytes_of(&frame(0xa0)));
+        record.extend_from_slice(bytes_of(&frame(0xb0)));
+        match decode_record(&record) {
+            Some(Record::Python { header: h, frames }) => {
+                assert_eq!(h, header);
+                assert_eq!(frames, [frame(0xa0), frame(0xb0)]);
+            }
+            other => panic!("not a Python record: {other:?}"),
+        }
+        // Never mistaken for an event or a stack copy, whatever the depth.
+        for depth in 0..=profiler_common::MAX_PY_FRAMES {
+            let size = PY_STACK_HEADER_SIZE + depth * size_of::<PyFrame>();
+            assert_ne!(size, size_of::<RawEvent>());
+            assert_ne!(size % 16, size_of::<UserStackHeader>() % 16);
+        }
+        // A wrong magic is refused rather than decoded as garbage frames.
+        record[32] ^= 1;
+        assert!(decode_record(&record).is_none());
+    }
+
     #[test]
     fn decode_refuses_short_records() {
         assert!(decode(&[0u8; 10]).is_none());

@@ -1230,6 +1230,71 @@ mod tests {
     }
 
     #[test]
+    fn a_gil_wait_is_a_lock_wait_on_the_holder_even_when_a_timeout_wakes_it() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let hog = TID + 1;
+        let hog_stack = StackKey {
+            pid: PID,
+            kernel: -1,
+            user: 77,
+        };
+        let gil_wait = |ms| {
+            ev(
+                ms,
+                What::SwitchOut {
+                    runnable: false,
+                    stack: stack(5),
+                    syscall: Some(202),
+                    gil_holder: Some(hog),
+                },
+            )
+        };
+        let timer = Waker {
+            pid: 0,
+            tid: 0,
+            stack: stack(9),
+        };
+        let hog_sample = |ms| Event {
+            ts_ns: ms * MS,
+            pid: PID,
+            tid: hog,
+            what: What::Sample {
+                stack: hog_stack,
+                syscall: None,
+            },
+        };
+        let stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                gil_wait(10),
+                hog_sample(50),
+                // CPython's 5 ms timed wait expires: woken by a timer, it waits again.
+                ev(110, What::WokenBy(timer)),
+                ev(111, What::SwitchIn),
+                gil_wait(112),
+                hog_sample(200),
+                ev(300, What::WokenBy(timer)),
+                ev(301, What::SwitchIn),
+                ev(305, What::WaitEnter),
+            ],
+        );
+        let stall = &stalls[0];
+        assert_eq!(stall.duration_ns(), 305 * MS);
+        let lock: u64 = stall
+            .stacks
+            .iter()
+            .filter(|s| s.kind == StackKind::Lock)
+            .map(|s| s.weight_ns)
+            .sum();
+        assert_eq!(lock, 288 * MS, "both waits are GIL waits");
+        let top = stall.top_stack(StackKind::Lock).expect("lock stack");
+        let waker = top.waker.expect("the GIL holder");
+        assert_eq!((waker.tid, waker.stack), (hog, hog_stack));
+    }
+
+    #[test]
     fn a_loop_blocked_when_recording_stops_is_explained() {
         let mut t = Timeline::new(config());
         t.mark_waiting(PID, TID);
