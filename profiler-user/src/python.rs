@@ -214,37 +214,63 @@ fn minor_from_name(path: &Path) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Looks for CPython in a live process: libpython mapped, or an executable that defines
-/// `_PyRuntime` itself (a static build such as Debian's). `Ok(None)`: not Python.
-pub fn detect(pid: u32) -> Result<Option<Interpreter>> {
-    let maps = procfs::maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let mut candidates: Vec<&PathBuf> = Vec::new();
-    for mapping in &maps {
-        let name = mapping
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("");
-        if name.starts_with("libpython3") && !candidates.contains(&&mapping.path) {
-            candidates.push(&mapping.path);
-        }
-    }
-    let exe = procfs::exe(pid);
-    if let Some(exe) = &exe
-        && let Some(mapping) = maps.iter().find(|m| &m.path == exe)
-        && !candidates.contains(&&mapping.path)
-    {
-        candidates.push(&mapping.path);
-    }
-    for path in candidates {
-        if let Some(found) = inspect_binary(pid, path, &maps)? {
-            return Ok(Some(found));
-        }
-    }
-    Ok(None)
+/// What a binary says about the CPython in it (the same for every process that maps it).
+#[derive(Clone, Debug)]
+struct BinaryFacts {
+    minor: u32,
+    runtime_symbol: u64,
+    /// Page-aligned address of the first PT_LOAD (the load bias is start - this).
+    first_load: u64,
+    layout: Layout,
 }
 
-fn inspect_binary(pid: u32, path: &Path, maps: &[procfs::Mapping]) -> Result<Option<Interpreter>> {
+impl Pythons {
+    /// Looks for CPython in a live process: libpython mapped, or an executable that defines
+    /// `_PyRuntime` itself (a static build such as Debian's). `Ok(None)`: not Python. Each
+    /// binary is read once (by path and inode), whatever the number of processes mapping it.
+    pub fn detect(&mut self, pid: u32) -> Result<Option<Interpreter>> {
+        let maps = procfs::maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let exe = procfs::exe(pid);
+        let mut candidates: Vec<&procfs::Mapping> = maps
+            .iter()
+            .filter(|m| {
+                m.file_offset == 0
+                    && m.path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libpython3"))
+            })
+            .collect();
+        if let Some(exe) = &exe
+            && let Some(mapping) = maps.iter().find(|m| &m.path == exe && m.file_offset == 0)
+        {
+            candidates.push(mapping);
+        }
+        for mapping in candidates {
+            let key = (mapping.path.clone(), mapping.inode);
+            let facts = match self.binaries.get(&key) {
+                Some(facts) => facts.clone(),
+                None => {
+                    let facts = binary_facts(pid, &mapping.path)?;
+                    self.binaries.insert(key, facts.clone());
+                    facts
+                }
+            };
+            if let Some(facts) = facts {
+                let bias = mapping.start.wrapping_sub(facts.first_load);
+                return Ok(Some(Interpreter {
+                    minor: facts.minor,
+                    binary: mapping.path.clone(),
+                    runtime: bias.wrapping_add(facts.runtime_symbol),
+                    layout: facts.layout,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
     // The file as the process sees it (it may live in a container's root).
     let data = std::fs::read(path)
         .or_else(|_| std::fs::read(format!("/proc/{pid}/root{}", path.display())))
@@ -283,18 +309,10 @@ fn inspect_binary(pid: u32, path: &Path, maps: &[procfs::Mapping]) -> Result<Opt
         .map(|s| s.address())
         .min()
         .context("no PT_LOAD segment")?;
-    let Some(base) = maps
-        .iter()
-        .find(|m| m.path == path && m.file_offset == 0)
-        .map(|m| m.start)
-    else {
-        return Ok(None);
-    };
-    let bias = base.wrapping_sub(first_load & !0xfff);
-    Ok(Some(Interpreter {
+    Ok(Some(BinaryFacts {
         minor,
-        binary: path.to_path_buf(),
-        runtime: bias.wrapping_add(runtime_sym.address()),
+        runtime_symbol: runtime_sym.address(),
+        first_load: first_load & !0xfff,
         layout,
     }))
 }
@@ -426,6 +444,8 @@ pub struct TaskInfo {
 #[derive(Default)]
 pub struct Pythons {
     processes: HashMap<u32, Process>,
+    /// Binaries looked at, by path and inode: what they say about CPython (None: not Python).
+    binaries: HashMap<(PathBuf, u64), Option<BinaryFacts>>,
     pub unreadable_frames: u64,
 }
 

@@ -177,14 +177,14 @@ impl Session {
         }
         let id = procfs::process_id(pid);
         self.processes.insert(pid, ProcessState { record, id });
-        self.detect_python(pid);
+        self.detect_python(pid, started_ns.is_some());
     }
 
-    /// Looks for CPython in a process; one that may still load it (a command just started, a
-    /// process that just exec'd) is looked at again for a few seconds.
-    fn detect_python(&mut self, pid: u32) {
+    /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
+    /// just started, a process that just exec'd) is looked at again for a few seconds.
+    fn detect_python(&mut self, pid: u32, may_load_later: bool) {
         self.pythons.forget(pid);
-        match python::detect(pid) {
+        match self.pythons.detect(pid) {
             Ok(Some(interpreter)) => {
                 log::info!(
                     "process {pid} runs CPython 3.{} ({}): Python frames on",
@@ -195,11 +195,12 @@ impl Session {
                 self.pythons_to_register.push(pid);
                 self.python_maybe_later.remove(&pid);
             }
-            Ok(None) => {
+            Ok(None) if may_load_later => {
                 self.python_maybe_later
                     .entry(pid)
                     .or_insert((0, std::time::Instant::now()));
             }
+            Ok(None) => {}
             Err(err) => {
                 self.python_maybe_later.remove(&pid);
                 eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
@@ -224,7 +225,7 @@ impl Session {
                 continue;
             }
             self.python_maybe_later.insert(pid, (tries, now));
-            self.detect_python(pid);
+            self.detect_python(pid, true);
             if let Some(entry) = self.python_maybe_later.get_mut(&pid) {
                 *entry = (tries, now);
             }
@@ -458,7 +459,7 @@ impl Session {
                     probes.forget_python(pid);
                 }
                 if self.processes.contains_key(&pid) {
-                    self.detect_python(pid);
+                    self.detect_python(pid, true);
                 }
                 if let Some(process) = self.processes.get_mut(&pid) {
                     if let Some(stat) = procfs::stat(pid) {
