@@ -562,6 +562,7 @@ mod tests {
             waiting_at_start: vec![],
             hints: vec![],
             unwind: Default::default(),
+            python: Default::default(),
             verdict: Verdict::default(),
         }
     }

@@ -104,6 +104,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
     recording.lost_events = saved.lost_events;
     recording.drops = saved.drops.clone();
     recording.unwind = saved.unwind;
+    recording.python = saved.python.clone();
     Ok(recording)
 }
 

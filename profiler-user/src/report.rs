@@ -39,6 +39,9 @@ pub struct Recording {
     /// How user stacks were unwound (copied stack bytes, DWARF CFI).
     #[serde(default)]
     pub unwind: UnwindReport,
+    /// CPython interpreters found and the cost and completeness of reading their frames.
+    #[serde(default)]
+    pub python: PythonReport,
     /// One-line advice on getting better results (e.g. how to name JIT frames).
     #[serde(default)]
     pub hints: Vec<String>,
@@ -77,6 +80,30 @@ pub struct UnwindReport {
     pub unwind_ns: u64,
     pub files_parsed: u64,
     pub files_failed: u64,
+}
+
+/// The CPython interpreters seen, and how their frames were read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PythonReport {
+    pub interpreters: Vec<PythonInterpreterRecord>,
+    /// Python stacks read by the kernel side.
+    pub stacks: u64,
+    pub frames: u64,
+    /// Stacks cut at the walk's depth limit (the outermost frames are missing).
+    pub truncated: u64,
+    /// Frames whose code object could not be read (freed meanwhile): shown as `<unknown>`.
+    pub unreadable_frames: u64,
+    /// Time spent decoding frames in the agent, summed.
+    pub decode_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PythonInterpreterRecord {
+    pub pid: u32,
+    /// "3.12".
+    pub version: String,
+    /// The file holding `_PyRuntime` (libpython or the python executable).
+    pub binary: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -821,6 +848,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             recording.lost_events, drops.kernel_stack, drops.user_stack
         );
     }
+    if let Some(line) = python_line(&recording.python) {
+        let _ = writeln!(text, "  {line}");
+    }
     for line in churn_lines(recording) {
         let _ = writeln!(text, "  {line}");
     }
@@ -832,6 +862,29 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         let _ = writeln!(text, "  {path}");
     }
     text
+}
+
+/// "Python 3.12 (2 processes): 1,234 stacks read, 0 frames unreadable, 0 cut short".
+fn python_line(python: &PythonReport) -> Option<String> {
+    if python.interpreters.is_empty() {
+        return None;
+    }
+    let mut versions: Vec<&str> = python
+        .interpreters
+        .iter()
+        .map(|i| i.version.as_str())
+        .collect();
+    versions.sort();
+    versions.dedup();
+    Some(format!(
+        "Python {} ({} process(es)): {} stacks read, {} frames unreadable, {} cut at {} frames",
+        versions.join(", "),
+        python.interpreters.len(),
+        python.stacks,
+        python.unreadable_frames,
+        python.truncated,
+        profiler_common::MAX_PY_FRAMES
+    ))
 }
 
 /// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.
@@ -932,6 +985,7 @@ mod tests {
             spans: vec![],
             spans_dropped: 0,
             unwind: UnwindReport::default(),
+            python: PythonReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
             verdict: Verdict {

@@ -95,6 +95,8 @@ pub struct Session {
     pub pythons: python::Pythons,
     /// Processes whose interpreter the kernel side has not been told about yet.
     pythons_to_register: Vec<u32>,
+    /// What the recording says about Python (interpreters seen, frames read).
+    python_report: report::PythonReport,
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
     python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     unwind_ns: u64,
@@ -141,6 +143,7 @@ impl Session {
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
             python_maybe_later: HashMap::new(),
+            python_report: report::PythonReport::default(),
             unwind_ns: 0,
             stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
@@ -191,6 +194,15 @@ impl Session {
                     interpreter.minor,
                     interpreter.binary.display()
                 );
+                if self.python_report.interpreters.len() < 10_000 {
+                    self.python_report
+                        .interpreters
+                        .push(report::PythonInterpreterRecord {
+                            pid,
+                            version: format!("3.{}", interpreter.minor),
+                            binary: interpreter.binary.display().to_string(),
+                        });
+                }
                 self.pythons.add(pid, interpreter);
                 self.pythons_to_register.push(pid);
                 self.python_maybe_later.remove(&pid);
@@ -270,8 +282,14 @@ impl Session {
         if header.pid == self.own_pid {
             return;
         }
+        let started = std::time::Instant::now();
         let decoded = self.pythons.decode(header.pid, frames);
         let task = self.pythons.task(header.pid, frames, &decoded);
+        let report = &mut self.python_report;
+        report.decode_ns += started.elapsed().as_nanos() as u64;
+        report.stacks += 1;
+        report.frames += frames.len() as u64;
+        report.truncated += u64::from(header.truncated != 0);
         self.pending_python.insert(
             header.tid,
             PendingPython {
@@ -833,6 +851,10 @@ impl Session {
                 unwind_ns: self.unwind_ns,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
+            },
+            python: report::PythonReport {
+                unreadable_frames: self.pythons.unreadable_frames,
+                ..self.python_report
             },
             spans,
             spans_dropped: result.marks_dropped,
