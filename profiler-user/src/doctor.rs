@@ -39,8 +39,9 @@ const MOUNT_TRACEFS: &str = "mount -t tracefs tracefs /sys/kernel/tracing";
 const RUN_AS_ROOT: &str = "run stallscope as root (sudo), or with CAP_BPF and CAP_PERFMON";
 const XTASK_SETUP: &str = "cargo xtask setup";
 
-/// Ring buffers (BPF_MAP_TYPE_RINGBUF) arrived in Linux 5.8, as did CAP_BPF and CAP_PERFMON.
-const MIN_KERNEL: (u32, u32) = (5, 8);
+/// Ring buffers and CAP_BPF/CAP_PERFMON arrived in Linux 5.8; the programs also call
+/// bpf_task_pt_regs (5.15) and bpf_loop (5.17, the Python frame walk).
+const MIN_KERNEL: (u32, u32) = (5, 17);
 
 // Capability numbers from linux/capability.h.
 const CAP_SYS_PTRACE: u32 = 19;
@@ -138,6 +139,8 @@ pub struct Developer {
 pub struct Facts {
     pub kernel_release: Option<String>,
     pub btf: bool,
+    /// Offset of `task_struct.thread.fsbase` from the kernel's BTF (Python 3.9/3.10 frames).
+    pub task_fsbase: Option<u32>,
     /// From `privileges::missing_capabilities`: empty when loading programs is allowed.
     pub missing_caps: Vec<&'static str>,
     /// Effective capability mask (CapEff of /proc/self/status).
@@ -294,38 +297,51 @@ fn kernel_check(facts: &Facts) -> Check {
         return Check::warn(
             "kernel",
             "uname failed: version unknown",
-            "run `uname -r`; stallscope needs Linux 5.8 or later",
+            "run `uname -r`; stallscope needs Linux 5.17 or later",
         );
     };
     match parse_kernel_release(release) {
         Some(version) if version >= MIN_KERNEL => Check::pass(
             "kernel",
-            format!("Linux {release} (5.8 or later: BPF ring buffers, CAP_BPF, CAP_PERFMON)"),
+            format!(
+                "Linux {release} (5.17 or later: BPF ring buffers, bpf_loop, CAP_BPF, CAP_PERFMON)"
+            ),
         ),
         Some(_) => Check::fail(
             "kernel",
-            format!("Linux {release} is older than 5.8 (no BPF ring buffer)"),
-            "upgrade to Linux 5.8 or later",
+            format!(
+                "Linux {release} is older than 5.17 (no bpf_loop; before 5.8 no BPF ring buffer)"
+            ),
+            "upgrade to Linux 5.17 or later",
         ),
         None => Check::warn(
             "kernel",
             format!("cannot parse kernel release {release:?}"),
-            "stallscope needs Linux 5.8 or later; check `uname -r`",
+            "stallscope needs Linux 5.17 or later; check `uname -r`",
         ),
     }
 }
 
 fn btf_check(facts: &Facts) -> Check {
-    if facts.btf {
-        Check::pass("BTF", "/sys/kernel/btf/vmlinux present")
-    } else {
-        // The programs use no CO-RE relocations (field offsets come from tracefs), so recording
-        // works without kernel BTF; bpftool and BTF-based tools do not.
-        Check::warn(
+    match (facts.btf, facts.task_fsbase) {
+        (true, Some(offset)) => Check::pass(
             "BTF",
-            "/sys/kernel/btf/vmlinux missing (stallscope reads tracepoint layouts from tracefs and can do without it)",
-            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y for bpftool and other BTF-based tools",
-        )
+            format!(
+                "/sys/kernel/btf/vmlinux present (task_struct.thread.fsbase at {offset:#x}, for Python 3.9/3.10 frames)"
+            ),
+        ),
+        (true, None) => Check::warn(
+            "BTF",
+            "/sys/kernel/btf/vmlinux has no task_struct.thread.fsbase: Python 3.9 and 3.10 frames cannot be read (3.11+ can)",
+            "this is expected on non-x86-64 kernels; use Python 3.11 or later",
+        ),
+        // The programs use no CO-RE relocations (field offsets come from tracefs), so recording
+        // works without kernel BTF; only Python 3.9/3.10 frames need it.
+        (false, _) => Check::warn(
+            "BTF",
+            "/sys/kernel/btf/vmlinux missing: stallscope records without it (tracepoint layouts come from tracefs), but cannot read Python 3.9/3.10 frames",
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ),
     }
 }
 
@@ -708,6 +724,7 @@ pub fn probe(developer: bool) -> Facts {
     Facts {
         kernel_release: kernel_release(),
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        task_fsbase: crate::btf::task_fsbase_offset().ok(),
         missing_caps: crate::privileges::missing_capabilities(),
         effective_caps: fs::read_to_string("/proc/self/status")
             .ok()
@@ -987,6 +1004,7 @@ mod tests {
         Facts {
             kernel_release: Some("6.18.44-fc-v657".into()),
             btf: true,
+            task_fsbase: Some(0x1234),
             missing_caps: Vec::new(),
             effective_caps: Some(ROOT_CAPS),
             tracefs: Tracefs::Mounted {
@@ -1224,7 +1242,7 @@ mod tests {
         let checks = checks(&facts);
         let kernel = find(&checks, "kernel");
         assert_eq!(kernel.status, Status::Fail);
-        assert!(kernel.detail.contains("older than 5.8"));
+        assert!(kernel.detail.contains("older than 5.17"));
         let ringbuf = find(&checks, "ringbuf");
         assert!(ringbuf.detail.contains("not supported") && ringbuf.detail.contains("EINVAL"));
         assert!(ringbuf.fix.as_deref().unwrap_or_default().contains("5.8"));
@@ -1298,7 +1316,12 @@ mod tests {
         assert_eq!(parse_kernel_release("5.10-rc1"), Some((5, 10)));
         assert_eq!(parse_kernel_release("6.1+"), Some((6, 1)));
         assert_eq!(parse_kernel_release("garbage"), None);
-        assert!((5, 10) >= MIN_KERNEL && (5, 7) < MIN_KERNEL && (4, 19) < MIN_KERNEL);
+        assert!(
+            (5, 17) >= MIN_KERNEL
+                && (6, 1) >= MIN_KERNEL
+                && (5, 15) < MIN_KERNEL
+                && (4, 19) < MIN_KERNEL
+        );
 
         let status = "Name:\tcat\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(ROOT_CAPS));
