@@ -44,13 +44,17 @@ enum Task {
     /// loss, scale; writes bench/RESULTS.md. Installs what it needs (wrk, bpftrace, py-spy).
     /// With STALLSCOPE_BIN=PATH it benchmarks that agent binary instead of building one.
     Bench {
-        /// Also run the long-run memory check: a 30-minute recording of a busy server, with the
-        /// agent's RSS sampled every minute (written to bench/LONG_RUN.md).
+        /// Run the long-run memory check instead: a 30-minute recording of a busy service, with
+        /// the agent's RSS sampled every minute.
         #[arg(long)]
         long: bool,
         /// Length of the long run in minutes.
         #[arg(long, default_value_t = 30)]
         minutes: u64,
+        /// Service the long run records (results in bench/LONG_RUN.md for epoll,
+        /// bench/LONG_RUN_FASTAPI.md for fastapi).
+        #[arg(long, value_enum, default_value = "epoll")]
+        service: bench::Service,
         /// Smoke test: one round, short runs; results go to target/bench/RESULTS-quick.md, not
         /// bench/RESULTS.md.
         #[arg(long, conflicts_with = "long")]
@@ -105,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             long,
             minutes,
+            service,
             quick,
             rounds,
         } => {
@@ -119,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
                 build()?;
             }
             if long {
-                bench::long_run(minutes)
+                bench::long_run(minutes, service)
             } else {
                 bench::run(&bench::Options::new(quick, rounds))
             }

@@ -8,8 +8,10 @@ bugs of seed 000 planted behind their own paths, and the right way next to them:
   GET /ok        answers at once.
 
 Each planted answer carries the span it measured itself on CLOCK_MONOTONIC (the clock stallscope
-reports in) as JSON: {"start_ns": ..., "end_ns": ...}. Usage: asyncio_service.py PORT
-(PORT 0 picks a free one); it prints "listening on PORT" when ready.
+reports in) and the asyncio task that served it, as JSON:
+{"start_ns": ..., "end_ns": ..., "task": <its name>, "coroutine": <its coroutine's qualname>}.
+Usage: asyncio_service.py PORT (PORT 0 picks a free one); it prints "listening on PORT" when
+ready.
 """
 import asyncio
 import json
@@ -83,7 +85,13 @@ async def serve_client(reader, writer):
             payload = {"ok": True}
         else:
             start, end = await handler(ms)
-            payload = {"start_ns": start, "end_ns": end}
+            task = asyncio.current_task()
+            payload = {
+                "start_ns": start,
+                "end_ns": end,
+                "task": task.get_name(),
+                "coroutine": task.get_coro().__qualname__,
+            }
         body = json.dumps(payload).encode()
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"

@@ -4,13 +4,13 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Options, Spread, build_c_target, cpu_ticks, recording_facts, start_agent, thousands,
+    Agent, Options, Spread, bpf_run_ns, build_c_target, cpu_ticks, or_dash, start_agent, thousands,
     ticks_per_second,
 };
 use crate::{output, status};
@@ -156,6 +156,8 @@ pub struct AgentCost {
     pub switches_per_s: f64,
     pub cpu_percent: f64,
     pub ms_per_1000_switches: f64,
+    /// Time of the agent's eBPF programs per 1,000 switches (0 without eBPF statistics).
+    pub bpf_ms_per_1000_switches: f64,
     pub lost_events: u64,
 }
 
@@ -181,16 +183,17 @@ pub fn agent_cost(opts: &Options, dir: &Path) -> Result<AgentCost> {
     };
     let started = Instant::now();
     let ticks_before = cpu_ticks(agent.id()).unwrap_or(0);
+    let bpf_before = bpf_run_ns(agent.id());
     let switches = wait_counting_switches(target);
     let seconds = started.elapsed().as_secs_f64();
     let ticks = cpu_ticks(agent.id())
         .unwrap_or(0)
         .saturating_sub(ticks_before);
-    // The target exited, so the agent stops by itself; interrupt it in case it has not yet.
-    let facts = match super::wait_timeout(&mut agent.into_child(), Duration::from_secs(180)) {
-        Ok(_) => recording_facts(&out)?,
-        Err(err) => return Err(err.context("the agent did not stop after its target exited")),
-    };
+    let bpf_s = bpf_run_ns(agent.id()).saturating_sub(bpf_before) as f64 / 1e9;
+    // The target exited, so the agent stops by itself.
+    let facts = agent
+        .wait_for_exit()
+        .context("the agent after its target exited")?;
     // The switches counted include the few before the agent attached; the ping-pong starts at
     // once, so they are a small overcount of the recorded ones (conservative per switch).
     let switches = switches? as f64;
@@ -200,18 +203,21 @@ pub fn agent_cost(opts: &Options, dir: &Path) -> Result<AgentCost> {
         switches_per_s: switches / seconds,
         cpu_percent: 100.0 * cpu_s / seconds,
         ms_per_1000_switches: 1e6 * cpu_s / switches.max(1.0),
+        bpf_ms_per_1000_switches: 1e6 * bpf_s / switches.max(1.0),
         lost_events: facts.lost_events,
     };
     Ok(AgentCost {
         markdown: format!(
-            "A followed pipe ping-pong between two threads ({} round trips; `read` is not a wait point, so every switch-out is an event with a user-stack copy), default settings, recorded to its end:\n\n| target switches/s | agent CPU (% of one core) | agent CPU per 1,000 target switches | events/s received | lost events |\n| --- | --- | --- | --- | --- |\n| {} | {:.1} % | {:.2} ms | {} | {} |\n\nAt this cost per switch, 10,000 target switches/s would take {:.1} % of one core (measured directly in section 5).\n",
+            "A followed pipe ping-pong between two threads ({} round trips; `read` is not a wait point, so every switch-out is an event with a user-stack copy), default settings, recorded to its end:\n\n| target switches/s | agent CPU (% of one core) | agent CPU per 1,000 target switches | eBPF programs per 1,000 target switches | events/s received | lost events |\n| --- | --- | --- | --- | --- | --- |\n| {} | {:.1} % | {:.2} ms | {} ms | {} | {} |\n\nAt this cost per switch, 10,000 target switches/s would take {:.1} % of one core in the agent (measured directly in section 5), plus {} % in its eBPF programs, charged to the tasks they run in.\n",
             thousands(rounds as f64),
             thousands(cost.switches_per_s),
             cost.cpu_percent,
             cost.ms_per_1000_switches,
-            thousands(facts.events as f64 / facts.recorded_s.max(1e-9)),
+            or_dash(cost.bpf_ms_per_1000_switches, 2),
+            thousands(Agent::events_per_s(&facts)),
             cost.lost_events,
             cost.ms_per_1000_switches,
+            or_dash(cost.bpf_ms_per_1000_switches, 2),
         ),
         ..cost
     })

@@ -6,7 +6,9 @@ use std::{path::Path, thread, time::Duration};
 
 use anyhow::{Context, Result};
 
-use super::{Agent, Options, Window, build_c_target, start_agent, start_switcher, thousands};
+use super::{
+    Agent, Options, Window, build_c_target, or_dash, start_agent, start_switcher, thousands,
+};
 
 /// The agent's default (`--ring-buffer-kib`).
 pub const DEFAULT_RING_KIB: u64 = 32 * 1024;
@@ -23,6 +25,7 @@ pub struct Step {
     pub lost: u64,
     pub lost_share: f64,
     pub cpu_percent: f64,
+    pub bpf_percent: f64,
 }
 
 pub struct RingSweep {
@@ -110,18 +113,19 @@ fn one_step(
         lost: facts.lost_events,
         lost_share: facts.lost_events as f64 / (facts.events + facts.lost_events).max(1) as f64,
         cpu_percent: measured.cpu_percent(),
+        bpf_percent: measured.bpf_percent(),
     })
 }
 
 fn markdown(opts: &Options, rings: &[RingSweep]) -> String {
     let mut text = format!(
-        "\nSweep: a followed process whose {PAIRS} pairs of threads ping-pong over pipes at a set rate (`bench/targets/switcher.c`; `read` is not a wait point, so every switch-out is an event with a user-stack copy), recorded {} s per step at default settings but the ring buffer size:\n\n| ring buffer | switches/s aimed | target switches/s | events/s received | lost events | lost share | agent CPU (% of one core) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "\nSweep: a followed process whose {PAIRS} pairs of threads ping-pong over pipes at a set rate (`bench/targets/switcher.c`; `read` is not a wait point, so every switch-out is an event with a user-stack copy), recorded {} s per step at default settings but the ring buffer size:\n\n| ring buffer | switches/s aimed | target switches/s | events/s received | lost events | lost share | agent CPU (% of one core) | eBPF programs (% of one core) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
         opts.window.as_secs()
     );
     for ring in rings {
         for step in &ring.steps {
             text.push_str(&format!(
-                "| {} KiB | {} | {} | {} | {} | {:.2} % | {:.1} |\n",
+                "| {} KiB | {} | {} | {} | {} | {:.2} % | {:.1} | {} |\n",
                 thousands(ring.ring_kib as f64),
                 if step.aimed == 0 {
                     "as many as it can".to_string()
@@ -132,7 +136,8 @@ fn markdown(opts: &Options, rings: &[RingSweep]) -> String {
                 thousands(step.events_per_s),
                 step.lost,
                 100.0 * step.lost_share,
-                step.cpu_percent
+                step.cpu_percent,
+                or_dash(step.bpf_percent, 1),
             ));
         }
     }

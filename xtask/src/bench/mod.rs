@@ -35,7 +35,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub use long_run::long_run;
+pub use long_run::{Service, long_run};
 
 use crate::{output, root, status};
 
@@ -133,7 +133,11 @@ pub fn run(opts: &Options) -> Result<()> {
         "2. Agent cost",
         "agent cost: a followed ping-pong (and the HTTP runs above)",
     );
+    // eBPF run-time statistics on for the agent-cost, loss and scale runs (not for the
+    // throughput runs above or the unfollowed process below, whose speed is the measure).
+    let stats = BpfStats::try_enable();
     let agent_cost = costs::agent_cost(opts, &dir)?;
+    drop(stats);
     report.push(&agent_cost.markdown);
     report.push(&overhead.agent_markdown);
     report.push(&long_run::reference());
@@ -150,6 +154,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "event loss: switch-rate sweep on a followed ping-pong",
     );
     report.push(&overhead.loss_markdown);
+    let stats = BpfStats::try_enable();
     let sweep = loss::sweep(opts, &dir)?;
     report.push(&sweep.markdown);
 
@@ -158,6 +163,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "scale: a 50-thread storm, and 1/10/100 followed threads and processes",
     );
     let scale = scale::run(opts, &dir)?;
+    drop(stats);
     report.push(&scale.markdown);
 
     report.section(
@@ -173,7 +179,7 @@ pub fn run(opts: &Options) -> Result<()> {
         everyone_else: &everyone_else,
         sweep: &sweep,
         scale: &scale,
-        long_run: long_run::rss_at_minute(10),
+        long_runs: long_run::rss_at_minute(10),
     }));
     let minutes = report.started.elapsed().as_secs_f64() / 60.0;
     report.push(&format!("\nThis run took {minutes:.1} minutes.\n"));
@@ -365,8 +371,21 @@ const EVENT_RECORD_BYTES: u64 = 80;
 
 /// Starts the agent on `pid` (its threads and children followed) and waits until it records.
 pub fn start_agent(pid: u32, out: &Path, extra: &[&str]) -> Result<Agent> {
+    start_agent_niced(pid, out, extra, 0)
+}
+
+/// [`start_agent`] at a nice value (negative: ahead of a busy target).
+pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Result<Agent> {
     let _ = std::fs::remove_dir_all(out);
-    let mut child = Command::new(agent_path())
+    let mut command = if nice == 0 {
+        Command::new(agent_path())
+    } else {
+        // nice execs the agent: same pid.
+        let mut command = Command::new("nice");
+        command.args(["-n", &nice.to_string()]).arg(agent_path());
+        command
+    };
+    let mut child = command
         .args([
             "record",
             "--pid",
@@ -462,6 +481,11 @@ impl Agent {
             recorded_s: recording,
             ..self.finish()?
         })
+    }
+
+    /// For a recording that ends by itself (`--duration`, or its targets exited).
+    pub fn wait_for_exit(mut self) -> Result<RecordingFacts> {
+        self.finish()
     }
 
     fn finish(&mut self) -> Result<RecordingFacts> {
@@ -578,11 +602,80 @@ pub fn target_switches(pid: u32) -> u64 {
     total
 }
 
-/// CPU time of one process and context switches of another over a window.
+/// Run time of the eBPF programs a process holds, summed (`run_time_ns` in the fdinfo of its
+/// program fds): counted by the kernel only while a [`BpfStats`] is held, 0 otherwise.
+pub fn bpf_run_ns(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_time_ns:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The kernel's accounting of eBPF program run time (`BPF_ENABLE_STATS`), on while this is
+/// held and off again when it is dropped or the bench dies (nothing to restore by hand). It
+/// costs two clock reads per program run, so the throughput runs go without it.
+pub struct BpfStats {
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        /// `union bpf_attr`'s `enable_stats`: the type, BPF_STATS_RUN_TIME (0).
+        #[repr(C)]
+        struct EnableStats {
+            kind: u32,
+        }
+        let attr = EnableStats { kind: 0 };
+        // SAFETY: the kernel reads `size_of::<EnableStats>()` bytes from a valid pointer.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const EnableStats,
+                std::mem::size_of::<EnableStats>(),
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "enabling eBPF run-time statistics: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: the kernel returned a new file descriptor, now owned here only.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        Ok(BpfStats { _fd: fd })
+    }
+
+    /// Enabled, or `None` with a note on stderr (older kernels): the in-kernel columns then
+    /// read "-".
+    pub fn try_enable() -> Option<Self> {
+        match Self::enable() {
+            Ok(stats) => Some(stats),
+            Err(err) => {
+                eprintln!("bench: {err:#}; in-kernel times will not be shown");
+                None
+            }
+        }
+    }
+}
+
+/// CPU time of one process (and the run time of the eBPF programs it holds) and the context
+/// switches of another, over a window.
 pub struct Window {
     started: Instant,
     cpu_pid: Option<u32>,
     ticks: u64,
+    bpf_ns: u64,
     target: u32,
     switches: u64,
 }
@@ -593,12 +686,19 @@ pub struct Measured {
     pub seconds: f64,
     /// CPU time of the measured process, seconds.
     pub cpu_s: f64,
+    /// Run time of its eBPF programs, seconds (0 unless [`BpfStats`] were on).
+    pub bpf_s: f64,
     pub switches: u64,
 }
 
 impl Measured {
     pub fn cpu_percent(&self) -> f64 {
         100.0 * self.cpu_s / self.seconds.max(1e-9)
+    }
+
+    /// In-kernel time of the process's eBPF programs, % of one core.
+    pub fn bpf_percent(&self) -> f64 {
+        100.0 * self.bpf_s / self.seconds.max(1e-9)
     }
 
     pub fn switches_per_s(&self) -> f64 {
@@ -609,6 +709,11 @@ impl Measured {
     pub fn ms_per_1000_switches(&self) -> f64 {
         1e6 * self.cpu_s / (self.switches.max(1) as f64)
     }
+
+    /// Milliseconds of eBPF program time per 1,000 target switches.
+    pub fn bpf_ms_per_1000_switches(&self) -> f64 {
+        1e6 * self.bpf_s / (self.switches.max(1) as f64)
+    }
 }
 
 impl Window {
@@ -617,6 +722,7 @@ impl Window {
             started: Instant::now(),
             cpu_pid,
             ticks: cpu_pid.and_then(cpu_ticks).unwrap_or(0),
+            bpf_ns: cpu_pid.map_or(0, bpf_run_ns),
             target,
             switches: target_switches(target),
         }
@@ -624,11 +730,22 @@ impl Window {
 
     pub fn finish(self) -> Measured {
         let ticks = self.cpu_pid.and_then(cpu_ticks).unwrap_or(0);
+        let bpf_ns = self.cpu_pid.map_or(0, bpf_run_ns);
         Measured {
             seconds: self.started.elapsed().as_secs_f64(),
             cpu_s: ticks.saturating_sub(self.ticks) as f64 / ticks_per_second(),
+            bpf_s: bpf_ns.saturating_sub(self.bpf_ns) as f64 / 1e9,
             switches: target_switches(self.target).saturating_sub(self.switches),
         }
+    }
+}
+
+/// "-" for a figure that was not measured (0 or not finite), else with `decimals` digits.
+pub fn or_dash(value: f64, decimals: usize) -> String {
+    if value.is_finite() && value > 0.0 {
+        format!("{value:.decimals$}")
+    } else {
+        "-".into()
     }
 }
 

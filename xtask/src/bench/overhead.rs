@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Agent, Guard, Measured, Options, Spread, Window, interrupt, rss_kib, start_agent, thousands,
-    tools::Tools, wait_for_line, wait_timeout,
+    Agent, Guard, Measured, Options, Spread, Window, interrupt, or_dash, rss_kib, start_agent,
+    thousands, tools::Tools, wait_for_line, wait_timeout,
 };
 
 /// wrk's load: bounded concurrency (two threads, 32 connections), the latency distribution on.
@@ -71,10 +71,14 @@ impl Tool {
     fn is_stallscope(self) -> bool {
         matches!(self, Tool::Stallscope | Tool::Stallscope999)
     }
+
+    fn uses_bpf(self) -> bool {
+        self.is_stallscope() || self == Tool::Bpftrace
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum App {
+pub enum App {
     FastApi,
     Tokio,
 }
@@ -116,7 +120,7 @@ impl App {
         }
     }
 
-    fn path(self) -> &'static str {
+    pub fn path(self) -> &'static str {
         match self {
             App::FastApi => "/ok",
             App::Tokio => "/",
@@ -164,6 +168,9 @@ pub struct Row {
     pub rss_end_mib: Spread,
     pub errors: u64,
     pub runs: usize,
+    /// From a separate run with eBPF run-time statistics on (not among the rounds: the
+    /// statistics cost a little on every program run): the tool's eBPF programs' time.
+    pub kernel: Option<Measured>,
 }
 
 pub struct AppResult {
@@ -241,10 +248,30 @@ fn run_app(opts: &Options, tools: &Tools, dir: &Path, app: App) -> Result<AppRes
             runs.push(run);
         }
     }
+    let mut kernel = Vec::new();
+    if let Some(_stats) = super::BpfStats::try_enable() {
+        for &tool in list.iter().filter(|t| t.uses_bpf()) {
+            eprintln!(
+                "bench: overhead: {}: in-kernel time of {}",
+                app.label(),
+                tool.label()
+            );
+            let tag = format!("{}-{tool:?}-stats", app.label().replace('/', "-")).to_lowercase();
+            let run = one_run(opts, tools, dir, &server, &url, tool, usize::MAX, &tag)
+                .with_context(|| format!("{} run with eBPF statistics", tool.label()))?;
+            kernel.push((tool, run.measured));
+        }
+    }
     drop(server);
     Ok(AppResult {
         name: app.label(),
-        rows: list.iter().map(|&tool| summarize(tool, &runs)).collect(),
+        rows: list
+            .iter()
+            .map(|&tool| Row {
+                kernel: kernel.iter().find(|(t, _)| *t == tool).map(|(_, m)| *m),
+                ..summarize(tool, &runs)
+            })
+            .collect(),
     })
 }
 
@@ -382,9 +409,9 @@ fn ready_or_kill(child: &mut Child, what: &str, ready: impl Fn(&str) -> bool) ->
 // ---------------------------------------------------------------------------------------------
 // The services.
 
-struct Server {
-    guard: Guard,
-    port: u16,
+pub struct Server {
+    pub guard: Guard,
+    pub port: u16,
 }
 
 fn free_port() -> Result<u16> {
@@ -392,7 +419,7 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn start_server(app: App, tools: &Tools, dir: &Path) -> Result<Server> {
+pub fn start_server(app: App, tools: &Tools, dir: &Path) -> Result<Server> {
     match app {
         App::FastApi => {
             let port = free_port()?;
@@ -443,7 +470,7 @@ fn start_server(app: App, tools: &Tools, dir: &Path) -> Result<Server> {
 }
 
 /// One GET answered 200.
-fn http_ok(port: u16, path: &str) -> bool {
+pub fn http_ok(port: u16, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
@@ -568,18 +595,19 @@ fn summarize(tool: Tool, runs: &[Run]) -> Row {
         rss_end_mib: spread(&|r| r.rss_end_mib),
         errors: mine.iter().map(|r| r.wrk.errors).sum(),
         runs: mine.len(),
+        kernel: None,
     }
 }
 
 fn app_markdown(app: App, result: &AppResult) -> String {
     let mut text = format!(
-        "\n### {}\n\n{}.\n\n| profiler | requests/s | requests/s vs none | p99 latency | p99 vs none | profiler process CPU (% of one core) |\n| --- | --- | --- | --- | --- | --- |\n",
+        "\n### {}\n\n{}.\n\n| profiler | requests/s | requests/s vs none | p99 latency | p99 vs none | profiler process CPU (% of one core) | its eBPF programs (% of one core) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
         app.label(),
         app.description()
     );
     for row in &result.rows {
         text.push_str(&format!(
-            "| {} | {} | {} | {:.2} ms | {} | {} |\n",
+            "| {} | {} | {} | {:.2} ms | {} | {} | {} |\n",
             row.tool.label(),
             thousands(row.requests_per_s.median),
             if row.tool == Tool::None {
@@ -598,6 +626,8 @@ fn app_markdown(app: App, result: &AppResult) -> String {
             } else {
                 row.cpu_percent.show(1)
             },
+            row.kernel
+                .map_or_else(|| "-".into(), |m| or_dash(m.bpf_percent(), 1)),
         ));
     }
     let errors: u64 = result.rows.iter().map(|r| r.errors).sum();
@@ -613,24 +643,26 @@ fn app_markdown(app: App, result: &AppResult) -> String {
         ));
     }
     text.push_str(
-        "\nThe profiler's process CPU is its user-space side only: in-kernel work (eBPF programs, py-spy's reads of the target's memory) is charged to whichever task was running.\n",
+        "\nThe profiler's process CPU is its user-space side only. Its eBPF programs run in the kernel, charged to whichever task was running (the service, wrk, anyone: the in-kernel filter runs at every switch and syscall on the machine); their time comes from the kernel's eBPF statistics in one more run per tool, outside the rounds. py-spy's reads of the target's memory are its own CPU.\n",
     );
     text
 }
 
 fn agent_markdown(apps: &[AppResult]) -> String {
     let mut text = String::from(
-        "\nThe agent under the HTTP load of section 1 (its stallscope runs; medians with the range over rounds):\n\n| service | setting | target switches/s | agent CPU (% of one core) | agent CPU per 1,000 target switches | events/s received | agent RSS at start | agent RSS after the run |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "\nThe agent under the HTTP load of section 1 (its stallscope runs; medians with the range over rounds; in-kernel time from the separate run with eBPF statistics):\n\n| service | setting | target switches/s | agent CPU (% of one core) | agent CPU per 1,000 target switches | eBPF programs (% of one core) | events/s received | agent RSS at start | agent RSS after the run |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for app in apps {
         for row in app.rows.iter().filter(|r| r.tool.is_stallscope()) {
             text.push_str(&format!(
-                "| {} | {} | {} | {} | {} ms | {} | {:.1} MiB | {:.1} MiB |\n",
+                "| {} | {} | {} | {} | {} ms | {} | {} | {:.1} MiB | {:.1} MiB |\n",
                 app.name,
                 row.tool.label(),
                 thousands(row.switches_per_s.median),
                 row.cpu_percent.show(1),
                 row.ms_per_1000_switches.show(2),
+                row.kernel
+                    .map_or_else(|| "-".into(), |m| or_dash(m.bpf_percent(), 1)),
                 thousands(row.events_per_s.median),
                 row.rss_start_mib.median,
                 row.rss_end_mib.max,
