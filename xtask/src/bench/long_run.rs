@@ -270,14 +270,22 @@ pub fn reference() -> String {
         let (start_minute, start) = facts.start().unwrap_or((0, f64::NAN));
         let last = facts.rss.last().copied().unwrap_or((0, f64::NAN));
         let peak = facts.rss.iter().map(|(_, m)| *m).fold(0.0, f64::max);
+        let at_10 = if last.0 >= 10 {
+            format!(
+                "{:.1} MiB after 10 minutes, ",
+                facts.at(10).unwrap_or(f64::NAN)
+            )
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "\nRSS over a long recording ({}, {}): {start:.1} MiB at minute {start_minute}, {:.1} MiB after 10 minutes, {:.1} MiB at minute {} (peak {peak:.1} MiB).\n",
+            "\nRSS over a long recording ({}, `{}`, {}): {start:.1} MiB at minute {start_minute}, {at_10}{:.1} MiB at minute {} (peak {peak:.1} MiB).\n",
             match service {
                 Service::Epoll => "a busy C epoll server",
                 Service::Fastapi => "the FastAPI app under load",
             },
-            format_args!("`{}`, {}", facts.file, facts.machine),
-            facts.at(10).unwrap_or(f64::NAN),
+            facts.file,
+            facts.machine,
             last.1,
             last.0,
         ));
