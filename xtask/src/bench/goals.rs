@@ -40,7 +40,7 @@ pub fn table(inputs: &Inputs) -> String {
             // Throughput loss in percent: the ratio's median, and its range over rounds.
             let loss = 100.0 * (1.0 - row.requests_ratio.median);
             text.push_str(&format!(
-                "| throughput loss ≤ {limit:.0} % at {} ({}) | {loss:.1} % (rounds: {:.1} to {:.1} %) | {} |\n",
+                "| throughput loss ≤ {limit:.0} % at {} ({}) | {loss:.1} % (rounds: {:.1} to {:.1} %); meanwhile the agent used {:.1} % of one core and its eBPF programs {} % | {} |\n",
                 if tool == Tool::Stallscope {
                     "default settings"
                 } else {
@@ -49,6 +49,8 @@ pub fn table(inputs: &Inputs) -> String {
                 app.name,
                 100.0 * (1.0 - row.requests_ratio.max),
                 100.0 * (1.0 - row.requests_ratio.min),
+                row.cpu_percent.median,
+                row.kernel.map_or_else(|| "-".into(), |m| or_dash(m.bpf_percent(), 1)),
                 verdict(loss, limit, "points"),
             ));
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: benchmarks, never tests. Loopback only, bounded in time (the default run
-//! takes about 20 minutes on a 2-core machine; `--quick` a few), as root. Writes
-//! `bench/RESULTS.md` and prints it.
+//! takes about 15 minutes on a 2-core machine once tools and targets are built; `--quick`
+//! about 3), as root. Writes `bench/RESULTS.md` (`--quick`: `target/bench/RESULTS-quick.md`)
+//! and prints it. `STALLSCOPE_BIN=PATH` benchmarks that agent instead of building one.
 //!
 //! Sections, in the order of the results file:
 //! 1. overhead on loaded HTTP services (`overhead`): FastAPI/uvicorn and a tokio/hyper server
@@ -13,7 +14,12 @@
 //!    followed threads and processes;
 //! 6. unwinding (`costs`), then the goals, met or missed by how much (`goals`).
 //!
-//! `--long` is the long-run memory check (`long_run`), written to `bench/LONG_RUN.md`.
+//! `--long` is the long-run memory check (`long_run`), written to `bench/LONG_RUN.md`
+//! (`--service fastapi`: `bench/LONG_RUN_FASTAPI.md`); the main results quote the latest.
+//!
+//! The agent's eBPF programs run in the kernel, charged to whatever task was running; their
+//! time is read from the kernel's eBPF statistics (`BpfStats`), switched on only for runs
+//! whose measure is not the speed of something else.
 
 mod costs;
 mod goals;

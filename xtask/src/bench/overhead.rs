@@ -235,8 +235,10 @@ fn run_app(opts: &Options, tools: &Tools, dir: &Path, app: App) -> Result<AppRes
                 opts.rounds,
                 tool.label()
             );
+            // One directory per app and tool, overwritten each round (recordings of a busy
+            // service under load are tens of megabytes).
             let tag = format!(
-                "{}-{}-{round}",
+                "{}-{}",
                 match app {
                     App::FastApi => "fastapi",
                     App::Tokio => "tokio",
@@ -383,15 +385,25 @@ fn start_tool(tools: &Tools, tool: Tool, pid: u32, out: &Path) -> Result<Running
             let script = out.join("offcpu.bt");
             std::fs::write(&script, OFFCPU_BT)
                 .with_context(|| format!("writing {}", script.display()))?;
+            let log_path = out.join("bpftrace.stderr");
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
             let mut child = Command::new("bpftrace")
                 .arg(&script)
                 .arg(&pid_arg)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .context("starting bpftrace")?;
-            ready_or_kill(&mut child, "bpftrace", |l| l == "ready")?;
+            ready_or_kill(&mut child, "bpftrace", |l| l == "ready").with_context(|| {
+                format!(
+                    "bpftrace: {}",
+                    std::fs::read_to_string(&log_path)
+                        .unwrap_or_default()
+                        .trim()
+                )
+            })?;
             Ok(Running::Other(OtherTool { child }))
         }
     }
