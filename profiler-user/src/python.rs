@@ -420,6 +420,8 @@ struct Process {
     /// Task names by coroutine object address (with the coroutine's qualname, which tells a
     /// reused address apart).
     task_names: HashMap<u64, FoundTask>,
+    /// Qualified names of coroutine code objects (before 3.11), by code object address.
+    qualnames: HashMap<u64, String>,
 }
 
 /// One decoded Python frame.
@@ -461,6 +463,7 @@ impl Pythons {
                 memory: Memory::open(pid),
                 codes: HashMap::new(),
                 task_names: HashMap::new(),
+                qualnames: HashMap::new(),
             },
         );
     }
@@ -533,15 +536,41 @@ impl Pythons {
         let minor = process.interpreter.minor;
         let memory = process.memory.as_ref()?;
         let coroutine_addr = coroutine_object(memory, minor, raw.get(outermost)?.frame)?;
+        let coroutine = if minor < 11 {
+            // Code objects have no qualified name before 3.11; coroutine objects do. It is the
+            // same for every coroutine of one code object: read once.
+            let code = raw.get(outermost)?.code;
+            match process.qualnames.get(&code) {
+                Some(qualname) => qualname.clone(),
+                None => {
+                    let qualname = coroutine_qualname(
+                        memory,
+                        coroutine_addr,
+                        &coroutine,
+                        &process.interpreter.layout,
+                    )
+                    .unwrap_or(coroutine);
+                    if process.qualnames.len() < MAX_CODES {
+                        process.qualnames.insert(code, qualname.clone());
+                    }
+                    qualname
+                }
+            }
+        } else {
+            coroutine
+        };
         // A cached task still holds this coroutine and name: the coroutine's address was not
         // reused by another one (every request of a server makes a new one).
+        // The name is read again: a new Task's default name can be a number object at the
+        // address of the old one's (3.13 keeps it as an int until asked).
         if let Some(found) = process.task_names.get(&coroutine_addr)
             && memory.bytes(found.coro_field, 16).is_some_and(|b| {
                 b[..8] == coroutine_addr.to_le_bytes() && b[8..] == found.name_obj.to_le_bytes()
             })
+            && let Some(name) = name_of(memory, minor, found.name_obj, &process.interpreter.layout)
         {
             return Some(TaskInfo {
-                name: Some(found.name.clone()),
+                name: Some(name),
                 coroutine,
             });
         }
@@ -590,6 +619,25 @@ fn coroutine_object(memory: &Memory, minor: u32, frame: u64) -> Option<u64> {
     .filter(|&addr| addr != 0)
 }
 
+/// A coroutine's `__qualname__` (before 3.11): the str among its first fields that ends with
+/// its code's name and qualifies it (`Class.method`); the field order differs between versions.
+fn coroutine_qualname(
+    memory: &Memory,
+    coroutine: u64,
+    name: &str,
+    layout: &Layout,
+) -> Option<String> {
+    let fields = memory.bytes(coroutine + 0x10, 8 * 10)?;
+    fields.chunks_exact(8).find_map(|field| {
+        let obj = u64::from_le_bytes(field.try_into().ok()?);
+        if obj == 0 || type_name(memory, obj)? != "str" {
+            return None;
+        }
+        let text = memory.string(obj, &layout.code, MAX_NAME)?;
+        (text.len() > name.len() && text.ends_with(&format!(".{name}"))).then_some(text)
+    })
+}
+
 /// Name of an object's type (`ob_type->tp_name`).
 fn type_name(memory: &Memory, obj: u64) -> Option<String> {
     let ty = memory.u64(obj + 0x8)?;
@@ -604,6 +652,16 @@ struct FoundTask {
     coro_field: u64,
     name_obj: u64,
     name: String,
+}
+
+/// A task name object's text: a str, or the number of a default name (3.13).
+fn name_of(memory: &Memory, minor: u32, name_obj: u64, layout: &Layout) -> Option<String> {
+    match type_name(memory, name_obj)?.as_str() {
+        "str" => memory.string(name_obj, &layout.code, MAX_NAME),
+        // 3.13 keeps the default name as a number until someone asks for it.
+        "int" => small_int(memory, minor, name_obj).map(|n| format!("Task-{n}")),
+        _ => None,
+    }
 }
 
 fn task_name(
@@ -645,12 +703,7 @@ fn task_name(
         .collect();
     let index = pointers.iter().position(|&p| p == coroutine)?;
     let name_obj = *pointers.get(index + 1)?;
-    let name = match type_name(memory, name_obj)?.as_str() {
-        "str" => memory.string(name_obj, &layout.code, MAX_NAME),
-        // 3.13 keeps the default name as a number until someone asks for it.
-        "int" => small_int(memory, minor, name_obj).map(|n| format!("Task-{n}")),
-        _ => None,
-    }?;
+    let name = name_of(memory, minor, name_obj, layout)?;
     Some(FoundTask {
         coro_field: task + 0x10 + 8 * index as u64,
         name_obj,

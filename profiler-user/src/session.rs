@@ -95,6 +95,9 @@ pub struct Session {
     pub pythons: python::Pythons,
     /// Processes whose interpreter the kernel side has not been told about yet.
     pythons_to_register: Vec<u32>,
+    /// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each
+    /// change, the latest TASK_HISTORY per thread.
+    task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<python::TaskInfo>)>>,
     /// What the recording says about Python (interpreters seen, frames read).
     python_report: report::PythonReport,
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
@@ -144,6 +147,7 @@ impl Session {
             pythons_to_register: Vec::new(),
             python_maybe_later: HashMap::new(),
             python_report: report::PythonReport::default(),
+            task_history: HashMap::new(),
             unwind_ns: 0,
             stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
@@ -333,10 +337,16 @@ impl Session {
                 _ => None,
             };
             if native.is_some() || python.is_some() {
-                let (frames, task) = python.map_or((Vec::new(), None), |p| (p.frames, p.task));
-                raw.user_stack_id =
-                    self.resolver
-                        .intern_mixed(native.unwrap_or_default(), &frames, task);
+                let frames = match python {
+                    Some(python) => {
+                        self.note_task(raw.tid, raw.ts_ns, python.task);
+                        python.frames
+                    }
+                    None => Vec::new(),
+                };
+                raw.user_stack_id = self
+                    .resolver
+                    .intern_mixed(native.unwrap_or_default(), &frames);
             }
         }
         if let Some(probes) = probes.as_deref_mut()
@@ -584,7 +594,7 @@ impl Session {
     }
 
     fn stall_record(&mut self, probes: Option<&Probes>, stall: &Stall) -> StallRecord {
-        let stacks = stall
+        let stacks: Vec<StackRecord> = stall
             .stacks
             .iter()
             .map(|s| StackRecord {
@@ -596,6 +606,7 @@ impl Session {
                 waker: s.waker.map(|w| self.waker_record(probes, w)),
             })
             .collect();
+        let stacks = merge_same_frames(stacks);
         StallRecord {
             pid: stall.pid,
             tid: stall.tid,
@@ -618,14 +629,36 @@ impl Session {
         }
     }
 
-    /// The asyncio task of a stall: from its heaviest stack that ran in one (a stall is one
-    /// callback of the loop, so normally all of its Python stacks agree).
+    /// Remembers which asyncio task a thread ran at `ts_ns` (only changes are kept).
+    fn note_task(&mut self, tid: u32, ts_ns: u64, task: Option<python::TaskInfo>) {
+        if !self.task_history.contains_key(&tid) && self.task_history.len() >= MAX_TASK_THREADS {
+            return;
+        }
+        let history = self.task_history.entry(tid).or_default();
+        if history.back().map(|(_, last)| last) == Some(&task) {
+            return;
+        }
+        if history.len() >= TASK_HISTORY {
+            history.pop_front();
+        }
+        history.push_back((ts_ns, task));
+    }
+
+    /// The asyncio task of a stall: the first task seen on its thread during the stall, else
+    /// the one that was running when it began.
     fn stall_task(&self, stall: &Stall) -> Option<python::TaskInfo> {
-        let mut stacks: Vec<_> = stall.stacks.iter().collect();
-        stacks.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
-        stacks
-            .into_iter()
-            .find_map(|s| self.resolver.task(s.stack).cloned())
+        let history = self.task_history.get(&stall.tid)?;
+        let during = history
+            .iter()
+            .filter(|(ts, _)| (stall.start_ns..=stall.end_ns).contains(ts))
+            .find_map(|(_, task)| task.clone());
+        during.or_else(|| {
+            history
+                .iter()
+                .rev()
+                .find(|(ts, _)| *ts < stall.start_ns)
+                .and_then(|(_, task)| task.clone())
+        })
     }
 
     fn waker_record(
@@ -867,6 +900,28 @@ impl Session {
     }
 }
 
+/// Stacks that read the same once symbolized (different addresses on one line, or native frames
+/// hidden by --python-only) are one stack to a reader: their weights are added, heaviest first.
+fn merge_same_frames(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
+    let mut merged: Vec<StackRecord> = Vec::with_capacity(stacks.len());
+    for stack in stacks {
+        match merged.iter_mut().find(|m| {
+            m.kind == stack.kind
+                && m.syscall == stack.syscall
+                && m.waker == stack.waker
+                && m.frames == stack.frames
+        }) {
+            Some(same) => {
+                same.weight_ns += stack.weight_ns;
+                same.count += stack.count;
+            }
+            None => merged.push(stack),
+        }
+    }
+    merged.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
+    merged
+}
+
 fn signal_name(signal: i32) -> String {
     const NAMES: [&str; 32] = [
         "",
@@ -951,6 +1006,11 @@ fn comm_string(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(comm_bytes(comm)).into_owned()
 }
 
+/// Task changes remembered per thread: a stall is reported when it ends, so only the recent
+/// past is needed.
+const TASK_HISTORY: usize = 4096;
+const MAX_TASK_THREADS: usize = 65536;
+
 /// A decoded Python stack waiting for the event it was taken for.
 struct PendingPython {
     taken_ns: u64,
@@ -976,10 +1036,6 @@ pub struct Resolver {
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     python_frames: Vec<Frame>,
     python_frame_ids: HashMap<Frame, u64>,
-    /// The asyncio task running in an unwound stack, by its id.
-    tasks: HashMap<i32, python::TaskInfo>,
-    /// Replaying: tasks saved with the stacks.
-    saved_tasks: HashMap<StackKey, python::TaskInfo>,
     /// `--python-only`: stacks with Python frames show only those.
     pub python_only: bool,
 }
@@ -1002,17 +1058,6 @@ const MAX_SEEN_STACKS: usize = 200_000;
 
 impl Resolver {
     pub fn from_saved(saved: Vec<SavedStack>) -> Self {
-        let saved_tasks = saved
-            .iter()
-            .filter_map(|s| {
-                let key = StackKey {
-                    pid: s.pid,
-                    kernel: s.kernel,
-                    user: s.user,
-                };
-                Some((key, s.task.clone()?))
-            })
-            .collect();
         let resolved = saved
             .into_iter()
             .map(|s| {
@@ -1028,18 +1073,12 @@ impl Resolver {
             .collect();
         Resolver {
             resolved,
-            saved_tasks,
             ..Default::default()
         }
     }
 
     /// The id of an unwound user stack with Python frames (innermost first) to merge in.
-    pub fn intern_mixed(
-        &mut self,
-        mut ips: Vec<u64>,
-        python: &[python::DecodedFrame],
-        task: Option<python::TaskInfo>,
-    ) -> i32 {
+    pub fn intern_mixed(&mut self, mut ips: Vec<u64>, python: &[python::DecodedFrame]) -> i32 {
         for frame in python {
             let index = match self.python_frame_ids.get(&frame.frame) {
                 Some(&index) => index,
@@ -1056,21 +1095,7 @@ impl Resolver {
             };
             ips.push(PY_MARK | if frame.entry { PY_ENTRY } else { 0 } | index);
         }
-        let id = self.intern(ips);
-        if let Some(task) = task
-            && id >= INTERNED_BASE
-            && self.tasks.len() < MAX_INTERNED
-        {
-            self.tasks.entry(id).or_insert(task);
-        }
-        id
-    }
-
-    /// The asyncio task that was running when this stack was taken.
-    pub fn task(&self, key: StackKey) -> Option<&python::TaskInfo> {
-        self.tasks
-            .get(&key.user)
-            .or_else(|| self.saved_tasks.get(&key))
+        self.intern(ips)
     }
 
     /// Native user frames with the Python frames of an unwound stack merged in.
@@ -1170,7 +1195,6 @@ impl Resolver {
                 kernel: key.kernel,
                 user: key.user,
                 frames: self.frames(probes, key),
-                task: self.task(key).cloned(),
             })
             .collect()
     }
@@ -1183,9 +1207,6 @@ pub struct SavedStack {
     pub kernel: i32,
     pub user: i32,
     pub frames: Vec<Frame>,
-    /// The asyncio task running when the stack was taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<python::TaskInfo>,
 }
 
 /// Raw events saved as they arrive (`events.bin`: the 80-byte records back to back), bounded.

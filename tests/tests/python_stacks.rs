@@ -797,7 +797,7 @@ fn record_planted(
     let expected = expected_validate_frames(minor, app_file);
 
     // The validation: on-CPU in `validate` at the regex, under the handler, in its task.
-    check_validation(&mut problems, &stalls, &validate, &expected, minor, options);
+    check_validation(&mut problems, &stalls, &validate, &expected, options);
 
     // The sleep: off-CPU at the time.sleep line, in a sleeping syscall.
     let sleep_frame = expected_sleep_frame(app_file);
@@ -843,7 +843,7 @@ fn record_planted(
                     )
                 },
             );
-            check_task(&mut problems, stall, &sleep, minor, options);
+            check_task(&mut problems, stall, &sleep, options);
         }
     }
 
@@ -861,7 +861,6 @@ fn record_planted(
     );
     let live_sleep = format!("    at {sleep_frame} < ");
     if let Some(coroutine) = &validate.coroutine {
-        let coroutine = wanted_coroutine(minor, coroutine);
         let names: Vec<&str> = validate
             .task
             .iter()
@@ -897,7 +896,7 @@ fn record_planted(
         check_against_py_spy(&mut problems, &stalls, long, dumps, &expected);
         // A second validation, by another task, through the very same code: its own task.
         if let Some(stall) = stall_covering(&stalls, long.start_ns, long.end_ns, 30_000_000) {
-            check_task(&mut problems, stall, long, minor, options);
+            check_task(&mut problems, stall, long, options);
         }
     }
     problems.assert_none(label, &out);
@@ -908,7 +907,6 @@ fn check_validation(
     stalls: &[&Value],
     validate: &Planted,
     expected: &[PyFrame],
-    minor: u32,
     options: Options,
 ) {
     let Some(stall) = stall_covering(stalls, validate.start_ns, validate.end_ns, 30_000_000) else {
@@ -972,7 +970,7 @@ fn check_validation(
             )
         });
     }
-    check_task(problems, stall, validate, minor, options);
+    check_task(problems, stall, validate, options);
 }
 
 /// The offloaded validation runs on an executor thread, never on the loop: no loop stall may
@@ -1044,30 +1042,14 @@ fn is_regex_function(name: &str) -> bool {
         || name.starts_with("pattern_")
 }
 
-/// How the agent names a coroutine the service names by its `__qualname__`: code objects
-/// carry a qualname from 3.11; before, a frame only knows the function's name.
-fn wanted_coroutine(minor: u32, qualname: &str) -> &str {
-    if minor >= 11 {
-        qualname
-    } else {
-        qualname.rsplit('.').next().unwrap_or(qualname)
-    }
-}
-
 /// The stall's asyncio task is the one the service says served the request.
-fn check_task(
-    problems: &mut Problems,
-    stall: &Value,
-    planted: &Planted,
-    minor: u32,
-    options: Options,
-) {
+fn check_task(problems: &mut Problems, stall: &Value, planted: &Planted, options: Options) {
     let task = &stall["task"];
     let Some(coroutine) = &planted.coroutine else {
         return;
     };
-    let wanted_coroutine = wanted_coroutine(minor, coroutine);
-    problems.check(task["coroutine"] == wanted_coroutine, || {
+    // Named by its qualname in every version (before 3.11 from the coroutine object).
+    problems.check(task["coroutine"] == coroutine.as_str(), || {
         format!(
             "{}: served by task {:?} running coroutine {coroutine:?}; the stall says {task}",
             planted.what, planted.task
