@@ -171,6 +171,14 @@ impl Probes {
         let _ = self.followed_pids.remove(&pid);
     }
 
+    /// Stops following everyone (recording is over; the stack map stays readable).
+    pub fn unfollow_all(&mut self) {
+        let pids: Vec<u32> = self.followed_pids.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            let _ = self.followed_pids.remove(&pid);
+        }
+    }
+
     /// Tells the kernel side where a process's CPython is, so its frames are walked.
     pub fn set_python(&mut self, pid: u32, layout: PyProcess) -> Result<()> {
         self.py_procs

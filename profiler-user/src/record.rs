@@ -178,6 +178,7 @@ pub async fn run_with_start(
     announce(&session, &out_dir);
 
     let stop = event_loop(&mut session, &mut probes, ring, child, start()).await?;
+    session.stopped(&mut probes);
     test_finish_delay();
     let end_ns = monotonic_ns();
     let event_log = session.event_log.take();
@@ -215,7 +216,8 @@ fn fsbase_offset() -> u32 {
 
 fn save_symbols(dir: &std::path::Path, saved: &[session::SavedStack]) -> Result<()> {
     let path = dir.join(session::SYMBOLS_JSON);
-    let json = serde_json::to_vec(saved).context("serializing symbols")?;
+    let json = serde_json::to_vec(&session::SavedSymbols::from_stacks(saved))
+        .context("serializing symbols")?;
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -56,7 +56,7 @@ fn load_symbols(dir: &Path) -> Result<Vec<session::SavedStack>> {
     let path = dir.join(session::SYMBOLS_JSON);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text)
+    session::parse_symbols(&text)
         .with_context(|| format!("{} is truncated or corrupted", path.display()))
 }
 

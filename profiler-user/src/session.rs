@@ -30,6 +30,9 @@ pub struct Limits {
     pub stacks_per_stall: usize,
     /// (thread, stack) pairs in the off-CPU profile: enough for any real service.
     pub offcpu_entries: usize,
+    /// Of those, the heaviest written out: with waker stacks an entry is ~10-20 KB of JSON, and
+    /// the rest is a long tail of microseconds.
+    pub offcpu_written: usize,
     /// Stalls kept in full; past this only the count grows (a loop stalling every iteration for
     /// an hour must not eat the machine).
     pub stalls: usize,
@@ -42,6 +45,7 @@ pub struct Limits {
 pub const LIMITS: Limits = Limits {
     stacks_per_stall: 256,
     offcpu_entries: 20_000,
+    offcpu_written: 2_000,
     stalls: 10_000,
     marks: 200_000,
     min_mark_ns: 1_000_000,
@@ -98,6 +102,8 @@ pub struct Session {
     /// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each
     /// change, the latest TASK_HISTORY per thread.
     task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<python::TaskInfo>)>>,
+    /// The kernel's drop counters when recording stopped (see `stopped`).
+    kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
     /// What the recording says about Python (interpreters seen, frames read).
     python_report: report::PythonReport,
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
@@ -148,6 +154,7 @@ impl Session {
             python_maybe_later: HashMap::new(),
             python_report: report::PythonReport::default(),
             task_history: HashMap::new(),
+            kernel_drops_at_stop: None,
             unwind_ns: 0,
             stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
@@ -719,6 +726,13 @@ impl Session {
             .unwrap_or_else(|| "?".into())
     }
 
+    /// Recording has stopped: the kernel side stops following anyone (so nothing it drops while
+    /// the outputs are written counts as lost), and its drop counters are taken now.
+    pub fn stopped(&mut self, probes: &mut Probes) {
+        probes.unfollow_all();
+        self.kernel_drops_at_stop = Some(probes.drops());
+    }
+
     /// Processes gone from /proc without an exit event (it was lost with a full ring buffer):
     /// recorded as exited now, so churn stays right; how they ended is unknown.
     pub fn reap_vanished(&mut self, now_ns: u64) {
@@ -784,8 +798,10 @@ impl Session {
 
         let mut offcpu: Vec<_> = result.offcpu.into_iter().collect();
         offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+        let offcpu_dropped = offcpu.len().saturating_sub(LIMITS.offcpu_written) as u64;
         let offcpu = offcpu
             .into_iter()
+            .take(LIMITS.offcpu_written)
             .map(
                 |((pid, tid, stack, syscall, waker), weight_ns)| OffCpuRecord {
                     pid,
@@ -829,7 +845,11 @@ impl Session {
                 iterations: t.iterations,
             })
             .collect();
-        let kernel_drops = probes.map(Probes::drops).unwrap_or_default();
+        // Counted when recording stopped: the programs run on while outputs are written.
+        let kernel_drops = self
+            .kernel_drops_at_stop
+            .or_else(|| probes.map(Probes::drops))
+            .unwrap_or_default();
         let mut processes: Vec<ProcessRecord> = self
             .past_processes
             .iter()
@@ -868,7 +888,9 @@ impl Session {
                 user_stack: kernel_drops[drop_index::USER_STACK as usize],
                 follow_map_full: kernel_drops[drop_index::FOLLOW_MAP_FULL as usize],
                 iterations_discarded: result.anomalies.iterations_discarded,
-                stacks_dropped: result.anomalies.stacks_dropped + self.stalls_not_kept,
+                stacks_dropped: result.anomalies.stacks_dropped
+                    + self.stalls_not_kept
+                    + offcpu_dropped,
                 events_not_saved: 0,
             },
             processes,
@@ -1200,6 +1222,80 @@ impl Resolver {
     }
 }
 
+/// `symbols.json`: every distinct frame once, and each stack as indices into that table (a
+/// Python service's stacks share most of their 50-odd frames).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedSymbols {
+    pub frames: Vec<Frame>,
+    pub stacks: Vec<SavedStackFrames>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedStackFrames {
+    pub pid: u32,
+    pub kernel: i32,
+    pub user: i32,
+    pub frames: Vec<u32>,
+}
+
+impl SavedSymbols {
+    pub fn from_stacks(stacks: &[SavedStack]) -> Self {
+        let mut saved = SavedSymbols::default();
+        let mut index: HashMap<&Frame, u32> = HashMap::new();
+        for stack in stacks {
+            let frames = stack
+                .frames
+                .iter()
+                .map(|frame| {
+                    *index.entry(frame).or_insert_with(|| {
+                        saved.frames.push(frame.clone());
+                        saved.frames.len() as u32 - 1
+                    })
+                })
+                .collect();
+            saved.stacks.push(SavedStackFrames {
+                pid: stack.pid,
+                kernel: stack.kernel,
+                user: stack.user,
+                frames,
+            });
+        }
+        saved
+    }
+
+    pub fn into_stacks(self) -> Vec<SavedStack> {
+        let frames = self.frames;
+        self.stacks
+            .into_iter()
+            .map(|s| SavedStack {
+                pid: s.pid,
+                kernel: s.kernel,
+                user: s.user,
+                frames: s
+                    .frames
+                    .iter()
+                    .filter_map(|&i| frames.get(i as usize).cloned())
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Reads `symbols.json`: the frame-table form, or the list of stacks with their frames that
+/// recordings made before it hold.
+pub fn parse_symbols(text: &str) -> serde_json::Result<Vec<SavedStack>> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Table(SavedSymbols),
+        List(Vec<SavedStack>),
+    }
+    Ok(match serde_json::from_str(text)? {
+        Either::Table(table) => table.into_stacks(),
+        Either::List(list) => list,
+    })
+}
+
 /// One resolved stack in `symbols.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SavedStack {
@@ -1274,4 +1370,45 @@ pub fn read_event_log(dir: &Path) -> Result<Vec<RawEvent>> {
         .chunks_exact(size)
         .filter_map(events::decode)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            file: Some("app.py".into()),
+            line: Some(3),
+            module: None,
+            kind: FrameKind::Python,
+        }
+    }
+
+    #[test]
+    fn symbols_are_saved_with_each_frame_once_and_read_back_in_both_forms() {
+        let stacks = vec![
+            SavedStack {
+                pid: 1,
+                kernel: -1,
+                user: INTERNED_BASE,
+                frames: vec![frame("leaf"), frame("main")],
+            },
+            SavedStack {
+                pid: 1,
+                kernel: 4,
+                user: INTERNED_BASE + 1,
+                frames: vec![frame("other"), frame("main")],
+            },
+        ];
+        let table = SavedSymbols::from_stacks(&stacks);
+        assert_eq!(table.frames.len(), 3, "main is stored once");
+        let text = serde_json::to_string(&table).expect("serialize");
+        assert_eq!(parse_symbols(&text).expect("table form"), stacks);
+        // Recordings made before the frame table hold a plain list.
+        let old = serde_json::to_string(&stacks).expect("serialize");
+        assert_eq!(parse_symbols(&old).expect("list form"), stacks);
+        assert!(parse_symbols("{\"frames\": 3}").is_err());
+    }
 }
