@@ -1052,8 +1052,9 @@ pub struct Resolver {
     pub seen: HashSet<StackKey>,
     /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
     /// apart from the kernel stack map's ids).
-    interned: HashMap<Vec<u64>, i32>,
-    interned_ips: Vec<Vec<u64>>,
+    /// (Each stack stored once, shared by the lookup table and the list.)
+    interned: HashMap<std::sync::Arc<[u64]>, i32>,
+    interned_ips: Vec<std::sync::Arc<[u64]>>,
     pub interned_dropped: u64,
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     python_frames: Vec<Frame>,
@@ -1148,7 +1149,7 @@ impl Resolver {
 
     /// The id of an unwound user stack (the same stack always gets the same id).
     pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
-        if let Some(&id) = self.interned.get(&ips) {
+        if let Some(&id) = self.interned.get(ips.as_slice()) {
             return id;
         }
         if self.interned_ips.len() >= MAX_INTERNED {
@@ -1156,6 +1157,7 @@ impl Resolver {
             return profiler_common::NO_STACK;
         }
         let id = INTERNED_BASE + self.interned_ips.len() as i32;
+        let ips: std::sync::Arc<[u64]> = ips.into();
         self.interned_ips.push(ips.clone());
         self.interned.insert(ips, id);
         id
@@ -1169,7 +1171,7 @@ impl Resolver {
             return self
                 .interned_ips
                 .get((id - INTERNED_BASE) as usize)
-                .cloned()
+                .map(|ips| ips.to_vec())
                 .unwrap_or_default();
         }
         if let Some(ips) = self.stack_cache.get(&id) {
