@@ -235,9 +235,15 @@ pub struct PyProcess {
     pub frame_owner: u32,
     /// `is_entry` (3.11 only) or [`FIELD_ABSENT`].
     pub frame_is_entry: u32,
+    /// Code object of asyncio's `Handle._run` once the agent has seen it (0 before): at that
+    /// frame the kernel side reads the handle's callback, which leads to the running Task.
+    pub handle_run_code: u64,
+    /// Offset of a frame's first local (`self` in `Handle._run`).
+    pub frame_locals: u32,
+    pub _reserved: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 72);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 88);
 
 /// Per-frame flag in [`PyFrame::flags`]: this frame is the outermost of one run of the
 /// interpreter loop (`_PyEval_EvalFrameDefault`): the agent replaces one native eval frame with
@@ -275,6 +281,12 @@ pub struct PyStackHeader {
     /// 1 when the walk stopped at MAX_PY_FRAMES with frames left.
     pub truncated: u32,
     pub magic: u64,
+    /// At a `Handle._run` frame (see [`PyProcess::handle_run_code`]): the handle, and the two
+    /// words of its callback where a Task step wrapper or a bound Task method keeps its Task.
+    /// Read now, because by the time the agent looks the frame may be gone.
+    pub handle: u64,
+    pub task_candidates: [u64; 2],
+    pub _reserved: u64,
 }
 
 impl PyStackHeader {
@@ -282,8 +294,8 @@ impl PyStackHeader {
     pub const MAGIC: u64 = 0x7079_7374_6163_6b31; // "pystack1"
 }
 
-/// Size of [`PyStackHeader`] (40 bytes, 8 modulo 16).
-pub const PY_STACK_HEADER_SIZE: usize = 40;
+/// Size of [`PyStackHeader`] (72 bytes, 8 modulo 16).
+pub const PY_STACK_HEADER_SIZE: usize = 72;
 const _: () = assert!(core::mem::size_of::<PyStackHeader>() == PY_STACK_HEADER_SIZE);
 
 /// The per-CPU scratch record a Python stack is assembled in.

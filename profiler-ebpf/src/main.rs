@@ -528,7 +528,16 @@ struct WalkFrames {
     depth: u64,
     slot: u32,
     truncated: u32,
+    handle: u64,
+    task_candidates: [u64; 2],
 }
+
+/// `Handle._callback`: the second of Handle's __slots__ (sorted: `_args`, `_callback`, ...),
+/// right after the object header.
+const HANDLE_CALLBACK: u64 = 0x18;
+/// Where a `TaskStepMethWrapper` (0x10) or a builtin method bound to a Task (`m_self`, 0x18)
+/// keeps the Task.
+const CALLBACK_TASK_WORDS: [u64; 2] = [0x10, 0x18];
 
 /// One step of the frame walk (see find_thread_step for why a callback).
 extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
@@ -565,6 +574,15 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         || (py.frame_is_entry != FIELD_ABSENT
             && read_user::<u8>(frame + py.frame_is_entry as u64).unwrap_or(0) != 0);
     let code: u64 = read_user(frame + py.frame_code as u64).unwrap_or(0);
+    if code != 0 && code == py.handle_run_code && walk.handle == 0 {
+        let handle: u64 = read_user(frame + py.frame_locals as u64).unwrap_or(0);
+        let callback: u64 = read_user(handle + HANDLE_CALLBACK).unwrap_or(0);
+        walk.handle = handle;
+        walk.task_candidates = [
+            read_user(callback + CALLBACK_TASK_WORDS[0]).unwrap_or(0),
+            read_user(callback + CALLBACK_TASK_WORDS[1]).unwrap_or(0),
+        ];
+    }
     let ip = if py.ip_is_pointer == 1 {
         read_user::<u64>(frame + py.frame_ip as u64).unwrap_or(0)
     } else {
@@ -598,6 +616,8 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         depth: 0,
         slot,
         truncated: 0,
+        handle: 0,
+        task_candidates: [0; 2],
     };
     // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
     unsafe {
@@ -626,6 +646,9 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         depth: depth as u32,
         truncated: walk.truncated,
         magic: PyStackHeader::MAGIC,
+        handle: walk.handle,
+        task_candidates: walk.task_candidates,
+        _reserved: 0,
     };
     let total = PY_STACK_HEADER_SIZE + depth * size_of::<PyFrame>();
     if total > size_of::<PyStackCopy>() {

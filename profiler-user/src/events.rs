@@ -239,6 +239,9 @@ mod tests {
             depth: 2,
             truncated: 0,
             magic: PyStackHeader::MAGIC,
+            handle: 0x3000,
+            task_candidates: [0x4000, 0],
+            _reserved: 0,
         };
         let frame = |code| PyFrame {
             code,

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
-use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess};
+use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackHeader};
 
 use crate::{
     procfs,
@@ -86,6 +86,16 @@ pub fn layout(minor: u32) -> Option<Layout> {
         ip_is_pointer: ip_ptr,
         frame_owner: owner,
         frame_is_entry: is_entry,
+        handle_run_code: 0,
+        // A frame's first local: f_localsplus (3.9: 0x168, 3.10: 0x160), localsplus (0x48).
+        frame_locals: if ip_ptr == 1 {
+            0x48
+        } else if ip == 0x68 {
+            0x168
+        } else {
+            0x160
+        },
+        _reserved: 0,
     };
     let old_strings = (0x30, 0x48);
     let new_strings = (0x28, 0x38);
@@ -187,6 +197,8 @@ fn apply_debug_offsets(layout: &mut Layout, debug: &[u8]) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct Interpreter {
     pub minor: u32,
+    /// asyncio's `Handle._run` code object, once seen (see `PyProcess::handle_run_code`).
+    pub handle_run_code: u64,
     /// The ELF that holds `_PyRuntime` (libpython, or the python executable).
     pub binary: PathBuf,
     pub runtime: u64,
@@ -199,6 +211,7 @@ impl Interpreter {
         PyProcess {
             runtime: self.runtime,
             gil_static: self.layout.gil_in_runtime.map_or(0, |o| self.runtime + o),
+            handle_run_code: self.handle_run_code,
             ..self.layout.kernel
         }
     }
@@ -260,6 +273,7 @@ impl Pythons {
                 let bias = mapping.start.wrapping_sub(facts.first_load);
                 return Ok(Some(Interpreter {
                     minor: facts.minor,
+                    handle_run_code: 0,
                     binary: mapping.path.clone(),
                     runtime: bias.wrapping_add(facts.runtime_symbol),
                     layout: facts.layout,
@@ -446,6 +460,8 @@ pub struct TaskInfo {
 #[derive(Default)]
 pub struct Pythons {
     processes: HashMap<u32, Process>,
+    /// Processes whose kernel-side layout changed (learned `Handle._run`).
+    pub changed: Vec<u32>,
     /// Binaries looked at, by path and inode: what they say about CPython (None: not Python).
     binaries: HashMap<(PathBuf, u64), Option<BinaryFacts>>,
     pub unreadable_frames: u64,
@@ -526,10 +542,11 @@ impl Pythons {
     /// Task's step (`TaskStepMethWrapper`), and its name is the field after its coroutine.
     pub fn task(
         &mut self,
-        pid: u32,
+        header: &PyStackHeader,
         raw: &[PyFrame],
         decoded: &[DecodedFrame],
     ) -> Option<TaskInfo> {
+        let pid = header.pid;
         let outermost = decoded.iter().rposition(|f| f.coroutine)?;
         let coroutine = decoded[outermost].frame.function.clone();
         let process = self.processes.get_mut(&pid)?;
@@ -542,19 +559,22 @@ impl Pythons {
             let code = raw.get(outermost)?.code;
             match process.qualnames.get(&code) {
                 Some(qualname) => qualname.clone(),
-                None => {
-                    let qualname = coroutine_qualname(
-                        memory,
-                        coroutine_addr,
-                        &coroutine,
-                        &process.interpreter.layout,
-                    )
-                    .unwrap_or(coroutine);
-                    if process.qualnames.len() < MAX_CODES {
-                        process.qualnames.insert(code, qualname.clone());
+                None => match coroutine_qualname(
+                    memory,
+                    coroutine_addr,
+                    &coroutine,
+                    &process.interpreter.layout,
+                ) {
+                    // Only a name found is kept: a read that failed (the frame was gone) is
+                    // tried again with the next stack.
+                    Some(qualname) => {
+                        if process.qualnames.len() < MAX_CODES {
+                            process.qualnames.insert(code, qualname.clone());
+                        }
+                        qualname
                     }
-                    qualname
-                }
+                    None => coroutine,
+                },
             }
         } else {
             coroutine
@@ -578,15 +598,28 @@ impl Pythons {
             .iter()
             .position(|f| is_handle_run(&f.frame))
             .and_then(|offset| raw.get(outermost + offset));
-        let found = handle_frame.and_then(|frame| {
-            task_name(
-                memory,
-                minor,
-                frame.frame,
-                coroutine_addr,
-                &process.interpreter.layout,
-            )
+        let layout = &process.interpreter.layout;
+        // The Task as the kernel found it at sample time (the frame may be gone by now), else
+        // through the frame, if it is still there.
+        let from_kernel = header
+            .task_candidates
+            .iter()
+            .filter(|&&task| task != 0)
+            .find(|&&task| type_name(memory, task).is_some_and(|t| t.ends_with("Task")))
+            .and_then(|&task| task_of(memory, minor, task, coroutine_addr, layout));
+        let found = from_kernel.or_else(|| {
+            let frame = handle_frame?;
+            let handle = memory.u64(frame.frame + u64::from(layout.kernel.frame_locals))?;
+            let task = task_from_handle(memory, handle)?;
+            task_of(memory, minor, task, coroutine_addr, layout)
         });
+        if let Some(frame) = handle_frame
+            && process.interpreter.handle_run_code != frame.code
+        {
+            // Tell the kernel side (see `Session::sync_python`).
+            process.interpreter.handle_run_code = frame.code;
+            self.changed.push(pid);
+        }
         let name = found.as_ref().map(|f| f.name.clone());
         if let Some(found) = found {
             if process.task_names.len() >= MAX_TASKS {
@@ -664,24 +697,11 @@ fn name_of(memory: &Memory, minor: u32, name_obj: u64, layout: &Layout) -> Optio
     }
 }
 
-fn task_name(
-    memory: &Memory,
-    minor: u32,
-    handle_frame: u64,
-    coroutine: u64,
-    layout: &Layout,
-) -> Option<FoundTask> {
-    // `self`, the first local of Handle._run.
-    let locals = match minor {
-        9 => 0x168,
-        10 => 0x160,
-        _ => 0x48,
-    };
-    let handle = memory.u64(handle_frame + locals)?;
-    // Handle's __slots__ (sorted by name) start right after the object header; its callback
-    // is the Task's step or wake-up: a small wrapper object (3.9 to 3.11, and the step in
-    // 3.12+) or a builtin method bound to the Task (the wake-up in 3.12+).
-    let task = (0..8).find_map(|slot| {
+/// The Task behind a Handle: its callback is the Task's step or wake-up, a small wrapper object
+/// (3.9 to 3.11, and the step in 3.12+) or a builtin method bound to the Task (the wake-up in
+/// 3.12+). Handle's __slots__ (sorted by name) start after the object header.
+fn task_from_handle(memory: &Memory, handle: u64) -> Option<u64> {
+    (0..8).find_map(|slot| {
         let value = memory.u64(handle + 0x10 + 8 * slot)?;
         let callback_type = type_name(memory, value)?;
         let task = if callback_type.ends_with("TaskStepMethWrapper")
@@ -694,8 +714,18 @@ fn task_name(
             return None;
         };
         type_name(memory, task)?.ends_with("Task").then_some(task)
-    })?;
-    // The Task's fields: `task_coro` is followed by `task_name` in 3.9 to 3.13.
+    })
+}
+
+/// A Task's name, when it runs `coroutine`: `task_coro` is followed by `task_name` in 3.9 to
+/// 3.13.
+fn task_of(
+    memory: &Memory,
+    minor: u32,
+    task: u64,
+    coroutine: u64,
+    layout: &Layout,
+) -> Option<FoundTask> {
     let fields = memory.bytes(task + 0x10, 8 * 48)?;
     let pointers: Vec<u64> = fields
         .chunks_exact(8)

@@ -295,7 +295,11 @@ impl Session {
         }
         let started = std::time::Instant::now();
         let decoded = self.pythons.decode(header.pid, frames);
-        let task = self.pythons.task(header.pid, frames, &decoded);
+        let task = self.pythons.task(header, frames, &decoded);
+        if !self.pythons.changed.is_empty() {
+            let changed = std::mem::take(&mut self.pythons.changed);
+            self.pythons_to_register.extend(changed);
+        }
         let report = &mut self.python_report;
         report.decode_ns += started.elapsed().as_nanos() as u64;
         report.stacks += 1;
@@ -651,21 +655,40 @@ impl Session {
         history.push_back((ts_ns, task));
     }
 
-    /// The asyncio task of a stall: the first task seen on its thread during the stall, else
-    /// the one that was running when it began.
+    /// The asyncio task of a stall: the one its thread ran longest during the stall (a loop
+    /// iteration can run several callbacks; the one that held the loop is what matters).
     fn stall_task(&self, stall: &Stall) -> Option<python::TaskInfo> {
         let history = self.task_history.get(&stall.tid)?;
-        let during = history
+        let (start, end) = (stall.start_ns, stall.end_ns);
+        // The task current at the start, then each change during the stall.
+        let mut current = history
             .iter()
-            .filter(|(ts, _)| (stall.start_ns..=stall.end_ns).contains(ts))
-            .find_map(|(_, task)| task.clone());
-        during.or_else(|| {
-            history
-                .iter()
-                .rev()
-                .find(|(ts, _)| *ts < stall.start_ns)
-                .and_then(|(_, task)| task.clone())
-        })
+            .rev()
+            .find(|(ts, _)| *ts <= start)
+            .and_then(|(_, task)| task.as_ref());
+        let mut since = start;
+        let mut time: Vec<(&python::TaskInfo, u64)> = Vec::new();
+        fn credit<'a>(
+            time: &mut Vec<(&'a python::TaskInfo, u64)>,
+            task: Option<&'a python::TaskInfo>,
+            ns: u64,
+        ) {
+            if let Some(task) = task {
+                match time.iter_mut().find(|(t, _)| *t == task) {
+                    Some((_, total)) => *total += ns,
+                    None => time.push((task, ns)),
+                }
+            }
+        }
+        for (ts, task) in history.iter().filter(|(ts, _)| (start..=end).contains(ts)) {
+            credit(&mut time, current, ts - since);
+            current = task.as_ref();
+            since = *ts;
+        }
+        credit(&mut time, current, end.saturating_sub(since));
+        time.into_iter()
+            .max_by_key(|(_, ns)| *ns)
+            .map(|(task, _)| task.clone())
     }
 
     fn waker_record(

@@ -1,6 +1,6 @@
 //! CPython's own native frames, from a pyenv build without frame pointers, unwind through the
-//! interpreter loop to `main` (DWARF CFI from libpython). Python-level frames are a separate
-//! feature; this is the native stack under them.
+//! interpreter loop to `main` (DWARF CFI from libpython), with the Python frames in place of the
+//! interpreter loop's: one stack from the Python function down to `_start`.
 
 use std::{process::Command, time::Duration};
 
@@ -26,8 +26,8 @@ fn cpython_native_frames_unwind_to_main() {
     let out = scratch_dir("cpython-native");
     let pid = target.pid().to_string();
     let agent = Agent::record(&["--pid", &pid, "--threshold", "100ms"], &out);
-    // Two planted burns, 250 ms apart at most.
-    for _ in 0..2 {
+    // Three planted burns (450 ms apart): the first may have been printed before recording began.
+    for _ in 0..3 {
         assert!(
             target
                 .stdout
@@ -47,9 +47,28 @@ fn cpython_native_frames_unwind_to_main() {
         let top = dominant_code_stack(stall);
         assert_eq!(top["kind"], "on_cpu", "{top:#}");
         let names = user_function_names(top);
+        let python: Vec<&str> = top["frames"]
+            .as_array()
+            .map(|frames| {
+                frames
+                    .iter()
+                    .filter(|f| f["kind"] == "python")
+                    .filter_map(|f| f["function"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            python.first().copied(),
+            Some("burn_in_python"),
+            "the burning function is the innermost Python frame: {names:?}"
+        );
         assert!(
-            names.iter().any(|n| n == "_PyEval_EvalFrameDefault"),
-            "the interpreter loop is on the stack: {names:?}"
+            python.ends_with(&["main", "<module>"]),
+            "Python frames down to the module: {python:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n == "_PyEval_EvalFrameDefault"),
+            "each interpreter loop frame is replaced by its Python frames: {names:?}"
         );
         assert!(
             names.iter().any(|n| n == "main" || n == "Py_BytesMain"),
