@@ -175,7 +175,26 @@ pub struct UserStackHeader {
     pub tid: u32,
     /// Bytes of stack copied (the record carries exactly this many after the header).
     pub len: u32,
-    pub _reserved: u32,
+    /// [`STACK_REPEATED`] when no bytes follow because the stack is the thread's previous one.
+    pub flags: u32,
+}
+
+/// [`UserStackHeader::flags`]: the thread is at the same place as at its previous copy (same
+/// registers, same top of stack): the agent reuses that unwind instead of a new copy.
+pub const STACK_REPEATED: u32 = 1;
+
+/// Bytes at the top of the stack compared to tell a repeated stack.
+pub const STACK_REPEAT_PROBE: usize = 512;
+
+/// What the kernel side remembers of a thread's last stack copy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastStack {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Checksum of the top STACK_REPEAT_PROBE bytes.
+    pub sum: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<UserStackHeader>() == 48);

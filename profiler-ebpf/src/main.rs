@@ -28,7 +28,7 @@ use aya_log_ebpf::debug;
 use profiler_common::{
     Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR,
     NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
-    PyProcess, PyStackCopy, PyStackHeader, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
+    LastStack, PyProcess, PyStackCopy, STACK_REPEAT_PROBE, STACK_REPEATED, PyStackHeader, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
     UserStackHeader, drop, kind,
 };
 
@@ -73,6 +73,12 @@ static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
 /// Wait-point syscalls (nr -> 1), filled by the agent from its table of runtimes.
 #[map]
 static WAIT_POINTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Each thread's last user-stack copy (tid -> registers and a checksum of the top of its
+/// stack): a thread that blocks again where it blocked before (a ping-pong, a worker parked
+/// in the same wait) is sent as "repeated" instead of 32 KiB again.
+#[map]
+static LAST_STACKS: HashMap<u32, LastStack> = HashMap::with_max_entries(65536, 0);
 
 /// Followed processes that run CPython (tgid -> where its state is and its version's layout).
 #[map]
@@ -282,6 +288,46 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
             _ => return false,
         }
     };
+    // The top of the stack and the registers as at the last copy: the same stack, most likely
+    // (the same call chain at the same depth), so the agent reuses the last unwind.
+    let mut sum = 0u64;
+    // SAFETY: reading user memory into our buffer, within its bounds.
+    if unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut buf.data[..STACK_REPEAT_PROBE]) }
+        .is_ok()
+    {
+        for i in 0..(STACK_REPEAT_PROBE / 8) {
+            // SAFETY: i * 8 + 8 <= STACK_REPEAT_PROBE <= the buffer's length.
+            let word = unsafe {
+                core::ptr::read_unaligned(buf.data.as_ptr().add(i * 8).cast::<u64>())
+            };
+            sum = sum.rotate_left(7) ^ word;
+        }
+    }
+    let now = LastStack { ip, sp, bp, sum };
+    // SAFETY: the value is copied out of the map.
+    if sum != 0 && unsafe { LAST_STACKS.get(&tid) }.copied() == Some(now) {
+        buf.header = UserStackHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ip,
+            sp,
+            bp,
+            pid,
+            tid,
+            len: 0,
+            flags: STACK_REPEATED,
+        };
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (buf as *const UserStackCopy).cast::<u8>(),
+                size_of::<UserStackHeader>(),
+            )
+        };
+        if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+            count_drop(drop::RINGBUF_FULL);
+            return false;
+        }
+        return true;
+    }
     // Copy in 4 KiB chunks until `want` or the first unreadable chunk: the stack's mapping
     // ends somewhere above sp (the top of the main thread's stack is close), and a read that
     // crosses its end fails whole.
@@ -330,7 +376,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
         pid,
         tid,
         len: len as u32,
-        _reserved: 0,
+        flags: 0,
     };
     let total = size_of::<UserStackHeader>() + len;
     if total > size_of::<UserStackCopy>() {
@@ -343,6 +389,8 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
         count_drop(drop::RINGBUF_FULL);
         return false;
     }
+    // Remembered only once sent: a repeat must refer to a copy the agent has.
+    let _ = LAST_STACKS.insert(&tid, &now, 0);
     true
 }
 
@@ -954,6 +1002,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = FOLLOWED_TIDS.remove(&tid);
     let _ = THREAD_SYSCALL.remove(&tid);
+    let _ = LAST_STACKS.remove(&tid);
     // SAFETY: plain u64 copied out of the map.
     if let Some(tstate) = unsafe { PY_THREADS.get(&tid) }.copied() {
         let _ = PY_TSTATE_TIDS.remove(&tstate);

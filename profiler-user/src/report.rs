@@ -80,6 +80,9 @@ pub struct UnwindReport {
     pub unwind_ns: u64,
     pub files_parsed: u64,
     pub files_failed: u64,
+    /// Stacks the kernel found unchanged since the thread's previous copy (not copied again).
+    #[serde(default)]
+    pub repeated: u64,
 }
 
 /// The CPython interpreters seen, and how their frames were read.

@@ -93,6 +93,9 @@ pub struct Session {
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, ips).
     pending_stacks: HashMap<u32, (u64, Vec<u64>)>,
+    /// Each thread's last unwound copy, for the kernel's "repeated" records.
+    last_unwound: HashMap<u32, Vec<u64>>,
+    stacks_repeated: u64,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
@@ -148,6 +151,8 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
+            last_unwound: HashMap::new(),
+            stacks_repeated: 0,
             pending_python: HashMap::new(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
@@ -278,12 +283,25 @@ impl Session {
         if self.debug_events {
             eprintln!("stack {header:?}");
         }
+        if header.flags & profiler_common::STACK_REPEATED != 0 {
+            // The thread is where it was at its last copy: the same unwind.
+            if let Some(ips) = self.last_unwound.get(&header.tid) {
+                self.stacks_repeated += 1;
+                self.pending_stacks
+                    .insert(header.tid, (header.ts_ns, ips.clone()));
+            }
+            return;
+        }
         let started = std::time::Instant::now();
         let ips = self
             .unwinders
             .unwind(header.pid, header.ip, header.sp, header.bp, stack);
         self.unwind_ns += started.elapsed().as_nanos() as u64;
         self.stack_bytes_copied += stack.len() as u64;
+        if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&header.tid)
+        {
+            self.last_unwound.insert(header.tid, ips.clone());
+        }
         self.pending_stacks.insert(header.tid, (header.ts_ns, ips));
     }
 
@@ -927,6 +945,7 @@ impl Session {
                 truncated: self.unwinders.stats.truncated,
                 bytes_copied: self.stack_bytes_copied,
                 unwind_ns: self.unwind_ns,
+                repeated: self.stacks_repeated,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
             },

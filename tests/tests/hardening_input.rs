@@ -896,10 +896,11 @@ fn target_that_execs_into_a_setuid_binary_is_followed() {
         "/usr/bin/su is setuid here (mode {mode:o})"
     );
     let target =
-        Target::spawn(Command::new("sh").args(["-c", "sleep 0.5; exec su root -c 'sleep 2'"]));
+        // (The agent takes about 0.6 s to load and attach: the exec comes well after that.)
+        Target::spawn(Command::new("sh").args(["-c", "sleep 1.5; exec su root -c 'sleep 2'"]));
     let pid = target.pid();
     let out = scratch_dir("setuid-exec");
-    let agent = Agent::record(&["--pid", &pid.to_string(), "--duration", "3s"], &out);
+    let agent = Agent::record(&["--pid", &pid.to_string(), "--duration", "4s"], &out);
     let result = agent.wait();
     let stderr = result.stderr.join("\n");
     assert_no_panic(&stderr);
