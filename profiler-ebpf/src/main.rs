@@ -788,7 +788,12 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         remember_thread(tgid, tid);
         let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
         let syscall = thread_syscall(tid);
-        let (kernel, user, copied) = stacks(ctx, tgid, tid, syscall, 0);
+        // A loop going idle in its wait point is between iterations: no stacks to take.
+        let (kernel, user, copied) = if is_idle_wait(syscall as i64) {
+            (NO_STACK, NO_STACK, false)
+        } else {
+            stacks(ctx, tgid, tid, syscall, 0)
+        };
         let python = python_stack(tgid, tid, syscall, 0);
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
@@ -836,7 +841,11 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     event.arg0 = ((waker_tgid as u64) << 32) | waker_tid as u64;
     event.aux = target_cpu as u32;
     event.comm = bpf_get_current_comm().unwrap_or_default();
-    if kind == kind::WAKING && waker_tgid != 0 {
+    // Waking a thread that idles in its loop's wait (a request arrived) starts an iteration:
+    // who did it explains nothing, so the waker's stacks are not taken (on a busy server this
+    // is most wake-ups).
+    if kind == kind::WAKING && waker_tgid != 0 && !is_idle_wait(thread_syscall(woken as u32) as i64)
+    {
         // sched_waking runs in the waker's context: its stacks say what released the sleeper
         // (the code that unlocked the mutex, wrote to the pipe, ...). A followed waker's user
         // stack is copied for full unwinding (libc's wrappers keep no frame pointer).
