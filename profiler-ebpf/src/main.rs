@@ -26,10 +26,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR,
-    NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
-    LastStack, PyProcess, PyStackCopy, STACK_REPEAT_PROBE, STACK_REPEATED, PyStackHeader, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
-    UserStackHeader, drop, kind,
+    Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack, MAX_PY_FRAMES, MAX_STACK_COPY,
+    MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE,
+    PyFrame, PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED,
+    TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
@@ -217,8 +217,7 @@ const RUNTIME_WORKER_PREFIX: &[u8] = b"tokio-r";
 fn is_idle_wait(nr: i64) -> bool {
     match wait_point_mark(nr) {
         1 => true,
-        2 => bpf_get_current_comm()
-            .is_ok_and(|comm| comm.starts_with(RUNTIME_WORKER_PREFIX)),
+        2 => bpf_get_current_comm().is_ok_and(|comm| comm.starts_with(RUNTIME_WORKER_PREFIX)),
         _ => false,
     }
 }
@@ -310,9 +309,8 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     {
         for i in 0..(STACK_REPEAT_PROBE / 8) {
             // SAFETY: i * 8 + 8 <= STACK_REPEAT_PROBE <= the buffer's length.
-            let word = unsafe {
-                core::ptr::read_unaligned(buf.data.as_ptr().add(i * 8).cast::<u64>())
-            };
+            let word =
+                unsafe { core::ptr::read_unaligned(buf.data.as_ptr().add(i * 8).cast::<u64>()) };
             sum = sum.rotate_left(7) ^ word;
         }
     }
