@@ -77,6 +77,8 @@ const APT_PACKAGES: &[&str] = &[
     // Real consumers of our outputs in the tests: `go tool pprof`, xmllint (JUnit XSD, SVG).
     "golang-go",
     "libxml2-utils",
+    // The SIGKILL test lists programs, maps and links left behind with bpftool.
+    "bpftool",
 ];
 
 fn main() -> ExitCode {
