@@ -79,7 +79,14 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The SIGKILL test lists programs, maps and links left behind with bpftool.
     "bpftool",
+    // The browser test opens report.html in headless Chromium (driven by playwright-core).
+    "chromium",
 ];
+
+/// npm packages installed into `target/web` (node_modules): the chart libraries report.html
+/// inlines (profiler-user/build.rs reads them from there; same pins) and playwright-core, which
+/// drives Debian's chromium in the browser test (it never downloads a browser of its own).
+const WEB_PACKAGES: &[&str] = &["d3@7.9.2", "d3-flame-graph@5.0.0", "playwright-core@1.65.1"];
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -164,6 +171,7 @@ fn setup() -> Result<()> {
     setup_apt()?;
     setup_rust_src()?;
     setup_bpf_linker()?;
+    setup_web()?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -266,6 +274,40 @@ fn setup_bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
     .context("installing bpf-linker; see TOOLCHAIN notes in README")
+}
+
+/// The npm packages of [`WEB_PACKAGES`] in `target/web`, at their pinned versions.
+fn setup_web() -> Result<()> {
+    let web = root().join("target/web");
+    let missing: Vec<&str> = WEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let (name, version) = spec.rsplit_once('@').unwrap_or((spec, ""));
+            let manifest = web.join("node_modules").join(name).join("package.json");
+            let text = std::fs::read_to_string(manifest).unwrap_or_default();
+            !text.contains(&format!("\"version\": \"{version}\""))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: ok: npm packages present in target/web ({})",
+            WEB_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing npm packages into target/web: {}",
+        missing.join(" ")
+    );
+    std::fs::create_dir_all(&web).with_context(|| format!("creating {}", web.display()))?;
+    status(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefix"])
+            .arg(&web)
+            .args(WEB_PACKAGES),
+    )
+    .context("installing npm packages (node and npm come with the machine image; is the npm registry reachable?)")
 }
 
 fn cargo() -> Command {
