@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod testrun;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "stallscope developer tasks")]
@@ -337,29 +338,41 @@ fn test(filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E)");
     }
     let filter: Vec<&str> = filter.into_iter().collect();
-    status(
-        cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "profiler-common",
-                "-p",
-                "profiler-user",
-                "-p",
-                "xtask",
-            ])
-            .args(&filter),
-    )
-    .context("unit tests failed")?;
-    status(
-        cargo()
-            .args(["test", "--release", "-p", "stallscope-tests", "--"])
-            .args(&filter)
-            .arg("--test-threads=1")
-            .env("STALLSCOPE_BIN", agent_path()),
-    )
-    .context("integration tests failed")
+    let started = Instant::now();
+    // Both suites run to the end whatever fails (`--no-fail-fast`), so one broken test binary
+    // cannot hide the state of the others; the failures are summed up once at the end.
+    let mut report = testrun::Report::default();
+    let mut unit = cargo();
+    unit.args(["test", "--release", "--no-fail-fast"])
+        .args([
+            "-p",
+            "profiler-common",
+            "-p",
+            "profiler-user",
+            "-p",
+            "xtask",
+        ])
+        .args(&filter);
+    report.run("unit tests", &mut unit)?;
+    let mut integration = cargo();
+    integration
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "stallscope-tests",
+            "--",
+        ])
+        .args(&filter)
+        .arg("--test-threads=1")
+        .env("STALLSCOPE_BIN", agent_path());
+    report.run("integration tests", &mut integration)?;
+    eprintln!("{}", report.summary(started.elapsed()));
+    if report.failed() {
+        bail!("some tests failed (listed above)");
+    }
+    Ok(())
 }
 
 /// Builds the bundled epoll server with planted stalls.
@@ -387,4 +400,69 @@ fn send(port: u16, line: &str) -> Result<()> {
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The packages README's setup list names as `apt \`NAME\``.
+    fn readme_apt_packages() -> BTreeSet<String> {
+        readme_packages("apt `")
+    }
+
+    /// The packages README's setup list names after `prefix` (e.g. "npm `"), up to the backtick.
+    fn readme_packages(prefix: &str) -> BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let list = readme
+            .split("<!-- setup-list -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- /setup-list -->").next())
+            .unwrap_or_default();
+        list.split(prefix)
+            .skip(1)
+            .filter_map(|rest| rest.split('`').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_package_setup_installs() {
+        let code: BTreeSet<String> = super::APT_PACKAGES
+            .iter()
+            .chain(crate::bench::APT_PACKAGES)
+            .map(|p| p.to_string())
+            .collect();
+        let readme = readme_apt_packages();
+        assert_eq!(
+            code, readme,
+            "README's setup list (between <!-- setup-list --> markers, as apt `NAME`) must name \
+             exactly the apt packages xtask installs"
+        );
+        let npm: BTreeSet<String> = super::WEB_PACKAGES.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            npm,
+            readme_packages("npm `"),
+            "README's setup list must name the npm packages xtask installs, as npm `NAME@VERSION`"
+        );
+    }
+
+    /// build.rs installs the chart libraries itself when setup has not: with the same pins.
+    #[test]
+    fn build_script_pins_the_same_web_packages() {
+        let build = include_str!("../../profiler-user/build.rs");
+        let pins = build
+            .split("const WEB_PACKAGES: &[&str] = &[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default();
+        let pins: Vec<&str> = pins.split('"').skip(1).step_by(2).collect();
+        assert!(!pins.is_empty(), "build.rs lists WEB_PACKAGES");
+        for pin in pins {
+            assert!(
+                super::WEB_PACKAGES.contains(&pin),
+                "{pin} is pinned in build.rs but not in xtask"
+            );
+        }
+    }
 }
