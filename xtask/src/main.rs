@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod sid;
 mod testrun;
 
 #[derive(Parser)]
@@ -82,6 +83,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // The browser test opens report.html in headless Chromium (driven by playwright-core).
     "chromium",
+    // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
+    "debootstrap",
 ];
 
 /// npm packages installed into `target/web` (node_modules): the chart libraries report.html
@@ -173,6 +176,7 @@ fn setup() -> Result<()> {
     setup_rust_src()?;
     setup_bpf_linker()?;
     setup_web()?;
+    sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
 }
