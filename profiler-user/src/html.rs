@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     report::{Recording, StackRecord, StallRecord, format_ms},
-    symbolize::{Frame, FrameKind},
+    symbolize::FrameKind,
 };
 
 /// How much of a recording the page carries, with the reason for each limit.
@@ -185,20 +185,6 @@ fn frame_kind_code(kind: FrameKind) -> &'static str {
     }
 }
 
-fn frame_name(frame: &Frame) -> String {
-    let name = match (&frame.file, frame.line) {
-        (Some(file), Some(line)) if frame.kind == FrameKind::Python => {
-            format!(
-                "{} ({}:{line})",
-                frame.function,
-                file.rsplit('/').next().unwrap_or(file)
-            )
-        }
-        _ => frame.function.clone(),
-    };
-    clip(&name, PAGE_LIMITS.name_chars)
-}
-
 /// The leaf that says what kind of time a stack is, with the syscall and who ended the wait.
 fn marker(stack: &StackRecord) -> (String, &'static str) {
     let by = stack.waker.as_ref().map(|w| w.describe());
@@ -244,8 +230,10 @@ fn stall_tree(stall: &StallRecord) -> Node {
         nodes += depth;
         root.v += stack.weight_ns;
         let mut node = &mut root;
-        for frame in stack.frames.iter().rev() {
-            node = node.child(&frame_name(frame), frame_kind_code(frame.kind));
+        // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
+        for shown in crate::headline::folded(&stack.frames).iter().rev() {
+            let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
+            node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
         }
         let (text, kind) = marker(stack);
@@ -296,13 +284,12 @@ fn causes(stall: &StallRecord) -> Vec<CauseView> {
     causes
 }
 
+/// The table's "where": the stall's dominant code path, as the live line says it.
 fn headline(stall: &StallRecord) -> String {
-    let place = stall.top_frames_text(" < ");
-    let cause = stall
-        .dominant_stack()
-        .map(StackRecord::cause)
-        .unwrap_or_default();
-    clip(&format!("{place}{cause}"), 4 * PAGE_LIMITS.name_chars)
+    let text = crate::headline::headline(stall)
+        .map(|h| h.text(" < "))
+        .unwrap_or_else(|| format!("(no frames: {})", stall.no_frames_why()));
+    clip(&text, 4 * PAGE_LIMITS.name_chars)
 }
 
 fn page(recording: &Recording) -> Page {
@@ -519,6 +506,7 @@ pub fn report_html(recording: &Recording) -> Result<String> {
 mod tests {
     use super::*;
     use crate::report::Drops;
+    use crate::symbolize::Frame;
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
         Frame {

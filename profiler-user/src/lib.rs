@@ -20,6 +20,7 @@ pub mod cli;
 pub mod diff;
 pub mod doctor;
 pub mod events;
+pub mod headline;
 pub mod html;
 pub mod junit;
 pub mod pprof;

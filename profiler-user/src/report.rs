@@ -700,11 +700,16 @@ pub fn summary_markdown(recording: &Recording) -> String {
         let _ = writeln!(md, "| duration | thread | mostly | where | why |");
         let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
-            let place = stall.top_frames_text(" ← ");
-            let why = stall
-                .dominant_stack()
-                .map(StackRecord::cause)
+            let headline = crate::headline::headline(stall);
+            let place = headline
+                .as_ref()
+                .map(|h| h.place(" ← "))
                 .unwrap_or_default();
+            let why = match &headline {
+                Some(h) if h.is_mixed() => "mixed: shares in where".to_string(),
+                Some(h) => h.cause().to_string(),
+                None => stall.no_frames_why().to_string(),
+            };
             let _ = writeln!(
                 md,
                 "| {}{} | {} ({}/{}) | {} | `{}` | {} |",
@@ -827,20 +832,18 @@ pub fn live_line(stall: &StallRecord) -> String {
         format_ms(stall.off_cpu_ns),
         format_ms(stall.runqueue_ns),
     );
-    match stall.headline() {
-        Some((stack, frames)) => {
-            let frames: Vec<String> = frames.into_iter().map(frame_text).collect();
-            let _ = write!(line, "\n    at {}{}", frames.join(" < "), stack.cause());
-            if stall
-                .dominant_stack()
-                .is_some_and(|d| !std::ptr::eq(d, stack))
-            {
-                let _ = write!(
-                    line,
-                    " ({} of it; the heaviest part has no named frame)",
-                    format_ms(stack.weight_ns)
-                );
-            }
+    // The dominant code path, aggregated by frame (module `headline`).
+    match crate::headline::headline(stall) {
+        Some(headline) if headline.has_named() => {
+            let _ = write!(line, "\n    at {}", headline.text(" < "));
+        }
+        Some(headline) => {
+            let _ = write!(
+                line,
+                "\n    at {} (no named frame: {})",
+                headline.text(" < "),
+                stall.no_frames_why()
+            );
         }
         None => {
             let _ = write!(line, "\n    (no frames to show: {})", stall.no_frames_why());
@@ -956,11 +959,10 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             format_ms(total)
         );
         for stall in worst_stalls(recording, 10) {
-            let top = stall.top_frames_text(" < ");
-            let cause = stall
-                .dominant_stack()
-                .map(StackRecord::cause)
-                .unwrap_or_default();
+            let (top, cause) = match crate::headline::headline(stall) {
+                Some(h) => (h.place(" < "), h.cause().to_string()),
+                None => (format!("(no frames: {})", stall.no_frames_why()), String::new()),
+            };
             let _ = writeln!(
                 text,
                 "  {:>9}  {}/{}  mostly {:<8}  {}{}{}",

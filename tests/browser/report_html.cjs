@@ -3,7 +3,8 @@
 // (click each stall in the table, zoom the timeline, search a function) and prints what the page
 // showed as one JSON object on stdout. The Rust test (tests/tests/report_html.rs) judges it.
 //
-// usage: node report_html.cjs REPORT_HTML SCREENSHOT_PNG [SEARCH_TERM]
+// usage: node report_html.cjs REPORT_HTML SCREENSHOT_PNG [SEARCH_TERM | --plain]
+// --plain: only open the page (the longest stall selected) and take the screenshot (the demo's).
 'use strict';
 
 const fs = require('fs');
@@ -57,6 +58,11 @@ async function main() {
     await page.waitForSelector('body[data-ready="true"]', { timeout: 15000 });
     result.title = await page.title();
     result.header = await page.locator('#header').innerText();
+    if (searchTerm === '--plain') {
+      await page.screenshot({ path: screenshotPath, fullPage: true });
+      process.stdout.write(JSON.stringify(result) + '\n');
+      return;
+    }
 
     // Click every stall row, as a person would, and read the icicle the page drew for it.
     const ids = await page.$$eval('#stalls tbody tr.stall-row', (rows) => rows.map((r) => r.dataset.stall));

@@ -105,9 +105,31 @@ pub fn run() -> Result<()> {
     if !status.success() {
         bail!("stallscope exited with {status}");
     }
+    screenshot(&out_dir.join("report.html"));
     eprintln!(
-        "demo: outputs are in {} (open flamegraph.svg in a browser)",
+        "demo: outputs are in {} (open report.html in a browser)",
         out_dir.display()
     );
     Ok(())
+}
+
+/// README's picture of report.html: the demo's page in headless Chromium, the longest stall
+/// selected (tests/browser/report_html.cjs --plain). A failure is said, not fatal: the
+/// recording is the demo's point.
+fn screenshot(report: &std::path::Path) {
+    let png = root().join("docs/report.png");
+    let result = Command::new("node")
+        .arg(root().join("tests/browser/report_html.cjs"))
+        .arg(report)
+        .arg(&png)
+        .arg("--plain")
+        .stdout(Stdio::null())
+        .status();
+    match result {
+        Ok(status) if status.success() => {
+            eprintln!("demo: screenshot of report.html in {}", png.display())
+        }
+        Ok(status) => eprintln!("demo: no screenshot of report.html (browser driver: {status})"),
+        Err(err) => eprintln!("demo: no screenshot of report.html (cannot run node: {err})"),
+    }
 }

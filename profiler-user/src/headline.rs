@@ -1,0 +1,591 @@
+//! A stall's headline: its dominant code path, the way its own flamegraph would draw it.
+//!
+//! The heaviest single stack is a poor headline when a stall's time is spread over many
+//! slightly different stacks (a CPU loop sampled at different lines and leaves): a short sleep
+//! with one stack then outweighs it. So the stall's stacks are merged by frame from the
+//! outermost in (function and file, not line: lines are what differ between samples of one
+//! loop), and the path is followed down while one child holds most of the time. Where the time
+//! splits between big children that spend it differently (one on-CPU, one blocked), the stall
+//! is *mixed* and each is named with its share:
+//! `sync_compress (app.py:22) 69 % on-CPU; sync_write_to_disk (app.py:17) 31 % blocked in
+//! clock_nanosleep()`.
+//!
+//! Frames are read as a person reads the program ([`readable`]): the Python frames of a stack
+//! that has any, the user frames otherwise (the kernel's only when there is nothing else), and a
+//! run of unnamed frames (addresses in a stripped module) folded into `[3 frames in redis-server]`.
+//! Pure: stall records in, text out.
+
+use std::collections::HashMap;
+
+use crate::{
+    report::{StackRecord, StallRecord},
+    symbolize::{Frame, FrameKind},
+};
+
+/// A branch holding at least this share of the stall is named on its own (a mixed stall).
+const BRANCH_SHARE: f64 = 0.2;
+/// The path goes one frame deeper while its heaviest child holds at least this share of it.
+const FOLLOW_SHARE: f64 = 0.5;
+/// Branches named in a mixed headline.
+const MAX_BRANCHES: usize = 3;
+/// Named frames shown for a single path (innermost first).
+const NAMED_FRAMES: usize = 3;
+
+/// One frame as shown: a real frame, or a folded run of unnamed ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    /// What merges in the tree: function and file (not the line), or the folded run's text.
+    pub key: String,
+    /// What is printed: with the line for frames that have one.
+    pub text: String,
+    pub named: bool,
+    /// The frame's kind (the first frame's, for a folded run).
+    pub kind: FrameKind,
+    /// Its label in a graph, where frames merge by function: the line only for Python frames
+    /// (as in the flamegraph SVG), the run's text for a folded run.
+    pub graph: String,
+}
+
+/// Whether a frame has a name: not an address in a module (`libfoo.so+0x1234`) nor an unknown
+/// address.
+pub fn is_named(frame: &Frame) -> bool {
+    !frame.function.is_empty()
+        && !frame.function.starts_with("[unknown]")
+        && !frame.function.contains("+0x")
+}
+
+fn module_name(frame: &Frame) -> Option<&str> {
+    let module = frame.module.as_deref()?;
+    Some(module.rsplit('/').next().unwrap_or(module))
+}
+
+fn frame_text(frame: &Frame) -> String {
+    match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!(
+            "{} ({}:{line})",
+            frame.function,
+            file.rsplit('/').next().unwrap_or(file)
+        ),
+        _ => frame.function.clone(),
+    }
+}
+
+/// The frames a person reads, innermost first: Python frames when the stack has any, else the
+/// user frames, else the kernel's; each run of two or more unnamed frames folded into one.
+pub fn readable(frames: &[Frame]) -> Vec<Shown> {
+    fold(&chosen_frames(frames))
+}
+
+/// Every frame, innermost first, with runs of two or more unnamed frames folded (for graphs).
+pub fn folded(frames: &[Frame]) -> Vec<Shown> {
+    fold(&frames.iter().collect::<Vec<_>>())
+}
+
+fn chosen_frames(frames: &[Frame]) -> Vec<&Frame> {
+    let python = frames.iter().any(|f| f.kind == FrameKind::Python);
+    let user = frames.iter().any(|f| f.kind != FrameKind::Kernel);
+    frames
+        .iter()
+        .filter(|f| match (python, user) {
+            (true, _) => f.kind == FrameKind::Python,
+            (false, true) => f.kind != FrameKind::Kernel,
+            (false, false) => true,
+        })
+        .collect()
+}
+
+fn fold(chosen: &[&Frame]) -> Vec<Shown> {
+    let mut shown = Vec::with_capacity(chosen.len());
+    let mut i = 0;
+    while i < chosen.len() {
+        let frame = chosen[i];
+        if is_named(frame) {
+            shown.push(Shown {
+                key: format!(
+                    "{}\u{0}{}",
+                    frame.function,
+                    frame.file.as_deref().unwrap_or("")
+                ),
+                text: frame_text(frame),
+                named: true,
+                kind: frame.kind,
+                graph: if frame.kind == FrameKind::Python {
+                    frame_text(frame)
+                } else {
+                    frame.function.clone()
+                },
+            });
+            i += 1;
+            continue;
+        }
+        let run = chosen[i..].iter().take_while(|f| !is_named(f)).count();
+        let text = if run == 1 {
+            frame.function.clone()
+        } else {
+            let module = module_name(frame);
+            let same = chosen[i..i + run].iter().all(|f| module_name(f) == module);
+            match module {
+                Some(module) if same => format!("[{run} frames in {module}]"),
+                _ => format!("[{run} unnamed frames]"),
+            }
+        };
+        shown.push(Shown {
+            key: text.clone(),
+            graph: text.clone(),
+            text,
+            named: false,
+            kind: frame.kind,
+        });
+        i += run;
+    }
+    shown
+}
+
+/// A node of the stall's merged tree.
+#[derive(Default)]
+struct Node {
+    key: String,
+    weight_ns: u64,
+    /// Printed forms (lines) and their weights: the heaviest is shown.
+    texts: HashMap<String, u64>,
+    named: bool,
+    /// Weight by kind of time: on_cpu, off_cpu, runqueue, lock.
+    kinds: [u64; 4],
+    /// Heaviest stack through this node, by kind (for its syscall and waker).
+    heaviest: [Option<(u64, usize)>; 4],
+    children: Vec<Node>,
+}
+
+fn kind_index(kind: &str) -> usize {
+    match kind {
+        "off_cpu" => 1,
+        "runqueue" => 2,
+        "lock" => 3,
+        _ => 0,
+    }
+}
+
+impl Node {
+    fn add(&mut self, stack: usize, kind: usize, weight_ns: u64) {
+        self.weight_ns += weight_ns;
+        self.kinds[kind] += weight_ns;
+        if self.heaviest[kind].is_none_or(|(w, _)| weight_ns > w) {
+            self.heaviest[kind] = Some((weight_ns, stack));
+        }
+    }
+
+    fn child(&mut self, shown: &Shown) -> &mut Node {
+        let index = match self.children.iter().position(|c| c.key == shown.key) {
+            Some(index) => index,
+            None => {
+                self.children.push(Node {
+                    key: shown.key.clone(),
+                    named: shown.named,
+                    ..Node::default()
+                });
+                self.children.len() - 1
+            }
+        };
+        &mut self.children[index]
+    }
+
+    fn text(&self) -> &str {
+        self.texts
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map_or(self.key.as_str(), |(text, _)| text.as_str())
+    }
+
+    fn heaviest_child(&self) -> Option<&Node> {
+        self.children
+            .iter()
+            .max_by(|a, b| a.weight_ns.cmp(&b.weight_ns).then_with(|| b.key.cmp(&a.key)))
+    }
+
+    fn dominant_kind(&self) -> usize {
+        (0..4)
+            .max_by_key(|&k| (self.kinds[k], std::cmp::Reverse(k)))
+            .unwrap_or(0)
+    }
+}
+
+fn tree(stacks: &[StackRecord]) -> Node {
+    let mut root = Node::default();
+    for (index, stack) in stacks.iter().enumerate() {
+        let kind = kind_index(&stack.kind);
+        root.add(index, kind, stack.weight_ns);
+        let mut node = &mut root;
+        for shown in readable(&stack.frames).iter().rev() {
+            node = node.child(shown);
+            node.add(index, kind, stack.weight_ns);
+            *node.texts.entry(shown.text.clone()).or_default() += stack.weight_ns;
+        }
+    }
+    root
+}
+
+/// One code path of the headline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    /// Innermost first: the path's innermost frame and its callers, up to [`NAMED_FRAMES`]
+    /// named ones (folded unnamed runs in between kept).
+    pub frames: Vec<String>,
+    pub weight_ns: u64,
+    /// Share of the stall's stack time, 0..=1.
+    pub share: f64,
+    /// The kind of time that dominates it: "on-CPU", "blocked in read()", "waiting for a CPU",
+    /// "waiting for a lock".
+    pub what: String,
+    /// The cause of its heaviest stack of that kind (" [blocked in read()], woken by ...").
+    pub cause: String,
+    /// Whether any of `frames` is a named one (not only folded addresses).
+    pub named: bool,
+}
+
+/// A stall's dominant code path, or its big branches when mixed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Headline {
+    pub branches: Vec<Branch>,
+}
+
+impl Headline {
+    pub fn is_mixed(&self) -> bool {
+        self.branches.len() > 1
+    }
+
+    /// Whether some frame of it has a name.
+    pub fn has_named(&self) -> bool {
+        self.branches.iter().any(|b| b.named)
+    }
+
+    /// `burn_cpu (srv.c:40) < handle_request (srv.c:67) < main (srv.c:112) [waiting for a CPU]`
+    /// for one path (with its share when it holds less than half of the stall);
+    /// `a (x.py:22) 69 % on-CPU; b (x.py:17) 31 % blocked in clock_nanosleep()` when mixed.
+    pub fn text(&self, separator: &str) -> String {
+        format!("{}{}", self.place(separator), self.cause())
+    }
+
+    /// Why, for one path: the cause of its heaviest stack (empty when mixed: each branch says).
+    pub fn cause(&self) -> &str {
+        match self.branches.as_slice() {
+            [one] => &one.cause,
+            _ => "",
+        }
+    }
+
+    /// Where: the path's frames (with its share when under half), or the mixed branches.
+    pub fn place(&self, separator: &str) -> String {
+        match self.branches.as_slice() {
+            [one] => {
+                let share = if one.share < 0.5 {
+                    format!(" ({:.0} % of it)", one.share * 100.0)
+                } else {
+                    String::new()
+                };
+                format!("{}{share}", one.frames.join(separator))
+            }
+            many => many
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{} {:.0} % {}",
+                        b.frames.first().map_or("?", String::as_str),
+                        b.share * 100.0,
+                        b.what
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// Follows the heaviest child while it holds most of the node; returns the path's nodes,
+/// outermost first.
+fn follow<'a>(mut path: Vec<&'a Node>) -> Vec<&'a Node> {
+    while let Some(node) = path.last().copied() {
+        match node.heaviest_child() {
+            Some(child) if child.weight_ns as f64 >= FOLLOW_SHARE * node.weight_ns as f64 => {
+                path.push(child)
+            }
+            _ => break,
+        }
+    }
+    path
+}
+
+fn branch(path: &[&Node], total_ns: u64, stacks: &[StackRecord]) -> Branch {
+    let head = path.last().copied();
+    let mut frames = Vec::new();
+    let mut named = 0;
+    for node in path.iter().rev() {
+        if named == NAMED_FRAMES {
+            break;
+        }
+        frames.push(node.text().to_string());
+        if node.named {
+            named += 1;
+        }
+    }
+    let named = named > 0;
+    let (weight_ns, kind, stack) = match head {
+        Some(head) => {
+            let kind = head.dominant_kind();
+            (
+                head.weight_ns,
+                kind,
+                head.heaviest[kind].and_then(|(_, i)| stacks.get(i)),
+            )
+        }
+        None => (0, 0, None),
+    };
+    let what = match kind {
+        1 => match stack.and_then(|s| s.syscall.as_deref()) {
+            Some(syscall) => format!("blocked in {syscall}()"),
+            None => "blocked".to_string(),
+        },
+        2 => "waiting for a CPU".to_string(),
+        3 => "waiting for a lock".to_string(),
+        _ => "on-CPU".to_string(),
+    };
+    Branch {
+        frames,
+        weight_ns,
+        share: weight_ns as f64 / total_ns.max(1) as f64,
+        what,
+        cause: stack.map(StackRecord::cause).unwrap_or_default(),
+        named,
+    }
+}
+
+/// The stall's headline; None when it has no frame at all.
+pub fn headline(stall: &StallRecord) -> Option<Headline> {
+    let root = tree(&stall.stacks);
+    if root.children.is_empty() {
+        return None;
+    }
+    let total = root.weight_ns;
+    let mut path: Vec<&Node> = Vec::new();
+    let mut node = &root;
+    loop {
+        let mut big: Vec<&Node> = node
+            .children
+            .iter()
+            .filter(|c| c.weight_ns as f64 >= BRANCH_SHARE * total as f64)
+            .collect();
+        // Mixed: big branches that spend their time differently (one computes, one sleeps).
+        // Big branches of one kind are one job seen at different leaves: follow on instead.
+        let kinds: std::collections::BTreeSet<usize> =
+            big.iter().map(|c| c.dominant_kind()).collect();
+        if big.len() >= 2 && kinds.len() >= 2 {
+            big.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| a.key.cmp(&b.key)));
+            let branches = big
+                .into_iter()
+                .take(MAX_BRANCHES)
+                .map(|child| {
+                    let mut start = path.clone();
+                    start.push(child);
+                    branch(&follow(start), total, &stall.stacks)
+                })
+                .collect();
+            return Some(Headline { branches });
+        }
+        match node.heaviest_child() {
+            Some(child) if child.weight_ns as f64 >= FOLLOW_SHARE * node.weight_ns as f64 => {
+                path.push(child);
+                node = child;
+            }
+            _ => break,
+        }
+    }
+    if path.is_empty() {
+        // The time is spread thin from the outermost frame on: name the heaviest outer frame.
+        path = follow(vec![root.heaviest_child()?]);
+    }
+    Some(Headline {
+        branches: vec![branch(&path, total, &stall.stacks)],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(function: &str, line: u32) -> Frame {
+        Frame {
+            function: function.into(),
+            file: Some("/srv/mixed_workload.py".into()),
+            line: Some(line),
+            module: None,
+            kind: FrameKind::Python,
+        }
+    }
+
+    fn native(function: &str, module: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            kind: FrameKind::Native,
+        }
+    }
+
+    fn kernel(function: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            file: None,
+            line: None,
+            module: None,
+            kind: FrameKind::Kernel,
+        }
+    }
+
+    fn stack(kind: &str, weight_ns: u64, syscall: Option<&str>, frames: Vec<Frame>) -> StackRecord {
+        StackRecord {
+            kind: kind.into(),
+            weight_ns,
+            count: 1,
+            syscall: syscall.map(str::to_string),
+            frames,
+            waker: None,
+        }
+    }
+
+    fn stall(stacks: Vec<StackRecord>) -> StallRecord {
+        serde_json::from_value(serde_json::json!({
+            "pid": 1, "tid": 1, "comm": "python3", "start_ns": 0, "end_ns": 800_000_000u64,
+            "duration_ns": 800_000_000u64, "on_cpu_ns": 0, "off_cpu_ns": 0, "runqueue_ns": 0,
+            "rule": "iteration", "partial": false, "data_lost": false, "stacks": stacks,
+        }))
+        .expect("stall fixture")
+    }
+
+    /// The case of issue #23: a compress loop's time spread over 23 stacks that differ in
+    /// their line and C leaf (3 % each), and one 31 % sleep stack, the heaviest single stack.
+    #[test]
+    fn time_spread_over_near_identical_stacks_is_summed_by_frame() {
+        let outer = || vec![py("cycle", 30), py("main", 40)];
+        let mut stacks = Vec::new();
+        for i in 0..23u32 {
+            let mut frames = vec![py("sync_compress", 22 + i % 2)];
+            frames.extend(outer());
+            frames.insert(0, native(&format!("deflate_{i}"), "/usr/lib/libz.so.1"));
+            stacks.push(stack("on_cpu", 24_000_000, None, frames));
+        }
+        let mut sleep = vec![py("sync_write_to_disk", 17)];
+        sleep.extend(outer());
+        sleep.insert(0, kernel("schedule"));
+        stacks.push(stack("off_cpu", 248_000_000, Some("clock_nanosleep"), sleep));
+        let stall = stall(stacks);
+        assert_eq!(
+            stall.dominant_stack().map(|s| s.kind.as_str()),
+            Some("off_cpu"),
+            "the heaviest single stack is the sleep (what the old headline named)"
+        );
+        let headline = headline(&stall).expect("a headline");
+        assert!(headline.is_mixed());
+        assert_eq!(
+            headline.text(" < "),
+            "sync_compress (mixed_workload.py:22) 69 % on-CPU; \
+             sync_write_to_disk (mixed_workload.py:17) 31 % blocked in clock_nanosleep()"
+        );
+    }
+
+    #[test]
+    fn one_dominant_path_reads_innermost_first_with_its_cause() {
+        let frames = |leaf: &str| {
+            vec![
+                native(leaf, "/srv/epoll_server"),
+                native("burn_cpu", "/srv/epoll_server"),
+                native("handle_request", "/srv/epoll_server"),
+                native("main", "/srv/epoll_server"),
+                native("__libc_start_call_main", "/lib/libc.so.6"),
+            ]
+        };
+        let stall = stall(vec![
+            stack("on_cpu", 40, None, frames("now_ns")),
+            stack("on_cpu", 35, None, frames("__GI___clock_gettime")),
+            stack("runqueue", 25, None, frames("now_ns")),
+        ]);
+        let headline = headline(&stall).expect("a headline");
+        assert!(!headline.is_mixed());
+        // now_ns holds 65 % of burn_cpu's time: the path goes on to it.
+        assert_eq!(headline.text(" < "), "now_ns < burn_cpu < handle_request");
+        let spread = self::stall(vec![
+            stack("on_cpu", 40, None, frames("now_ns")),
+            stack("on_cpu", 35, None, frames("__GI___clock_gettime")),
+            stack("on_cpu", 25, None, frames("write")),
+        ]);
+        assert_eq!(
+            headline_text(&spread),
+            "burn_cpu < handle_request < main",
+            "no leaf holds most of burn_cpu: the path stops there"
+        );
+    }
+
+    fn headline_text(stall: &StallRecord) -> String {
+        headline(stall).map(|h| h.text(" < ")).unwrap_or_default()
+    }
+
+    #[test]
+    fn unnamed_runs_fold_and_named_frames_follow() {
+        let module = "/usr/bin/redis-check-rdb";
+        let frames = vec![
+            native("redis-check-rdb+0x1628f1", module),
+            native("redis-check-rdb+0x158274", module),
+            native("redis-check-rdb+0x15754a", module),
+            native("lua_pcall", module),
+            native("luaCallFunction", module),
+            native("evalGenericCommand", module),
+            native("call", module),
+        ];
+        let shown = readable(&frames);
+        assert_eq!(shown[0].text, "[3 frames in redis-check-rdb]");
+        assert!(!shown[0].named);
+        let stall = stall(vec![stack("on_cpu", 100, None, frames)]);
+        assert_eq!(
+            headline_text(&stall),
+            "[3 frames in redis-check-rdb] < lua_pcall < luaCallFunction < evalGenericCommand"
+        );
+    }
+
+    #[test]
+    fn a_stack_with_no_named_frame_still_reads_as_one_line() {
+        let frames = vec![
+            native("[unknown] 0x7f068ce962ad", "/usr/bin/bash"),
+            Frame {
+                module: None,
+                ..native("[unknown] 0x7f068ce90000", "")
+            },
+            kernel("schedule"),
+        ];
+        let shown = readable(&frames);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].text, "[2 unnamed frames]");
+        let stall = stall(vec![stack("off_cpu", 100, Some("read"), frames)]);
+        assert_eq!(headline_text(&stall), "[2 unnamed frames] [blocked in read()]");
+        let only_kernel = self::stall(vec![stack(
+            "off_cpu",
+            100,
+            Some("read"),
+            vec![kernel("schedule"), kernel("ksys_read")],
+        )]);
+        assert_eq!(
+            headline_text(&only_kernel),
+            "schedule < ksys_read [blocked in read()]",
+            "kernel frames when there is nothing else"
+        );
+        assert_eq!(headline(&self::stall(vec![])), None);
+    }
+
+    #[test]
+    fn a_single_unnamed_frame_keeps_its_address() {
+        let frames = vec![
+            native("libfoo.so+0x1234", "/lib/libfoo.so"),
+            native("work", "/srv/app"),
+        ];
+        let texts: Vec<String> = readable(&frames).into_iter().map(|s| s.text).collect();
+        assert_eq!(texts, vec!["libfoo.so+0x1234", "work"]);
+    }
+}
