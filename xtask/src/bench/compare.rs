@@ -154,7 +154,7 @@ fn program_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
         }
     }
     let mut stats = BTreeMap::new();
-    let Ok(listing) = output(Command::new("bpftool").args(["-j", "prog", "show"])) else {
+    let Some(listing) = output(Command::new("bpftool").args(["-j", "prog", "show"])) else {
         return stats;
     };
     let Ok(serde_json::Value::Array(progs)) = serde_json::from_str(&listing) else {
