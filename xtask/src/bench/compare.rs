@@ -173,6 +173,9 @@ fn program_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     stats
 }
 
+/// Per program: (ns per run, runs per switch), one value per round.
+type ProgramRounds = BTreeMap<String, (Vec<f64>, Vec<f64>)>;
+
 /// The followed ping-pong, once per build (3 rounds each, interleaved).
 fn followed(opts: &Options, dir: &Path, builds: &[(&'static str, PathBuf); 2]) -> Result<String> {
     let pingpong = build_c_target(dir, "pingpong", &["-O2", "-pthread"])?;
@@ -181,7 +184,7 @@ fn followed(opts: &Options, dir: &Path, builds: &[(&'static str, PathBuf); 2]) -
     let mut agent_ms: [Vec<f64>; 2] = Default::default();
     let mut bpf_ms: [Vec<f64>; 2] = Default::default();
     // Per build, per program: (ns per run, runs per switch) per round.
-    let mut programs: [BTreeMap<String, (Vec<f64>, Vec<f64>)>; 2] = Default::default();
+    let mut programs: [ProgramRounds; 2] = Default::default();
     let repeats = if opts.quick { 1 } else { 3 };
     for round in 0..repeats {
         for step in 0..2 {
