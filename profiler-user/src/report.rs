@@ -80,7 +80,11 @@ pub struct UnwindReport {
     /// Time spent unwinding in the agent, summed.
     pub unwind_ns: u64,
     pub files_parsed: u64,
+    /// ELF files whose unwind tables could not be parsed (corrupt, unreadable, not ELF).
     pub files_failed: u64,
+    /// Addresses blazesym failed on (a corrupt symbol table or DWARF): named by offset.
+    #[serde(default)]
+    pub symbol_failures: u64,
     /// Stacks the kernel found unchanged since the thread's previous copy (not copied again).
     #[serde(default)]
     pub repeated: u64,

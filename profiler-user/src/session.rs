@@ -911,6 +911,13 @@ impl Session {
                 self.resolver.symbols.unopenable.iter().next().map_or("", String::as_str)
             ));
         }
+        if !self.resolver.symbols.debug_refused.is_empty() {
+            hints.push(format!(
+                "{} file(s) have a debug link or .dwp file that is not a plain regular file beside them (a symlink, a FIFO, a path, or too big): their debug files were not read, so their frames have no file:line; e.g. {}",
+                self.resolver.symbols.debug_refused.len(),
+                self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
+            ));
+        }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
         if kernel_frames_seen && self.resolver.symbols.kernel_symbols_hidden() {
             hints.push(
@@ -953,6 +960,7 @@ impl Session {
                 repeated: self.stacks_repeated,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
+                symbol_failures: self.resolver.symbols.failures,
             },
             python: report::PythonReport {
                 unreadable_frames: self.pythons.unreadable_frames,

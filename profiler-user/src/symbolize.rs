@@ -65,6 +65,57 @@ fn short_module(module: &str) -> &str {
 
 /// Cache limits: bounded memory on long recordings of programs with huge code.
 const MAX_CACHED_ADDRESSES: usize = 200_000;
+const MAX_CACHED_FILES: usize = 4096;
+/// Largest debug file blazesym may open through a debug link: it checksums the whole file,
+/// so a huge or sparse one would cost minutes. Real ones reach a few GB (browsers).
+const MAX_DEBUG_FILE_BYTES: u64 = 8 << 30;
+
+/// Whether blazesym may follow the debug files of the ELF at `path` (its `.gnu_debuglink`
+/// and `PATH.dwp`). The binary is the target's, so are the name in its debug link and the
+/// directory beside it: blazesym would open whatever it finds there, and a FIFO blocks that
+/// open forever, a symlink leads anywhere, a sparse file costs a checksum over all of it. So
+/// a link that is not a plain file name, or a candidate beside the binary that is a symlink,
+/// not a regular file or too big, turns debug symbols off for that file (ELF symbols stay).
+/// Candidates under /usr/lib/debug and /lib/debug are root's and not checked.
+fn debug_files_are_safe(path: &Path) -> bool {
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    let acceptable = |candidate: &Path| match candidate.symlink_metadata() {
+        Err(_) => true,
+        Ok(meta) => meta.file_type().is_file() && meta.len() <= MAX_DEBUG_FILE_BYTES,
+    };
+    let mut dwp = path.as_os_str().to_os_string().into_vec();
+    dwp.extend_from_slice(b".dwp");
+    if !acceptable(Path::new(std::ffi::OsStr::from_bytes(&dwp))) {
+        return false;
+    }
+    let Some(link) = debug_link_name(path) else {
+        return true;
+    };
+    if link.is_empty() || link.contains(&b'/') || link == b"." || link == b".." {
+        return false;
+    }
+    let link = std::ffi::OsStr::from_bytes(&link);
+    // blazesym looks beside the canonical path of the binary; check beside both.
+    let dirs = [
+        path.parent().map(Path::to_path_buf),
+        std::fs::canonicalize(path)
+            .ok()
+            .and_then(|c| c.parent().map(Path::to_path_buf)),
+    ];
+    dirs.iter()
+        .flatten()
+        .all(|dir| acceptable(&dir.join(link)) && acceptable(&dir.join(".debug").join(link)))
+}
+
+/// The file name in an ELF's `.gnu_debuglink`, read without reading the whole file.
+fn debug_link_name(path: &Path) -> Option<Vec<u8>> {
+    use object::Object as _;
+    let file = procfs::open_regular(path).ok()?;
+    let data = object::ReadCache::new(file);
+    let elf = object::File::parse(&data).ok()?;
+    let (name, _crc) = elf.gnu_debuglink().ok()??;
+    Some(name.to_vec())
+}
 
 pub struct Symbols {
     symbolizer: Symbolizer,
@@ -83,6 +134,11 @@ pub struct Symbols {
     /// readable without CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
     pub unopenable: std::collections::BTreeSet<String>,
     user_cache: HashMap<(u32, u64), Vec<Frame>>,
+    /// Per file blazesym opens: whether its debug files (`.gnu_debuglink`, `.dwp`) may be
+    /// followed (see [`debug_files_are_safe`]).
+    debug_safe: HashMap<PathBuf, bool>,
+    /// Files whose debug files were not followed (said once, in the summary's hints).
+    pub debug_refused: std::collections::BTreeSet<String>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
 }
@@ -104,6 +160,8 @@ impl Symbols {
             kernel_symbols_hidden: None,
             unopenable: Default::default(),
             user_cache: HashMap::new(),
+            debug_safe: HashMap::new(),
+            debug_refused: Default::default(),
             kernel_cache: HashMap::new(),
             failures: 0,
         }
@@ -244,7 +302,19 @@ impl Symbols {
             }
             return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
         };
-        let source = Source::Elf(Elf::new(path));
+        if self.debug_safe.len() >= MAX_CACHED_FILES {
+            self.debug_safe.clear();
+        }
+        let safe = *self
+            .debug_safe
+            .entry(path.clone())
+            .or_insert_with(|| debug_files_are_safe(&path));
+        if !safe && self.debug_refused.len() < 64 {
+            self.debug_refused.insert(module.clone());
+        }
+        let mut elf = Elf::new(path);
+        elf.debug_syms = safe;
+        let source = Source::Elf(elf);
         match self
             .symbolizer
             .symbolize_single(&source, Input::FileOffset(file_offset))

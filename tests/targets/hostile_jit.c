@@ -4,6 +4,7 @@
 //   hostile_jit names          a map it owns whose names hold markup and control characters
 //   hostile_jit symlink PATH   a symlink to PATH (a root-only file the agent must not read)
 //   hostile_jit owner UID      a map owned by another user UID
+//   hostile_jit native         no map: burns in the C function burn_native() instead
 // Started as root, it drops to uid/gid 65534 (nobody) once its map is in place. Each burn
 // spins ~300 ms in the JIT code, then sleeps 200 ms; it prints "ready" when set up.
 #define _GNU_SOURCE
@@ -25,6 +26,14 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+volatile uint64_t sink;
+
+__attribute__((noinline)) void burn_native(uint64_t n) {
+    uint64_t x = 7;
+    for (uint64_t i = 0; i < n; i++) x = x * 2862933555777941757ULL + 3037000493ULL;
+    sink = x;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: hostile_jit names|symlink PATH|owner UID\n");
@@ -42,7 +51,10 @@ int main(int argc, char **argv) {
     char path[64];
     snprintf(path, sizeof path, "/tmp/perf-%d.map", getpid());
     unlink(path);
-    if (strcmp(argv[1], "symlink") == 0 && argc > 2) {
+    int native = strcmp(argv[1], "native") == 0;
+    if (native) {
+        // No perf map at all.
+    } else if (strcmp(argv[1], "symlink") == 0 && argc > 2) {
         if (symlink(argv[2], path) != 0) {
             perror("symlink");
             return 1;
@@ -77,7 +89,10 @@ int main(int argc, char **argv) {
     for (;;) {
         uint64_t start = now_ns();
         while (now_ns() - start < 300000000u) {
-            spin(2000000);
+            if (native)
+                burn_native(2000000);
+            else
+                spin(2000000);
         }
         printf("burn\n");
         fflush(stdout);

@@ -14,7 +14,9 @@
 //!   recording still finds the stall;
 //! - files: a copy of a real binary whose `.eh_frame`, `.eh_frame_hdr`, `.debug_frame`,
 //!   `.debug_line`, `.debug_info` and `.gnu_debuglink` are overwritten with random bytes
-//!   (still runnable) is recorded without a crash, with the failure counted.
+//!   (still runnable) is recorded without a crash, with the failure counted; a debug link
+//!   naming a FIFO beside the binary does not hang the agent (debug files not followed, said in
+//!   a hint, the function still named from the ELF symbols).
 
 use std::{
     ffi::OsStr,
@@ -397,4 +399,231 @@ fn perf_map_symlink_to_a_root_only_file_is_not_read() {
 #[test]
 fn perf_map_owned_by_another_user_is_not_read() {
     assert_perf_map_refused(&["owner"], "perfmap-owner", "owned by uid 12345");
+}
+
+/// (name, file offset, size) of each section, from `readelf -SW`.
+fn sections(binary: &Path) -> Vec<(String, u64, u64)> {
+    let out = Command::new("readelf")
+        .arg("-SW")
+        .arg(binary)
+        .output()
+        .expect("run readelf (binutils, installed with gcc by `cargo xtask setup`)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_once(']')?.1.split_whitespace().collect();
+            let hex = |i: usize| u64::from_str_radix(fields.get(i)?, 16).ok();
+            Some((fields.first()?.to_string(), hex(3)?, hex(4)?))
+        })
+        .collect()
+}
+
+fn run_tool(program: &str, args: &[&OsStr]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program} (binutils, from `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A copy of the hostile target in `dir`, with its DWARF split into `hostile_jit.debug` and a
+/// `.gnu_debuglink` to it (as distributions ship binaries).
+fn binary_with_debug_link(dir: &Path) -> PathBuf {
+    let built = c_target("hostile_jit", &["-O2", "-g"]);
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let binary = dir.join("hostile_jit");
+    fs::copy(&built, &binary).expect("copy");
+    let debug = dir.join("hostile_jit.debug");
+    run_tool(
+        "objcopy",
+        &[
+            OsStr::new("--only-keep-debug"),
+            binary.as_os_str(),
+            debug.as_os_str(),
+        ],
+    );
+    let mut link = std::ffi::OsString::from("--add-gnu-debuglink=");
+    link.push(&debug);
+    run_tool("objcopy", &[&link, binary.as_os_str()]);
+    binary
+}
+
+/// Records the target started from `binary` (burning in `burn_native`) for 3 s.
+fn record_native(binary: &Path, name: &str) -> (AgentResult, Value) {
+    let mut target = Target::spawn(Command::new(binary).arg("native"));
+    target
+        .stdout
+        .wait_for("ready", Duration::from_secs(10))
+        .expect("target did not start");
+    let hostile = Hostile {
+        target,
+        perf_map: PathBuf::from("/nonexistent"),
+    };
+    let (result, _) = record(&hostile, name, &[]);
+    let stderr = result.stderr.join("\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    let json = result.stalls_json();
+    assert!(
+        !json["stalls"].as_array().expect("stalls").is_empty(),
+        "the burn is still found: {stderr}"
+    );
+    (result, json)
+}
+
+#[test]
+fn binary_with_sections_overwritten_by_random_bytes_is_recorded_with_the_failure_counted() {
+    let dir = scratch_dir("corrupt-binary");
+    let binary = binary_with_debug_link(&dir);
+    let wanted = [
+        ".eh_frame",
+        ".eh_frame_hdr",
+        ".debug_frame",
+        ".debug_line",
+        ".debug_info",
+        ".debug_abbrev",
+        ".debug_str",
+        ".gnu_debuglink",
+    ];
+    let mut bytes = fs::read(&binary).expect("read copy");
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut overwritten = Vec::new();
+    for (name, offset, size) in sections(&binary) {
+        if !wanted.contains(&name.as_str()) {
+            continue;
+        }
+        for byte in &mut bytes[offset as usize..(offset + size) as usize] {
+            // xorshift64: random enough, the same every run.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        overwritten.push(name);
+    }
+    for needed in [".eh_frame", ".debug_line", ".debug_info", ".gnu_debuglink"] {
+        assert!(
+            overwritten.iter().any(|n| n == needed),
+            "{needed} not found: {overwritten:?}"
+        );
+    }
+    fs::write(&binary, &bytes).expect("write corrupted copy");
+    // The DWARF in the binary is garbage now; so is the debug file's, reached by no link.
+    let (_, json) = record_native(&binary, "corrupt-binary");
+    let unwind = &json["unwind"];
+    let counted = ["truncated", "files_failed", "symbol_failures"]
+        .iter()
+        .map(|k| unwind[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(counted > 0, "the failure is counted: {unwind}");
+}
+
+#[test]
+fn debug_link_to_a_fifo_does_not_hang_the_agent() {
+    let dir = scratch_dir("debuglink-fifo");
+    let binary = binary_with_debug_link(&dir);
+    // The debug file the link names is now a FIFO nobody writes to: opening it blocks.
+    let debug = dir.join("hostile_jit.debug");
+    fs::remove_file(&debug).expect("remove debug file");
+    let path = std::ffi::CString::new(debug.as_os_str().as_bytes()).expect("path");
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0, "mkfifo");
+    let (_, json) = record_native(&binary, "debuglink-fifo");
+    let hints = json["hints"].to_string();
+    assert!(
+        hints.contains("debug link"),
+        "the refused debug link is said: {hints}"
+    );
+    let named = json["stalls"].as_array().into_iter().flatten().any(|s| {
+        s["stacks"].as_array().into_iter().flatten().any(|st| {
+            st["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["function"] == "burn_native")
+        })
+    });
+    assert!(named, "burn_native still named from the ELF symbols");
+}
+
+/// pyenv's CPython 3.12 (the machine image has pyenv).
+fn pyenv_python312() -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let versions = root.join("versions");
+    let mut found: Vec<PathBuf> = fs::read_dir(&versions)
+        .unwrap_or_else(|e| panic!("{}: {e} (the machine image has pyenv)", versions.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with("3.12"))
+        })
+        .map(|p| p.join("bin/python3.12"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "no CPython 3.12 under {}: `pyenv install 3.12`",
+            versions.display()
+        )
+    })
+}
+
+#[test]
+fn python_with_garbage_code_objects_and_a_frame_cycle_costs_bounded_time() {
+    let script = stallscope_tests::workspace_root().join("tests/targets/python/hostile_code.py");
+    let mut target = Target::spawn(Command::new(pyenv_python312()).arg(&script));
+    target
+        .stdout
+        .wait_for("ready", Duration::from_secs(20))
+        .expect("hostile Python did not start");
+    let hostile = Hostile {
+        target,
+        perf_map: PathBuf::from("/nonexistent"),
+    };
+    let started = std::time::Instant::now();
+    let (result, _) = record(&hostile, "hostile-python", &[]);
+    let stderr = result.stderr.join("\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    // 3 s of recording; writing the outputs must not take long past it (generous: a shared
+    // 2-core machine), which a 1 TiB line table or an endless walk would.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let json = result.stalls_json();
+    let python = &json["python"];
+    assert!(
+        python["stacks"].as_u64().unwrap_or(0) > 0,
+        "Python stacks were read: {python}"
+    );
+    assert!(
+        python["unreadable_frames"].as_u64().unwrap_or(0) > 0,
+        "garbage code objects are counted: {python}"
+    );
+    assert!(
+        python["truncated"].as_u64().unwrap_or(0) > 0,
+        "the cycle is cut at the depth limit: {python}"
+    );
+    let mut unreadable = 0;
+    for stall in json["stalls"].as_array().into_iter().flatten() {
+        for stack in stall["stacks"].as_array().into_iter().flatten() {
+            let frames = stack["frames"].as_array().expect("frames");
+            assert!(frames.len() <= 1024, "a stack of {} frames", frames.len());
+            unreadable += frames
+                .iter()
+                .filter(|f| f["kind"] == "python" && f["function"] == "[unreadable]")
+                .count();
+        }
+    }
+    assert!(unreadable > 0, "the garbage frame shows as [unreadable]");
 }
