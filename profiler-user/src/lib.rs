@@ -5,12 +5,13 @@
 //! - [`tracefs`], [`procfs`], [`privileges`]: what the machine and the targets look like;
 //! - [`attach`]: the eBPF programs and maps (the only aya user);
 //! - [`events`]: ring-buffer bytes → typed events, loss detection;
+//! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
 //! - [`symbolize`]: addresses → frames (the only blazesym user); [`perf_map`]: JIT symbol
 //!   maps read without letting the target choose the file;
 //! - [`report`]: the recording as data, and every output rendered from it;
 //! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
-//!   more renderings of a recording for CI and other tools;
+//!   more renderings of a recording for CI and other tools; [`html`]: report.html;
 //! - [`sanitize`]: names the target controls, made safe for every output;
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod diff;
 pub mod doctor;
 pub mod events;
+pub mod html;
 pub mod junit;
 pub mod perf_map;
 pub mod pprof;
@@ -28,6 +30,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod python;
 pub mod record;
+pub mod reorder;
 pub mod replay;
 pub mod report;
 pub mod sanitize;

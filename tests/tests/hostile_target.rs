@@ -136,6 +136,7 @@ fn text_outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
         "stalls.folded",
         "offcpu.folded",
         "symbols.json",
+        "report.html",
     ]
     .iter()
     .filter_map(|name| Some((name.to_string(), fs::read(dir.join(name)).ok()?)))
@@ -250,7 +251,7 @@ fn hostile_names_come_out_escaped_in_every_output_and_capabilities_are_dropped()
     for name in ["trace.json", "symbols.json"] {
         serde_json::from_str::<Value>(&output(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    for name in ["flamegraph.svg", "junit.xml", "summary.md"] {
+    for name in ["flamegraph.svg", "junit.xml", "summary.md", "report.html"] {
         let text = output(name);
         // (inferno's SVG has a <script> of its own: the target's is `<script>alert`.)
         for markup in ["<script>alert", "</script>|", "<i>", "<b>"] {
