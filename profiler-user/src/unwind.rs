@@ -480,6 +480,26 @@ impl Unwinders {
 mod tests {
     use super::*;
 
+    /// A binary padded to 64 GiB with a hole (a sparse file, which a target can map): its
+    /// unwind tables are read without reading the file whole (64 GiB would not fit here).
+    #[test]
+    fn huge_sparse_binary_is_not_read_whole() {
+        let exe = std::env::current_exe().expect("test binary");
+        let path = std::env::temp_dir().join(format!("stallscope-sparse-{}", std::process::id()));
+        std::fs::copy(&exe, &path).expect("copy");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(64 << 30).expect("make it sparse");
+        drop(file);
+        let opened = procfs::open_regular(&path).expect("regular file");
+        let info = ElfUnwindInfo::parse(&object::ReadCache::new(opened));
+        let _ = std::fs::remove_file(&path);
+        let info = info.expect("parsed");
+        assert!(info.eh_frame.is_some(), "its .eh_frame was read");
+    }
+
     fn info(segments: Vec<(u64, u64, u64)>) -> ElfUnwindInfo {
         ElfUnwindInfo {
             segments,
