@@ -10,7 +10,7 @@
 //! - [`symbolize`]: addresses → frames (the only blazesym user);
 //! - [`report`]: the recording as data, and every output rendered from it;
 //! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
-//!   more renderings of a recording for CI and other tools;
+//!   more renderings of a recording for CI and other tools; [`html`]: report.html;
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
 pub mod btf;
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod diff;
 pub mod doctor;
 pub mod events;
+pub mod html;
 pub mod junit;
 pub mod pprof;
 pub mod privileges;

@@ -288,6 +288,7 @@ pub const PROFILE_PB_GZ: &str = "profile.pb.gz";
 pub const TRACE_JSON: &str = "trace.json";
 pub const SUMMARY_MD: &str = "summary.md";
 pub const JUNIT_XML: &str = "junit.xml";
+pub const REPORT_HTML: &str = "report.html";
 
 impl StackRecord {
     /// Why this time was spent, in words: " [blocked in read()], woken by tid 4312 (writer)
@@ -621,6 +622,9 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
             recording.recorded_ns as f64 / 1e9,
         );
         write(JUNIT_XML, xml.as_bytes())?;
+    }
+    if formats.html {
+        write(REPORT_HTML, crate::html::report_html(recording)?.as_bytes())?;
     }
     Ok(written)
 }
