@@ -194,7 +194,8 @@ impl Session {
         let record = ProcessRecord {
             pid,
             comm: stat.as_ref().map_or_else(|| "?".into(), |s| s.comm.clone()),
-            exe: procfs::exe(pid).map_or_else(String::new, |p| p.display().to_string()),
+            exe: procfs::exe(pid)
+                .map_or_else(String::new, |p| crate::sanitize::name(&p.to_string_lossy())),
             started_ns,
             exited_ns: None,
             exit_code: None,
@@ -447,8 +448,13 @@ impl Session {
         if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
             // Compared as bytes: this runs for every event, and names rarely change.
             let bytes = comm_bytes(&raw.comm);
-            if self.thread_names.get(&raw.tid).map(String::as_bytes) != Some(bytes) {
-                self.thread_names.insert(raw.tid, comm_string(&raw.comm));
+            let stored = self.thread_names.get(&raw.tid).map(String::as_bytes);
+            // A name that needed escaping is stored escaped: compare it escaped too.
+            if stored != Some(bytes) {
+                let name = comm_string(&raw.comm);
+                if stored != Some(name.as_bytes()) {
+                    self.thread_names.insert(raw.tid, name);
+                }
             }
         }
         if self.debug_events {
@@ -537,8 +543,7 @@ impl Session {
                 self.unwinders.inherit(parent_pid, child_tid);
                 // A new process (not a thread) has itself as thread group leader.
                 let is_process = procfs::stat(child_tid).is_some()
-                    && std::fs::read_to_string(format!("/proc/{child_tid}/status"))
-                        .ok()
+                    && procfs::read_text(&format!("/proc/{child_tid}/status"))
                         .and_then(|s| {
                             s.lines()
                                 .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_string()))
@@ -569,7 +574,7 @@ impl Session {
                         process.record.comm = stat.comm;
                     }
                     if let Some(exe) = procfs::exe(pid) {
-                        process.record.exe = exe.display().to_string();
+                        process.record.exe = crate::sanitize::name(&exe.to_string_lossy());
                     }
                 }
             }
@@ -957,6 +962,13 @@ impl Session {
                 self.resolver.symbols.unopenable.iter().next().map_or("", String::as_str)
             ));
         }
+        if !self.resolver.symbols.debug_refused.is_empty() {
+            hints.push(format!(
+                "{} file(s) have a debug link or .dwp file that is not a plain regular file beside them (a symlink, a FIFO, a path, or too big): their debug files were not read, so their frames have no file:line; e.g. {}",
+                self.resolver.symbols.debug_refused.len(),
+                self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
+            ));
+        }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
         if kernel_frames_seen && self.resolver.symbols.kernel_symbols_hidden() {
             hints.push(
@@ -999,6 +1011,7 @@ impl Session {
                 repeated: self.stacks_repeated,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
+                symbol_failures: self.resolver.symbols.failures,
             },
             python: report::PythonReport {
                 unreadable_frames: self.pythons.unreadable_frames,
@@ -1132,7 +1145,7 @@ fn hints(processes: &[ProcessRecord]) -> Vec<String> {
         let is_node = std::path::Path::new(&process.exe)
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
-        let no_perf_map = crate::symbolize::perf_map_path(process.pid).is_none();
+        let no_perf_map = !crate::perf_map::exists(process.pid);
         if is_node && no_perf_map {
             hints.push(format!(
                 "{} ({}) is Node.js: JavaScript functions show as unknown addresses; start it with `node --perf-basic-prof` to name them",
@@ -1164,7 +1177,7 @@ fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(comm)).into_owned()
+    crate::sanitize::name_bytes(comm_bytes(comm))
 }
 
 /// Task changes remembered per thread: a stall is reported when it ends, so only the recent

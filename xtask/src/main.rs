@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -65,6 +65,14 @@ enum Task {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
+    /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
+    /// names, the recording loader), built with overflow checks on.
+    Fuzz {
+        /// Cases per property (the unit tests run 256).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
 }
 
 /// Debian packages: LLVM for bpf-linker, a C compiler for the test targets, and the tools the
@@ -114,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             test(filter.as_deref())
         }
+        Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
             setup()?;
             build()?;
@@ -376,6 +385,29 @@ fn test(filter: Option<&str>) -> Result<()> {
     if report.failed() {
         bail!("some tests failed (listed above)");
     }
+    Ok(())
+}
+
+fn fuzz(cases: u32) -> Result<()> {
+    let started = Instant::now();
+    status(
+        cargo()
+            .args([
+                "test",
+                "--profile",
+                "fuzz",
+                "-p",
+                "profiler-user",
+                "--lib",
+                "fuzz_",
+            ])
+            .env("STALLSCOPE_FUZZ_CASES", cases.to_string()),
+    )
+    .context("a fuzz property failed (its minimal input is printed above)")?;
+    eprintln!(
+        "fuzz: every property held for {cases} cases ({:.0?})",
+        started.elapsed()
+    );
     Ok(())
 }
 
