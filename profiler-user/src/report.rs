@@ -1203,5 +1203,46 @@ mod tests {
         assert!(line.contains("300.0 ms"), "{line}");
         assert!(line.contains("burn_cpu < main"), "{line}");
         assert_eq!(rec.stalls[0].dominant_kind(), "on-CPU");
+        assert!(!line.contains("unaccounted"), "{line}");
+    }
+
+    /// Issue #22: the live line always names frames, or says why it cannot; and a breakdown
+    /// that does not add up says so, with the reason.
+    #[test]
+    fn live_line_always_names_frames_or_says_why_not() {
+        let mut rec = recording();
+        let stall = &mut rec.stalls[0];
+        // The heaviest stack has only unnamed frames: the next one with names is shown.
+        stall.stacks[0].frames = vec![frame("[unknown] 0x1234", FrameKind::Native)];
+        let line = live_line(stall);
+        assert!(line.contains("    at nap < main"), "{line}");
+        assert!(
+            line.contains("of it; the heaviest part has no named frame"),
+            "{line}"
+        );
+        // No stack at all.
+        stall.stacks.clear();
+        let line = live_line(stall);
+        assert!(
+            line.contains("    (no frames to show: no stack was taken inside it"),
+            "{line}"
+        );
+        // Time the timeline could not attribute.
+        stall.unaccounted_ns = 48_000_000;
+        stall.on_cpu_ns -= 48_000_000;
+        stall.adds_up = false;
+        stall.unaccounted_why =
+            Some("1 switch-in(s) or switch-out(s) of the thread were not seen".into());
+        let line = live_line(stall);
+        assert!(
+            line.contains("(48.0 ms of it unaccounted: 1 switch-in(s) or switch-out(s)"),
+            "{line}"
+        );
+        assert!(stall.caveat().contains("breakdown incomplete"));
+        let summary = summary_text(&rec, &[]);
+        assert!(
+            summary.contains("1 stall(s) with time unaccounted"),
+            "{summary}"
+        );
     }
 }
