@@ -197,9 +197,11 @@ impl Node {
     }
 
     fn heaviest_child(&self) -> Option<&Node> {
-        self.children
-            .iter()
-            .max_by(|a, b| a.weight_ns.cmp(&b.weight_ns).then_with(|| b.key.cmp(&a.key)))
+        self.children.iter().max_by(|a, b| {
+            a.weight_ns
+                .cmp(&b.weight_ns)
+                .then_with(|| b.key.cmp(&a.key))
+        })
     }
 
     fn dominant_kind(&self) -> usize {
@@ -302,7 +304,7 @@ impl Headline {
 
 /// Follows the heaviest child while it holds most of the node; returns the path's nodes,
 /// outermost first.
-fn follow<'a>(mut path: Vec<&'a Node>) -> Vec<&'a Node> {
+fn follow(mut path: Vec<&Node>) -> Vec<&Node> {
     while let Some(node) = path.last().copied() {
         match node.heaviest_child() {
             Some(child) if child.weight_ns as f64 >= FOLLOW_SHARE * node.weight_ns as f64 => {
@@ -378,7 +380,11 @@ pub fn headline(stall: &StallRecord) -> Option<Headline> {
         let kinds: std::collections::BTreeSet<usize> =
             big.iter().map(|c| c.dominant_kind()).collect();
         if big.len() >= 2 && kinds.len() >= 2 {
-            big.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| a.key.cmp(&b.key)));
+            big.sort_by(|a, b| {
+                b.weight_ns
+                    .cmp(&a.weight_ns)
+                    .then_with(|| a.key.cmp(&b.key))
+            });
             let branches = big
                 .into_iter()
                 .take(MAX_BRANCHES)
@@ -476,7 +482,12 @@ mod tests {
         let mut sleep = vec![py("sync_write_to_disk", 17)];
         sleep.extend(outer());
         sleep.insert(0, kernel("schedule"));
-        stacks.push(stack("off_cpu", 248_000_000, Some("clock_nanosleep"), sleep));
+        stacks.push(stack(
+            "off_cpu",
+            248_000_000,
+            Some("clock_nanosleep"),
+            sleep,
+        ));
         let stall = stall(stacks);
         assert_eq!(
             stall.dominant_stack().map(|s| s.kind.as_str()),
@@ -564,7 +575,10 @@ mod tests {
         assert_eq!(shown.len(), 1);
         assert_eq!(shown[0].text, "[2 unnamed frames]");
         let stall = stall(vec![stack("off_cpu", 100, Some("read"), frames)]);
-        assert_eq!(headline_text(&stall), "[2 unnamed frames] [blocked in read()]");
+        assert_eq!(
+            headline_text(&stall),
+            "[2 unnamed frames] [blocked in read()]"
+        );
         let only_kernel = self::stall(vec![stack(
             "off_cpu",
             100,

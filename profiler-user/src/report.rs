@@ -849,6 +849,19 @@ pub fn live_line(stall: &StallRecord) -> String {
         Some(headline) if headline.has_named() => {
             let _ = write!(line, "\n    at {}", headline.text(" < "));
         }
+        // No named frame on the dominant path: the heaviest stack that has some, saying so.
+        Some(_) | None if stall.headline().is_some() => {
+            if let Some((stack, frames)) = stall.headline() {
+                let frames: Vec<String> = frames.into_iter().map(frame_text).collect();
+                let _ = write!(
+                    line,
+                    "\n    at {}{} ({} of it; the heaviest part has no named frame)",
+                    frames.join(" < "),
+                    stack.cause(),
+                    format_ms(stack.weight_ns)
+                );
+            }
+        }
         Some(headline) => {
             let _ = write!(
                 line,
@@ -974,7 +987,10 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         for stall in worst_stalls(recording, 10) {
             let (top, cause) = match crate::headline::headline(stall) {
                 Some(h) => (h.place(" < "), h.cause().to_string()),
-                None => (format!("(no frames: {})", stall.no_frames_why()), String::new()),
+                None => (
+                    format!("(no frames: {})", stall.no_frames_why()),
+                    String::new(),
+                ),
             };
             let _ = writeln!(
                 text,
