@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -64,6 +64,25 @@ enum Task {
         /// Interleaved rounds of the overhead benchmark (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Instead of the full run: this build against the agent binary BASE, side by side and
+        /// interleaved (unfollowed and followed ping-pong, HTTP services); writes
+        /// target/bench/COMPARE.md.
+        #[arg(long, value_name = "BASE", conflicts_with = "long")]
+        compare: Option<PathBuf>,
+        /// Rounds of the unfollowed ping-pong in --compare.
+        #[arg(long, default_value_t = 10)]
+        compare_pairs: usize,
+        /// Rounds of the HTTP services in --compare (0: skip them).
+        #[arg(long, default_value_t = 3)]
+        compare_http: usize,
+    },
+    /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
+    /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
+    /// names, the recording loader), built with overflow checks on.
+    Fuzz {
+        /// Cases per property (the unit tests run 256).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
     },
 }
 
@@ -81,9 +100,16 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The SIGKILL test lists programs, maps and links left behind with bpftool.
     "bpftool",
+    // The browser test opens report.html in headless Chromium (driven by playwright-core).
+    "chromium",
     // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
     "debootstrap",
 ];
+
+/// npm packages installed into `target/web` (node_modules): the chart libraries report.html
+/// inlines (profiler-user/build.rs reads them from there; same pins) and playwright-core, which
+/// drives Debian's chromium in the browser test (it never downloads a browser of its own).
+const WEB_PACKAGES: &[&str] = &["d3@7.9.2", "d3-flame-graph@5.0.0", "playwright-core@1.65.1"];
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -107,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             test(filter.as_deref())
         }
+        Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
             setup()?;
             build()?;
@@ -118,6 +145,9 @@ fn run(cli: Cli) -> Result<()> {
             service,
             quick,
             rounds,
+            compare,
+            compare_pairs,
+            compare_http,
         } => {
             bench::require_root()?;
             setup()?;
@@ -129,7 +159,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 build()?;
             }
-            if long {
+            if let Some(base) = compare {
+                let options = bench::CompareOptions {
+                    base,
+                    pairs: compare_pairs.max(1),
+                    http_rounds: compare_http,
+                };
+                bench::compare(&bench::Options::new(quick, rounds), &options)
+            } else if long {
                 bench::long_run(minutes, service)
             } else {
                 bench::run(&bench::Options::new(quick, rounds))
@@ -168,6 +205,7 @@ fn setup() -> Result<()> {
     setup_apt()?;
     setup_rust_src()?;
     setup_bpf_linker()?;
+    setup_web()?;
     sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
@@ -273,6 +311,40 @@ fn setup_bpf_linker() -> Result<()> {
     .context("installing bpf-linker; see TOOLCHAIN notes in README")
 }
 
+/// The npm packages of [`WEB_PACKAGES`] in `target/web`, at their pinned versions.
+fn setup_web() -> Result<()> {
+    let web = root().join("target/web");
+    let missing: Vec<&str> = WEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let (name, version) = spec.rsplit_once('@').unwrap_or((spec, ""));
+            let manifest = web.join("node_modules").join(name).join("package.json");
+            let text = std::fs::read_to_string(manifest).unwrap_or_default();
+            !text.contains(&format!("\"version\": \"{version}\""))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: ok: npm packages present in target/web ({})",
+            WEB_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing npm packages into target/web: {}",
+        missing.join(" ")
+    );
+    std::fs::create_dir_all(&web).with_context(|| format!("creating {}", web.display()))?;
+    status(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefix"])
+            .arg(&web)
+            .args(WEB_PACKAGES),
+    )
+    .context("installing npm packages (node and npm come with the machine image; is the npm registry reachable?)")
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -337,6 +409,29 @@ fn test(filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+fn fuzz(cases: u32) -> Result<()> {
+    let started = Instant::now();
+    status(
+        cargo()
+            .args([
+                "test",
+                "--profile",
+                "fuzz",
+                "-p",
+                "profiler-user",
+                "--lib",
+                "fuzz_",
+            ])
+            .env("STALLSCOPE_FUZZ_CASES", cases.to_string()),
+    )
+    .context("a fuzz property failed (its minimal input is printed above)")?;
+    eprintln!(
+        "fuzz: every property held for {cases} cases ({:.0?})",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 /// Builds the bundled epoll server with planted stalls.
 fn build_demo_server(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -370,13 +465,18 @@ mod tests {
 
     /// The packages README's setup list names as `apt \`NAME\``.
     fn readme_apt_packages() -> BTreeSet<String> {
+        readme_packages("apt `")
+    }
+
+    /// The packages README's setup list names after `prefix` (e.g. "npm `"), up to the backtick.
+    fn readme_packages(prefix: &str) -> BTreeSet<String> {
         let readme = include_str!("../../README.md");
         let list = readme
             .split("<!-- setup-list -->")
             .nth(1)
             .and_then(|rest| rest.split("<!-- /setup-list -->").next())
             .unwrap_or_default();
-        list.split("apt `")
+        list.split(prefix)
             .skip(1)
             .filter_map(|rest| rest.split('`').next())
             .map(str::to_string)
@@ -396,5 +496,30 @@ mod tests {
             "README's setup list (between <!-- setup-list --> markers, as apt `NAME`) must name \
              exactly the apt packages xtask installs"
         );
+        let npm: BTreeSet<String> = super::WEB_PACKAGES.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            npm,
+            readme_packages("npm `"),
+            "README's setup list must name the npm packages xtask installs, as npm `NAME@VERSION`"
+        );
+    }
+
+    /// build.rs installs the chart libraries itself when setup has not: with the same pins.
+    #[test]
+    fn build_script_pins_the_same_web_packages() {
+        let build = include_str!("../../profiler-user/build.rs");
+        let pins = build
+            .split("const WEB_PACKAGES: &[&str] = &[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default();
+        let pins: Vec<&str> = pins.split('"').skip(1).step_by(2).collect();
+        assert!(!pins.is_empty(), "build.rs lists WEB_PACKAGES");
+        for pin in pins {
+            assert!(
+                super::WEB_PACKAGES.contains(&pin),
+                "{pin} is pinned in build.rs but not in xtask"
+            );
+        }
     }
 }
