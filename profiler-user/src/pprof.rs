@@ -560,6 +560,7 @@ mod tests {
             spans: vec![],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            kernel_limits: vec![],
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),

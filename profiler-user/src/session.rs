@@ -956,6 +956,7 @@ impl Session {
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
+            kernel_limits: Vec::new(),
             verdict: report::Verdict {
                 budgets: Vec::new(),
                 passed: true,

@@ -535,6 +535,7 @@ mod tests {
             ],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            kernel_limits: vec![],
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod kernels;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "stallscope developer tasks")]
@@ -32,13 +33,20 @@ enum Task {
     Setup,
     /// setup, then build the agent (release).
     Build,
-    /// setup, build, then run every test: unit tests and integration tests on real processes.
+    /// setup, build, then run every test: unit tests, integration tests on real processes and
+    /// (without a filter) the oldest and newest kernels of `kernels` in qemu.
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
+    /// setup, build, then boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (images cached under
+    /// target/kernels/) and check doctor and recording planted stalls in each.
+    Kernels {
+        /// Only these kernel series (e.g. `5.10 6.12`).
+        series: Vec<String>,
+    },
     /// Benchmarks (never tests, loopback only, bounded in time): overhead on loaded HTTP
     /// services against py-spy and bpftrace, agent cost, cost to unfollowed processes, event
     /// loss, scale; writes bench/RESULTS.md. Installs what it needs (wrk, bpftrace, py-spy).
@@ -101,7 +109,17 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => {
             setup()?;
             build()?;
-            test(filter.as_deref())
+            test(filter.as_deref())?;
+            if filter.is_none() {
+                let ci: Vec<String> = kernels::CI_KERNELS.iter().map(|s| s.to_string()).collect();
+                kernels::run(&ci).context("kernel VM checks failed")?;
+            }
+            Ok(())
+        }
+        Task::Kernels { series } => {
+            setup()?;
+            build()?;
+            kernels::run(&series)
         }
         Task::Demo => {
             setup()?;
@@ -174,7 +192,12 @@ fn apt_installed(package: &str) -> bool {
 }
 
 fn setup_apt() -> Result<()> {
-    apt_install("setup", APT_PACKAGES)
+    let packages: Vec<&str> = APT_PACKAGES
+        .iter()
+        .chain(kernels::APT_PACKAGES)
+        .copied()
+        .collect();
+    apt_install("setup", &packages)
 }
 
 /// Installs the Debian packages that are missing, saying "ok" when none is.
