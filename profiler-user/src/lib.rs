@@ -6,11 +6,12 @@
 //!   look like;
 //! - [`attach`]: the eBPF programs and maps (the only aya user);
 //! - [`events`]: ring-buffer bytes → typed events, loss detection;
+//! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
 //! - [`symbolize`]: addresses → frames (the only blazesym user);
 //! - [`report`]: the recording as data, and every output rendered from it;
 //! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
-//!   more renderings of a recording for CI and other tools;
+//!   more renderings of a recording for CI and other tools; [`html`]: report.html;
 //! - [`record`]: the `record` command, wiring the above together at the I/O edge.
 pub mod attach;
 pub mod btf;
@@ -21,12 +22,14 @@ pub mod diff;
 pub mod doctor;
 pub mod events;
 pub mod features;
+pub mod html;
 pub mod junit;
 pub mod pprof;
 pub mod privileges;
 pub mod procfs;
 pub mod python;
 pub mod record;
+pub mod reorder;
 pub mod replay;
 pub mod report;
 pub mod session;

@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         Mutex, OnceLock,
         mpsc::{self, Receiver},
@@ -49,6 +49,81 @@ pub fn require_root() {
     );
 }
 
+/// Where each program the tests start comes from, so a missing one is named with its fix.
+/// Setup (`cargo xtask setup`) installs the Debian packages named here; the rest come with the
+/// machine image.
+const PROGRAM_SOURCES: &[(&str, &str)] = &[
+    (
+        "bpftool",
+        "Debian package bpftool, installed by `cargo xtask setup`",
+    ),
+    (
+        "xmllint",
+        "Debian package libxml2-utils, installed by `cargo xtask setup`",
+    ),
+    (
+        "go",
+        "Debian package golang-go, installed by `cargo xtask setup`",
+    ),
+    ("cc", "Debian package gcc, installed by `cargo xtask setup`"),
+    ("python3", "the machine image's pyenv CPython"),
+    ("setpriv", "Debian package util-linux"),
+    ("unshare", "Debian package util-linux"),
+    ("mount", "Debian package mount"),
+];
+
+/// Running a program a test needs: a missing program is a failure that says which program and
+/// how to get it, never a bare `expect` panic.
+pub trait Needed {
+    fn needed_output(&mut self) -> Output;
+    fn needed_status(&mut self) -> ExitStatus;
+    fn needed_spawn(&mut self) -> Child;
+}
+
+impl Needed for Command {
+    fn needed_output(&mut self) -> Output {
+        let result = self.output();
+        explain_spawn(self, result)
+    }
+
+    fn needed_status(&mut self) -> ExitStatus {
+        let result = self.status();
+        explain_spawn(self, result)
+    }
+
+    fn needed_spawn(&mut self) -> Child {
+        let result = self.spawn();
+        explain_spawn(self, result)
+    }
+}
+
+fn explain_spawn<T>(cmd: &Command, result: std::io::Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{}", missing_program_message(cmd, &err)),
+    }
+}
+
+/// The one-line reason a program could not be started, with the fix when it is not installed.
+pub fn missing_program_message(cmd: &Command, err: &std::io::Error) -> String {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    if err.kind() != std::io::ErrorKind::NotFound {
+        return format!("cannot run `{program}`: {err}");
+    }
+    let name = Path::new(&program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.clone());
+    let source = PROGRAM_SOURCES
+        .iter()
+        .find(|(p, _)| *p == name)
+        .map(|(_, source)| *source)
+        .unwrap_or("see README's list of what setup installs");
+    format!(
+        "this test runs `{program}`, which is not installed ({source}): run `cargo xtask setup`"
+    )
+}
+
 /// A fresh, empty directory for one test's outputs.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = workspace_root()
@@ -77,8 +152,7 @@ pub fn c_target(name: &str, flags: &[&str]) -> PathBuf {
         .arg("-o")
         .arg(&binary)
         .arg(&source)
-        .status()
-        .expect("run cc (cargo xtask setup installs gcc)");
+        .needed_status();
     assert!(status.success(), "compiling {}", source.display());
     built.push((key, binary.clone()));
     binary
@@ -146,8 +220,7 @@ impl Target {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
-            .spawn()
-            .expect("start target");
+            .needed_spawn();
         let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
         Target { child, stdout }
     }
@@ -282,8 +355,28 @@ impl AgentResult {
 impl Agent {
     /// Starts `stallscope record ARGS --out DIR` and waits until it says it is recording.
     pub fn record(args: &[&str], out_dir: &Path) -> Self {
+        Self::record_on(args, out_dir, None)
+    }
+
+    /// As [`Agent::record`], with the agent pinned to one CPU (as `taskset -c CPU` would).
+    pub fn record_on(args: &[&str], out_dir: &Path, cpu: Option<usize>) -> Self {
         require_root();
-        let mut child = Command::new(agent_bin())
+        let mut command = Command::new(agent_bin());
+        if let Some(cpu) = cpu {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("record")
             .args(args)
             .arg("--out")
@@ -340,6 +433,20 @@ impl Agent {
             stderr: self.stderr.collect(Duration::from_millis(200)),
             out_dir: self.out_dir.clone(),
         }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes into a zeroed cpu_set_t of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
     }
 }
 
@@ -415,4 +522,34 @@ pub fn dominant_stack(stall: &Value) -> &Value {
                 .max_by_key(|s| s["weight_ns"].as_u64().unwrap_or(0))
         })
         .unwrap_or(&Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_named_with_the_fix() {
+        let absent = "bpftool-not-installed-here";
+        let cmd = Command::new(absent);
+        let err = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let message = missing_program_message(&cmd, &err);
+        assert!(
+            message.contains("`bpftool-not-installed-here`, which is not installed")
+                && message.ends_with("run `cargo xtask setup`"),
+            "{message}"
+        );
+        let known = missing_program_message(&Command::new("xmllint"), &err);
+        assert!(known.contains("libxml2-utils"), "{known}");
+    }
+
+    #[test]
+    fn needed_output_panics_with_the_message() {
+        let panic = std::panic::catch_unwind(|| {
+            Command::new("/nonexistent/stallscope-test-program").needed_output()
+        })
+        .expect_err("a missing program must fail the test");
+        let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains("cargo xtask setup"), "{text}");
+    }
 }

@@ -46,9 +46,6 @@ pub const KERNELS: &[Kernel] = &[
 /// What `cargo xtask test` boots (the oldest and the newest), to stay in the CI budget.
 pub const CI_KERNELS: &[&str] = &["5.10", "6.12"];
 
-/// Packages the VM runs need on the host.
-pub const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
-
 /// A guest that has not powered off by then is stuck (boot ~15 s, attach ~5-30 s, checks ~20 s).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
 

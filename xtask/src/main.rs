@@ -19,6 +19,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod kernels;
+mod sid;
+mod testrun;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "stallscope developer tasks")]
@@ -87,7 +89,21 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The SIGKILL test lists programs, maps and links left behind with bpftool.
     "bpftool",
+    // The browser test opens report.html in headless Chromium (driven by playwright-core).
+    "chromium",
+    // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
+    "debootstrap",
+    // `cargo xtask kernels`: Debian's kernels booted under emulation, with an initramfs of
+    // busybox and the agent.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
+
+/// npm packages installed into `target/web` (node_modules): the chart libraries report.html
+/// inlines (profiler-user/build.rs reads them from there; same pins) and playwright-core, which
+/// drives Debian's chromium in the browser test (it never downloads a browser of its own).
+const WEB_PACKAGES: &[&str] = &["d3@7.9.2", "d3-flame-graph@5.0.0", "playwright-core@1.65.1"];
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -109,12 +125,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => {
             setup()?;
             build()?;
-            test(filter.as_deref())?;
-            if filter.is_none() {
-                let ci: Vec<String> = kernels::CI_KERNELS.iter().map(|s| s.to_string()).collect();
-                kernels::run(&ci).context("kernel VM checks failed")?;
-            }
-            Ok(())
+            test(filter.as_deref())
         }
         Task::Kernels { series } => {
             setup()?;
@@ -182,6 +193,8 @@ fn setup() -> Result<()> {
     setup_apt()?;
     setup_rust_src()?;
     setup_bpf_linker()?;
+    setup_web()?;
+    sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -192,12 +205,7 @@ fn apt_installed(package: &str) -> bool {
 }
 
 fn setup_apt() -> Result<()> {
-    let packages: Vec<&str> = APT_PACKAGES
-        .iter()
-        .chain(kernels::APT_PACKAGES)
-        .copied()
-        .collect();
-    apt_install("setup", &packages)
+    apt_install("setup", APT_PACKAGES)
 }
 
 /// Installs the Debian packages that are missing, saying "ok" when none is.
@@ -291,6 +299,40 @@ fn setup_bpf_linker() -> Result<()> {
     .context("installing bpf-linker; see TOOLCHAIN notes in README")
 }
 
+/// The npm packages of [`WEB_PACKAGES`] in `target/web`, at their pinned versions.
+fn setup_web() -> Result<()> {
+    let web = root().join("target/web");
+    let missing: Vec<&str> = WEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let (name, version) = spec.rsplit_once('@').unwrap_or((spec, ""));
+            let manifest = web.join("node_modules").join(name).join("package.json");
+            let text = std::fs::read_to_string(manifest).unwrap_or_default();
+            !text.contains(&format!("\"version\": \"{version}\""))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: ok: npm packages present in target/web ({})",
+            WEB_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing npm packages into target/web: {}",
+        missing.join(" ")
+    );
+    std::fs::create_dir_all(&web).with_context(|| format!("creating {}", web.display()))?;
+    status(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefix"])
+            .arg(&web)
+            .args(WEB_PACKAGES),
+    )
+    .context("installing npm packages (node and npm come with the machine image; is the npm registry reachable?)")
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -318,29 +360,48 @@ fn test(filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E)");
     }
     let filter: Vec<&str> = filter.into_iter().collect();
-    status(
-        cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "profiler-common",
-                "-p",
-                "profiler-user",
-                "-p",
-                "xtask",
-            ])
-            .args(&filter),
-    )
-    .context("unit tests failed")?;
-    status(
-        cargo()
-            .args(["test", "--release", "-p", "stallscope-tests", "--"])
-            .args(&filter)
-            .arg("--test-threads=1")
-            .env("STALLSCOPE_BIN", agent_path()),
-    )
-    .context("integration tests failed")
+    let started = Instant::now();
+    // Both suites run to the end whatever fails (`--no-fail-fast`), so one broken test binary
+    // cannot hide the state of the others; the failures are summed up once at the end.
+    let mut report = testrun::Report::default();
+    let mut unit = cargo();
+    unit.args(["test", "--release", "--no-fail-fast"])
+        .args([
+            "-p",
+            "profiler-common",
+            "-p",
+            "profiler-user",
+            "-p",
+            "xtask",
+        ])
+        .args(&filter);
+    report.run("unit tests", &mut unit)?;
+    let mut integration = cargo();
+    integration
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "stallscope-tests",
+            "--",
+        ])
+        .args(&filter)
+        .arg("--test-threads=1")
+        .env("STALLSCOPE_BIN", agent_path());
+    report.run("integration tests", &mut integration)?;
+    if filter.is_empty() {
+        // The oldest and newest supported kernels, in qemu (~1 minute each).
+        let series: Vec<String> = kernels::CI_KERNELS.iter().map(|s| s.to_string()).collect();
+        if let Err(err) = kernels::run(&series) {
+            report.failed_run("kernels", format!("{err:#}"));
+        }
+    }
+    eprintln!("{}", report.summary(started.elapsed()));
+    if report.failed() {
+        bail!("some tests failed (listed above)");
+    }
+    Ok(())
 }
 
 /// Builds the bundled epoll server with planted stalls.
@@ -368,4 +429,69 @@ fn send(port: u16, line: &str) -> Result<()> {
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The packages README's setup list names as `apt \`NAME\``.
+    fn readme_apt_packages() -> BTreeSet<String> {
+        readme_packages("apt `")
+    }
+
+    /// The packages README's setup list names after `prefix` (e.g. "npm `"), up to the backtick.
+    fn readme_packages(prefix: &str) -> BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let list = readme
+            .split("<!-- setup-list -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- /setup-list -->").next())
+            .unwrap_or_default();
+        list.split(prefix)
+            .skip(1)
+            .filter_map(|rest| rest.split('`').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_package_setup_installs() {
+        let code: BTreeSet<String> = super::APT_PACKAGES
+            .iter()
+            .chain(crate::bench::APT_PACKAGES)
+            .map(|p| p.to_string())
+            .collect();
+        let readme = readme_apt_packages();
+        assert_eq!(
+            code, readme,
+            "README's setup list (between <!-- setup-list --> markers, as apt `NAME`) must name \
+             exactly the apt packages xtask installs"
+        );
+        let npm: BTreeSet<String> = super::WEB_PACKAGES.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            npm,
+            readme_packages("npm `"),
+            "README's setup list must name the npm packages xtask installs, as npm `NAME@VERSION`"
+        );
+    }
+
+    /// build.rs installs the chart libraries itself when setup has not: with the same pins.
+    #[test]
+    fn build_script_pins_the_same_web_packages() {
+        let build = include_str!("../../profiler-user/build.rs");
+        let pins = build
+            .split("const WEB_PACKAGES: &[&str] = &[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default();
+        let pins: Vec<&str> = pins.split('"').skip(1).step_by(2).collect();
+        assert!(!pins.is_empty(), "build.rs lists WEB_PACKAGES");
+        for pin in pins {
+            assert!(
+                super::WEB_PACKAGES.contains(&pin),
+                "{pin} is pinned in build.rs but not in xtask"
+            );
+        }
+    }
 }
