@@ -471,10 +471,10 @@ fn doctor_summary(doctor: &str) -> String {
         .unwrap_or("?")
         .trim()
         .to_string();
-    let problems: Vec<&str> = doctor
+    let problems: Vec<String> = doctor
         .lines()
         .filter(|l| l.contains("FAIL") || l.contains("WARN"))
-        .map(str::trim)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
     if problems.is_empty() {
         format!("doctor exit {rc}")
