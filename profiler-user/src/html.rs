@@ -469,20 +469,10 @@ fn script_json(value: &impl Serialize) -> Result<String> {
     Ok(out)
 }
 
-/// Text for an HTML element's content or a quoted attribute.
+/// Text for an HTML element's content or a quoted attribute (the sanitizer's XML escaper:
+/// the same five entities, and no control character).
 fn html_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::sanitize::xml(text)
 }
 
 /// The page: our styles, the skeleton, the data, then d3, d3-flame-graph and our script.

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -72,6 +72,25 @@ enum Task {
         /// Interleaved rounds of the overhead benchmark (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Instead of the full run: this build against the agent binary BASE, side by side and
+        /// interleaved (unfollowed and followed ping-pong, HTTP services); writes
+        /// target/bench/COMPARE.md.
+        #[arg(long, value_name = "BASE", conflicts_with = "long")]
+        compare: Option<PathBuf>,
+        /// Rounds of the unfollowed ping-pong in --compare.
+        #[arg(long, default_value_t = 10)]
+        compare_pairs: usize,
+        /// Rounds of the HTTP services in --compare (0: skip them).
+        #[arg(long, default_value_t = 3)]
+        compare_http: usize,
+    },
+    /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
+    /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
+    /// names, the recording loader), built with overflow checks on.
+    Fuzz {
+        /// Cases per property (the unit tests run 256).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
     },
 }
 
@@ -132,6 +151,7 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             kernels::run(&series)
         }
+        Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
             setup()?;
             build()?;
@@ -143,6 +163,9 @@ fn run(cli: Cli) -> Result<()> {
             service,
             quick,
             rounds,
+            compare,
+            compare_pairs,
+            compare_http,
         } => {
             bench::require_root()?;
             setup()?;
@@ -154,7 +177,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 build()?;
             }
-            if long {
+            if let Some(base) = compare {
+                let options = bench::CompareOptions {
+                    base,
+                    pairs: compare_pairs.max(1),
+                    http_rounds: compare_http,
+                };
+                bench::compare(&bench::Options::new(quick, rounds), &options)
+            } else if long {
                 bench::long_run(minutes, service)
             } else {
                 bench::run(&bench::Options::new(quick, rounds))
@@ -401,6 +431,29 @@ fn test(filter: Option<&str>) -> Result<()> {
     if report.failed() {
         bail!("some tests failed (listed above)");
     }
+    Ok(())
+}
+
+fn fuzz(cases: u32) -> Result<()> {
+    let started = Instant::now();
+    status(
+        cargo()
+            .args([
+                "test",
+                "--profile",
+                "fuzz",
+                "-p",
+                "profiler-user",
+                "--lib",
+                "fuzz_",
+            ])
+            .env("STALLSCOPE_FUZZ_CASES", cases.to_string()),
+    )
+    .context("a fuzz property failed (its minimal input is printed above)")?;
+    eprintln!(
+        "fuzz: every property held for {cases} cases ({:.0?})",
+        started.elapsed()
+    );
     Ok(())
 }
 
