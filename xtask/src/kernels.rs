@@ -237,6 +237,29 @@ section agent-c /tmp/agent-c.err
 section summary-c /tmp/agent-c.out
 [ -f /tmp/rec-c/stalls.json ] && section stalls-c /tmp/rec-c/stalls.json
 [ -f /tmp/rec-c/verifier.log ] && tail -n 40 /tmp/rec-c/verifier.log > /tmp/verifier && section verifier-c /tmp/verifier
+
+# CPython 3.11 (pyenv's, at its own path) burning 200 ms in Python code every 5th wake-up.
+PY=$(ls /root/.pyenv/versions/*/bin/python3.11 2>/dev/null | head -n 1)
+if [ -n "$PY" ]; then
+  $PY -S -E /targets/py_busy_loop.py > /tmp/py.out 2>&1 &
+  PYPID=$!
+  sleep 1
+  stallscope record --pid $PYPID --threshold 100ms -o /tmp/rec-py --format summary \
+    > /tmp/agent-py.out 2> /tmp/agent-py.err &
+  AGENT=$!
+  i=0
+  while ! grep -q "stallscope: recording" /tmp/agent-py.err && kill -0 $AGENT 2>/dev/null && [ $i -lt 1500 ]; do
+    sleep 0.1; i=$((i+1))
+  done
+  sleep 3
+  kill -INT $AGENT
+  wait $AGENT
+  echo "rc $?" >> /tmp/agent-py.err
+  kill $PYPID
+  section py-out /tmp/py.out
+  section agent-py /tmp/agent-py.err
+  [ -f /tmp/rec-py/stalls.json ] && section stalls-py /tmp/rec-py/stalls.json
+fi
 echo "=== done" >&3
 exec 3>&-
 poweroff -f
@@ -292,6 +315,11 @@ fn build_initramfs() -> Result<PathBuf> {
     let init = dir.join("init");
     fs::write(&init, INIT)?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    copy_python(&dir)?;
+    fs::copy(
+        root().join("tests/targets/py_busy_loop.py"),
+        dir.join("targets/py_busy_loop.py"),
+    )?;
     let cpio = work_dir().join("initramfs.cpio");
     status(Command::new("sh").arg("-c").arg(format!(
         "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet > '{}'",
@@ -300,6 +328,43 @@ fn build_initramfs() -> Result<PathBuf> {
     )))
     .context("packing the initramfs (cpio)")?;
     Ok(cpio)
+}
+
+/// The image's pyenv CPython 3.11, at its own path (so it finds its library): the binary, the
+/// libraries it links, and what `python -S -E` imports that is not frozen (encodings, the
+/// extension modules). Skipped (no Python check) when the machine has no such interpreter.
+fn copy_python(dir: &Path) -> Result<()> {
+    let Some(prefix) = fs::read_dir("/root/.pyenv/versions")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("bin/python3.11").exists())
+    else {
+        eprintln!("kernels: no pyenv CPython 3.11 here: the Python check is skipped");
+        return Ok(());
+    };
+    let python = prefix.join("bin/python3.11");
+    let inside = |path: &Path| dir.join(path.strip_prefix("/").unwrap_or(path));
+    fs::create_dir_all(inside(&prefix.join("bin")))?;
+    fs::copy(&python, inside(&python))?;
+    for library in linked_libraries(&python)? {
+        let to = inside(&library);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(&library, &to).with_context(|| format!("copying {}", library.display()))?;
+    }
+    let lib = prefix.join("lib/python3.11");
+    for sub in ["encodings", "lib-dynload"] {
+        fs::create_dir_all(inside(&lib))?;
+        status(
+            Command::new("cp")
+                .arg("-a")
+                .arg(lib.join(sub))
+                .arg(inside(&lib)),
+        )?;
+    }
+    Ok(())
 }
 
 fn is_static(binary: &Path) -> bool {
@@ -456,6 +521,12 @@ pub fn judge(results: &str) -> Verdict {
     if let Some(notes) = degraded_notes(agent) {
         parts.push(notes);
     }
+    if let Some(agent_py) = section(&sections, "agent-py") {
+        let json = section(&sections, "stalls-py").and_then(|s| serde_json::from_str(s).ok());
+        let (found, detail) = judge_python(json.as_ref(), agent_py);
+        ok &= found;
+        parts.push(format!("CPython 3.11: {detail}"));
+    }
     Verdict {
         ok,
         summary: parts.join("; "),
@@ -561,6 +632,52 @@ pub fn judge_c_loop(json: &Value, planted: &[(String, u64, u64)]) -> (bool, Stri
     (ok, parts.join(", "))
 }
 
+/// The Python loop's 200 ms burns found as stalls, with `burn_in_python` among their frames
+/// (only a stall, where the agent says this kernel gives no Python frames).
+pub fn judge_python(json: Option<&Value>, agent: &str) -> (bool, String) {
+    let Some(json) = json else {
+        return (
+            false,
+            format!("no stalls.json; agent said: {}", last_lines(agent)),
+        );
+    };
+    let stalls = json["stalls"].as_array().cloned().unwrap_or_default();
+    let burns: Vec<&Value> = stalls
+        .iter()
+        .filter(|s| s["duration_ns"].as_u64().unwrap_or(0) >= 150_000_000)
+        .collect();
+    if burns.is_empty() {
+        return (
+            false,
+            format!("no 200 ms burn found ({} stalls)", stalls.len()),
+        );
+    }
+    let named = burns
+        .iter()
+        .filter(|s| s.to_string().contains("\"burn_in_python\""))
+        .count();
+    if agent.contains("no Python frames") {
+        return (
+            true,
+            format!(
+                "{} burns found (no Python frames on this kernel)",
+                burns.len()
+            ),
+        );
+    }
+    if named == burns.len() {
+        (
+            true,
+            format!("{} burns found, in burn_in_python", burns.len()),
+        )
+    } else {
+        (
+            false,
+            format!("{named} of {} burns NOT NAMED burn_in_python", burns.len()),
+        )
+    }
+}
+
 /// User function names of a stall's heaviest stack that is not runqueue time (under emulation
 /// on a shared machine, waiting for a CPU can outweigh the planted work).
 fn heaviest_code_stack_functions(stall: &Value) -> Vec<String> {
@@ -651,6 +768,23 @@ mod tests {
         let (ok, detail) = judge_c_loop(&misnamed, &planted);
         assert!(!ok);
         assert!(detail.contains("NOT NAMED burn_cpu"), "{detail}");
+    }
+
+    #[test]
+    fn python_burns_must_be_named_unless_the_kernel_has_no_python_frames() {
+        let burn = |function: &str| {
+            serde_json::json!({"stalls": [{"duration_ns": 201_000_000u64, "stacks": [
+                {"kind": "on_cpu", "frames": [{"kind": "python", "function": function}]}]}]})
+        };
+        let (ok, detail) = judge_python(Some(&burn("burn_in_python")), "recording");
+        assert!(ok && detail.contains("in burn_in_python"), "{detail}");
+        let (ok, detail) = judge_python(Some(&burn("_PyEval_EvalFrameDefault")), "recording");
+        assert!(!ok && detail.contains("NOT NAMED"), "{detail}");
+        let on_5_10 = "stallscope: on this kernel: no Python frames (no bpf_loop before 5.17)";
+        let (ok, _) = judge_python(Some(&burn("_PyEval_EvalFrameDefault")), on_5_10);
+        assert!(ok);
+        let (ok, detail) = judge_python(Some(&serde_json::json!({"stalls": []})), on_5_10);
+        assert!(!ok && detail.contains("no 200 ms burn"), "{detail}");
     }
 
     #[test]
