@@ -6,7 +6,8 @@
 //! - [`attach`]: the eBPF programs and maps (the only aya user);
 //! - [`events`]: ring-buffer bytes → typed events, loss detection;
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
-//! - [`symbolize`]: addresses → frames (the only blazesym user);
+//! - [`symbolize`]: addresses → frames (the only blazesym user); [`v8`]: JavaScript frames of
+//!   Node processes from V8's postmortem metadata;
 //! - [`report`]: the recording as data, and every output rendered from it;
 //! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
 //!   more renderings of a recording for CI and other tools;
@@ -34,3 +35,4 @@ pub mod timeline;
 pub mod trace;
 pub mod tracefs;
 pub mod unwind;
+pub mod v8;

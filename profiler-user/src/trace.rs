@@ -538,6 +538,7 @@ mod tests {
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),
+            javascript: Default::default(),
             verdict: Verdict::default(),
         }
     }
