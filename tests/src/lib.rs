@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         Mutex, OnceLock,
         mpsc::{self, Receiver},
@@ -49,6 +49,81 @@ pub fn require_root() {
     );
 }
 
+/// Where each program the tests start comes from, so a missing one is named with its fix.
+/// Setup (`cargo xtask setup`) installs the Debian packages named here; the rest come with the
+/// machine image.
+const PROGRAM_SOURCES: &[(&str, &str)] = &[
+    (
+        "bpftool",
+        "Debian package bpftool, installed by `cargo xtask setup`",
+    ),
+    (
+        "xmllint",
+        "Debian package libxml2-utils, installed by `cargo xtask setup`",
+    ),
+    (
+        "go",
+        "Debian package golang-go, installed by `cargo xtask setup`",
+    ),
+    ("cc", "Debian package gcc, installed by `cargo xtask setup`"),
+    ("python3", "the machine image's pyenv CPython"),
+    ("setpriv", "Debian package util-linux"),
+    ("unshare", "Debian package util-linux"),
+    ("mount", "Debian package mount"),
+];
+
+/// Running a program a test needs: a missing program is a failure that says which program and
+/// how to get it, never a bare `expect` panic.
+pub trait Needed {
+    fn needed_output(&mut self) -> Output;
+    fn needed_status(&mut self) -> ExitStatus;
+    fn needed_spawn(&mut self) -> Child;
+}
+
+impl Needed for Command {
+    fn needed_output(&mut self) -> Output {
+        let result = self.output();
+        explain_spawn(self, result)
+    }
+
+    fn needed_status(&mut self) -> ExitStatus {
+        let result = self.status();
+        explain_spawn(self, result)
+    }
+
+    fn needed_spawn(&mut self) -> Child {
+        let result = self.spawn();
+        explain_spawn(self, result)
+    }
+}
+
+fn explain_spawn<T>(cmd: &Command, result: std::io::Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{}", missing_program_message(cmd, &err)),
+    }
+}
+
+/// The one-line reason a program could not be started, with the fix when it is not installed.
+pub fn missing_program_message(cmd: &Command, err: &std::io::Error) -> String {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    if err.kind() != std::io::ErrorKind::NotFound {
+        return format!("cannot run `{program}`: {err}");
+    }
+    let name = Path::new(&program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.clone());
+    let source = PROGRAM_SOURCES
+        .iter()
+        .find(|(p, _)| *p == name)
+        .map(|(_, source)| *source)
+        .unwrap_or("see README's list of what setup installs");
+    format!(
+        "this test runs `{program}`, which is not installed ({source}): run `cargo xtask setup`"
+    )
+}
+
 /// A fresh, empty directory for one test's outputs.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = workspace_root()
@@ -77,8 +152,7 @@ pub fn c_target(name: &str, flags: &[&str]) -> PathBuf {
         .arg("-o")
         .arg(&binary)
         .arg(&source)
-        .status()
-        .expect("run cc (cargo xtask setup installs gcc)");
+        .needed_status();
     assert!(status.success(), "compiling {}", source.display());
     built.push((key, binary.clone()));
     binary
@@ -146,8 +220,7 @@ impl Target {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
-            .spawn()
-            .expect("start target");
+            .needed_spawn();
         let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
         Target { child, stdout }
     }
@@ -415,4 +488,34 @@ pub fn dominant_stack(stall: &Value) -> &Value {
                 .max_by_key(|s| s["weight_ns"].as_u64().unwrap_or(0))
         })
         .unwrap_or(&Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_named_with_the_fix() {
+        let absent = "bpftool-not-installed-here";
+        let cmd = Command::new(absent);
+        let err = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let message = missing_program_message(&cmd, &err);
+        assert!(
+            message.contains("`bpftool-not-installed-here`, which is not installed")
+                && message.ends_with("run `cargo xtask setup`"),
+            "{message}"
+        );
+        let known = missing_program_message(&Command::new("xmllint"), &err);
+        assert!(known.contains("libxml2-utils"), "{known}");
+    }
+
+    #[test]
+    fn needed_output_panics_with_the_message() {
+        let panic = std::panic::catch_unwind(|| {
+            Command::new("/nonexistent/stallscope-test-program").needed_output()
+        })
+        .expect_err("a missing program must fail the test");
+        let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains("cargo xtask setup"), "{text}");
+    }
 }

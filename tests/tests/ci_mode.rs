@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use stallscope_tests::{agent_bin, c_target, require_root, scratch_dir, workspace_root};
+use stallscope_tests::{Needed, agent_bin, c_target, require_root, scratch_dir, workspace_root};
 
 const FP_FLAGS: &[&str] = &[
     "-O2",
@@ -126,8 +126,7 @@ fn documented_ci_flow_fails_on_the_stall_and_passes_when_fixed() {
         .args(["tool", "pprof", "-raw"])
         .arg(out.join("profile.pb.gz"))
         .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof (cargo xtask setup installs golang-go)");
+        .needed_output();
     let raw = text(&pprof.stdout);
     assert!(pprof.status.success(), "{}", text(&pprof.stderr));
     assert!(
@@ -143,8 +142,7 @@ fn documented_ci_flow_fails_on_the_stall_and_passes_when_fixed() {
         .arg("--schema")
         .arg(&xsd)
         .arg(&junit)
-        .output()
-        .expect("xmllint");
+        .needed_output();
     assert!(lint.status.success(), "{}", text(&lint.stderr));
     let junit_text = std::fs::read_to_string(&junit).expect("junit");
     assert_eq!(junit_text.matches("<failure").count(), 2, "{junit_text}");
@@ -154,8 +152,7 @@ fn documented_ci_flow_fails_on_the_stall_and_passes_when_fixed() {
     let lint = Command::new("xmllint")
         .arg("--noout")
         .arg(&svg)
-        .output()
-        .expect("xmllint");
+        .needed_output();
     assert!(lint.status.success(), "{}", text(&lint.stderr));
     assert!(
         std::fs::read_to_string(&svg)

@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use stallscope_tests::{
-    Agent, Target, dominant_code_stack, require_root, scratch_dir, user_function_names,
+    Agent, Needed, Target, dominant_code_stack, require_root, scratch_dir, user_function_names,
     workspace_root,
 };
 
@@ -13,8 +13,7 @@ use stallscope_tests::{
 fn python() -> String {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 on PATH (the machine image has pyenv)");
+        .needed_output();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

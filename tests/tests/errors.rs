@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use stallscope_tests::{Target, agent_bin, require_root, run_agent, scratch_dir};
+use stallscope_tests::{Needed, Target, agent_bin, require_root, run_agent, scratch_dir};
 
 /// A long-lived process of ours to point the agent at.
 fn sleeper() -> Target {
@@ -94,8 +94,7 @@ fn output_directory_not_writable() {
     let status = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
         .arg(&dir)
-        .status()
-        .expect("mount");
+        .needed_status();
     assert!(status.success(), "mounting a read-only tmpfs for the test");
     let out = dir.join("recording");
     let (code, _, stderr) = run_agent(&[
@@ -122,8 +121,7 @@ fn missing_capabilities_are_named() {
         .args(["record", "--pid", &target.pid().to_string(), "--out"])
         .arg(&out)
         .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
+        .needed_output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_one_line_error(&stderr, "missing: CAP_BPF, CAP_PERFMON");

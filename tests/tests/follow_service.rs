@@ -24,8 +24,8 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, Lines, c_target, function_names, require_root, scratch_dir, tolerance_ns,
-    user_function_names, workspace_root,
+    Agent, AgentResult, Lines, Needed, c_target, function_names, require_root, scratch_dir,
+    tolerance_ns, user_function_names, workspace_root,
 };
 
 fn monotonic_ns() -> u64 {
@@ -45,8 +45,7 @@ fn monotonic_ns() -> u64 {
 fn system_python() -> String {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 on PATH (the machine image has pyenv's CPython 3.11)");
+        .needed_output();
     assert!(out.status.success(), "python3 does not run: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

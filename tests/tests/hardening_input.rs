@@ -29,8 +29,8 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, EpollServer, Lines, Planted, Target, agent_bin, c_target, dominant_stack,
-    require_root, run_agent, scratch_dir, user_function_names,
+    Agent, AgentResult, EpollServer, Lines, Needed, Planted, Target, agent_bin, c_target,
+    dominant_stack, require_root, run_agent, scratch_dir, user_function_names,
 };
 
 const FP_FLAGS: &[&str] = &["-O2", "-g", "-fno-omit-frame-pointer"];
@@ -250,8 +250,7 @@ impl Mount {
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
-            .status()
-            .expect("mount");
+            .needed_status();
         assert!(
             status.success(),
             "mounting a tmpfs ({options}) on {}",
@@ -1188,8 +1187,7 @@ fn a_missing_capability_is_named_exactly() {
             .args(["record", "--pid", &pid, "--duration", "1s", "--out"])
             .arg(&out)
             .stdin(Stdio::null())
-            .output()
-            .expect("setpriv");
+            .needed_output();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{bounding}: {stderr}");
         assert_one_line_error(&stderr, &format!("(missing: {missing})"));
@@ -1357,8 +1355,7 @@ fn non_root_user_with_capabilities_records_or_is_told_which_one_is_missing() {
             ])
             .arg(&out)
             .stdin(Stdio::null())
-            .output()
-            .expect("setpriv");
+            .needed_output();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_no_panic(&stderr);
         match output.status.code() {

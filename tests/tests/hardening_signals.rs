@@ -28,7 +28,7 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    EpollServer, Lines, Planted, Target, agent_bin, c_target, require_root, scratch_dir,
+    EpollServer, Lines, Needed, Planted, Target, agent_bin, c_target, require_root, scratch_dir,
     tolerance_ns,
 };
 
@@ -478,8 +478,7 @@ fn held_by(pid: u32) -> Held {
 fn bpf_objects(kind: &str) -> BTreeMap<u64, String> {
     let out = Command::new("bpftool")
         .args([kind, "show", "-j"])
-        .output()
-        .expect("run bpftool (apt-get install bpftool)");
+        .needed_output();
     assert!(
         out.status.success(),
         "bpftool {kind} show: {}",

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod testrun;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "stallscope developer tasks")]
@@ -353,29 +354,41 @@ fn test(filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E)");
     }
     let filter: Vec<&str> = filter.into_iter().collect();
-    status(
-        cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "profiler-common",
-                "-p",
-                "profiler-user",
-                "-p",
-                "xtask",
-            ])
-            .args(&filter),
-    )
-    .context("unit tests failed")?;
-    status(
-        cargo()
-            .args(["test", "--release", "-p", "stallscope-tests", "--"])
-            .args(&filter)
-            .arg("--test-threads=1")
-            .env("STALLSCOPE_BIN", agent_path()),
-    )
-    .context("integration tests failed")
+    let started = Instant::now();
+    // Both suites run to the end whatever fails (`--no-fail-fast`), so one broken test binary
+    // cannot hide the state of the others; the failures are summed up once at the end.
+    let mut report = testrun::Report::default();
+    let mut unit = cargo();
+    unit.args(["test", "--release", "--no-fail-fast"])
+        .args([
+            "-p",
+            "profiler-common",
+            "-p",
+            "profiler-user",
+            "-p",
+            "xtask",
+        ])
+        .args(&filter);
+    report.run("unit tests", &mut unit)?;
+    let mut integration = cargo();
+    integration
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "stallscope-tests",
+            "--",
+        ])
+        .args(&filter)
+        .arg("--test-threads=1")
+        .env("STALLSCOPE_BIN", agent_path());
+    report.run("integration tests", &mut integration)?;
+    eprintln!("{}", report.summary(started.elapsed()));
+    if report.failed() {
+        bail!("some tests failed (listed above)");
+    }
+    Ok(())
 }
 
 /// Builds the bundled epoll server with planted stalls.
@@ -403,4 +416,39 @@ fn send(port: u16, line: &str) -> Result<()> {
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The packages README's setup list names as `apt \`NAME\``.
+    fn readme_apt_packages() -> BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let list = readme
+            .split("<!-- setup-list -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- /setup-list -->").next())
+            .unwrap_or_default();
+        list.split("apt `")
+            .skip(1)
+            .filter_map(|rest| rest.split('`').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_package_setup_installs() {
+        let code: BTreeSet<String> = super::APT_PACKAGES
+            .iter()
+            .chain(crate::bench::APT_PACKAGES)
+            .map(|p| p.to_string())
+            .collect();
+        let readme = readme_apt_packages();
+        assert_eq!(
+            code, readme,
+            "README's setup list (between <!-- setup-list --> markers, as apt `NAME`) must name \
+             exactly the apt packages xtask installs"
+        );
+    }
 }

@@ -29,6 +29,9 @@ mod overhead;
 mod scale;
 mod tools;
 
+#[cfg(test)]
+pub use tools::APT_PACKAGES;
+
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,

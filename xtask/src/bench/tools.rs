@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::{apt_install, cargo, output, root, status};
 
 /// Debian bookworm: wrk 4.1.0, bpftrace 0.17.
-const APT_PACKAGES: &[&str] = &["wrk", "bpftrace"];
+pub const APT_PACKAGES: &[&str] = &["wrk", "bpftrace"];
 
 /// py-spy, pinned, next to the FastAPI app's own requirements.
 const PY_SPY: &str = "py-spy==0.4.3";
