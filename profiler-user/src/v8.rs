@@ -744,12 +744,6 @@ impl<M: Memory> V8Process<M> {
     ) -> Vec<Option<Option<Frame>>> {
         let mut out = Vec::with_capacity(ips.len());
         let mut last_fp = None;
-        if std::env::var_os("STALLSCOPE_DEBUG_V8").is_some() {
-            eprintln!(
-                "v8: stack builtins {:x?} ips {ips:x?} fps {fps:x?}",
-                self.builtins
-            );
-        }
         for (index, &ip) in ips.iter().enumerate() {
             let lookup = if index == 0 { ip } else { ip.saturating_sub(1) };
             let Some(&fp) = fps.get(index) else {
@@ -764,15 +758,7 @@ impl<M: Memory> V8Process<M> {
                 out.push(Some(None));
                 continue;
             }
-            let result = self.frame_at(stack, sp, fp);
-            if std::env::var_os("STALLSCOPE_DEBUG_V8").is_some() {
-                let slots = FrameSlots::from_stack(&self.meta, stack, sp, fp);
-                eprintln!(
-                    "v8: #{index} ip {ip:#x} fp {fp:#x} slots {slots:x?} -> {:?}",
-                    result.as_ref().map(|f| &f.function)
-                );
-            }
-            match result {
+            match self.frame_at(stack, sp, fp) {
                 Some(frame) => {
                     self.stats.frames += 1;
                     last_fp = Some(fp);
