@@ -1310,7 +1310,8 @@ mod tests {
     fn process(mem: FakeMemory, version: (u32, u32, u32)) -> V8Process<FakeMemory> {
         let meta = Metadata::from_symbols(&symbols(), version, None, "node").expect("metadata");
         // JIT code at 0x7000_0000 (no file), the node binary's code elsewhere.
-        V8Process::new(Arc::new(meta), mem, Vec::new(), vec![0x40_0000..0x50_0000])
+        let file_code = std::iter::once(0x40_0000..0x50_0000).collect();
+        V8Process::new(Arc::new(meta), mem, Vec::new(), file_code)
     }
 
     #[test]

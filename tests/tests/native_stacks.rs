@@ -1100,7 +1100,7 @@ fn node_js_frames(major: &str) {
             if inside {
                 eprintln!(
                     "node {major}: a stall during the warm-up: {}",
-                    summarize(&[s.clone()])
+                    summarize(std::slice::from_ref(s))
                 );
             }
             !inside
@@ -1204,4 +1204,101 @@ fn node24_js_frames() {
 #[test]
 fn node26_js_frames() {
     node_js_frames("26");
+}
+
+/// The names V8's own profiler gives (`node --cpu-prof`) match ours: every JavaScript frame of
+/// node_stalls.js in the spin and pbkdf2 stalls is a (function, line) the .cpuprofile has.
+#[test]
+fn node_js_frames_match_cpu_prof() {
+    require_root();
+    let node = node_binary("22");
+    let mut failures = Failures::default();
+    let dir = scratch_dir("node-cpu-prof-cwd");
+    let profiles = dir.join("profiles");
+    let flags = [
+        "--cpu-prof",
+        "--cpu-prof-dir",
+        profiles.to_str().expect("utf-8 path"),
+    ];
+    let server = StallsServer::start(&node, &flags, &dir);
+    let pid = server.target.pid();
+    let out = scratch_dir("node-cpu-prof");
+    // Warm: V8's profiler makes the young generation churn, and a cold function's JSFunction
+    // can be moved twice before the agent reads it (see README's limits).
+    server.get("/warmup", "warm\n");
+    let agent = Agent::record(&["--pid", &pid.to_string(), "--threshold", "100ms"], &out);
+    std::thread::sleep(IDLE_GAP);
+    server.plant("spin");
+    std::thread::sleep(IDLE_GAP);
+    server.plant("pbkdf2");
+    std::thread::sleep(IDLE_GAP);
+    let json = check_agent_ok(&agent.stop());
+    server.get("/exit", "ok\n");
+    // node writes the profile as it exits.
+    let mut profile = None;
+    for _ in 0..100 {
+        profile = std::fs::read_dir(&profiles)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "cpuprofile"));
+        if profile.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = profile.expect("node --cpu-prof wrote a .cpuprofile on exit");
+    let text = std::fs::read_to_string(&profile).expect("read the .cpuprofile");
+    let profile: Value = serde_json::from_str(&text).expect(".cpuprofile is JSON");
+    // (function name, 1-based line) of node_stalls.js's functions as V8's profiler names them.
+    let known: Vec<(String, u64)> = profile["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| &n["callFrame"])
+        .filter(|f| {
+            f["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("node_stalls.js"))
+        })
+        .map(|f| {
+            let name = f["functionName"].as_str().unwrap_or("");
+            let name = if name.is_empty() { "(anonymous)" } else { name };
+            (name.to_string(), f["lineNumber"].as_u64().unwrap_or(0) + 1)
+        })
+        .collect();
+    let stalls = stalls_of(&json);
+    failures.check(stalls.len() == 2, || {
+        format!("the spin and pbkdf2 stalls:\n{}", summarize(&stalls))
+    });
+    let mut ours = Vec::new();
+    for stall in &stalls {
+        for stack in stall["stacks"].as_array().into_iter().flatten() {
+            for frame in user_frames(stack) {
+                let script = frame["file"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("node_stalls.js"));
+                if frame["kind"] == "js" && script {
+                    ours.push((
+                        frame_fn(frame).to_string(),
+                        frame["line"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+    }
+    ours.sort();
+    ours.dedup();
+    for name in ["spinForMs", "hashPasswordSync", "plant"] {
+        failures.check(ours.iter().any(|(f, _)| f == name), || {
+            format!("{name} among our JavaScript frames: {ours:?}")
+        });
+    }
+    for frame in &ours {
+        failures.check(known.contains(frame), || {
+            format!("our frame {frame:?} is one node --cpu-prof names: {known:?}")
+        });
+    }
+    failures.finish();
 }
