@@ -5,6 +5,7 @@
 //! - [`tracefs`], [`procfs`], [`privileges`]: what the machine and the targets look like;
 //! - [`attach`]: the eBPF programs and maps (the only aya user);
 //! - [`events`]: ring-buffer bytes → typed events, loss detection;
+//! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
 //! - [`symbolize`]: addresses → frames (the only blazesym user); [`v8`]: JavaScript frames of
 //!   Node processes from V8's postmortem metadata;
@@ -26,6 +27,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod python;
 pub mod record;
+pub mod reorder;
 pub mod replay;
 pub mod report;
 pub mod session;

@@ -67,6 +67,13 @@ pub fn threads(pid: u32) -> Vec<u32> {
     numeric_entries(Path::new(&format!("/proc/{pid}/task")))
 }
 
+/// CPUs online (the ones whose events the kernel side can send), at least 1.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
 /// Every process on the machine.
 pub fn all_pids() -> Vec<u32> {
     numeric_entries(Path::new("/proc"))

@@ -319,7 +319,13 @@ async fn event_loop(
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 break StopReason::Duration;
             }
-            _ = drain_tick.tick() => drain(session, probes, ring.get_mut()),
+            _ = drain_tick.tick() => {
+                // Read the clock before draining: what was stamped before it is in the ring
+                // now (unless it took longer than the reorder window to get there).
+                let now = monotonic_ns();
+                drain(session, probes, ring.get_mut());
+                session.advance(Some(probes), now);
+            }
             () = &mut stop => break StopReason::External,
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
@@ -347,6 +353,7 @@ async fn event_loop(
         }
     };
     drain(session, probes, ring.get_mut());
+    session.flush(Some(probes));
     if reason == StopReason::Signal {
         abort_on_second_interrupt(session.stalls.len());
     }

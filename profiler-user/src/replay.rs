@@ -96,12 +96,27 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
     for &(pid, tid) in &saved.waiting_at_start {
         session.mark_waiting(pid, tid);
     }
+    // The saved events are in the order the timeline handled them live (after the reorder
+    // stage): passed straight through, late ones told by the same rule.
+    session.reorder = crate::reorder::Reorder::new(crate::reorder::Config::passthrough());
+    if saved.reorder.window_ns > 0 {
+        session.reorder_window_ns = saved.reorder.window_ns;
+    }
     for raw in &events {
         session.handle_raw(None, raw);
     }
+    session.flush(None);
     let mut recording = session.finish(None, saved.start_ns, saved.end_ns);
     // What the kernel lost was counted live; a replay cannot see it again.
     recording.lost_events = saved.lost_events;
+    // The live stage's window and counts; the replay's own late events are the same ones.
+    recording.reorder = crate::report::ReorderReport {
+        late_events: recording.reorder.late_events,
+        missed_switches: recording.reorder.missed_switches,
+        breakdown_mismatches: recording.reorder.breakdown_mismatches,
+        window_ns: recording.reorder.window_ns,
+        ..saved.reorder
+    };
     recording.drops = saved.drops.clone();
     recording.unwind = saved.unwind;
     recording.python = saved.python.clone();

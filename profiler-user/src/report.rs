@@ -51,8 +51,35 @@ pub struct Recording {
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
+    /// How the CPUs' events were put in time order, and what did not fit.
+    #[serde(default)]
+    pub reorder: ReorderReport,
     pub verdict: Verdict,
 }
+
+/// The reorder stage between the ring buffer and the timeline (module `reorder`), and the
+/// timeline's transitions that could not happen with a complete, ordered stream.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReorderReport {
+    /// Events are held until no older one can come, at most this long.
+    pub window_ns: u64,
+    /// Events older than one already handed to the timeline (later than the window): handled
+    /// out of order, and the stalls they touch say so (`late_events`).
+    pub late_events: u64,
+    /// Events put back in time order (they arrived after a newer event of another CPU).
+    pub reordered: u64,
+    /// Events handed on before their time because the stage was full (bounded memory).
+    pub released_early: u64,
+    pub max_held: u64,
+    /// Switch-ins or switch-outs the timeline did not see (lost or late): each left its
+    /// interval unaccounted in the stall it fell in.
+    pub missed_switches: u64,
+    /// Stalls whose breakdown did not add up by a fault of the timeline (should be 0).
+    pub breakdown_mismatches: u64,
+}
+
+/// A stall's breakdown adds up when on-CPU + blocked + runqueue is within this of its duration.
+pub const ADDS_UP_NS: u64 = 1_000_000;
 
 /// One span on a thread's timeline track.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -189,6 +216,24 @@ pub struct StallRecord {
     pub partial: bool,
     /// Events were lost during it: the breakdown may be incomplete.
     pub data_lost: bool,
+    /// Time of the stall the breakdown could not attribute:
+    /// `on_cpu_ns + off_cpu_ns + runqueue_ns + unaccounted_ns == duration_ns`.
+    #[serde(default)]
+    pub unaccounted_ns: u64,
+    /// `unaccounted_ns` is at most [`ADDS_UP_NS`] (1 ms). (Recordings made before this field
+    /// did not check: read as true.)
+    #[serde(default = "yes")]
+    pub adds_up: bool,
+    /// Why time is unaccounted (present when `unaccounted_ns` > 0): events lost, events later
+    /// than the reorder window, switches not seen, a partial stall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unaccounted_why: Option<String>,
+    /// Events of its thread that came later than the reorder window while it ran.
+    #[serde(default)]
+    pub late_events: u32,
+    /// Switch-ins or switch-outs of its thread that were not seen while it ran.
+    #[serde(default)]
+    pub missed_switches: u32,
     /// The asyncio task running on the loop during the stall (Python).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<crate::python::TaskInfo>,
@@ -296,6 +341,10 @@ impl StackRecord {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl StallRecord {
     /// The stack that explains most of the stall: the heaviest one.
     pub fn dominant_stack(&self) -> Option<&StackRecord> {
@@ -317,10 +366,47 @@ impl StallRecord {
 
     /// What a reader must know before trusting the duration, for summaries (empty if nothing).
     pub fn caveat(&self) -> &'static str {
-        match (self.data_lost, self.partial) {
-            (true, _) => " (incomplete: events lost, duration may be wrong)",
-            (false, true) => " (partial: began before or outlived the recording)",
+        match (self.data_lost, self.partial, self.adds_up) {
+            (true, _, _) => " (incomplete: events lost, duration may be wrong)",
+            (false, true, _) => " (partial: began before or outlived the recording)",
+            (false, false, false) => " (breakdown incomplete: see unaccounted time)",
             _ => "",
+        }
+    }
+
+    /// The stack the live line and summaries name, with its top named frames: the heaviest
+    /// stack that has a named frame (user or Python frames first, kernel frames otherwise).
+    pub fn headline(&self) -> Option<(&StackRecord, Vec<&Frame>)> {
+        let mut stacks: Vec<&StackRecord> = self.stacks.iter().collect();
+        stacks.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
+        stacks.into_iter().find_map(|stack| {
+            let named: Vec<&Frame> = top_user_frames(stack, usize::MAX)
+                .into_iter()
+                .filter(|f| is_named(f))
+                .take(3)
+                .collect();
+            let named = if named.is_empty() {
+                stack
+                    .frames
+                    .iter()
+                    .filter(|f| f.kind == FrameKind::Kernel && is_named(f))
+                    .take(3)
+                    .collect()
+            } else {
+                named
+            };
+            (!named.is_empty()).then_some((stack, named))
+        })
+    }
+
+    /// Why the stall has no named frames to show (when [`Self::headline`] is None).
+    pub fn no_frames_why(&self) -> &'static str {
+        if self.stacks.is_empty() {
+            "no stack was taken inside it (no sample or switch-out with a stack landed in it)"
+        } else if self.stacks.iter().all(|s| s.frames.is_empty()) {
+            "its stacks could not be read (stack ids lost or not resolved)"
+        } else {
+            "its frames are unnamed (stripped code, or JIT code without a perf map)"
         }
     }
 
@@ -670,7 +756,27 @@ pub fn summary_markdown(recording: &Recording) -> String {
         "Lost events: {} · stacks lost: {} kernel, {} user.",
         recording.lost_events, drops.kernel_stack, drops.user_stack
     );
+    if let Some(line) = reorder_line(recording) {
+        let _ = writeln!(md, "\n{line}");
+    }
     md
+}
+
+/// Says what the reorder stage could not put in order, and stalls that do not add up
+/// (nothing when all is well).
+pub fn reorder_line(recording: &Recording) -> Option<String> {
+    let r = &recording.reorder;
+    let not_adding_up = recording.stalls.iter().filter(|s| !s.adds_up).count();
+    if r.late_events == 0 && r.released_early == 0 && not_adding_up == 0 {
+        return None;
+    }
+    Some(format!(
+        "ordering: {} events came later than the {} reorder window, {} left it early (full); {} stall(s) with time unaccounted (each says why)",
+        r.late_events,
+        format_ms(r.window_ns),
+        r.released_early,
+        not_adding_up
+    ))
 }
 
 fn folded_text(lines: &[String]) -> String {
@@ -702,6 +808,13 @@ fn worst_stalls(recording: &Recording, count: usize) -> Vec<&StallRecord> {
 /// The innermost frames a person should read first: the program's own code. In a stack with
 /// Python frames those are the Python frames (the interpreter's C code under a regex or a
 /// sleep says less than the function that called it).
+/// Whether a frame has a name (not an address in a module, or an unknown address).
+pub fn is_named(frame: &Frame) -> bool {
+    !frame.function.is_empty()
+        && !frame.function.starts_with("[unknown]")
+        && !frame.function.contains("+0x")
+}
+
 pub fn top_user_frames(stack: &StackRecord, count: usize) -> Vec<&Frame> {
     let python = stack.frames.iter().any(|f| f.kind == FrameKind::Python);
     stack
@@ -740,12 +853,32 @@ pub fn live_line(stall: &StallRecord) -> String {
         format_ms(stall.off_cpu_ns),
         format_ms(stall.runqueue_ns),
     );
-    if let Some(stack) = stall.dominant_stack() {
-        let frames: Vec<String> = top_user_frames(stack, 3)
-            .into_iter()
-            .map(frame_text)
-            .collect();
-        let _ = write!(line, "\n    at {}{}", frames.join(" < "), stack.cause());
+    match stall.headline() {
+        Some((stack, frames)) => {
+            let frames: Vec<String> = frames.into_iter().map(frame_text).collect();
+            let _ = write!(line, "\n    at {}{}", frames.join(" < "), stack.cause());
+            if stall
+                .dominant_stack()
+                .is_some_and(|d| !std::ptr::eq(d, stack))
+            {
+                let _ = write!(
+                    line,
+                    " ({} of it; the heaviest part has no named frame)",
+                    format_ms(stack.weight_ns)
+                );
+            }
+        }
+        None => {
+            let _ = write!(line, "\n    (no frames to show: {})", stall.no_frames_why());
+        }
+    }
+    if !stall.adds_up {
+        let _ = write!(
+            line,
+            "\n    ({} of it unaccounted: {})",
+            format_ms(stall.unaccounted_ns),
+            stall.unaccounted_why.as_deref().unwrap_or("unknown")
+        );
     }
     if let Some(task) = &stall.task {
         let _ = write!(
@@ -881,6 +1014,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             recording.lost_events, drops.kernel_stack, drops.user_stack
         );
     }
+    if let Some(line) = reorder_line(recording) {
+        let _ = writeln!(text, "  {line}");
+    }
     if let Some(line) = python_line(&recording.python) {
         let _ = writeln!(text, "  {line}");
     }
@@ -987,6 +1123,11 @@ mod tests {
             rule: "iteration".into(),
             partial: false,
             data_lost: false,
+            unaccounted_ns: 0,
+            adds_up: true,
+            unaccounted_why: None,
+            late_events: 0,
+            missed_switches: 0,
             task: None,
             stacks: vec![
                 StackRecord {
@@ -1042,6 +1183,7 @@ mod tests {
             javascript: JsReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
+            reorder: Default::default(),
             verdict: Verdict {
                 budgets: vec![],
                 passed: true,

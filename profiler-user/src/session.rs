@@ -18,6 +18,7 @@ use crate::{
     cli::RecordConfig,
     events::{self, Lifecycle, LossDetector},
     procfs, python,
+    reorder::{self, Reorder},
     report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
     symbolize::{Frame, FrameKind, Symbols},
     syscalls,
@@ -71,6 +72,14 @@ pub struct Session {
     pub config: RecordConfig,
     own_pid: u32,
     pub timeline: Timeline,
+    /// Puts the CPUs' events in timestamp order before the timeline (see [`reorder`]); a
+    /// replay passes its saved events, already in that order, straight through.
+    pub reorder: Reorder<RawEvent>,
+    /// The window the events were put in order with (a replay's pass-through stage has none;
+    /// the recording's is reported).
+    pub reorder_window_ns: u64,
+    /// Events the reorder stage released, waiting to be handled (reused buffer).
+    released: Vec<reorder::Released<RawEvent>>,
     pub resolver: Resolver,
     pub loss: LossDetector,
     pub processes: HashMap<u32, ProcessState>,
@@ -140,6 +149,9 @@ impl Session {
             config,
             own_pid: std::process::id(),
             timeline,
+            reorder: Reorder::new(reorder::Config::live(procfs::online_cpus())),
+            reorder_window_ns: reorder::WINDOW_NS,
+            released: Vec::new(),
             resolver,
             loss: LossDetector::default(),
             processes: HashMap::new(),
@@ -414,7 +426,41 @@ impl Session {
         {
             self.sync_python(probes);
         }
-        self.handle_event(probes, &raw);
+        // Stacks are attached above, in arrival order (a CPU's copy precedes its event);
+        // from here on events go in timestamp order.
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.push(raw, &mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    /// Time has passed: `now_ns` was read before a drain that emptied the ring buffer, so
+    /// events older than it by the reorder window can go on (see [`Reorder::advance`]).
+    pub fn advance(&mut self, probes: Option<&mut Probes>, now_ns: u64) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.advance(now_ns, &mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    /// Recording stopped: every event still held goes on, in order.
+    pub fn flush(&mut self, probes: Option<&mut Probes>) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.flush(&mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    fn handle_released(
+        &mut self,
+        mut probes: Option<&mut Probes>,
+        released: &mut Vec<reorder::Released<RawEvent>>,
+    ) {
+        for r in released.drain(..) {
+            if r.late && r.item.pid != self.own_pid {
+                self.timeline.late(r.item.tid);
+            }
+            self.handle_event(probes.as_deref_mut(), &r.item);
+        }
+        // Keep the buffer (and its capacity) for the next call.
+        std::mem::swap(&mut self.released, released);
     }
 
     fn handle_event(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
@@ -686,6 +732,11 @@ impl Session {
             .into(),
             partial: stall.partial,
             data_lost: stall.data_lost,
+            unaccounted_ns: stall.unaccounted_ns,
+            adds_up: stall.unaccounted_ns <= report::ADDS_UP_NS,
+            unaccounted_why: unaccounted_why(stall, self.reorder_window_ns),
+            late_events: stall.late_events,
+            missed_switches: stall.odd_transitions,
             task: self.stall_task(stall),
             stacks,
         }
@@ -1005,6 +1056,21 @@ impl Session {
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
+            reorder: {
+                let stats = self.reorder.stats();
+                let a = result.anomalies;
+                report::ReorderReport {
+                    window_ns: self.reorder_window_ns,
+                    late_events: stats.late,
+                    reordered: stats.reordered,
+                    released_early: stats.released_early,
+                    max_held: stats.max_held,
+                    missed_switches: a.switch_out_not_running
+                        + a.switch_in_while_running
+                        + a.not_running,
+                    breakdown_mismatches: a.breakdown_mismatch,
+                }
+            },
             verdict: report::Verdict {
                 budgets: Vec::new(),
                 passed: true,
@@ -1075,6 +1141,37 @@ fn signal_name(signal: i32) -> String {
         .and_then(|i| NAMES.get(i))
         .filter(|n| !n.is_empty())
         .map_or_else(|| format!("signal {signal}"), |n| n.to_string())
+}
+
+/// Why part of a stall's time is unaccounted, in words (None when none is).
+fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
+    if stall.unaccounted_ns == 0 {
+        return None;
+    }
+    let mut why = Vec::new();
+    if stall.data_lost {
+        why.push("events were lost (ring buffer full)".to_string());
+    }
+    if stall.late_events > 0 {
+        why.push(format!(
+            "{} event(s) came later than the {} reorder window",
+            stall.late_events,
+            report::format_ms(window_ns)
+        ));
+    }
+    if stall.odd_transitions > 0 {
+        why.push(format!(
+            "{} switch-in(s) or switch-out(s) of the thread were not seen",
+            stall.odd_transitions
+        ));
+    }
+    if stall.partial {
+        why.push("it began before the recording (its start is not known)".to_string());
+    }
+    if why.is_empty() {
+        why.push("not known".to_string());
+    }
+    Some(why.join("; "))
 }
 
 /// Advice for the summary: a Node process whose JavaScript frames could not be read from V8's

@@ -12,9 +12,19 @@
 //! into on-CPU, off-CPU (blocked) and runqueue time. On-CPU time is measured exactly from
 //! switches; on-CPU *stacks* come from samples, each weighing one sample period.
 //!
-//! Events can be lost (ring buffer full) or arrive slightly out of order across CPUs. Every
-//! transition that "cannot happen" is therefore tolerated, counted in [`Anomalies`], and never
-//! panics; spans that saw a loss are flagged `data_lost`.
+//! Events reach it in timestamp order (the [`crate::reorder`] stage puts the CPUs' events back
+//! in order), but can be lost (ring buffer full) or, rarely, come later than the reorder
+//! window. Every transition that "cannot happen" is therefore tolerated, counted in
+//! [`Anomalies`], and never panics; spans that saw a loss are flagged `data_lost`.
+//!
+//! **The breakdown adds up**: every nanosecond of a span is on-CPU, off-CPU (blocked or a lock
+//! wait), runqueue, or *unaccounted*: time between two transitions that cannot follow each
+//! other (a switch-out while not running: the switch-in was not seen), which the state machine
+//! cannot split. So `on + off + runqueue + unaccounted == duration`, exactly, for every stall
+//! (asserted in debug and test builds); unaccounted time only comes with a reason on the stall
+//! (events lost, events later than the window, switches not seen, or a partial span). Time
+//! never runs back within a thread: an event older than the thread's latest is taken as
+//! happening at that latest time (and counted), so no interval is counted twice.
 
 use std::collections::HashMap;
 
@@ -160,6 +170,14 @@ pub struct Stall {
     pub partial: bool,
     /// Events were lost while it ran: the breakdown may be incomplete.
     pub data_lost: bool,
+    /// Time the breakdown could not attribute (see the module docs):
+    /// `on_cpu_ns + off_cpu_ns + runqueue_ns + unaccounted_ns == duration_ns()`.
+    pub unaccounted_ns: u64,
+    /// Events of this thread that came later than the reorder window during the span.
+    pub late_events: u32,
+    /// Transitions that cannot follow each other with a complete stream (a switch-in or
+    /// switch-out not seen); each left its interval unaccounted.
+    pub odd_transitions: u32,
 }
 
 impl Stall {
@@ -193,6 +211,16 @@ pub struct Anomalies {
     pub iterations_discarded: u64,
     /// Entered a wait point while already in one (the exit was lost).
     pub wait_enter_while_waiting: u64,
+    /// Switched in while we believed it was running (a switch-out was lost or came late).
+    pub switch_in_while_running: u64,
+    /// Entered a wait point or exited while we believed it was off-CPU (a switch-in missing).
+    pub not_running: u64,
+    /// Events older than an event of the same thread handled before (later than the reorder
+    /// window): taken as happening at that thread's latest time.
+    pub time_went_back: u64,
+    /// Stalls whose breakdown did not add up to their duration: a bug in this module,
+    /// repaired (the difference made unaccounted) and counted in release builds.
+    pub breakdown_mismatch: u64,
     /// Distinct stacks beyond the per-span or off-CPU limits.
     pub stacks_dropped: u64,
 }
@@ -234,6 +262,9 @@ struct Span {
     stacks_dropped: u64,
     partial: bool,
     data_lost: bool,
+    unaccounted_ns: u64,
+    late_events: u32,
+    odd_transitions: u32,
 }
 
 impl Span {
@@ -247,6 +278,19 @@ impl Span {
             stacks_dropped: 0,
             partial,
             data_lost: false,
+            unaccounted_ns: 0,
+            late_events: 0,
+            odd_transitions: 0,
+        }
+    }
+
+    /// The part of [from, to) inside this span cannot be split (a transition was not seen):
+    /// kept as unaccounted, so the breakdown still adds up and says why.
+    fn add_unaccounted(&mut self, from: u64, to: u64, odd: bool) {
+        let from = from.max(self.start_ns);
+        self.unaccounted_ns += to.saturating_sub(from);
+        if odd {
+            self.odd_transitions = self.odd_transitions.saturating_add(1);
         }
     }
 
@@ -296,7 +340,41 @@ impl Span {
         }
     }
 
-    fn into_stall(self, pid: u32, tid: u32, end_ns: u64, rule: StallRule) -> Stall {
+    /// Closes the span at `end_ns`; `mismatch` counts a breakdown that did not add up.
+    fn into_stall(
+        mut self,
+        pid: u32,
+        tid: u32,
+        end_ns: u64,
+        rule: StallRule,
+        mismatch: &mut u64,
+    ) -> Stall {
+        let duration = end_ns.saturating_sub(self.start_ns);
+        let accounted = self.on_cpu_ns + self.off_cpu_ns + self.runqueue_ns;
+        if accounted + self.unaccounted_ns != duration {
+            // The add-up invariant (module docs): every transition tiles time from the span's
+            // start to its end. Breaking it is a bug here, never the input's fault.
+            if cfg!(any(debug_assertions, test)) {
+                panic!(
+                    "breakdown of tid {tid} [{}, {end_ns}] does not add up: on {} + off {} + rq {} + unaccounted {} != {duration}",
+                    self.start_ns,
+                    self.on_cpu_ns,
+                    self.off_cpu_ns,
+                    self.runqueue_ns,
+                    self.unaccounted_ns
+                );
+            }
+            *mismatch += 1;
+            self.unaccounted_ns = duration.saturating_sub(accounted);
+        }
+        debug_assert!(
+            self.unaccounted_ns == 0
+                || self.partial
+                || self.data_lost
+                || self.late_events > 0
+                || self.odd_transitions > 0,
+            "unaccounted time without a reason"
+        );
         let mut stacks: Vec<WeightedStack> = self
             .stacks
             .into_iter()
@@ -329,6 +407,9 @@ impl Span {
             rule,
             partial: self.partial,
             data_lost: self.data_lost,
+            unaccounted_ns: self.unaccounted_ns,
+            late_events: self.late_events,
+            odd_transitions: self.odd_transitions,
         }
     }
 }
@@ -347,6 +428,8 @@ struct Thread {
     /// Its latest on-CPU samples (time, stack): what it was doing while it held a lock
     /// another thread waited for.
     recent_samples: std::collections::VecDeque<(u64, StackKey)>,
+    /// The time of its latest event: its clock never runs back (see the module docs).
+    last_ts: u64,
 }
 
 /// On-CPU samples kept per thread for lock-holder attribution (~1.3 s at 99 Hz).
@@ -450,7 +533,17 @@ impl Timeline {
             run: Some(Span::new(ts_ns, true)),
             iterations: 0,
             recent_samples: std::collections::VecDeque::new(),
+            last_ts: ts_ns,
         })
+    }
+
+    /// An event came later than the reorder window: the spans of its thread are flagged.
+    pub fn late(&mut self, tid: u32) {
+        if let Some(thread) = self.threads.get_mut(&tid) {
+            for span in thread.spans() {
+                span.late_events = span.late_events.saturating_add(1);
+            }
+        }
     }
 
     /// Feeds one event; returns the stall it ended, if any.
@@ -469,6 +562,16 @@ impl Timeline {
         }
         let gil_holder = self.gil_holder(tid);
         let thread = self.thread(pid, tid, ts);
+        // Within a thread time never runs back: an older event (later than the reorder
+        // window) is taken as happening at the thread's latest time, so no interval is counted
+        // twice and the breakdown still adds up (its span is flagged as late by the caller).
+        let went_back = ts < thread.last_ts;
+        let ts = ts.max(thread.last_ts);
+        thread.last_ts = ts;
+        if went_back {
+            self.anomalies.time_went_back += 1;
+        }
+        let thread = self.threads.get_mut(&tid)?;
         // The kernel's record of a brand-new process's tgid can lag (see profiler-common); the
         // thread's own events carry the right one.
         if matches!(what, What::SwitchOut { .. } | What::Sample { .. }) {
@@ -524,9 +627,21 @@ impl Timeline {
                     thread.recent_samples.pop_front();
                 }
                 thread.recent_samples.push_back((ts, stack));
-                if thread.cpu == Cpu::Unknown {
-                    thread.cpu = Cpu::Running { since: 0 };
+                match thread.cpu {
+                    Cpu::Unknown => thread.cpu = Cpu::Running { since: 0 },
+                    // A sample only hits a running thread: the switch-in was not seen. It
+                    // runs from here on; what came before since is unaccounted (this keeps
+                    // the unknown part as short as the events allow).
+                    Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
+                        for span in thread.spans() {
+                            span.add_unaccounted(since, ts, true);
+                        }
+                        thread.cpu = Cpu::Running { since: ts };
+                        self.anomalies.not_running += 1;
+                    }
+                    Cpu::Running { .. } => {}
                 }
+                let thread = self.threads.get_mut(&tid)?;
                 for span in thread.spans() {
                     span.add_stack(
                         limit,
@@ -600,8 +715,13 @@ impl Timeline {
         let since = match thread.cpu {
             Cpu::Running { since } => since,
             Cpu::Unknown => 0,
-            Cpu::Runnable { .. } | Cpu::Blocked { .. } => {
+            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
+                // The switch-in between was not seen: how the time since splits between
+                // waiting and running is unknown.
                 self.anomalies.switch_out_not_running += 1;
+                for span in thread.spans() {
+                    span.add_unaccounted(since, ts, true);
+                }
                 ts
             }
         };
@@ -629,7 +749,8 @@ impl Timeline {
         }
         // A voluntary sleep ends a run.
         let run = thread.run.take()?;
-        let stall = run.into_stall(thread.pid, tid, ts, StallRule::Run);
+        let mismatch = &mut self.anomalies.breakdown_mismatch;
+        let stall = run.into_stall(thread.pid, tid, ts, StallRule::Run, mismatch);
         (stall.duration_ns() >= threshold).then_some(stall)
     }
 
@@ -711,7 +832,22 @@ impl Timeline {
                 );
                 Some((since, stack, syscall, None))
             }
-            Cpu::Running { .. } | Cpu::Unknown => None,
+            Cpu::Running { since } => {
+                // The switch-out before was not seen (lost, or later than the window): the
+                // time since it ran splits in an unknown way.
+                self.anomalies.switch_in_while_running += 1;
+                for span in thread.spans() {
+                    span.add_unaccounted(since, ts, true);
+                }
+                None
+            }
+            // Seen for the first time (a partial span began with this event or just before).
+            Cpu::Unknown => {
+                for span in thread.spans() {
+                    span.add_unaccounted(0, ts, false);
+                }
+                None
+            }
         };
         if let Some((out_since, stack, syscall, waker)) = out {
             let key = (thread.pid, tid, stack, syscall, waker);
@@ -746,15 +882,22 @@ impl Timeline {
         let mut iteration = thread.iteration.take()?;
         let since = match thread.cpu {
             Cpu::Running { since } => since,
-            // It is making a syscall, so it is running, whatever we last saw.
-            _ => ts,
+            Cpu::Unknown => 0,
+            // It is making a syscall, so it is running, whatever we last saw: the switch-in
+            // was not seen.
+            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
+                self.anomalies.not_running += 1;
+                iteration.add_unaccounted(since, ts, true);
+                ts
+            }
         };
         iteration.add_time(StackKind::OnCpu, since, ts);
         thread.cpu = Cpu::Running { since: ts };
         if !iteration.partial {
             thread.iterations += 1;
         }
-        let stall = iteration.into_stall(thread.pid, tid, ts, StallRule::Iteration);
+        let mismatch = &mut self.anomalies.breakdown_mismatch;
+        let stall = iteration.into_stall(thread.pid, tid, ts, StallRule::Iteration, mismatch);
         (stall.duration_ns() >= threshold).then_some(stall)
     }
 
@@ -779,9 +922,17 @@ impl Timeline {
         if self.just_exited.len() < 65536 {
             self.just_exited.insert(tid);
         }
+        let ts = ts.max(thread.last_ts);
         let since = match thread.cpu {
             Cpu::Running { since } => since,
-            _ => ts,
+            Cpu::Unknown => 0,
+            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
+                self.anomalies.not_running += 1;
+                for span in thread.spans() {
+                    span.add_unaccounted(since, ts, true);
+                }
+                ts
+            }
         };
         for span in thread.spans() {
             span.add_time(StackKind::OnCpu, since, ts);
@@ -798,7 +949,8 @@ impl Timeline {
         } else {
             (thread.run.take(), StallRule::Run)
         };
-        let stall = span?.into_stall(thread.pid, tid, ts, rule);
+        let mismatch = &mut self.anomalies.breakdown_mismatch;
+        let stall = span?.into_stall(thread.pid, tid, ts, rule, mismatch);
         (stall.duration_ns() >= threshold && !thread.in_wait).then_some(stall)
     }
 
@@ -817,6 +969,7 @@ impl Timeline {
             // Close the thread's current state at the end, whatever it is: a loop blocked in
             // a syscall when the user stops the recording is exactly the stall to explain.
             let limit = self.config.max_stacks_per_span;
+            let ts = ts.max(thread.last_ts);
             match thread.cpu {
                 Cpu::Running { since } => {
                     for span in thread.spans() {
@@ -860,7 +1013,8 @@ impl Timeline {
             };
             if let Some((mut span, rule)) = open {
                 span.partial = true;
-                let stall = span.into_stall(thread.pid, tid, ts, rule);
+                let mismatch = &mut self.anomalies.breakdown_mismatch;
+                let stall = span.into_stall(thread.pid, tid, ts, rule, mismatch);
                 if stall.duration_ns() >= threshold {
                     stalls.push(stall);
                 }
@@ -1362,6 +1516,174 @@ mod tests {
             spans,
             vec![(StackKind::OffCpu, 10, 40), (StackKind::Runqueue, 40, 45)]
         );
+    }
+
+    fn adds_up(s: &Stall) -> bool {
+        s.on_cpu_ns + s.off_cpu_ns + s.runqueue_ns == s.duration_ns()
+    }
+
+    /// An event as the kernel sent it: on a CPU.
+    #[derive(Clone, Copy, Debug)]
+    struct OnCpu(u32, Event);
+
+    impl crate::reorder::Stamped for OnCpu {
+        fn ts_ns(&self) -> u64 {
+            self.1.ts_ns
+        }
+        fn cpu(&self) -> u32 {
+            self.0
+        }
+    }
+
+    /// Issue #22, the 47 ms case: the loop burns 250 ms; at 203 ms it is preempted on CPU 0
+    /// and switched in on CPU 1 half a millisecond later, but CPU 1's switch-in reaches the
+    /// agent before CPU 0's switch-out. Handled in arrival order, the switch-in hides the run
+    /// before it; through the reorder stage the breakdown is right and adds up.
+    ///
+    /// ```text
+    /// CPU 0: exit wait 0 ==== samples ==== out 203 (preempted)
+    /// CPU 1:                                  in 203.5 ==== samples ==== wait 250
+    /// arrival:  exit, samples..., IN 203.5, OUT 203, samples..., wait
+    /// ```
+    #[test]
+    fn a_switch_in_arriving_before_the_switch_out_it_follows_is_put_in_order() {
+        let us = |us: u64| us * 1000;
+        let at = |ns: u64, what: What| Event {
+            ts_ns: ns,
+            pid: PID,
+            tid: TID,
+            what,
+        };
+        let preempted = What::SwitchOut {
+            runnable: true,
+            stack: stack(9),
+            syscall: None,
+            gil_holder: None,
+        };
+        let mut arrival = vec![OnCpu(0, at(0, What::WaitExit))];
+        arrival.extend((1..=20).map(|i| OnCpu(0, sample(i * 10, 7))));
+        arrival.push(OnCpu(1, at(us(203_500), What::SwitchIn)));
+        arrival.push(OnCpu(0, at(us(203_000), preempted)));
+        arrival.extend((21..=24).map(|i| OnCpu(1, sample(i * 10, 7))));
+        arrival.push(OnCpu(1, at(250 * MS, What::WaitEnter)));
+
+        // As it was: handled in arrival order, the run before the switch-in is lost.
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let stalls = run(&mut t, &arrival.iter().map(|e| e.1).collect::<Vec<_>>());
+        assert_eq!(stalls.len(), 1);
+        let wrong = &stalls[0];
+        assert!(wrong.on_cpu_ns < 100 * MS, "{wrong:?}");
+        // ... but never silently: the missing time is unaccounted, with the reason.
+        assert!(adds_up(wrong) == (wrong.unaccounted_ns == 0));
+        assert!(wrong.unaccounted_ns > 200 * MS && wrong.odd_transitions > 0);
+
+        // Now: through the reorder stage.
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let mut reorder = crate::reorder::Reorder::new(crate::reorder::Config::live(2));
+        let mut stalls = Vec::new();
+        let mut feed = |r: crate::reorder::Released<OnCpu>| {
+            assert!(!r.late);
+            stalls.extend(t.handle(&r.item.1));
+        };
+        for e in arrival {
+            reorder.push(e, &mut feed);
+        }
+        reorder.flush(&mut feed);
+        assert_eq!(stalls.len(), 1);
+        let s = &stalls[0];
+        assert_eq!(s.duration_ns(), 250 * MS);
+        assert_eq!(s.on_cpu_ns, 250 * MS - us(500), "{s:?}");
+        assert_eq!(s.runqueue_ns, us(500));
+        assert_eq!((s.unaccounted_ns, s.odd_transitions), (0, 0));
+        assert!(adds_up(s));
+        let on = s.top_stack(StackKind::OnCpu).expect("on-CPU stack");
+        assert_eq!((on.stack.user, on.count), (7, 24));
+    }
+
+    /// An event later than any window: time does not run back and nothing is counted twice;
+    /// the breakdown still adds up, with the part it cannot split unaccounted and flagged.
+    #[test]
+    fn an_event_later_than_the_window_leaves_a_flagged_gap_not_a_wrong_sum() {
+        let mut t = Timeline::new(config());
+        t.mark_waiting(PID, TID);
+        let mut stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                ev(150, What::SwitchIn), // switch-out at 100 not seen yet
+                sample(160, 7),
+            ],
+        );
+        t.late(TID);
+        stalls.extend(t.handle(&out(100, true, 9))); // arrives late
+        stalls.extend(run(
+            &mut t,
+            &[ev(200, What::SwitchIn), ev(300, What::WaitEnter)],
+        ));
+        assert_eq!(stalls.len(), 1);
+        let s = &stalls[0];
+        assert_eq!(
+            s.on_cpu_ns + s.off_cpu_ns + s.runqueue_ns + s.unaccounted_ns,
+            300 * MS
+        );
+        assert_eq!(s.late_events, 1);
+        assert!(s.unaccounted_ns >= 150 * MS, "{s:?}");
+        assert_eq!(t.anomalies().time_went_back, 1);
+    }
+
+    /// Every odd transition leaves its interval unaccounted, so the sum always holds (the
+    /// debug assertion in `into_stall` would fire otherwise).
+    #[test]
+    fn odd_sequences_still_add_up() {
+        let seqs: Vec<Vec<Event>> = vec![
+            vec![
+                ev(0, What::WaitExit),
+                out(10, false, 1),
+                out(20, true, 1),
+                ev(300, What::WaitEnter),
+            ],
+            vec![
+                ev(0, What::WaitExit),
+                out(10, true, 1),
+                ev(300, What::WaitEnter),
+            ],
+            vec![
+                ev(0, What::WaitExit),
+                ev(50, What::SwitchIn),
+                ev(60, What::SwitchIn),
+                ev(300, What::WaitEnter),
+            ],
+            vec![
+                ev(0, What::WaitExit),
+                out(10, false, 1),
+                ev(20, What::Wake),
+                out(30, false, 1),
+                ev(300, What::WaitEnter),
+            ],
+            vec![
+                ev(0, What::WaitExit),
+                out(10, false, 1),
+                ev(300, What::Exit),
+            ],
+        ];
+        for seq in seqs {
+            let mut t = Timeline::new(config());
+            t.mark_waiting(PID, TID);
+            let stalls = run(&mut t, &seq);
+            assert_eq!(stalls.len(), 1, "{seq:?}");
+            let s = &stalls[0];
+            assert_eq!(
+                s.on_cpu_ns + s.off_cpu_ns + s.runqueue_ns + s.unaccounted_ns,
+                s.duration_ns(),
+                "{seq:?}"
+            );
+            assert!(
+                s.unaccounted_ns > 0 && s.odd_transitions > 0,
+                "{seq:?}: {s:?}"
+            );
+        }
     }
 }
 

@@ -432,6 +432,11 @@ mod tests {
             rule: "iteration".into(),
             partial: false,
             data_lost: false,
+            unaccounted_ns: 0,
+            adds_up: true,
+            unaccounted_why: None,
+            late_events: 0,
+            missed_switches: 0,
             task: None,
             stacks: vec![
                 StackRecord {
@@ -535,6 +540,7 @@ mod tests {
             ],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            reorder: Default::default(),
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),

@@ -355,8 +355,28 @@ impl AgentResult {
 impl Agent {
     /// Starts `stallscope record ARGS --out DIR` and waits until it says it is recording.
     pub fn record(args: &[&str], out_dir: &Path) -> Self {
+        Self::record_on(args, out_dir, None)
+    }
+
+    /// As [`Agent::record`], with the agent pinned to one CPU (as `taskset -c CPU` would).
+    pub fn record_on(args: &[&str], out_dir: &Path, cpu: Option<usize>) -> Self {
         require_root();
-        let mut child = Command::new(agent_bin())
+        let mut command = Command::new(agent_bin());
+        if let Some(cpu) = cpu {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("record")
             .args(args)
             .arg("--out")
@@ -413,6 +433,20 @@ impl Agent {
             stderr: self.stderr.collect(Duration::from_millis(200)),
             out_dir: self.out_dir.clone(),
         }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes into a zeroed cpu_set_t of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
     }
 }
 

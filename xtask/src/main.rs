@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod sid;
 mod testrun;
 
 #[derive(Parser)]
@@ -80,6 +81,8 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The SIGKILL test lists programs, maps and links left behind with bpftool.
     "bpftool",
+    // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
+    "debootstrap",
 ];
 
 fn main() -> ExitCode {
@@ -166,6 +169,7 @@ fn setup() -> Result<()> {
     setup_rust_src()?;
     setup_bpf_linker()?;
     setup_node()?;
+    sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
 }
