@@ -216,6 +216,9 @@ impl Session {
         let id = procfs::process_id(pid);
         self.processes.insert(pid, ProcessState { record, id });
         self.detect_python(pid, started_ns.is_some());
+        // V8's metadata is read now, not at the first stack: reading a 100 MB node binary
+        // takes a while, and the first stacks' objects must be read before the GC moves them.
+        self.v8s.process(pid);
     }
 
     /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
@@ -595,6 +598,7 @@ impl Session {
                 }
                 if self.processes.contains_key(&pid) {
                     self.detect_python(pid, true);
+                    self.v8s.process(pid);
                 }
                 if let Some(process) = self.processes.get_mut(&pid) {
                     if let Some(stat) = procfs::stat(pid) {

@@ -1,29 +1,29 @@
 // A Node.js http server with planted stalls of four kinds, for stallscope's JavaScript-frame
-// tests (tests/tests/node_js_frames.rs). Started without any flag.
+// tests (node*_js_frames in tests/tests/native_stacks.rs). Started without any flag.
 //
 // Usage: node node_stalls.js PORT FIFO   (PORT 0 = ephemeral; FIFO: a named pipe the test
 //                                        writes to slowly)
 // Prints "listening PORT", then serves on 127.0.0.1:
-//   /spin     -> spinForMs(200): a JS busy loop (on-CPU, in V8's code)
-//   /atomics  -> waitAtomicsMs(200): Atomics.wait on the loop thread (blocked in futex)
-//   /pipe     -> readSlowPipe(): fs.readFileSync of FIFO, which the test writes after 200 ms
+//   /spin     -> spinForMs(250): a JS busy loop (on-CPU, in V8's code)
+//   /atomics  -> waitAtomicsMs(250): Atomics.wait on the loop thread (blocked in futex)
+//   /pipe     -> readSlowPipe(): fs.readFileSync of FIFO, which the test writes after 250 ms
 //                (blocked in read)
-//   /pbkdf2   -> hashPasswordSync(200): crypto.pbkdf2Sync rounds for 200 ms (on-CPU, in OpenSSL)
+//   /pbkdf2   -> hashPasswordSync(250): crypto.pbkdf2Sync rounds for 250 ms (on-CPU, in OpenSSL)
 //   /warmup   -> calls every planted function with tiny arguments, in small slices spread
 //                over later loop turns (none long enough to be a stall), until V8 has compiled
 //                them; answers "warm\n" once done
 //   /quick    -> answers at once
 //   /exit     -> exits (so that --cpu-prof writes its profile)
-// Each planted stall prints "planted KIND DURATION_NS" (process.hrtime.bigint, CLOCK_MONOTONIC)
-// before the answer "ok\n". The first call of a function runs in the interpreter; after
-// /warmup the same call runs compiled code.
+// Each planted stall prints "planted KIND DURATION_NS" (process.hrtime.bigint, CLOCK_MONOTONIC:
+// the whole handler, answer included) once answered. The first call of a function runs in the
+// interpreter; after /warmup the same call runs compiled code.
 'use strict';
 
 const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
 
-const PLANTED_MS = 200;
+const PLANTED_MS = 250;
 const fifo = process.argv[3];
 // About 10 ms of PBKDF2 per round (calibrated at start-up).
 let pbkdf2Iterations = 2000;
@@ -76,10 +76,7 @@ const handlers = {
 };
 
 function plant(kind, work, arg) {
-  const start = process.hrtime.bigint();
-  work(arg);
-  const took = process.hrtime.bigint() - start;
-  if (kind !== 'quick') process.stdout.write(`planted ${kind} ${took}\n`);
+  return work(arg);
 }
 
 // Warm-up slices: each a few milliseconds, run one per loop turn.
@@ -125,6 +122,8 @@ function warmUp(done) {
 })();
 
 const server = http.createServer((req, res) => {
+  // The whole handler is timed, answer included: the loop's iteration is what the agent sees.
+  const start = process.hrtime.bigint();
   const answer = (text) => {
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': text.length, Connection: 'close' });
     res.end(text);
@@ -143,6 +142,9 @@ const server = http.createServer((req, res) => {
     plant(req.url.slice(1), handler[0], handler[1]());
   }
   answer('ok\n');
+  if (handler && req.url !== '/quick') {
+    process.stdout.write(`planted ${req.url.slice(1)} ${process.hrtime.bigint() - start}\n`);
+  }
 });
 
 server.listen(Number(process.argv[2] || 0), '127.0.0.1', () => {

@@ -1004,7 +1004,7 @@ impl StallsServer {
     }
 
     /// A planted request; for /pipe a writer opens the pipe (which lets the server's open
-    /// through) and writes to it 200 ms later, so the server's read blocks that long.
+    /// through) and writes to it 250 ms later, so the server's read blocks that long.
     fn plant(&self, kind: &str) -> Exchange {
         if kind != "pipe" {
             return self.get(&format!("/{kind}"), "ok\n");
@@ -1015,7 +1015,7 @@ impl StallsServer {
                 .write(true)
                 .open(&fifo)
                 .expect("open the fifo for writing");
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(250));
             pipe.write_all(b"slow bytes\n").expect("write the fifo");
         });
         let exchange = self.get("/pipe", "ok\n");
