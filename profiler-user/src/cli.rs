@@ -258,7 +258,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub fail_on: Option<String>,
 
-    /// Outputs to render, comma-separated: svg, folded, trace, pprof, summary, junit, or all.
+    /// Outputs to render, comma-separated: svg, folded, trace, pprof, summary, junit, html, or all.
     /// stalls.json and the saved events are always written.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub format: Vec<String>,
@@ -311,6 +311,7 @@ pub struct Formats {
     pub pprof: bool,
     pub summary: bool,
     pub junit: bool,
+    pub html: bool,
 }
 
 impl Formats {
@@ -321,6 +322,7 @@ impl Formats {
         pprof: true,
         summary: true,
         junit: true,
+        html: true,
     };
 
     pub fn parse(items: &[String]) -> Result<Formats, UsageError> {
@@ -331,6 +333,7 @@ impl Formats {
             pprof: false,
             summary: false,
             junit: false,
+            html: false,
         };
         for item in items {
             match item.trim() {
@@ -341,10 +344,11 @@ impl Formats {
                 "pprof" => formats.pprof = true,
                 "summary" => formats.summary = true,
                 "junit" => formats.junit = true,
+                "html" => formats.html = true,
                 "json" => {}
                 other => {
                     return Err(UsageError(format!(
-                        "--format {other}: unknown output; use svg, folded, trace, pprof, summary, junit or all"
+                        "--format {other}: unknown output; use svg, folded, trace, pprof, summary, junit, html or all"
                     )));
                 }
             }

@@ -193,7 +193,7 @@ impl LossDetector {
     /// Returns how many events were lost just before this one on its CPU.
     pub fn observe(&mut self, cpu: u32, seq: u64) -> u64 {
         let gap = match self.last_seq.insert(cpu, seq) {
-            Some(last) if seq > last + 1 => seq - last - 1,
+            Some(last) if seq > last.saturating_add(1) => seq - last - 1,
             _ => 0,
         };
         self.lost += gap;
@@ -289,5 +289,47 @@ mod tests {
             )
         };
         assert_eq!(decode(bytes), Some(raw));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// Any ring-buffer record decodes to something or nothing, never a panic, and what
+            /// it decodes to is interpreted without one either.
+            #[test]
+            fn fuzz_ring_buffer_records(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+                match decode_record(&bytes) {
+                    Some(Record::Event(raw)) => { let _ = interpret(&raw); }
+                    Some(Record::Stack { header, stack }) => {
+                        prop_assert!(stack.len() == header.len as usize);
+                    }
+                    Some(Record::Python { header, frames }) => {
+                        prop_assert!(frames.len() <= header.depth as usize);
+                    }
+                    None => {}
+                }
+            }
+
+            /// A record of exactly one event's size with any content.
+            #[test]
+            fn fuzz_events(bytes in proptest::collection::vec(any::<u8>(), size_of::<RawEvent>())) {
+                let raw = decode(&bytes).expect("right size");
+                let _ = interpret(&raw);
+                let _ = waker_stack(&raw);
+            }
+
+            #[test]
+            fn fuzz_sequence_numbers(seqs in proptest::collection::vec((0u32..4, any::<u64>()), 0..50)) {
+                let mut detector = LossDetector::default();
+                for (cpu, seq) in seqs {
+                    detector.observe(cpu, seq);
+                }
+            }
+        }
     }
 }

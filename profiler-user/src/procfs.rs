@@ -29,7 +29,8 @@ pub struct Stat {
 pub fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
+    // The target names its threads (prctl PR_SET_NAME): made safe here, where it enters.
+    let comm = crate::sanitize::name(text.get(open + 1..close)?);
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     // rest[0] is field 3 (state); starttime is field 22.
     Some(Stat {
@@ -40,12 +41,19 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// A /proc text file that may hold the target's names (its comm, its paths): not
+/// necessarily UTF-8, so read as bytes, with invalid sequences replaced.
+pub fn read_text(path: &str) -> Option<String> {
+    let bytes = fs::read(path).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 pub fn stat(pid: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_text(&format!("/proc/{pid}/stat"))?)
 }
 
 pub fn thread_stat(pid: u32, tid: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
+    parse_stat(&read_text(&format!("/proc/{pid}/task/{tid}/stat"))?)
 }
 
 /// The process's identity, or None when it does not exist (or is a zombie: it has exited).
@@ -111,8 +119,26 @@ pub fn with_descendants(roots: &[u32]) -> Vec<u32> {
 /// The syscall a thread is blocked in (first field of /proc/PID/task/TID/syscall), or None when
 /// it is running or in user space. Reading this file does not stop the thread.
 pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let text = read_text(&format!("/proc/{pid}/task/{tid}/syscall"))?;
     text.split_whitespace().next()?.parse().ok()
+}
+
+/// Opens a file a target may have put in our way (a binary, a library, a debug file) for
+/// reading, refusing anything but a regular file: `O_NONBLOCK` so that a FIFO swapped in
+/// cannot hang the agent at open, then a check of what was opened.
+pub fn open_regular(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 pub fn exe(pid: u32) -> Option<PathBuf> {
@@ -134,26 +160,45 @@ pub struct Mapping {
 /// File-backed mappings of /proc/PID/maps text (anonymous, [heap], [stack] and the like are
 /// dropped: nothing to symbolize them with, except [vdso] which is kept by name).
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
-    text.lines()
+    parse_maps_bytes(text.as_bytes())
+}
+
+/// [`parse_maps`] of the file's bytes: paths are the target's file names, which need not be
+/// UTF-8, and are kept as they are so that they can be opened.
+pub fn parse_maps_bytes(bytes: &[u8]) -> Vec<Mapping> {
+    use std::os::unix::ffi::OsStrExt as _;
+    bytes
+        .split(|&b| b == b'\n')
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let offset = fields.next()?;
-            let _dev = fields.next()?;
-            let inode = fields.next()?;
-            let path: Vec<&str> = fields.collect();
-            let path = path.join(" ");
-            if !(path.starts_with('/') || path == "[vdso]") {
+            // Five fields, then the path (which may hold spaces) after the padding.
+            let mut rest = line;
+            let mut field = || {
+                let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                let len = rest[start..]
+                    .iter()
+                    .position(u8::is_ascii_whitespace)
+                    .unwrap_or(rest.len() - start);
+                let value = std::str::from_utf8(&rest[start..start + len]).ok();
+                rest = &rest[start + len..];
+                value
+            };
+            let range = field()?;
+            let perms = field()?;
+            let offset = field()?;
+            let _dev = field()?;
+            let inode = field()?;
+            let path = rest.trim_ascii();
+            if !(path.starts_with(b"/") || path == b"[vdso]") {
                 return None;
             }
+            let path = path.strip_suffix(b" (deleted)").unwrap_or(path);
             let (start, end) = range.split_once('-')?;
             Some(Mapping {
                 start: u64::from_str_radix(start, 16).ok()?,
                 end: u64::from_str_radix(end, 16).ok()?,
                 file_offset: u64::from_str_radix(offset, 16).ok()?,
                 executable: perms.contains('x'),
-                path: PathBuf::from(path.trim_end_matches(" (deleted)")),
+                path: PathBuf::from(std::ffi::OsStr::from_bytes(path)),
                 inode: inode.parse().unwrap_or(0),
             })
         })
@@ -161,8 +206,8 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 }
 
 pub fn maps(pid: u32) -> Option<Vec<Mapping>> {
-    Some(parse_maps(
-        &fs::read_to_string(format!("/proc/{pid}/maps")).ok()?,
+    Some(parse_maps_bytes(
+        &fs::read(format!("/proc/{pid}/maps")).ok()?,
     ))
 }
 
@@ -204,5 +249,39 @@ mod tests {
         assert_eq!(maps[1].path, PathBuf::from("/usr/bin/my server"));
         assert_eq!(maps[2].path, PathBuf::from("/tmp/gone.so"));
         assert_eq!(maps[3].path, PathBuf::from("[vdso]"));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// A thread names itself anything (16 bytes, parentheses included): the stat line
+            /// still parses, and the name comes out safe.
+            #[test]
+            fn fuzz_stat(comm in proptest::collection::vec(1u8..=255, 0..16), noise in ".{0,300}") {
+                let comm = String::from_utf8_lossy(&comm).into_owned();
+                let line = format!("4242 ({comm}) S 1 4242 4242 0 -1 4194560 153 0 0 0 0 0 0 0 20 0 1 0 987654 12345 67");
+                let stat = parse_stat(&line).expect("well-formed line");
+                prop_assert_eq!(stat.start_ticks, 987654);
+                prop_assert!(!stat.comm.chars().any(char::is_control));
+                let _ = parse_stat(&noise);
+            }
+
+            /// Paths in /proc/PID/maps are the target's file names: any text parses or is
+            /// skipped.
+            #[test]
+            fn fuzz_maps(text in ".{0,600}", bytes in proptest::collection::vec(any::<u8>(), 0..600), path in ".{0,80}") {
+                let _ = parse_maps(&text);
+                let _ = parse_maps_bytes(&bytes);
+                let line = format!("7f0000000000-7f0000001000 r-xp 00002000 fe:01 77 /{path}\n");
+                for mapping in parse_maps(&line) {
+                    prop_assert!(mapping.start <= mapping.end);
+                }
+            }
+        }
     }
 }

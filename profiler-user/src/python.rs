@@ -286,10 +286,14 @@ impl Pythons {
 
 fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
     // The file as the process sees it (it may live in a container's root).
-    let data = std::fs::read(path)
-        .or_else(|_| std::fs::read(format!("/proc/{pid}/root{}", path.display())))
+    // Read as needed, not whole: the file is the target's, and may be huge or sparse.
+    let file = procfs::open_regular(path)
+        .or_else(|_| {
+            procfs::open_regular(Path::new(&format!("/proc/{pid}/root{}", path.display())))
+        })
         .with_context(|| format!("reading {}", path.display()))?;
-    let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
+    let data = object::ReadCache::new(file);
+    let elf = object::File::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
     let Some(runtime_sym) = elf.dynamic_symbols().find(|s| s.name() == Ok("_PyRuntime")) else {
         return Ok(None);
     };
@@ -315,7 +319,9 @@ fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
         let section = elf
             .section_by_name(".PyRuntime")
             .context("3.13 without a .PyRuntime section")?;
-        apply_debug_offsets(&mut layout, section.data().unwrap_or_default())
+        let size = section.size().min(DEBUG_OFFSETS_MAX_BYTES);
+        let debug = section.data_range(section.address(), size).ok().flatten();
+        apply_debug_offsets(&mut layout, debug.unwrap_or_default())
             .with_context(|| format!("reading _Py_DebugOffsets of {}", path.display()))?;
     }
     let first_load = elf
@@ -332,16 +338,17 @@ fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
 }
 
 /// `Py_Version` (3.11+): PY_VERSION_HEX, read from the file.
-fn py_version(elf: &object::File) -> Option<u64> {
+fn py_version<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<u64> {
     let symbol = elf
         .dynamic_symbols()
         .find(|s| s.name() == Ok("Py_Version"))?;
     let section = elf.section_by_index(symbol.section_index()?).ok()?;
-    let data = section.data().ok()?;
-    let offset = symbol.address().checked_sub(section.address())? as usize;
-    let bytes = data.get(offset..offset + 4)?;
+    let bytes = section.data_range(symbol.address(), 4).ok()??;
     Some(u32::from_le_bytes(bytes.try_into().ok()?) as u64)
 }
+
+/// Bytes of `.PyRuntime` read for `_Py_DebugOffsets` (a few hundred bytes in 3.13-3.15).
+const DEBUG_OFFSETS_MAX_BYTES: u64 = 16 << 10;
 
 /// Read-only view of a process's memory.
 struct Memory {
@@ -369,7 +376,12 @@ impl Memory {
 
     /// A `str` object's text (PYTHON_LAYOUTS.md 4.2), at most `max` code points.
     fn string(&self, obj: u64, code: &CodeLayout, max: usize) -> Option<String> {
-        let header = self.bytes(obj + 0x10, 0x18)?;
+        self.raw_string(obj, code, max)
+            .map(|text| crate::sanitize::name(&text))
+    }
+
+    fn raw_string(&self, obj: u64, code: &CodeLayout, max: usize) -> Option<String> {
+        let header = self.bytes(obj.checked_add(0x10)?, 0x18)?;
         let length = u64::from_le_bytes(header[0..8].try_into().ok()?) as usize;
         let state = u32::from_le_bytes(header[0x10..0x14].try_into().ok()?);
         let (kind, compact, ascii) = (
@@ -382,14 +394,14 @@ impl Memory {
         }
         let length = length.min(max);
         if ascii {
-            let bytes = self.bytes(obj + code.ascii_data, length)?;
+            let bytes = self.bytes(obj.checked_add(code.ascii_data)?, length)?;
             return Some(String::from_utf8_lossy(&bytes).into_owned());
         }
         let width = kind as usize;
         if !matches!(width, 1 | 2 | 4) {
             return None;
         }
-        let bytes = self.bytes(obj + code.compact_data, length * width)?;
+        let bytes = self.bytes(obj.checked_add(code.compact_data)?, length * width)?;
         Some(
             bytes
                 .chunks_exact(width)
@@ -408,6 +420,10 @@ const MAX_NAME: usize = 512;
 const MAX_LINETABLE: usize = 1 << 20;
 /// Code objects cached per process; past it the cache starts afresh (bounded memory).
 const MAX_CODES: usize = 100_000;
+/// Bytes of code objects cached per process, past which it starts afresh too: a process
+/// whose code objects all claim a line table near [`MAX_LINETABLE`] would otherwise hold
+/// MAX_CODES of them (100 GB); real programs stay below a few MB.
+const MAX_CODE_BYTES: usize = 64 << 20;
 /// How long a cached code object is trusted before its identity is checked again.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -431,6 +447,8 @@ struct Process {
     interpreter: Interpreter,
     memory: Option<Memory>,
     codes: HashMap<u64, Option<Code>>,
+    /// Bytes held by `codes` (names, files, line tables): bounded by [`MAX_CODE_BYTES`].
+    code_bytes: usize,
     /// Task names by coroutine object address (with the coroutine's qualname, which tells a
     /// reused address apart).
     task_names: HashMap<u64, FoundTask>,
@@ -477,6 +495,7 @@ impl Pythons {
             Process {
                 interpreter,
                 memory: Memory::open(pid),
+                code_bytes: 0,
                 codes: HashMap::new(),
                 task_names: HashMap::new(),
                 qualnames: HashMap::new(),
@@ -493,7 +512,7 @@ impl Pythons {
     }
 
     /// Decodes the frames the kernel sent, innermost first. Unreadable ones (the code object
-    /// was freed meanwhile) are named `<unknown>`.
+    /// was freed meanwhile, or is garbage) are named `[unreadable]`.
     pub fn decode(&mut self, pid: u32, frames: &[PyFrame]) -> Vec<DecodedFrame> {
         let Some(process) = self.processes.get_mut(&pid) else {
             return Vec::new();
@@ -519,7 +538,7 @@ impl Pythons {
                     self.unreadable_frames += 1;
                     DecodedFrame {
                         frame: Frame {
-                            function: "<unknown>".into(),
+                            function: "[unreadable]".into(),
                             file: None,
                             line: None,
                             module: None,
@@ -770,10 +789,14 @@ impl Process {
                 code.checked = Instant::now();
             }
         } else {
-            if self.codes.len() >= MAX_CODES {
+            if self.codes.len() >= MAX_CODES || self.code_bytes >= MAX_CODE_BYTES {
                 self.codes.clear();
+                self.code_bytes = 0;
             }
             let code = read_code(memory, addr, &layout);
+            self.code_bytes += code.as_ref().map_or(0, |c| {
+                c.name.len() + c.file.len() + c.linetable.len() + size_of::<Code>()
+            });
             self.codes.insert(addr, code);
         }
         self.codes.get(&addr)?.as_ref()
@@ -782,11 +805,12 @@ impl Process {
 
 fn read_identity(memory: &Memory, addr: u64, layout: &CodeLayout) -> Option<[u64; 4]> {
     let name = layout.qualname.unwrap_or(layout.name);
+    let field = |offset: u64| memory.u64(addr.checked_add(offset)?);
     Some([
-        memory.u64(addr + name)?,
-        memory.u64(addr + layout.filename)?,
-        memory.u64(addr + layout.linetable)?,
-        memory.u64(addr + layout.first_line)? & 0xffff_ffff,
+        field(name)?,
+        field(layout.filename)?,
+        field(layout.linetable)?,
+        field(layout.first_line)? & 0xffff_ffff,
     ])
 }
 
@@ -798,9 +822,13 @@ fn read_code(memory: &Memory, addr: u64, layout: &CodeLayout) -> Option<Code> {
     let [name_obj, file_obj, table_obj, first_line] = identity;
     let name = memory.string(name_obj, layout, MAX_NAME)?;
     let file = memory.string(file_obj, layout, 4 * MAX_NAME)?;
-    let table_len = (memory.u64(table_obj + 0x10)? as usize).min(MAX_LINETABLE);
-    let linetable = memory.bytes(table_obj + 0x20, table_len)?;
-    let flags = memory.u64(addr + layout.flags)? as u32;
+    // ob_size of the bytes object: garbage claims any size; more than the limit is garbage.
+    let table_len = memory.u64(table_obj.checked_add(0x10)?)?;
+    if table_len > MAX_LINETABLE as u64 {
+        return None;
+    }
+    let linetable = memory.bytes(table_obj.checked_add(0x20)?, table_len as usize)?;
+    let flags = memory.u64(addr.checked_add(layout.flags)?)? as u32;
     Some(Code {
         name,
         file,
@@ -818,7 +846,7 @@ fn line_for(layout: &Layout, code: &Code, raw: &PyFrame) -> Option<u32> {
         (9, _) => lnotab_line(&code.linetable, first, raw.ip as i64),
         (10, _) => linetable_310_line(&code.linetable, first, 2 * raw.ip as i64),
         (_, Some(adaptive)) => {
-            let index = raw.ip.checked_sub(raw.code + adaptive)? / 2;
+            let index = raw.ip.checked_sub(raw.code.checked_add(adaptive)?)? / 2;
             location_table_line(&code.linetable, first, index)
         }
         _ => None,
@@ -838,7 +866,7 @@ pub fn lnotab_line(table: &[u8], first_line: i64, lasti: i64) -> Option<i64> {
         if addr > lasti {
             break;
         }
-        line += pair[1] as i8 as i64;
+        line = line.checked_add(pair[1] as i8 as i64)?;
     }
     Some(line)
 }
@@ -854,7 +882,7 @@ pub fn linetable_310_line(table: &[u8], first_line: i64, offset: i64) -> Option<
         let (length, delta) = (pair[0] as i64, pair[1] as i8);
         let has_line = delta != -128;
         if has_line {
-            line += delta as i64;
+            line = line.checked_add(delta as i64)?;
         }
         let end = start + length;
         if start <= offset && offset < end {
@@ -915,7 +943,8 @@ pub fn location_table_line(table: &[u8], first_line: i64, index: u64) -> Option<
                 (0, true)
             }
         };
-        line += delta;
+        // Garbage tables claim deltas of up to 2^59: no line, rather than an overflow.
+        line = line.checked_add(delta)?;
         if addr <= index && index < addr + units {
             return has_line.then_some(line);
         }
@@ -1127,5 +1156,26 @@ mod tests {
         }
         assert!(layout(8).is_none());
         assert!(layout(14).is_none());
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// Line tables are read from the target: garbage gives a line or none, in time
+            /// linear in the table, never a panic or an overflow.
+            #[test]
+            fn fuzz_line_tables(table in proptest::collection::vec(any::<u8>(), 0..2048), first in any::<i32>(), at in any::<i64>(), index in any::<u64>()) {
+                let first = i64::from(first);
+                let _ = lnotab_line(&table, first, at);
+                let _ = linetable_310_line(&table, first, at);
+                let _ = location_table_line(&table, first, index);
+                let _ = location_table_line(&table, first, index % 4096);
+            }
+        }
     }
 }

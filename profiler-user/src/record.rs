@@ -173,6 +173,12 @@ pub async fn run_with_start(
             child = Some(spawn_followed(&mut probes, &mut session, argv)?);
         }
     }
+    // Attached: what a compromised agent could do with the rest of root's capabilities
+    // (load programs, read kernel memory, load modules) is no longer needed.
+    let keep = privileges::still_needed(privileges::output_needs_override(&out_dir));
+    if let Err(err) = privileges::drop_all_but(keep) {
+        eprintln!("stallscope: warning: could not drop unneeded capabilities: {err}");
+    }
     for pid in session.processes.keys().copied().collect::<Vec<_>>() {
         detect_waiting_threads(&mut session, pid);
     }

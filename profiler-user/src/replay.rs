@@ -64,6 +64,17 @@ fn load_symbols(dir: &Path) -> Result<Vec<session::SavedStack>> {
 pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Recording> {
     let events = session::read_event_log(dir)?;
     let stacks = load_symbols(dir)?;
+    Ok(replay_events(&events, stacks, saved, threshold_ns))
+}
+
+/// Replays saved events with their saved stacks: what [`replay`] does once the files are
+/// read. Both come from files anyone could have edited: any content gives a recording.
+pub fn replay_events(
+    events: &[profiler_common::Event],
+    stacks: Vec<session::SavedStack>,
+    saved: &Recording,
+    threshold_ns: u64,
+) -> Recording {
     let config = RecordConfig {
         target: Target::Pids(Vec::new()),
         threshold_ns,
@@ -102,7 +113,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
     if saved.reorder.window_ns > 0 {
         session.reorder_window_ns = saved.reorder.window_ns;
     }
-    for raw in &events {
+    for raw in events {
         session.handle_raw(None, raw);
     }
     session.flush(None);
@@ -129,7 +140,7 @@ pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Record
             .find(|s| s.tid == stall.tid && s.start_ns < stall.end_ns && stall.start_ns < s.end_ns)
             .and_then(|s| s.task.clone());
     }
-    Ok(recording)
+    recording
 }
 
 pub fn run(options: ReportOptions) -> Result<Outcome> {
@@ -171,4 +182,142 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
         out_dir,
         stop: StopReason::External,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::symbolize::{Frame, FrameKind};
+
+    /// Pids above the kernel's largest pid_max (2^22): never a live process, so a replay
+    /// never reads /proc for them.
+    const NO_SUCH_PID: u32 = 4_200_000;
+
+    fn empty_recording() -> Recording {
+        let config = RecordConfig {
+            target: Target::Pids(Vec::new()),
+            threshold_ns: 100_000_000,
+            duration: None,
+            freq_hz: 99,
+            out: None,
+            threads: Vec::new(),
+            thread_name: None,
+            quiet: true,
+            ring_buffer_bytes: 0,
+            fail_on: None,
+            formats: Formats::ALL,
+            stack_bytes: 0,
+            python_only: false,
+        };
+        Session::new(config).finish(None, 0, 1_000_000_000)
+    }
+
+    fn raw_event() -> impl Strategy<Value = profiler_common::Event> {
+        (
+            (0u32..14, 0u32..4, 0u32..6, 0u64..400_000_000),
+            (any::<u64>(), any::<u64>(), -1i32..4, -1i32..4),
+            (any::<i32>(), any::<u32>(), any::<[u8; 16]>(), 0u64..8),
+        )
+            .prop_map(
+                |((kind, pid, tid, ts), (arg0, arg1, kernel, user), (syscall, aux, comm, seq))| {
+                    profiler_common::Event {
+                        ts_ns: ts,
+                        seq,
+                        arg0,
+                        arg1,
+                        kind,
+                        cpu: tid % 2,
+                        pid: NO_SUCH_PID + pid,
+                        tid: NO_SUCH_PID + pid * 8 + tid,
+                        kernel_stack_id: kernel,
+                        user_stack_id: user,
+                        syscall,
+                        aux,
+                        comm,
+                    }
+                },
+            )
+    }
+
+    fn saved_stack() -> impl Strategy<Value = session::SavedStack> {
+        (
+            0u32..4,
+            -1i32..4,
+            -1i32..4,
+            proptest::collection::vec(".{0,20}", 0..4),
+        )
+            .prop_map(|(pid, kernel, user, names)| session::SavedStack {
+                pid: NO_SUCH_PID + pid,
+                kernel,
+                user,
+                frames: names
+                    .into_iter()
+                    .map(|name| Frame {
+                        function: crate::sanitize::name(&name),
+                        file: None,
+                        line: None,
+                        module: None,
+                        kind: FrameKind::Native,
+                    })
+                    .collect(),
+            })
+    }
+
+    /// A whole replay and every rendering per case: an eighth of the cases of the parsers.
+    fn replay_config() -> ProptestConfig {
+        let config = crate::fuzz_config();
+        ProptestConfig {
+            cases: (config.cases / 8).max(16),
+            ..config
+        }
+    }
+
+    proptest! {
+        #![proptest_config(replay_config())]
+
+        /// events.bin and symbols.json of a recording are files anyone could have edited (or
+        /// a target's garbage got into): any events, in any order, with any stacks, replay to
+        /// a recording that every output renders, never a panic.
+        #[test]
+        fn fuzz_replay_any_events_and_render_everything(
+            events in proptest::collection::vec(raw_event(), 0..60),
+            stacks in proptest::collection::vec(saved_stack(), 0..6),
+            threshold_ms in 1u64..200,
+        ) {
+            let saved = empty_recording();
+            let mut events = events;
+            events.sort_by_key(|e| e.ts_ns);
+            let recording = replay_events(&events, stacks, &saved, threshold_ms * 1_000_000);
+            let _ = report::summary_markdown(&recording);
+            let _ = report::summary_text(&recording, &[]);
+            let folded = report::stall_folded(&recording);
+            let _ = report::flamegraph_svg(&folded, "t");
+            let _ = report::offcpu_folded(&recording);
+            let _ = crate::trace::trace_json(&recording);
+            let _ = crate::pprof::profile_pb_gz(&recording);
+            for stall in &recording.stalls {
+                prop_assert!(stall.start_ns <= stall.end_ns);
+                let _ = report::live_line(stall);
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
+        /// symbols.json and stalls.json as any text: an error or a value, never a panic.
+        #[test]
+        fn fuzz_load_symbols_and_recording(text in ".{0,300}", index in any::<u32>()) {
+            let _ = session::parse_symbols(&text);
+            let _ = serde_json::from_str::<Recording>(&text);
+            let table = format!(
+                r#"{{"frames":[{{"function":"f","file":null,"line":null,"module":null,"kind":"native"}}],"stacks":[{{"pid":1,"kernel":-1,"user":0,"frames":[{index},0]}}]}}"#
+            );
+            let stacks = session::parse_symbols(&table).expect("well-formed table");
+            prop_assert!(stacks[0].frames.len() <= 2);
+        }
+    }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::Formats,
+    sanitize,
     symbolize::{Frame, FrameKind},
 };
 
@@ -109,7 +110,11 @@ pub struct UnwindReport {
     /// Time spent unwinding in the agent, summed.
     pub unwind_ns: u64,
     pub files_parsed: u64,
+    /// ELF files whose unwind tables could not be parsed (corrupt, unreadable, not ELF).
     pub files_failed: u64,
+    /// Addresses blazesym failed on (a corrupt symbol table or DWARF): named by offset.
+    #[serde(default)]
+    pub symbol_failures: u64,
     /// Stacks the kernel found unchanged since the thread's previous copy (not copied again).
     #[serde(default)]
     pub repeated: u64,
@@ -124,7 +129,8 @@ pub struct PythonReport {
     pub frames: u64,
     /// Stacks cut at the walk's depth limit (the outermost frames are missing).
     pub truncated: u64,
-    /// Frames whose code object could not be read (freed meanwhile): shown as `<unknown>`.
+    /// Frames whose code object could not be read (freed meanwhile, or garbage): shown as
+    /// `[unreadable]`.
     pub unreadable_frames: u64,
     /// Time spent decoding frames in the agent, summed.
     pub decode_ns: u64,
@@ -312,6 +318,7 @@ pub const PROFILE_PB_GZ: &str = "profile.pb.gz";
 pub const TRACE_JSON: &str = "trace.json";
 pub const SUMMARY_MD: &str = "summary.md";
 pub const JUNIT_XML: &str = "junit.xml";
+pub const REPORT_HTML: &str = "report.html";
 
 impl StackRecord {
     /// Why this time was spent, in words: " [blocked in read()], woken by tid 4312 (writer)
@@ -598,8 +605,9 @@ pub fn flamegraph_svg(lines: &[String], title: &str) -> Result<Vec<u8>> {
 fn empty_svg(title: &str) -> String {
     format!(
         r#"<?xml version="1.0" standalone="no"?>
-<svg version="1.1" width="600" height="60" xmlns="http://www.w3.org/2000/svg"><text x="10" y="25" font-family="Verdana" font-size="14">{title}</text><text x="10" y="48" font-family="Verdana" font-size="12">nothing recorded: no stack exceeded the threshold</text></svg>
-"#
+<svg version="1.1" width="600" height="60" xmlns="http://www.w3.org/2000/svg"><text x="10" y="25" font-family="Verdana" font-size="14">{}</text><text x="10" y="48" font-family="Verdana" font-size="12">nothing recorded: no stack exceeded the threshold</text></svg>
+"#,
+        sanitize::xml(title)
     )
 }
 
@@ -649,6 +657,9 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         );
         write(JUNIT_XML, xml.as_bytes())?;
     }
+    if formats.html {
+        write(REPORT_HTML, crate::html::report_html(recording)?.as_bytes())?;
+    }
     Ok(written)
 }
 
@@ -692,8 +703,8 @@ pub fn summary_markdown(recording: &Recording) -> String {
             let _ = writeln!(
                 md,
                 "| `{}` | {} | {} | {} | {} | {} |",
-                b.budget,
-                b.subject,
+                sanitize::markdown_code(&b.budget),
+                sanitize::markdown_text(&b.subject),
                 b.measured,
                 b.actual,
                 b.limit,
@@ -711,7 +722,7 @@ pub fn summary_markdown(recording: &Recording) -> String {
         recording
             .processes
             .iter()
-            .map(|p| format!("`{}` ({})", p.comm, p.pid))
+            .map(|p| format!("{} ({})", sanitize::markdown_text(&p.comm), p.pid))
             .collect::<Vec<_>>()
             .join(", "),
         stalls.len(),
@@ -730,25 +741,30 @@ pub fn summary_markdown(recording: &Recording) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {}{} | {} ({}/{}) | {} | `{}` | {} |",
+                "| {}{} | {} ({}/{}) | {} | {} | {} |",
                 format_ms(stall.duration_ns),
                 stall.caveat(),
-                stall.comm,
+                sanitize::markdown_text(&stall.comm),
                 stall.pid,
                 stall.tid,
                 stall.dominant_kind(),
-                place.replace('`', "'"),
-                why.trim().replace('|', "/")
+                sanitize::markdown_text(&place),
+                sanitize::markdown_text(why.trim())
             );
         }
         let _ = writeln!(md);
     }
     let churn = churn_lines(recording);
     if !churn.is_empty() {
+        // A fenced block shows its text as is; only a backtick run could close it early.
+        let churn: Vec<String> = churn
+            .iter()
+            .map(|l| sanitize::terminal(l).replace('`', "'"))
+            .collect();
         let _ = writeln!(md, "```\n{}\n```\n", churn.join("\n"));
     }
     for hint in &recording.hints {
-        let _ = writeln!(md, "> hint: {hint}\n");
+        let _ = writeln!(md, "> hint: {}\n", sanitize::markdown_text(hint));
     }
     let drops = &recording.drops;
     let _ = writeln!(
@@ -896,7 +912,8 @@ pub fn live_line(stall: &StallRecord) -> String {
             "\n    (events were lost during this stall: the breakdown may be incomplete)",
         );
     }
-    line
+    // For the terminal: nothing the target named may carry an escape sequence to it.
+    sanitize::terminal_lines(&line)
 }
 
 /// Worker churn, for services whose master forks and recycles workers: how many processes
@@ -1033,7 +1050,7 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     for path in written {
         let _ = writeln!(text, "  {path}");
     }
-    text
+    sanitize::terminal_lines(&text)
 }
 
 /// "Python 3.12 (2 processes): 1,234 stacks read, 0 frames unreadable, 0 cut short".
@@ -1237,5 +1254,46 @@ mod tests {
         assert!(line.contains("300.0 ms"), "{line}");
         assert!(line.contains("burn_cpu < main"), "{line}");
         assert_eq!(rec.stalls[0].dominant_kind(), "on-CPU");
+        assert!(!line.contains("unaccounted"), "{line}");
+    }
+
+    /// Issue #22: the live line always names frames, or says why it cannot; and a breakdown
+    /// that does not add up says so, with the reason.
+    #[test]
+    fn live_line_always_names_frames_or_says_why_not() {
+        let mut rec = recording();
+        let stall = &mut rec.stalls[0];
+        // The heaviest stack has only unnamed frames: the next one with names is shown.
+        stall.stacks[0].frames = vec![frame("[unknown] 0x1234", FrameKind::Native)];
+        let line = live_line(stall);
+        assert!(line.contains("    at nap < main"), "{line}");
+        assert!(
+            line.contains("of it; the heaviest part has no named frame"),
+            "{line}"
+        );
+        // No stack at all.
+        stall.stacks.clear();
+        let line = live_line(stall);
+        assert!(
+            line.contains("    (no frames to show: no stack was taken inside it"),
+            "{line}"
+        );
+        // Time the timeline could not attribute.
+        stall.unaccounted_ns = 48_000_000;
+        stall.on_cpu_ns -= 48_000_000;
+        stall.adds_up = false;
+        stall.unaccounted_why =
+            Some("1 switch-in(s) or switch-out(s) of the thread were not seen".into());
+        let line = live_line(stall);
+        assert!(
+            line.contains("(48.0 ms of it unaccounted: 1 switch-in(s) or switch-out(s)"),
+            "{line}"
+        );
+        assert!(stall.caveat().contains("breakdown incomplete"));
+        let summary = summary_text(&rec, &[]);
+        assert!(
+            summary.contains("1 stall(s) with time unaccounted"),
+            "{summary}"
+        );
     }
 }

@@ -19,7 +19,11 @@ use blazesym::symbolize::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::procfs::{self, Mapping};
+use crate::{
+    perf_map::{self, PerfMap},
+    procfs::{self, Mapping},
+    sanitize,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,49 +67,56 @@ fn short_module(module: &str) -> &str {
 
 /// Cache limits: bounded memory on long recordings of programs with huge code.
 const MAX_CACHED_ADDRESSES: usize = 200_000;
+const MAX_CACHED_FILES: usize = 4096;
+/// Largest debug file blazesym may open through a debug link: it checksums the whole file,
+/// so a huge or sparse one would cost minutes. Real ones reach a few GB (browsers).
+const MAX_DEBUG_FILE_BYTES: u64 = 8 << 30;
 
-/// A JIT's own symbol map (`/tmp/perf-PID.map`: "START SIZE name" per line, hex), as written by
-/// Node `--perf-basic-prof`, Python `-X perf`, and the JVM's perf agents.
-#[derive(Default)]
-struct PerfMap {
-    /// (start, end, name), sorted by start.
-    entries: Vec<(u64, u64, String)>,
-    /// File size when read: the JIT appends, so a bigger file means new code.
-    size: u64,
+/// Whether blazesym may follow the debug files of the ELF at `path` (its `.gnu_debuglink`
+/// and `PATH.dwp`). The binary is the target's, so are the name in its debug link and the
+/// directory beside it: blazesym would open whatever it finds there, and a FIFO blocks that
+/// open forever, a symlink leads anywhere, a sparse file costs a checksum over all of it. So
+/// a link that is not a plain file name, or a candidate beside the binary that is a symlink,
+/// not a regular file or too big, turns debug symbols off for that file (ELF symbols stay).
+/// Candidates under /usr/lib/debug and /lib/debug are root's and not checked.
+fn debug_files_are_safe(path: &Path) -> bool {
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    let acceptable = |candidate: &Path| match candidate.symlink_metadata() {
+        Err(_) => true,
+        Ok(meta) => meta.file_type().is_file() && meta.len() <= MAX_DEBUG_FILE_BYTES,
+    };
+    let mut dwp = path.as_os_str().to_os_string().into_vec();
+    dwp.extend_from_slice(b".dwp");
+    if !acceptable(Path::new(std::ffi::OsStr::from_bytes(&dwp))) {
+        return false;
+    }
+    let Some(link) = debug_link_name(path) else {
+        return true;
+    };
+    if link.is_empty() || link.contains(&b'/') || link == b"." || link == b".." {
+        return false;
+    }
+    let link = std::ffi::OsStr::from_bytes(&link);
+    // blazesym looks beside the canonical path of the binary; check beside both.
+    let dirs = [
+        path.parent().map(Path::to_path_buf),
+        std::fs::canonicalize(path)
+            .ok()
+            .and_then(|c| c.parent().map(Path::to_path_buf)),
+    ];
+    dirs.iter()
+        .flatten()
+        .all(|dir| acceptable(&dir.join(link)) && acceptable(&dir.join(".debug").join(link)))
 }
 
-impl PerfMap {
-    fn parse(text: &str) -> Vec<(u64, u64, String)> {
-        let mut entries: Vec<(u64, u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.splitn(3, ' ');
-                let start = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
-                let size = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
-                Some((start, start + size, parts.next()?.trim().to_string()))
-            })
-            .collect();
-        entries.sort_by_key(|e| e.0);
-        entries
-    }
-
-    fn lookup(&self, addr: u64) -> Option<&str> {
-        let index = self
-            .entries
-            .partition_point(|e| e.0 <= addr)
-            .checked_sub(1)?;
-        let (start, end, name) = &self.entries[index];
-        (*start <= addr && addr < *end).then_some(name.as_str())
-    }
-}
-
-pub fn perf_map_path(pid: u32) -> Option<PathBuf> {
-    let host = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-    if host.exists() {
-        return Some(host);
-    }
-    let in_root = PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{pid}.map"));
-    in_root.exists().then_some(in_root)
+/// The file name in an ELF's `.gnu_debuglink`, read without reading the whole file.
+fn debug_link_name(path: &Path) -> Option<Vec<u8>> {
+    use object::Object as _;
+    let file = procfs::open_regular(path).ok()?;
+    let data = object::ReadCache::new(file);
+    let elf = object::File::parse(&data).ok()?;
+    let (name, _crc) = elf.gnu_debuglink().ok()??;
+    Some(name.to_vec())
 }
 
 pub struct Symbols {
@@ -114,7 +125,10 @@ pub struct Symbols {
     /// When each process's mappings were last read: unknown addresses (JIT code) would
     /// otherwise re-read /proc/PID/maps for every one of them.
     maps_read_at: HashMap<u32, std::time::Instant>,
-    perf_maps: HashMap<u32, PerfMap>,
+    /// Perf maps by pid, with when each was last looked at.
+    perf_maps: HashMap<u32, (PerfMap, std::time::Instant)>,
+    /// Processes whose perf map was refused (said once each).
+    perf_maps_refused: std::collections::HashSet<u32>,
     /// /proc/kallsyms shows zero addresses (no CAP_SYSLOG, or kptr_restrict): kernel frames
     /// cannot be named. Checked once.
     kernel_symbols_hidden: Option<bool>,
@@ -122,6 +136,11 @@ pub struct Symbols {
     /// readable without CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
     pub unopenable: std::collections::BTreeSet<String>,
     user_cache: HashMap<(u32, u64), Vec<Frame>>,
+    /// Per file blazesym opens: whether its debug files (`.gnu_debuglink`, `.dwp`) may be
+    /// followed (see [`debug_files_are_safe`]).
+    debug_safe: HashMap<PathBuf, bool>,
+    /// Files whose debug files were not followed (said once, in the summary's hints).
+    pub debug_refused: std::collections::BTreeSet<String>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
 }
@@ -139,9 +158,12 @@ impl Symbols {
             maps: HashMap::new(),
             maps_read_at: HashMap::new(),
             perf_maps: HashMap::new(),
+            perf_maps_refused: Default::default(),
             kernel_symbols_hidden: None,
             unopenable: Default::default(),
             user_cache: HashMap::new(),
+            debug_safe: HashMap::new(),
+            debug_refused: Default::default(),
             kernel_cache: HashMap::new(),
             failures: 0,
         }
@@ -242,22 +264,44 @@ impl Symbols {
         frames
     }
 
-    /// A name for JIT code from the process's perf map, re-read when the JIT has appended.
+    /// A name for JIT code from the process's perf map, re-read when the JIT has appended
+    /// (looked at no more than twice a second: every unknown address comes here).
     fn jit_symbol(&mut self, pid: u32, addr: u64) -> Option<String> {
-        let path = perf_map_path(pid)?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let map = self.perf_maps.entry(pid).or_default();
-        if size != map.size
-            && let Ok(text) = std::fs::read_to_string(&path)
-        {
-            map.entries = PerfMap::parse(&text);
-            map.size = size;
+        let stale = self
+            .perf_maps
+            .get(&pid)
+            .is_none_or(|(_, at)| at.elapsed() > std::time::Duration::from_millis(500));
+        if stale && !self.perf_maps_refused.contains(&pid) {
+            let known = self.perf_maps.get(&pid).map(|(map, _)| map.size);
+            match perf_map::read(pid, known) {
+                Ok(Some(map)) => {
+                    if map.truncated {
+                        eprintln!(
+                            "stallscope: warning: process {pid}: perf map larger than {} MiB; only its start is used",
+                            perf_map::MAX_PERF_MAP_BYTES >> 20
+                        );
+                    }
+                    self.perf_maps.insert(pid, (map, std::time::Instant::now()));
+                }
+                Ok(None) => {
+                    let now = std::time::Instant::now();
+                    self.perf_maps
+                        .entry(pid)
+                        .or_insert_with(|| (PerfMap::default(), now))
+                        .1 = now;
+                }
+                Err(refused) => {
+                    eprintln!("stallscope: warning: process {pid}: perf map not read: {refused}");
+                    self.perf_maps_refused.insert(pid);
+                    self.perf_maps.remove(&pid);
+                }
+            }
         }
-        map.lookup(addr).map(str::to_string)
+        self.perf_maps.get(&pid)?.0.lookup(addr).map(str::to_string)
     }
 
     fn symbolize_in_file(&mut self, pid: u32, mapping: &Mapping, addr: u64) -> Vec<Frame> {
-        let module = mapping.path.to_string_lossy().into_owned();
+        let module = sanitize::name(&mapping.path.to_string_lossy());
         let file_offset = addr - mapping.start + mapping.file_offset;
         let Some(path) = elf_path(pid, mapping) else {
             if self.unopenable.len() < 64 {
@@ -265,7 +309,19 @@ impl Symbols {
             }
             return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
         };
-        let source = Source::Elf(Elf::new(path));
+        if self.debug_safe.len() >= MAX_CACHED_FILES {
+            self.debug_safe.clear();
+        }
+        let safe = *self
+            .debug_safe
+            .entry(path.clone())
+            .or_insert_with(|| debug_files_are_safe(&path));
+        if !safe && self.debug_refused.len() < 64 {
+            self.debug_refused.insert(module.clone());
+        }
+        let mut elf = Elf::new(path);
+        elf.debug_syms = safe;
+        let source = Source::Elf(elf);
         match self
             .symbolizer
             .symbolize_single(&source, Input::FileOffset(file_offset))
@@ -379,11 +435,14 @@ fn frames_of(
 ) -> Vec<Frame> {
     let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| {
         info.map_or((None, None), |info| {
-            (Some(info.to_path().display().to_string()), info.line)
+            (
+                Some(sanitize::name(&info.to_path().to_string_lossy())),
+                info.line,
+            )
         })
     };
     let frame = |name: &str, (file, line): (Option<String>, Option<u32>)| Frame {
-        function: name.to_string(),
+        function: sanitize::name(name),
         file,
         line,
         module: module.clone(),
@@ -401,23 +460,4 @@ fn frames_of(
     }
     frames.push(frame(&sym.name, call_site));
     frames
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn perf_map_lookup() {
-        let map = PerfMap {
-            entries: PerfMap::parse(
-                "3f00 20 LazyCompile:*spinForMs /app.js:3\n1000 10 Builtin:Add\nzz bad\n",
-            ),
-            size: 0,
-        };
-        assert_eq!(map.lookup(0x1008), Some("Builtin:Add"));
-        assert_eq!(map.lookup(0x3f1f), Some("LazyCompile:*spinForMs /app.js:3"));
-        assert_eq!(map.lookup(0x3f20), None);
-        assert_eq!(map.lookup(0x10), None);
-    }
 }

@@ -57,22 +57,33 @@ struct ElfUnwindInfo {
     got_svma: Option<Range<u64>>,
 }
 
-fn section(file: &object::File<'_>, name: &str) -> (Option<Range<u64>>, Option<Bytes>) {
-    match file.section_by_name(name) {
-        Some(section) => {
-            let range = section.address()..section.address() + section.size();
-            let data = section
-                .uncompressed_data()
-                .ok()
-                .map(|d| Bytes(Arc::from(d.as_ref())));
-            (Some(range), data)
-        }
-        None => (None, None),
-    }
+/// Largest section copied for unwinding (compressed or not): a file is the target's, and its
+/// headers may claim any size (a sparse file, a decompression bomb). Real `.text` sections
+/// of the biggest binaries (browsers) are around 200 MB.
+const MAX_SECTION_BYTES: u64 = 512 << 20;
+
+fn section<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    name: &str,
+) -> (Option<Range<u64>>, Option<Bytes>) {
+    let Some(section) = file.section_by_name(name) else {
+        return (None, None);
+    };
+    let Some(end) = section.address().checked_add(section.size()) else {
+        return (None, None);
+    };
+    let fits = section.compressed_file_range().is_ok_and(|range| {
+        range.compressed_size <= MAX_SECTION_BYTES && range.uncompressed_size <= MAX_SECTION_BYTES
+    });
+    let data = fits
+        .then(|| section.uncompressed_data().ok())
+        .flatten()
+        .map(|d| Bytes(Arc::from(d.as_ref())));
+    (Some(section.address()..end), data)
 }
 
 impl ElfUnwindInfo {
-    fn parse(data: &[u8]) -> Option<Self> {
+    fn parse<'data, R: object::ReadRef<'data>>(data: R) -> Option<Self> {
         let file = object::File::parse(data).ok()?;
         // Only executable segments: the page a code mapping starts at often also holds the end
         // of the read-only segment before it, which would give the wrong bias.
@@ -299,9 +310,10 @@ impl Unwinders {
         if let Some(info) = self.files.get(&key) {
             return info.clone();
         }
-        let info = fs::read(&open_path)
+        // Only the headers and the sections named are read, never the whole file.
+        let info = procfs::open_regular(&open_path)
             .ok()
-            .and_then(|data| ElfUnwindInfo::parse(&data))
+            .and_then(|file| ElfUnwindInfo::parse(&object::ReadCache::new(file)))
             .map(Arc::new);
         if info.is_some() {
             self.stats.files_parsed += 1;
@@ -486,6 +498,26 @@ impl Unwinders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary padded to 64 GiB with a hole (a sparse file, which a target can map): its
+    /// unwind tables are read without reading the file whole (64 GiB would not fit here).
+    #[test]
+    fn huge_sparse_binary_is_not_read_whole() {
+        let exe = std::env::current_exe().expect("test binary");
+        let path = std::env::temp_dir().join(format!("stallscope-sparse-{}", std::process::id()));
+        std::fs::copy(&exe, &path).expect("copy");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(64 << 30).expect("make it sparse");
+        drop(file);
+        let opened = procfs::open_regular(&path).expect("regular file");
+        let info = ElfUnwindInfo::parse(&object::ReadCache::new(opened));
+        let _ = std::fs::remove_file(&path);
+        let info = info.expect("parsed");
+        assert!(info.eh_frame.is_some(), "its .eh_frame was read");
+    }
 
     fn info(segments: Vec<(u64, u64, u64)>) -> ElfUnwindInfo {
         ElfUnwindInfo {

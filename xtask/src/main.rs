@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -65,6 +65,14 @@ enum Task {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
+    /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
+    /// names, the recording loader), built with overflow checks on.
+    Fuzz {
+        /// Cases per property (the unit tests run 256).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
 }
 
 /// Debian packages: LLVM for bpf-linker, a C compiler for the test targets, and the tools the
@@ -81,9 +89,16 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The SIGKILL test lists programs, maps and links left behind with bpftool.
     "bpftool",
+    // The browser test opens report.html in headless Chromium (driven by playwright-core).
+    "chromium",
     // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
     "debootstrap",
 ];
+
+/// npm packages installed into `target/web` (node_modules): the chart libraries report.html
+/// inlines (profiler-user/build.rs reads them from there; same pins) and playwright-core, which
+/// drives Debian's chromium in the browser test (it never downloads a browser of its own).
+const WEB_PACKAGES: &[&str] = &["d3@7.9.2", "d3-flame-graph@5.0.0", "playwright-core@1.65.1"];
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -107,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             test(filter.as_deref())
         }
+        Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
             setup()?;
             build()?;
@@ -169,6 +185,7 @@ fn setup() -> Result<()> {
     setup_rust_src()?;
     setup_bpf_linker()?;
     setup_node()?;
+    setup_web()?;
     sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
     Ok(())
@@ -331,6 +348,40 @@ fn setup_node() -> Result<()> {
     Ok(())
 }
 
+/// The npm packages of [`WEB_PACKAGES`] in `target/web`, at their pinned versions.
+fn setup_web() -> Result<()> {
+    let web = root().join("target/web");
+    let missing: Vec<&str> = WEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let (name, version) = spec.rsplit_once('@').unwrap_or((spec, ""));
+            let manifest = web.join("node_modules").join(name).join("package.json");
+            let text = std::fs::read_to_string(manifest).unwrap_or_default();
+            !text.contains(&format!("\"version\": \"{version}\""))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: ok: npm packages present in target/web ({})",
+            WEB_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing npm packages into target/web: {}",
+        missing.join(" ")
+    );
+    std::fs::create_dir_all(&web).with_context(|| format!("creating {}", web.display()))?;
+    status(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefix"])
+            .arg(&web)
+            .args(WEB_PACKAGES),
+    )
+    .context("installing npm packages (node and npm come with the machine image; is the npm registry reachable?)")
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -395,6 +446,29 @@ fn test(filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+fn fuzz(cases: u32) -> Result<()> {
+    let started = Instant::now();
+    status(
+        cargo()
+            .args([
+                "test",
+                "--profile",
+                "fuzz",
+                "-p",
+                "profiler-user",
+                "--lib",
+                "fuzz_",
+            ])
+            .env("STALLSCOPE_FUZZ_CASES", cases.to_string()),
+    )
+    .context("a fuzz property failed (its minimal input is printed above)")?;
+    eprintln!(
+        "fuzz: every property held for {cases} cases ({:.0?})",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 /// Builds the bundled epoll server with planted stalls.
 fn build_demo_server(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -428,13 +502,18 @@ mod tests {
 
     /// The packages README's setup list names as `apt \`NAME\``.
     fn readme_apt_packages() -> BTreeSet<String> {
+        readme_packages("apt `")
+    }
+
+    /// The packages README's setup list names after `prefix` (e.g. "npm `"), up to the backtick.
+    fn readme_packages(prefix: &str) -> BTreeSet<String> {
         let readme = include_str!("../../README.md");
         let list = readme
             .split("<!-- setup-list -->")
             .nth(1)
             .and_then(|rest| rest.split("<!-- /setup-list -->").next())
             .unwrap_or_default();
-        list.split("apt `")
+        list.split(prefix)
             .skip(1)
             .filter_map(|rest| rest.split('`').next())
             .map(str::to_string)
@@ -454,5 +533,30 @@ mod tests {
             "README's setup list (between <!-- setup-list --> markers, as apt `NAME`) must name \
              exactly the apt packages xtask installs"
         );
+        let npm: BTreeSet<String> = super::WEB_PACKAGES.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            npm,
+            readme_packages("npm `"),
+            "README's setup list must name the npm packages xtask installs, as npm `NAME@VERSION`"
+        );
+    }
+
+    /// build.rs installs the chart libraries itself when setup has not: with the same pins.
+    #[test]
+    fn build_script_pins_the_same_web_packages() {
+        let build = include_str!("../../profiler-user/build.rs");
+        let pins = build
+            .split("const WEB_PACKAGES: &[&str] = &[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default();
+        let pins: Vec<&str> = pins.split('"').skip(1).step_by(2).collect();
+        assert!(!pins.is_empty(), "build.rs lists WEB_PACKAGES");
+        for pin in pins {
+            assert!(
+                super::WEB_PACKAGES.contains(&pin),
+                "{pin} is pinned in build.rs but not in xtask"
+            );
+        }
     }
 }
