@@ -124,9 +124,16 @@ pub struct TracepointOffsets {
     pub signal_sig: u32,
     pub signal_pid: u32,
     pub signal_result: u32,
+    /// `__syscall_nr` and the first argument in the per-syscall `syscalls:sys_enter_NAME`
+    /// records, `__syscall_nr` and `ret` in `syscalls:sys_exit_NAME` (the same for every
+    /// syscall; read from epoll_wait's).
+    pub syscall_enter_nr: u32,
+    pub syscall_enter_args: u32,
+    pub syscall_exit_nr: u32,
+    pub syscall_exit_ret: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 88);
 
 impl TracepointOffsets {
     /// All zero: the value compiled into the programs, always replaced by the agent at load.
@@ -149,6 +156,10 @@ impl TracepointOffsets {
         signal_sig: FIELD_ABSENT,
         signal_pid: FIELD_ABSENT,
         signal_result: FIELD_ABSENT,
+        syscall_enter_nr: 0,
+        syscall_enter_args: 0,
+        syscall_exit_nr: 0,
+        syscall_exit_ret: 0,
     };
 }
 

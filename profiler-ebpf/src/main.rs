@@ -65,8 +65,11 @@ static FOLLOWED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 #[map]
 static FOLLOWED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Syscall each followed thread is in (tid -> nr, or NO_SYSCALL), so a switch-out can say what
-/// the thread blocked in.
+/// Wait-point syscall each followed thread is in (tid -> nr, with NOT_A_WAIT for a sleep), set
+/// and cleared by the wait points' own tracepoints: a wake-up (which runs in the waker's
+/// context) tells from it whether the sleeper idled in its loop's wait. Only wait points are
+/// tracked: what any other syscall a thread is in is read from its saved registers
+/// (`current_syscall`), so no program runs for the syscalls of the machine.
 #[map]
 static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
 
@@ -106,6 +109,27 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
 
 #[map]
 static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A per-CPU word that values pass through to forget what the verifier knows of them (see
+/// `opaque`).
+#[map]
+static OPAQUE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `value`, as a number the verifier knows nothing about. A value computed on several branches
+/// (the syscall from the saved registers: none, a wait, a sleep) keeps those branches apart
+/// in the verifier's search through everything that follows; through a map it is one unknown
+/// number again, as a map lookup's result always was, and the programs stay verifiable.
+#[inline(always)]
+fn opaque(value: i64) -> i64 {
+    match OPAQUE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, see count_drop; written then read back at once.
+        Some(slot) => unsafe {
+            core::ptr::write_volatile(slot, value);
+            core::ptr::read_volatile(slot)
+        },
+        None => value,
+    }
+}
 
 #[inline(always)]
 fn count_drop(index: u32) {
@@ -244,7 +268,45 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
 const PT_REGS_BP: usize = 4;
 const PT_REGS_IP: usize = 16;
 const PT_REGS_SP: usize = 19;
+const PT_REGS_SI: usize = 13;
+const PT_REGS_DI: usize = 14;
+/// The syscall number saved at kernel entry; -1 for an interrupt or exception (the entry code
+/// writes -1 there: "no syscall to restart").
+const PT_REGS_ORIG_AX: usize = 15;
 const STACK_CHUNK: usize = 4096;
+
+/// The syscall the current thread is in (NO_SYSCALL when it entered the kernel by an interrupt
+/// or exception), from the user registers saved at kernel entry, with NOT_A_WAIT on a wait
+/// point used as a plain sleep. Read when needed instead of tracking every syscall: a
+/// `raw_syscalls` program runs for every syscall of every process on the machine.
+#[inline(always)]
+fn current_syscall() -> i32 {
+    opaque(i64::from(read_current_syscall())) as i32
+}
+
+#[inline(always)]
+fn read_current_syscall() -> i32 {
+    // SAFETY: helpers valid in tracing programs; the result is only read with probe_read.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
+        return NO_SYSCALL;
+    }
+    // SAFETY: probe read of kernel memory; failure handled.
+    let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX)) }.unwrap_or(u64::MAX) as i64;
+    if nr < 0 || nr > i32::MAX as i64 {
+        return NO_SYSCALL;
+    }
+    if is_wait_point(nr)
+        && syscall_waits_on_no_fds(nr, |index| {
+            let word = if index == 0 { PT_REGS_DI } else { PT_REGS_SI };
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_kernel(regs.add(word)) }.unwrap_or(1)
+        })
+    {
+        return nr as i32 | NOT_A_WAIT;
+    }
+    nr as i32
+}
 
 /// Stack ids for an event, and whether the user stack was copied for the agent to unwind
 /// (then no frame-pointer walk is needed). Copying is skipped inside a wait point: an idle
@@ -785,14 +847,22 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
         let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
-        let syscall = thread_syscall(tid);
+        let syscall = current_syscall();
+        // A thread preempted inside a syscall is not waiting in it (it may be on its way out
+        // of the call, where the saved registers still name it): its stacks are taken as
+        // anywhere else.
+        let blocked_in = opaque(if prev_state & 0xff == 0 {
+            NO_SYSCALL as i64
+        } else {
+            syscall as i64
+        }) as i32;
         // A loop going idle in its wait point is between iterations: no stacks to take.
-        let (kernel, user, copied) = if is_idle_wait(syscall as i64) {
+        let (kernel, user, copied) = if is_idle_wait(blocked_in as i64) {
             (NO_STACK, NO_STACK, false)
         } else {
-            stacks(ctx, tgid, tid, syscall, 0)
+            stacks(ctx, tgid, tid, blocked_in, 0)
         };
-        let python = python_stack(tgid, tid, syscall, 0);
+        let python = python_stack(tgid, tid, blocked_in, 0);
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
@@ -863,9 +933,10 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
 const NOT_A_WAIT: i32 = 1 << 20;
 
 /// poll/select with no descriptors is a sleep, not a wait for work: Python before 3.11
-/// implements time.sleep() with select(0, NULL, NULL, NULL, timeout).
+/// implements time.sleep() with select(0, NULL, NULL, NULL, timeout). `arg(i)` reads the
+/// syscall's argument i (0 or 1).
 #[inline(always)]
-fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
+fn syscall_waits_on_no_fds(nr: i64, arg: impl Fn(usize) -> u64) -> bool {
     const POLL: i64 = 7;
     const SELECT: i64 = 23;
     const PSELECT6: i64 = 270;
@@ -875,9 +946,14 @@ fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64
     }
     // args[0] is nfds for select/pselect6; for poll/ppoll it is the array, args[1] its length.
     let index = if nr == SELECT || nr == PSELECT6 { 0 } else { 1 };
-    let count: u64 =
-        unsafe { ctx.read_at(offsets.sys_enter_args as usize + 8 * index) }.unwrap_or(1);
-    count == 0
+    arg(index) == 0
+}
+
+#[inline(always)]
+fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
+    syscall_waits_on_no_fds(nr, |index| {
+        unsafe { ctx.read_at(offsets.syscall_enter_args as usize + 8 * index) }.unwrap_or(1)
+    })
 }
 
 /// The syscall to report in an event (without the NOT_A_WAIT mark).
@@ -890,6 +966,8 @@ fn reported_syscall(marked: i32) -> i32 {
     }
 }
 
+/// Attached to the per-syscall tracepoints (`syscalls:sys_enter_NAME`) of the wait points and
+/// of exit/exit_group only: other syscalls run no program of ours.
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter(&ctx);
@@ -902,8 +980,21 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let offsets = OFFSETS.load();
-    let nr: i64 = unsafe { ctx.read_at(offsets.sys_enter_id as usize)? };
-    let sleep = is_wait_point(nr) && waits_on_no_fds(ctx, &offsets, nr);
+    let nr: i32 = unsafe { ctx.read_at(offsets.syscall_enter_nr as usize)? };
+    let nr = nr as i64;
+    // exit (60) and exit_group (231) never return: this is the only place to see the status.
+    if nr == 60 || nr == 231 {
+        let status: i64 = unsafe { ctx.read_at(offsets.syscall_enter_args as usize) }.unwrap_or(0);
+        let mut event = new_event(kind::EXIT_CALL, tgid, tid);
+        event.syscall = nr as i32;
+        event.arg0 = status as u64;
+        submit(&event);
+        return Ok(());
+    }
+    if !is_wait_point(nr) {
+        return Ok(());
+    }
+    let sleep = waits_on_no_fds(ctx, &offsets, nr);
     set_thread_syscall(
         tid,
         if sleep {
@@ -912,16 +1003,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
             nr as i32
         },
     );
-    // exit (60) and exit_group (231) never return: this is the only place to see the status.
-    if nr == 60 || nr == 231 {
-        let status: i64 = unsafe { ctx.read_at(offsets.sys_enter_args as usize) }.unwrap_or(0);
-        let mut event = new_event(kind::EXIT_CALL, tgid, tid);
-        event.syscall = nr as i32;
-        event.arg0 = status as u64;
-        submit(&event);
-        return Ok(());
-    }
-    if is_wait_point(nr) && !sleep {
+    if !sleep {
         remember_thread(tgid, tid);
         let mut event = new_event(kind::WAIT_ENTER, tgid, tid);
         event.syscall = nr as i32;
@@ -930,6 +1012,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// Attached to the wait points' `syscalls:sys_exit_NAME` tracepoints only.
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let _ = try_sys_exit(&ctx);
@@ -942,11 +1025,15 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let offsets = OFFSETS.load();
-    let nr: i64 = unsafe { ctx.read_at(offsets.sys_exit_id as usize)? };
-    let was_sleep = thread_syscall(tid) & NOT_A_WAIT != 0 && thread_syscall(tid) != NO_SYSCALL;
-    set_thread_syscall(tid, NO_SYSCALL);
+    let nr: i32 = unsafe { ctx.read_at(offsets.syscall_exit_nr as usize)? };
+    let nr = nr as i64;
+    let marked = thread_syscall(tid);
+    let was_sleep = marked != NO_SYSCALL && marked & NOT_A_WAIT != 0;
+    if marked != NO_SYSCALL {
+        set_thread_syscall(tid, NO_SYSCALL);
+    }
     if is_wait_point(nr) && !was_sleep {
-        let ret: i64 = unsafe { ctx.read_at(offsets.sys_exit_ret as usize) }.unwrap_or(0);
+        let ret: i64 = unsafe { ctx.read_at(offsets.syscall_exit_ret as usize) }.unwrap_or(0);
         let mut event = new_event(kind::WAIT_EXIT, tgid, tid);
         event.syscall = nr as i32;
         event.arg0 = ret as u64;
@@ -959,7 +1046,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
-        let syscall = thread_syscall(tid);
+        let syscall = current_syscall();
         let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
         let python = python_stack(tgid, tid, syscall, 1);
         let mut event = new_event(kind::SAMPLE, tgid, tid);

@@ -45,20 +45,32 @@ pub struct Probes {
     py_procs: HashMap<MapData, u32, PyProcess>,
 }
 
-/// (category, name, program, required) for every tracepoint attachment. An optional one that
-/// the kernel lacks only costs the detail it gives (what signal killed a process).
+/// (category, name, program, required) for every tracepoint the agent needs. An optional one
+/// that the kernel lacks only costs the detail it gives (what signal killed a process). An
+/// empty program: nothing is attached to it, but the kernel must have it (the per-syscall
+/// `syscalls:*` events the agent attaches to, see [`SYSCALL_PROGRAMS`], are built on
+/// `raw_syscalls`; a program on `raw_syscalls` itself would run for every syscall of the
+/// machine).
 pub const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sched", "sched_switch", "sched_switch", true),
     ("sched", "sched_waking", "sched_waking", true),
     ("sched", "sched_wakeup", "sched_wakeup", true),
     ("sched", "sched_wakeup_new", "sched_wakeup", true),
-    ("raw_syscalls", "sys_enter", "sys_enter", true),
-    ("raw_syscalls", "sys_exit", "sys_exit", true),
+    ("raw_syscalls", "sys_enter", "", true),
+    ("raw_syscalls", "sys_exit", "", true),
     ("sched", "sched_process_fork", "sched_process_fork", true),
     ("sched", "sched_process_exit", "sched_process_exit", true),
     ("sched", "sched_process_exec", "sched_process_exec", true),
     ("signal", "signal_generate", "signal_generate", false),
 ];
+
+/// The syscalls whose own tracepoints the agent attaches to besides the wait points: exit and
+/// exit_group never return, their entry is the only place to see the exit status.
+const EXIT_SYSCALLS: [&str; 2] = ["exit", "exit_group"];
+
+/// Programs on per-syscall tracepoints: (program, tracepoint name prefix).
+const SYSCALL_PROGRAMS: [(&str, &str); 2] =
+    [("sys_enter", "sys_enter_"), ("sys_exit", "sys_exit_")];
 
 /// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
@@ -89,7 +101,14 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
     let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();
-    for &(category, name, program, required) in TRACEPOINTS {
+    let mut attachments: Vec<(&str, String, &str, bool)> = TRACEPOINTS
+        .iter()
+        .filter(|(_, _, program, _)| !program.is_empty())
+        .map(|&(category, name, program, required)| (category, name.to_string(), program, required))
+        .collect();
+    attachments.extend(syscall_attachments(options));
+    for (category, name, program, required) in attachments {
+        let name = name.as_str();
         let tracepoint: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -140,6 +159,34 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         _ebpf: ebpf,
     };
     Ok((probes, events))
+}
+
+/// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
+/// and end there), entry of exit and exit_group. A wait point this kernel has no tracepoint for
+/// is skipped with a warning (loops waiting in it are then not seen as loops).
+fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, &'static str, bool)> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for &nr in options
+        .wait_points
+        .iter()
+        .chain(&options.runtime_wait_points)
+    {
+        if let Some(name) = crate::syscalls::name(i64::from(nr))
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    let mut attachments = Vec::new();
+    for name in &names {
+        for (program, prefix) in SYSCALL_PROGRAMS {
+            attachments.push(("syscalls", format!("{prefix}{name}"), program, false));
+        }
+    }
+    for name in EXIT_SYSCALLS {
+        attachments.push(("syscalls", format!("sys_enter_{name}"), "sys_enter", false));
+    }
+    attachments
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>

@@ -64,6 +64,17 @@ enum Task {
         /// Interleaved rounds of the overhead benchmark (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Instead of the full run: this build against the agent binary BASE, side by side and
+        /// interleaved (unfollowed and followed ping-pong, HTTP services); writes
+        /// target/bench/COMPARE.md.
+        #[arg(long, value_name = "BASE", conflicts_with = "long")]
+        compare: Option<PathBuf>,
+        /// Rounds of the unfollowed ping-pong in --compare.
+        #[arg(long, default_value_t = 10)]
+        compare_pairs: usize,
+        /// Rounds of the HTTP services in --compare (0: skip them).
+        #[arg(long, default_value_t = 3)]
+        compare_http: usize,
     },
     /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
     /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
@@ -134,6 +145,9 @@ fn run(cli: Cli) -> Result<()> {
             service,
             quick,
             rounds,
+            compare,
+            compare_pairs,
+            compare_http,
         } => {
             bench::require_root()?;
             setup()?;
@@ -145,7 +159,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 build()?;
             }
-            if long {
+            if let Some(base) = compare {
+                let options = bench::CompareOptions {
+                    base,
+                    pairs: compare_pairs.max(1),
+                    http_rounds: compare_http,
+                };
+                bench::compare(&bench::Options::new(quick, rounds), &options)
+            } else if long {
                 bench::long_run(minutes, service)
             } else {
                 bench::run(&bench::Options::new(quick, rounds))
