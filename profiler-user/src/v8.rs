@@ -637,6 +637,11 @@ pub struct FrameSlots {
     pub function: u64,
     pub bytecode_array: u64,
     pub bytecode_offset: u64,
+    /// The frame pointer, and the caller's frame pointer and return address saved at it: what
+    /// tells whether the frame is still live on the thread's stack.
+    pub fp: u64,
+    pub caller_fp: u64,
+    pub return_address: u64,
 }
 
 impl FrameSlots {
@@ -653,6 +658,9 @@ impl FrameSlots {
             function: word(meta.fp_function)?,
             bytecode_array: word(meta.fp_bytecode_array).unwrap_or(0),
             bytecode_offset: word(meta.fp_bytecode_offset).unwrap_or(0),
+            fp,
+            caller_fp: word(0)?,
+            return_address: word(8)?,
         })
     }
 }
@@ -704,6 +712,8 @@ pub struct V8Stats {
     pub unreadable: u64,
     /// Frames named by their BytecodeArray (their JSFunction had moved).
     pub by_bytecode: u64,
+    /// Frames named from their live stack slot (the copy's JSFunction had moved).
+    pub live: u64,
 }
 
 impl<M: Memory> V8Process<M> {
@@ -785,7 +795,17 @@ impl<M: Memory> V8Process<M> {
     }
 
     fn function_frame(&mut self, slots: &FrameSlots) -> Option<Frame> {
-        let frame = self.frame_from_function(slots);
+        let frame = self.frame_from_function(slots).or_else(|| {
+            // The copy's JSFunction has moved: while the frame is still live on the thread's
+            // stack (the thread is still in the same call), the garbage collector has updated
+            // its slot there.
+            let live = self.live_function(slots)?;
+            self.stats.live += 1;
+            self.frame_from_function(&FrameSlots {
+                function: live,
+                ..*slots
+            })
+        });
         // A frame that keeps a BytecodeArray (interpreted and baseline frames) is remembered
         // by it: BytecodeArrays stay put in old space while the JSFunction, young, is moved by
         // the next scavenge, often before the agent reads it (a cold function called once).
@@ -815,6 +835,17 @@ impl<M: Memory> V8Process<M> {
             }
             (None, None) => None,
         }
+    }
+
+    /// The function slot of the frame as it is now on the thread's stack, if the frame is
+    /// still there: same saved frame pointer, return address and bytecode array as copied.
+    fn live_function(&self, slots: &FrameSlots) -> Option<u64> {
+        let at = |offset: i64| self.mem.u64(slots.fp.checked_add_signed(offset)?);
+        let same = at(0)? == slots.caller_fp
+            && at(8)? == slots.return_address
+            && at(self.meta.fp_bytecode_array)? == slots.bytecode_array;
+        let live = at(self.meta.fp_function)?;
+        (same && live != slots.function).then_some(live)
     }
 
     fn frame_from_function(&mut self, slots: &FrameSlots) -> Option<Frame> {
@@ -1075,6 +1106,7 @@ impl V8s {
             total.frames += process.stats.frames;
             total.unreadable += process.stats.unreadable;
             total.by_bytecode += process.stats.by_bytecode;
+            total.live += process.stats.live;
         }
         total
     }
@@ -1426,6 +1458,33 @@ mod tests {
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.by_bytecode, 1);
+    }
+
+    #[test]
+    fn a_moved_function_is_read_from_the_live_frame_while_it_is_there() {
+        let mut mem = heap(false);
+        let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
+        // The copy holds a function the GC has moved (nothing left at the old address); the
+        // thread's stack, still in the same frame, holds the new address.
+        let mut copy = stack_with_frame(sp, fp, 0x9001, 0xdead_0001);
+        copy[(fp - sp) as usize..(fp - sp + 16) as usize].copy_from_slice(&[0x11u8; 16]);
+        let mut live = copy.clone();
+        live[(fp - 16 - sp) as usize..(fp - 8 - sp) as usize]
+            .copy_from_slice(&(FUNCTION + 1).to_le_bytes());
+        mem.put(sp, live.clone());
+        let mut process = process(mem, (12, 4, 254));
+        let frames = process.frames(&[0x7000_0010], &[fp], &copy, sp);
+        assert_eq!(
+            frames[0].clone().flatten().map(|f| f.function).as_deref(),
+            Some("hashPasswordSync")
+        );
+        assert_eq!(process.stats.live, 1);
+        // The thread has left the frame (another return address there now): not read.
+        let mut gone = heap(false);
+        live[(fp + 8 - sp) as usize..(fp + 16 - sp) as usize].copy_from_slice(&[0x22u8; 8]);
+        gone.put(sp, live);
+        let mut process = super::tests::process(gone, (12, 4, 254));
+        assert_eq!(process.frames(&[0x7000_0010], &[fp], &copy, sp), vec![None]);
     }
 
     #[test]
