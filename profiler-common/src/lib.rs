@@ -227,6 +227,13 @@ pub const GIL_HELD_BY_OTHER: u64 = 4;
 
 /// Python frames walked per stack; deeper stacks keep their innermost frames.
 pub const MAX_PY_FRAMES: usize = 96;
+/// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs
+/// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
+/// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
+/// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
+/// for minutes under emulation; without the walk 5.10 attaches in ~6 s there.
+pub const COMPAT_PY_FRAMES: usize = 0;
+pub const COMPAT_PY_THREADS: usize = 2;
 
 /// Where a followed process's CPython keeps its state, and the field offsets of its version:
 /// everything the kernel side needs to walk a thread's frames (PYTHON_LAYOUTS.md, section 8).

@@ -9,6 +9,8 @@
 //!   bumps a `DROPS` counter: loss is always visible to the agent.
 //! - Tracepoint field offsets come from the agent (`OFFSETS`), which reads them from tracefs;
 //!   nothing here hard-codes a kernel's layout.
+//! - Built twice: as is for Linux 5.17+, and with feature `compat` for older kernels (see
+//!   `compat` below), which differ only in the helpers those kernels lack.
 #![no_std]
 #![no_main]
 
@@ -16,9 +18,8 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -26,10 +27,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack, MAX_PY_FRAMES, MAX_STACK_COPY,
-    MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE,
-    PyFrame, PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED,
-    TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
+    COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack,
+    MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
+    PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess, PyStackCopy, PyStackHeader,
+    STACK_REPEAT_PROBE, STACK_REPEATED, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
+    UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
@@ -286,8 +288,7 @@ fn current_syscall() -> i32 {
 
 #[inline(always)]
 fn read_current_syscall() -> i32 {
-    // SAFETY: helpers valid in tracing programs; the result is only read with probe_read.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    let regs = compat::user_regs();
     if regs.is_null() {
         return NO_SYSCALL;
     }
@@ -346,8 +347,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     let buf = unsafe { &mut *buf };
     // The user registers saved at kernel entry: valid both at sched_switch and in a sample
     // that interrupted the kernel.
-    // SAFETY: helpers valid in tracing programs; the result is only read with probe_read.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    let regs = compat::user_regs();
     if regs.is_null() {
         return false;
     }
@@ -509,8 +509,7 @@ fn current_fsbase() -> u64 {
     if offset == 0 {
         return 0;
     }
-    // SAFETY: helper valid in tracing programs; the pointer is only read with probe_read.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let task = compat::current_task();
     // SAFETY: kernel probe read, failure handled.
     unsafe { bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>()) }.unwrap_or(0)
 }
@@ -568,15 +567,12 @@ fn thread_state(py: &PyProcess, tid: u32) -> Option<u64> {
         next_offset: py.tstate_next as u64,
         found: 0,
     };
-    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
-    unsafe {
-        bpf_loop(
-            MAX_PY_THREADS as u32,
-            find_thread_step as *mut core::ffi::c_void,
-            (&mut find as *mut FindThread).cast(),
-            0,
-        )
-    };
+    compat::repeat(
+        MAX_PY_THREADS,
+        COMPAT_PY_THREADS,
+        find_thread_step,
+        (&mut find as *mut FindThread).cast(),
+    );
     if find.found == 0 {
         return None;
     }
@@ -611,7 +607,7 @@ fn gil_held_by_other(py: &PyProcess, own: u64) -> Option<u32> {
 /// for the event that follows. Skipped inside an idle wait point, like the native stack.
 #[inline(always)]
 fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
-    if is_idle_wait(syscall as i64) {
+    if compat::NO_PYTHON_WALK || is_idle_wait(syscall as i64) {
         return NO_PYTHON;
     }
     // SAFETY: the value is copied out of the map.
@@ -740,15 +736,12 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         handle: 0,
         task_candidates: [0; 2],
     };
-    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
-    unsafe {
-        bpf_loop(
-            (MAX_PY_FRAMES + MAX_PY_SHIMS) as u32,
-            walk_frame_step as *mut core::ffi::c_void,
-            (&mut walk as *mut WalkFrames).cast(),
-            0,
-        )
-    };
+    compat::repeat(
+        MAX_PY_FRAMES + MAX_PY_SHIMS,
+        COMPAT_PY_FRAMES,
+        walk_frame_step,
+        (&mut walk as *mut WalkFrames).cast(),
+    );
     let depth = walk.depth as usize;
     if depth == 0 || depth > MAX_PY_FRAMES {
         return false;
@@ -1175,6 +1168,90 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     submit(&event);
     Ok(())
 }
+
+/// What the kernel offers, or its stand-in where an older kernel lacks it (feature `compat`).
+mod compat {
+    /// No Python walk at all in the compat build when it may take no step.
+    pub const NO_PYTHON_WALK: bool = cfg!(feature = "compat") && super::COMPAT_PY_FRAMES == 0;
+
+    /// A loop step: `bpf_loop`'s callback signature (1 stops, 0 goes on).
+    pub type Step = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
+
+    /// Runs `step` up to `steps` times with bpf_loop (5.17+), whose callback the verifier
+    /// checks once, or up to `compat_steps` times in a bounded loop it walks step by step.
+    #[inline(always)]
+    pub fn repeat(steps: usize, compat_steps: usize, step: Step, ctx: *mut core::ffi::c_void) {
+        #[cfg(not(feature = "compat"))]
+        {
+            let _ = compat_steps;
+            // SAFETY: a static callback and a context on the caller's stack, as bpf_loop
+            // requires.
+            unsafe {
+                aya_ebpf::helpers::bpf_loop(steps as u32, step as *mut core::ffi::c_void, ctx, 0)
+            };
+        }
+        #[cfg(feature = "compat")]
+        {
+            let _ = steps;
+            for index in 0..compat_steps {
+                if step(index as u64, ctx) != 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The current task_struct (only ever read with probe reads).
+    #[inline(always)]
+    pub fn current_task() -> *const u8 {
+        #[cfg(not(feature = "compat"))]
+        // SAFETY: helper valid in tracing programs (5.11+).
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+        #[cfg(feature = "compat")]
+        // SAFETY: helper valid in tracing programs (4.8+).
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+        task
+    }
+
+    /// The current task's user registers, saved at kernel entry (null when unknown).
+    #[inline(always)]
+    pub fn user_regs() -> *const u64 {
+        #[cfg(not(feature = "compat"))]
+        {
+            // SAFETY: helpers valid in tracing programs (5.15+); only read with probe reads.
+            unsafe {
+                aya_ebpf::helpers::bpf_task_pt_regs(aya_ebpf::helpers::bpf_get_current_task_btf())
+                    as *const u64
+            }
+        }
+        #[cfg(feature = "compat")]
+        {
+            // What task_pt_regs() computes on x86-64: the registers sit at the top of the
+            // task's kernel stack (THREAD_SIZE 16 KiB, no padding on x86-64).
+            const THREAD_SIZE: u64 = 16384;
+            const PT_REGS_SIZE: u64 = 21 * 8;
+            let offset = super::TASK_STACK_OFFSET.load();
+            if offset == 0 {
+                return core::ptr::null();
+            }
+            let task = current_task();
+            // SAFETY: kernel probe read, failure handled.
+            let stack: u64 = unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>())
+            }
+            .unwrap_or(0);
+            if stack == 0 {
+                return core::ptr::null();
+            }
+            (stack + THREAD_SIZE - PT_REGS_SIZE) as *const u64
+        }
+    }
+}
+
+/// Offset of `task_struct.stack` (from the kernel's BTF), for the registers of a kernel
+/// without bpf_task_pt_regs (0: unknown, no user-stack copies there).
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: Global<u32> = Global::new(0);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -52,6 +52,9 @@ pub struct Recording {
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
+    /// What the kernel recorded on could not do (e.g. full Python stacks before 5.17).
+    #[serde(default)]
+    pub kernel_limits: Vec<String>,
     /// How the CPUs' events were put in time order, and what did not fit.
     #[serde(default)]
     pub reorder: ReorderReport,
@@ -1043,6 +1046,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     for line in churn_lines(recording) {
         let _ = writeln!(text, "  {line}");
     }
+    if !recording.kernel_limits.is_empty() {
+        let _ = writeln!(
+            text,
+            "  on this kernel: {}",
+            recording.kernel_limits.join("; ")
+        );
+    }
     for hint in &recording.hints {
         let _ = writeln!(text, "  hint: {hint}");
     }
@@ -1200,6 +1210,7 @@ mod tests {
             javascript: JsReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
+            kernel_limits: vec![],
             reorder: Default::default(),
             verdict: Verdict {
                 budgets: vec![],

@@ -1073,6 +1073,7 @@ impl Session {
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
+            kernel_limits: Vec::new(),
             reorder: {
                 let stats = self.reorder.stats();
                 let a = result.anomalies;

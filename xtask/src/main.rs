@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod kernels;
 mod sid;
 mod testrun;
 
@@ -34,13 +35,20 @@ enum Task {
     Setup,
     /// setup, then build the agent (release).
     Build,
-    /// setup, build, then run every test: unit tests and integration tests on real processes.
+    /// setup, build, then run every test: unit tests, integration tests on real processes and
+    /// (without a filter) the oldest and newest kernels of `kernels` in qemu.
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
+    /// setup, build, then boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (images cached under
+    /// target/kernels/) and check doctor and recording planted stalls in each.
+    Kernels {
+        /// Only these kernel series (e.g. `5.10 6.12`).
+        series: Vec<String>,
+    },
     /// Benchmarks (never tests, loopback only, bounded in time): overhead on loaded HTTP
     /// services against py-spy and bpftrace, agent cost, cost to unfollowed processes, event
     /// loss, scale; writes bench/RESULTS.md. Installs what it needs (wrk, bpftrace, py-spy).
@@ -104,6 +112,11 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
     "debootstrap",
+    // `cargo xtask kernels`: Debian's kernels booted under emulation, with an initramfs of
+    // busybox and the agent.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 /// npm packages installed into `target/web` (node_modules): the chart libraries report.html
@@ -132,6 +145,11 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             test(filter.as_deref())
+        }
+        Task::Kernels { series } => {
+            setup()?;
+            build()?;
+            kernels::run(&series)
         }
         Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
@@ -460,6 +478,13 @@ fn test(filter: Option<&str>) -> Result<()> {
         .arg("--test-threads=1")
         .env("STALLSCOPE_BIN", agent_path());
     report.run("integration tests", &mut integration)?;
+    if filter.is_empty() {
+        // The oldest and newest supported kernels, in qemu (~1 minute each).
+        let series: Vec<String> = kernels::CI_KERNELS.iter().map(|s| s.to_string()).collect();
+        if let Err(err) = kernels::run(&series) {
+            report.failed_run("kernels", format!("{err:#}"));
+        }
+    }
     eprintln!("{}", report.summary(started.elapsed()));
     if report.failed() {
         bail!("some tests failed (listed above)");
