@@ -277,15 +277,26 @@ pub struct PyProcess {
     pub handle_run_code: u64,
     /// Offset of a frame's first local (`self` in `Handle._run`).
     pub frame_locals: u32,
-    pub _reserved: u32,
+    /// Offset of the running asyncio Task in the thread state (3.14+, from the asyncio debug
+    /// offsets), or [`FIELD_ABSENT`]: read at sample time into [`PyStackHeader::running_task`].
+    pub tstate_running_task: u32,
+    /// ANDed with the frame's code field: 3.14+ keeps it as a tagged `_PyStackRef` (the low
+    /// bits are tags, not address); all ones before.
+    pub code_mask: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 88);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 96);
 
 /// Per-frame flag in [`PyFrame::flags`]: this frame is the outermost of one run of the
 /// interpreter loop (`_PyEval_EvalFrameDefault`): the agent replaces one native eval frame with
 /// the Python frames up to and including this one.
 pub const PY_FRAME_ENTRY: u32 = 1;
+
+/// Frame owners from this value up are not Python code: the C-stack shim of 3.12/3.13
+/// (`FRAME_OWNED_BY_CSTACK` = 3), the eval-loop entry frame of 3.14+
+/// (`FRAME_OWNED_BY_INTERPRETER` = 3, also the 3.15 `base_frame` sentinel) and 3.14's
+/// `FRAME_OWNED_BY_CSTACK` = 4. Each one ends a run of the interpreter loop.
+pub const PY_FRAME_OWNER_NOT_CODE: u8 = 3;
 
 /// One Python frame as the kernel saw it; the agent decodes the code object.
 #[repr(C)]
@@ -323,7 +334,9 @@ pub struct PyStackHeader {
     /// Read now, because by the time the agent looks the frame may be gone.
     pub handle: u64,
     pub task_candidates: [u64; 2],
-    pub _reserved: u64,
+    /// The thread's running asyncio Task at sample time (3.14+, see
+    /// [`PyProcess::tstate_running_task`]), 0 when none or not known.
+    pub running_task: u64,
 }
 
 impl PyStackHeader {

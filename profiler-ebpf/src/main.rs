@@ -29,9 +29,9 @@ use aya_log_ebpf::debug;
 use profiler_common::{
     COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack,
     MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
-    PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess, PyStackCopy, PyStackHeader,
-    STACK_REPEAT_PROBE, STACK_REPEATED, TracepointOffsets, USER_STACK_COPIED, UserStackCopy,
-    UserStackHeader, drop, kind,
+    PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
+    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TracepointOffsets,
+    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
@@ -483,8 +483,6 @@ const NO_PYTHON: PythonStack = PythonStack {
 
 /// Thread states looked at when a thread is not in the cache yet.
 const MAX_PY_THREADS: usize = 128;
-/// Frame owner of the C-stack shims of 3.12+ (entry markers, not Python code).
-const FRAME_OWNED_BY_CSTACK: u8 = 3;
 /// Shim frames skipped per walk on top of MAX_PY_FRAMES real ones.
 const MAX_PY_SHIMS: usize = 32;
 /// The futex syscall: where a thread waits for the GIL.
@@ -677,9 +675,11 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let buf = unsafe { &mut *buf };
     walk.frame = read_user(frame + py.frame_back as u64).unwrap_or(0);
     if py.frame_owner != FIELD_ABSENT
-        && read_user::<u8>(frame + py.frame_owner as u64) == Some(FRAME_OWNED_BY_CSTACK)
+        && read_user::<u8>(frame + py.frame_owner as u64)
+            .is_some_and(|owner| owner >= PY_FRAME_OWNER_NOT_CODE)
     {
-        // A 3.12+ shim: the frame walked just before is the outermost of its eval run.
+        // A 3.12+ shim or 3.14+ entry frame: the frame walked just before is the outermost of
+        // its eval run.
         if depth > 0
             && let Some(last) = buf.frames.get_mut(depth - 1)
         {
@@ -690,7 +690,8 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let entry = py.frame_owner == FIELD_ABSENT
         || (py.frame_is_entry != FIELD_ABSENT
             && read_user::<u8>(frame + py.frame_is_entry as u64).unwrap_or(0) != 0);
-    let code: u64 = read_user(frame + py.frame_code as u64).unwrap_or(0);
+    // 3.14+: a tagged `_PyStackRef`; the mask clears the tag bits.
+    let code: u64 = read_user::<u64>(frame + py.frame_code as u64).unwrap_or(0) & py.code_mask;
     if code != 0 && code == py.handle_run_code && walk.handle == 0 {
         let handle: u64 = read_user(frame + py.frame_locals as u64).unwrap_or(0);
         let callback: u64 = read_user(handle + HANDLE_CALLBACK).unwrap_or(0);
@@ -716,6 +717,16 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         walk.depth += 1;
     }
     0
+}
+
+/// The thread's running asyncio Task (3.14+), read now: by the time the agent looks, the loop
+/// may run another.
+#[inline(always)]
+fn running_task(py: &PyProcess, tstate: u64) -> u64 {
+    if py.tstate_running_task == FIELD_ABSENT {
+        return 0;
+    }
+    read_user(tstate + py.tstate_running_task as u64).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -762,7 +773,7 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         magic: PyStackHeader::MAGIC,
         handle: walk.handle,
         task_candidates: walk.task_candidates,
-        _reserved: 0,
+        running_task: running_task(py, tstate),
     };
     let total = PY_STACK_HEADER_SIZE + depth * size_of::<PyFrame>();
     if total > size_of::<PyStackCopy>() {

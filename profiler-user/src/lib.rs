@@ -32,6 +32,7 @@ pub mod pprof;
 pub mod privileges;
 pub mod procfs;
 pub mod python;
+pub mod python_offsets;
 pub mod record;
 pub mod reorder;
 pub mod replay;

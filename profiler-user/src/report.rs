@@ -165,8 +165,15 @@ pub struct PythonInterpreterRecord {
     pub pid: u32,
     /// "3.12".
     pub version: String,
+    /// "3.14.10" when the binary says (3.11+), else as `version`.
+    #[serde(default)]
+    pub release: String,
     /// The file holding `_PyRuntime` (libpython or the python executable).
     pub binary: String,
+    /// How its frames were read: "_Py_DebugOffsets (3.14 table, version 3.14.10)", "table of
+    /// stallscope (3.12)", or "not read: <why>".
+    #[serde(default)]
+    pub frames: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -738,10 +745,13 @@ pub fn summary_markdown(recording: &Recording) -> String {
         let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
             let place = stall.top_frames_text(" ← ");
-            let why = stall
+            let mut why = stall
                 .dominant_stack()
                 .map(StackRecord::cause)
                 .unwrap_or_default();
+            if let Some(task) = &stall.task {
+                let _ = write!(why, "; in {}", task_text(task));
+            }
             let _ = writeln!(
                 md,
                 "| {}{} | {} ({}/{}) | {} | {} | {} |",
@@ -768,6 +778,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
     }
     for hint in &recording.hints {
         let _ = writeln!(md, "> hint: {}\n", sanitize::markdown_text(hint));
+    }
+    if let Some(line) = python_line(&recording.python) {
+        let _ = writeln!(md, "```\n{line}\n```\n");
     }
     let drops = &recording.drops;
     let _ = writeln!(
@@ -900,12 +913,7 @@ pub fn live_line(stall: &StallRecord) -> String {
         );
     }
     if let Some(task) = &stall.task {
-        let _ = write!(
-            line,
-            "\n    in asyncio task {} (coroutine {})",
-            task.name.as_deref().unwrap_or("?"),
-            task.coroutine
-        );
+        let _ = write!(line, "\n    in {}", task_text(task));
     }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
@@ -917,6 +925,31 @@ pub fn live_line(stall: &StallRecord) -> String {
     }
     // For the terminal: nothing the target named may carry an escape sequence to it.
     sanitize::terminal_lines(&line)
+}
+
+/// "asyncio task Task-3 (coroutine serve_client)", then ", awaited by task X (coroutine Y) <
+/// task Z (coroutine W)" when other Tasks await it (nearest first).
+pub fn task_text(task: &crate::python::TaskInfo) -> String {
+    let mut text = format!(
+        "asyncio task {} (coroutine {})",
+        task.name.as_deref().unwrap_or("?"),
+        task.coroutine
+    );
+    if !task.awaited_by.is_empty() {
+        let chain: Vec<String> = task
+            .awaited_by
+            .iter()
+            .map(|t| {
+                format!(
+                    "task {} (coroutine {})",
+                    t.name.as_deref().unwrap_or("?"),
+                    t.coroutine
+                )
+            })
+            .collect();
+        let _ = write!(text, ", awaited by {}", chain.join(" < "));
+    }
+    text
 }
 
 /// Worker churn, for services whose master forks and recycles workers: how many processes
@@ -1075,7 +1108,7 @@ fn python_line(python: &PythonReport) -> Option<String> {
         .collect();
     versions.sort();
     versions.dedup();
-    Some(format!(
+    let mut line = format!(
         "Python {} ({} process(es)): {} stacks read, {} frames unreadable, {} cut at {} frames",
         versions.join(", "),
         python.interpreters.len(),
@@ -1083,7 +1116,27 @@ fn python_line(python: &PythonReport) -> Option<String> {
         python.unreadable_frames,
         python.truncated,
         profiler_common::MAX_PY_FRAMES
-    ))
+    );
+    // How each distinct interpreter's frames were read.
+    let mut how: Vec<String> = python
+        .interpreters
+        .iter()
+        .filter(|i| !i.frames.is_empty())
+        .map(|i| {
+            let release = if i.release.is_empty() {
+                &i.version
+            } else {
+                &i.release
+            };
+            format!("{release}: {}", i.frames)
+        })
+        .collect();
+    how.sort();
+    how.dedup();
+    for entry in how {
+        let _ = write!(line, "\n    {entry}");
+    }
+    Some(line)
 }
 
 /// "JavaScript (V8 12.4.254, 1 process(es)): 1,234 frames named, 0 unreadable".

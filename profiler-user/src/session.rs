@@ -227,24 +227,41 @@ impl Session {
     fn detect_python(&mut self, pid: u32, may_load_later: bool) {
         self.pythons.forget(pid);
         match self.pythons.detect(pid) {
-            Ok(Some(interpreter)) => {
+            Ok(Some(python::Detection::Readable(interpreter))) => {
                 log::info!(
-                    "process {pid} runs CPython 3.{} ({}): Python frames on",
-                    interpreter.minor,
-                    interpreter.binary.display()
+                    "process {pid} runs CPython {} ({}): Python frames on, read from {}",
+                    interpreter.version,
+                    interpreter.binary.display(),
+                    interpreter.frames_from
                 );
-                if self.python_report.interpreters.len() < 10_000 {
-                    self.python_report
-                        .interpreters
-                        .push(report::PythonInterpreterRecord {
-                            pid,
-                            version: format!("3.{}", interpreter.minor),
-                            binary: interpreter.binary.display().to_string(),
-                        });
-                }
-                self.pythons.add(pid, interpreter);
+                self.note_interpreter(report::PythonInterpreterRecord {
+                    pid,
+                    version: format!("3.{}", interpreter.minor),
+                    release: interpreter.version.clone(),
+                    binary: interpreter.binary.display().to_string(),
+                    frames: interpreter.frames_from.clone(),
+                });
+                self.pythons.add(pid, *interpreter);
                 self.pythons_to_register.push(pid);
                 self.python_maybe_later.remove(&pid);
+            }
+            Ok(Some(python::Detection::Unreadable(unreadable))) => {
+                self.python_maybe_later.remove(&pid);
+                eprintln!(
+                    "stallscope: warning: process {pid}: CPython {} ({}): no Python frames, \
+                     native frames only: {}",
+                    unreadable.version,
+                    unreadable.binary.display(),
+                    unreadable.reason
+                );
+                let minor = unreadable.version.split('.').take(2).collect::<Vec<_>>();
+                self.note_interpreter(report::PythonInterpreterRecord {
+                    pid,
+                    version: minor.join("."),
+                    release: unreadable.version.clone(),
+                    binary: unreadable.binary.display().to_string(),
+                    frames: format!("not read: {}", unreadable.reason),
+                });
             }
             Ok(None) if may_load_later => {
                 self.python_maybe_later
@@ -256,6 +273,12 @@ impl Session {
                 self.python_maybe_later.remove(&pid);
                 eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
             }
+        }
+    }
+
+    fn note_interpreter(&mut self, record: report::PythonInterpreterRecord) {
+        if self.python_report.interpreters.len() < 10_000 {
+            self.python_report.interpreters.push(record);
         }
     }
 
