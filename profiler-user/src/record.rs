@@ -169,6 +169,9 @@ pub async fn run_with_start(
         Target::Pids(_) => {
             let pids: Vec<u32> = start_pids.iter().map(|p| p.pid).collect();
             for pid in procfs::with_descendants(&pids) {
+                // V8's metadata first: reading a 100 MB node binary takes a while, and a
+                // followed process's events would pile up in the ring meanwhile.
+                session.v8s.process(pid);
                 probes.follow(pid, &procfs::threads(pid))?;
                 session.add_process(pid, None);
             }
