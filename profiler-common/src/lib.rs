@@ -163,6 +163,29 @@ impl TracepointOffsets {
     };
 }
 
+/// Where the raw scheduler tracepoints find what they need in a `struct task_struct` (their
+/// arguments are task pointers): byte offsets from the kernel's BTF, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    /// `__state` (`state` before 5.14).
+    pub state: u32,
+    /// What `task_cpu()` reads.
+    pub cpu: u32,
+    /// 1 when the raw sched_switch passes `prev_state` (5.18+).
+    pub switch_has_state: u32,
+}
+
+impl TaskOffsets {
+    pub const UNSET: Self = Self {
+        pid: 0,
+        state: 0,
+        cpu: 0,
+        switch_has_state: 0,
+    };
+}
+
 /// Absent optional tracepoint field.
 pub const FIELD_ABSENT: u32 = u32::MAX;
 
@@ -231,7 +254,9 @@ pub const MAX_PY_FRAMES: usize = 96;
 /// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
 /// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
 /// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
-/// for minutes under emulation; without the walk 5.10 attaches in ~6 s there.
+/// for minutes under emulation; 2 steps verify there (attach ~9 s) and name the frames on 6.12,
+/// but on 5.10 the agent's update of PY_PROCS fails with EPERM (not understood yet); without
+/// the walk 5.10 attaches in ~6 s.
 pub const COMPAT_PY_FRAMES: usize = 0;
 pub const COMPAT_PY_THREADS: usize = 2;
 
@@ -361,5 +386,6 @@ mod pod {
     // padding (asserted by the size checks above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::PyProcess {}
 }

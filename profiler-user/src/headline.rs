@@ -41,7 +41,7 @@ pub struct Shown {
     pub named: bool,
     /// The frame's kind (the first frame's, for a folded run).
     pub kind: FrameKind,
-    /// Its label in a graph, where frames merge by function: the line only for Python frames
+    /// Its label in a graph, where frames merge by function: the line only for Python and JS frames
     /// (as in the flamegraph SVG), the run's text for a folded run.
     pub graph: String,
 }
@@ -109,7 +109,7 @@ fn fold(chosen: &[&Frame]) -> Vec<Shown> {
                 text: frame_text(frame),
                 named: true,
                 kind: frame.kind,
-                graph: if frame.kind == FrameKind::Python {
+                graph: if matches!(frame.kind, FrameKind::Python | FrameKind::Js) {
                     frame_text(frame)
                 } else {
                     frame.function.clone()

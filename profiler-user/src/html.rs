@@ -181,7 +181,8 @@ fn frame_kind_code(kind: FrameKind) -> &'static str {
         FrameKind::Python => "p",
         FrameKind::Native => "n",
         FrameKind::Kernel => "k",
-        FrameKind::Jit => "j",
+        // JavaScript read from V8's heap is drawn as JIT code (the page knows no other kind).
+        FrameKind::Jit | FrameKind::Js => "j",
     }
 }
 
