@@ -39,14 +39,28 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?;
-    let package = aya_build::Package {
-        name: ebpf_package.name.as_str(),
-        root_dir: root_dir.as_str(),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([package], Toolchain::default()).context(
-        "building the eBPF programs failed; run `cargo xtask setup` to install bpf-linker and nightly rust-src",
-    )
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    // Twice: for kernels with bpf_loop (5.17+), then with feature `compat` for older ones. Both
+    // builds land in OUT_DIR/stallscope; each is moved aside to its own name.
+    for (features, name) in [
+        (&[][..], "stallscope-modern"),
+        (&["compat"][..], "stallscope-compat"),
+    ] {
+        let package = aya_build::Package {
+            name: ebpf_package.name.as_str(),
+            root_dir: root_dir.as_str(),
+            features,
+            ..Default::default()
+        };
+        aya_build::build_ebpf([package], Toolchain::default()).context(
+            "building the eBPF programs failed; run `cargo xtask setup` to install bpf-linker and nightly rust-src",
+        )?;
+        if out_dir.join("stallscope").exists() {
+            std::fs::rename(out_dir.join("stallscope"), out_dir.join(name))
+                .with_context(|| format!("moving the eBPF object to {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the vendored chart libraries into OUT_DIR for `include_str!`. They come from

@@ -124,9 +124,16 @@ pub struct TracepointOffsets {
     pub signal_sig: u32,
     pub signal_pid: u32,
     pub signal_result: u32,
+    /// `__syscall_nr` and the first argument in the per-syscall `syscalls:sys_enter_NAME`
+    /// records, `__syscall_nr` and `ret` in `syscalls:sys_exit_NAME` (the same for every
+    /// syscall; read from epoll_wait's).
+    pub syscall_enter_nr: u32,
+    pub syscall_enter_args: u32,
+    pub syscall_exit_nr: u32,
+    pub syscall_exit_ret: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 88);
 
 impl TracepointOffsets {
     /// All zero: the value compiled into the programs, always replaced by the agent at load.
@@ -149,6 +156,10 @@ impl TracepointOffsets {
         signal_sig: FIELD_ABSENT,
         signal_pid: FIELD_ABSENT,
         signal_result: FIELD_ABSENT,
+        syscall_enter_nr: 0,
+        syscall_enter_args: 0,
+        syscall_exit_nr: 0,
+        syscall_exit_ret: 0,
     };
 }
 
@@ -216,6 +227,13 @@ pub const GIL_HELD_BY_OTHER: u64 = 4;
 
 /// Python frames walked per stack; deeper stacks keep their innermost frames.
 pub const MAX_PY_FRAMES: usize = 96;
+/// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs
+/// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
+/// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
+/// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
+/// for minutes under emulation; without the walk 5.10 attaches in ~6 s there.
+pub const COMPAT_PY_FRAMES: usize = 0;
+pub const COMPAT_PY_THREADS: usize = 2;
 
 /// Where a followed process's CPython keeps its state, and the field offsets of its version:
 /// everything the kernel side needs to walk a thread's frames (PYTHON_LAYOUTS.md, section 8).
@@ -259,15 +277,26 @@ pub struct PyProcess {
     pub handle_run_code: u64,
     /// Offset of a frame's first local (`self` in `Handle._run`).
     pub frame_locals: u32,
-    pub _reserved: u32,
+    /// Offset of the running asyncio Task in the thread state (3.14+, from the asyncio debug
+    /// offsets), or [`FIELD_ABSENT`]: read at sample time into [`PyStackHeader::running_task`].
+    pub tstate_running_task: u32,
+    /// ANDed with the frame's code field: 3.14+ keeps it as a tagged `_PyStackRef` (the low
+    /// bits are tags, not address); all ones before.
+    pub code_mask: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 88);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 96);
 
 /// Per-frame flag in [`PyFrame::flags`]: this frame is the outermost of one run of the
 /// interpreter loop (`_PyEval_EvalFrameDefault`): the agent replaces one native eval frame with
 /// the Python frames up to and including this one.
 pub const PY_FRAME_ENTRY: u32 = 1;
+
+/// Frame owners from this value up are not Python code: the C-stack shim of 3.12/3.13
+/// (`FRAME_OWNED_BY_CSTACK` = 3), the eval-loop entry frame of 3.14+
+/// (`FRAME_OWNED_BY_INTERPRETER` = 3, also the 3.15 `base_frame` sentinel) and 3.14's
+/// `FRAME_OWNED_BY_CSTACK` = 4. Each one ends a run of the interpreter loop.
+pub const PY_FRAME_OWNER_NOT_CODE: u8 = 3;
 
 /// One Python frame as the kernel saw it; the agent decodes the code object.
 #[repr(C)]
@@ -305,7 +334,9 @@ pub struct PyStackHeader {
     /// Read now, because by the time the agent looks the frame may be gone.
     pub handle: u64,
     pub task_candidates: [u64; 2],
-    pub _reserved: u64,
+    /// The thread's running asyncio Task at sample time (3.14+, see
+    /// [`PyProcess::tstate_running_task`]), 0 when none or not known.
+    pub running_task: u64,
 }
 
 impl PyStackHeader {

@@ -9,6 +9,8 @@
 //!   bumps a `DROPS` counter: loss is always visible to the agent.
 //! - Tracepoint field offsets come from the agent (`OFFSETS`), which reads them from tracefs;
 //!   nothing here hard-codes a kernel's layout.
+//! - Built twice: as is for Linux 5.17+, and with feature `compat` for older kernels (see
+//!   `compat` below), which differ only in the helpers those kernels lack.
 #![no_std]
 #![no_main]
 
@@ -16,9 +18,8 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -26,10 +27,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack, MAX_PY_FRAMES, MAX_STACK_COPY,
-    MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY, PY_STACK_COPIED, PY_STACK_HEADER_SIZE,
-    PyFrame, PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED,
-    TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
+    COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack,
+    MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
+    PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
+    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TracepointOffsets,
+    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
@@ -65,8 +67,11 @@ static FOLLOWED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 #[map]
 static FOLLOWED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Syscall each followed thread is in (tid -> nr, or NO_SYSCALL), so a switch-out can say what
-/// the thread blocked in.
+/// Wait-point syscall each followed thread is in (tid -> nr, with NOT_A_WAIT for a sleep), set
+/// and cleared by the wait points' own tracepoints: a wake-up (which runs in the waker's
+/// context) tells from it whether the sleeper idled in its loop's wait. Only wait points are
+/// tracked: what any other syscall a thread is in is read from its saved registers
+/// (`current_syscall`), so no program runs for the syscalls of the machine.
 #[map]
 static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
 
@@ -106,6 +111,27 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
 
 #[map]
 static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A per-CPU word that values pass through to forget what the verifier knows of them (see
+/// `opaque`).
+#[map]
+static OPAQUE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `value`, as a number the verifier knows nothing about. A value computed on several branches
+/// (the syscall from the saved registers: none, a wait, a sleep) keeps those branches apart
+/// in the verifier's search through everything that follows; through a map it is one unknown
+/// number again, as a map lookup's result always was, and the programs stay verifiable.
+#[inline(always)]
+fn opaque(value: i64) -> i64 {
+    match OPAQUE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, see count_drop; written then read back at once.
+        Some(slot) => unsafe {
+            core::ptr::write_volatile(slot, value);
+            core::ptr::read_volatile(slot)
+        },
+        None => value,
+    }
+}
 
 #[inline(always)]
 fn count_drop(index: u32) {
@@ -244,7 +270,44 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
 const PT_REGS_BP: usize = 4;
 const PT_REGS_IP: usize = 16;
 const PT_REGS_SP: usize = 19;
+const PT_REGS_SI: usize = 13;
+const PT_REGS_DI: usize = 14;
+/// The syscall number saved at kernel entry; -1 for an interrupt or exception (the entry code
+/// writes -1 there: "no syscall to restart").
+const PT_REGS_ORIG_AX: usize = 15;
 const STACK_CHUNK: usize = 4096;
+
+/// The syscall the current thread is in (NO_SYSCALL when it entered the kernel by an interrupt
+/// or exception), from the user registers saved at kernel entry, with NOT_A_WAIT on a wait
+/// point used as a plain sleep. Read when needed instead of tracking every syscall: a
+/// `raw_syscalls` program runs for every syscall of every process on the machine.
+#[inline(always)]
+fn current_syscall() -> i32 {
+    opaque(i64::from(read_current_syscall())) as i32
+}
+
+#[inline(always)]
+fn read_current_syscall() -> i32 {
+    let regs = compat::user_regs();
+    if regs.is_null() {
+        return NO_SYSCALL;
+    }
+    // SAFETY: probe read of kernel memory; failure handled.
+    let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX)) }.unwrap_or(u64::MAX) as i64;
+    if nr < 0 || nr > i32::MAX as i64 {
+        return NO_SYSCALL;
+    }
+    if is_wait_point(nr)
+        && syscall_waits_on_no_fds(nr, |index| {
+            let word = if index == 0 { PT_REGS_DI } else { PT_REGS_SI };
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_kernel(regs.add(word)) }.unwrap_or(1)
+        })
+    {
+        return nr as i32 | NOT_A_WAIT;
+    }
+    nr as i32
+}
 
 /// Stack ids for an event, and whether the user stack was copied for the agent to unwind
 /// (then no frame-pointer walk is needed). Copying is skipped inside a wait point: an idle
@@ -284,8 +347,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     let buf = unsafe { &mut *buf };
     // The user registers saved at kernel entry: valid both at sched_switch and in a sample
     // that interrupted the kernel.
-    // SAFETY: helpers valid in tracing programs; the result is only read with probe_read.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    let regs = compat::user_regs();
     if regs.is_null() {
         return false;
     }
@@ -421,8 +483,6 @@ const NO_PYTHON: PythonStack = PythonStack {
 
 /// Thread states looked at when a thread is not in the cache yet.
 const MAX_PY_THREADS: usize = 128;
-/// Frame owner of the C-stack shims of 3.12+ (entry markers, not Python code).
-const FRAME_OWNED_BY_CSTACK: u8 = 3;
 /// Shim frames skipped per walk on top of MAX_PY_FRAMES real ones.
 const MAX_PY_SHIMS: usize = 32;
 /// The futex syscall: where a thread waits for the GIL.
@@ -447,8 +507,7 @@ fn current_fsbase() -> u64 {
     if offset == 0 {
         return 0;
     }
-    // SAFETY: helper valid in tracing programs; the pointer is only read with probe_read.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let task = compat::current_task();
     // SAFETY: kernel probe read, failure handled.
     unsafe { bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>()) }.unwrap_or(0)
 }
@@ -506,15 +565,12 @@ fn thread_state(py: &PyProcess, tid: u32) -> Option<u64> {
         next_offset: py.tstate_next as u64,
         found: 0,
     };
-    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
-    unsafe {
-        bpf_loop(
-            MAX_PY_THREADS as u32,
-            find_thread_step as *mut core::ffi::c_void,
-            (&mut find as *mut FindThread).cast(),
-            0,
-        )
-    };
+    compat::repeat(
+        MAX_PY_THREADS,
+        COMPAT_PY_THREADS,
+        find_thread_step,
+        (&mut find as *mut FindThread).cast(),
+    );
     if find.found == 0 {
         return None;
     }
@@ -549,7 +605,7 @@ fn gil_held_by_other(py: &PyProcess, own: u64) -> Option<u32> {
 /// for the event that follows. Skipped inside an idle wait point, like the native stack.
 #[inline(always)]
 fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
-    if is_idle_wait(syscall as i64) {
+    if compat::NO_PYTHON_WALK || is_idle_wait(syscall as i64) {
         return NO_PYTHON;
     }
     // SAFETY: the value is copied out of the map.
@@ -619,9 +675,11 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let buf = unsafe { &mut *buf };
     walk.frame = read_user(frame + py.frame_back as u64).unwrap_or(0);
     if py.frame_owner != FIELD_ABSENT
-        && read_user::<u8>(frame + py.frame_owner as u64) == Some(FRAME_OWNED_BY_CSTACK)
+        && read_user::<u8>(frame + py.frame_owner as u64)
+            .is_some_and(|owner| owner >= PY_FRAME_OWNER_NOT_CODE)
     {
-        // A 3.12+ shim: the frame walked just before is the outermost of its eval run.
+        // A 3.12+ shim or 3.14+ entry frame: the frame walked just before is the outermost of
+        // its eval run.
         if depth > 0
             && let Some(last) = buf.frames.get_mut(depth - 1)
         {
@@ -632,7 +690,8 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let entry = py.frame_owner == FIELD_ABSENT
         || (py.frame_is_entry != FIELD_ABSENT
             && read_user::<u8>(frame + py.frame_is_entry as u64).unwrap_or(0) != 0);
-    let code: u64 = read_user(frame + py.frame_code as u64).unwrap_or(0);
+    // 3.14+: a tagged `_PyStackRef`; the mask clears the tag bits.
+    let code: u64 = read_user::<u64>(frame + py.frame_code as u64).unwrap_or(0) & py.code_mask;
     if code != 0 && code == py.handle_run_code && walk.handle == 0 {
         let handle: u64 = read_user(frame + py.frame_locals as u64).unwrap_or(0);
         let callback: u64 = read_user(handle + HANDLE_CALLBACK).unwrap_or(0);
@@ -660,6 +719,16 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// The thread's running asyncio Task (3.14+), read now: by the time the agent looks, the loop
+/// may run another.
+#[inline(always)]
+fn running_task(py: &PyProcess, tstate: u64) -> u64 {
+    if py.tstate_running_task == FIELD_ABSENT {
+        return 0;
+    }
+    read_user(tstate + py.tstate_running_task as u64).unwrap_or(0)
+}
+
 #[inline(always)]
 fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32) -> bool {
     let Some(frame) = top_frame(py, tstate) else {
@@ -678,15 +747,12 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         handle: 0,
         task_candidates: [0; 2],
     };
-    // SAFETY: a static callback and a context on our stack, as bpf_loop requires.
-    unsafe {
-        bpf_loop(
-            (MAX_PY_FRAMES + MAX_PY_SHIMS) as u32,
-            walk_frame_step as *mut core::ffi::c_void,
-            (&mut walk as *mut WalkFrames).cast(),
-            0,
-        )
-    };
+    compat::repeat(
+        MAX_PY_FRAMES + MAX_PY_SHIMS,
+        COMPAT_PY_FRAMES,
+        walk_frame_step,
+        (&mut walk as *mut WalkFrames).cast(),
+    );
     let depth = walk.depth as usize;
     if depth == 0 || depth > MAX_PY_FRAMES {
         return false;
@@ -707,7 +773,7 @@ fn send_python_frames(py: &PyProcess, pid: u32, tid: u32, tstate: u64, slot: u32
         magic: PyStackHeader::MAGIC,
         handle: walk.handle,
         task_candidates: walk.task_candidates,
-        _reserved: 0,
+        running_task: running_task(py, tstate),
     };
     let total = PY_STACK_HEADER_SIZE + depth * size_of::<PyFrame>();
     if total > size_of::<PyStackCopy>() {
@@ -785,14 +851,22 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
         let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
-        let syscall = thread_syscall(tid);
+        let syscall = current_syscall();
+        // A thread preempted inside a syscall is not waiting in it (it may be on its way out
+        // of the call, where the saved registers still name it): its stacks are taken as
+        // anywhere else.
+        let blocked_in = opaque(if prev_state & 0xff == 0 {
+            NO_SYSCALL as i64
+        } else {
+            syscall as i64
+        }) as i32;
         // A loop going idle in its wait point is between iterations: no stacks to take.
-        let (kernel, user, copied) = if is_idle_wait(syscall as i64) {
+        let (kernel, user, copied) = if is_idle_wait(blocked_in as i64) {
             (NO_STACK, NO_STACK, false)
         } else {
-            stacks(ctx, tgid, tid, syscall, 0)
+            stacks(ctx, tgid, tid, blocked_in, 0)
         };
-        let python = python_stack(tgid, tid, syscall, 0);
+        let python = python_stack(tgid, tid, blocked_in, 0);
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
@@ -863,9 +937,10 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
 const NOT_A_WAIT: i32 = 1 << 20;
 
 /// poll/select with no descriptors is a sleep, not a wait for work: Python before 3.11
-/// implements time.sleep() with select(0, NULL, NULL, NULL, timeout).
+/// implements time.sleep() with select(0, NULL, NULL, NULL, timeout). `arg(i)` reads the
+/// syscall's argument i (0 or 1).
 #[inline(always)]
-fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
+fn syscall_waits_on_no_fds(nr: i64, arg: impl Fn(usize) -> u64) -> bool {
     const POLL: i64 = 7;
     const SELECT: i64 = 23;
     const PSELECT6: i64 = 270;
@@ -875,9 +950,14 @@ fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64
     }
     // args[0] is nfds for select/pselect6; for poll/ppoll it is the array, args[1] its length.
     let index = if nr == SELECT || nr == PSELECT6 { 0 } else { 1 };
-    let count: u64 =
-        unsafe { ctx.read_at(offsets.sys_enter_args as usize + 8 * index) }.unwrap_or(1);
-    count == 0
+    arg(index) == 0
+}
+
+#[inline(always)]
+fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
+    syscall_waits_on_no_fds(nr, |index| {
+        unsafe { ctx.read_at(offsets.syscall_enter_args as usize + 8 * index) }.unwrap_or(1)
+    })
 }
 
 /// The syscall to report in an event (without the NOT_A_WAIT mark).
@@ -890,6 +970,8 @@ fn reported_syscall(marked: i32) -> i32 {
     }
 }
 
+/// Attached to the per-syscall tracepoints (`syscalls:sys_enter_NAME`) of the wait points and
+/// of exit/exit_group only: other syscalls run no program of ours.
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter(&ctx);
@@ -902,8 +984,21 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let offsets = OFFSETS.load();
-    let nr: i64 = unsafe { ctx.read_at(offsets.sys_enter_id as usize)? };
-    let sleep = is_wait_point(nr) && waits_on_no_fds(ctx, &offsets, nr);
+    let nr: i32 = unsafe { ctx.read_at(offsets.syscall_enter_nr as usize)? };
+    let nr = nr as i64;
+    // exit (60) and exit_group (231) never return: this is the only place to see the status.
+    if nr == 60 || nr == 231 {
+        let status: i64 = unsafe { ctx.read_at(offsets.syscall_enter_args as usize) }.unwrap_or(0);
+        let mut event = new_event(kind::EXIT_CALL, tgid, tid);
+        event.syscall = nr as i32;
+        event.arg0 = status as u64;
+        submit(&event);
+        return Ok(());
+    }
+    if !is_wait_point(nr) {
+        return Ok(());
+    }
+    let sleep = waits_on_no_fds(ctx, &offsets, nr);
     set_thread_syscall(
         tid,
         if sleep {
@@ -912,16 +1007,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
             nr as i32
         },
     );
-    // exit (60) and exit_group (231) never return: this is the only place to see the status.
-    if nr == 60 || nr == 231 {
-        let status: i64 = unsafe { ctx.read_at(offsets.sys_enter_args as usize) }.unwrap_or(0);
-        let mut event = new_event(kind::EXIT_CALL, tgid, tid);
-        event.syscall = nr as i32;
-        event.arg0 = status as u64;
-        submit(&event);
-        return Ok(());
-    }
-    if is_wait_point(nr) && !sleep {
+    if !sleep {
         remember_thread(tgid, tid);
         let mut event = new_event(kind::WAIT_ENTER, tgid, tid);
         event.syscall = nr as i32;
@@ -930,6 +1016,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// Attached to the wait points' `syscalls:sys_exit_NAME` tracepoints only.
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let _ = try_sys_exit(&ctx);
@@ -942,11 +1029,15 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let offsets = OFFSETS.load();
-    let nr: i64 = unsafe { ctx.read_at(offsets.sys_exit_id as usize)? };
-    let was_sleep = thread_syscall(tid) & NOT_A_WAIT != 0 && thread_syscall(tid) != NO_SYSCALL;
-    set_thread_syscall(tid, NO_SYSCALL);
+    let nr: i32 = unsafe { ctx.read_at(offsets.syscall_exit_nr as usize)? };
+    let nr = nr as i64;
+    let marked = thread_syscall(tid);
+    let was_sleep = marked != NO_SYSCALL && marked & NOT_A_WAIT != 0;
+    if marked != NO_SYSCALL {
+        set_thread_syscall(tid, NO_SYSCALL);
+    }
     if is_wait_point(nr) && !was_sleep {
-        let ret: i64 = unsafe { ctx.read_at(offsets.sys_exit_ret as usize) }.unwrap_or(0);
+        let ret: i64 = unsafe { ctx.read_at(offsets.syscall_exit_ret as usize) }.unwrap_or(0);
         let mut event = new_event(kind::WAIT_EXIT, tgid, tid);
         event.syscall = nr as i32;
         event.arg0 = ret as u64;
@@ -959,7 +1050,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
-        let syscall = thread_syscall(tid);
+        let syscall = current_syscall();
         let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
         let python = python_stack(tgid, tid, syscall, 1);
         let mut event = new_event(kind::SAMPLE, tgid, tid);
@@ -1088,6 +1179,90 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     submit(&event);
     Ok(())
 }
+
+/// What the kernel offers, or its stand-in where an older kernel lacks it (feature `compat`).
+mod compat {
+    /// No Python walk at all in the compat build when it may take no step.
+    pub const NO_PYTHON_WALK: bool = cfg!(feature = "compat") && super::COMPAT_PY_FRAMES == 0;
+
+    /// A loop step: `bpf_loop`'s callback signature (1 stops, 0 goes on).
+    pub type Step = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
+
+    /// Runs `step` up to `steps` times with bpf_loop (5.17+), whose callback the verifier
+    /// checks once, or up to `compat_steps` times in a bounded loop it walks step by step.
+    #[inline(always)]
+    pub fn repeat(steps: usize, compat_steps: usize, step: Step, ctx: *mut core::ffi::c_void) {
+        #[cfg(not(feature = "compat"))]
+        {
+            let _ = compat_steps;
+            // SAFETY: a static callback and a context on the caller's stack, as bpf_loop
+            // requires.
+            unsafe {
+                aya_ebpf::helpers::bpf_loop(steps as u32, step as *mut core::ffi::c_void, ctx, 0)
+            };
+        }
+        #[cfg(feature = "compat")]
+        {
+            let _ = steps;
+            for index in 0..compat_steps {
+                if step(index as u64, ctx) != 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The current task_struct (only ever read with probe reads).
+    #[inline(always)]
+    pub fn current_task() -> *const u8 {
+        #[cfg(not(feature = "compat"))]
+        // SAFETY: helper valid in tracing programs (5.11+).
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+        #[cfg(feature = "compat")]
+        // SAFETY: helper valid in tracing programs (4.8+).
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+        task
+    }
+
+    /// The current task's user registers, saved at kernel entry (null when unknown).
+    #[inline(always)]
+    pub fn user_regs() -> *const u64 {
+        #[cfg(not(feature = "compat"))]
+        {
+            // SAFETY: helpers valid in tracing programs (5.15+); only read with probe reads.
+            unsafe {
+                aya_ebpf::helpers::bpf_task_pt_regs(aya_ebpf::helpers::bpf_get_current_task_btf())
+                    as *const u64
+            }
+        }
+        #[cfg(feature = "compat")]
+        {
+            // What task_pt_regs() computes on x86-64: the registers sit at the top of the
+            // task's kernel stack (THREAD_SIZE 16 KiB, no padding on x86-64).
+            const THREAD_SIZE: u64 = 16384;
+            const PT_REGS_SIZE: u64 = 21 * 8;
+            let offset = super::TASK_STACK_OFFSET.load();
+            if offset == 0 {
+                return core::ptr::null();
+            }
+            let task = current_task();
+            // SAFETY: kernel probe read, failure handled.
+            let stack: u64 = unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>())
+            }
+            .unwrap_or(0);
+            if stack == 0 {
+                return core::ptr::null();
+            }
+            (stack + THREAD_SIZE - PT_REGS_SIZE) as *const u64
+        }
+    }
+}
+
+/// Offset of `task_struct.stack` (from the kernel's BTF), for the registers of a kernel
+/// without bpf_task_pt_regs (0: unknown, no user-stack copies there).
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: Global<u32> = Global::new(0);
 
 #[cfg(not(test))]
 #[panic_handler]

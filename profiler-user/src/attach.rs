@@ -2,22 +2,31 @@
 //! uses aya. Links are owned by the returned [`Probes`] and released when it drops, or by the
 //! kernel when the agent dies, even by SIGKILL: nothing is pinned, nothing is left behind.
 
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        PerfEvent, TracePoint,
+        PerfEvent, ProgramError, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
 use profiler_common::{PyProcess, TracepointOffsets, drop};
 
-/// The compiled programs, built by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
+use crate::features::KernelFeatures;
+
+/// The compiled programs, built by build.rs: for kernels with everything the programs use
+/// (5.17+), and for older ones (feature `compat` of profiler-ebpf).
+static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope-modern"));
+static PROGRAMS_COMPAT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope-compat"));
 
 pub struct LoadOptions {
     pub offsets: TracepointOffsets,
@@ -31,6 +40,13 @@ pub struct LoadOptions {
     /// Offset of `task_struct.thread.fsbase` (0: unknown; Python 3.9/3.10 frames are then not
     /// read).
     pub task_fsbase_offset: u32,
+    /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
+    /// has no bpf_task_pt_regs.
+    pub task_stack_offset: u32,
+    /// What the kernel offers: which build of the programs to load.
+    pub features: KernelFeatures,
+    /// Where the verifier's log goes when it refuses a program.
+    pub verifier_log: PathBuf,
 }
 
 /// Loaded, attached programs and the maps the agent talks to.
@@ -45,33 +61,51 @@ pub struct Probes {
     py_procs: HashMap<MapData, u32, PyProcess>,
 }
 
-/// (category, name, program, required) for every tracepoint attachment. An optional one that
-/// the kernel lacks only costs the detail it gives (what signal killed a process).
+/// (category, name, program, required) for every tracepoint the agent needs. An optional one
+/// that the kernel lacks only costs the detail it gives (what signal killed a process). An
+/// empty program: nothing is attached to it, but the kernel must have it (the per-syscall
+/// `syscalls:*` events the agent attaches to, see [`SYSCALL_PROGRAMS`], are built on
+/// `raw_syscalls`; a program on `raw_syscalls` itself would run for every syscall of the
+/// machine).
 pub const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sched", "sched_switch", "sched_switch", true),
     ("sched", "sched_waking", "sched_waking", true),
     ("sched", "sched_wakeup", "sched_wakeup", true),
     ("sched", "sched_wakeup_new", "sched_wakeup", true),
-    ("raw_syscalls", "sys_enter", "sys_enter", true),
-    ("raw_syscalls", "sys_exit", "sys_exit", true),
+    ("raw_syscalls", "sys_enter", "", true),
+    ("raw_syscalls", "sys_exit", "", true),
     ("sched", "sched_process_fork", "sched_process_fork", true),
     ("sched", "sched_process_exit", "sched_process_exit", true),
     ("sched", "sched_process_exec", "sched_process_exec", true),
     ("signal", "signal_generate", "signal_generate", false),
 ];
 
+/// The syscalls whose own tracepoints the agent attaches to besides the wait points: exit and
+/// exit_group never return, their entry is the only place to see the exit status.
+const EXIT_SYSCALLS: [&str; 2] = ["exit", "exit_group"];
+
+/// Programs on per-syscall tracepoints: (program, tracepoint name prefix).
+const SYSCALL_PROGRAMS: [(&str, &str); 2] =
+    [("sys_enter", "sys_enter_"), ("sys_exit", "sys_exit_")];
+
 /// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     let possible_cpus =
         aya::util::nr_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))? as u32;
+    let object = if options.features.full() {
+        PROGRAMS
+    } else {
+        PROGRAMS_COMPAT
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
+        .override_global("TASK_STACK_OFFSET", &options.task_stack_offset, false)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
         .map_max_entries("STACK_SCRATCH", 3 * possible_cpus)
-        .load(PROGRAMS)
+        .load(object)
         .context("loading the eBPF programs into the kernel")?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
@@ -89,16 +123,21 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
     let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();
-    for &(category, name, program, required) in TRACEPOINTS {
+    let mut attachments: Vec<(&str, String, &str, bool)> = TRACEPOINTS
+        .iter()
+        .filter(|(_, _, program, _)| !program.is_empty())
+        .map(|&(category, name, program, required)| (category, name.to_string(), program, required))
+        .collect();
+    attachments.extend(syscall_attachments(options));
+    for (category, name, program, required) in attachments {
+        let name = name.as_str();
         let tracepoint: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {program} is not a tracepoint"))?;
         if !programs_loaded.contains_key(program) {
-            tracepoint
-                .load()
-                .with_context(|| format!("loading program {program} (verifier)"))?;
+            verified(tracepoint.load(), program, &options.verifier_log)?;
             programs_loaded.insert(program, true);
         }
         match tracepoint.attach(category, name) {
@@ -117,7 +156,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .ok_or_else(|| anyhow!("program cpu_sample missing from the eBPF object"))?
         .try_into()
         .context("program cpu_sample is not a perf_event program")?;
-    sampler.load().context("loading program cpu_sample")?;
+    verified(sampler.load(), "cpu_sample", &options.verifier_log)?;
     let cpus = online_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))?;
     for cpu in cpus {
         sampler
@@ -140,6 +179,59 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         _ebpf: ebpf,
     };
     Ok((probes, events))
+}
+
+/// A program load's outcome; a verifier refusal becomes one line naming the file its log was
+/// written to (the log runs to thousands of lines: not for the terminal).
+fn verified(result: Result<(), ProgramError>, program: &str, log_path: &Path) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            let place = match std::fs::write(log_path, format!("{verifier_log:?}")) {
+                Ok(()) => format!("its log is in {}", log_path.display()),
+                Err(err) => format!(
+                    "its log could not be saved to {}: {err}",
+                    log_path.display()
+                ),
+            };
+            Err(anyhow!(
+                "the kernel's verifier refused program {program} ({io_error}); {place}; \
+                 `stallscope doctor` says what this kernel lacks"
+            ))
+        }
+        Err(err) => Err(err).with_context(|| format!("loading program {program}")),
+    }
+}
+
+/// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
+/// and end there), entry of exit and exit_group. A wait point this kernel has no tracepoint for
+/// is skipped with a warning (loops waiting in it are then not seen as loops).
+fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, &'static str, bool)> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for &nr in options
+        .wait_points
+        .iter()
+        .chain(&options.runtime_wait_points)
+    {
+        if let Some(name) = crate::syscalls::name(i64::from(nr))
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    let mut attachments = Vec::new();
+    for name in &names {
+        for (program, prefix) in SYSCALL_PROGRAMS {
+            attachments.push(("syscalls", format!("{prefix}{name}"), program, false));
+        }
+    }
+    for name in EXIT_SYSCALLS {
+        attachments.push(("syscalls", format!("sys_enter_{name}"), "sys_enter", false));
+    }
+    attachments
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>

@@ -171,6 +171,14 @@ pub fn task_fsbase_offset() -> Result<u32> {
         .context("task_struct.thread.fsbase not found in the kernel's BTF")
 }
 
+/// Offset of `stack` (the kernel stack, whose top holds the user registers) in `struct
+/// task_struct`: for kernels without bpf_task_pt_regs (before 5.15).
+pub fn task_stack_offset() -> Result<u32> {
+    Btf::from_sys_fs()?
+        .field_offset("task_struct", &["stack"])
+        .context("task_struct.stack not found in the kernel's BTF")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

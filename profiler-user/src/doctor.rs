@@ -19,6 +19,8 @@ use std::{
 
 use profiler_common::{FIELD_ABSENT, TracepointOffsets};
 
+use crate::features::{self, KernelFeatures};
+
 /// Every tracepoint the agent requires, as `category/name` (the required entries of
 /// `attach::TRACEPOINTS`; a unit test keeps the two in step).
 pub const TRACEPOINTS: [&str; 9] = [
@@ -39,8 +41,8 @@ const MOUNT_TRACEFS: &str = "mount -t tracefs tracefs /sys/kernel/tracing";
 const RUN_AS_ROOT: &str = "run stallscope as root (sudo), or with CAP_BPF and CAP_PERFMON";
 const XTASK_SETUP: &str = "cargo xtask setup";
 
-/// Ring buffers and CAP_BPF/CAP_PERFMON arrived in Linux 5.8; the programs also call
-/// bpf_task_pt_regs (5.15) and bpf_loop (5.17, the Python frame walk).
+/// The kernel that loads every program in full: bpf_task_pt_regs (5.15) and bpf_loop (5.17, the
+/// Python frame walk). From 5.10 on the compat build loads instead (see `features`).
 const MIN_KERNEL: (u32, u32) = (5, 17);
 
 // Capability numbers from linux/capability.h.
@@ -141,6 +143,8 @@ pub struct Facts {
     pub btf: bool,
     /// Offset of `task_struct.thread.fsbase` from the kernel's BTF (Python 3.9/3.10 frames).
     pub task_fsbase: Option<u32>,
+    /// The BPF helpers the full programs need, as the verifier answers.
+    pub features: KernelFeatures,
     /// From `privileges::missing_capabilities`: empty when loading programs is allowed.
     pub missing_caps: Vec<&'static str>,
     /// Effective capability mask (CapEff of /proc/self/status).
@@ -297,9 +301,19 @@ fn kernel_check(facts: &Facts) -> Check {
         return Check::warn(
             "kernel",
             "uname failed: version unknown",
-            "run `uname -r`; stallscope needs Linux 5.17 or later",
+            "run `uname -r`; stallscope needs Linux 5.10 or later",
         );
     };
+    if let Some(reason) = features::too_old(release) {
+        return Check::fail("kernel", reason, features::UPGRADE);
+    }
+    if let Some(limits) = facts.features.limits_line() {
+        return Check::warn(
+            "kernel",
+            format!("Linux {release} works, with less: {limits}"),
+            "Linux 5.17 or later reads Python stacks in full",
+        );
+    }
     match parse_kernel_release(release) {
         Some(version) if version >= MIN_KERNEL => Check::pass(
             "kernel",
@@ -307,17 +321,14 @@ fn kernel_check(facts: &Facts) -> Check {
                 "Linux {release} (5.17 or later: BPF ring buffers, bpf_loop, CAP_BPF, CAP_PERFMON)"
             ),
         ),
-        Some(_) => Check::fail(
+        Some(_) => Check::pass(
             "kernel",
-            format!(
-                "Linux {release} is older than 5.17 (no bpf_loop; before 5.8 no BPF ring buffer)"
-            ),
-            "upgrade to Linux 5.17 or later",
+            format!("Linux {release} (has bpf_loop and bpf_task_pt_regs: backported)"),
         ),
         None => Check::warn(
             "kernel",
             format!("cannot parse kernel release {release:?}"),
-            "stallscope needs Linux 5.17 or later; check `uname -r`",
+            "stallscope needs Linux 5.10 or later; check `uname -r`",
         ),
     }
 }
@@ -725,6 +736,7 @@ pub fn probe(developer: bool) -> Facts {
         kernel_release: kernel_release(),
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         task_fsbase: crate::btf::task_fsbase_offset().ok(),
+        features: KernelFeatures::probe(),
         missing_caps: crate::privileges::missing_capabilities(),
         effective_caps: fs::read_to_string("/proc/self/status")
             .ok()
@@ -1005,6 +1017,7 @@ mod tests {
             kernel_release: Some("6.18.44-fc-v657".into()),
             btf: true,
             task_fsbase: Some(0x1234),
+            features: KernelFeatures::ALL,
             missing_caps: Vec::new(),
             effective_caps: Some(ROOT_CAPS),
             tracefs: Tracefs::Mounted {
@@ -1242,10 +1255,31 @@ mod tests {
         let checks = checks(&facts);
         let kernel = find(&checks, "kernel");
         assert_eq!(kernel.status, Status::Fail);
-        assert!(kernel.detail.contains("older than 5.17"));
+        assert!(kernel.detail.contains("older than 5.10"), "{kernel:?}");
+        assert_eq!(
+            kernel.fix.as_deref(),
+            Some("upgrade to Linux 5.10 or later")
+        );
         let ringbuf = find(&checks, "ringbuf");
         assert!(ringbuf.detail.contains("not supported") && ringbuf.detail.contains("EINVAL"));
         assert!(ringbuf.fix.as_deref().unwrap_or_default().contains("5.8"));
+    }
+
+    #[test]
+    fn kernel_without_bpf_loop_works_with_less() {
+        let mut facts = healthy();
+        facts.kernel_release = Some("5.10.0-32-amd64".into());
+        facts.features = KernelFeatures::NONE;
+        let checks = checks(&facts);
+        let kernel = find(&checks, "kernel");
+        assert_eq!(kernel.status, Status::Warn);
+        assert!(
+            kernel.detail.contains("on this kernel: ")
+                && kernel.detail.contains("Python frames")
+                && kernel.detail.contains("no bpf_loop before 5.17"),
+            "{kernel:?}"
+        );
+        assert_eq!(exit_code(&checks), 0);
     }
 
     #[test]

@@ -241,7 +241,7 @@ mod tests {
             magic: PyStackHeader::MAGIC,
             handle: 0x3000,
             task_candidates: [0x4000, 0],
-            _reserved: 0,
+            running_task: 0,
         };
         let frame = |code| PyFrame {
             code,

@@ -2,7 +2,8 @@
 //!
 //! Modules, one concept each:
 //! - [`cli`]: command line → validated config;
-//! - [`tracefs`], [`procfs`], [`privileges`]: what the machine and the targets look like;
+//! - [`tracefs`], [`procfs`], [`privileges`], [`features`]: what the machine and the targets
+//!   look like;
 //! - [`attach`]: the eBPF programs and maps (the only aya user);
 //! - [`events`]: ring-buffer bytes → typed events, loss detection;
 //! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod diff;
 pub mod doctor;
 pub mod events;
+pub mod features;
 pub mod html;
 pub mod junit;
 pub mod perf_map;
@@ -29,6 +31,7 @@ pub mod pprof;
 pub mod privileges;
 pub mod procfs;
 pub mod python;
+pub mod python_offsets;
 pub mod record;
 pub mod reorder;
 pub mod replay;

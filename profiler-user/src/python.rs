@@ -1,7 +1,9 @@
-//! CPython 3.9 to 3.13: finding the interpreter in a process, the per-version layout the kernel
+//! CPython 3.9 to 3.15: finding the interpreter in a process, the per-version layout the kernel
 //! side walks frames with, and decoding the frames it sends (code objects, line tables) into
-//! [`Frame`]s. The offsets are from `PYTHON_LAYOUTS.md` (checked on live processes), and for
-//! 3.13 from the interpreter's own `_Py_DebugOffsets`.
+//! [`Frame`]s. The offsets are from `PYTHON_LAYOUTS.md` (checked on live processes) for 3.9 to
+//! 3.12, and from 3.13 on from the interpreter's own `_Py_DebugOffsets` (see
+//! [`crate::python_offsets`]); asyncio's running Task and its awaiters (3.14+) from the
+//! `AsyncioDebug` table.
 //!
 //! The kernel sends, per frame, the code object's address and the instruction pointer. Code
 //! objects are read here from `/proc/PID/mem` (read-only: the target is never stopped, written
@@ -23,7 +25,8 @@ use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackH
 
 use crate::{
     procfs,
-    symbolize::{Frame, FrameKind},
+    python_offsets::{self, AsyncioOffsets, DebugOffsets, Refused},
+    symbolize::{self, Frame, FrameKind},
 };
 
 /// Offsets the agent needs to decode a code object and its strings.
@@ -51,6 +54,12 @@ pub struct Layout {
     /// Offset of the static GIL in `_PyRuntime` (3.9 to 3.11).
     gil_in_runtime: Option<u64>,
     code: CodeLayout,
+    /// Where a coroutine's frame sits in the coroutine object (3.11+: `cr_iframe`).
+    gi_iframe: u64,
+    /// Where a coroutine keeps its `__qualname__` (3.14+, from the debug offsets).
+    gi_qualname: Option<u64>,
+    /// `PySetObject` fields (3.14+), to read the set of a Task's awaiters.
+    set: Option<python_offsets::SetOffsets>,
 }
 
 const ABSENT: u32 = FIELD_ABSENT;
@@ -95,7 +104,8 @@ pub fn layout(minor: u32) -> Option<Layout> {
         } else {
             0x160
         },
-        _reserved: 0,
+        tstate_running_task: ABSENT,
+        code_mask: u64::MAX,
     };
     let old_strings = (0x30, 0x48);
     let new_strings = (0x28, 0x38);
@@ -155,41 +165,53 @@ pub fn layout(minor: u32) -> Option<Layout> {
         kernel,
         gil_in_runtime,
         code,
+        gi_iframe: if minor == 11 { 0x50 } else { 0x48 },
+        gi_qualname: None,
+        set: None,
     })
 }
 
 /// 3.13+ describes itself: `_Py_DebugOffsets` at the start of `_PyRuntime` (its static
-/// initializer is in the file). Where it disagrees with our table, it wins.
-fn apply_debug_offsets(layout: &mut Layout, debug: &[u8]) -> Result<()> {
-    let at = |offset: usize| -> Result<u64> {
-        let bytes = debug
-            .get(offset..offset + 8)
-            .context("_Py_DebugOffsets ends early")?;
-        Ok(u64::from_le_bytes(bytes.try_into()?))
+/// initializer is in the file). Every offset the walk and the decoding use comes from there;
+/// 3.13's table of ours only supplies what it lacks (`co_flags`, the compact string header,
+/// which are the same from 3.12 to 3.15: checked against the DWARF of Debian's 3.14 and 3.15).
+fn apply_debug_offsets(layout: &mut Layout, debug: &DebugOffsets) -> Result<()> {
+    let field = |value: u64| -> Result<u32> {
+        u32::try_from(value).context("a _Py_DebugOffsets offset does not fit 32 bits")
     };
-    if debug.get(..8) != Some(b"xdebugpy".as_slice()) {
-        bail!("no _Py_DebugOffsets cookie");
-    }
-    let field = |offset: usize| -> Result<u32> { Ok(u32::try_from(at(offset)?)?) };
     let k = &mut layout.kernel;
-    k.interp_head = field(0x28)?;
-    k.threads_head = field(0x48)?;
-    k.gil_in_interp = field(0x70)?;
-    k.tstate_next = field(0xa8)?;
-    k.tstate_frame = field(0xb8)?;
-    k.tstate_thread_id = field(0xc8)?;
-    k.frame_back = field(0xe8)?;
-    k.frame_code = field(0xf0)?;
-    k.frame_ip = field(0xf8)?;
-    k.frame_owner = field(0x108)?;
+    k.interp_head = field(debug.interpreters_head)?;
+    k.threads_head = field(debug.threads_head)?;
+    k.gil_in_interp = field(debug.ceval_gil)?;
+    k.tstate_next = field(debug.tstate_next)?;
+    k.tstate_frame = field(debug.current_frame)?;
+    k.tstate_thread_id = field(debug.native_thread_id)?;
+    k.frame_back = field(debug.frame_previous)?;
+    k.frame_code = field(debug.frame_executable)?;
+    k.frame_ip = field(debug.frame_instr_ptr)?;
+    k.frame_owner = field(debug.frame_owner)?;
+    k.frame_locals = field(debug.frame_localsplus)?;
+    if layout.minor >= 14 {
+        // `f_executable` is a `_PyStackRef`: its low bits are tags (Py_TAG_BITS), objects are
+        // 8-byte aligned.
+        k.code_mask = !3;
+    }
     let c = &mut layout.code;
-    c.filename = at(0x118)?;
-    c.name = at(0x120)?;
-    c.qualname = Some(at(0x128)?);
-    c.linetable = at(0x130)?;
-    c.first_line = at(0x138)?;
-    c.code_adaptive = Some(at(0x158)?);
-    c.ascii_data = at(0x230)?;
+    c.filename = debug.co_filename;
+    c.name = debug.co_name;
+    c.qualname = Some(debug.co_qualname);
+    c.linetable = debug.co_linetable;
+    c.first_line = debug.co_firstlineno;
+    c.code_adaptive = Some(debug.co_code_adaptive);
+    c.ascii_data = debug.ascii_size;
+    if let Some(compact) = debug.compact_size {
+        c.compact_data = compact;
+    }
+    if let Some(iframe) = debug.gi_iframe {
+        layout.gi_iframe = iframe;
+    }
+    layout.gi_qualname = debug.gi_name.map(|name| name + 8);
+    layout.set = debug.set;
     Ok(())
 }
 
@@ -197,6 +219,13 @@ fn apply_debug_offsets(layout: &mut Layout, debug: &[u8]) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct Interpreter {
     pub minor: u32,
+    /// "3.14.10" when the binary says (3.11+), else "3.12".
+    pub version: String,
+    /// How its frames are read: "_Py_DebugOffsets (3.14 table)", "table of stallscope (3.12)".
+    pub frames_from: String,
+    /// asyncio's offsets (3.14+), once its table was found (3.14 keeps it in the `_asyncio`
+    /// extension, loaded with asyncio).
+    pub asyncio: Option<AsyncioOffsets>,
     /// asyncio's `Handle._run` code object, once seen (see `PyProcess::handle_run_code`).
     pub handle_run_code: u64,
     /// The ELF that holds `_PyRuntime` (libpython, or the python executable).
@@ -212,6 +241,10 @@ impl Interpreter {
             runtime: self.runtime,
             gil_static: self.layout.gil_in_runtime.map_or(0, |o| self.runtime + o),
             handle_run_code: self.handle_run_code,
+            tstate_running_task: self
+                .asyncio
+                .and_then(|a| u32::try_from(a.running_task).ok())
+                .unwrap_or(ABSENT),
             ..self.layout.kernel
         }
     }
@@ -231,17 +264,37 @@ fn minor_from_name(path: &Path) -> Option<u32> {
 #[derive(Clone, Debug)]
 struct BinaryFacts {
     minor: u32,
+    version: String,
+    frames_from: String,
     runtime_symbol: u64,
     /// Page-aligned address of the first PT_LOAD (the load bias is start - this).
     first_load: u64,
     layout: Layout,
+    /// The binary's own `.AsyncioDebug` section (3.15 builds `_asyncio` in).
+    asyncio: Option<AsyncioOffsets>,
+}
+
+/// A CPython found whose frames cannot be read: which, and why (said once, in the recording's
+/// summary too).
+#[derive(Clone, Debug)]
+pub struct Unreadable {
+    pub version: String,
+    pub binary: PathBuf,
+    pub reason: String,
+}
+
+/// What a process runs, as far as Python goes.
+#[derive(Debug)]
+pub enum Detection {
+    Readable(Box<Interpreter>),
+    Unreadable(Unreadable),
 }
 
 impl Pythons {
     /// Looks for CPython in a live process: libpython mapped, or an executable that defines
     /// `_PyRuntime` itself (a static build such as Debian's). `Ok(None)`: not Python. Each
     /// binary is read once (by path and inode), whatever the number of processes mapping it.
-    pub fn detect(&mut self, pid: u32) -> Result<Option<Interpreter>> {
+    pub fn detect(&mut self, pid: u32) -> Result<Option<Detection>> {
         let maps = procfs::maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
         let exe = procfs::exe(pid);
         let mut candidates: Vec<&procfs::Mapping> = maps
@@ -264,42 +317,91 @@ impl Pythons {
             let facts = match self.binaries.get(&key) {
                 Some(facts) => facts.clone(),
                 None => {
-                    let facts = binary_facts(pid, &mapping.path)?;
+                    let facts = binary_facts(pid, mapping)?;
                     self.binaries.insert(key, facts.clone());
                     facts
                 }
             };
-            if let Some(facts) = facts {
-                let bias = mapping.start.wrapping_sub(facts.first_load);
-                return Ok(Some(Interpreter {
-                    minor: facts.minor,
-                    handle_run_code: 0,
-                    binary: mapping.path.clone(),
-                    runtime: bias.wrapping_add(facts.runtime_symbol),
-                    layout: facts.layout,
-                }));
+            match facts {
+                Some(Ok(facts)) => {
+                    let bias = mapping.start.wrapping_sub(facts.first_load);
+                    let asyncio = facts.asyncio.or_else(|| {
+                        (facts.minor >= 14)
+                            .then(|| asyncio_extension(pid, &maps))
+                            .flatten()
+                    });
+                    return Ok(Some(Detection::Readable(Box::new(Interpreter {
+                        minor: facts.minor,
+                        version: facts.version,
+                        frames_from: facts.frames_from,
+                        asyncio,
+                        handle_run_code: 0,
+                        binary: mapping.path.clone(),
+                        runtime: bias.wrapping_add(facts.runtime_symbol),
+                        layout: facts.layout,
+                    }))));
+                }
+                Some(Err(unreadable)) => {
+                    return Ok(Some(Detection::Unreadable(Unreadable {
+                        binary: mapping.path.clone(),
+                        ..unreadable
+                    })));
+                }
+                None => {}
             }
         }
         Ok(None)
     }
 }
 
-fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
-    // The file as the process sees it (it may live in a container's root).
-    // Read as needed, not whole: the file is the target's, and may be huge or sparse.
-    let file = procfs::open_regular(path)
-        .or_else(|_| {
-            procfs::open_regular(Path::new(&format!("/proc/{pid}/root{}", path.display())))
-        })
-        .with_context(|| format!("reading {}", path.display()))?;
-    let data = object::ReadCache::new(file);
+/// The file behind a mapping of process `pid`: the same file, by inode, whether it is on the
+/// host's path, only reachable through the mapping itself, or in the process's root (a
+/// container, a chroot). Opened to be read as needed, not whole: the file is the target's, and
+/// may be huge or sparse.
+fn open_binary(pid: u32, mapping: &procfs::Mapping) -> Result<File> {
+    let path = symbolize::elf_path(pid, mapping)
+        .with_context(|| format!("{} is not reachable (deleted?)", mapping.path.display()))?;
+    procfs::open_regular(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The `.AsyncioDebug` table of an ELF file, if it has one.
+fn asyncio_section<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+) -> Option<AsyncioOffsets> {
+    let section = elf.section_by_name(".AsyncioDebug")?;
+    python_offsets::parse_asyncio(section.data().ok()?).ok()
+}
+
+/// 3.14: the asyncio table is in the `_asyncio` extension module, mapped once asyncio is
+/// imported.
+fn asyncio_extension(pid: u32, maps: &[procfs::Mapping]) -> Option<AsyncioOffsets> {
+    let mapping = maps.iter().find(|m| {
+        m.file_offset == 0
+            && m.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("_asyncio.") && n.ends_with(".so"))
+    })?;
+    let data = object::ReadCache::new(open_binary(pid, mapping).ok()?);
+    let elf = object::File::parse(&data).ok()?;
+    asyncio_section(&elf)
+}
+
+/// What a binary says about CPython: `None`, not CPython; `Some(Err)`, a CPython whose frames
+/// cannot be read (and why).
+type Facts = Option<std::result::Result<BinaryFacts, Unreadable>>;
+
+fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
+    let path = mapping.path.as_path();
+    let data = object::ReadCache::new(open_binary(pid, mapping)?);
     let elf = object::File::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
     let Some(runtime_sym) = elf.dynamic_symbols().find(|s| s.name() == Ok("_PyRuntime")) else {
         return Ok(None);
     };
+    let version_hex = py_version(&elf);
     let minor = match minor_from_name(path) {
         Some(minor) => minor,
-        None => py_version(&elf)
+        None => version_hex
             .map(|hex| ((hex >> 16) & 0xff) as u32)
             .with_context(|| {
                 format!(
@@ -308,33 +410,101 @@ fn binary_facts(pid: u32, path: &Path) -> Result<Option<BinaryFacts>> {
                 )
             })?,
     };
-    let Some(mut layout) = layout(minor) else {
-        bail!(
-            "{} is CPython 3.{minor}, which stallscope cannot read frames of (3.9 to 3.13 are \
-             supported)",
-            path.display()
-        );
+    let version = version_hex.map_or_else(|| format!("3.{minor}"), python_offsets::version_text);
+    let unreadable = |version: String, reason: String| {
+        Ok(Some(Err(Unreadable {
+            version,
+            binary: path.to_path_buf(),
+            reason,
+        })))
     };
-    if minor >= 13 {
-        let section = elf
-            .section_by_name(".PyRuntime")
-            .context("3.13 without a .PyRuntime section")?;
-        let size = section.size().min(DEBUG_OFFSETS_MAX_BYTES);
-        let debug = section.data_range(section.address(), size).ok().flatten();
-        apply_debug_offsets(&mut layout, debug.unwrap_or_default())
+    // From 3.13 on the interpreter describes itself; before, our table is all there is.
+    let (layout, frames_from) = if minor >= 13 {
+        let debug = match runtime_bytes(&elf, &runtime_sym) {
+            None => Err(Refused::Short),
+            Some(bytes) => python_offsets::parse(bytes),
+        };
+        let debug = match debug {
+            Ok(debug) => debug,
+            Err(refused) => {
+                return unreadable(version, format!("{refused}: Python frames are not read"));
+            }
+        };
+        let version = python_offsets::version_text(debug.version);
+        if (debug.version >> 16) & 0xff != u64::from(minor) {
+            return unreadable(
+                version,
+                format!(
+                    "its name says 3.{minor} but its _Py_DebugOffsets say {}: Python frames are \
+                     not read",
+                    python_offsets::version_text(debug.version)
+                ),
+            );
+        }
+        if debug.free_threaded {
+            return unreadable(
+                version,
+                "a free-threaded build (Py_GIL_DISABLED): its frames are not read (no such \
+                 build was tested) and no GIL waits are reported for it"
+                    .into(),
+            );
+        }
+        let Some(mut layout) = layout(minor.min(13)) else {
+            bail!("no base layout for 3.{minor}");
+        };
+        layout.minor = minor;
+        apply_debug_offsets(&mut layout, &debug)
             .with_context(|| format!("reading _Py_DebugOffsets of {}", path.display()))?;
-    }
+        (
+            layout,
+            format!(
+                "_Py_DebugOffsets ({} table, version {})",
+                debug.table,
+                python_offsets::version_text(debug.version)
+            ),
+        )
+    } else {
+        match layout(minor) {
+            Some(layout) => (layout, format!("table of stallscope (3.{minor})")),
+            None => {
+                return unreadable(
+                    version,
+                    format!(
+                        "CPython 3.{minor}: stallscope reads frames of 3.9 to 3.{} only",
+                        python_offsets::NEWEST_UNDERSTOOD.trim_start_matches("3.")
+                    ),
+                );
+            }
+        }
+    };
     let first_load = elf
         .segments()
         .map(|s| s.address())
         .min()
         .context("no PT_LOAD segment")?;
-    Ok(Some(BinaryFacts {
+    Ok(Some(Ok(BinaryFacts {
         minor,
+        version,
+        frames_from,
         runtime_symbol: runtime_sym.address(),
         first_load: first_load & !0xfff,
         layout,
-    }))
+        asyncio: asyncio_section(&elf),
+    })))
+}
+
+/// The file's bytes of `_PyRuntime` (its static initializer), from its section.
+fn runtime_bytes<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    symbol: &object::Symbol<'data, '_, R>,
+) -> Option<&'data [u8]> {
+    // Only the table's bytes are read (the section may be large; the file is the target's).
+    let section = elf.section_by_index(symbol.section_index()?).ok()?;
+    let end = section.address().checked_add(section.size())?;
+    let size = end
+        .checked_sub(symbol.address())?
+        .min(DEBUG_OFFSETS_MAX_BYTES);
+    section.data_range(symbol.address(), size).ok().flatten()
 }
 
 /// `Py_Version` (3.11+): PY_VERSION_HEX, read from the file.
@@ -454,6 +624,8 @@ struct Process {
     task_names: HashMap<u64, FoundTask>,
     /// Qualified names of coroutine code objects (before 3.11), by code object address.
     qualnames: HashMap<u64, String>,
+    /// When the `_asyncio` extension was last looked for (3.14, see `find_asyncio_later`).
+    asyncio_checked: Option<Instant>,
 }
 
 /// One decoded Python frame.
@@ -472,6 +644,17 @@ pub struct DecodedFrame {
 pub struct TaskInfo {
     pub name: Option<String>,
     pub coroutine: String,
+    /// The Tasks awaiting this one, nearest first (3.14+: each awaits the one before it), as
+    /// `python -m asyncio pstree` shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaited_by: Vec<TaskRef>,
+}
+
+/// A Task by its name and its coroutine's qualname.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TaskRef {
+    pub name: Option<String>,
+    pub coroutine: String,
 }
 
 /// The interpreters of the followed processes and their decoded code objects.
@@ -481,7 +664,7 @@ pub struct Pythons {
     /// Processes whose kernel-side layout changed (learned `Handle._run`).
     pub changed: Vec<u32>,
     /// Binaries looked at, by path and inode: what they say about CPython (None: not Python).
-    binaries: HashMap<(PathBuf, u64), Option<BinaryFacts>>,
+    binaries: HashMap<(PathBuf, u64), Facts>,
     pub unreadable_frames: u64,
 }
 
@@ -499,6 +682,7 @@ impl Pythons {
                 codes: HashMap::new(),
                 task_names: HashMap::new(),
                 qualnames: HashMap::new(),
+                asyncio_checked: None,
             },
         );
     }
@@ -566,12 +750,24 @@ impl Pythons {
         decoded: &[DecodedFrame],
     ) -> Option<TaskInfo> {
         let pid = header.pid;
+        if decoded.iter().any(|f| f.coroutine) {
+            self.find_asyncio_later(pid);
+        }
+        if header.running_task != 0
+            && let Some(task) = self.running_task(pid, header.running_task, decoded)
+        {
+            return Some(task);
+        }
         let outermost = decoded.iter().rposition(|f| f.coroutine)?;
         let coroutine = decoded[outermost].frame.function.clone();
         let process = self.processes.get_mut(&pid)?;
         let minor = process.interpreter.minor;
         let memory = process.memory.as_ref()?;
-        let coroutine_addr = coroutine_object(memory, minor, raw.get(outermost)?.frame)?;
+        let coroutine_addr = coroutine_object(
+            memory,
+            &process.interpreter.layout,
+            raw.get(outermost)?.frame,
+        )?;
         let coroutine = if minor < 11 {
             // Code objects have no qualified name before 3.11; coroutine objects do. It is the
             // same for every coroutine of one code object: read once.
@@ -611,6 +807,7 @@ impl Pythons {
             return Some(TaskInfo {
                 name: Some(name),
                 coroutine,
+                awaited_by: Vec::new(),
             });
         }
         let handle_frame = decoded[outermost..]
@@ -646,8 +843,144 @@ impl Pythons {
             }
             process.task_names.insert(coroutine_addr, found);
         }
-        Some(TaskInfo { name, coroutine })
+        Some(TaskInfo {
+            name,
+            coroutine,
+            awaited_by: Vec::new(),
+        })
     }
+}
+
+/// Awaiters followed up from the running Task (a chain longer than this is cut).
+const MAX_AWAIT_CHAIN: usize = 16;
+/// Set slots looked at for a Task's awaiters.
+const MAX_SET_SLOTS: u64 = 1024;
+
+/// How often a 3.14 process running coroutines without a known asyncio table is looked at again.
+const ASYNCIO_RECHECK: Duration = Duration::from_secs(2);
+
+impl Pythons {
+    /// 3.14 keeps asyncio's table in the `_asyncio` extension: a process that imported asyncio
+    /// after it was found gets it now (the kernel side then reads its running Tasks).
+    fn find_asyncio_later(&mut self, pid: u32) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if process.interpreter.minor < 14
+            || process.interpreter.asyncio.is_some()
+            || process
+                .asyncio_checked
+                .is_some_and(|at| at.elapsed() < ASYNCIO_RECHECK)
+        {
+            return;
+        }
+        process.asyncio_checked = Some(Instant::now());
+        let Some(maps) = procfs::maps(pid) else {
+            return;
+        };
+        if let Some(asyncio) = asyncio_extension(pid, &maps) {
+            process.interpreter.asyncio = Some(asyncio);
+            self.changed.push(pid);
+        }
+    }
+
+    /// 3.14+: the Task the kernel found running on the thread (the thread state's
+    /// `asyncio_running_task`, from the AsyncioDebug table), its name and coroutine, and the
+    /// Tasks awaiting it, as `python -m asyncio pstree` shows them. None when the object is no
+    /// Task any more (the agent reads after the fact; the stack's frames are used then).
+    fn running_task(&mut self, pid: u32, task: u64, decoded: &[DecodedFrame]) -> Option<TaskInfo> {
+        let process = self.processes.get(&pid)?;
+        let asyncio = process.interpreter.asyncio?;
+        let memory = process.memory.as_ref()?;
+        let layout = &process.interpreter.layout;
+        let minor = process.interpreter.minor;
+        let mut info = task_ref(memory, minor, layout, &asyncio, task)?;
+        // The stack's own outermost coroutine frame, when the Task's coroutine object cannot be
+        // read (the names are the same: a Task runs its coroutine).
+        if info.coroutine.is_empty()
+            && let Some(frame) = decoded.iter().rev().find(|f| f.coroutine)
+        {
+            info.coroutine = frame.frame.function.clone();
+        }
+        let mut awaited_by = Vec::new();
+        let mut current = task;
+        let mut seen = vec![task];
+        while awaited_by.len() < MAX_AWAIT_CHAIN {
+            let Some(awaiter) = first_awaiter(memory, layout, &asyncio, current) else {
+                break;
+            };
+            if seen.contains(&awaiter) {
+                break;
+            }
+            let Some(awaiter_info) = task_ref(memory, minor, layout, &asyncio, awaiter) else {
+                break;
+            };
+            awaited_by.push(TaskRef {
+                name: awaiter_info.name,
+                coroutine: awaiter_info.coroutine,
+            });
+            seen.push(awaiter);
+            current = awaiter;
+        }
+        Some(TaskInfo {
+            name: info.name,
+            coroutine: info.coroutine,
+            awaited_by,
+        })
+    }
+}
+
+/// A Task's name and its coroutine's qualname; None when `task` is not an asyncio Task.
+fn task_ref(
+    memory: &Memory,
+    minor: u32,
+    layout: &Layout,
+    asyncio: &AsyncioOffsets,
+    task: u64,
+) -> Option<TaskRef> {
+    if !type_name(memory, task)?.ends_with("Task") {
+        return None;
+    }
+    let is_task = memory.bytes(task + asyncio.task_is_task, 1)?;
+    if is_task[0] == 0 {
+        return None;
+    }
+    let name = memory
+        .u64(task + asyncio.task_name)
+        .and_then(|obj| name_of(memory, minor, obj, layout));
+    let coroutine = memory
+        .u64(task + asyncio.task_coro)
+        .zip(layout.gi_qualname)
+        .and_then(|(coro, qualname)| memory.u64(coro + qualname))
+        .filter(|&obj| type_name(memory, obj).is_some_and(|t| t == "str"))
+        .and_then(|obj| memory.string(obj, &layout.code, MAX_NAME))
+        .unwrap_or_default();
+    Some(TaskRef { name, coroutine })
+}
+
+/// One Task awaiting `task` (`task_awaited_by`: one Task, or a set of them when several).
+fn first_awaiter(
+    memory: &Memory,
+    layout: &Layout,
+    asyncio: &AsyncioOffsets,
+    task: u64,
+) -> Option<u64> {
+    let awaited_by = memory.u64(task + asyncio.task_awaited_by)?;
+    if awaited_by == 0 {
+        return None;
+    }
+    let is_set = memory.bytes(task + asyncio.task_awaited_by_is_set, 1)?[0] != 0;
+    if !is_set {
+        return Some(awaited_by);
+    }
+    // A set: its table of (key, hash) entries; the first live entry that is a Task.
+    let set = layout.set?;
+    let table = memory.u64(awaited_by + set.table)?;
+    let slots = (memory.u64(awaited_by + set.mask)? + 1).min(MAX_SET_SLOTS);
+    (0..slots).find_map(|slot| {
+        let key = memory.u64(table + 16 * slot)?;
+        (key != 0 && type_name(memory, key).is_some_and(|t| t.ends_with("Task"))).then_some(key)
+    })
 }
 
 /// asyncio's `Handle._run` (3.11+ qualname; older versions only say `_run`).
@@ -661,12 +994,11 @@ fn is_handle_run(frame: &Frame) -> bool {
 
 /// The coroutine object a coroutine frame belongs to: 3.11+ frames live inside it
 /// (`cr_iframe`); older frames point to it (`f_gen`).
-fn coroutine_object(memory: &Memory, minor: u32, frame: u64) -> Option<u64> {
-    match minor {
+fn coroutine_object(memory: &Memory, layout: &Layout, frame: u64) -> Option<u64> {
+    match layout.minor {
         9 => memory.u64(frame + 0x60),
         10 => memory.u64(frame + 0x58),
-        11 => frame.checked_sub(0x50),
-        _ => frame.checked_sub(0x48),
+        _ => frame.checked_sub(layout.gi_iframe),
     }
     .filter(|&addr| addr != 0)
 }
@@ -954,11 +1286,18 @@ pub fn location_table_line(table: &[u8], first_line: i64, index: u64) -> Option<
 }
 
 /// Names of the native functions that run Python frames: each is replaced by the Python frames
-/// of one run of the interpreter loop.
+/// of one run of the interpreter loop. A build with the tail-calling interpreter (clang 19+,
+/// `--with-tail-call-interp`) runs them in one `_TAIL_CALL_<INSTRUCTION>` function per
+/// instruction, jumping from one to the next: the one on the stack stands for its run.
 fn is_eval_frame(frame: &Frame) -> bool {
     frame.kind == FrameKind::Native
         && (frame.function.starts_with("_PyEval_EvalFrameDefault")
-            || frame.function == "PyEval_EvalFrameEx")
+            || frame.function == "PyEval_EvalFrameEx"
+            || is_tail_call(frame))
+}
+
+fn is_tail_call(frame: &Frame) -> bool {
+    frame.function.starts_with("_TAIL_CALL_")
 }
 
 /// Python frames in place of the interpreter loop's native frames (both innermost first): the
@@ -979,8 +1318,20 @@ pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
     let mut runs = runs.into_iter();
     let mut merged = Vec::with_capacity(native.len() + python.len());
     let mut replaced = false;
+    // The previous native frame was an eval frame (Some), and a tail-calling one (true).
+    let mut previous_eval: Option<bool> = None;
     for frame in native {
         if is_eval_frame(&frame) {
+            let tail = is_tail_call(&frame);
+            if let Some(previous_tail) = previous_eval
+                && (tail || previous_tail)
+            {
+                // A tail-calling instruction right above the loop entry that called it (or
+                // another one): one run of the loop, already replaced.
+                previous_eval = Some(tail || previous_tail);
+                continue;
+            }
+            previous_eval = Some(tail);
             match runs.next() {
                 Some(run) => {
                     merged.extend(run.iter().map(|f| f.frame.clone()));
@@ -993,6 +1344,7 @@ pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
             // (`_PyEval_EvalFrame` is the inline wrapper around the loop just replaced.)
             merged.push(frame);
         }
+        previous_eval = None;
         replaced = false;
     }
     for run in runs {
@@ -1054,6 +1406,38 @@ mod tests {
                 "re_search",
                 "handler",
                 "Task.step",
+                "task_step",
+                "_run_once",
+                "<module>",
+                "main"
+            ]
+        );
+    }
+
+    #[test]
+    fn tail_calling_interpreter_runs_are_placed_like_eval_frames() {
+        // A tail-calling build: the running instruction's function is on the stack, above the
+        // loop's entry (or in place of it).
+        let native = vec![
+            native("sre_match"),
+            native("_TAIL_CALL_CALL_BUILTIN_FAST"),
+            native("_PyEval_EvalFrameDefault"),
+            native("task_step"),
+            native("_TAIL_CALL_CALL"),
+            native("main"),
+        ];
+        let python = [
+            py("validate", false),
+            py("handler", true),
+            py("_run_once", false),
+            py("<module>", true),
+        ];
+        assert_eq!(
+            names(&merge(native, &python)),
+            [
+                "sre_match",
+                "validate",
+                "handler",
                 "task_step",
                 "_run_once",
                 "<module>",

@@ -14,7 +14,9 @@ use crate::{
     attach::{self, LoadOptions, Probes},
     budget,
     cli::{RecordConfig, Target},
-    events, privileges, procfs,
+    events,
+    features::{self, KernelFeatures},
+    privileges, procfs,
     report::{self, Recording},
     session::{self, EventLog, Session, monotonic_ns},
     syscalls, tracefs,
@@ -129,10 +131,14 @@ pub async fn run_with_start(
         (Target::Pids(_), Some(first)) => first.pid.to_string(),
         _ => "command".to_string(),
     };
+    if let Some(reason) = features::kernel_release().and_then(|r| features::too_old(&r)) {
+        bail!(features::too_old_line(&reason));
+    }
     let out_dir = prepare_out_dir(&config, &label)?;
     if let Some(problem) = privileges::check() {
         bail!(problem);
     }
+    let kernel = KernelFeatures::probe();
     let tracefs_root = tracefs::ensure_mounted()?;
     let offsets = tracefs::read_offsets(&tracefs_root)?;
     let (mut probes, ring) = attach::load(&LoadOptions {
@@ -143,6 +149,9 @@ pub async fn run_with_start(
         runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
         task_fsbase_offset: fsbase_offset(),
+        task_stack_offset: stack_offset(&kernel),
+        features: kernel,
+        verifier_log: out_dir.join("verifier.log"),
     })
     .map_err(explain_load_error)?;
 
@@ -182,6 +191,9 @@ pub async fn run_with_start(
     session.sync_python(&mut probes);
     let start_ns = monotonic_ns();
     announce(&session, &out_dir);
+    if let Some(limits) = kernel.limits_line() {
+        eprintln!("stallscope: {limits}");
+    }
 
     let stop = event_loop(&mut session, &mut probes, ring, child, start()).await?;
     session.stopped(&mut probes);
@@ -190,6 +202,7 @@ pub async fn run_with_start(
     let event_log = session.event_log.take();
     let saved = session.resolver.save_all(Some(&probes));
     let mut recording = session.finish(Some(&probes), start_ns, end_ns);
+    recording.kernel_limits = kernel.limits();
     if let Some(log) = event_log {
         recording.drops.events_not_saved = log.finish()?;
     }
@@ -215,6 +228,23 @@ fn fsbase_offset() -> u32 {
         Ok(offset) => offset,
         Err(err) => {
             eprintln!("stallscope: warning: {err:#}; Python 3.9 and 3.10 frames will not be shown");
+            0
+        }
+    }
+}
+
+/// Where the kernel keeps a task's kernel stack, for the user registers on a kernel without
+/// bpf_task_pt_regs (0 when unknown there: user stacks then come from frame pointers only).
+fn stack_offset(kernel: &KernelFeatures) -> u32 {
+    if kernel.full() {
+        return 0;
+    }
+    match crate::btf::task_stack_offset() {
+        Ok(offset) => offset,
+        Err(err) => {
+            eprintln!(
+                "stallscope: warning: {err:#}; on this kernel user stacks come from frame pointers only and wait points are not seen"
+            );
             0
         }
     }

@@ -131,6 +131,7 @@ pub fn replay_events(
     recording.drops = saved.drops.clone();
     recording.unwind = saved.unwind;
     recording.python = saved.python.clone();
+    recording.kernel_limits = saved.kernel_limits.clone();
     // The asyncio task of a stall was read live from the target's memory; a stall cut anew
     // takes the task of the recorded stall it overlaps on the same thread.
     for stall in &mut recording.stalls {

@@ -49,6 +49,9 @@ pub struct Recording {
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
+    /// What the kernel recorded on could not do (e.g. full Python stacks before 5.17).
+    #[serde(default)]
+    pub kernel_limits: Vec<String>,
     /// How the CPUs' events were put in time order, and what did not fit.
     #[serde(default)]
     pub reorder: ReorderReport,
@@ -138,8 +141,15 @@ pub struct PythonInterpreterRecord {
     pub pid: u32,
     /// "3.12".
     pub version: String,
+    /// "3.14.10" when the binary says (3.11+), else as `version`.
+    #[serde(default)]
+    pub release: String,
     /// The file holding `_PyRuntime` (libpython or the python executable).
     pub binary: String,
+    /// How its frames were read: "_Py_DebugOffsets (3.14 table, version 3.14.10)", "table of
+    /// stallscope (3.12)", or "not read: <why>".
+    #[serde(default)]
+    pub frames: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -708,10 +718,13 @@ pub fn summary_markdown(recording: &Recording) -> String {
         let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
             let place = stall.top_frames_text(" ← ");
-            let why = stall
+            let mut why = stall
                 .dominant_stack()
                 .map(StackRecord::cause)
                 .unwrap_or_default();
+            if let Some(task) = &stall.task {
+                let _ = write!(why, "; in {}", task_text(task));
+            }
             let _ = writeln!(
                 md,
                 "| {}{} | {} ({}/{}) | {} | {} | {} |",
@@ -738,6 +751,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
     }
     for hint in &recording.hints {
         let _ = writeln!(md, "> hint: {}\n", sanitize::markdown_text(hint));
+    }
+    if let Some(line) = python_line(&recording.python) {
+        let _ = writeln!(md, "```\n{line}\n```\n");
     }
     let drops = &recording.drops;
     let _ = writeln!(
@@ -867,12 +883,7 @@ pub fn live_line(stall: &StallRecord) -> String {
         );
     }
     if let Some(task) = &stall.task {
-        let _ = write!(
-            line,
-            "\n    in asyncio task {} (coroutine {})",
-            task.name.as_deref().unwrap_or("?"),
-            task.coroutine
-        );
+        let _ = write!(line, "\n    in {}", task_text(task));
     }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
@@ -884,6 +895,31 @@ pub fn live_line(stall: &StallRecord) -> String {
     }
     // For the terminal: nothing the target named may carry an escape sequence to it.
     sanitize::terminal_lines(&line)
+}
+
+/// "asyncio task Task-3 (coroutine serve_client)", then ", awaited by task X (coroutine Y) <
+/// task Z (coroutine W)" when other Tasks await it (nearest first).
+pub fn task_text(task: &crate::python::TaskInfo) -> String {
+    let mut text = format!(
+        "asyncio task {} (coroutine {})",
+        task.name.as_deref().unwrap_or("?"),
+        task.coroutine
+    );
+    if !task.awaited_by.is_empty() {
+        let chain: Vec<String> = task
+            .awaited_by
+            .iter()
+            .map(|t| {
+                format!(
+                    "task {} (coroutine {})",
+                    t.name.as_deref().unwrap_or("?"),
+                    t.coroutine
+                )
+            })
+            .collect();
+        let _ = write!(text, ", awaited by {}", chain.join(" < "));
+    }
+    text
 }
 
 /// Worker churn, for services whose master forks and recycles workers: how many processes
@@ -1010,6 +1046,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     for line in churn_lines(recording) {
         let _ = writeln!(text, "  {line}");
     }
+    if !recording.kernel_limits.is_empty() {
+        let _ = writeln!(
+            text,
+            "  on this kernel: {}",
+            recording.kernel_limits.join("; ")
+        );
+    }
     for hint in &recording.hints {
         let _ = writeln!(text, "  hint: {hint}");
     }
@@ -1032,7 +1075,7 @@ fn python_line(python: &PythonReport) -> Option<String> {
         .collect();
     versions.sort();
     versions.dedup();
-    Some(format!(
+    let mut line = format!(
         "Python {} ({} process(es)): {} stacks read, {} frames unreadable, {} cut at {} frames",
         versions.join(", "),
         python.interpreters.len(),
@@ -1040,7 +1083,27 @@ fn python_line(python: &PythonReport) -> Option<String> {
         python.unreadable_frames,
         python.truncated,
         profiler_common::MAX_PY_FRAMES
-    ))
+    );
+    // How each distinct interpreter's frames were read.
+    let mut how: Vec<String> = python
+        .interpreters
+        .iter()
+        .filter(|i| !i.frames.is_empty())
+        .map(|i| {
+            let release = if i.release.is_empty() {
+                &i.version
+            } else {
+                &i.release
+            };
+            format!("{release}: {}", i.frames)
+        })
+        .collect();
+    how.sort();
+    how.dedup();
+    for entry in how {
+        let _ = write!(line, "\n    {entry}");
+    }
+    Some(line)
 }
 
 /// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.
@@ -1149,6 +1212,7 @@ mod tests {
             python: PythonReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
+            kernel_limits: vec![],
             reorder: Default::default(),
             verdict: Verdict {
                 budgets: vec![],
@@ -1203,5 +1267,46 @@ mod tests {
         assert!(line.contains("300.0 ms"), "{line}");
         assert!(line.contains("burn_cpu < main"), "{line}");
         assert_eq!(rec.stalls[0].dominant_kind(), "on-CPU");
+        assert!(!line.contains("unaccounted"), "{line}");
+    }
+
+    /// Issue #22: the live line always names frames, or says why it cannot; and a breakdown
+    /// that does not add up says so, with the reason.
+    #[test]
+    fn live_line_always_names_frames_or_says_why_not() {
+        let mut rec = recording();
+        let stall = &mut rec.stalls[0];
+        // The heaviest stack has only unnamed frames: the next one with names is shown.
+        stall.stacks[0].frames = vec![frame("[unknown] 0x1234", FrameKind::Native)];
+        let line = live_line(stall);
+        assert!(line.contains("    at nap < main"), "{line}");
+        assert!(
+            line.contains("of it; the heaviest part has no named frame"),
+            "{line}"
+        );
+        // No stack at all.
+        stall.stacks.clear();
+        let line = live_line(stall);
+        assert!(
+            line.contains("    (no frames to show: no stack was taken inside it"),
+            "{line}"
+        );
+        // Time the timeline could not attribute.
+        stall.unaccounted_ns = 48_000_000;
+        stall.on_cpu_ns -= 48_000_000;
+        stall.adds_up = false;
+        stall.unaccounted_why =
+            Some("1 switch-in(s) or switch-out(s) of the thread were not seen".into());
+        let line = live_line(stall);
+        assert!(
+            line.contains("(48.0 ms of it unaccounted: 1 switch-in(s) or switch-out(s)"),
+            "{line}"
+        );
+        assert!(stall.caveat().contains("breakdown incomplete"));
+        let summary = summary_text(&rec, &[]);
+        assert!(
+            summary.contains("1 stall(s) with time unaccounted"),
+            "{summary}"
+        );
     }
 }

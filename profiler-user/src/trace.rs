@@ -133,6 +133,12 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
     args.insert("rule".into(), json!(stall.rule));
     args.insert("partial".into(), json!(stall.partial));
     args.insert("data_lost".into(), json!(stall.data_lost));
+    if stall.unaccounted_ns > 0 {
+        args.insert("unaccounted_ms".into(), json!(ms(stall.unaccounted_ns)));
+        if let Some(why) = &stall.unaccounted_why {
+            args.insert("unaccounted_why".into(), json!(why));
+        }
+    }
     if let Some(stack) = stall.dominant_stack() {
         // The innermost user frame says where the code was; a kernel frame such as `schedule`
         // is only the fallback when the stack has nothing else.
@@ -540,6 +546,7 @@ mod tests {
             ],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            kernel_limits: vec![],
             reorder: Default::default(),
             hints: vec![],
             unwind: Default::default(),

@@ -119,6 +119,10 @@ pub fn read_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
     let exec = formats.read("sched/sched_process_exec")?;
     let enter = formats.read("raw_syscalls/sys_enter")?;
     let exit_sys = formats.read("raw_syscalls/sys_exit")?;
+    // The per-syscall records share one layout: a syscall number, then the arguments (or the
+    // return value), 8 bytes each.
+    let wait_enter = formats.read("syscalls/sys_enter_epoll_wait")?;
+    let wait_exit = formats.read("syscalls/sys_exit_epoll_wait")?;
     // Optional: only names what killed a process.
     let signal = formats.read("signal/signal_generate").unwrap_or_default();
     Ok(TracepointOffsets {
@@ -140,6 +144,10 @@ pub fn read_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
         signal_sig: field_offset(&signal, "sig").unwrap_or(FIELD_ABSENT),
         signal_pid: field_offset(&signal, "pid").unwrap_or(FIELD_ABSENT),
         signal_result: field_offset(&signal, "result").unwrap_or(FIELD_ABSENT),
+        syscall_enter_nr: formats.required(&wait_enter, "sys_enter_epoll_wait", "__syscall_nr")?,
+        syscall_enter_args: formats.required(&wait_enter, "sys_enter_epoll_wait", "epfd")?,
+        syscall_exit_nr: formats.required(&wait_exit, "sys_exit_epoll_wait", "__syscall_nr")?,
+        syscall_exit_ret: formats.required(&wait_exit, "sys_exit_epoll_wait", "ret")?,
     })
 }
 

@@ -232,25 +232,30 @@ int main(int argc, char **argv) {
     printf("ready %ld\n", (long)syscall(SYS_gettid));
     fflush(stdout);
     long long deadline = now_ns() + LIFETIME_S * 1000000000LL;
-    int started = 0, planted = 0, quiet = 0;
-    char line[128] = "";
+    int started = 0, planted = 0, quiet = 0, kind = 0, cpu = 0;
+    long long start = 0, end = 0;
     while (now_ns() < deadline) {
         struct epoll_event events[4];
+        if (start && !end) {
+            /* The stall's span ends here, right before the wait (a preemption anywhere after
+             * its work is still part of the iteration the agent reports). */
+            end = now_ns();
+        }
         int n = epoll_wait(ep, events, 4, started ? 10 : 1000);
         /* The span is the whole iteration's work, from leaving the wait to entering it again
          * (migrations included), so it is what the agent must report. */
-        long long start = now_ns();
+        long long begin = now_ns();
         for (int i = 0; i < n; i++) {
             struct signalfd_siginfo info;
             if (read(sfd, &info, sizeof info) == sizeof info) started = 1;
         }
         if (!started) continue;
         if (quiet < 2 || planted >= stalls) { /* quick iterations between stalls */
-            if (line[0]) { /* the last stall's line, printed outside any planted span */
-                fputs(line, stdout);
-                if (planted == stalls) fputs("done\n", stdout);
+            if (start && end) { /* the last stall's line, printed outside any planted span */
+                printf("planted %s %lld %lld %d\n", KINDS[kind], start, end, cpu);
+                if (planted == stalls) printf("done\n");
                 fflush(stdout);
-                line[0] = 0;
+                start = end = 0;
             } else if (next_random() % 3 == 0) {
                 flip_cpu(); /* it moves between stalls too */
             }
@@ -258,9 +263,11 @@ int main(int argc, char **argv) {
             continue;
         }
         quiet = 0;
-        int kind = kinds[planted];
+        start = begin;
+        end = 0;
+        kind = kinds[planted];
         long ms = 100 + (long)(next_random() % 51);
-        int cpu = cpus[loop_cpu_index];
+        cpu = cpus[loop_cpu_index];
         switch (kind) {
         case 0:
             spin_on_loop(ms);
@@ -279,9 +286,7 @@ int main(int argc, char **argv) {
             atomic_store(&crowd, 0);
             break;
         }
-        long long end = now_ns();
         planted++;
-        snprintf(line, sizeof line, "planted %s %lld %lld %d\n", KINDS[kind], start, end, cpu);
     }
     return 0;
 }

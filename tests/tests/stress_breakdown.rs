@@ -6,11 +6,13 @@
 //! the other.
 //!
 //! Judged on what is reported, not on time: every planted stall is found (a stall of the loop
-//! thread covering the span the target measured, its duration within max(10 %, 20 ms)); every
-//! stall's breakdown adds up (on-CPU + blocked + runqueue within 1 ms of its duration, or the
-//! stall says why not, and here nothing is lost, so none may); the dominant kind is the planted
-//! one; every live line names the stall's frames or says why it cannot; and re-rendering the
-//! recording from its saved events gives the same stalls.
+//! thread covering the span the target measured, its duration within max(10 %, 20 ms)); no
+//! event lost or later than the reorder window; every stall's breakdown adds up (on-CPU +
+//! blocked + runqueue within 1 ms of its duration), except a stall that says a switch of its
+//! thread never arrived from the kernel (README, Limits), which must say so in JSON and live;
+//! the dominant kind is the planted one (judged where the breakdown adds up); every live line
+//! names the stall's frames or says why it cannot; and re-rendering the recording from its
+//! saved events gives the same stalls, to the nanosecond.
 //!
 //! Prints one `stress:` line with the worst add-up error and the reorder counters, for the
 //! repeated runs the issue asks for (`--nocapture`).
@@ -213,9 +215,11 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
         }
     }
 
-    // Every planted stall found, on the loop thread, right length and right kind.
+    // Every planted stall found, on the loop thread, right length and right kind (judged when
+    // its breakdown adds up: time the kernel's missing switch left unaccounted can hide it).
     let mut missed = 0;
     let mut same_cpu = 0;
+    let mut not_judged = 0;
     for p in &planted {
         let slack = 5 * MS;
         let found = stalls.iter().find(|s| {
@@ -243,7 +247,9 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
                 ns(stall, "duration_ns") as f64 / 1e6
             ));
         }
-        if let Some(problem) = dominant_kind_problem(p, stall) {
+        if stall["adds_up"] == false {
+            not_judged += 1;
+        } else if let Some(problem) = dominant_kind_problem(p, stall) {
             problems.push(problem);
         }
     }
@@ -311,11 +317,12 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
 
     let reorder = &json["reorder"];
     eprintln!(
-        "stress: {} planted, {} missed, {} stalls reported, {} not adding up (flagged), worst add-up error {:.3} ms, {} on the agent's CPU, reorder: {} late, {} reordered, {} missed switches, max held {}, lost {}, {:.0} s",
+        "stress: {} planted, {} missed, {} stalls reported, {} not adding up (flagged; {} planted ones whose kind was not judged), worst add-up error {:.3} ms, {} on the agent's CPU, reorder: {} late, {} reordered, {} missed switches, max held {}, lost {}, {:.0} s",
         planted.len(),
         missed,
         stalls.len(),
         flagged,
+        not_judged,
         worst_error as f64 / 1e6,
         same_cpu,
         reorder["late_events"],

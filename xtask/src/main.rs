@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod kernels;
 mod sid;
 mod testrun;
 
@@ -34,13 +35,20 @@ enum Task {
     Setup,
     /// setup, then build the agent (release).
     Build,
-    /// setup, build, then run every test: unit tests and integration tests on real processes.
+    /// setup, build, then run every test: unit tests, integration tests on real processes and
+    /// (without a filter) the oldest and newest kernels of `kernels` in qemu.
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
+    /// setup, build, then boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (images cached under
+    /// target/kernels/) and check doctor and recording planted stalls in each.
+    Kernels {
+        /// Only these kernel series (e.g. `5.10 6.12`).
+        series: Vec<String>,
+    },
     /// Benchmarks (never tests, loopback only, bounded in time): overhead on loaded HTTP
     /// services against py-spy and bpftrace, agent cost, cost to unfollowed processes, event
     /// loss, scale; writes bench/RESULTS.md. Installs what it needs (wrk, bpftrace, py-spy).
@@ -64,6 +72,17 @@ enum Task {
         /// Interleaved rounds of the overhead benchmark (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Instead of the full run: this build against the agent binary BASE, side by side and
+        /// interleaved (unfollowed and followed ping-pong, HTTP services); writes
+        /// target/bench/COMPARE.md.
+        #[arg(long, value_name = "BASE", conflicts_with = "long")]
+        compare: Option<PathBuf>,
+        /// Rounds of the unfollowed ping-pong in --compare.
+        #[arg(long, default_value_t = 10)]
+        compare_pairs: usize,
+        /// Rounds of the HTTP services in --compare (0: skip them).
+        #[arg(long, default_value_t = 3)]
+        compare_http: usize,
     },
     /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
     /// `fuzz_` unit tests: ring-buffer records, /proc files, perf maps, Python line tables,
@@ -93,6 +112,11 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     // Makes the Debian unstable root with CPython 3.14 and 3.15 (see `setup_sid`).
     "debootstrap",
+    // `cargo xtask kernels`: Debian's kernels booted under emulation, with an initramfs of
+    // busybox and the agent.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 /// npm packages installed into `target/web` (node_modules): the chart libraries report.html
@@ -122,6 +146,11 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             test(filter.as_deref())
         }
+        Task::Kernels { series } => {
+            setup()?;
+            build()?;
+            kernels::run(&series)
+        }
         Task::Fuzz { cases } => fuzz(cases),
         Task::Demo => {
             setup()?;
@@ -134,6 +163,9 @@ fn run(cli: Cli) -> Result<()> {
             service,
             quick,
             rounds,
+            compare,
+            compare_pairs,
+            compare_http,
         } => {
             bench::require_root()?;
             setup()?;
@@ -145,7 +177,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 build()?;
             }
-            if long {
+            if let Some(base) = compare {
+                let options = bench::CompareOptions {
+                    base,
+                    pairs: compare_pairs.max(1),
+                    http_rounds: compare_http,
+                };
+                bench::compare(&bench::Options::new(quick, rounds), &options)
+            } else if long {
                 bench::long_run(minutes, service)
             } else {
                 bench::run(&bench::Options::new(quick, rounds))
@@ -381,6 +420,13 @@ fn test(filter: Option<&str>) -> Result<()> {
         .arg("--test-threads=1")
         .env("STALLSCOPE_BIN", agent_path());
     report.run("integration tests", &mut integration)?;
+    if filter.is_empty() {
+        // The oldest and newest supported kernels, in qemu (~1 minute each).
+        let series: Vec<String> = kernels::CI_KERNELS.iter().map(|s| s.to_string()).collect();
+        if let Err(err) = kernels::run(&series) {
+            report.failed_run("kernels", format!("{err:#}"));
+        }
+    }
     eprintln!("{}", report.summary(started.elapsed()));
     if report.failed() {
         bail!("some tests failed (listed above)");

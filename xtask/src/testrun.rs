@@ -52,6 +52,11 @@ impl Report {
         Ok(())
     }
 
+    /// A check that is not a `cargo test` run (the kernel VMs) failed.
+    pub fn failed_run(&mut self, suite: &str, what: String) {
+        self.failed_runs.push((suite.to_string(), what));
+    }
+
     pub fn failed(&self) -> bool {
         !self.failed_tests.is_empty() || !self.failed_runs.is_empty()
     }

@@ -5,6 +5,8 @@ bugs of seed 000 planted behind their own paths, and the right way next to them:
                  holds the event loop (~300 ms, or ?ms=N);
   GET /sleep     calls time.sleep on the loop (300 ms, or ?ms=N);
   GET /offload   the same validation via loop.run_in_executor: the loop stays free;
+  GET /nested    the /validate bug in a task of its own ("nested-validate") that the request's
+                 task awaits: an await chain, as `python -m asyncio pstree` shows it;
   GET /ok        answers at once.
 
 Each planted answer carries the span it measured itself on CLOCK_MONOTONIC (the clock stallscope
@@ -69,7 +71,18 @@ async def handle_offload(ms):
     return start, time.monotonic_ns()
 
 
-ROUTES = {"/validate": handle_validate, "/sleep": handle_sleep, "/offload": handle_offload}
+async def handle_nested(ms):
+    inner = asyncio.create_task(handle_validate(ms), name="nested-validate")
+    start, end = await inner  # the request's task awaits the one that stalls
+    return start, end, {"inner_task": inner.get_name(), "inner_coroutine": "handle_validate"}
+
+
+ROUTES = {
+    "/validate": handle_validate,
+    "/sleep": handle_sleep,
+    "/offload": handle_offload,
+    "/nested": handle_nested,
+}
 
 
 async def serve_client(reader, writer):
@@ -84,7 +97,7 @@ async def serve_client(reader, writer):
         if handler is None:
             payload = {"ok": True}
         else:
-            start, end = await handler(ms)
+            start, end, *extra = await handler(ms)
             task = asyncio.current_task()
             payload = {
                 "start_ns": start,
@@ -92,6 +105,8 @@ async def serve_client(reader, writer):
                 "task": task.get_name(),
                 "coroutine": task.get_coro().__qualname__,
             }
+            for fields in extra:
+                payload.update(fields)
         body = json.dumps(payload).encode()
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"

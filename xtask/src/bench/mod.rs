@@ -21,6 +21,7 @@
 //! time is read from the kernel's eBPF statistics (`BpfStats`), switched on only for runs
 //! whose measure is not the speed of something else.
 
+mod compare;
 mod costs;
 mod goals;
 mod long_run;
@@ -44,6 +45,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub use compare::CompareOptions;
 pub use long_run::{Service, long_run};
 
 use crate::{output, root, status};
@@ -83,7 +85,31 @@ pub fn require_root() -> Result<()> {
 /// The agent under test: `STALLSCOPE_BIN` when set (to bench a given build), else the one
 /// `cargo xtask build` makes.
 pub fn agent_path() -> PathBuf {
+    if let Ok(guard) = AGENT_OVERRIDE.lock()
+        && let Some(path) = guard.as_ref()
+    {
+        return path.clone();
+    }
+    default_agent_path()
+}
+
+/// The agent under test when no comparison switched it (see [`set_agent_override`]).
+pub fn default_agent_path() -> PathBuf {
     std::env::var_os("STALLSCOPE_BIN").map_or_else(crate::agent_path, PathBuf::from)
+}
+
+/// The agent binary `--compare` runs next (None: back to [`default_agent_path`]).
+static AGENT_OVERRIDE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+pub fn set_agent_override(path: Option<PathBuf>) {
+    if let Ok(mut guard) = AGENT_OVERRIDE.lock() {
+        *guard = path;
+    }
+}
+
+/// `--compare BASE`: this build against BASE, side by side (see the `compare` module).
+pub fn compare(opts: &Options, compare: &CompareOptions) -> Result<()> {
+    compare::run(opts, compare)
 }
 
 /// Scratch space for targets and recordings.

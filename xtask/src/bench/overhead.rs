@@ -84,7 +84,7 @@ pub enum App {
 }
 
 impl App {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             App::FastApi => "FastAPI/uvicorn",
             App::Tokio => "tokio/hyper",
@@ -511,7 +511,7 @@ pub fn http_ok(port: u16, path: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // wrk.
 
-fn run_wrk(url: &str, duration: Duration) -> Result<WrkResult> {
+pub(super) fn run_wrk(url: &str, duration: Duration) -> Result<WrkResult> {
     let out = Command::new("wrk")
         .args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS])
         .arg(format!("-d{}s", duration.as_secs().max(1)))

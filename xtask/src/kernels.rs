@@ -1,0 +1,806 @@
+//! `cargo xtask kernels`: the agent on the kernels users run, booted in qemu.
+//!
+//! Debian's own kernel images (bullseye 5.10, bookworm 6.1, trixie 6.12) are fetched once with
+//! apt (a sources list per suite, cached under target/kernels/) and booted under software
+//! emulation (TCG: KVM guests hang on this machine kind) with an initramfs built here: busybox,
+//! the agent and the libraries it links, static test targets, and an /init that runs the checks
+//! and powers off. The guest writes its results to a second serial port (a file here), apart
+//! from the kernel's console, and this module judges them: one line per kernel, an error when
+//! any check missed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::{agent_path, root, status};
+
+/// A Debian suite and the kernel series its `linux-image-amd64` depends on.
+pub struct Kernel {
+    pub suite: &'static str,
+    pub series: &'static str,
+}
+
+/// Oldest first: the oldest is the oldest kernel stallscope supports.
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        suite: "bullseye",
+        series: "5.10",
+    },
+    Kernel {
+        suite: "bookworm",
+        series: "6.1",
+    },
+    Kernel {
+        suite: "trixie",
+        series: "6.12",
+    },
+];
+
+/// What `cargo xtask test` boots (the oldest and the newest), to stay in the CI budget.
+pub const CI_KERNELS: &[&str] = &["5.10", "6.12"];
+
+/// A guest that has not powered off by then is stuck (boot ~15 s, attach ~5-30 s, checks ~20 s).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The planted stalls the guest asks the C server for, and the function each must be found in.
+const PLANTED: &[(&str, &str)] = &[("burn", "burn_cpu"), ("sleep", "sleep_in_handler")];
+
+fn work_dir() -> PathBuf {
+    root().join("target/kernels")
+}
+
+/// Boots each selected kernel (by series, e.g. "5.10"; empty: all) and checks the agent there.
+pub fn run(selected: &[String]) -> Result<()> {
+    let kernels: Vec<&Kernel> = KERNELS
+        .iter()
+        .filter(|k| selected.is_empty() || selected.iter().any(|s| s == k.series))
+        .collect();
+    if kernels.is_empty() {
+        let known: Vec<&str> = KERNELS.iter().map(|k| k.series).collect();
+        bail!(
+            "no kernel matches {selected:?}; known: {}",
+            known.join(", ")
+        );
+    }
+    let initramfs = build_initramfs().context("building the initramfs")?;
+    let mut lines = Vec::new();
+    let mut failed = 0;
+    for kernel in kernels {
+        let started = Instant::now();
+        let verdict = fetch(kernel)
+            .and_then(|vmlinuz| boot(kernel, &vmlinuz, &initramfs))
+            .map(|results| judge(&results))
+            .unwrap_or_else(|err| Verdict::failed(format!("{err:#}")));
+        if !verdict.ok {
+            failed += 1;
+        }
+        let line = format!(
+            "kernels: {:<5} {:<8} {} ({:.0?}): {}",
+            kernel.series,
+            kernel.suite,
+            if verdict.ok { "ok  " } else { "FAIL" },
+            started.elapsed(),
+            verdict.summary
+        );
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    eprintln!("kernels: logs in {}", work_dir().display());
+    for line in &lines {
+        println!("{line}");
+    }
+    if failed > 0 {
+        bail!("{failed} kernel(s) failed (console logs under target/kernels/<suite>/)");
+    }
+    Ok(())
+}
+
+fn apt_options(dir: &Path) -> Vec<String> {
+    [
+        format!(
+            "Dir::Etc::sourcelist={}",
+            dir.join("sources.list").display()
+        ),
+        "Dir::Etc::sourceparts=-".to_string(),
+        format!("Dir::State::Lists={}", dir.join("lists").display()),
+        format!("Dir::Cache={}", dir.join("cache").display()),
+        // The package host serves a snapshot whose Release files are past their Valid-Until.
+        "Acquire::Check-Valid-Until=false".to_string(),
+        "APT::Sandbox::User=root".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect()
+}
+
+/// The suite's kernel image, downloaded and unpacked once (target/kernels/SUITE/vmlinuz).
+fn fetch(kernel: &Kernel) -> Result<PathBuf> {
+    let dir = work_dir().join(kernel.suite);
+    let vmlinuz = dir.join("vmlinuz");
+    if vmlinuz.exists() {
+        return Ok(vmlinuz);
+    }
+    eprintln!("kernels: fetching Debian {}'s kernel", kernel.suite);
+    fs::create_dir_all(dir.join("lists/partial"))?;
+    fs::create_dir_all(dir.join("cache/archives/partial"))?;
+    fs::write(
+        dir.join("sources.list"),
+        format!("deb http://deb.debian.org/debian {} main\n", kernel.suite),
+    )?;
+    let options = apt_options(&dir);
+    status(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["update", "-qq"])
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("apt-get update for {}", kernel.suite))?;
+    let depends = crate::output(
+        Command::new("apt-cache")
+            .args(&options)
+            .args(["depends", "linux-image-amd64"]),
+    )
+    .ok_or_else(|| {
+        anyhow!(
+            "apt-cache depends linux-image-amd64 failed for {}",
+            kernel.suite
+        )
+    })?;
+    let package = image_package(&depends)
+        .ok_or_else(|| anyhow!("no linux-image package in {}: {depends}", kernel.suite))?;
+    status(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["download", "-qq", &package])
+            .current_dir(&dir),
+    )
+    .with_context(|| format!("downloading {package}"))?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dir.display()))?;
+    // Only boot/ is needed: the initramfs carries everything else, and no module is loaded.
+    let unpacked = dir.join("unpacked");
+    fs::create_dir_all(&unpacked)?;
+    status(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./boot",
+        deb.display(),
+        unpacked.display()
+    )))?;
+    let image = fs::read_dir(unpacked.join("boot"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| anyhow!("no boot/vmlinuz-* in {}", deb.display()))?;
+    fs::copy(&image, &vmlinuz)?;
+    fs::remove_file(&deb)?;
+    Ok(vmlinuz)
+}
+
+/// The versioned image package `linux-image-amd64` depends on (apt-cache depends output).
+pub fn image_package(depends: &str) -> Option<String> {
+    depends.lines().find_map(|line| {
+        let name = line.trim().strip_prefix("Depends:")?.trim();
+        name.starts_with("linux-image-").then(|| name.to_string())
+    })
+}
+
+/// The guest's /init: mounts what the agent needs, runs the checks, writes results to ttyS1.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+stty -F /dev/ttyS1 raw -echo
+exec 3>/dev/ttyS1
+section() { echo "=== $1" >&3; cat "$2" >&3; echo >&3; echo "=== end" >&3; }
+uname -r > /tmp/uname; section uname /tmp/uname
+stallscope doctor > /tmp/doctor 2>&1; echo "rc $?" >> /tmp/doctor; section doctor /tmp/doctor
+
+# The C loop: a planted CPU burn and a planted sleep among quick requests.
+/targets/epoll_server 7070 > /tmp/server 2>&1 &
+SERVER=$!
+stallscope record --pid $SERVER --threshold 100ms -o /tmp/rec-c --format summary \
+  > /tmp/agent-c.out 2> /tmp/agent-c.err &
+AGENT=$!
+i=0
+while ! grep -q "stallscope: recording" /tmp/agent-c.err && kill -0 $AGENT 2>/dev/null && [ $i -lt 1500 ]; do
+  sleep 0.1; i=$((i+1))
+done
+echo "attach_ds $i" > /tmp/attach; section attach /tmp/attach
+if ! grep -q "stallscope: recording" /tmp/agent-c.err; then
+  kill -9 $AGENT; section agent-c /tmp/agent-c.err; echo "=== done" >&3; poweroff -f
+fi
+ask() { echo "$1" | nc 127.0.0.1 7070 > /dev/null; }
+quick() { for n in 1 2 3 4 5; do ask quick; done; }
+quick; ask "burn 300"; quick; ask "sleep 300"; quick
+sleep 0.3
+kill -INT $AGENT
+wait $AGENT
+echo "rc $?" >> /tmp/agent-c.err
+kill $SERVER
+section server /tmp/server
+section agent-c /tmp/agent-c.err
+section summary-c /tmp/agent-c.out
+[ -f /tmp/rec-c/stalls.json ] && section stalls-c /tmp/rec-c/stalls.json
+[ -f /tmp/rec-c/verifier.log ] && tail -n 40 /tmp/rec-c/verifier.log > /tmp/verifier && section verifier-c /tmp/verifier
+
+# CPython 3.11 (pyenv's, at its own path) burning 200 ms in Python code every 5th wake-up.
+PY=$(ls /root/.pyenv/versions/*/bin/python3.11 2>/dev/null | head -n 1)
+if [ -n "$PY" ]; then
+  $PY -S -E /targets/py_busy_loop.py > /tmp/py.out 2>&1 &
+  PYPID=$!
+  sleep 1
+  stallscope record --pid $PYPID --threshold 100ms -o /tmp/rec-py --format summary \
+    > /tmp/agent-py.out 2> /tmp/agent-py.err &
+  AGENT=$!
+  i=0
+  while ! grep -q "stallscope: recording" /tmp/agent-py.err && kill -0 $AGENT 2>/dev/null && [ $i -lt 1500 ]; do
+    sleep 0.1; i=$((i+1))
+  done
+  sleep 3
+  kill -INT $AGENT
+  wait $AGENT
+  echo "rc $?" >> /tmp/agent-py.err
+  kill $PYPID
+  section py-out /tmp/py.out
+  section agent-py /tmp/agent-py.err
+  [ -f /tmp/rec-py/stalls.json ] && section stalls-py /tmp/rec-py/stalls.json
+fi
+echo "=== done" >&3
+exec 3>&-
+poweroff -f
+"#;
+
+/// Builds target/kernels/initramfs.cpio from the current agent binary.
+fn build_initramfs() -> Result<PathBuf> {
+    let agent = agent_path();
+    if !agent.exists() {
+        bail!("{} is missing: run `cargo xtask build`", agent.display());
+    }
+    let dir = work_dir().join("initramfs");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    for sub in [
+        "bin", "sbin", "usr/bin", "proc", "sys", "dev", "tmp", "targets",
+    ] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !is_static(busybox) {
+        bail!("/bin/busybox is not the static one: run `cargo xtask setup` (busybox-static)");
+    }
+    fs::copy(busybox, dir.join("bin/busybox"))?;
+    let applets = crate::output(Command::new(busybox).arg("--list"))
+        .ok_or_else(|| anyhow!("busybox --list failed"))?;
+    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    fs::copy(&agent, dir.join("bin/stallscope"))?;
+    for library in linked_libraries(&agent)? {
+        let to = dir.join(library.strip_prefix("/").unwrap_or(&library));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(&library, &to).with_context(|| format!("copying {}", library.display()))?;
+    }
+    status(
+        Command::new("gcc")
+            .args([
+                "-static",
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-o",
+            ])
+            .arg(dir.join("targets/epoll_server"))
+            .arg(root().join("tests/targets/epoll_server.c")),
+    )
+    .context("building the static C target (gcc -static; libc6-dev)")?;
+    let init = dir.join("init");
+    fs::write(&init, INIT)?;
+    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    copy_python(&dir)?;
+    fs::copy(
+        root().join("tests/targets/py_busy_loop.py"),
+        dir.join("targets/py_busy_loop.py"),
+    )?;
+    let cpio = work_dir().join("initramfs.cpio");
+    status(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet > '{}'",
+        dir.display(),
+        cpio.display()
+    )))
+    .context("packing the initramfs (cpio)")?;
+    Ok(cpio)
+}
+
+/// The image's pyenv CPython 3.11, at its own path (so it finds its library): the binary, the
+/// libraries it links, and what `python -S -E` imports that is not frozen (encodings, the
+/// extension modules). Skipped (no Python check) when the machine has no such interpreter.
+fn copy_python(dir: &Path) -> Result<()> {
+    let Some(prefix) = fs::read_dir("/root/.pyenv/versions")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("bin/python3.11").exists())
+    else {
+        eprintln!("kernels: no pyenv CPython 3.11 here: the Python check is skipped");
+        return Ok(());
+    };
+    let python = prefix.join("bin/python3.11");
+    let inside = |path: &Path| dir.join(path.strip_prefix("/").unwrap_or(path));
+    fs::create_dir_all(inside(&prefix.join("bin")))?;
+    fs::copy(&python, inside(&python))?;
+    for library in linked_libraries(&python)? {
+        let to = inside(&library);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(&library, &to).with_context(|| format!("copying {}", library.display()))?;
+    }
+    let lib = prefix.join("lib/python3.11");
+    for sub in ["encodings", "lib-dynload"] {
+        fs::create_dir_all(inside(&lib))?;
+        status(
+            Command::new("cp")
+                .arg("-a")
+                .arg(lib.join(sub))
+                .arg(inside(&lib)),
+        )?;
+    }
+    Ok(())
+}
+
+fn is_static(binary: &Path) -> bool {
+    crate::output(Command::new("ldd").arg(binary)).is_none()
+}
+
+/// The shared libraries `ldd` lists for a binary (the loader included), as absolute paths.
+fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let listing = crate::output(Command::new("ldd").arg(binary))
+        .ok_or_else(|| anyhow!("ldd {} failed", binary.display()))?;
+    Ok(parse_ldd(&listing))
+}
+
+pub fn parse_ldd(listing: &str) -> Vec<PathBuf> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Boots one kernel with the initramfs; returns what the guest wrote on its second serial port.
+fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path) -> Result<String> {
+    let dir = work_dir().join(kernel.suite);
+    let console = dir.join("console.log");
+    let results = dir.join("results.txt");
+    let _ = fs::remove_file(&results);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+        .args(["-m", "2048", "-nographic", "-no-reboot", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let deadline = Instant::now() + GUEST_TIMEOUT;
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            if !exit.success() {
+                bail!("qemu exited with {exit}; see {}", console.display());
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the guest did not power off within {GUEST_TIMEOUT:?}; see {}",
+                console.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    fs::read_to_string(&results).with_context(|| format!("reading {}", results.display()))
+}
+
+/// The guest's sections ("=== NAME" ... "=== end"), by name.
+pub fn sections(results: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in results.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(name) = line.strip_prefix("=== ") {
+            if let Some(done) = current.take() {
+                out.push(done);
+            }
+            if name != "end" {
+                current = Some((name.to_string(), String::new()));
+            }
+            continue;
+        }
+        if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out.extend(current);
+    out
+}
+
+fn section<'a>(sections: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    sections
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, body)| body.as_str())
+}
+
+/// The judgement on one kernel's run.
+pub struct Verdict {
+    pub ok: bool,
+    pub summary: String,
+}
+
+impl Verdict {
+    fn failed(summary: String) -> Self {
+        Verdict { ok: false, summary }
+    }
+}
+
+/// Judges the guest's results: doctor ran, the agent recorded, and each planted stall was
+/// found, covering the server's own timing, with its function on the heaviest code stack.
+pub fn judge(results: &str) -> Verdict {
+    let sections = sections(results);
+    let mut parts = Vec::new();
+    let mut ok = true;
+    match section(&sections, "uname") {
+        Some(release) => parts.push(format!("Linux {}", release.trim())),
+        None => {
+            return Verdict::failed("the guest wrote nothing (did /init run?)".to_string());
+        }
+    }
+    let doctor = section(&sections, "doctor").unwrap_or("");
+    parts.push(doctor_summary(doctor));
+    if section(&sections, "done").is_none() {
+        ok = false;
+        parts.push("the guest stopped before the end of its checks".to_string());
+    }
+    if let Some(attach) = section(&sections, "attach")
+        .and_then(|a| a.trim().strip_prefix("attach_ds "))
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        parts.push(format!("attach {:.1} s", attach as f64 / 10.0));
+    }
+    let agent = section(&sections, "agent-c").unwrap_or("");
+    let stalls = section(&sections, "stalls-c").and_then(|s| serde_json::from_str::<Value>(s).ok());
+    let planted = planted(section(&sections, "server").unwrap_or(""));
+    match stalls {
+        None => {
+            ok = false;
+            parts.push(format!(
+                "C loop: no stalls.json; agent said: {}",
+                last_lines(agent)
+            ));
+        }
+        Some(json) => {
+            let (found, detail) = judge_c_loop(&json, &planted);
+            ok &= found;
+            parts.push(format!("C loop: {detail}"));
+        }
+    }
+    if let Some(notes) = degraded_notes(agent) {
+        parts.push(notes);
+    }
+    if let Some(agent_py) = section(&sections, "agent-py") {
+        let json = section(&sections, "stalls-py").and_then(|s| serde_json::from_str(s).ok());
+        let (found, detail) = judge_python(json.as_ref(), agent_py);
+        ok &= found;
+        parts.push(format!("CPython 3.11: {detail}"));
+    }
+    Verdict {
+        ok,
+        summary: parts.join("; "),
+    }
+}
+
+/// "doctor: 12 ok, 1 warning" or the failing checks' names.
+fn doctor_summary(doctor: &str) -> String {
+    let rc = doctor
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("rc "))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let problems: Vec<String> = doctor
+        .lines()
+        .filter(|l| l.contains("FAIL") || l.contains("WARN"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if problems.is_empty() {
+        format!("doctor exit {rc}")
+    } else {
+        format!("doctor exit {rc} ({})", problems.join(" | "))
+    }
+}
+
+/// What the agent said it turned off on this kernel (its "on this kernel:" line).
+fn degraded_notes(agent: &str) -> Option<String> {
+    agent
+        .lines()
+        .find(|l| l.contains("on this kernel"))
+        .map(|l| l.trim_start_matches("stallscope: ").trim().to_string())
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
+}
+
+/// (kind, start_ns, end_ns) of each stall the server says it planted.
+pub fn planted(server: &str) -> Vec<(String, u64, u64)> {
+    server
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            (parts.next()? == "planted").then_some(())?;
+            Some((
+                parts.next()?.to_string(),
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Each planted stall found (a stall covering it) and named (its function among the user
+/// frames of the stall's heaviest on-CPU or blocked stack).
+pub fn judge_c_loop(json: &Value, planted: &[(String, u64, u64)]) -> (bool, String) {
+    let stalls = json["stalls"].as_array().cloned().unwrap_or_default();
+    let mut ok = true;
+    let mut parts = Vec::new();
+    for &(kind, function) in PLANTED {
+        let Some((_, start, end)) = planted.iter().find(|(k, _, _)| k == kind) else {
+            ok = false;
+            parts.push(format!("{kind}: the server never ran it"));
+            continue;
+        };
+        let slack = 20_000_000;
+        let stall = stalls.iter().find(|s| {
+            let s_start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
+            let s_end = s["end_ns"].as_u64().unwrap_or(0);
+            s_start <= start + slack && s_end + slack >= *end
+        });
+        let Some(stall) = stall else {
+            ok = false;
+            parts.push(format!("{kind} {} ms NOT FOUND", (end - start) / 1_000_000));
+            continue;
+        };
+        let duration = stall["duration_ns"].as_u64().unwrap_or(0);
+        let names = heaviest_code_stack_functions(stall);
+        if names.iter().any(|n| n == function) {
+            parts.push(format!(
+                "{kind} {} ms found ({} ms, in {function})",
+                (end - start) / 1_000_000,
+                duration / 1_000_000
+            ));
+        } else {
+            ok = false;
+            parts.push(format!(
+                "{kind} found ({} ms) but NOT NAMED {function} (top: {})",
+                duration / 1_000_000,
+                names
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" < ")
+            ));
+        }
+    }
+    parts.push(format!("{} stalls", stalls.len()));
+    (ok, parts.join(", "))
+}
+
+/// The Python loop's 200 ms burns found as stalls, with `burn_in_python` among their frames
+/// (only a stall, where the agent says this kernel gives no Python frames).
+pub fn judge_python(json: Option<&Value>, agent: &str) -> (bool, String) {
+    let Some(json) = json else {
+        return (
+            false,
+            format!("no stalls.json; agent said: {}", last_lines(agent)),
+        );
+    };
+    let stalls = json["stalls"].as_array().cloned().unwrap_or_default();
+    let burns: Vec<&Value> = stalls
+        .iter()
+        .filter(|s| s["duration_ns"].as_u64().unwrap_or(0) >= 150_000_000)
+        .collect();
+    if burns.is_empty() {
+        return (
+            false,
+            format!("no 200 ms burn found ({} stalls)", stalls.len()),
+        );
+    }
+    let named = burns
+        .iter()
+        .filter(|s| s.to_string().contains("\"burn_in_python\""))
+        .count();
+    if agent.contains("no Python frames") {
+        return (
+            true,
+            format!(
+                "{} burns found (no Python frames on this kernel)",
+                burns.len()
+            ),
+        );
+    }
+    if named == burns.len() {
+        (
+            true,
+            format!("{} burns found, in burn_in_python", burns.len()),
+        )
+    } else {
+        (
+            false,
+            format!("{named} of {} burns NOT NAMED burn_in_python", burns.len()),
+        )
+    }
+}
+
+/// User function names of a stall's heaviest stack that is not runqueue time (under emulation
+/// on a shared machine, waiting for a CPU can outweigh the planted work).
+fn heaviest_code_stack_functions(stall: &Value) -> Vec<String> {
+    let Some(stack) = stall["stacks"].as_array().and_then(|stacks| {
+        stacks
+            .iter()
+            .filter(|s| s["kind"] != "runqueue")
+            .max_by_key(|s| s["weight_ns"].as_u64().unwrap_or(0))
+    }) else {
+        return Vec::new();
+    };
+    stack["frames"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter(|f| f["kind"] != "kernel")
+                .filter_map(|f| f["function"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_versioned_image_package() {
+        let depends = "linux-image-amd64\n  Depends: linux-image-6.12.117+deb13-amd64\n";
+        assert_eq!(
+            image_package(depends).as_deref(),
+            Some("linux-image-6.12.117+deb13-amd64")
+        );
+        assert_eq!(image_package("linux-image-amd64\n"), None);
+    }
+
+    #[test]
+    fn lists_ldd_paths() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(ldd),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
+
+    fn stall(start: u64, end: u64, function: &str) -> Value {
+        serde_json::json!({
+            "start_ns": start, "end_ns": end, "duration_ns": end - start,
+            "stacks": [
+                {"kind": "runqueue", "weight_ns": 900, "frames": [{"kind": "user", "function": "x"}]},
+                {"kind": "on_cpu", "weight_ns": 100, "frames": [
+                    {"kind": "kernel", "function": "schedule"},
+                    {"kind": "user", "function": function},
+                    {"kind": "user", "function": "main"}]}
+            ]
+        })
+    }
+
+    #[test]
+    fn judges_found_named_missing_and_misnamed_stalls() {
+        let planted = planted(
+            "listening 7070\nplanted burn 1000000000 1300000000\n\
+             planted sleep 2000000000 2300000000\n",
+        );
+        assert_eq!(planted.len(), 2);
+        let good = serde_json::json!({"stalls": [
+            stall(995_000_000, 1_301_000_000, "burn_cpu"),
+            stall(1_999_000_000, 2_300_000_000, "sleep_in_handler")]});
+        let (ok, detail) = judge_c_loop(&good, &planted);
+        assert!(ok, "{detail}");
+        assert!(detail.contains("in burn_cpu"), "{detail}");
+
+        let missing =
+            serde_json::json!({"stalls": [stall(995_000_000, 1_301_000_000, "burn_cpu")]});
+        let (ok, detail) = judge_c_loop(&missing, &planted);
+        assert!(!ok);
+        assert!(detail.contains("sleep 300 ms NOT FOUND"), "{detail}");
+
+        let misnamed = serde_json::json!({"stalls": [
+            stall(995_000_000, 1_301_000_000, "main"),
+            stall(1_999_000_000, 2_300_000_000, "sleep_in_handler")]});
+        let (ok, detail) = judge_c_loop(&misnamed, &planted);
+        assert!(!ok);
+        assert!(detail.contains("NOT NAMED burn_cpu"), "{detail}");
+    }
+
+    #[test]
+    fn python_burns_must_be_named_unless_the_kernel_has_no_python_frames() {
+        let burn = |function: &str| {
+            serde_json::json!({"stalls": [{"duration_ns": 201_000_000u64, "stacks": [
+                {"kind": "on_cpu", "frames": [{"kind": "python", "function": function}]}]}]})
+        };
+        let (ok, detail) = judge_python(Some(&burn("burn_in_python")), "recording");
+        assert!(ok && detail.contains("in burn_in_python"), "{detail}");
+        let (ok, detail) = judge_python(Some(&burn("_PyEval_EvalFrameDefault")), "recording");
+        assert!(!ok && detail.contains("NOT NAMED"), "{detail}");
+        let on_5_10 = "stallscope: on this kernel: no Python frames (no bpf_loop before 5.17)";
+        let (ok, _) = judge_python(Some(&burn("_PyEval_EvalFrameDefault")), on_5_10);
+        assert!(ok);
+        let (ok, detail) = judge_python(Some(&serde_json::json!({"stalls": []})), on_5_10);
+        assert!(!ok && detail.contains("no 200 ms burn"), "{detail}");
+    }
+
+    #[test]
+    fn splits_the_guest_sections() {
+        let results =
+            "=== uname\r\n5.10.0-32-amd64\r\n=== end\r\n=== doctor\nok\nrc 1\n=== end\n=== done\n";
+        let sections = sections(results);
+        assert_eq!(section(&sections, "uname"), Some("5.10.0-32-amd64\n"));
+        assert_eq!(section(&sections, "doctor"), Some("ok\nrc 1\n"));
+        assert!(section(&sections, "done").is_some());
+        let verdict = judge("=== uname\n6.1\n=== end\n=== doctor\nrc 0\n=== end\n");
+        assert!(!verdict.ok);
+        assert!(
+            verdict.summary.contains("stopped before the end"),
+            "{}",
+            verdict.summary
+        );
+    }
+}
