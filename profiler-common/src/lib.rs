@@ -163,6 +163,29 @@ impl TracepointOffsets {
     };
 }
 
+/// Where the raw scheduler tracepoints find what they need in a `struct task_struct` (their
+/// arguments are task pointers): byte offsets from the kernel's BTF, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    /// `__state` (`state` before 5.14).
+    pub state: u32,
+    /// What `task_cpu()` reads.
+    pub cpu: u32,
+    /// 1 when the raw sched_switch passes `prev_state` (5.18+).
+    pub switch_has_state: u32,
+}
+
+impl TaskOffsets {
+    pub const UNSET: Self = Self {
+        pid: 0,
+        state: 0,
+        cpu: 0,
+        switch_has_state: 0,
+    };
+}
+
 /// Absent optional tracepoint field.
 pub const FIELD_ABSENT: u32 = u32::MAX;
 
@@ -361,5 +384,6 @@ mod pod {
     // padding (asserted by the size checks above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::PyProcess {}
 }

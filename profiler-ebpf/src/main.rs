@@ -21,21 +21,28 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{map, perf_event, tracepoint},
+    macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
+    programs::{
+        PerfEventContext, RawTracePointContext, TracePointContext, tracing::StackIdContext,
+    },
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
     COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack,
     MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
     PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
-    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TracepointOffsets,
+    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TaskOffsets, TracepointOffsets,
     USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
 };
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets::UNSET);
+
+/// `task_struct` field offsets from the kernel's BTF, for the raw scheduler tracepoints (whose
+/// arguments are task pointers). Unused when the agent attached the classic ones instead.
+#[unsafe(no_mangle)]
+static TASK: Global<TaskOffsets> = Global::new(TaskOffsets::UNSET);
 
 /// Bytes of user stack to copy at each sample and switch-out outside a wait point (0: none,
 /// use the kernel's frame-pointer walk instead). Set by the agent, at most MAX_STACK_COPY.
@@ -74,6 +81,22 @@ static FOLLOWED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 /// (`current_syscall`), so no program runs for the syscalls of the machine.
 #[map]
 static THREAD_SYSCALL: HashMap<u32, i32> = HashMap::with_max_entries(65536, 0);
+
+/// When each followed thread last went to sleep outside an idle wait (tid -> ns), so that a
+/// wake-up knows how long its sleeper has been blocked.
+#[map]
+static BLOCKED_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// A sleeper blocked for less than this (ns) has its waker's stacks skipped: such a wait is too
+/// short to matter for a stall (the agent sets it to a fraction of the threshold, see
+/// `WAKER_STACK_FRACTION` in record.rs). 0: always take them.
+#[unsafe(no_mangle)]
+static WAKER_MIN_BLOCKED_NS: Global<u64> = Global::new(0);
+
+/// 1: stacks at preemptions too, and wakers' stacks for any wait (the behaviour before late
+/// capture; `STALLSCOPE_EAGER_STACKS=1`, for measuring what it saves).
+#[unsafe(no_mangle)]
+static EAGER_STACKS: Global<u32> = Global::new(0);
 
 /// Wait-point syscalls (nr -> 1), filled by the agent from its table of runtimes.
 #[map]
@@ -838,19 +861,90 @@ fn submit(event: &Event) {
     }
 }
 
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_switch(&ctx);
+/// sched_switch as a raw tracepoint: (preempt, prev, next, prev_state) as the scheduler passes
+/// them, with no trace record formatted first. This program runs at every context switch of
+/// the machine: the cheapest hook there is for it.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(0);
+    let next: u64 = ctx.arg(2);
+    let state: u64 = ctx.arg(3);
+    let next_tid = task_field::<i32>(next, TASK.load().pid).unwrap_or(0);
+    let _ = on_switch(
+        &ctx,
+        || reported_state(preempt & 0xff != 0, state as u32),
+        next_tid,
+    );
     0
 }
 
-fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
+/// The classic tracepoint, for kernels without BTF or before 5.18 (no prev_state argument).
+#[tracepoint]
+pub fn tp_sched_switch(ctx: TracePointContext) -> u32 {
     let offsets = OFFSETS.load();
+    let next_tid: i32 = unsafe { ctx.read_at(offsets.switch_next_pid as usize) }.unwrap_or(0);
+    let _ = on_switch(
+        &ctx,
+        || unsafe { ctx.read_at::<i64>(offsets.switch_prev_state as usize) }.unwrap_or(0),
+        next_tid,
+    );
+    0
+}
+
+/// A field of a task_struct the kernel passed us.
+#[inline(always)]
+fn task_field<T>(task: u64, offset: u32) -> Option<T> {
+    if task == 0 {
+        return None;
+    }
+    // SAFETY: probe read of kernel memory; failure handled.
+    unsafe { bpf_probe_read_kernel((task as *const u8).add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// `prev_state` as the classic tracepoint reports it (`__trace_sched_switch_state`): a
+/// preemption is TASK_REPORT_MAX, anything else the highest reported state bit, so the agent
+/// reads the same values from either hook.
+#[inline(always)]
+fn reported_state(preempt: bool, state: u32) -> i64 {
+    const TASK_REPORT: u32 = 0x7f;
+    const TASK_IDLE: u32 = 0x402;
+    const TASK_DEAD: u32 = 0x80;
+    const TASK_RTLOCK_WAIT: u32 = 0x1000;
+    const TASK_FROZEN: u32 = 0x8000;
+    if preempt {
+        return 0x100; // TASK_REPORT_MAX
+    }
+    if state & TASK_IDLE == TASK_IDLE {
+        return 0x80; // TASK_REPORT_IDLE
+    }
+    if state & (TASK_RTLOCK_WAIT | TASK_FROZEN) != 0 {
+        return 2; // reported as uninterruptible
+    }
+    let mut report = state & TASK_REPORT;
+    if state & TASK_DEAD != 0 {
+        // Its exit_state (zombie or dead) is what the classic record shows.
+        report |= 0x20;
+    }
+    let mut bit = 0x40u32;
+    while bit != 0 {
+        if report & bit != 0 {
+            return bit as i64;
+        }
+        bit >>= 1;
+    }
+    0
+}
+
+fn on_switch<C: StackIdContext>(
+    ctx: &C,
+    prev_state: impl Fn() -> i64,
+    next_tid: i32,
+) -> Result<(), i32> {
     // At sched_switch `current` is still the task being switched out.
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
-        let prev_state: i64 = unsafe { ctx.read_at(offsets.switch_prev_state as usize)? };
+        let prev_state = prev_state();
         let syscall = current_syscall();
         // A thread preempted inside a syscall is not waiting in it (it may be on its way out
         // of the call, where the saved registers still name it): its stacks are taken as
@@ -860,13 +954,33 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         } else {
             syscall as i64
         }) as i32;
-        // A loop going idle in its wait point is between iterations: no stacks to take.
-        let (kernel, user, copied) = if is_idle_wait(blocked_in as i64) {
+        // No stacks for a loop going idle in its wait point (between iterations), nor for a
+        // preempted thread: it is still where it was running, which its samples show (the
+        // agent gives its runqueue time the stack of its latest sample).
+        let preempted = prev_state & 0xff == 0 && EAGER_STACKS.load() == 0;
+        let idle = preempted || is_idle_wait(blocked_in as i64);
+        let (kernel, user, copied) = if idle {
             (NO_STACK, NO_STACK, false)
         } else {
             stacks(ctx, tgid, tid, blocked_in, 0)
         };
-        let python = python_stack(tgid, tid, blocked_in, 0);
+        let python = if idle {
+            NO_PYTHON
+        } else {
+            python_stack(tgid, tid, blocked_in, 0)
+        };
+        if !idle {
+            // When it went to sleep: a wake-up of a short sleep takes no waker stacks.
+            // SAFETY: helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            match BLOCKED_SINCE.get_ptr_mut(&tid) {
+                // SAFETY: pointer into the map's value, valid for this program run.
+                Some(slot) => unsafe { *slot = now },
+                None => {
+                    let _ = BLOCKED_SINCE.insert(&tid, &now, 0);
+                }
+            }
+        }
         let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
         event.arg0 = prev_state as u64;
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
@@ -882,21 +996,46 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         event.comm = bpf_get_current_comm().unwrap_or_default();
         submit(&event);
     }
-    let next_tid: i32 = unsafe { ctx.read_at(offsets.switch_next_pid as usize)? };
     if let Some(next_tgid) = followed_tid(next_tid as u32) {
         submit(&new_event(kind::SWITCH_IN, next_tgid, next_tid as u32));
     }
     Ok(())
 }
 
+#[raw_tracepoint(tracepoint = "sched_waking")]
+pub fn sched_waking(ctx: RawTracePointContext) -> i32 {
+    let _ = raw_wakeup(&ctx, kind::WAKING);
+    0
+}
+
+/// Also attached to sched_wakeup_new.
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    let _ = raw_wakeup(&ctx, kind::WAKEUP);
+    0
+}
+
+#[inline(always)]
+fn raw_wakeup(ctx: &RawTracePointContext, kind: u32) -> Result<(), i32> {
+    let task = TASK.load();
+    let woken: u64 = ctx.arg(0);
+    let tid = task_field::<i32>(woken, task.pid).ok_or(0)?;
+    let Some(woken_tgid) = followed_tid(tid as u32) else {
+        return Ok(());
+    };
+    // Only for a followed thread: what task_cpu() reads.
+    let cpu = task_field::<i32>(woken, task.cpu).unwrap_or(-1);
+    on_wakeup(ctx, kind, tid, woken_tgid, cpu)
+}
+
 #[tracepoint]
-pub fn sched_waking(ctx: TracePointContext) -> u32 {
+pub fn tp_sched_waking(ctx: TracePointContext) -> u32 {
     let _ = try_wakeup(&ctx, kind::WAKING);
     0
 }
 
 #[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+pub fn tp_sched_wakeup(ctx: TracePointContext) -> u32 {
     let _ = try_wakeup(&ctx, kind::WAKEUP);
     0
 }
@@ -907,8 +1046,20 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     let Some(woken_tgid) = followed_tid(woken as u32) else {
         return Ok(());
     };
-    let (waker_tgid, waker_tid) = current_ids();
     let target_cpu: i32 = unsafe { ctx.read_at(offsets.wakeup_target_cpu as usize) }.unwrap_or(-1);
+    on_wakeup(ctx, kind, woken, woken_tgid, target_cpu)
+}
+
+/// A followed thread woken (`woken`, of process `woken_tgid`), in the waker's context.
+#[inline(always)]
+fn on_wakeup<C: StackIdContext>(
+    ctx: &C,
+    kind: u32,
+    woken: i32,
+    woken_tgid: u32,
+    target_cpu: i32,
+) -> Result<(), i32> {
+    let (waker_tgid, waker_tid) = current_ids();
     let mut event = new_event(kind, woken_tgid, woken as u32);
     event.arg0 = ((waker_tgid as u64) << 32) | waker_tid as u64;
     event.aux = target_cpu as u32;
@@ -916,7 +1067,10 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     // Waking a thread that idles in its loop's wait (a request arrived) starts an iteration:
     // who did it explains nothing, so the waker's stacks are not taken (on a busy server this
     // is most wake-ups).
-    if kind == kind::WAKING && waker_tgid != 0 && !is_idle_wait(thread_syscall(woken as u32) as i64)
+    if kind == kind::WAKING
+        && waker_tgid != 0
+        && !is_idle_wait(thread_syscall(woken as u32) as i64)
+        && (thread_syscall(woken as u32) == FUTEX || blocked_long_enough(woken as u32))
     {
         // sched_waking runs in the waker's context: its stacks say what released the sleeper
         // (the code that unlocked the mutex, wrote to the pipe, ...). A followed waker's user
@@ -930,6 +1084,23 @@ fn try_wakeup(ctx: &TracePointContext, kind: u32) -> Result<(), i32> {
     }
     submit(&event);
     Ok(())
+}
+
+/// The sleeper has been blocked at least WAKER_MIN_BLOCKED_NS (or we do not know since when).
+/// Not asked for a futex (a lock or the GIL): who released it is the lock holder the agent
+/// names, and a contended lock is many short waits that add up.
+#[inline(always)]
+fn blocked_long_enough(tid: u32) -> bool {
+    let min = WAKER_MIN_BLOCKED_NS.load();
+    if min == 0 {
+        return true;
+    }
+    // SAFETY: plain u64 copied out of the map.
+    match unsafe { BLOCKED_SINCE.get(&tid) }.copied() {
+        // SAFETY: helper without preconditions.
+        Some(since) => unsafe { bpf_ktime_get_ns() }.saturating_sub(since) >= min,
+        None => true,
+    }
 }
 
 /// Marks, in THREAD_SYSCALL, a wait-point syscall used as a plain sleep (see waits_on_no_fds):
@@ -1114,6 +1285,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let _ = FOLLOWED_TIDS.remove(&tid);
     let _ = THREAD_SYSCALL.remove(&tid);
     let _ = LAST_STACKS.remove(&tid);
+    let _ = BLOCKED_SINCE.remove(&tid);
     // SAFETY: plain u64 copied out of the map.
     if let Some(tstate) = unsafe { PY_THREADS.get(&tid) }.copied() {
         let _ = PY_TSTATE_TIDS.remove(&tstate);

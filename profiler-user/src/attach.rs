@@ -12,12 +12,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        PerfEvent, ProgramError, TracePoint,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use profiler_common::{PyProcess, TracepointOffsets, drop};
+use profiler_common::{PyProcess, TaskOffsets, TracepointOffsets, drop};
 
 use crate::features::KernelFeatures;
 
@@ -40,6 +40,14 @@ pub struct LoadOptions {
     /// Offset of `task_struct.thread.fsbase` (0: unknown; Python 3.9/3.10 frames are then not
     /// read).
     pub task_fsbase_offset: u32,
+    /// `task_struct` offsets for the raw scheduler tracepoints; None: the classic ones (no
+    /// BTF, or a kernel before 5.18).
+    pub task_offsets: Option<TaskOffsets>,
+    /// A sleeper's waker gets its stacks taken only once it has been blocked this long (ns;
+    /// 0: always).
+    pub waker_min_blocked_ns: u64,
+    /// Stacks at preemptions and for every waker, as before late capture (for measuring).
+    pub eager_stacks: bool,
     /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
     /// has no bpf_task_pt_regs.
     pub task_stack_offset: u32,
@@ -80,6 +88,16 @@ pub const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("signal", "signal_generate", "signal_generate", false),
 ];
 
+/// The scheduler tracepoints hooked as raw tracepoints when the kernel's BTF allows (they run
+/// at every switch and wake-up of the machine; a raw tracepoint formats no record): their
+/// programs are then the ones named in [`TRACEPOINTS`], else the classic `tp_` ones.
+const RAW_SCHED: [&str; 4] = [
+    "sched_switch",
+    "sched_waking",
+    "sched_wakeup",
+    "sched_wakeup_new",
+];
+
 /// The syscalls whose own tracepoints the agent attaches to besides the wait points: exit and
 /// exit_group never return, their entry is the only place to see the exit status.
 const EXIT_SYSCALLS: [&str; 2] = ["exit", "exit_group"];
@@ -101,6 +119,13 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
+        .override_global("WAKER_MIN_BLOCKED_NS", &options.waker_min_blocked_ns, true)
+        .override_global("EAGER_STACKS", &u32::from(options.eager_stacks), true)
+        .override_global(
+            "TASK",
+            &options.task_offsets.unwrap_or(TaskOffsets::UNSET),
+            true,
+        )
         .override_global("TASK_STACK_OFFSET", &options.task_stack_offset, false)
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
@@ -122,15 +147,42 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .set(nr, mark, 0)
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
-    let mut programs_loaded: StdHashMap<&str, bool> = StdHashMap::new();
-    let mut attachments: Vec<(&str, String, &str, bool)> = TRACEPOINTS
-        .iter()
-        .filter(|(_, _, program, _)| !program.is_empty())
-        .map(|&(category, name, program, required)| (category, name.to_string(), program, required))
-        .collect();
+    let mut programs_loaded: StdHashMap<String, bool> = StdHashMap::new();
+    let raw = options.task_offsets.is_some();
+    let mut attachments: Vec<(&str, String, String, bool)> = Vec::new();
+    for &(category, name, program, required) in TRACEPOINTS {
+        if program.is_empty() {
+            continue;
+        }
+        if RAW_SCHED.contains(&name) {
+            if raw {
+                let raw_tp: &mut RawTracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+                    .try_into()
+                    .with_context(|| format!("program {program} is not a raw tracepoint"))?;
+                if !programs_loaded.contains_key(program) {
+                    verified(raw_tp.load(), program, &options.verifier_log)?;
+                    programs_loaded.insert(program.to_string(), true);
+                }
+                raw_tp
+                    .attach(name)
+                    .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+                continue;
+            }
+            attachments.push((
+                category,
+                name.to_string(),
+                format!("tp_{program}"),
+                required,
+            ));
+            continue;
+        }
+        attachments.push((category, name.to_string(), program.to_string(), required));
+    }
     attachments.extend(syscall_attachments(options));
     for (category, name, program, required) in attachments {
-        let name = name.as_str();
+        let (name, program) = (name.as_str(), program.as_str());
         let tracepoint: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -138,7 +190,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .with_context(|| format!("program {program} is not a tracepoint"))?;
         if !programs_loaded.contains_key(program) {
             verified(tracepoint.load(), program, &options.verifier_log)?;
-            programs_loaded.insert(program, true);
+            programs_loaded.insert(program.to_string(), true);
         }
         match tracepoint.attach(category, name) {
             Ok(_) => {}
@@ -209,7 +261,7 @@ fn verified(result: Result<(), ProgramError>, program: &str, log_path: &Path) ->
 /// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
 /// and end there), entry of exit and exit_group. A wait point this kernel has no tracepoint for
 /// is skipped with a warning (loops waiting in it are then not seen as loops).
-fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, &'static str, bool)> {
+fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, String, bool)> {
     let mut names: Vec<&'static str> = Vec::new();
     for &nr in options
         .wait_points
@@ -225,11 +277,21 @@ fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, &'st
     let mut attachments = Vec::new();
     for name in &names {
         for (program, prefix) in SYSCALL_PROGRAMS {
-            attachments.push(("syscalls", format!("{prefix}{name}"), program, false));
+            attachments.push((
+                "syscalls",
+                format!("{prefix}{name}"),
+                program.to_string(),
+                false,
+            ));
         }
     }
     for name in EXIT_SYSCALLS {
-        attachments.push(("syscalls", format!("sys_enter_{name}"), "sys_enter", false));
+        attachments.push((
+            "syscalls",
+            format!("sys_enter_{name}"),
+            "sys_enter".to_string(),
+            false,
+        ));
     }
     attachments
 }

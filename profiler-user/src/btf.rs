@@ -1,6 +1,8 @@
-//! Just enough of the kernel's BTF (`/sys/kernel/btf/vmlinux`) to find one field's offset:
-//! `task_struct.thread.fsbase`, which the Python walker needs before CPython 3.11 (a thread
-//! state names its thread only by `pthread_self()`, and that is the thread's fs_base).
+//! Just enough of the kernel's BTF (`/sys/kernel/btf/vmlinux`) to find field offsets and a
+//! tracepoint's argument count: `task_struct.thread.fsbase`, which the Python walker needs
+//! before CPython 3.11 (a thread state names its thread only by `pthread_self()`, and that is
+//! the thread's fs_base), and the `task_struct` fields the raw scheduler tracepoints read
+//! (their arguments are task pointers, not formatted records).
 //!
 //! aya parses BTF too, but keeps member offsets private; the format is small and stable
 //! (<https://docs.kernel.org/bpf/btf.html>), so this reads the type section directly.
@@ -12,10 +14,12 @@ use anyhow::{Context as _, Result, bail};
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_PTR: u32 = 2;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 
 struct Type {
@@ -24,6 +28,8 @@ struct Type {
     /// Size for structs, the referred type for modifiers and typedefs.
     size_or_type: u32,
     kind_flag: bool,
+    /// Members of a struct or union, parameters of a function prototype.
+    vlen: usize,
     /// (name offset, type id, bit offset) for struct and union members.
     members: Vec<(u32, u32, u32)>,
 }
@@ -33,6 +39,7 @@ pub struct Btf {
     /// Types by id (id 0 is `void`, not stored).
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
+    typedefs: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -80,6 +87,7 @@ impl Btf {
                 name,
                 size_or_type,
                 kind_flag: info >> 31 == 1,
+                vlen,
                 members,
             });
         }
@@ -87,11 +95,15 @@ impl Btf {
             strings,
             types,
             by_name: HashMap::new(),
+            typedefs: HashMap::new(),
         };
         for (index, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT {
                 let name = btf.string(ty.name).to_string();
                 btf.by_name.entry(name).or_default().push(index as u32 + 1);
+            } else if ty.kind == KIND_TYPEDEF {
+                let name = btf.string(ty.name).to_string();
+                btf.typedefs.entry(name).or_insert(index as u32 + 1);
             }
         }
         Ok(btf)
@@ -147,6 +159,21 @@ impl Btf {
     }
 }
 
+impl Btf {
+    /// Arguments a raw tracepoint passes (its `TP_PROTO`), from the kernel's
+    /// `btf_trace_NAME` typedef: a pointer to a prototype whose first parameter is the probe's
+    /// `void *data`, not a tracepoint argument.
+    pub fn raw_tracepoint_args(&self, name: &str) -> Option<usize> {
+        let typedef = self.get(*self.typedefs.get(&format!("btf_trace_{name}"))?)?;
+        let pointer = self.get(typedef.size_or_type)?;
+        if pointer.kind != KIND_PTR {
+            return None;
+        }
+        let proto = self.get(pointer.size_or_type)?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
+    }
+}
+
 /// Bytes that follow a type's 12-byte common part, by kind.
 fn extra_bytes(kind: u32, vlen: usize) -> Result<usize> {
     Ok(match kind {
@@ -171,6 +198,31 @@ pub fn task_fsbase_offset() -> Result<u32> {
         .context("task_struct.thread.fsbase not found in the kernel's BTF")
 }
 
+/// What the raw scheduler tracepoints need to know about `struct task_struct` on this kernel.
+pub fn task_offsets() -> Result<profiler_common::TaskOffsets> {
+    let btf = Btf::from_sys_fs()?;
+    let field = |path: &[&str]| {
+        btf.field_offset("task_struct", path).with_context(|| {
+            format!(
+                "task_struct.{} not found in the kernel's BTF",
+                path.join(".")
+            )
+        })
+    };
+    // task_cpu(): in thread_info since 5.16 on x86-64, in task_struct before.
+    let cpu = field(&["thread_info", "cpu"]).or_else(|_| field(&["cpu"]))?;
+    let switch_args = btf
+        .raw_tracepoint_args("sched_switch")
+        .context("the kernel's BTF has no btf_trace_sched_switch")?;
+    Ok(profiler_common::TaskOffsets {
+        pid: field(&["pid"])?,
+        state: field(&["__state"]).or_else(|_| field(&["state"]))?,
+        cpu,
+        // (preempt, prev, next, prev_state) since 5.18; before, prev_state is read from prev.
+        switch_has_state: u32::from(switch_args >= 4),
+    })
+}
+
 /// Offset of `stack` (the kernel stack, whose top holds the user registers) in `struct
 /// task_struct`: for kernels without bpf_task_pt_regs (before 5.15).
 pub fn task_stack_offset() -> Result<u32> {
@@ -181,6 +233,17 @@ pub fn task_stack_offset() -> Result<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn task_offsets_on_this_kernel() {
+        let Ok(offsets) = super::task_offsets() else {
+            return;
+        };
+        assert!(offsets.pid > 0 && offsets.pid < 16384, "{offsets:?}");
+        assert_eq!(offsets.pid % 4, 0);
+        assert_eq!(offsets.cpu % 4, 0);
+        assert_ne!(offsets.pid, offsets.state);
+    }
+
     #[test]
     fn finds_fsbase_on_this_kernel() {
         // The kernel's own BTF: present on every machine stallscope supports (DESIGN.md).

@@ -659,10 +659,25 @@ pub fn checks(facts: &Facts) -> Vec<Check> {
         "not needed: stallscope uses tracepoints and perf events only",
     ));
     checks.extend(perf_event_checks(facts));
+    checks.push(python_check());
     if let Some(developer) = &facts.developer {
         checks.extend(developer_checks(developer));
     }
     checks
+}
+
+/// Which CPython versions this build reads frames of, and from where (the recording summary
+/// says, per interpreter seen, which way was used).
+fn python_check() -> Check {
+    Check::pass(
+        "Python",
+        format!(
+            "CPython 3.9-3.12 frames from stallscope's tables, 3.13-{} from the interpreter's \
+             _Py_DebugOffsets (3.14+ asyncio tasks from AsyncioDebug); newer or free-threaded \
+             builds: native frames only, said in one warning line",
+            crate::python_offsets::NEWEST_UNDERSTOOD
+        ),
+    )
 }
 
 /// One report line: `ok    tracefs          mounted at /sys/kernel/tracing`.

@@ -181,13 +181,14 @@ fn frame_kind_code(kind: FrameKind) -> &'static str {
         FrameKind::Python => "p",
         FrameKind::Native => "n",
         FrameKind::Kernel => "k",
-        FrameKind::Jit => "j",
+        // JavaScript read from V8's heap is drawn as JIT code (the page knows no other kind).
+        FrameKind::Jit | FrameKind::Js => "j",
     }
 }
 
 fn frame_name(frame: &Frame) -> String {
     let name = match (&frame.file, frame.line) {
-        (Some(file), Some(line)) if frame.kind == FrameKind::Python => {
+        (Some(file), Some(line)) if matches!(frame.kind, FrameKind::Python | FrameKind::Js) => {
             format!(
                 "{} ({}:{line})",
                 frame.function,

@@ -9,7 +9,8 @@
 //! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
 //! - [`timeline`]: the pure state machine from events to iterations and stalls;
 //! - [`symbolize`]: addresses → frames (the only blazesym user); [`perf_map`]: JIT symbol
-//!   maps read without letting the target choose the file;
+//!   maps read without letting the target choose the file; [`v8`]: JavaScript frames of
+//!   Node processes from V8's postmortem metadata;
 //! - [`report`]: the recording as data, and every output rendered from it;
 //! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
 //!   more renderings of a recording for CI and other tools; [`html`]: report.html;
@@ -44,6 +45,7 @@ pub mod timeline;
 pub mod trace;
 pub mod tracefs;
 pub mod unwind;
+pub mod v8;
 
 /// Settings of the property tests that fuzz the parsers of target-controlled bytes (their
 /// names start with `fuzz_`): a short run in the unit tests, a long one with

@@ -165,7 +165,7 @@ fn module_of(frame: &Frame) -> Option<&str> {
         (Some(module), _) => Some(module),
         (None, FrameKind::Kernel) => Some("[kernel.kallsyms]"),
         (None, FrameKind::Jit) => Some("[jit]"),
-        (None, FrameKind::Python | FrameKind::Native) => None,
+        (None, FrameKind::Python | FrameKind::Native | FrameKind::Js) => None,
     }
 }
 
@@ -570,6 +570,7 @@ mod tests {
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),
+            javascript: Default::default(),
             verdict: Verdict::default(),
         }
     }

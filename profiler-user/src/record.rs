@@ -149,6 +149,13 @@ pub async fn run_with_start(
         runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
         task_fsbase_offset: fsbase_offset(),
+        task_offsets: task_offsets(),
+        waker_min_blocked_ns: if eager_stacks() {
+            0
+        } else {
+            config.threshold_ns / WAKER_STACK_FRACTION
+        },
+        eager_stacks: eager_stacks(),
         task_stack_offset: stack_offset(&kernel),
         features: kernel,
         verifier_log: out_dir.join("verifier.log"),
@@ -162,6 +169,9 @@ pub async fn run_with_start(
         Target::Pids(_) => {
             let pids: Vec<u32> = start_pids.iter().map(|p| p.pid).collect();
             for pid in procfs::with_descendants(&pids) {
+                // V8's metadata first: reading a 100 MB node binary takes a while, and a
+                // followed process's events would pile up in the ring meanwhile.
+                session.v8s.process(pid);
                 probes.follow(pid, &procfs::threads(pid))?;
                 session.add_process(pid, None);
             }
@@ -229,6 +239,44 @@ fn fsbase_offset() -> u32 {
         Err(err) => {
             eprintln!("stallscope: warning: {err:#}; Python 3.9 and 3.10 frames will not be shown");
             0
+        }
+    }
+}
+
+/// A waker's stacks are taken when its sleeper has been blocked at least this fraction of the
+/// threshold (1 ms at the default 100 ms): shorter waits would take a hundred to make a stall,
+/// and a ping-pong's microsecond sleeps are most wake-ups of a busy process.
+/// Their time is still counted, with the sleeper's own switch-out stack. Futex waits (locks, the
+/// GIL) always get their waker's stacks: a contended lock is many short waits.
+const WAKER_STACK_FRACTION: u64 = 100;
+
+/// `STALLSCOPE_EAGER_STACKS=1`: stacks at every preemption and for every waker, as before late
+/// capture (to measure what it saves).
+fn eager_stacks() -> bool {
+    std::env::var_os("STALLSCOPE_EAGER_STACKS").is_some_and(|v| v == "1")
+}
+
+/// `STALLSCOPE_CLASSIC_TRACEPOINTS=1` forces the classic scheduler tracepoints (to measure the
+/// raw ones against them, or to sidestep a kernel whose raw ones misbehave).
+fn classic_tracepoints() -> bool {
+    std::env::var_os("STALLSCOPE_CLASSIC_TRACEPOINTS").is_some_and(|v| v == "1")
+}
+
+/// `task_struct` offsets for the raw scheduler tracepoints; without them (no BTF, a kernel
+/// before 5.18) the classic tracepoints do the same job at a higher cost per switch.
+fn task_offsets() -> Option<profiler_common::TaskOffsets> {
+    if classic_tracepoints() {
+        return None;
+    }
+    match crate::btf::task_offsets() {
+        Ok(offsets) if offsets.switch_has_state == 1 => Some(offsets),
+        Ok(_) => {
+            log::info!("sched_switch passes no prev_state (before 5.18): classic tracepoints");
+            None
+        }
+        Err(err) => {
+            log::info!("{err:#}: classic scheduler tracepoints");
+            None
         }
     }
 }

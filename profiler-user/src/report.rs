@@ -43,6 +43,9 @@ pub struct Recording {
     /// CPython interpreters found and the cost and completeness of reading their frames.
     #[serde(default)]
     pub python: PythonReport,
+    /// Node processes whose JavaScript frames were read from V8's metadata, and at what cost.
+    #[serde(default)]
+    pub javascript: JsReport,
     /// One-line advice on getting better results (e.g. how to name JIT frames).
     #[serde(default)]
     pub hints: Vec<String>,
@@ -134,6 +137,27 @@ pub struct PythonReport {
     pub unreadable_frames: u64,
     /// Time spent decoding frames in the agent, summed.
     pub decode_ns: u64,
+}
+
+/// The V8 runtimes seen (Node) and how their JavaScript frames were read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JsReport {
+    pub runtimes: Vec<JsRuntimeRecord>,
+    /// JavaScript frames named.
+    pub frames: u64,
+    /// Frames in V8 code whose function could not be read (left as native frames).
+    pub unreadable_frames: u64,
+    /// Time spent reading JavaScript frames in the agent, summed.
+    pub read_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JsRuntimeRecord {
+    pub pid: u32,
+    /// V8's version, "12.4.254".
+    pub v8_version: String,
+    /// The file holding V8 (`node` or `libnode.so`).
+    pub binary: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -422,8 +446,11 @@ fn frame_label(frame: &Frame) -> String {
     match frame.kind {
         FrameKind::Kernel => format!("{name}_[k]"),
         FrameKind::Jit => format!("{name}_[j]"),
-        FrameKind::Python => match (&frame.file, frame.line) {
+        FrameKind::Python | FrameKind::Js => match (&frame.file, frame.line) {
             (Some(file), Some(line)) => format!("{name} ({}:{line})", short_path(file)),
+            (Some(file), None) if frame.kind == FrameKind::Js => {
+                format!("{name} ({})", short_path(file))
+            }
             _ => name,
         },
         FrameKind::Native => name,
@@ -839,6 +866,9 @@ pub fn top_user_frames(stack: &StackRecord, count: usize) -> Vec<&Frame> {
 fn frame_text(frame: &Frame) -> String {
     match (&frame.file, frame.line) {
         (Some(file), Some(line)) => format!("{} ({}:{line})", frame.function, short_path(file)),
+        (Some(file), None) if frame.kind == FrameKind::Js => {
+            format!("{} ({})", frame.function, short_path(file))
+        }
         _ => frame.function.clone(),
     }
 }
@@ -1043,6 +1073,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
     if let Some(line) = python_line(&recording.python) {
         let _ = writeln!(text, "  {line}");
     }
+    if let Some(line) = javascript_line(&recording.javascript) {
+        let _ = writeln!(text, "  {line}");
+    }
     for line in churn_lines(recording) {
         let _ = writeln!(text, "  {line}");
     }
@@ -1104,6 +1137,23 @@ fn python_line(python: &PythonReport) -> Option<String> {
         let _ = write!(line, "\n    {entry}");
     }
     Some(line)
+}
+
+/// "JavaScript (V8 12.4.254, 1 process(es)): 1,234 frames named, 0 unreadable".
+fn javascript_line(js: &JsReport) -> Option<String> {
+    if js.runtimes.is_empty() {
+        return None;
+    }
+    let mut versions: Vec<&str> = js.runtimes.iter().map(|r| r.v8_version.as_str()).collect();
+    versions.sort();
+    versions.dedup();
+    Some(format!(
+        "JavaScript (V8 {}, {} process(es)): {} frames named, {} unreadable",
+        versions.join(", "),
+        js.runtimes.len(),
+        js.frames,
+        js.unreadable_frames
+    ))
 }
 
 /// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.
@@ -1210,6 +1260,7 @@ mod tests {
             spans_dropped: 0,
             unwind: UnwindReport::default(),
             python: PythonReport::default(),
+            javascript: JsReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
             kernel_limits: vec![],

@@ -121,8 +121,12 @@ pub struct Session {
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
     python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     unwind_ns: u64,
+    /// Time spent reading JavaScript frames, summed.
+    v8_ns: u64,
     stack_bytes_copied: u64,
     pub unwinders: crate::unwind::Unwinders,
+    /// Node processes: JavaScript frames from V8's postmortem metadata.
+    pub v8s: crate::v8::V8s,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
 }
@@ -173,8 +177,10 @@ impl Session {
             task_history: HashMap::new(),
             kernel_drops_at_stop: None,
             unwind_ns: 0,
+            v8_ns: 0,
             stack_bytes_copied: 0,
             unwinders: crate::unwind::Unwinders::new(),
+            v8s: crate::v8::V8s::default(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
     }
@@ -189,6 +195,7 @@ impl Session {
         if self.exited_pids.remove(&pid) {
             self.resolver.symbols.forget(pid);
             self.unwinders.forget(pid);
+            self.v8s.forget(pid);
         }
         let stat = procfs::stat(pid);
         let record = ProcessRecord {
@@ -210,6 +217,9 @@ impl Session {
         let id = procfs::process_id(pid);
         self.processes.insert(pid, ProcessState { record, id });
         self.detect_python(pid, started_ns.is_some());
+        // V8's metadata is read now, not at the first stack: reading a 100 MB node binary
+        // takes a while, and the first stacks' objects must be read before the GC moves them.
+        self.v8s.process(pid);
     }
 
     /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
@@ -329,16 +339,40 @@ impl Session {
             return;
         }
         let started = std::time::Instant::now();
-        let ips = self
+        let (mut ips, fps) = self
             .unwinders
-            .unwind(header.pid, header.ip, header.sp, header.bp, stack);
+            .unwind_with_fps(header.pid, header.ip, header.sp, header.bp, stack);
         self.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.merge_js(header.pid, &mut ips, &fps, stack, header.sp);
         self.stack_bytes_copied += stack.len() as u64;
         if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&header.tid)
         {
             self.last_unwound.insert(header.tid, ips.clone());
         }
         self.pending_stacks.insert(header.tid, (header.ts_ns, ips));
+    }
+
+    /// JavaScript frames in place of the V8 code that ran them, read now (while the stack bytes
+    /// are here and the objects they point to have not moved).
+    fn merge_js(&mut self, pid: u32, ips: &mut Vec<u64>, fps: &[u64], stack: &[u8], sp: u64) {
+        let Some(process) = self.v8s.process(pid) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let found = process.frames(ips, fps, stack, sp);
+        if found.iter().any(Option::is_some) {
+            let mut merged = Vec::with_capacity(ips.len());
+            for (&ip, js) in ips.iter().zip(found) {
+                match js {
+                    None => merged.push(ip),
+                    // The rest of the JS frame just named.
+                    Some(None) => {}
+                    Some(Some(frame)) => merged.push(self.resolver.js_entry(frame).unwrap_or(ip)),
+                }
+            }
+            *ips = merged;
+        }
+        self.v8_ns += started.elapsed().as_nanos() as u64;
     }
 
     /// Python frames: decoded now (the code objects may be freed soon) and kept for the event
@@ -586,11 +620,13 @@ impl Session {
                 self.resolver.symbols.forget(pid);
                 self.resolver.symbols.snapshot(pid);
                 self.unwinders.forget(pid);
+                self.v8s.forget(pid);
                 if let Some(probes) = probes {
                     probes.forget_python(pid);
                 }
                 if self.processes.contains_key(&pid) {
                     self.detect_python(pid, true);
+                    self.v8s.process(pid);
                 }
                 if let Some(process) = self.processes.get_mut(&pid) {
                     if let Some(stat) = procfs::stat(pid) {
@@ -652,6 +688,7 @@ impl Session {
             self.resolver.resolve_pid(Some(&*probes), pid);
         }
         self.pythons.forget(pid);
+        self.v8s.forget(pid);
         self.python_maybe_later.remove(&pid);
         if live {
             self.exited_pids.insert(pid);
@@ -977,7 +1014,8 @@ impl Session {
             .chain(self.processes.values().map(|p| p.record.clone()))
             .collect();
         processes.sort_by_key(|p| (p.pid, p.started_ns));
-        let mut hints = hints(&processes);
+        let v8_stats = self.v8s.stats();
+        let mut hints = hints(&processes, &self.v8s);
         if !self.resolver.symbols.unopenable.is_empty() {
             hints.push(format!(
                 "{} mapped file(s) could not be opened (deleted or replaced since they started, and /proc/PID/map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN): their frames are named by offset and their stacks may be short; e.g. {}",
@@ -1039,6 +1077,21 @@ impl Session {
             python: report::PythonReport {
                 unreadable_frames: self.pythons.unreadable_frames,
                 ..self.python_report
+            },
+            javascript: report::JsReport {
+                runtimes: self
+                    .v8s
+                    .found
+                    .iter()
+                    .map(|(pid, version, binary)| report::JsRuntimeRecord {
+                        pid: *pid,
+                        v8_version: version.clone(),
+                        binary: binary.clone(),
+                    })
+                    .collect(),
+                frames: v8_stats.frames,
+                unreadable_frames: v8_stats.unreadable,
+                read_ns: self.v8_ns,
             },
             spans,
             spans_dropped: result.marks_dropped,
@@ -1162,20 +1215,23 @@ fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
     Some(why.join("; "))
 }
 
-/// Advice for the summary: JIT code that could be named (Node's, whose perf map is opt-in).
-fn hints(processes: &[ProcessRecord]) -> Vec<String> {
+/// Advice for the summary: a Node process whose JavaScript frames could not be read from V8's
+/// metadata (why, in one line), where a perf map is the remaining way to name compiled code.
+fn hints(processes: &[ProcessRecord], v8s: &crate::v8::V8s) -> Vec<String> {
     let mut hints = Vec::new();
     for process in processes {
-        let is_node = std::path::Path::new(&process.exe)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("node"));
-        let no_perf_map = !crate::perf_map::exists(process.pid);
-        if is_node && no_perf_map {
-            hints.push(format!(
-                "{} ({}) is Node.js: JavaScript functions show as unknown addresses; start it with `node --perf-basic-prof` to name them",
-                process.comm, process.pid
-            ));
-        }
+        let Some(err) = v8s.failures.get(&process.pid) else {
+            continue;
+        };
+        let perf_map = if !crate::perf_map::exists(process.pid) {
+            "; start it with `node --perf-basic-prof` to name at least its compiled functions"
+        } else {
+            ""
+        };
+        hints.push(format!(
+            "{} ({}): JavaScript functions are not named: {err}{perf_map}",
+            process.comm, process.pid
+        ));
     }
     hints
 }
@@ -1235,6 +1291,9 @@ pub struct Resolver {
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     python_frames: Vec<Frame>,
     python_frame_ids: HashMap<Frame, u64>,
+    /// JavaScript frames met so far; an unwound stack refers to them by index (see JS_MARK).
+    js_frames: Vec<Frame>,
+    js_frame_ids: HashMap<Frame, u64>,
     /// `--python-only`: stacks with Python frames show only those.
     pub python_only: bool,
 }
@@ -1246,6 +1305,12 @@ const PY_ENTRY: u64 = 1 << 62;
 const PY_INDEX: u64 = (1 << 62) - 1;
 /// Distinct Python frames (function, file, line) kept.
 const MAX_PYTHON_FRAMES: usize = 200_000;
+/// Marks an entry of an unwound stack as a JavaScript frame in place of the native one (user
+/// addresses stay below 2^47; PY_MARK is clear); the low bits index `js_frames`.
+const JS_MARK: u64 = 1 << 61;
+const JS_INDEX: u64 = JS_MARK - 1;
+/// Distinct JavaScript frames kept.
+const MAX_JS_FRAMES: usize = 200_000;
 
 /// First id given to an unwound user stack; kernel stack-map ids are far below.
 pub const INTERNED_BASE: i32 = 1 << 24;
@@ -1297,10 +1362,35 @@ impl Resolver {
         self.intern(ips)
     }
 
-    /// Native user frames with the Python frames of an unwound stack merged in.
+    /// The entry standing for a JavaScript frame in an unwound stack (None when the table is
+    /// full: the native frame stays).
+    pub fn js_entry(&mut self, frame: Frame) -> Option<u64> {
+        if let Some(&index) = self.js_frame_ids.get(&frame) {
+            return Some(JS_MARK | index);
+        }
+        if self.js_frames.len() >= MAX_JS_FRAMES {
+            self.interned_dropped += 1;
+            return None;
+        }
+        let index = self.js_frames.len() as u64;
+        self.js_frames.push(frame.clone());
+        self.js_frame_ids.insert(frame, index);
+        Some(JS_MARK | index)
+    }
+
+    /// Native user frames (JavaScript ones in place) with the Python frames of an unwound
+    /// stack merged in.
     fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
         let (python, native): (Vec<u64>, Vec<u64>) = ips.iter().partition(|&&ip| ip & PY_MARK != 0);
-        let native = self.symbols.user_frames(pid, &native);
+        let mut frames = Vec::with_capacity(native.len());
+        for (index, &ip) in native.iter().enumerate() {
+            if ip & JS_MARK != 0 {
+                frames.extend(self.js_frames.get((ip & JS_INDEX) as usize).cloned());
+            } else {
+                frames.extend(self.symbols.user_frame(pid, ip, index == 0));
+            }
+        }
+        let native = frames;
         if python.is_empty() {
             return native;
         }

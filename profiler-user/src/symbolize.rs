@@ -32,6 +32,8 @@ pub enum FrameKind {
     Native,
     Kernel,
     Jit,
+    /// A JavaScript function read from V8's heap (see `v8.rs`).
+    Js,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -231,6 +233,11 @@ impl Symbols {
             frames.extend(self.user_address(pid, lookup));
         }
         frames
+    }
+
+    /// Frames for one user address: the interrupted instruction (`leaf`) or a return address.
+    pub fn user_frame(&mut self, pid: u32, ip: u64, leaf: bool) -> Vec<Frame> {
+        self.user_address(pid, if leaf { ip } else { ip.saturating_sub(1) })
     }
 
     fn user_address(&mut self, pid: u32, addr: u64) -> Vec<Frame> {

@@ -435,6 +435,25 @@ struct Thread {
 /// On-CPU samples kept per thread for lock-holder attribution (~1.3 s at 99 Hz).
 const RECENT_SAMPLES: usize = 128;
 
+/// The stack a preempted thread waits for a CPU with. The kernel side takes none at a
+/// preemption (the thread is still where it was running, and a preemption is the most frequent
+/// switch of a busy thread): the latest sample's, when it was taken at most two sample periods
+/// before. An older recording's switch-outs carry their own stacks, used as they are.
+fn preempted_stack(
+    samples: &std::collections::VecDeque<(u64, StackKey)>,
+    ts: u64,
+    stack: StackKey,
+    sample_period_ns: u64,
+) -> Option<StackKey> {
+    if stack.kernel >= 0 || stack.user >= 0 {
+        return Some(stack);
+    }
+    samples
+        .back()
+        .filter(|(at, _)| *at <= ts && ts - *at <= 2 * sample_period_ns)
+        .map(|(_, sample)| *sample)
+}
+
 impl Thread {
     fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
         self.iteration.iter_mut().chain(self.run.iter_mut())
@@ -732,7 +751,12 @@ impl Timeline {
             Cpu::Runnable {
                 since: ts,
                 out_since: ts,
-                stack: Some(stack),
+                stack: preempted_stack(
+                    &thread.recent_samples,
+                    ts,
+                    stack,
+                    self.config.sample_period_ns,
+                ),
                 syscall: None,
                 waker: None,
             }

@@ -551,6 +551,7 @@ mod tests {
             hints: vec![],
             unwind: Default::default(),
             python: Default::default(),
+            javascript: Default::default(),
             verdict: Verdict::default(),
         }
     }

@@ -196,7 +196,8 @@ pub struct UnwindStats {
     pub scanned: u64,
 }
 
-/// Unwinds from (ip, sp, bp); returns the addresses and whether it reached the end cleanly.
+/// Unwinds from (ip, sp, bp); returns the addresses, the frame pointer (rbp) each frame ran
+/// with (what V8's frames are read at), and whether it reached the end cleanly.
 /// Every step must move the stack pointer up: a rule that does not (glibc's clone3 in the
 /// child, right after the syscall, has none that applies) would otherwise repeat forever.
 /// Recursion, where the same return address legitimately repeats, does move it.
@@ -207,9 +208,11 @@ fn walk(
     ip: u64,
     sp: u64,
     bp: u64,
-) -> (Vec<u64>, bool) {
+) -> (Vec<u64>, Vec<u64>, bool) {
     let mut frames = Vec::with_capacity(32);
+    let mut fps = Vec::with_capacity(32);
     frames.push(ip);
+    fps.push(bp);
     let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
     let mut address = FrameAddress::from_instruction_pointer(ip);
     loop {
@@ -217,19 +220,20 @@ fn walk(
         match unwinder.unwind_frame(address, &mut regs, cache, read_stack) {
             Ok(Some(return_address)) => {
                 if regs.sp() <= previous_sp {
-                    return (frames, false);
+                    return (frames, fps, false);
                 }
                 let Some(next) = FrameAddress::from_return_address(return_address) else {
-                    return (frames, true);
+                    return (frames, fps, true);
                 };
                 frames.push(return_address);
+                fps.push(regs.bp());
                 if frames.len() >= MAX_FRAMES {
-                    return (frames, false);
+                    return (frames, fps, false);
                 }
                 address = next;
             }
-            Ok(None) => return (frames, true),
-            Err(_) => return (frames, false),
+            Ok(None) => return (frames, fps, true),
+            Err(_) => return (frames, fps, false),
         }
     }
 }
@@ -418,6 +422,18 @@ impl Unwinders {
     /// Unwinds one copied stack. Returns instruction addresses, innermost first: the
     /// interrupted `ip`, then return addresses.
     pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Vec<u64> {
+        self.unwind_with_fps(pid, ip, sp, bp, stack).0
+    }
+
+    /// [`Self::unwind`], with the frame pointer each frame ran with (same length).
+    pub fn unwind_with_fps(
+        &mut self,
+        pid: u32,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        stack: &[u8],
+    ) -> (Vec<u64>, Vec<u64>) {
         if !self.covers(pid, ip) {
             // New code mapped since we last looked (or a process seen for the first time).
             self.refresh(pid);
@@ -425,14 +441,14 @@ impl Unwinders {
         self.stats.stacks += 1;
         let Some(process) = self.processes.get(&pid) else {
             self.stats.truncated += 1;
-            return vec![ip];
+            return (vec![ip], vec![bp]);
         };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = addr.checked_sub(sp).ok_or(())? as usize;
             let bytes = stack.get(offset..offset + 8).ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
-        let (mut frames, mut complete) = walk(
+        let (mut frames, mut fps, mut complete) = walk(
             &process.unwinder,
             &mut self.cache,
             &mut read_stack,
@@ -448,7 +464,7 @@ impl Unwinders {
             // Stale return addresses linger in dead stack slots; take the first candidate from
             // which the rest of the stack unwinds cleanly to its root.
             for (slot, return_address) in return_address_candidates(process, stack, sp).take(8) {
-                let (rest, rest_complete) = walk(
+                let (rest, rest_fps, rest_complete) = walk(
                     &process.unwinder,
                     &mut self.cache,
                     &mut read_stack,
@@ -459,6 +475,8 @@ impl Unwinders {
                 if rest_complete {
                     frames.truncate(1);
                     frames.extend(rest);
+                    fps.truncate(1);
+                    fps.extend(rest_fps);
                     complete = true;
                     self.stats.scanned += 1;
                     break;
@@ -470,9 +488,10 @@ impl Unwinders {
         }
         if frames.is_empty() {
             frames.push(ip);
+            fps.push(bp);
         }
         self.stats.frames += frames.len() as u64;
-        frames
+        (frames, fps)
     }
 }
 

@@ -1814,3 +1814,94 @@ gil_tests! {
     gil_hog_cpython_3_13: Interpreter::Pyenv(13);
     gil_hog_debian_python3: Interpreter::Debian;
 }
+
+// ---------------------------------------------------------------------------------------------
+// An interpreter newer than the newest understood: one warning line, native frames, no garbage.
+
+/// Debian's python3.15 copied into the sid root as `python3.16`, its `_Py_DebugOffsets` version
+/// patched to 3.16.0 (a table shape stallscope does not know): the agent says so in one line,
+/// still finds the validation stall, and shows no Python frame at all (never garbage ones).
+#[test]
+fn unknown_newer_debug_offsets_get_one_warning_and_native_frames() {
+    require_root();
+    let root = sid_root();
+    let original = root.join("usr/bin/python3.15");
+    let patched = root.join("usr/bin/python3.16");
+    let mut bytes = std::fs::read(&original).expect("read python3.15");
+    // The static initializer of _PyRuntime: the cookie followed by a 3.15 PY_VERSION_HEX (the
+    // cookie alone also appears as a string constant).
+    let tables: Vec<usize> = (0..bytes.len().saturating_sub(16))
+        .filter(|&at| {
+            bytes[at..at + 8] == *b"xdebugpy"
+                && u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) >> 16
+                    == 0x030f
+        })
+        .collect();
+    assert_eq!(tables.len(), 1, "python3.15 has one _Py_DebugOffsets");
+    bytes[tables[0] + 8..tables[0] + 16].copy_from_slice(&0x0310_00f0u64.to_le_bytes());
+    std::fs::write(&patched, &bytes).expect("write python3.16");
+    std::fs::set_permissions(
+        &patched,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod python3.16");
+
+    let interpreter = Interpreter::Sid(16);
+    let (service, port) = asyncio_service(interpreter, &PathBuf::from("/usr/bin/python3.16"));
+    let out = scratch_dir("python-stacks-unknown-3.16");
+    let pid = service.pid();
+    get_json(port, "/ok");
+    let pid_text = pid.to_string();
+    let agent = Agent::record(&["--pid", &pid_text, "--threshold", "100ms"], &out);
+    thread::sleep(Duration::from_millis(300));
+    let validate = Planted::request(port, "/validate");
+    thread::sleep(Duration::from_millis(300));
+    let result = agent.stop();
+    drop(service);
+
+    let mut problems = Problems::default();
+    problems.check(result.status.success(), || {
+        format!("the agent failed ({}): {:#?}", result.status, result.stderr)
+    });
+    let warnings: Vec<&String> = result
+        .stderr
+        .iter()
+        .filter(|l| l.contains("warning") && l.contains(&format!("process {pid}")))
+        .collect();
+    problems.check(
+        warnings.len() == 1
+            && warnings[0].contains("native frames only")
+            && warnings[0].contains("CPython 3.16.0"),
+        || format!("one warning line naming 3.16.0 and native frames: {warnings:#?}"),
+    );
+    let json = result.stalls_json();
+    let stalls = loop_stalls(&json, pid);
+    match stall_covering(&stalls, validate.start_ns, validate.end_ns, 30_000_000) {
+        None => problems.0.push(format!(
+            "no loop stall covers /validate; loop stalls:\n  {}",
+            stall_list(&stalls)
+        )),
+        Some(stall) => {
+            let python: Vec<String> = stall["stacks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(python_frames)
+                .map(|f| f.to_string())
+                .collect();
+            problems.check(python.is_empty(), || {
+                format!("a 3.16 table was not understood, yet Python frames were shown: {python:?}")
+            });
+        }
+    }
+    let frames_read = json["python"]["interpreters"][0]["frames"]
+        .as_str()
+        .unwrap_or("");
+    problems.check(frames_read.starts_with("not read:"), || {
+        format!(
+            "stalls.json should say the frames were not read: {}",
+            json["python"]
+        )
+    });
+    problems.assert_none("unknown 3.16", &out);
+}

