@@ -254,7 +254,9 @@ pub const MAX_PY_FRAMES: usize = 96;
 /// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
 /// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
 /// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
-/// for minutes under emulation; without the walk 5.10 attaches in ~6 s there.
+/// for minutes under emulation; 2 steps verify there (attach ~9 s) and name the frames on 6.12,
+/// but on 5.10 the agent's update of PY_PROCS fails with EPERM (not understood yet); without
+/// the walk 5.10 attaches in ~6 s.
 pub const COMPAT_PY_FRAMES: usize = 0;
 pub const COMPAT_PY_THREADS: usize = 2;
 

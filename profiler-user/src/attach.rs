@@ -17,7 +17,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{PyProcess, TaskOffsets, TracepointOffsets, drop};
+use profiler_common::{COMPAT_PY_FRAMES, PyProcess, TaskOffsets, TracepointOffsets, drop};
 
 use crate::features::KernelFeatures;
 
@@ -67,6 +67,8 @@ pub struct Probes {
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
     py_procs: HashMap<MapData, u32, PyProcess>,
+    /// The loaded programs walk Python frames (not the compat build without a walk).
+    python_walk: bool,
 }
 
 /// (category, name, program, required) for every tracepoint the agent needs. An optional one
@@ -227,6 +229,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         stacks: take(&mut ebpf, "STACKS")?,
         drops: take(&mut ebpf, "DROPS")?,
         py_procs: take(&mut ebpf, "PY_PROCS")?,
+        python_walk: options.features.full() || COMPAT_PY_FRAMES != 0,
         logger,
         _ebpf: ebpf,
     };
@@ -335,6 +338,10 @@ impl Probes {
 
     /// Tells the kernel side where a process's CPython is, so its frames are walked.
     pub fn set_python(&mut self, pid: u32, layout: PyProcess) -> Result<()> {
+        if !self.python_walk {
+            // Nothing would read it (and Linux 5.10 refuses this update with EPERM).
+            return Ok(());
+        }
         self.py_procs
             .insert(pid, layout, 0)
             .with_context(|| format!("registering the Python interpreter of {pid}"))
