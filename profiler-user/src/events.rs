@@ -196,7 +196,7 @@ impl LossDetector {
             Some(last) if seq > last.saturating_add(1) => seq - last - 1,
             _ => 0,
         };
-        self.lost += gap;
+        self.lost = self.lost.saturating_add(gap);
         gap
     }
 }

@@ -266,11 +266,12 @@ mod tests {
             })
     }
 
-    /// A whole replay and every rendering per case: an eighth of the cases of the parsers.
+    /// A whole replay and every rendering per case (about half a second with overflow
+    /// checks on a loaded machine): a twentieth of the cases of the parsers.
     fn replay_config() -> ProptestConfig {
         let config = crate::fuzz_config();
         ProptestConfig {
-            cases: (config.cases / 8).max(16),
+            cases: (config.cases / 20).max(16),
             ..config
         }
     }

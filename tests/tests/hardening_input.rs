@@ -30,7 +30,7 @@ use std::{
 use serde_json::Value;
 use stallscope_tests::{
     Agent, AgentResult, EpollServer, Lines, Needed, Planted, Target, agent_bin, c_target,
-    dominant_stack, require_root, run_agent, scratch_dir, user_function_names,
+    dominant_code_stack, require_root, run_agent, scratch_dir, user_function_names,
 };
 
 const FP_FLAGS: &[&str] = &["-O2", "-g", "-fno-omit-frame-pointer"];
@@ -133,7 +133,8 @@ fn plant_burn(server: &EpollServer) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
-/// The stall that contains the planted burn, and its heaviest stack, which must be on-CPU.
+/// The stall that contains the planted burn, and its heaviest code stack (runqueue time is the
+/// machine's contention, not the code's), which must be on-CPU.
 fn burn_stall(json: &Value, planted: &Planted) -> (Value, Value) {
     let stalls = json["stalls"].as_array().expect("stalls array");
     let stall = stalls
@@ -145,7 +146,7 @@ fn burn_stall(json: &Value, planted: &Planted) -> (Value, Value) {
         })
         .unwrap_or_else(|| panic!("no stall covers the planted burn {planted:?}: {stalls:#?}"))
         .clone();
-    let top = dominant_stack(&stall).clone();
+    let top = dominant_code_stack(&stall).clone();
     assert_eq!(top["kind"], "on_cpu", "a burn is on-CPU: {stall:#}");
     (stall, top)
 }
@@ -481,8 +482,8 @@ fn bad_flag_values_are_usage_errors_that_name_the_flag() {
             "expected metric=value",
         ),
         (
-            &["report", "/nonexistent", "--format", "html"],
-            "--format html",
+            &["report", "/nonexistent", "--format", "xlsx"],
+            "--format xlsx",
         ),
         (
             &["diff", "/a", "/b", "--fail-on", "process:total=+20%"],
@@ -1267,7 +1268,7 @@ fn least_privilege_names_kernel_frames_or_says_cap_syslog_is_missing() {
         .as_array()
         .and_then(|s| s.first())
         .unwrap_or_else(|| panic!("the sleep is a stall: {json:#}"));
-    let top = dominant_stack(stall);
+    let top = dominant_code_stack(stall);
     assert_eq!(top["kind"], "off_cpu", "{stall:#}");
     let kernel: Vec<&str> = top["frames"]
         .as_array()
