@@ -19,7 +19,9 @@ use std::{
 
 use profiler_common::{FIELD_ABSENT, TracepointOffsets};
 
-use crate::features::{self, KernelFeatures};
+use crate::features::{
+    self, BPF_PROG_LOAD, BPF_PROG_TYPE_TRACEPOINT, KernelFeatures, ProgLoadAttr,
+};
 
 /// Every tracepoint the agent requires, as `category/name` (the required entries of
 /// `attach::TRACEPOINTS`; a unit test keeps the two in step).
@@ -865,13 +867,11 @@ fn first_line(bytes: &[u8]) -> Option<String> {
 // attributes than its own, and every field we do not set is zero.
 
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_STACK_TRACE: u32 = 7;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
-const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const BPF_PROG_TYPE_PERF_EVENT: u32 = 7;
 
 #[repr(C)]
@@ -885,23 +885,7 @@ struct MapCreateAttr {
     rest: [u32; 27],
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    rest: [u64; 10],
-}
-
 const _: () = assert!(size_of::<MapCreateAttr>() == 128);
-const _: () = assert!(size_of::<ProgLoadAttr>() == 128);
 
 /// `bpf(cmd, attr)`; the new fd is closed at once.
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> Probe {

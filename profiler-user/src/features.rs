@@ -125,22 +125,24 @@ pub fn kernel_release() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 
+/// `union bpf_attr` as BPF_PROG_LOAD reads it (the leading fields; the rest zero). Shared with
+/// doctor's program-type checks.
 #[repr(C)]
 #[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    rest: [u64; 10],
+pub(crate) struct ProgLoadAttr {
+    pub(crate) prog_type: u32,
+    pub(crate) insn_cnt: u32,
+    pub(crate) insns: u64,
+    pub(crate) license: u64,
+    pub(crate) log_level: u32,
+    pub(crate) log_size: u32,
+    pub(crate) log_buf: u64,
+    pub(crate) kern_version: u32,
+    pub(crate) prog_flags: u32,
+    pub(crate) rest: [u64; 10],
 }
 
 const _: () = assert!(size_of::<ProgLoadAttr>() == 128);
