@@ -4,7 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use profiler_user::cli::{Cli, Command, UsageError};
+use profiler_user::{
+    cli::{Cli, Command},
+    config::UsageError,
+};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

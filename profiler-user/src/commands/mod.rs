@@ -4,4 +4,5 @@ pub mod ci;
 pub mod diff;
 pub mod doctor;
 pub mod record;
+pub mod render;
 pub mod replay;

@@ -1,7 +1,8 @@
 //! Every rendering of a recording, one module each.
-pub mod headline;
+pub mod folded;
 pub mod html;
 pub mod junit;
+pub mod live;
 pub mod pprof;
-pub mod report;
+pub mod summary;
 pub mod trace;

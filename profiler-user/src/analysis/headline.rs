@@ -17,10 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    outputs::report::{StackRecord, StallRecord},
-    stacks::symbolize::{Frame, FrameKind},
-};
+use crate::model::{Frame, FrameKind, StackKind, StackRecord, StallRecord};
 
 /// A branch holding at least this share of the stall is named on its own (a mixed stall).
 const BRANCH_SHARE: f64 = 0.2;
@@ -156,12 +153,12 @@ struct Node {
     children: Vec<Node>,
 }
 
-fn kind_index(kind: &str) -> usize {
+fn kind_index(kind: StackKind) -> usize {
     match kind {
-        "off_cpu" => 1,
-        "runqueue" => 2,
-        "lock" => 3,
-        _ => 0,
+        StackKind::OnCpu => 0,
+        StackKind::OffCpu => 1,
+        StackKind::Runqueue => 2,
+        StackKind::Lock => 3,
     }
 }
 
@@ -214,7 +211,7 @@ impl Node {
 fn tree(stacks: &[StackRecord]) -> Node {
     let mut root = Node::default();
     for (index, stack) in stacks.iter().enumerate() {
-        let kind = kind_index(&stack.kind);
+        let kind = kind_index(stack.kind);
         root.add(index, kind, stack.weight_ns);
         let mut node = &mut root;
         for shown in readable(&stack.frames).iter().rev() {
@@ -449,7 +446,7 @@ mod tests {
 
     fn stack(kind: &str, weight_ns: u64, syscall: Option<&str>, frames: Vec<Frame>) -> StackRecord {
         StackRecord {
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::Value::from(kind)).expect("a stack kind"),
             weight_ns,
             count: 1,
             syscall: syscall.map(str::to_string),
