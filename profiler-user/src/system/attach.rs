@@ -19,7 +19,7 @@ use aya::{
 };
 use profiler_common::{COMPAT_PY_FRAMES, PyProcess, TaskOffsets, TracepointOffsets, drop};
 
-use crate::features::KernelFeatures;
+use crate::system::features::KernelFeatures;
 
 /// The compiled programs, built by build.rs: for kernels with everything the programs use
 /// (5.17+), and for older ones (feature `compat` of profiler-ebpf).
