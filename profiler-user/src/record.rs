@@ -159,6 +159,7 @@ pub async fn run_with_start(
         task_stack_offset: stack_offset(&kernel),
         features: kernel,
         verifier_log: out_dir.join("verifier.log"),
+        matching: attach::Matching::default(),
     })
     .map_err(explain_load_error)?;
 
