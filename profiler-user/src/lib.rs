@@ -19,15 +19,19 @@
 pub mod attach;
 pub mod btf;
 pub mod budget;
+pub mod cgroup;
 pub mod ci;
 pub mod cli;
 pub mod diff;
 pub mod doctor;
 pub mod events;
+pub mod events_log;
 pub mod features;
+pub mod flight_recorder;
 pub mod headline;
 pub mod html;
 pub mod junit;
+pub mod metrics;
 pub mod perf_map;
 pub mod pprof;
 pub mod privileges;
@@ -47,6 +51,7 @@ pub mod trace;
 pub mod tracefs;
 pub mod unwind;
 pub mod v8;
+pub mod watch;
 
 /// Settings of the property tests that fuzz the parsers of target-controlled bytes (their
 /// names start with `fuzz_`): a short run in the unit tests, a long one with

@@ -61,6 +61,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = profiler_user::replay::run(args.to_options()?)?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
+        Command::Watch(args) => {
+            let config = args.to_config()?;
+            runtime.block_on(profiler_user::watch::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor(args) => Ok(ExitCode::from(profiler_user::doctor::run(args.developer))),
         Command::Diff(args) => {
             let outcome = profiler_user::diff::run(args.to_options()?)?;
