@@ -283,7 +283,7 @@ fn parse_threshold(text: &str) -> Result<u64, UsageError> {
 }
 
 impl CiArgs {
-    pub fn to_options(&self) -> Result<crate::ci::CiOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::ci::CiOptions, UsageError> {
         let record = RecordArgs {
             pid: if self.pid.is_empty() {
                 vec![]
@@ -306,20 +306,20 @@ impl CiArgs {
         };
         let mut config = record.to_config()?;
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
         if self.spawn.is_some() {
             config.target = Target::Pids(Vec::new());
         }
         let ready_timeout = parse_duration_ns(&self.ready_timeout)
             .map_err(|e| UsageError(format!("--ready-timeout {}: {e}", self.ready_timeout)))?;
-        Ok(crate::ci::CiOptions {
+        Ok(crate::commands::ci::CiOptions {
             record: config,
             spawn: self.spawn.clone(),
             ready: self
                 .ready
                 .as_deref()
-                .map(crate::ci::parse_readiness)
+                .map(crate::commands::ci::parse_readiness)
                 .transpose()?,
             ready_timeout: Duration::from_nanos(ready_timeout),
             load: self.load.clone(),
@@ -328,11 +328,11 @@ impl CiArgs {
 }
 
 impl ReportArgs {
-    pub fn to_options(&self) -> Result<crate::replay::ReportOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::replay::ReportOptions, UsageError> {
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
-        Ok(crate::replay::ReportOptions {
+        Ok(crate::commands::replay::ReportOptions {
             dir: self.dir.clone(),
             out: self.out.clone(),
             threshold_ns: self.threshold.as_deref().map(parse_threshold).transpose()?,
@@ -343,11 +343,11 @@ impl ReportArgs {
 }
 
 impl DiffArgs {
-    pub fn to_options(&self) -> Result<crate::diff::DiffOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::diff::DiffOptions, UsageError> {
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, true)?;
+            crate::analysis::budget::parse_budgets(text, true)?;
         }
-        Ok(crate::diff::DiffOptions {
+        Ok(crate::commands::diff::DiffOptions {
             base: self.base.clone(),
             new: self.new.clone(),
             out: self.out.clone(),
@@ -526,7 +526,7 @@ impl RecordArgs {
         };
         let threshold_ns = parse_threshold(&self.threshold)?;
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
         let duration = match &self.duration {
             None => None,

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::Formats,
-    report::{self, ProcessRecord, Recording, StallRecord},
+    outputs::report::{self, ProcessRecord, Recording, StallRecord},
 };
 
 pub struct FlightRecorder {
@@ -84,7 +84,9 @@ impl FlightRecorder {
         self.next += 1;
         let name = format!(
             "stall-{}-{}-{}-{:06}",
-            crate::record::local_timestamp(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
             crate::sanitize::name(&stall.comm).replace(['/', ' '], "_"),
             stall.pid,
             self.next

@@ -14,15 +14,18 @@ use profiler_common::{Event as RawEvent, PyFrame, drop as drop_index, kind};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attach::Probes,
+    analysis::events::{self, Lifecycle, LossDetector},
+    analysis::reorder::{self, Reorder},
+    analysis::timeline::{self, StackKey, Stall, StallRule, Timeline},
     cli::RecordConfig,
-    events::{self, Lifecycle, LossDetector},
-    procfs, python,
-    reorder::{self, Reorder},
-    report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
-    symbolize::{Frame, FrameKind, Symbols},
+    outputs::report::{
+        self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord,
+    },
+    stacks::python,
+    stacks::symbolize::{Frame, FrameKind, Symbols},
     syscalls,
-    timeline::{self, StackKey, Stall, StallRule, Timeline},
+    system::attach::Probes,
+    system::procfs,
 };
 
 /// Limits on what a recording keeps, with the reason for each.
@@ -137,9 +140,9 @@ pub struct Session {
     /// Time spent reading JavaScript frames, summed.
     v8_ns: u64,
     stack_bytes_copied: u64,
-    pub unwinders: crate::unwind::Unwinders,
+    pub unwinders: crate::stacks::unwind::Unwinders,
     /// Node processes: JavaScript frames from V8's postmortem metadata.
-    pub v8s: crate::v8::V8s,
+    pub v8s: crate::stacks::v8::V8s,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
 }
@@ -195,8 +198,8 @@ impl Session {
             unwind_ns: 0,
             v8_ns: 0,
             stack_bytes_copied: 0,
-            unwinders: crate::unwind::Unwinders::new(),
-            v8s: crate::v8::V8s::default(),
+            unwinders: crate::stacks::unwind::Unwinders::new(),
+            v8s: crate::stacks::v8::V8s::default(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
     }
@@ -906,14 +909,14 @@ impl Session {
         };
         let idle = comm.starts_with("swapper");
         if idle
-            || frames
-                .iter()
-                .any(|f| f.kind == crate::symbolize::FrameKind::Kernel && in_interrupt(&f.function))
+            || frames.iter().any(|f| {
+                f.kind == crate::stacks::symbolize::FrameKind::Kernel && in_interrupt(&f.function)
+            })
         {
             let timer = frames
                 .iter()
                 .any(|f| f.function.starts_with("hrtimer_wakeup"));
-            frames.retain(|f| f.kind == crate::symbolize::FrameKind::Kernel);
+            frames.retain(|f| f.kind == crate::stacks::symbolize::FrameKind::Kernel);
             return report::WakerRecord {
                 pid: 0,
                 tid: 0,
@@ -1275,13 +1278,13 @@ fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
 
 /// Advice for the summary: a Node process whose JavaScript frames could not be read from V8's
 /// metadata (why, in one line), where a perf map is the remaining way to name compiled code.
-fn hints(processes: &[ProcessRecord], v8s: &crate::v8::V8s) -> Vec<String> {
+fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<String> {
     let mut hints = Vec::new();
     for process in processes {
         let Some(err) = v8s.failures.get(&process.pid) else {
             continue;
         };
-        let perf_map = if !crate::perf_map::exists(process.pid) {
+        let perf_map = if !crate::stacks::perf_map::exists(process.pid) {
             "; start it with `node --perf-basic-prof` to name at least its compiled functions"
         } else {
             ""
@@ -1303,7 +1306,7 @@ fn syscall_name(nr: Option<i32>) -> Option<String> {
 fn span_label(frames: &[Frame]) -> String {
     frames
         .iter()
-        .find(|f| f.kind != crate::symbolize::FrameKind::Kernel)
+        .find(|f| f.kind != crate::stacks::symbolize::FrameKind::Kernel)
         .or_else(|| frames.first())
         .map(|f| f.function.clone())
         .unwrap_or_default()

@@ -1,8 +1,8 @@
 //! `stallscope watch`: the always-on monitor. The same probes, session and stall detection as
 //! `record`, run until stopped, with processes followed as they come and go and each stall
 //! handed, as it ends, to the outputs of a long-running agent: Prometheus metrics
-//! ([`crate::metrics`], served at `/metrics`), a JSON-lines log ([`crate::events_log`]) and
-//! a flight recorder ([`crate::flight_recorder`]).
+//! ([`crate::outputs::metrics`], served at `/metrics`), a JSON-lines log ([`crate::outputs::events_log`]) and
+//! a flight recorder ([`crate::outputs::flight_recorder`]).
 //!
 //! Which processes: `--pid` (and descendants), plus everyone matching `--comm`/`--exe` globs or
 //! in a `--cgroup`. The kernel side follows a match by itself at exec and fork (from its first
@@ -30,18 +30,21 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, Matching, Probes},
-    cgroup,
+    analysis::session::{Session, StallSink, monotonic_ns},
     cli::WatchConfig,
-    events_log::{self, EventsLog, StallEvent},
-    features::{self, KernelFeatures},
-    flight_recorder::FlightRecorder,
-    metrics::{self, Metrics},
-    privileges, procfs,
-    record::{self, detect_waiting_threads},
-    report::{ProcessRecord, StallRecord},
-    session::{Session, StallSink, monotonic_ns},
-    tracefs,
+    commands::record::{self, detect_waiting_threads},
+    outputs::{
+        events_log::{self, EventsLog, StallEvent},
+        flight_recorder::FlightRecorder,
+        metrics::{self, Metrics},
+        report::{ProcessRecord, StallRecord},
+    },
+    system::{
+        attach::{self, Matching, Probes},
+        cgroup,
+        features::{self, KernelFeatures},
+        privileges, procfs, tracefs,
+    },
 };
 
 /// How often /proc (and the cgroups' trees) are looked at for processes to follow.
@@ -161,7 +164,7 @@ impl StallSink for Sink {
         outputs.metrics.stall(stall, &comm, &cgroup);
         let host = outputs.host.clone();
         if let Some(events) = outputs.events.as_mut() {
-            let top_frames = crate::headline::headline(stall)
+            let top_frames = crate::outputs::headline::headline(stall)
                 .map(|h| h.text("\u{1f}"))
                 .map(|text| text.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default();
@@ -307,7 +310,7 @@ fn announce(config: &WatchConfig, session: &Session) {
     eprintln!(
         "stallscope: watching {}, threshold {}{listen}",
         what.join(", "),
-        crate::report::format_ms(config.record.threshold_ns)
+        crate::outputs::report::format_ms(config.record.threshold_ns)
     );
 }
 

@@ -1,5 +1,5 @@
 //! `stallscope record`: set up, run the event loop, write the outputs. The edges (I/O, signals,
-//! the kernel) live here; what events mean is decided in [`crate::session`] and the pure modules.
+//! the kernel) live here; what events mean is decided in [`crate::analysis::session`] and the pure modules.
 
 use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
@@ -11,15 +11,17 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, LoadOptions, Probes},
-    budget,
+    analysis::budget,
+    analysis::events,
+    analysis::session::{self, EventLog, Session, monotonic_ns},
     cli::{RecordConfig, Target},
-    events,
-    features::{self, KernelFeatures},
-    privileges, procfs,
-    report::{self, Recording},
-    session::{self, EventLog, Session, monotonic_ns},
-    syscalls, tracefs,
+    outputs::report::{self, Recording},
+    syscalls,
+    system::attach::{self, LoadOptions, Probes},
+    system::features::{self, KernelFeatures},
+    system::privileges,
+    system::procfs,
+    system::tracefs,
 };
 
 /// Why recording stopped.
@@ -253,7 +255,7 @@ pub fn load_options(
 /// Where the kernel keeps a task's fs_base, for Python 3.9/3.10 threads (0 when unknown: their
 /// Python frames are then not read, which is said once).
 fn fsbase_offset() -> u32 {
-    match crate::btf::task_fsbase_offset() {
+    match crate::system::btf::task_fsbase_offset() {
         Ok(offset) => offset,
         Err(err) => {
             eprintln!("stallscope: warning: {err:#}; Python 3.9 and 3.10 frames will not be shown");
@@ -287,7 +289,7 @@ fn task_offsets() -> Option<profiler_common::TaskOffsets> {
     if classic_tracepoints() {
         return None;
     }
-    match crate::btf::task_offsets() {
+    match crate::system::btf::task_offsets() {
         Ok(offsets) if offsets.switch_has_state == 1 => Some(offsets),
         Ok(_) => {
             log::info!("sched_switch passes no prev_state (before 5.18): classic tracepoints");
@@ -306,7 +308,7 @@ fn stack_offset(kernel: &KernelFeatures) -> u32 {
     if kernel.full() {
         return 0;
     }
-    match crate::btf::task_stack_offset() {
+    match crate::system::btf::task_stack_offset() {
         Ok(offset) => offset,
         Err(err) => {
             eprintln!(

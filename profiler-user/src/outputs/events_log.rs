@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::report::{ProcessRecord, StallRecord};
+use crate::outputs::report::{ProcessRecord, StallRecord};
 
 /// Where the lines go.
 enum Sink {

@@ -6,7 +6,7 @@
 //! ending in `_total`, the agent's own cost under the standard `process_*` names.
 //!
 //! Cardinality is bounded: labels are `comm` (the process's command name), `cgroup` (its unit or
-//! scope, see [`crate::cgroup::label`]) and `cause` (cpu, blocked, runqueue, lock); never a pid
+//! scope, see [`crate::system::cgroup::label`]) and `cause` (cpu, blocked, runqueue, lock); never a pid
 //! (workers churn). At most [`MAX_SERIES`] (comm, cgroup) pairs get their own series; stalls of
 //! any further pair are counted under `comm="_other", cgroup="_other"` and the overflow is
 //! itself counted (`stallscope_label_overflow_total`).
@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::report::StallRecord;
+use crate::outputs::report::StallRecord;
 
 /// Distinct (comm, cgroup) label pairs with series of their own.
 pub const MAX_SERIES: usize = 500;
@@ -289,7 +289,7 @@ mod tests {
         const MS: u64 = 1_000_000;
         let mut stacks = Vec::new();
         if lock_ms > 0 {
-            stacks.push(crate::report::StackRecord {
+            stacks.push(crate::outputs::report::StackRecord {
                 kind: "lock".into(),
                 weight_ns: lock_ms * MS,
                 count: 1,

@@ -12,7 +12,7 @@
 //! into on-CPU, off-CPU (blocked) and runqueue time. On-CPU time is measured exactly from
 //! switches; on-CPU *stacks* come from samples, each weighing one sample period.
 //!
-//! Events reach it in timestamp order (the [`crate::reorder`] stage puts the CPUs' events back
+//! Events reach it in timestamp order (the [`crate::analysis::reorder`] stage puts the CPUs' events back
 //! in order), but can be lost (ring buffer full) or, rarely, come later than the reorder
 //! window. Every transition that "cannot happen" is therefore tolerated, counted in
 //! [`Anomalies`], and never panics; spans that saw a loss are flagged `data_lost`.
@@ -1566,7 +1566,7 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     struct OnCpu(u32, Event);
 
-    impl crate::reorder::Stamped for OnCpu {
+    impl crate::analysis::reorder::Stamped for OnCpu {
         fn ts_ns(&self) -> u64 {
             self.1.ts_ns
         }
@@ -1621,9 +1621,10 @@ mod tests {
         // Now: through the reorder stage.
         let mut t = Timeline::new(config());
         t.mark_waiting(PID, TID);
-        let mut reorder = crate::reorder::Reorder::new(crate::reorder::Config::live(2));
+        let mut reorder =
+            crate::analysis::reorder::Reorder::new(crate::analysis::reorder::Config::live(2));
         let mut stalls = Vec::new();
-        let mut feed = |r: crate::reorder::Released<OnCpu>| {
+        let mut feed = |r: crate::analysis::reorder::Released<OnCpu>| {
             assert!(!r.late);
             stalls.extend(t.handle(&r.item.1));
         };

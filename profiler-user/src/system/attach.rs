@@ -22,7 +22,7 @@ use profiler_common::{
     MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, matching,
 };
 
-use crate::features::KernelFeatures;
+use crate::system::features::KernelFeatures;
 
 /// The compiled programs, built by build.rs: for kernels with everything the programs use
 /// (5.17+), and for older ones (feature `compat` of profiler-ebpf).
