@@ -83,6 +83,8 @@ pub struct Session {
     /// `watch`: nothing accumulates for the final recording (stalls go to the sink only, exited
     /// processes and their symbols are forgotten), so memory stays flat for days.
     pub streaming: bool,
+    /// Partial stalls and runs left out while streaming (see `stall_ended`).
+    pub stalls_not_streamed: u64,
     /// Exited (pid, tids) whose names and stacks are dropped at the next [`Session::purge_exited`].
     exited_to_purge: Vec<u32>,
     pub config: RecordConfig,
@@ -164,6 +166,7 @@ impl Session {
         Session {
             sink: None,
             streaming: false,
+            stalls_not_streamed: 0,
             exited_to_purge: Vec::new(),
             config,
             own_pid: std::process::id(),
@@ -775,6 +778,13 @@ impl Session {
 
     fn stall_ended(&mut self, probes: Option<&Probes>, stall: Stall, live: bool) {
         if !self.is_reported(&stall) {
+            return;
+        }
+        // Streaming, a stall cannot be taken back later: a partial one (its thread was first
+        // seen in the middle of it: a program's start-up before its first wait, a loop met at
+        // attach) and a run (its thread may turn out to be a loop thread) are left out.
+        if self.streaming && (stall.partial || stall.rule == StallRule::Run) {
+            self.stalls_not_streamed += 1;
             return;
         }
         if self.stalls.len() >= LIMITS.stalls {

@@ -75,7 +75,7 @@ impl Selection {
         for given in &config.cgroups {
             let dir = cgroup::resolve(given)?;
             let relative = dir
-                .strip_prefix(cgroup::ROOT)
+                .strip_prefix(cgroup::root())
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_else(|_| dir.display().to_string());
             cgroup_paths.push(relative);

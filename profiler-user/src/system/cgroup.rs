@@ -10,8 +10,25 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Where cgroup v2 is mounted on a systemd machine and in a container.
-pub const ROOT: &str = "/sys/fs/cgroup";
+/// Where cgroup v2 is mounted on a unified systemd machine and in a container; a hybrid machine
+/// has it elsewhere (`/sys/fs/cgroup/unified`): see [`root`].
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup v2 mount point, from /proc/self/mounts (the first `cgroup2` mount).
+pub fn root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|text| cgroup2_mount(&text))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
 
 /// Cgroups walked under one `--cgroup` (the kernel side's table holds MAX_MATCH_CGROUPS).
 pub const MAX_DESCENDANTS: usize = 1024;
@@ -19,7 +36,7 @@ pub const MAX_DESCENDANTS: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
-        "cgroup '{given}' not found: looked for {path} (give a directory of the cgroup v2 tree, e.g. system.slice/nginx.service or /sys/fs/cgroup/kubepods.slice/...)"
+        "cgroup '{given}' not found: looked for {path} (give a directory of the cgroup v2 tree, relative to its mount point, e.g. system.slice/nginx.service)"
     )]
     NotFound { given: String, path: PathBuf },
     #[error("cgroup {path} cannot be read: {source}")]
@@ -32,8 +49,8 @@ pub enum CgroupError {
 
 /// A `--cgroup` argument as a directory: absolute under the root, or relative to it.
 pub fn resolve(given: &str) -> Result<PathBuf, CgroupError> {
-    let root = Path::new(ROOT);
-    let path = if Path::new(given).starts_with(root) {
+    let root = root();
+    let path = if Path::new(given).starts_with(&root) {
         PathBuf::from(given)
     } else {
         root.join(given.trim_start_matches('/'))
@@ -152,10 +169,23 @@ mod tests {
         let err = resolve("no-such-cgroup-here.service")
             .err()
             .map(|e| e.to_string());
+        let looked = root().join("no-such-cgroup-here.service");
         assert!(
             err.as_deref()
-                .is_some_and(|e| e.contains("/sys/fs/cgroup/no-such-cgroup-here.service")),
+                .is_some_and(|e| e.contains(&looked.display().to_string())),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn finds_the_unified_mount_of_a_hybrid_machine() {
+        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
     }
 }
