@@ -141,3 +141,17 @@ pub fn parse_threshold(text: &str) -> Result<u64, UsageError> {
     }
     Ok(ns)
 }
+
+/// What `watch` follows and where its outputs go: validated, plain values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchConfig {
+    /// Threshold, sampling and stack settings, as for `record` (target: the --pid list).
+    pub record: RecordConfig,
+    pub comm: Vec<String>,
+    pub exe: Vec<String>,
+    pub cgroups: Vec<String>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub events: Option<String>,
+    pub keep_dir: Option<PathBuf>,
+    pub keep: usize,
+}

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analysis::headline,
-    model::{StallRecord, frame_text, task_text},
+    analysis::{headline, session::StallSink},
+    model::{ProcessRecord, StallRecord, frame_text, task_text},
     sanitize,
     units::format_duration,
 };
@@ -73,6 +73,15 @@ pub fn live_line(stall: &StallRecord) -> String {
     }
     // For the terminal: nothing the target named may carry an escape sequence to it.
     sanitize::terminal_lines(&line)
+}
+
+/// The live line as a stall sink: each stall printed on standard output as it ends.
+pub struct LiveLines;
+
+impl StallSink for LiveLines {
+    fn stall(&mut self, stall: &StallRecord, _process: Option<&ProcessRecord>) {
+        println!("{}", live_line(stall));
+    }
 }
 
 #[cfg(test)]
