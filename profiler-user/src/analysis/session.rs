@@ -100,6 +100,10 @@ pub struct Session {
     waker_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
+    /// Processes that exited before their maps could be read for Python: said once, at the end
+    /// (a shim or build script can start dozens; a line each would bury what matters).
+    maps_unread_exited: u64,
+    startup_said: bool,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
@@ -167,6 +171,8 @@ impl Session {
             waker_names: HashMap::new(),
             stalls: Vec::new(),
             stalls_not_kept: 0,
+            maps_unread_exited: 0,
+            startup_said: false,
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
@@ -274,7 +280,11 @@ impl Session {
             Ok(None) => {}
             Err(err) => {
                 self.python_maybe_later.remove(&pid);
-                eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+                if gone(pid, &err) {
+                    self.maps_unread_exited += 1;
+                } else {
+                    eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+                }
             }
         }
     }
@@ -500,7 +510,15 @@ impl Session {
         }
         if raw.pid == self.own_pid {
             // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
-            // child from its first instruction); our own events are not part of the recording.
+            // child from its first instruction); our own events are not part of the recording,
+            // but the fork is: the COMMAND is seen from its creation, so its time before its
+            // first wait point is start-up (saved, so a replay knows it too).
+            if let Some(Lifecycle::Fork { child_tid, .. }) = events::interpret(raw).lifecycle {
+                self.timeline.forked(child_tid);
+                if let Some(log) = self.event_log.as_mut() {
+                    log.write(raw);
+                }
+            }
             return;
         }
         // Only events taken in the thread's own context carry its name (a wake-up carries the
@@ -587,6 +605,25 @@ impl Session {
         {
             self.stall_ended(probes.as_deref(), stall, true);
         }
+        self.say_startup(probes.is_some());
+    }
+
+    /// How long start-up took, said once: the first thread to reach its wait point after being
+    /// seen created (the command's, under `record --`).
+    fn say_startup(&mut self, live: bool) {
+        if self.startup_said || !live || self.config.quiet {
+            return;
+        }
+        let Some(first) = self.timeline.startups().first().copied() else {
+            return;
+        };
+        self.startup_said = true;
+        println!(
+            "stallscope: {} (pid {}) started up in {} (to its first wait point: start-up, not a stall)",
+            self.thread_name(first.tid),
+            first.pid,
+            report::format_ms(first.end_ns.saturating_sub(first.start_ns))
+        );
     }
 
     fn lifecycle(&mut self, probes: Option<&mut Probes>, lifecycle: Lifecycle, ts_ns: u64) {
@@ -730,7 +767,9 @@ impl Session {
             return;
         }
         let record = self.stall_record(probes, &stall);
-        if live && !self.config.quiet {
+        // A run while the thread starts up is a stall only if it never reaches a wait point
+        // (decided at the end, with the runs of processes that turned out to have a loop).
+        if live && !self.config.quiet && !stall.startup {
             println!("{}", report::live_line(&record));
         }
         self.stalls.push(record);
@@ -994,6 +1033,17 @@ impl Session {
                     .unwrap_or_default(),
             })
             .collect();
+        let startups = result
+            .startups
+            .iter()
+            .map(|s| report::StartupRecord {
+                pid: s.pid,
+                tid: s.tid,
+                comm: self.thread_name(s.tid),
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+            })
+            .collect();
         let threads = result
             .threads
             .iter()
@@ -1003,6 +1053,18 @@ impl Session {
                 comm: self.thread_name(t.tid),
                 is_loop: t.is_loop,
                 iterations: t.iterations,
+                iteration_marks: t
+                    .iteration_marks
+                    .buckets()
+                    .iter()
+                    .map(|b| report::IterationBucketRecord {
+                        start_ns: b.start_ns,
+                        end_ns: b.end_ns,
+                        count: b.count,
+                        busy_ns: b.busy_ns,
+                        longest_ns: b.longest_ns,
+                    })
+                    .collect(),
             })
             .collect();
         // Counted when recording stopped: the programs run on while outputs are written.
@@ -1031,6 +1093,13 @@ impl Session {
                 "{} file(s) have a debug link or .dwp file that is not a plain regular file beside them (a symlink, a FIFO, a path, or too big): their debug files were not read, so their frames have no file:line; e.g. {}",
                 self.resolver.symbols.debug_refused.len(),
                 self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
+            ));
+        }
+        if self.maps_unread_exited > 0 {
+            hints.push(format!(
+                "{} short-lived {} exited before their maps could be read (no Python frames for them)",
+                self.maps_unread_exited,
+                if self.maps_unread_exited == 1 { "process" } else { "processes" }
             ));
         }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
@@ -1099,6 +1168,7 @@ impl Session {
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
+            startups,
             kernel_limits: Vec::new(),
             reorder: {
                 let stats = self.reorder.stats();
@@ -1237,6 +1307,18 @@ fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<Strin
         ));
     }
     hints
+}
+
+/// Whether reading a process failed because it is gone: its /proc entry went away or it is a
+/// zombie, or the read said so (ENOENT, ESRCH).
+fn gone(pid: u32, err: &anyhow::Error) -> bool {
+    let said_gone = err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
+        })
+    });
+    // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
+    said_gone || procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
 }
 
 fn syscall_name(nr: Option<i32>) -> Option<String> {
