@@ -154,6 +154,7 @@ impl WatchArgs {
             stack_bytes: self.stack_bytes,
             ring_buffer_kib: self.ring_buffer_kib,
             python_only: self.python_only,
+            native: false,
             command: Vec::new(),
         }
         .to_config()?;
