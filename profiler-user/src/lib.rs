@@ -2,9 +2,9 @@
 //!
 //! Layers, each importing only the ones below it:
 //! - [`cli`]: command line → validated config (only the binary's `main.rs` uses it);
-//! - [`commands`]: `record`, `ci`, `report`, `diff`, `doctor`, wiring the layers at the I/O edge;
+//! - [`commands`]: `record`, `ci`, `report`, `diff`, `doctor`, `watch`, wiring the layers at the I/O edge;
 //! - [`outputs`]: every rendering of a recording (stalls.json, summary, SVG, trace, pprof,
-//!   JUnit, report.html);
+//!   JUnit, report.html) and `watch`'s outputs (metrics, events log, flight recorder);
 //! - [`analysis`]: events → typed events → timestamp order → iterations and stalls, and the
 //!   `--fail-on` budgets;
 //! - [`stacks`]: addresses and interpreter memory → frames (native unwinding, Python, V8, perf

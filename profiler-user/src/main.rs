@@ -61,6 +61,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = profiler_user::commands::replay::run(args.to_options()?)?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
+        Command::Watch(args) => {
+            let config = args.to_config()?;
+            runtime.block_on(profiler_user::commands::watch::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor(args) => Ok(ExitCode::from(profiler_user::commands::doctor::run(
             args.developer,
         ))),

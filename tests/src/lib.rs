@@ -70,6 +70,11 @@ const PROGRAM_SOURCES: &[(&str, &str)] = &[
     ("setpriv", "Debian package util-linux"),
     ("unshare", "Debian package util-linux"),
     ("mount", "Debian package mount"),
+    (
+        "prometheus",
+        "Debian package prometheus, installed by `cargo xtask setup`",
+    ),
+    ("sh", "the machine image (dash)"),
 ];
 
 /// Running a program a test needs: a missing program is a failure that says which program and

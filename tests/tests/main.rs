@@ -21,6 +21,7 @@ mod native_stacks;
 mod python_stacks;
 mod report_html;
 mod stress_breakdown;
+mod watch;
 mod why_it_waited;
 
 /// Every `tests/tests/*.rs` file is declared as a module above: with autotests off, an

@@ -70,8 +70,23 @@ pub struct ProcessState {
     pub id: Option<procfs::ProcessId>,
 }
 
+/// Where each stall goes as it ends, besides the recording: `watch`'s metrics, events log and
+/// flight recorder. Called with the stall's process (None when it is not known any more).
+pub trait StallSink {
+    fn stall(&mut self, stall: &StallRecord, process: Option<&ProcessRecord>);
+}
+
 /// Everything one recording accumulates while events flow.
 pub struct Session {
+    /// Stalls are handed here as they end (`watch`).
+    pub sink: Option<Box<dyn StallSink>>,
+    /// `watch`: nothing accumulates for the final recording (stalls go to the sink only, exited
+    /// processes and their symbols are forgotten), so memory stays flat for days.
+    pub streaming: bool,
+    /// Partial stalls and runs left out while streaming (see `stall_ended`).
+    pub stalls_not_streamed: u64,
+    /// Exited (pid, tids) whose names and stacks are dropped at the next [`Session::purge_exited`].
+    exited_to_purge: Vec<u32>,
     pub config: RecordConfig,
     own_pid: u32,
     pub timeline: Timeline,
@@ -149,6 +164,10 @@ impl Session {
             ..Resolver::default()
         };
         Session {
+            sink: None,
+            streaming: false,
+            stalls_not_streamed: 0,
+            exited_to_purge: Vec::new(),
             config,
             own_pid: std::process::id(),
             timeline,
@@ -617,6 +636,11 @@ impl Session {
                 }
             }
             Lifecycle::Fork { child_tid, .. } => self.timeline.forked(child_tid),
+            Lifecycle::Exec { pid } if live && !self.processes.contains_key(&pid) => {
+                // A process the kernel side started following at this exec (`watch`'s match):
+                // new to us, and it may load CPython in a moment.
+                self.add_process(pid, Some(ts_ns));
+            }
             Lifecycle::Exec { pid } if live => {
                 // The old image's stacks are resolved against the old mappings first.
                 self.resolver.resolve_pid(probes.as_deref(), pid);
@@ -696,7 +720,38 @@ impl Session {
         if live {
             self.exited_pids.insert(pid);
         }
+        if self.streaming {
+            // Its stacks were resolved just above, for a stall its exit ends; the rest goes at
+            // the next purge.
+            self.exited_to_purge.push(pid);
+            return;
+        }
         self.past_processes.push(process.record);
+    }
+
+    /// `watch`: drops what is kept of the processes that exited since the last call (their
+    /// symbols, unwind tables, resolved stacks, thread names). Call it from a timer, not
+    /// right at the exit: the events of a dying process trail its exit by a little.
+    pub fn purge_exited(&mut self, exited_threads: &[timeline::ThreadSummary]) {
+        for thread in exited_threads {
+            self.thread_names.remove(&thread.tid);
+            self.task_history.remove(&thread.tid);
+            self.last_unwound.remove(&thread.tid);
+        }
+        let gone: HashSet<u32> = std::mem::take(&mut self.exited_to_purge)
+            .into_iter()
+            .filter(|pid| !self.processes.contains_key(pid))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for &pid in &gone {
+            self.exited_pids.remove(&pid);
+            self.unwinders.forget(pid);
+            self.v8s.forget(pid);
+            self.pythons.forget(pid);
+        }
+        self.resolver.forget_pids(&gone);
     }
 
     /// Whether a stall is shown: iterations of loop threads always; runs only for processes
@@ -725,6 +780,13 @@ impl Session {
         if !self.is_reported(&stall) {
             return;
         }
+        // Streaming, a stall cannot be taken back later: a partial one (its thread was first
+        // seen in the middle of it: a program's start-up before its first wait, a loop met at
+        // attach) and a run (its thread may turn out to be a loop thread) are left out.
+        if self.streaming && (stall.partial || stall.rule == StallRule::Run) {
+            self.stalls_not_streamed += 1;
+            return;
+        }
         if self.stalls.len() >= LIMITS.stalls {
             self.stalls_not_kept += 1;
             return;
@@ -732,6 +794,12 @@ impl Session {
         let record = self.stall_record(probes, &stall);
         if live && !self.config.quiet {
             println!("{}", report::live_line(&record));
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+        }
+        if self.streaming {
+            return;
         }
         self.stalls.push(record);
     }
@@ -1468,6 +1536,15 @@ impl Resolver {
         }
         self.resolved.insert(key, frames.clone());
         frames
+    }
+
+    /// Forgets processes that are gone: their symbols and the stacks resolved for it (`watch`).
+    pub fn forget_pids(&mut self, pids: &HashSet<u32>) {
+        for &pid in pids {
+            self.symbols.forget(pid);
+        }
+        self.resolved.retain(|key, _| !pids.contains(&key.pid));
+        self.seen.retain(|key| !pids.contains(&key.pid));
     }
 
     /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).

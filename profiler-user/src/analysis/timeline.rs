@@ -532,6 +532,22 @@ impl Timeline {
         self.anomalies
     }
 
+    /// (pid, tid, iterations so far) of every live thread, for `watch`'s running counts.
+    pub fn live_iterations(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+        self.threads
+            .iter()
+            .map(|(&tid, thread)| (thread.pid, tid, thread.iterations))
+    }
+
+    /// `watch`: hands over the summaries of the threads that exited since the last call and
+    /// forgets them (and which tids just exited), so a run of days keeps no per-thread state
+    /// of the dead. Call it at most every few hundred ms: a dying task's last switch, which
+    /// must not bring it back, comes microseconds after its exit.
+    pub fn take_exited(&mut self) -> Vec<ThreadSummary> {
+        self.just_exited.clear();
+        std::mem::take(&mut self.exited)
+    }
+
     /// Events were lost: every span in progress may be missing data.
     pub fn lost(&mut self) {
         for thread in self.threads.values_mut() {

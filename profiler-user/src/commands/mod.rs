@@ -5,3 +5,4 @@ pub mod diff;
 pub mod doctor;
 pub mod record;
 pub mod replay;
+pub mod watch;

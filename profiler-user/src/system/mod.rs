@@ -2,6 +2,7 @@
 //! features), and the eBPF programs and maps.
 pub mod attach;
 pub mod btf;
+pub mod cgroup;
 pub mod features;
 pub mod privileges;
 pub mod procfs;
