@@ -691,11 +691,6 @@ mod tests {
         }
         assert_eq!(state.result, 2);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     /// Both sides' inputs: the kernel's NUL-padded comm and the agent's thread name as text.
     #[test]
