@@ -127,6 +127,8 @@ pub struct Session {
     /// Each thread's last unwound copy, for the kernel's "repeated" records.
     last_unwound: HashMap<u32, Vec<u64>>,
     stacks_repeated: u64,
+    /// Repeated records for a thread with no last copy here: counted among the drops.
+    repeats_without_copy: u64,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
@@ -197,6 +199,7 @@ impl Session {
             pending_stacks: HashMap::new(),
             last_unwound: HashMap::new(),
             stacks_repeated: 0,
+            repeats_without_copy: 0,
             pending_python: HashMap::new(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
@@ -367,6 +370,9 @@ impl Session {
                 self.stacks_repeated += 1;
                 self.pending_stacks
                     .insert(header.tid, (header.ts_ns, ips.clone()));
+            } else {
+                // Its last copy was lost or not kept (past MAX_TASK_THREADS): no user stack.
+                self.repeats_without_copy += 1;
             }
             return;
         }
@@ -1197,6 +1203,7 @@ impl Session {
                     + self.stalls_not_kept
                     + offcpu_dropped,
                 events_not_saved: 0,
+                repeats_without_copy: self.repeats_without_copy,
             },
             processes,
             threads,
@@ -1879,6 +1886,29 @@ mod tests {
         assert_eq!(recording.reorder.reordered, 1);
         assert_eq!(recording.reorder.late_events, 0);
         assert_eq!(recording.reorder.window_ns, reorder::WINDOW_NS);
+    }
+
+    /// A "repeated" stack record for a thread whose previous copy the agent never had is a
+    /// lost user stack, counted among the drops (and so in the summary's "stacks lost"); one
+    /// for a thread it has a copy of reuses that copy and is no drop.
+    #[test]
+    fn a_repeated_stack_without_a_previous_copy_is_counted_as_a_drop() {
+        const PID: u32 = 4242;
+        let header = |tid: u32, flags: u32| profiler_common::UserStackHeader {
+            ts_ns: MS,
+            pid: PID,
+            tid,
+            flags,
+            ..Default::default()
+        };
+        let mut session = Session::new(config());
+        session.handle_stack(&header(PID + 1, profiler_common::STACK_REPEATED), &[]);
+        session.handle_stack(&header(PID + 2, 0), &[]);
+        session.handle_stack(&header(PID + 2, profiler_common::STACK_REPEATED), &[]);
+        let recording = session.finish(None, 0, 10 * MS);
+        assert_eq!(recording.drops.repeats_without_copy, 1);
+        assert_eq!(recording.drops.user_stacks_lost(), 1);
+        assert_eq!(recording.unwind.repeated, 1);
     }
 
     fn frame(name: &str) -> Frame {

@@ -69,7 +69,7 @@ pub struct Waker {
 
 /// The futex syscall: a sleeper in it woken by a thread of its own process waited for a lock
 /// (a mutex, the GIL) that thread held.
-const FUTEX: i32 = 202;
+const FUTEX: i32 = profiler_common::syscall_nr::FUTEX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {

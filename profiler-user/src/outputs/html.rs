@@ -477,7 +477,7 @@ fn page(recording: &Recording) -> Page {
             })
             .collect(),
         lost_events: recording.lost_events,
-        stacks_lost: recording.drops.kernel_stack + recording.drops.user_stack,
+        stacks_lost: recording.drops.kernel_stack + recording.drops.user_stacks_lost(),
         spans_dropped: recording.spans_dropped + spans_cut as u64,
         stalls_total: recording.stalls.len(),
         stalls_in_table: stalls.len(),

@@ -193,6 +193,18 @@ pub struct Drops {
     /// Events not saved to events.bin (its size limit): `report` re-renders only what was saved.
     #[serde(default)]
     pub events_not_saved: u64,
+    /// The kernel's "same stack as the last copy" records for a thread whose last copy the
+    /// agent does not have (that copy was lost, or the thread is past the ones remembered): the
+    /// event they belong to has no user stack.
+    #[serde(default)]
+    pub repeats_without_copy: u64,
+}
+
+impl Drops {
+    /// User stacks lost, in the kernel (stack map) or for want of the copy a repeat refers to.
+    pub fn user_stacks_lost(&self) -> u64 {
+        self.user_stack + self.repeats_without_copy
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -856,7 +868,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
     let _ = writeln!(
         md,
         "Lost events: {} · stacks lost: {} kernel, {} user.",
-        recording.lost_events, drops.kernel_stack, drops.user_stack
+        recording.lost_events,
+        drops.kernel_stack,
+        drops.user_stacks_lost()
     );
     if let Some(line) = reorder_line(recording) {
         let _ = writeln!(md, "\n{line}");
@@ -1143,11 +1157,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         );
     }
     let drops = &recording.drops;
-    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stack > 0 {
+    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stacks_lost() > 0 {
         let _ = writeln!(
             text,
             "  lost: {} events (ring buffer full), {} kernel and {} user stacks; results may be incomplete",
-            recording.lost_events, drops.kernel_stack, drops.user_stack
+            recording.lost_events,
+            drops.kernel_stack,
+            drops.user_stacks_lost()
         );
     }
     if let Some(line) = reorder_line(recording) {
