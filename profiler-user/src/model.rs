@@ -106,6 +106,10 @@ pub struct Recording {
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
+    /// Threads seen from their creation, from then to their first wait point (a shim exec'ing
+    /// the interpreter, its imports): start-up, not stalls.
+    #[serde(default)]
+    pub startups: Vec<StartupRecord>,
     /// What the kernel recorded on could not do (e.g. full Python stacks before 5.17).
     #[serde(default)]
     pub kernel_limits: Vec<String>,
@@ -243,6 +247,18 @@ pub struct Drops {
     /// Events not saved to events.bin (its size limit): `report` re-renders only what was saved.
     #[serde(default)]
     pub events_not_saved: u64,
+    /// The kernel's "same stack as the last copy" records for a thread whose last copy the
+    /// agent does not have (that copy was lost, or the thread is past the ones remembered): the
+    /// event they belong to has no user stack.
+    #[serde(default)]
+    pub repeats_without_copy: u64,
+}
+
+impl Drops {
+    /// User stacks lost, in the kernel (stack map) or for want of the copy a repeat refers to.
+    pub fn user_stacks_lost(&self) -> u64 {
+        self.user_stack + self.repeats_without_copy
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -267,6 +283,31 @@ pub struct ThreadRecord {
     #[serde(rename = "loop")]
     pub is_loop: bool,
     pub iterations: u64,
+    /// Its complete iterations in time order, for the timeline: one per iteration while there
+    /// are few, else neighbours merged into buckets (at most 1,024 per thread).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iteration_marks: Vec<IterationBucketRecord>,
+}
+
+/// A thread's start-up: from its creation to its first wait point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Iterations of a loop thread that started close together (one, unless there were many).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IterationBucketRecord {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub count: u64,
+    /// Sum of their durations.
+    pub busy_ns: u64,
+    pub longest_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -718,6 +759,7 @@ pub(crate) mod fixtures {
             javascript: JsReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
+            startups: vec![],
             kernel_limits: vec![],
             reorder: Default::default(),
             verdict: Verdict {

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod events;
 pub mod headline;
+pub mod iterations;
 pub mod reorder;
 pub mod session;
 pub mod timeline;

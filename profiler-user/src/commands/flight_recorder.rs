@@ -131,6 +131,7 @@ fn one_stall(stall: &StallRecord, process: Option<&ProcessRecord>, threshold_ns:
         javascript: model::JsReport::default(),
         hints: Vec::new(),
         waiting_at_start: Vec::new(),
+        startups: Vec::new(),
         kernel_limits: Vec::new(),
         reorder: model::ReorderReport::default(),
         verdict: model::Verdict {

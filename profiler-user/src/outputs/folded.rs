@@ -5,6 +5,7 @@
 use anyhow::{Context as _, Result};
 
 use crate::{
+    analysis::headline,
     model::{Frame, FrameKind, Recording, StackKind, WakerRecord, short_path},
     sanitize,
 };
@@ -112,10 +113,19 @@ fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
         };
         for stack in &stall.stacks {
             let marker = kind_marker(stack.kind, stack.syscall.as_deref());
+            // Python-first unless --native (module `headline`), as the live line reads.
+            let frames: Vec<Frame> = headline::view_frames(
+                &stack.frames,
+                headline::did_work(stack.kind),
+                headline::view(),
+            )
+            .into_iter()
+            .cloned()
+            .collect();
             lines.extend(folded_line(
                 &process,
                 &thread,
-                &stack.frames,
+                &frames,
                 marker,
                 stack.waker.as_ref(),
                 stack.weight_ns,

@@ -121,6 +121,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
             .collect();
         let _ = writeln!(md, "```\n{}\n```\n", churn.join("\n"));
     }
+    if let Some(line) = startup_line(recording) {
+        let _ = writeln!(md, "{}\n", sanitize::markdown_text(&line));
+    }
     for hint in &recording.hints {
         let _ = writeln!(md, "> hint: {}\n", sanitize::markdown_text(hint));
     }
@@ -131,7 +134,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
     let _ = writeln!(
         md,
         "Lost events: {} · stacks lost: {} kernel, {} user.",
-        recording.lost_events, drops.kernel_stack, drops.user_stack
+        recording.lost_events,
+        drops.kernel_stack,
+        drops.user_stacks_lost()
     );
     if let Some(line) = reorder_line(recording) {
         let _ = writeln!(md, "\n{line}");
@@ -274,11 +279,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         );
     }
     let drops = &recording.drops;
-    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stack > 0 {
+    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stacks_lost() > 0 {
         let _ = writeln!(
             text,
             "  lost: {} events (ring buffer full), {} kernel and {} user stacks; results may be incomplete",
-            recording.lost_events, drops.kernel_stack, drops.user_stack
+            recording.lost_events,
+            drops.kernel_stack,
+            drops.user_stacks_lost()
         );
     }
     if let Some(line) = reorder_line(recording) {
@@ -291,6 +298,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         let _ = writeln!(text, "  {line}");
     }
     for line in churn_lines(recording) {
+        let _ = writeln!(text, "  {line}");
+    }
+    if let Some(line) = startup_line(recording) {
         let _ = writeln!(text, "  {line}");
     }
     if !recording.kernel_limits.is_empty() {
@@ -367,5 +377,23 @@ fn javascript_line(js: &JsReport) -> Option<String> {
         js.runtimes.len(),
         js.frames,
         js.unreadable_frames
+    ))
+}
+
+/// One line on start-up, said once: the first thread's (the command's, under `record --`),
+/// and how many more there were.
+pub fn startup_line(recording: &Recording) -> Option<String> {
+    let first = recording.startups.first()?;
+    let more = match recording.startups.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more thread's)".to_string(),
+        n => format!(" (and {n} more threads')"),
+    };
+    Some(format!(
+        "start-up: {} (pid {} tid {}) took {} to its first wait point, not counted as a stall{more}",
+        first.comm,
+        first.pid,
+        first.tid,
+        format_duration(first.end_ns.saturating_sub(first.start_ns))
     ))
 }
