@@ -380,6 +380,139 @@ pub struct PyStackCopy {
     pub frames: [PyFrame; MAX_PY_FRAMES],
 }
 
+/// `stallscope watch`: which new processes the kernel side starts following by itself, at exec
+/// and fork, before their first instruction runs (bits of the `MATCH_ON` global; 0 for `record`).
+pub mod matching {
+    /// The command name (`comm`) is matched against the [`super::MatchPattern`]s of kind COMM.
+    pub const COMM: u32 = 1;
+    /// The path given to exec is matched against the patterns of kind EXE (at exec only).
+    pub const EXE: u32 = 2;
+    /// The task's cgroup (v2 id) is looked up in `MATCH_CGROUPS`.
+    pub const CGROUP: u32 = 4;
+}
+
+/// Glob patterns (`*`, `?`, literal bytes) the kernel side matches new processes with.
+pub const MAX_MATCH_PATTERNS: u32 = 16;
+/// Longest pattern, in bytes.
+pub const MATCH_PATTERN_BYTES: usize = 64;
+/// Bytes of the exec'd path matched (longer paths are matched on their first bytes).
+pub const MATCH_TEXT_BYTES: usize = 256;
+/// Cgroups (with their descendants, listed one by one by the agent) followed by `--cgroup`.
+pub const MAX_MATCH_CGROUPS: u32 = 4096;
+
+/// One `--comm`/`--exe` glob, as the agent hands it to the kernel side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatchPattern {
+    /// [`matching::COMM`] or [`matching::EXE`]; 0 for an unused slot.
+    pub kind: u32,
+    /// Bytes used in `bytes`.
+    pub len: u32,
+    pub bytes: [u8; MATCH_PATTERN_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<MatchPattern>() == 72);
+
+impl Default for MatchPattern {
+    fn default() -> Self {
+        MatchPattern {
+            kind: 0,
+            len: 0,
+            bytes: [0; MATCH_PATTERN_BYTES],
+        }
+    }
+}
+
+/// The kernel side's scratch state of one glob match (per CPU; see `glob_step` there).
+#[repr(C)]
+pub struct GlobState {
+    pub text: [u8; MATCH_TEXT_BYTES],
+    pub text_len: u32,
+    pub pattern: u32,
+    pub p: u32,
+    pub s: u32,
+    /// Position of the last `*` seen in the pattern, or `u32::MAX`.
+    pub star: u32,
+    pub mark: u32,
+    /// 0 while running, 1 matched, 2 did not.
+    pub result: u32,
+    pub _reserved: u32,
+}
+
+impl GlobState {
+    /// Steps a match of `text[..text_len]` against a pattern may take: the greedy matcher with
+    /// one backtracking point is at most quadratic.
+    pub fn max_steps(&self, pattern: &MatchPattern) -> u32 {
+        (self.text_len.min(MATCH_TEXT_BYTES as u32) + 2)
+            * (pattern.len.min(MATCH_PATTERN_BYTES as u32) + 2)
+    }
+
+    /// Starts a match of the text against pattern slot `pattern`.
+    pub fn reset(&mut self, pattern: u32) {
+        self.pattern = pattern;
+        self.p = 0;
+        self.s = 0;
+        self.star = u32::MAX;
+        self.mark = 0;
+        self.result = 0;
+    }
+
+    /// One step of the glob match (`*` any run of bytes, `?` any byte, anything else itself);
+    /// true once `result` is decided. Written as single steps so the kernel side can run it
+    /// under `bpf_loop`; the masks keep every index provably in bounds for the verifier.
+    #[inline(always)]
+    pub fn step(&mut self, pattern: &MatchPattern) -> bool {
+        let plen = if pattern.len as usize > MATCH_PATTERN_BYTES {
+            MATCH_PATTERN_BYTES as u32
+        } else {
+            pattern.len
+        };
+        let tlen = if self.text_len as usize > MATCH_TEXT_BYTES {
+            MATCH_TEXT_BYTES as u32
+        } else {
+            self.text_len
+        };
+        let (p, s) = (self.p, self.s);
+        let pc = if p < plen {
+            Some(pattern.bytes[p as usize & (MATCH_PATTERN_BYTES - 1)])
+        } else {
+            None
+        };
+        if s < tlen {
+            let c = self.text[s as usize & (MATCH_TEXT_BYTES - 1)];
+            match pc {
+                Some(b'*') => {
+                    self.star = p;
+                    self.mark = s;
+                    self.p = p + 1;
+                    return false;
+                }
+                Some(pc) if pc == b'?' || pc == c => {
+                    self.p = p + 1;
+                    self.s = s + 1;
+                    return false;
+                }
+                _ => {}
+            }
+            if self.star != u32::MAX {
+                self.p = self.star + 1;
+                self.mark += 1;
+                self.s = self.mark;
+                return false;
+            }
+            self.result = 2;
+            return true;
+        }
+        // The text is used up: only trailing stars may be left of the pattern.
+        if pc == Some(b'*') {
+            self.p = p + 1;
+            return false;
+        }
+        self.result = if p >= plen { 1 } else { 2 };
+        true
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both types are repr(C), made only of integers and arrays of integers, and have no
@@ -388,4 +521,105 @@ mod pod {
     unsafe impl aya::Pod for super::TracepointOffsets {}
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::PyProcess {}
+    unsafe impl aya::Pod for super::MatchPattern {}
+}
+
+impl MatchPattern {
+    /// A pattern slot of `kind` (None when the pattern is longer than MATCH_PATTERN_BYTES).
+    pub fn new(kind: u32, pattern: &[u8]) -> Option<Self> {
+        if pattern.len() > MATCH_PATTERN_BYTES {
+            return None;
+        }
+        let mut slot = MatchPattern {
+            kind,
+            len: pattern.len() as u32,
+            ..MatchPattern::default()
+        };
+        slot.bytes[..pattern.len()].copy_from_slice(pattern);
+        Some(slot)
+    }
+
+    /// Whether `text` matches, by the very steps the kernel side runs (texts longer than
+    /// MATCH_TEXT_BYTES are matched on their first bytes, as there).
+    pub fn matches(&self, text: &[u8]) -> bool {
+        let mut state = GlobState {
+            text: [0; MATCH_TEXT_BYTES],
+            text_len: 0,
+            pattern: 0,
+            p: 0,
+            s: 0,
+            star: u32::MAX,
+            mark: 0,
+            result: 0,
+            _reserved: 0,
+        };
+        let len = text.len().min(MATCH_TEXT_BYTES);
+        state.text[..len].copy_from_slice(&text[..len]);
+        state.text_len = len as u32;
+        state.reset(0);
+        for _ in 0..state.max_steps(self) {
+            if state.step(self) {
+                break;
+            }
+        }
+        state.result == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glob(pattern: &str, text: &str) -> bool {
+        MatchPattern::new(matching::COMM, pattern.as_bytes())
+            .map(|p| p.matches(text.as_bytes()))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn glob_matches_like_a_shell() {
+        assert!(glob("python3*", "python3.11"));
+        assert!(glob("python3*", "python3"));
+        assert!(!glob("python3*", "python"));
+        assert!(glob("*loop", "stress_loop"));
+        assert!(!glob("*loop", "stress_loops"));
+        assert!(glob("st?ll", "stall"));
+        assert!(!glob("st?ll", "stl"));
+        assert!(glob("*", ""));
+        assert!(glob("", ""));
+        assert!(!glob("", "x"));
+        assert!(glob("*/bin/*py*", "/usr/bin/python3.11"));
+        assert!(glob("a*b*c", "aXXbYYbZZc"));
+        assert!(!glob("a*b*c", "aXXbYYbZZ"));
+        assert!(glob("**x", "abx"));
+        // Literal bytes only: no classes, and a star in the text is just a byte.
+        assert!(glob("a*", "a*"));
+        assert!(!glob("[ab]", "a"));
+    }
+
+    #[test]
+    fn glob_steps_stay_within_the_bound_the_kernel_gives_them() {
+        // Worst case for one backtracking point: many stars and near misses.
+        let pattern =
+            MatchPattern::new(matching::EXE, b"*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b").unwrap_or_default();
+        let text = [b'a'; MATCH_TEXT_BYTES];
+        let mut state = GlobState {
+            text,
+            text_len: MATCH_TEXT_BYTES as u32,
+            pattern: 0,
+            p: 0,
+            s: 0,
+            star: u32::MAX,
+            mark: 0,
+            result: 0,
+            _reserved: 0,
+        };
+        state.reset(0);
+        let mut steps = 0;
+        while !state.step(&pattern) {
+            steps += 1;
+            assert!(steps < state.max_steps(&pattern), "too many steps");
+        }
+        assert_eq!(state.result, 2);
+    }
 }

@@ -15,11 +15,12 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext as _, Global,
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -29,11 +30,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use profiler_common::{
-    COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, LastStack,
-    MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
+    COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, GlobState,
+    LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS, MAX_PY_FRAMES,
+    MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
     PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
     PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TaskOffsets, TracepointOffsets,
-    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind,
+    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind, matching,
 };
 
 #[unsafe(no_mangle)]
@@ -128,6 +130,29 @@ static PY_SCRATCH: PerCpuArray<PyStackCopy> = PerCpuArray::with_max_entries(2, 0
 /// before 3.11 CPython names a thread state's thread only by pthread_self(), which is fs_base.
 #[unsafe(no_mangle)]
 static TASK_FSBASE_OFFSET: Global<u32> = Global::new(0);
+
+/// `stallscope watch`: what new processes are followed by themselves (bits of
+/// `profiler_common::matching`; 0, as for `record`, follows only the agent's choices and their
+/// descendants).
+#[unsafe(no_mangle)]
+static MATCH_ON: Global<u32> = Global::new(0);
+
+/// Offset of the `__data_loc` of the exec'd path in sched_process_exec's record (FIELD_ABSENT:
+/// no `--exe` match in the kernel).
+#[unsafe(no_mangle)]
+static EXEC_FILENAME_OFFSET: Global<u32> = Global::new(FIELD_ABSENT);
+
+/// `--comm` / `--exe` globs.
+#[map]
+static MATCH_PATTERNS: Array<MatchPattern> = Array::with_max_entries(MAX_MATCH_PATTERNS, 0);
+
+/// Cgroup v2 ids whose processes are followed (`--cgroup`, descendants listed by the agent).
+#[map]
+static MATCH_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_MATCH_CGROUPS, 0);
+
+/// A glob match's state (too big for the 512-byte stack).
+#[map]
+static GLOB_SCRATCH: PerCpuArray<GlobState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
@@ -1245,7 +1270,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 fn try_fork(ctx: &TracePointContext) -> Result<(), i32> {
     let (tgid, tid) = current_ids();
     if !is_followed_pid(tgid) {
-        return Ok(());
+        // `watch`: a process that matches (its name, its cgroup) but is not followed yet (it
+        // was renamed, or moved into the cgroup, after it started) is followed from now on,
+        // with the child it is making.
+        if !matches_new_process(ctx, false) || !follow_current(tgid, tid) {
+            return Ok(());
+        }
     }
     let child: i32 = unsafe { ctx.read_at(OFFSETS.load().fork_child_pid as usize)? };
     let child = child as u32;
@@ -1341,19 +1371,148 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let (tgid, tid) = current_ids();
+    let mut matched = 0;
     if !is_followed_pid(tgid) {
-        return Ok(());
+        // `watch`: a new program that matches is followed from its first instruction.
+        if !matches_new_process(ctx, true) || !follow_current(tgid, tid) {
+            return Ok(());
+        }
+        matched = 1;
     }
     let old: i32 = unsafe { ctx.read_at(OFFSETS.load().exec_old_pid as usize)? };
     let mut event = new_event(kind::EXEC, tgid, tid);
     event.arg0 = old as u32 as u64;
+    // 1: followed from now on because it matched (the agent has not heard of it before).
+    event.aux = matched;
     event.comm = bpf_get_current_comm().unwrap_or_default();
     submit(&event);
     Ok(())
 }
 
+/// Starts following the current process (it matched): its tgid and this thread. False when
+/// the follow set is full (counted).
+#[inline(always)]
+fn follow_current(tgid: u32, tid: u32) -> bool {
+    if FOLLOWED_PIDS.insert(&tgid, &1, 0).is_err() || FOLLOWED_TIDS.insert(&tid, &tgid, 0).is_err()
+    {
+        count_drop(drop::FOLLOW_MAP_FULL);
+        return false;
+    }
+    true
+}
+
+/// Whether the current task, not followed yet, is one `watch` was asked to follow: in a listed
+/// cgroup, or with a command name (or, at exec, an exec'd path) matching a pattern. Runs only
+/// at exec and fork of unfollowed processes, and only when `MATCH_ON` is set.
+#[inline(always)]
+fn matches_new_process(ctx: &TracePointContext, at_exec: bool) -> bool {
+    let on = MATCH_ON.load();
+    if on == 0 {
+        return false;
+    }
+    if on & matching::CGROUP != 0 {
+        // SAFETY: helper without preconditions.
+        let id = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: only compared against None.
+        if unsafe { MATCH_CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    if compat::NO_GLOB {
+        // No bpf_loop: the agent's periodic look at /proc finds these instead.
+        return false;
+    }
+    if on & matching::COMM != 0 {
+        let comm = bpf_get_current_comm().unwrap_or_default();
+        if glob_any(matching::COMM, |text| {
+            let mut len = comm.len();
+            for (i, &b) in comm.iter().enumerate() {
+                text[i] = b;
+                if b == 0 && len == comm.len() {
+                    len = i;
+                }
+            }
+            len as u32
+        }) {
+            return true;
+        }
+    }
+    if at_exec && on & matching::EXE != 0 {
+        let offset = EXEC_FILENAME_OFFSET.load();
+        if offset == FIELD_ABSENT {
+            return false;
+        }
+        // SAFETY: the offset is the record's own `__data_loc` field (from tracefs).
+        let Ok(loc) = (unsafe { ctx.read_at::<u32>(offset as usize) }) else {
+            return false;
+        };
+        let path = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
+        return glob_any(matching::EXE, |text| {
+            // SAFETY: a kernel probe read into the scratch buffer, failure handled.
+            match unsafe { bpf_probe_read_kernel_str_bytes(path, text) } {
+                Ok(bytes) => bytes.len() as u32,
+                Err(_) => 0,
+            }
+        });
+    }
+    false
+}
+
+/// Fills the scratch text with `fill` (which returns its length), then tries every pattern of
+/// `kind` on it.
+#[inline(always)]
+fn glob_any(kind: u32, fill: impl FnOnce(&mut [u8; MATCH_TEXT_BYTES]) -> u32) -> bool {
+    let Some(state) = GLOB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // Raw pointer accesses only: the bpf_loop callback writes the same slot.
+    // SAFETY: per-CPU slot, see count_drop.
+    unsafe {
+        (*state).text_len = fill(&mut (*state).text);
+        if (*state).text_len == 0 {
+            return false;
+        }
+    }
+    for index in 0..MAX_MATCH_PATTERNS {
+        let Some(pattern) = MATCH_PATTERNS.get(index) else {
+            break;
+        };
+        if pattern.kind != kind {
+            continue;
+        }
+        // SAFETY: as above.
+        let steps = unsafe {
+            (*state).reset(index);
+            (*state).max_steps(pattern)
+        };
+        compat::repeat(steps as usize, 0, glob_step, core::ptr::null_mut());
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(&(*state).result) } == 1 {
+            return true;
+        }
+    }
+    false
+}
+
+/// One step of a glob match under bpf_loop (its state is in GLOB_SCRATCH).
+extern "C" fn glob_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(state) = GLOB_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot, see count_drop.
+    let state = unsafe { &mut *state };
+    let Some(pattern) = MATCH_PATTERNS.get(state.pattern) else {
+        state.result = 2;
+        return 1;
+    };
+    i64::from(state.step(pattern))
+}
+
 /// What the kernel offers, or its stand-in where an older kernel lacks it (feature `compat`).
 mod compat {
+    /// No glob match of new processes in the compat build (no bpf_loop for its steps).
+    pub const NO_GLOB: bool = cfg!(feature = "compat");
+
     /// No Python walk at all in the compat build when it may take no step.
     pub const NO_PYTHON_WALK: bool = cfg!(feature = "compat") && super::COMPAT_PY_FRAMES == 0;
 

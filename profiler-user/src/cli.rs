@@ -29,6 +29,148 @@ pub enum Command {
     Diff(DiffArgs),
     /// Check kernel, permissions and toolchain support; say what is missing and how to fix it.
     Doctor(DoctorArgs),
+    /// Always-on: follow matching processes as they come and go, serve Prometheus metrics,
+    /// log each stall as a JSON line, keep the latest stalls' reports. Runs until stopped.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Processes to follow, comma-separated (with their children and threads).
+    #[arg(long, short = 'p', value_delimiter = ',')]
+    pub pid: Vec<String>,
+
+    /// Follow processes whose command name matches this glob (`*`, `?`), at exec and fork,
+    /// from their first instruction; repeatable. Names are at most 15 bytes (the kernel's comm).
+    #[arg(long)]
+    pub comm: Vec<String>,
+
+    /// Follow processes whose executable path matches this glob; a glob without `/` matches
+    /// the file name. Repeatable.
+    #[arg(long)]
+    pub exe: Vec<String>,
+
+    /// Follow every process of this cgroup (v2) and its descendants: a path under
+    /// /sys/fs/cgroup, e.g. system.slice/nginx.service. Repeatable.
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz).
+    #[arg(long)]
+    pub listen: Option<String>,
+
+    /// Append one JSON line per stall to FILE (`-`: standard output); SIGHUP reopens it.
+    #[arg(long)]
+    pub events: Option<String>,
+
+    /// Write each stall's own report (stalls.json, folded, flamegraph.svg) under DIR.
+    #[arg(long, requires = "keep")]
+    pub keep_dir: Option<PathBuf>,
+
+    /// How many stall reports --keep-dir keeps (the oldest are removed).
+    #[arg(long, requires = "keep_dir")]
+    pub keep: Option<usize>,
+
+    /// An iteration longer than this is a stall (units: us, ms, s, m).
+    #[arg(long, default_value = "100ms")]
+    pub threshold: String,
+
+    /// cpu-clock samples per second, per CPU.
+    #[arg(long, default_value_t = 99)]
+    pub freq: u64,
+
+    /// Bytes of user stack copied per sample and switch-out (see `record --stack-bytes`).
+    #[arg(long, default_value_t = 32768)]
+    pub stack_bytes: u32,
+
+    /// Ring buffer size in KiB (see `record --ring-buffer-kib`).
+    #[arg(long, default_value_t = 32768)]
+    pub ring_buffer_kib: u32,
+
+    /// Do not print each stall as it ends.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Show only the Python frames of stacks that have any.
+    #[arg(long)]
+    pub python_only: bool,
+}
+
+/// What `watch` follows and where its outputs go: validated, plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Threshold, sampling and stack settings, as for `record` (target: the --pid list).
+    pub record: RecordConfig,
+    pub comm: Vec<String>,
+    pub exe: Vec<String>,
+    pub cgroups: Vec<String>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub events: Option<String>,
+    pub keep_dir: Option<PathBuf>,
+    pub keep: usize,
+}
+
+impl WatchArgs {
+    pub fn to_config(&self) -> Result<WatchConfig, UsageError> {
+        if self.pid.is_empty()
+            && self.comm.is_empty()
+            && self.exe.is_empty()
+            && self.cgroup.is_empty()
+        {
+            return Err(UsageError(
+                "watch needs something to follow: --pid, --comm, --exe or --cgroup (e.g. --comm 'python3*')".into(),
+            ));
+        }
+        for glob in self.comm.iter().chain(&self.exe) {
+            if glob.is_empty() || glob.len() > profiler_common::MATCH_PATTERN_BYTES {
+                return Err(UsageError(format!(
+                    "pattern '{glob}': give 1 to {} bytes",
+                    profiler_common::MATCH_PATTERN_BYTES
+                )));
+            }
+        }
+        let listen = self
+            .listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<std::net::SocketAddr>().map_err(|_| {
+                    UsageError(format!(
+                        "--listen {text}: give ADDRESS:PORT, e.g. 127.0.0.1:9464 or [::]:9464"
+                    ))
+                })
+            })
+            .transpose()?;
+        let record = RecordArgs {
+            pid: self.pid.clone(),
+            threshold: self.threshold.clone(),
+            duration: None,
+            freq: self.freq,
+            out: None,
+            thread: Vec::new(),
+            thread_name: None,
+            quiet: self.quiet,
+            fail_on: None,
+            format: vec!["all".into()],
+            stack_bytes: self.stack_bytes,
+            ring_buffer_kib: self.ring_buffer_kib,
+            python_only: self.python_only,
+            command: Vec::new(),
+        }
+        .to_config()?;
+        if self.keep == Some(0) {
+            return Err(UsageError("--keep must be at least 1".into()));
+        }
+        Ok(WatchConfig {
+            record,
+            comm: self.comm.clone(),
+            exe: self.exe.clone(),
+            cgroups: self.cgroup.clone(),
+            listen,
+            events: self.events.clone(),
+            keep_dir: self.keep_dir.clone(),
+            keep: self.keep.unwrap_or(0),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +283,7 @@ fn parse_threshold(text: &str) -> Result<u64, UsageError> {
 }
 
 impl CiArgs {
-    pub fn to_options(&self) -> Result<crate::ci::CiOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::ci::CiOptions, UsageError> {
         let record = RecordArgs {
             pid: if self.pid.is_empty() {
                 vec![]
@@ -164,20 +306,20 @@ impl CiArgs {
         };
         let mut config = record.to_config()?;
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
         if self.spawn.is_some() {
             config.target = Target::Pids(Vec::new());
         }
         let ready_timeout = parse_duration_ns(&self.ready_timeout)
             .map_err(|e| UsageError(format!("--ready-timeout {}: {e}", self.ready_timeout)))?;
-        Ok(crate::ci::CiOptions {
+        Ok(crate::commands::ci::CiOptions {
             record: config,
             spawn: self.spawn.clone(),
             ready: self
                 .ready
                 .as_deref()
-                .map(crate::ci::parse_readiness)
+                .map(crate::commands::ci::parse_readiness)
                 .transpose()?,
             ready_timeout: Duration::from_nanos(ready_timeout),
             load: self.load.clone(),
@@ -186,11 +328,11 @@ impl CiArgs {
 }
 
 impl ReportArgs {
-    pub fn to_options(&self) -> Result<crate::replay::ReportOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::replay::ReportOptions, UsageError> {
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
-        Ok(crate::replay::ReportOptions {
+        Ok(crate::commands::replay::ReportOptions {
             dir: self.dir.clone(),
             out: self.out.clone(),
             threshold_ns: self.threshold.as_deref().map(parse_threshold).transpose()?,
@@ -201,11 +343,11 @@ impl ReportArgs {
 }
 
 impl DiffArgs {
-    pub fn to_options(&self) -> Result<crate::diff::DiffOptions, UsageError> {
+    pub fn to_options(&self) -> Result<crate::commands::diff::DiffOptions, UsageError> {
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, true)?;
+            crate::analysis::budget::parse_budgets(text, true)?;
         }
-        Ok(crate::diff::DiffOptions {
+        Ok(crate::commands::diff::DiffOptions {
             base: self.base.clone(),
             new: self.new.clone(),
             out: self.out.clone(),
@@ -384,7 +526,7 @@ impl RecordArgs {
         };
         let threshold_ns = parse_threshold(&self.threshold)?;
         if let Some(text) = &self.fail_on {
-            crate::budget::parse_budgets(text, false)?;
+            crate::analysis::budget::parse_budgets(text, false)?;
         }
         let duration = match &self.duration {
             None => None,

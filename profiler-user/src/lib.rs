@@ -1,52 +1,25 @@
 //! stallscope's agent: finds event-loop stalls in live processes with eBPF and explains them.
 //!
-//! Modules, one concept each:
-//! - [`cli`]: command line → validated config;
-//! - [`tracefs`], [`procfs`], [`privileges`], [`features`]: what the machine and the targets
-//!   look like;
-//! - [`attach`]: the eBPF programs and maps (the only aya user);
-//! - [`events`]: ring-buffer bytes → typed events, loss detection;
-//! - [`reorder`]: the CPUs' events back in timestamp order, bounded, late ones counted;
-//! - [`timeline`]: the pure state machine from events to iterations and stalls;
-//! - [`symbolize`]: addresses → frames (the only blazesym user); [`perf_map`]: JIT symbol
-//!   maps read without letting the target choose the file; [`v8`]: JavaScript frames of
-//!   Node processes from V8's postmortem metadata;
-//! - [`report`]: the recording as data, and every output rendered from it;
-//! - [`budget`]: `--fail-on` expressions and the CI verdict; [`junit`], [`pprof`], [`trace`]:
-//!   more renderings of a recording for CI and other tools; [`html`]: report.html;
-//! - [`sanitize`]: names the target controls, made safe for every output;
-//! - [`record`]: the `record` command, wiring the above together at the I/O edge.
-pub mod attach;
-pub mod btf;
-pub mod budget;
-pub mod ci;
+//! Layers, each importing only the ones below it:
+//! - [`cli`]: command line → validated config (only the binary's `main.rs` uses it);
+//! - [`commands`]: `record`, `ci`, `report`, `diff`, `doctor`, `watch`, wiring the layers at the I/O edge;
+//! - [`outputs`]: every rendering of a recording (stalls.json, summary, SVG, trace, pprof,
+//!   JUnit, report.html) and `watch`'s outputs (metrics, events log, flight recorder);
+//! - [`analysis`]: events → typed events → timestamp order → iterations and stalls, and the
+//!   `--fail-on` budgets;
+//! - [`stacks`]: addresses and interpreter memory → frames (native unwinding, Python, V8, perf
+//!   maps, blazesym);
+//! - [`system`]: what the machine and the targets look like (tracefs, /proc, BTF, privileges,
+//!   features) and the eBPF programs (the only aya user);
+//! - leaves: [`syscalls`] (the wait points), [`sanitize`] (names the target controls, made safe).
+pub mod analysis;
 pub mod cli;
-pub mod diff;
-pub mod doctor;
-pub mod events;
-pub mod features;
-pub mod headline;
-pub mod html;
-pub mod junit;
-pub mod perf_map;
-pub mod pprof;
-pub mod privileges;
-pub mod procfs;
-pub mod python;
-pub mod python_offsets;
-pub mod record;
-pub mod reorder;
-pub mod replay;
-pub mod report;
+pub mod commands;
+pub mod outputs;
 pub mod sanitize;
-pub mod session;
-pub mod symbolize;
+pub mod stacks;
 pub mod syscalls;
-pub mod timeline;
-pub mod trace;
-pub mod tracefs;
-pub mod unwind;
-pub mod v8;
+pub mod system;
 
 /// Settings of the property tests that fuzz the parsers of target-controlled bytes (their
 /// names start with `fuzz_`): a short run in the unit tests, a long one with

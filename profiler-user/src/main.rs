@@ -49,21 +49,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => {
             let config = args.to_config()?;
-            let outcome = runtime.block_on(profiler_user::record::run(config))?;
+            let outcome = runtime.block_on(profiler_user::commands::record::run(config))?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
         Command::Ci(args) => {
             let options = args.to_options()?;
-            let code = runtime.block_on(profiler_user::ci::run(options))?;
+            let code = runtime.block_on(profiler_user::commands::ci::run(options))?;
             Ok(ExitCode::from(code))
         }
         Command::Report(args) => {
-            let outcome = profiler_user::replay::run(args.to_options()?)?;
+            let outcome = profiler_user::commands::replay::run(args.to_options()?)?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
-        Command::Doctor(args) => Ok(ExitCode::from(profiler_user::doctor::run(args.developer))),
+        Command::Watch(args) => {
+            let config = args.to_config()?;
+            runtime.block_on(profiler_user::commands::watch::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => Ok(ExitCode::from(profiler_user::commands::doctor::run(
+            args.developer,
+        ))),
         Command::Diff(args) => {
-            let outcome = profiler_user::diff::run(args.to_options()?)?;
+            let outcome = profiler_user::commands::diff::run(args.to_options()?)?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
     }

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -70,6 +70,11 @@ const PROGRAM_SOURCES: &[(&str, &str)] = &[
     ("setpriv", "Debian package util-linux"),
     ("unshare", "Debian package util-linux"),
     ("mount", "Debian package mount"),
+    (
+        "prometheus",
+        "Debian package prometheus, installed by `cargo xtask setup`",
+    ),
+    ("sh", "the machine image (dash)"),
 ];
 
 /// Running a program a test needs: a missing program is a failure that says which program and
@@ -304,22 +309,81 @@ impl EpollServer {
     }
 
     pub fn planted(&mut self) -> Vec<Planted> {
-        self.target
-            .stdout
-            .collect(Duration::from_millis(200))
-            .iter()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                (parts.next()? == "planted").then_some(())?;
-                Some(Planted {
-                    kind: parts.next()?.to_string(),
-                    start_ns: parts.next()?.parse().ok()?,
-                    end_ns: parts.next()?.parse().ok()?,
-                })
-            })
-            .collect()
+        planted_lines(&self.target.stdout.collect(Duration::from_millis(200)))
     }
 }
+
+/// The `planted KIND START_NS END_NS` lines a C target printed (other lines are skipped).
+pub fn planted_lines(lines: &[String]) -> Vec<Planted> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            (parts.next()? == "planted").then_some(())?;
+            Some(Planted {
+                kind: parts.next()?.to_string(),
+                start_ns: parts.next()?.parse().ok()?,
+                end_ns: parts.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The stall that contains a planted one, 20 ms of slack at each end (same clock:
+/// CLOCK_MONOTONIC).
+pub fn stall_containing<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
+    stalls.iter().find(|s| {
+        let start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
+        let end = s["end_ns"].as_u64().unwrap_or(0);
+        start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
+    })
+}
+
+/// CLOCK_MONOTONIC now, the clock the agent reports in.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A loopback TCP port nobody listens on right now (the kernel picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Runs a step that prepares a test (a virtualenv, a pip install): its failure fails the test
+/// with the step's output.
+pub fn run_setup_step(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({cmd:?}, {}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A nanosecond (or id) field of a stall or thread of stalls.json, which must be there.
+pub fn ns_field(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {value:#}"))
+}
+
+/// Python's `time.sleep`: `clock_nanosleep` from 3.11, `select` before.
+pub const SLEEPING_SYSCALLS: &[&str] = &["clock_nanosleep", "nanosleep", "select", "pselect6"];
 
 /// A running `stallscope record`.
 pub struct Agent {

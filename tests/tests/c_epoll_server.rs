@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use stallscope_tests::{
-    Agent, EpollServer, Planted, dominant_code_stack, require_root, scratch_dir, tolerance_ns,
-    user_function_names,
+    Agent, EpollServer, dominant_code_stack, require_root, scratch_dir, stall_containing,
+    tolerance_ns, user_function_names,
 };
 
 const FP_FLAGS: &[&str] = &[
@@ -17,15 +16,6 @@ const FP_FLAGS: &[&str] = &[
     "-fno-omit-frame-pointer",
     "-mno-omit-leaf-frame-pointer",
 ];
-
-fn stall_for<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
-    // The stall containing the planted work (same clock: CLOCK_MONOTONIC).
-    stalls.iter().find(|s| {
-        let start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
-        let end = s["end_ns"].as_u64().unwrap_or(0);
-        start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
-    })
-}
 
 #[test]
 fn planted_stalls_are_found_measured_and_explained() {
@@ -57,7 +47,7 @@ fn planted_stalls_are_found_measured_and_explained() {
     assert_eq!(json["lost_events"], 0);
 
     for truth in &planted {
-        let stall = stall_for(&stalls, truth)
+        let stall = stall_containing(&stalls, truth)
             .unwrap_or_else(|| panic!("no stall covers {truth:?}: {stalls:#?}"));
         let duration = stall["duration_ns"].as_u64().expect("duration");
         let error = duration.abs_diff(truth.duration_ns());

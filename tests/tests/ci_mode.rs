@@ -5,13 +5,14 @@
 //! recording re-renders (`report`) and compares (`diff`).
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
 
 use serde_json::Value;
-use stallscope_tests::{Needed, agent_bin, c_target, require_root, scratch_dir, workspace_root};
+use stallscope_tests::{
+    Needed, agent_bin, c_target, free_port, require_root, scratch_dir, workspace_root,
+};
 
 const FP_FLAGS: &[&str] = &[
     "-O2",
@@ -19,13 +20,6 @@ const FP_FLAGS: &[&str] = &[
     "-fno-omit-frame-pointer",
     "-mno-omit-leaf-frame-pointer",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// Runs the documented CI flow against the epoll server; `fixed` selects the fixed version.
 fn ci_run(name: &str, fixed: bool, env: &[(&str, &Path)]) -> (Output, PathBuf) {

@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::unix::{fs::MetadataExt, net::UnixStream, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -24,19 +24,10 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, Lines, Needed, c_target, function_names, require_root, scratch_dir,
-    tolerance_ns, user_function_names, workspace_root,
+    Agent, AgentResult, Lines, Needed, SLEEPING_SYSCALLS, c_target, free_port, function_names,
+    monotonic_ns, ns_field, require_root, run_setup_step, scratch_dir, tolerance_ns,
+    user_function_names, workspace_root,
 };
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 // ---------------------------------------------------------------------------------------------
 // The Python environment.
@@ -48,20 +39,6 @@ fn system_python() -> String {
         .needed_output();
     assert!(out.status.success(), "python3 does not run: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn run_setup_step(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({cmd:?}, {}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `target/test-venv` with gunicorn, uvicorn and FastAPI, created or brought up to date with
@@ -265,13 +242,6 @@ fn get_json(port: u16, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // What the scratch directory holds, to prove the agent touched nothing in it.
 
@@ -363,15 +333,6 @@ fn stall_covering(stalls: &[Value], pid: u32, start_ns: u64, end_ns: u64) -> Opt
             && s["end_ns"].as_u64().unwrap_or(0) + 20_000_000 >= end_ns
     })
 }
-
-fn ns(stall: &Value, field: &str) -> u64 {
-    stall[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {stall:#}"))
-}
-
-/// Python's `time.sleep` is `clock_nanosleep` on Linux (3.11), older ones `select`.
-const SLEEPING_SYSCALLS: &[&str] = &["clock_nanosleep", "nanosleep", "select", "pselect6"];
 
 /// The heaviest of a stall's stacks of the given kinds.
 fn heaviest_of<'a>(stall: &'a Value, kinds: &[&str]) -> &'a Value {
@@ -694,7 +655,7 @@ fn gunicorn_gthread_recycled_workers_seed_001() {
     }
     // Nothing in the recording belongs to a process outside the service.
     for stall in json["stalls"].as_array().expect("stalls") {
-        let pid = ns(stall, "pid") as u32;
+        let pid = ns_field(stall, "pid") as u32;
         if pid != master && !lived.contains(&pid) {
             problems.push(format!("stall of a process outside the service: {stall}"));
         }
@@ -841,15 +802,15 @@ fn uvicorn_workers_stall_named_by_worker_pid() {
                     .collect::<Vec<_>>()
             )
         });
-        let duration = ns(stall, "duration_ns");
+        let duration = ns_field(stall, "duration_ns");
         let measured = end - start;
         eprintln!(
             "{what}: worker {pid}, app measured {:.1} ms, stall {:.1} ms (on {:.1}, off {:.1}, rq {:.1})",
             measured as f64 / 1e6,
             duration as f64 / 1e6,
-            ns(stall, "on_cpu_ns") as f64 / 1e6,
-            ns(stall, "off_cpu_ns") as f64 / 1e6,
-            ns(stall, "runqueue_ns") as f64 / 1e6,
+            ns_field(stall, "on_cpu_ns") as f64 / 1e6,
+            ns_field(stall, "off_cpu_ns") as f64 / 1e6,
+            ns_field(stall, "runqueue_ns") as f64 / 1e6,
         );
         // Held to what the app measured itself: on this shared 2-CPU VM a planted 300 ms
         // sleep has been seen to take 860 ms of wall time (host preemption), and the agent
@@ -863,7 +824,7 @@ fn uvicorn_workers_stall_named_by_worker_pid() {
             "{what} stall {duration} ns, the app measured {measured} ns (planted 300 ms): {stall:#}"
         );
         assert_eq!(
-            ns(stall, "tid"),
+            ns_field(stall, "tid"),
             u64::from(pid),
             "on the worker's main (loop) thread: {stall:#}"
         );
@@ -872,9 +833,9 @@ fn uvicorn_workers_stall_named_by_worker_pid() {
             thread.is_some_and(|t| t["loop"] == true),
             "worker {pid}'s main thread is a loop thread: {thread:?}"
         );
-        let on = ns(stall, "on_cpu_ns");
-        let off = ns(stall, "off_cpu_ns");
-        let rq = ns(stall, "runqueue_ns");
+        let on = ns_field(stall, "on_cpu_ns");
+        let off = ns_field(stall, "off_cpu_ns");
+        let rq = ns_field(stall, "runqueue_ns");
         assert!(
             on + off + rq >= duration - duration / 10,
             "{what}: the breakdown accounts for the stall's time: {stall:#}"
@@ -1068,21 +1029,21 @@ fn container_pid_and_mount_namespace() {
     assert_eq!(stalls.len(), 1, "only the planted stall: {stalls:#?}");
     for stall in &stalls {
         assert_eq!(
-            ns(stall, "pid"),
+            ns_field(stall, "pid"),
             u64::from(host_pid),
             "reported under the host PID the user gave, not the namespace's: {stall:#}"
         );
-        assert_eq!(ns(stall, "tid"), u64::from(host_pid), "{stall:#}");
+        assert_eq!(ns_field(stall, "tid"), u64::from(host_pid), "{stall:#}");
     }
     let stall = stall_covering(&stalls, host_pid, start, end)
         .unwrap_or_else(|| panic!("no stall covers the burn [{start}, {end}]: {stalls:#?}"));
-    let duration = ns(stall, "duration_ns");
+    let duration = ns_field(stall, "duration_ns");
     assert!(
         duration.abs_diff(end - start) <= tolerance_ns(end - start),
         "stall {duration} ns, the server measured {} ns",
         end - start
     );
-    let (on, off) = (ns(stall, "on_cpu_ns"), ns(stall, "off_cpu_ns"));
+    let (on, off) = (ns_field(stall, "on_cpu_ns"), ns_field(stall, "off_cpu_ns"));
     assert!(
         on > off && off < duration / 10,
         "a CPU burn: on-CPU (or waiting for a CPU), never blocked: {stall:#}"
@@ -1174,11 +1135,11 @@ fn stopped_while_a_worker_loop_is_blocked() {
         .unwrap_or_else(|| {
             panic!("no stall of worker {pid} open at stop, blocked since {start_ns}: {stalls:#?}")
         });
-    let duration = ns(stall, "duration_ns");
+    let duration = ns_field(stall, "duration_ns");
     let (on, off, rq) = (
-        ns(stall, "on_cpu_ns"),
-        ns(stall, "off_cpu_ns"),
-        ns(stall, "runqueue_ns"),
+        ns_field(stall, "on_cpu_ns"),
+        ns_field(stall, "off_cpu_ns"),
+        ns_field(stall, "runqueue_ns"),
     );
     eprintln!(
         "open at stop: worker {pid}, {:.1} ms (on {:.1}, off {:.1}, rq {:.1}), partial {}",
@@ -1188,7 +1149,7 @@ fn stopped_while_a_worker_loop_is_blocked() {
         rq as f64 / 1e6,
         stall["partial"]
     );
-    assert_eq!(ns(stall, "tid"), u64::from(pid), "{stall:#}");
+    assert_eq!(ns_field(stall, "tid"), u64::from(pid), "{stall:#}");
     assert_eq!(stall["partial"], true, "still open at stop: {stall:#}");
     assert!(
         duration >= 700_000_000 && stall["end_ns"].as_u64() <= Some(t_stop + 1_000_000_000),

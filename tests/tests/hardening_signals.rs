@@ -28,8 +28,8 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    EpollServer, Lines, Needed, Planted, Target, agent_bin, c_target, require_root, scratch_dir,
-    tolerance_ns,
+    EpollServer, Lines, Needed, Planted, Target, agent_bin, c_target, planted_lines, require_root,
+    scratch_dir, stall_containing, tolerance_ns,
 };
 
 const FP_FLAGS: &[&str] = &["-O2", "-g", "-fno-omit-frame-pointer"];
@@ -202,30 +202,6 @@ impl Drop for Recorder {
     }
 }
 
-/// The stall that contains a planted one (same clock).
-fn stall_for<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
-    stalls.iter().find(|s| {
-        let start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
-        let end = s["end_ns"].as_u64().unwrap_or(0);
-        start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
-    })
-}
-
-fn planted_lines(lines: &[String]) -> Vec<Planted> {
-    lines
-        .iter()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            (parts.next()? == "planted").then_some(())?;
-            Some(Planted {
-                kind: parts.next()?.to_string(),
-                start_ns: parts.next()?.parse().ok()?,
-                end_ns: parts.next()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Signals
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +270,7 @@ fn sigint_sigterm_sighup_write_outputs_and_exit_0() {
             1,
             "{name}: exactly the planted stall: {stalls:#?}"
         );
-        let stall = stall_for(stalls, truth)
+        let stall = stall_containing(stalls, truth)
             .unwrap_or_else(|| panic!("{name}: no stall covers {truth:?}: {stalls:#?}"));
         let duration = stall["duration_ns"].as_u64().expect("duration_ns");
         assert!(
@@ -997,7 +973,7 @@ fn overload_with_a_tiny_ring_buffer() {
         let data_lost = stall["data_lost"].as_bool().expect("data_lost is a bool");
         let partial = stall["partial"].as_bool().unwrap_or(false);
         let matching = planted.iter().find(|p| {
-            stall_for(std::slice::from_ref(stall), p).is_some()
+            stall_containing(std::slice::from_ref(stall), p).is_some()
                 && duration.abs_diff(p.duration_ns()) <= tolerance_ns(p.duration_ns())
         });
         eprintln!(
@@ -1040,7 +1016,7 @@ fn overload_with_a_tiny_ring_buffer() {
         .find_map(|l| l.strip_prefix("storm end ")?.trim().parse::<u64>().ok())
     {
         for p in planted.iter().filter(|p| p.start_ns > storm_end) {
-            let found = stall_for(&stalls, p);
+            let found = stall_containing(&stalls, p);
             eprintln!(
                 "after the storm: burn of {:.1} ms -> {:?}",
                 p.duration_ns() as f64 / 1e6,

@@ -20,24 +20,12 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, EpollServer, Planted, Target, dominant_code_stack, require_root,
-    scratch_dir, tolerance_ns, user_function_names, workspace_root,
+    Agent, AgentResult, EpollServer, Target, dominant_code_stack, monotonic_ns, require_root,
+    scratch_dir, stall_containing, tolerance_ns, user_function_names, workspace_root,
 };
 
 /// Pause around each planted request, so that the loop goes back to its wait point.
 const IDLE_GAP: Duration = Duration::from_millis(100);
-
-/// CLOCK_MONOTONIC now, the clock the agent reports in.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// One request as the client saw it: sent and answered, CLOCK_MONOTONIC ns.
 #[derive(Clone, Debug)]
@@ -824,14 +812,6 @@ fn node_without_perf_basic_prof() {
 // ---------------------------------------------------------------------------------------------
 // C without frame pointers
 
-fn stall_for<'a>(stalls: &'a [Value], planted: &Planted) -> Option<&'a Value> {
-    stalls.iter().find(|s| {
-        let start = s["start_ns"].as_u64().unwrap_or(u64::MAX);
-        let end = s["end_ns"].as_u64().unwrap_or(0);
-        start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
-    })
-}
-
 #[test]
 fn c_o2_without_frame_pointers() {
     require_root();
@@ -852,7 +832,7 @@ fn c_o2_without_frame_pointers() {
     });
     for truth in &planted {
         let kind = truth.kind.as_str();
-        let Some(stall) = stall_for(&stalls, truth) else {
+        let Some(stall) = stall_containing(&stalls, truth) else {
             failures.check(false, || {
                 format!("no stall covers {truth:?}:\n{}", summarize(&stalls))
             });

@@ -27,7 +27,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -41,24 +41,15 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, AgentResult, Lines, dominant_code_stack, dominant_stack, require_root, scratch_dir,
-    tolerance_ns, workspace_root,
+    Agent, AgentResult, Lines, SLEEPING_SYSCALLS, dominant_code_stack, dominant_stack, free_port,
+    monotonic_ns, ns_field, require_root, run_setup_step, scratch_dir, tolerance_ns,
+    workspace_root,
 };
 
 /// How far a stall may be from the span the target measured itself: max(10 %, 30 ms). This is a
 /// shared 2-CPU machine where other builds and benchmarks run at the same time.
 fn tolerance(truth_ns: u64) -> u64 {
     tolerance_ns(truth_ns).max(30_000_000)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn ms(ns: u64) -> String {
@@ -117,20 +108,6 @@ fn minor_of(mut cmd: Command, python: &Path) -> u32 {
         ["3", minor] => minor.parse().expect("minor version"),
         _ => panic!("{} is not a CPython 3: {text:?}", python.display()),
     }
-}
-
-fn run_setup_step(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({cmd:?}, {}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Virtualenvs are made one at a time (two tests may want the same one).
@@ -368,13 +345,6 @@ fn asyncio_service(interpreter: Interpreter, python: &Path) -> (Service, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     (service, port)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// The FastAPI virtualenv of the sid root (3.14), made by `cargo xtask setup`.
@@ -638,17 +608,8 @@ fn expected_sleep_frame(app_file: &str) -> PyFrame {
     )
 }
 
-/// Python's `time.sleep`: `clock_nanosleep` from 3.11, `select` before.
-const SLEEPING_SYSCALLS: &[&str] = &["clock_nanosleep", "nanosleep", "select", "pselect6"];
-
 // ---------------------------------------------------------------------------------------------
 // Reading the recording.
-
-fn ns(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {value:#}"))
-}
 
 fn loop_stalls(json: &Value, pid: u32) -> Vec<&Value> {
     json["stalls"]
@@ -667,10 +628,10 @@ fn stall_list(stalls: &[&Value]) -> String {
                 "[{}, {}] {} (on {}, off {}, rq {})",
                 s["start_ns"],
                 s["end_ns"],
-                ms(ns(s, "duration_ns")),
-                ms(ns(s, "on_cpu_ns")),
-                ms(ns(s, "off_cpu_ns")),
-                ms(ns(s, "runqueue_ns"))
+                ms(ns_field(s, "duration_ns")),
+                ms(ns_field(s, "on_cpu_ns")),
+                ms(ns_field(s, "off_cpu_ns")),
+                ms(ns_field(s, "runqueue_ns"))
             )
         })
         .collect::<Vec<_>>()
@@ -682,14 +643,14 @@ fn stall_covering<'a>(stalls: &[&'a Value], start: u64, end: u64, slack: u64) ->
     stalls
         .iter()
         .copied()
-        .find(|s| ns(s, "start_ns") <= start + slack && ns(s, "end_ns") + slack >= end)
+        .find(|s| ns_field(s, "start_ns") <= start + slack && ns_field(s, "end_ns") + slack >= end)
 }
 
 fn overlapping<'a>(stalls: &[&'a Value], start: u64, end: u64) -> Vec<&'a Value> {
     stalls
         .iter()
         .copied()
-        .filter(|s| ns(s, "start_ns") < end && ns(s, "end_ns") > start)
+        .filter(|s| ns_field(s, "start_ns") < end && ns_field(s, "end_ns") > start)
         .collect()
 }
 
@@ -898,7 +859,7 @@ fn record_planted(
             stall_list(&stalls)
         )),
         Some(stall) => {
-            let duration = ns(stall, "duration_ns");
+            let duration = ns_field(stall, "duration_ns");
             eprintln!(
                 "{label}: /sleep measured {}, stall {}",
                 ms(sleep.duration_ns()),
@@ -1019,14 +980,14 @@ fn check_validation(
         ));
         return;
     };
-    let duration = ns(stall, "duration_ns");
+    let duration = ns_field(stall, "duration_ns");
     eprintln!(
         "{}: measured {}, stall {} (on {}, rq {})",
         validate.what,
         ms(validate.duration_ns()),
         ms(duration),
-        ms(ns(stall, "on_cpu_ns")),
-        ms(ns(stall, "runqueue_ns"))
+        ms(ns_field(stall, "on_cpu_ns")),
+        ms(ns_field(stall, "runqueue_ns"))
     );
     problems.check(
         duration.abs_diff(validate.duration_ns()) <= tolerance(validate.duration_ns()),
@@ -1040,7 +1001,7 @@ fn check_validation(
             )
         },
     );
-    problems.check(ns(stall, "off_cpu_ns") < duration / 10, || {
+    problems.check(ns_field(stall, "off_cpu_ns") < duration / 10, || {
         format!("{}: CPU work, never blocked: {stall:#}", validate.what)
     });
     let top = heaviest(stall, "on_cpu");
@@ -1082,7 +1043,7 @@ fn check_validation(
 /// executor thread in `validate_for`, and hardly any on-CPU time of the loop's own.
 fn check_offload(problems: &mut Problems, stalls: &[&Value], offload: &Planted) {
     for stall in overlapping(stalls, offload.start_ns, offload.end_ns) {
-        let duration = ns(stall, "duration_ns");
+        let duration = ns_field(stall, "duration_ns");
         let kinds = weight_by_kind(stall);
         eprintln!(
             "/offload [{}, {}]: loop stall {} during it, {kinds:?}",
@@ -1104,7 +1065,7 @@ fn check_offload(problems: &mut Problems, stalls: &[&Value], offload: &Planted) 
                 "/offload ran in the executor, yet a loop stall during it shows the loop                  running the validation: {ran_validation:?}"
             )
         });
-        let on_cpu = ns(stall, "on_cpu_ns");
+        let on_cpu = ns_field(stall, "on_cpu_ns");
         problems.check(on_cpu < duration / 4, || {
             format!(
                 "/offload: a loop stall of {} during it is {} of the loop's own on-CPU time \
@@ -1351,7 +1312,7 @@ fn check_await_chain(
         ));
         return;
     };
-    let duration = ns(stall, "duration_ns");
+    let duration = ns_field(stall, "duration_ns");
     problems.check(
         duration.abs_diff(nested.duration_ns()) <= tolerance(nested.duration_ns()),
         || {
@@ -1734,7 +1695,7 @@ fn gil_case(label: &str, interpreter: Interpreter) {
             ));
             continue;
         };
-        let duration = ns(stall, "duration_ns");
+        let duration = ns_field(stall, "duration_ns");
         let kinds = weight_by_kind(stall);
         eprintln!(
             "{label}: hog {} on tid {hog_tid}, loop stall {} {kinds:?}",

@@ -24,7 +24,7 @@ use std::{
 
 use serde_json::Value;
 use stallscope_tests::{
-    Agent, Target, allowed_cpus, c_target, dominant_code_stack, require_root, run_agent,
+    Agent, Target, allowed_cpus, c_target, dominant_code_stack, ns_field, require_root, run_agent,
     scratch_dir, tolerance_ns, user_function_names,
 };
 
@@ -63,16 +63,12 @@ fn planted_lines(lines: &[String]) -> Vec<Planted> {
         .collect()
 }
 
-fn ns(stall: &Value, field: &str) -> u64 {
-    stall[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {stall}"))
-}
-
 /// |duration - (on + off + runqueue)|.
 fn add_up_error(stall: &Value) -> u64 {
-    let parts = ns(stall, "on_cpu_ns") + ns(stall, "off_cpu_ns") + ns(stall, "runqueue_ns");
-    ns(stall, "duration_ns").abs_diff(parts)
+    let parts = ns_field(stall, "on_cpu_ns")
+        + ns_field(stall, "off_cpu_ns")
+        + ns_field(stall, "runqueue_ns");
+    ns_field(stall, "duration_ns").abs_diff(parts)
 }
 
 /// The kind of time the planted kind must dominate with. Runqueue time is the machine's
@@ -80,9 +76,9 @@ fn add_up_error(stall: &Value) -> u64 {
 /// it, the code's own kinds are compared (as the other tests do).
 fn dominant_kind_problem(planted: &Planted, stall: &Value) -> Option<String> {
     let (on, off, rq) = (
-        ns(stall, "on_cpu_ns"),
-        ns(stall, "off_cpu_ns"),
-        ns(stall, "runqueue_ns"),
+        ns_field(stall, "on_cpu_ns"),
+        ns_field(stall, "off_cpu_ns"),
+        ns_field(stall, "runqueue_ns"),
     );
     let stack = dominant_code_stack(stall);
     let functions = user_function_names(stack);
@@ -188,7 +184,7 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
     for stall in stalls {
         let error = add_up_error(stall);
         worst_error = worst_error.max(error);
-        let unaccounted = ns(stall, "unaccounted_ns");
+        let unaccounted = ns_field(stall, "unaccounted_ns");
         // The fields say the same thing as the numbers.
         assert_eq!(error, unaccounted, "unaccounted_ns is the gap: {stall}");
         assert_eq!(
@@ -202,8 +198,8 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
             if stall["missed_switches"].as_u64().unwrap_or(0) == 0 || !why.contains("not seen") {
                 problems.push(format!(
                     "stall at {} ({} ms) does not add up by {:.1} ms, and not for a switch the kernel did not send: {why:?}",
-                    ns(stall, "start_ns"),
-                    ns(stall, "duration_ns") / MS,
+                    ns_field(stall, "start_ns"),
+                    ns_field(stall, "duration_ns") / MS,
                     error as f64 / 1e6,
                 ));
             }
@@ -224,8 +220,8 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
         let slack = 5 * MS;
         let found = stalls.iter().find(|s| {
             s["tid"].as_u64() == Some(loop_tid)
-                && ns(s, "start_ns") <= p.start_ns + slack
-                && ns(s, "end_ns") + slack >= p.end_ns
+                && ns_field(s, "start_ns") <= p.start_ns + slack
+                && ns_field(s, "end_ns") + slack >= p.end_ns
         });
         let Some(stall) = found else {
             missed += 1;
@@ -239,12 +235,12 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
         };
         same_cpu += usize::from(p.cpu == cpu_b);
         let truth = p.end_ns - p.start_ns;
-        if ns(stall, "duration_ns").abs_diff(truth) > tolerance_ns(truth) {
+        if ns_field(stall, "duration_ns").abs_diff(truth) > tolerance_ns(truth) {
             problems.push(format!(
                 "planted {} of {:.1} ms reported as {:.1} ms",
                 p.kind,
                 truth as f64 / 1e6,
-                ns(stall, "duration_ns") as f64 / 1e6
+                ns_field(stall, "duration_ns") as f64 / 1e6
             ));
         }
         if stall["adds_up"] == false {
@@ -290,13 +286,13 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
     .expect("JSON");
     let key = |s: &Value| {
         (
-            ns(s, "tid"),
-            ns(s, "start_ns"),
-            ns(s, "end_ns"),
-            ns(s, "on_cpu_ns"),
-            ns(s, "off_cpu_ns"),
-            ns(s, "runqueue_ns"),
-            ns(s, "unaccounted_ns"),
+            ns_field(s, "tid"),
+            ns_field(s, "start_ns"),
+            ns_field(s, "end_ns"),
+            ns_field(s, "on_cpu_ns"),
+            ns_field(s, "off_cpu_ns"),
+            ns_field(s, "runqueue_ns"),
+            ns_field(s, "unaccounted_ns"),
         )
     };
     let live: Vec<_> = stalls.iter().map(key).collect();

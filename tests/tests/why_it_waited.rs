@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use stallscope_tests::{
     Agent, AgentResult, Lines, Planted, Target, c_target, dominant_code_stack, dominant_stack,
-    function_names, require_root, scratch_dir, tolerance_ns, user_function_names,
+    function_names, planted_lines, require_root, scratch_dir, tolerance_ns, user_function_names,
 };
 
 const FLAGS: &[&str] = &[
@@ -56,22 +56,6 @@ fn start_target(name: &str, args: &[&str]) -> Target {
         .wait_for("ready", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("{name} did not start"));
     target
-}
-
-/// The `planted` lines a target printed so far.
-fn planted_lines(lines: &[String]) -> Vec<Planted> {
-    lines
-        .iter()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            (parts.next()? == "planted").then_some(())?;
-            Some(Planted {
-                kind: parts.next()?.to_string(),
-                start_ns: parts.next()?.parse().ok()?,
-                end_ns: parts.next()?.parse().ok()?,
-            })
-        })
-        .collect()
 }
 
 /// Waits until the target has printed `count` planted lines.

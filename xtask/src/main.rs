@@ -121,6 +121,9 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The `watch` test: a real Prometheus scrapes the agent's /metrics every second and is
+    // asked for the planted stalls through its HTTP API.
+    "prometheus",
 ];
 
 /// npm packages installed into `target/web` (node_modules): the chart libraries report.html

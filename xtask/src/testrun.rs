@@ -89,8 +89,8 @@ impl Report {
     }
 }
 
-/// Follows cargo's and the test harness's lines: `Running tests/x.rs (...)` names the binary
-/// whose `test NAME ... FAILED` lines follow; a binary that did not exit successfully without a
+/// Follows cargo's and the test harness's lines: `Running tests/main.rs (target/.../main-HASH)`
+/// names the binary (`main`) whose `test MODULE::NAME ... FAILED` lines follow; a binary that did not exit successfully without a
 /// failed test (a crash, a timeout kill) and cargo's build errors are failures of their own.
 struct Parser {
     suite: String,
@@ -117,7 +117,7 @@ impl Parser {
             .strip_prefix("Running ")
             .or_else(|| text.strip_prefix("Doc-tests "))
         {
-            self.binary = rest.split(" (").next().unwrap_or(rest).to_string();
+            self.binary = binary_name(rest);
             self.binary_failures = 0;
         } else if let Some(name) = text
             .strip_prefix("test ")
@@ -153,6 +153,26 @@ impl Parser {
     }
 }
 
+/// The test binary a `Running` / `Doc-tests` line announces, as cargo names it (`--test main`,
+/// `profiler_user`): the executable in parentheses without its hash, else the line's text
+/// (`Doc-tests stallscope_tests` has no executable).
+fn binary_name(running: &str) -> String {
+    let Some((source, executable)) = running.split_once(" (") else {
+        return running.to_string();
+    };
+    let file = executable
+        .trim_end_matches(')')
+        .rsplit('/')
+        .next()
+        .unwrap_or(executable);
+    match file.rsplit_once('-') {
+        Some((name, hash)) if !name.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
+        _ => source.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,22 +201,14 @@ mod tests {
         assert_eq!(
             report.failed_tests,
             vec![
-                (
-                    "integration tests".into(),
-                    "tests/a.rs".into(),
-                    "two".into()
-                ),
-                (
-                    "integration tests".into(),
-                    "tests/b.rs".into(),
-                    "three".into()
-                ),
+                ("integration tests".into(), "a".into(), "two".into()),
+                ("integration tests".into(), "b".into(), "three".into()),
             ]
         );
         assert!(report.failed_runs.is_empty());
         let summary = report.summary(Duration::from_secs(3));
         assert!(
-            summary.contains("FAILED  integration tests: tests/b.rs: three"),
+            summary.contains("FAILED  integration tests: b: three"),
             "{summary}"
         );
     }
@@ -212,9 +224,30 @@ mod tests {
         ]);
         assert!(report.failed());
         assert!(
-            report.failed_runs[0].1.contains("tests/c.rs"),
+            report.failed_runs[0].1.starts_with("c: "),
             "{:?}",
             report.failed_runs
+        );
+    }
+
+    /// The one integration binary: a failure is named by the binary and the test's module path.
+    #[test]
+    fn a_failed_test_of_the_one_binary_is_named_with_its_module() {
+        let report = feed(&[
+            "     Running unittests src/main.rs (target/release/deps/stallscope-9f3a0c1d2e4b5a67)",
+            "test timeline::tests::a_burn_is_a_stall ... ok",
+            "     Running tests/main.rs (target/release/deps/main-843fcf09408da0dd)",
+            "test c_epoll_server::planted_stalls_are_found_measured_and_explained ... ok",
+            "test cpython_native::cpython_native_frames_unwind_to_main ... FAILED",
+            "error: test failed, to rerun pass `--test main`",
+        ]);
+        assert_eq!(report.passed, 2);
+        let summary = report.summary(Duration::from_secs(3));
+        assert!(
+            summary.contains(
+                "FAILED  integration tests: main: cpython_native::cpython_native_frames_unwind_to_main"
+            ),
+            "{summary}"
         );
     }
 

@@ -19,7 +19,7 @@ use std::{
 
 use profiler_common::{FIELD_ABSENT, TracepointOffsets};
 
-use crate::features::{
+use crate::system::features::{
     self, BPF_PROG_LOAD, BPF_PROG_TYPE_TRACEPOINT, KernelFeatures, ProgLoadAttr,
 };
 
@@ -38,7 +38,7 @@ pub const TRACEPOINTS: [&str; 9] = [
 ];
 
 /// Where the agent looks for tracefs.
-use crate::tracefs::CANDIDATES as TRACEFS_CANDIDATES;
+use crate::system::tracefs::CANDIDATES as TRACEFS_CANDIDATES;
 const MOUNT_TRACEFS: &str = "mount -t tracefs tracefs /sys/kernel/tracing";
 const RUN_AS_ROOT: &str = "run stallscope as root (sudo), or with CAP_BPF and CAP_PERFMON";
 const XTASK_SETUP: &str = "cargo xtask setup";
@@ -221,7 +221,7 @@ pub fn lists_rust_src(components: &str) -> bool {
 pub fn format_fields(format: &str) -> Option<usize> {
     // Every tracepoint starts with the common header; if its first field is not found the file
     // is not in the format the agent's parser reads.
-    crate::tracefs::field_offset(format, "common_type")?;
+    crate::system::tracefs::field_offset(format, "common_type")?;
     Some(
         format
             .lines()
@@ -677,7 +677,7 @@ fn python_check() -> Check {
             "CPython 3.9-3.12 frames from stallscope's tables, 3.13-{} from the interpreter's \
              _Py_DebugOffsets (3.14+ asyncio tasks from AsyncioDebug); newer or free-threaded \
              builds: native frames only, said in one warning line",
-            crate::python_offsets::NEWEST_UNDERSTOOD
+            crate::stacks::python::offsets::NEWEST_UNDERSTOOD
         ),
     )
 }
@@ -752,9 +752,9 @@ pub fn probe(developer: bool) -> Facts {
     Facts {
         kernel_release: kernel_release(),
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
-        task_fsbase: crate::btf::task_fsbase_offset().ok(),
+        task_fsbase: crate::system::btf::task_fsbase_offset().ok(),
         features: KernelFeatures::probe(),
-        missing_caps: crate::privileges::missing_capabilities(),
+        missing_caps: crate::system::privileges::missing_capabilities(),
         effective_caps: fs::read_to_string("/proc/self/status")
             .ok()
             .as_deref()
@@ -788,7 +788,7 @@ fn kernel_release() -> Option<String> {
 }
 
 fn probe_tracefs() -> Tracefs {
-    let Some(root) = crate::tracefs::find() else {
+    let Some(root) = crate::system::tracefs::find() else {
         let mounts = fs::read_to_string("/proc/self/mounts")
             .map(|text| tracefs_mounts(&text))
             .unwrap_or_default();
@@ -811,7 +811,7 @@ fn probe_tracefs() -> Tracefs {
             (tracepoint, format)
         })
         .collect();
-    let offsets = crate::tracefs::read_offsets(&root).map_err(|err| err.to_string());
+    let offsets = crate::system::tracefs::read_offsets(&root).map_err(|err| err.to_string());
     Tracefs::Mounted {
         root,
         tracepoints,
@@ -1380,7 +1380,7 @@ mod tests {
 
     #[test]
     fn tracepoint_list_matches_what_the_agent_attaches() {
-        let required: Vec<String> = crate::attach::TRACEPOINTS
+        let required: Vec<String> = crate::system::attach::TRACEPOINTS
             .iter()
             .filter(|t| t.3)
             .map(|(category, name, _, _)| format!("{category}/{name}"))

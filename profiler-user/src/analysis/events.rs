@@ -8,7 +8,7 @@ use profiler_common::{
     UserStackHeader, kind,
 };
 
-use crate::timeline::{self, StackKey, What};
+use crate::analysis::timeline::{self, StackKey, What};
 
 /// Decodes one ring-buffer record. Records of the wrong size (a mismatched build) are refused.
 pub fn decode(bytes: &[u8]) -> Option<RawEvent> {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use crate::report::{Recording, StallRecord, format_ms, top_user_frames};
+use crate::outputs::report::{Recording, StallRecord, format_ms, top_user_frames};
 
 /// One event plus the keys it is sorted by.
 struct Event {
@@ -177,7 +177,7 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
     }
 }
 
-fn span_event(clock: &Clock, span: &crate::report::SpanRecord) -> Event {
+fn span_event(clock: &Clock, span: &crate::outputs::report::SpanRecord) -> Event {
     let ts = clock.ts_us(span.start_ns);
     let mut args = Map::new();
     if let Some(syscall) = &span.syscall {
@@ -289,11 +289,11 @@ pub fn trace_json(recording: &Recording) -> Value {
 mod tests {
     use super::*;
     use crate::{
-        report::{
+        outputs::report::{
             Drops, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, SpanRecord, StackRecord,
             ThreadRecord, Verdict,
         },
-        symbolize::{Frame, FrameKind},
+        stacks::symbolize::{Frame, FrameKind},
     };
 
     /// A strict check of the trace-event format (the JSON object form), as documented in

@@ -151,6 +151,13 @@ pub fn read_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
     })
 }
 
+/// Offset of the exec'd path (`__data_loc char[] filename`) in sched_process_exec's record, for
+/// `watch --exe` (None when this kernel's record has no such field).
+pub fn exec_filename_offset(root: &Path) -> Option<u32> {
+    let exec = Formats { root }.read("sched/sched_process_exec").ok()?;
+    field_offset(&exec, "filename")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

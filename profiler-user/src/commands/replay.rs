@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    budget,
+    analysis::budget,
+    analysis::session::{self, ProcessState, Resolver, Session},
     cli::{Formats, RecordConfig, Target},
-    record::Outcome,
-    record::StopReason,
-    report::{self, Recording},
-    session::{self, ProcessState, Resolver, Session},
+    commands::record::Outcome,
+    commands::record::StopReason,
+    outputs::report::{self, Recording},
 };
 
 pub struct ReportOptions {
@@ -109,7 +109,8 @@ pub fn replay_events(
     }
     // The saved events are in the order the timeline handled them live (after the reorder
     // stage): passed straight through, late ones told by the same rule.
-    session.reorder = crate::reorder::Reorder::new(crate::reorder::Config::passthrough());
+    session.reorder =
+        crate::analysis::reorder::Reorder::new(crate::analysis::reorder::Config::passthrough());
     if saved.reorder.window_ns > 0 {
         session.reorder_window_ns = saved.reorder.window_ns;
     }
@@ -121,7 +122,7 @@ pub fn replay_events(
     // What the kernel lost was counted live; a replay cannot see it again.
     recording.lost_events = saved.lost_events;
     // The live stage's window and counts; the replay's own late events are the same ones.
-    recording.reorder = crate::report::ReorderReport {
+    recording.reorder = crate::outputs::report::ReorderReport {
         late_events: recording.reorder.late_events,
         missed_switches: recording.reorder.missed_switches,
         breakdown_mismatches: recording.reorder.breakdown_mismatches,
@@ -190,7 +191,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::symbolize::{Frame, FrameKind};
+    use crate::stacks::symbolize::{Frame, FrameKind};
 
     /// Pids above the kernel's largest pid_max (2^22): never a live process, so a replay
     /// never reads /proc for them.
@@ -297,8 +298,8 @@ mod tests {
             let folded = report::stall_folded(&recording);
             let _ = report::flamegraph_svg(&folded, "t");
             let _ = report::offcpu_folded(&recording);
-            let _ = crate::trace::trace_json(&recording);
-            let _ = crate::pprof::profile_pb_gz(&recording);
+            let _ = crate::outputs::trace::trace_json(&recording);
+            let _ = crate::outputs::pprof::profile_pb_gz(&recording);
             for stall in &recording.stalls {
                 prop_assert!(stall.start_ns <= stall.end_ns);
                 let _ = report::live_line(stall);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cli::Formats,
     sanitize,
-    symbolize::{Frame, FrameKind},
+    stacks::symbolize::{Frame, FrameKind},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -252,7 +252,7 @@ pub struct StallRecord {
     pub missed_switches: u32,
     /// The asyncio task running on the loop during the stall (Python).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<crate::python::TaskInfo>,
+    pub task: Option<crate::stacks::python::TaskInfo>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -314,7 +314,7 @@ pub struct OffCpuRecord {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verdict {
-    pub budgets: Vec<crate::budget::BudgetResult>,
+    pub budgets: Vec<crate::analysis::budget::BudgetResult>,
     pub passed: bool,
 }
 
@@ -649,10 +649,13 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         )?;
     }
     if formats.pprof {
-        write(PROFILE_PB_GZ, &crate::pprof::profile_pb_gz(recording)?)?;
+        write(
+            PROFILE_PB_GZ,
+            &crate::outputs::pprof::profile_pb_gz(recording)?,
+        )?;
     }
     if formats.trace {
-        let trace = serde_json::to_vec(&crate::trace::trace_json(recording))
+        let trace = serde_json::to_vec(&crate::outputs::trace::trace_json(recording))
             .context("serializing trace.json")?;
         write(TRACE_JSON, &trace)?;
     }
@@ -660,7 +663,7 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         write(SUMMARY_MD, summary_markdown(recording).as_bytes())?;
     }
     if formats.junit {
-        let xml = crate::junit::junit_xml(
+        let xml = crate::outputs::junit::junit_xml(
             &recording.verdict,
             "stallscope",
             recording.recorded_ns as f64 / 1e9,
@@ -668,7 +671,10 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         write(JUNIT_XML, xml.as_bytes())?;
     }
     if formats.html {
-        write(REPORT_HTML, crate::html::report_html(recording)?.as_bytes())?;
+        write(
+            REPORT_HTML,
+            crate::outputs::html::report_html(recording)?.as_bytes(),
+        )?;
     }
     Ok(written)
 }
@@ -744,7 +750,7 @@ pub fn summary_markdown(recording: &Recording) -> String {
         let _ = writeln!(md, "| duration | thread | mostly | where | why |");
         let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
-            let headline = crate::headline::headline(stall);
+            let headline = crate::outputs::headline::headline(stall);
             let place = headline
                 .as_ref()
                 .map(|h| h.place(" ← "))
@@ -891,7 +897,7 @@ pub fn live_line(stall: &StallRecord) -> String {
         format_ms(stall.runqueue_ns),
     );
     // The dominant code path, aggregated by frame (module `headline`).
-    match crate::headline::headline(stall) {
+    match crate::outputs::headline::headline(stall) {
         Some(headline) if headline.has_named() => {
             let _ = write!(line, "\n    at {}", headline.text(" < "));
         }
@@ -945,7 +951,7 @@ pub fn live_line(stall: &StallRecord) -> String {
 
 /// "asyncio task Task-3 (coroutine serve_client)", then ", awaited by task X (coroutine Y) <
 /// task Z (coroutine W)" when other Tasks await it (nearest first).
-pub fn task_text(task: &crate::python::TaskInfo) -> String {
+pub fn task_text(task: &crate::stacks::python::TaskInfo) -> String {
     let mut text = format!(
         "asyncio task {} (coroutine {})",
         task.name.as_deref().unwrap_or("?"),
@@ -1051,7 +1057,7 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             format_ms(total)
         );
         for stall in worst_stalls(recording, 10) {
-            let (top, cause) = match crate::headline::headline(stall) {
+            let (top, cause) = match crate::outputs::headline::headline(stall) {
                 Some(h) => (h.place(" < "), h.cause().to_string()),
                 None => (
                     format!("(no frames: {})", stall.no_frames_why()),

@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result};
 use flate2::{Compression, write::GzEncoder};
 
 use crate::{
-    report::Recording,
-    symbolize::{Frame, FrameKind},
+    outputs::report::Recording,
+    stacks::symbolize::{Frame, FrameKind},
 };
 
 /// `profile.proto` `Profile`.
@@ -445,7 +445,7 @@ fn decode_for_test(bytes: &[u8]) -> Result<Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{
+    use crate::outputs::report::{
         Drops, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, StackRecord, StallRecord, Verdict,
     };
 

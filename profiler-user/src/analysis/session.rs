@@ -14,15 +14,18 @@ use profiler_common::{Event as RawEvent, PyFrame, drop as drop_index, kind};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attach::Probes,
+    analysis::events::{self, Lifecycle, LossDetector},
+    analysis::reorder::{self, Reorder},
+    analysis::timeline::{self, StackKey, Stall, StallRule, Timeline},
     cli::RecordConfig,
-    events::{self, Lifecycle, LossDetector},
-    procfs, python,
-    reorder::{self, Reorder},
-    report::{self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord},
-    symbolize::{Frame, FrameKind, Symbols},
+    outputs::report::{
+        self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord,
+    },
+    stacks::python,
+    stacks::symbolize::{Frame, FrameKind, Symbols},
     syscalls,
-    timeline::{self, StackKey, Stall, StallRule, Timeline},
+    system::attach::Probes,
+    system::procfs,
 };
 
 /// Limits on what a recording keeps, with the reason for each.
@@ -67,8 +70,23 @@ pub struct ProcessState {
     pub id: Option<procfs::ProcessId>,
 }
 
+/// Where each stall goes as it ends, besides the recording: `watch`'s metrics, events log and
+/// flight recorder. Called with the stall's process (None when it is not known any more).
+pub trait StallSink {
+    fn stall(&mut self, stall: &StallRecord, process: Option<&ProcessRecord>);
+}
+
 /// Everything one recording accumulates while events flow.
 pub struct Session {
+    /// Stalls are handed here as they end (`watch`).
+    pub sink: Option<Box<dyn StallSink>>,
+    /// `watch`: nothing accumulates for the final recording (stalls go to the sink only, exited
+    /// processes and their symbols are forgotten), so memory stays flat for days.
+    pub streaming: bool,
+    /// Partial stalls and runs left out while streaming (see `stall_ended`).
+    pub stalls_not_streamed: u64,
+    /// Exited (pid, tids) whose names and stacks are dropped at the next [`Session::purge_exited`].
+    exited_to_purge: Vec<u32>,
     pub config: RecordConfig,
     own_pid: u32,
     pub timeline: Timeline,
@@ -124,9 +142,9 @@ pub struct Session {
     /// Time spent reading JavaScript frames, summed.
     v8_ns: u64,
     stack_bytes_copied: u64,
-    pub unwinders: crate::unwind::Unwinders,
+    pub unwinders: crate::stacks::unwind::Unwinders,
     /// Node processes: JavaScript frames from V8's postmortem metadata.
-    pub v8s: crate::v8::V8s,
+    pub v8s: crate::stacks::v8::V8s,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
 }
@@ -146,6 +164,10 @@ impl Session {
             ..Resolver::default()
         };
         Session {
+            sink: None,
+            streaming: false,
+            stalls_not_streamed: 0,
+            exited_to_purge: Vec::new(),
             config,
             own_pid: std::process::id(),
             timeline,
@@ -179,8 +201,8 @@ impl Session {
             unwind_ns: 0,
             v8_ns: 0,
             stack_bytes_copied: 0,
-            unwinders: crate::unwind::Unwinders::new(),
-            v8s: crate::v8::V8s::default(),
+            unwinders: crate::stacks::unwind::Unwinders::new(),
+            v8s: crate::stacks::v8::V8s::default(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
         }
     }
@@ -614,6 +636,11 @@ impl Session {
                 }
             }
             Lifecycle::Fork { child_tid, .. } => self.timeline.forked(child_tid),
+            Lifecycle::Exec { pid } if live && !self.processes.contains_key(&pid) => {
+                // A process the kernel side started following at this exec (`watch`'s match):
+                // new to us, and it may load CPython in a moment.
+                self.add_process(pid, Some(ts_ns));
+            }
             Lifecycle::Exec { pid } if live => {
                 // The old image's stacks are resolved against the old mappings first.
                 self.resolver.resolve_pid(probes.as_deref(), pid);
@@ -693,7 +720,38 @@ impl Session {
         if live {
             self.exited_pids.insert(pid);
         }
+        if self.streaming {
+            // Its stacks were resolved just above, for a stall its exit ends; the rest goes at
+            // the next purge.
+            self.exited_to_purge.push(pid);
+            return;
+        }
         self.past_processes.push(process.record);
+    }
+
+    /// `watch`: drops what is kept of the processes that exited since the last call (their
+    /// symbols, unwind tables, resolved stacks, thread names). Call it from a timer, not
+    /// right at the exit: the events of a dying process trail its exit by a little.
+    pub fn purge_exited(&mut self, exited_threads: &[timeline::ThreadSummary]) {
+        for thread in exited_threads {
+            self.thread_names.remove(&thread.tid);
+            self.task_history.remove(&thread.tid);
+            self.last_unwound.remove(&thread.tid);
+        }
+        let gone: HashSet<u32> = std::mem::take(&mut self.exited_to_purge)
+            .into_iter()
+            .filter(|pid| !self.processes.contains_key(pid))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for &pid in &gone {
+            self.exited_pids.remove(&pid);
+            self.unwinders.forget(pid);
+            self.v8s.forget(pid);
+            self.pythons.forget(pid);
+        }
+        self.resolver.forget_pids(&gone);
     }
 
     /// Whether a stall is shown: iterations of loop threads always; runs only for processes
@@ -722,6 +780,13 @@ impl Session {
         if !self.is_reported(&stall) {
             return;
         }
+        // Streaming, a stall cannot be taken back later: a partial one (its thread was first
+        // seen in the middle of it: a program's start-up before its first wait, a loop met at
+        // attach) and a run (its thread may turn out to be a loop thread) are left out.
+        if self.streaming && (stall.partial || stall.rule == StallRule::Run) {
+            self.stalls_not_streamed += 1;
+            return;
+        }
         if self.stalls.len() >= LIMITS.stalls {
             self.stalls_not_kept += 1;
             return;
@@ -729,6 +794,12 @@ impl Session {
         let record = self.stall_record(probes, &stall);
         if live && !self.config.quiet {
             println!("{}", report::live_line(&record));
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+        }
+        if self.streaming {
+            return;
         }
         self.stalls.push(record);
     }
@@ -848,14 +919,14 @@ impl Session {
         };
         let idle = comm.starts_with("swapper");
         if idle
-            || frames
-                .iter()
-                .any(|f| f.kind == crate::symbolize::FrameKind::Kernel && in_interrupt(&f.function))
+            || frames.iter().any(|f| {
+                f.kind == crate::stacks::symbolize::FrameKind::Kernel && in_interrupt(&f.function)
+            })
         {
             let timer = frames
                 .iter()
                 .any(|f| f.function.starts_with("hrtimer_wakeup"));
-            frames.retain(|f| f.kind == crate::symbolize::FrameKind::Kernel);
+            frames.retain(|f| f.kind == crate::stacks::symbolize::FrameKind::Kernel);
             return report::WakerRecord {
                 pid: 0,
                 tid: 0,
@@ -1217,13 +1288,13 @@ fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
 
 /// Advice for the summary: a Node process whose JavaScript frames could not be read from V8's
 /// metadata (why, in one line), where a perf map is the remaining way to name compiled code.
-fn hints(processes: &[ProcessRecord], v8s: &crate::v8::V8s) -> Vec<String> {
+fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<String> {
     let mut hints = Vec::new();
     for process in processes {
         let Some(err) = v8s.failures.get(&process.pid) else {
             continue;
         };
-        let perf_map = if !crate::perf_map::exists(process.pid) {
+        let perf_map = if !crate::stacks::perf_map::exists(process.pid) {
             "; start it with `node --perf-basic-prof` to name at least its compiled functions"
         } else {
             ""
@@ -1245,7 +1316,7 @@ fn syscall_name(nr: Option<i32>) -> Option<String> {
 fn span_label(frames: &[Frame]) -> String {
     frames
         .iter()
-        .find(|f| f.kind != crate::symbolize::FrameKind::Kernel)
+        .find(|f| f.kind != crate::stacks::symbolize::FrameKind::Kernel)
         .or_else(|| frames.first())
         .map(|f| f.function.clone())
         .unwrap_or_default()
@@ -1465,6 +1536,15 @@ impl Resolver {
         }
         self.resolved.insert(key, frames.clone());
         frames
+    }
+
+    /// Forgets processes that are gone: their symbols and the stacks resolved for it (`watch`).
+    pub fn forget_pids(&mut self, pids: &HashSet<u32>) {
+        for &pid in pids {
+            self.symbols.forget(pid);
+        }
+        self.resolved.retain(|key, _| !pids.contains(&key.pid));
+        self.seen.retain(|key| !pids.contains(&key.pid));
     }
 
     /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 
 use crate::{
-    report::{StackRecord, StallRecord},
-    symbolize::{Frame, FrameKind},
+    outputs::report::{StackRecord, StallRecord},
+    stacks::symbolize::{Frame, FrameKind},
 };
 
 /// A branch holding at least this share of the stall is named on its own (a mixed stall).

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
     cli::{RecordConfig, Target},
-    record,
+    commands::record,
 };
 
 /// How to tell that a spawned server is ready for the load.

@@ -2,7 +2,7 @@
 //! side walks frames with, and decoding the frames it sends (code objects, line tables) into
 //! [`Frame`]s. The offsets are from `PYTHON_LAYOUTS.md` (checked on live processes) for 3.9 to
 //! 3.12, and from 3.13 on from the interpreter's own `_Py_DebugOffsets` (see
-//! [`crate::python_offsets`]); asyncio's running Task and its awaiters (3.14+) from the
+//! [`crate::stacks::python::offsets`]); asyncio's running Task and its awaiters (3.14+) from the
 //! `AsyncioDebug` table.
 //!
 //! The kernel sends, per frame, the code object's address and the instruction pointer. Code
@@ -10,6 +10,8 @@
 //! or signalled) and cached by address; a cached entry is re-checked against the code object's
 //! name, file and line-table pointers at most once a second, so a freed code object whose
 //! address is reused by another is noticed.
+
+pub mod offsets;
 
 use std::{
     cell::RefCell,
@@ -25,9 +27,9 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol a
 use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackHeader};
 
 use crate::{
-    procfs,
-    python_offsets::{self, AsyncioOffsets, DebugOffsets, Refused},
-    symbolize::{self, Frame, FrameKind},
+    stacks::python::offsets::{AsyncioOffsets, DebugOffsets, Refused},
+    stacks::symbolize::{self, Frame, FrameKind},
+    system::procfs,
 };
 
 /// Offsets the agent needs to decode a code object and its strings.
@@ -60,7 +62,7 @@ pub struct Layout {
     /// Where a coroutine keeps its `__qualname__` (3.14+, from the debug offsets).
     gi_qualname: Option<u64>,
     /// `PySetObject` fields (3.14+), to read the set of a Task's awaiters.
-    set: Option<python_offsets::SetOffsets>,
+    set: Option<offsets::SetOffsets>,
 }
 
 const ABSENT: u32 = FIELD_ABSENT;
@@ -370,7 +372,7 @@ fn asyncio_section<'data, R: object::ReadRef<'data>>(
     elf: &object::File<'data, R>,
 ) -> Option<AsyncioOffsets> {
     let section = elf.section_by_name(".AsyncioDebug")?;
-    python_offsets::parse_asyncio(section.data().ok()?).ok()
+    offsets::parse_asyncio(section.data().ok()?).ok()
 }
 
 /// 3.14: the asyncio table is in the `_asyncio` extension module, mapped once asyncio is
@@ -411,7 +413,7 @@ fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
                 )
             })?,
     };
-    let version = version_hex.map_or_else(|| format!("3.{minor}"), python_offsets::version_text);
+    let version = version_hex.map_or_else(|| format!("3.{minor}"), offsets::version_text);
     let unreadable = |version: String, reason: String| {
         Ok(Some(Err(Unreadable {
             version,
@@ -423,7 +425,7 @@ fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
     let (layout, frames_from) = if minor >= 13 {
         let debug = match runtime_bytes(&elf, &runtime_sym) {
             None => Err(Refused::Short),
-            Some(bytes) => python_offsets::parse(bytes),
+            Some(bytes) => offsets::parse(bytes),
         };
         let debug = match debug {
             Ok(debug) => debug,
@@ -431,14 +433,14 @@ fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
                 return unreadable(version, format!("{refused}: Python frames are not read"));
             }
         };
-        let version = python_offsets::version_text(debug.version);
+        let version = offsets::version_text(debug.version);
         if (debug.version >> 16) & 0xff != u64::from(minor) {
             return unreadable(
                 version,
                 format!(
                     "its name says 3.{minor} but its _Py_DebugOffsets say {}: Python frames are \
                      not read",
-                    python_offsets::version_text(debug.version)
+                    offsets::version_text(debug.version)
                 ),
             );
         }
@@ -461,7 +463,7 @@ fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
             format!(
                 "_Py_DebugOffsets ({} table, version {})",
                 debug.table,
-                python_offsets::version_text(debug.version)
+                offsets::version_text(debug.version)
             ),
         )
     } else {
@@ -472,7 +474,7 @@ fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
                     version,
                     format!(
                         "CPython 3.{minor}: stallscope reads frames of 3.9 to 3.{} only",
-                        python_offsets::NEWEST_UNDERSTOOD.trim_start_matches("3.")
+                        offsets::NEWEST_UNDERSTOOD.trim_start_matches("3.")
                     ),
                 );
             }

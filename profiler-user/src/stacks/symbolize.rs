@@ -20,9 +20,9 @@ use blazesym::symbolize::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    perf_map::{self, PerfMap},
-    procfs::{self, Mapping},
     sanitize,
+    stacks::perf_map::{self, PerfMap},
+    system::procfs::{self, Mapping},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

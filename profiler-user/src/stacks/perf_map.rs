@@ -83,7 +83,7 @@ pub fn parse(text: &str) -> Vec<(u64, u64, String)> {
 /// The PID the process sees itself as (last field of `NSpid:` in /proc/PID/status), and its
 /// effective uid.
 fn identity(pid: u32) -> Option<(u32, u32)> {
-    let status = crate::procfs::read_text(&format!("/proc/{pid}/status"))?;
+    let status = crate::system::procfs::read_text(&format!("/proc/{pid}/status"))?;
     parse_identity(&status)
 }
 

@@ -7,9 +7,9 @@ use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    budget,
-    replay::load_recording,
-    report::{self, Recording, Verdict},
+    analysis::budget,
+    commands::replay::load_recording,
+    outputs::report::{self, Recording, Verdict},
 };
 
 pub struct DiffOptions {

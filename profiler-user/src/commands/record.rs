@@ -1,5 +1,5 @@
 //! `stallscope record`: set up, run the event loop, write the outputs. The edges (I/O, signals,
-//! the kernel) live here; what events mean is decided in [`crate::session`] and the pure modules.
+//! the kernel) live here; what events mean is decided in [`crate::analysis::session`] and the pure modules.
 
 use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
@@ -11,15 +11,17 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, LoadOptions, Probes},
-    budget,
+    analysis::budget,
+    analysis::events,
+    analysis::session::{self, EventLog, Session, monotonic_ns},
     cli::{RecordConfig, Target},
-    events,
-    features::{self, KernelFeatures},
-    privileges, procfs,
-    report::{self, Recording},
-    session::{self, EventLog, Session, monotonic_ns},
-    syscalls, tracefs,
+    outputs::report::{self, Recording},
+    syscalls,
+    system::attach::{self, LoadOptions, Probes},
+    system::features::{self, KernelFeatures},
+    system::privileges,
+    system::procfs,
+    system::tracefs,
 };
 
 /// Why recording stopped.
@@ -141,25 +143,13 @@ pub async fn run_with_start(
     let kernel = KernelFeatures::probe();
     let tracefs_root = tracefs::ensure_mounted()?;
     let offsets = tracefs::read_offsets(&tracefs_root)?;
-    let (mut probes, ring) = attach::load(&LoadOptions {
+    let (mut probes, ring) = attach::load(&load_options(
+        &config,
+        kernel,
         offsets,
-        ring_buffer_bytes: config.ring_buffer_bytes,
-        freq_hz: config.freq_hz,
-        wait_points: syscalls::wait_point_numbers(),
-        runtime_wait_points: syscalls::runtime_wait_point_numbers(),
-        stack_copy_bytes: config.stack_bytes,
-        task_fsbase_offset: fsbase_offset(),
-        task_offsets: task_offsets(),
-        waker_min_blocked_ns: if eager_stacks() {
-            0
-        } else {
-            config.threshold_ns / WAKER_STACK_FRACTION
-        },
-        eager_stacks: eager_stacks(),
-        task_stack_offset: stack_offset(&kernel),
-        features: kernel,
-        verifier_log: out_dir.join("verifier.log"),
-    })
+        out_dir.join("verifier.log"),
+        attach::Matching::default(),
+    ))
     .map_err(explain_load_error)?;
 
     let mut session = Session::new(config.clone());
@@ -231,10 +221,41 @@ pub async fn run_with_start(
     })
 }
 
+/// The programs' settings for recording with `config` (shared with `watch`, which adds what
+/// new processes the kernel side follows by itself).
+pub fn load_options(
+    config: &RecordConfig,
+    kernel: KernelFeatures,
+    offsets: profiler_common::TracepointOffsets,
+    verifier_log: PathBuf,
+    matching: attach::Matching,
+) -> LoadOptions {
+    LoadOptions {
+        offsets,
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        freq_hz: config.freq_hz,
+        wait_points: syscalls::wait_point_numbers(),
+        runtime_wait_points: syscalls::runtime_wait_point_numbers(),
+        stack_copy_bytes: config.stack_bytes,
+        task_fsbase_offset: fsbase_offset(),
+        task_offsets: task_offsets(),
+        waker_min_blocked_ns: if eager_stacks() {
+            0
+        } else {
+            config.threshold_ns / WAKER_STACK_FRACTION
+        },
+        eager_stacks: eager_stacks(),
+        task_stack_offset: stack_offset(&kernel),
+        features: kernel,
+        verifier_log,
+        matching,
+    }
+}
+
 /// Where the kernel keeps a task's fs_base, for Python 3.9/3.10 threads (0 when unknown: their
 /// Python frames are then not read, which is said once).
 fn fsbase_offset() -> u32 {
-    match crate::btf::task_fsbase_offset() {
+    match crate::system::btf::task_fsbase_offset() {
         Ok(offset) => offset,
         Err(err) => {
             eprintln!("stallscope: warning: {err:#}; Python 3.9 and 3.10 frames will not be shown");
@@ -268,7 +289,7 @@ fn task_offsets() -> Option<profiler_common::TaskOffsets> {
     if classic_tracepoints() {
         return None;
     }
-    match crate::btf::task_offsets() {
+    match crate::system::btf::task_offsets() {
         Ok(offsets) if offsets.switch_has_state == 1 => Some(offsets),
         Ok(_) => {
             log::info!("sched_switch passes no prev_state (before 5.18): classic tracepoints");
@@ -287,7 +308,7 @@ fn stack_offset(kernel: &KernelFeatures) -> u32 {
     if kernel.full() {
         return 0;
     }
-    match crate::btf::task_stack_offset() {
+    match crate::system::btf::task_stack_offset() {
         Ok(offset) => offset,
         Err(err) => {
             eprintln!(
@@ -305,7 +326,7 @@ fn save_symbols(dir: &std::path::Path, saved: &[session::SavedStack]) -> Result<
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
 }
 
-fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
     let text = format!("{err:#}");
     if text.contains("Operation not permitted") || text.contains("EPERM") {
         err.context("the kernel refused the eBPF programs (EPERM): run as root, or with CAP_BPF and CAP_PERFMON, and check kernel.perf_event_paranoid and kernel.unprivileged_bpf_disabled")
@@ -339,7 +360,7 @@ fn spawn_followed(
 }
 
 /// Threads blocked in a wait point right now are loop threads between iterations.
-fn detect_waiting_threads(session: &mut Session, pid: u32) {
+pub fn detect_waiting_threads(session: &mut Session, pid: u32) {
     for tid in procfs::threads(pid) {
         let comm = procfs::thread_stat(pid, tid)
             .map(|s| s.comm)
@@ -446,7 +467,7 @@ async fn event_loop(
 
 /// Says so, live, when the kernel drops events (at most once per tick, and only when the count
 /// grew): the stalls of that time are flagged `data_lost`, not silently wrong.
-fn warn_about_losses(session: &Session, probes: &Probes, reported: &mut u64) {
+pub fn warn_about_losses(session: &Session, probes: &Probes, reported: &mut u64) {
     let kernel_full = probes.drops()[profiler_common::drop::RINGBUF_FULL as usize];
     let lost = session.loss.lost.max(kernel_full);
     if lost > *reported {
@@ -487,7 +508,7 @@ fn abort_on_second_interrupt(stalls_so_far: usize) {
     }
 }
 
-fn drain(
+pub fn drain(
     session: &mut Session,
     probes: &mut Probes,
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,

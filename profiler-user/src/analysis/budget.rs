@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::{UsageError, parse_duration_ns},
-    report::{Recording, Verdict},
+    outputs::report::{Recording, Verdict},
 };
 
 /// The outcome of one budget, as stored in stalls.json under `verdict.budgets`.
@@ -610,7 +610,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::report::{ProcessRecord, StallRecord, ThreadRecord};
+    use crate::outputs::report::{ProcessRecord, StallRecord, ThreadRecord};
 
     const MS: u64 = 1_000_000;
 
@@ -644,7 +644,7 @@ mod tests {
 
     fn recording(stalls: Vec<StallRecord>) -> Recording {
         let mut recording: Recording = from_json(json!({
-            "version": crate::report::SCHEMA_VERSION,
+            "version": crate::outputs::report::SCHEMA_VERSION,
             "threshold_ns": 100 * MS, "recorded_ns": 10_000 * MS,
             "start_ns": 0, "end_ns": 10_000 * MS, "sample_freq_hz": 99, "lost_events": 0,
             "drops": {

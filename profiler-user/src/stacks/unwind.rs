@@ -24,7 +24,7 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::procfs::{self, Mapping};
+use crate::system::procfs::{self, Mapping};
 
 /// Section bytes shared between the file cache and every unwinder using them.
 #[derive(Clone)]
@@ -299,7 +299,7 @@ impl Unwinders {
     }
 
     fn file_info(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
-        let open_path = crate::symbolize::elf_path(pid, mapping)?;
+        let open_path = crate::stacks::symbolize::elf_path(pid, mapping)?;
         let meta = fs::metadata(&open_path).ok()?;
         let key = FileKey {
             path: open_path.clone(),

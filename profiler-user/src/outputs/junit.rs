@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{budget::BudgetResult, report::Verdict};
+use crate::{analysis::budget::BudgetResult, outputs::report::Verdict};
 
 /// Class name of every budget test case, so CI groups them together.
 pub const CLASSNAME: &str = "stallscope.budget";

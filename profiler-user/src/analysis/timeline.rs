@@ -12,7 +12,7 @@
 //! into on-CPU, off-CPU (blocked) and runqueue time. On-CPU time is measured exactly from
 //! switches; on-CPU *stacks* come from samples, each weighing one sample period.
 //!
-//! Events reach it in timestamp order (the [`crate::reorder`] stage puts the CPUs' events back
+//! Events reach it in timestamp order (the [`crate::analysis::reorder`] stage puts the CPUs' events back
 //! in order), but can be lost (ring buffer full) or, rarely, come later than the reorder
 //! window. Every transition that "cannot happen" is therefore tolerated, counted in
 //! [`Anomalies`], and never panics; spans that saw a loss are flagged `data_lost`.
@@ -530,6 +530,22 @@ impl Timeline {
 
     pub fn anomalies(&self) -> Anomalies {
         self.anomalies
+    }
+
+    /// (pid, tid, iterations so far) of every live thread, for `watch`'s running counts.
+    pub fn live_iterations(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+        self.threads
+            .iter()
+            .map(|(&tid, thread)| (thread.pid, tid, thread.iterations))
+    }
+
+    /// `watch`: hands over the summaries of the threads that exited since the last call and
+    /// forgets them (and which tids just exited), so a run of days keeps no per-thread state
+    /// of the dead. Call it at most every few hundred ms: a dying task's last switch, which
+    /// must not bring it back, comes microseconds after its exit.
+    pub fn take_exited(&mut self) -> Vec<ThreadSummary> {
+        self.just_exited.clear();
+        std::mem::take(&mut self.exited)
     }
 
     /// Events were lost: every span in progress may be missing data.
@@ -1550,7 +1566,7 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     struct OnCpu(u32, Event);
 
-    impl crate::reorder::Stamped for OnCpu {
+    impl crate::analysis::reorder::Stamped for OnCpu {
         fn ts_ns(&self) -> u64 {
             self.1.ts_ns
         }
@@ -1605,9 +1621,10 @@ mod tests {
         // Now: through the reorder stage.
         let mut t = Timeline::new(config());
         t.mark_waiting(PID, TID);
-        let mut reorder = crate::reorder::Reorder::new(crate::reorder::Config::live(2));
+        let mut reorder =
+            crate::analysis::reorder::Reorder::new(crate::analysis::reorder::Config::live(2));
         let mut stalls = Vec::new();
-        let mut feed = |r: crate::reorder::Released<OnCpu>| {
+        let mut feed = |r: crate::analysis::reorder::Released<OnCpu>| {
             assert!(!r.late);
             stalls.extend(t.handle(&r.item.1));
         };

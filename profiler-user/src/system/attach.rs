@@ -17,9 +17,12 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{COMPAT_PY_FRAMES, PyProcess, TaskOffsets, TracepointOffsets, drop};
+use profiler_common::{
+    COMPAT_PY_FRAMES, FIELD_ABSENT, MATCH_PATTERN_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS,
+    MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, matching,
+};
 
-use crate::features::KernelFeatures;
+use crate::system::features::KernelFeatures;
 
 /// The compiled programs, built by build.rs: for kernels with everything the programs use
 /// (5.17+), and for older ones (feature `compat` of profiler-ebpf).
@@ -55,6 +58,73 @@ pub struct LoadOptions {
     pub features: KernelFeatures,
     /// Where the verifier's log goes when it refuses a program.
     pub verifier_log: PathBuf,
+    /// `watch`: new processes the kernel side follows by itself (nothing for `record`).
+    pub matching: Matching,
+}
+
+/// What new processes the kernel side follows by itself, at exec and fork (`watch --comm`,
+/// `--exe`, `--cgroup`); empty: only the agent's choices and their descendants.
+#[derive(Clone, Debug, Default)]
+pub struct Matching {
+    /// `--comm` globs (matched against the 15-byte command name).
+    pub comm: Vec<String>,
+    /// `--exe` globs (matched against the path given to exec).
+    pub exe: Vec<String>,
+    /// Cgroup v2 ids (a `--cgroup` directory and its descendants).
+    pub cgroups: Vec<u64>,
+    /// Offset of the exec'd path in sched_process_exec's record (None: no `--exe` in the
+    /// kernel; the agent's look at /proc still finds them).
+    pub exec_filename_offset: Option<u32>,
+}
+
+impl Matching {
+    /// The `MATCH_ON` bits.
+    fn bits(&self) -> u32 {
+        let mut bits = 0;
+        if !self.comm.is_empty() {
+            bits |= matching::COMM;
+        }
+        if !self.exe.is_empty() && self.exec_filename_offset.is_some() {
+            bits |= matching::EXE;
+        }
+        if !self.cgroups.is_empty() {
+            bits |= matching::CGROUP;
+        }
+        bits
+    }
+
+    /// The pattern slots: an `--exe` glob without a `/` is matched against the path's last
+    /// component (as `*/GLOB`, and as is for a bare name).
+    pub fn patterns(&self) -> Result<Vec<MatchPattern>> {
+        let mut slots = Vec::new();
+        let mut add = |kind: u32, text: &str| -> Result<()> {
+            let slot = MatchPattern::new(kind, text.as_bytes()).ok_or_else(|| {
+                anyhow!(
+                    "pattern '{text}' is longer than {MATCH_PATTERN_BYTES} bytes; use a shorter glob"
+                )
+            })?;
+            slots.push(slot);
+            Ok(())
+        };
+        for glob in &self.comm {
+            add(matching::COMM, glob)?;
+        }
+        for glob in &self.exe {
+            if glob.contains('/') {
+                add(matching::EXE, glob)?;
+            } else {
+                add(matching::EXE, glob)?;
+                add(matching::EXE, &format!("*/{glob}"))?;
+            }
+        }
+        if slots.len() > MAX_MATCH_PATTERNS as usize {
+            anyhow::bail!(
+                "too many --comm/--exe patterns ({} slots, at most {MAX_MATCH_PATTERNS}; an --exe without '/' takes two)",
+                slots.len()
+            );
+        }
+        Ok(slots)
+    }
 }
 
 /// Loaded, attached programs and the maps the agent talks to.
@@ -67,6 +137,7 @@ pub struct Probes {
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
     py_procs: HashMap<MapData, u32, PyProcess>,
+    match_cgroups: HashMap<MapData, u64, u32>,
     /// The loaded programs walk Python frames (not the compat build without a walk).
     python_walk: bool,
 }
@@ -129,6 +200,15 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             true,
         )
         .override_global("TASK_STACK_OFFSET", &options.task_stack_offset, false)
+        .override_global("MATCH_ON", &options.matching.bits(), true)
+        .override_global(
+            "EXEC_FILENAME_OFFSET",
+            &options
+                .matching
+                .exec_filename_offset
+                .unwrap_or(FIELD_ABSENT),
+            true,
+        )
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
         // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
         .map_max_entries("STACK_SCRATCH", 3 * possible_cpus)
@@ -149,6 +229,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .set(nr, mark, 0)
             .with_context(|| format!("marking syscall {nr} as a wait point"))?;
     }
+    set_matching(&mut ebpf, &options.matching)?;
     let mut programs_loaded: StdHashMap<String, bool> = StdHashMap::new();
     let raw = options.task_offsets.is_some();
     let mut attachments: Vec<(&str, String, String, bool)> = Vec::new();
@@ -223,7 +304,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .with_context(|| format!("attaching the cpu-clock sampler on CPU {cpu}"))?;
     }
     let events = take(&mut ebpf, "EVENTS")?;
-    let probes = Probes {
+    let mut probes = Probes {
+        match_cgroups: take(&mut ebpf, "MATCH_CGROUPS")?,
         followed_pids: take(&mut ebpf, "FOLLOWED_PIDS")?,
         followed_tids: take(&mut ebpf, "FOLLOWED_TIDS")?,
         stacks: take(&mut ebpf, "STACKS")?,
@@ -233,7 +315,25 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         logger,
         _ebpf: ebpf,
     };
+    for &id in &options.matching.cgroups {
+        probes.follow_cgroup(id)?;
+    }
     Ok((probes, events))
+}
+
+/// Fills the kernel side's match tables before anything is attached.
+fn set_matching(ebpf: &mut Ebpf, matching: &Matching) -> Result<()> {
+    let mut patterns: Array<&mut MapData, MatchPattern> = Array::try_from(
+        ebpf.map_mut("MATCH_PATTERNS")
+            .ok_or_else(|| anyhow!("map MATCH_PATTERNS missing from the eBPF object"))?,
+    )
+    .context("map MATCH_PATTERNS has an unexpected type")?;
+    for (index, slot) in matching.patterns()?.into_iter().enumerate() {
+        patterns
+            .set(index as u32, slot, 0)
+            .context("setting a --comm/--exe pattern")?;
+    }
+    Ok(())
 }
 
 /// A program load's outcome; a verifier refusal becomes one line naming the file its log was
@@ -321,6 +421,18 @@ impl Probes {
                 .with_context(|| format!("following thread {tid} of {pid}"))?;
         }
         Ok(())
+    }
+
+    /// `watch --cgroup`: processes of this cgroup (v2 id) that exec or fork are followed.
+    pub fn follow_cgroup(&mut self, id: u64) -> Result<()> {
+        self.match_cgroups
+            .insert(id, 1, 0)
+            .with_context(|| format!("following cgroup id {id} (at most {MAX_MATCH_CGROUPS})"))
+    }
+
+    /// Whether a process is in the kernel's follow set.
+    pub fn is_followed(&self, pid: u32) -> bool {
+        self.followed_pids.get(&pid, 0).is_ok()
     }
 
     /// Stops following a process that has gone (its PID may be reused by someone else).

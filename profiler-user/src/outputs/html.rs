@@ -22,8 +22,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    report::{Recording, StackRecord, StallRecord, format_ms},
-    symbolize::FrameKind,
+    outputs::report::{Recording, StackRecord, StallRecord, format_ms},
+    stacks::symbolize::FrameKind,
 };
 
 /// How much of a recording the page carries, with the reason for each limit.
@@ -232,7 +232,7 @@ fn stall_tree(stall: &StallRecord) -> Node {
         root.v += stack.weight_ns;
         let mut node = &mut root;
         // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
-        for shown in crate::headline::folded(&stack.frames).iter().rev() {
+        for shown in crate::outputs::headline::folded(&stack.frames).iter().rev() {
             let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
             node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
@@ -287,7 +287,7 @@ fn causes(stall: &StallRecord) -> Vec<CauseView> {
 
 /// The table's "where": the stall's dominant code path, as the live line says it.
 fn headline(stall: &StallRecord) -> String {
-    let text = crate::headline::headline(stall)
+    let text = crate::outputs::headline::headline(stall)
         .map(|h| h.text(" < "))
         .unwrap_or_else(|| format!("(no frames: {})", stall.no_frames_why()));
     clip(&text, 4 * PAGE_LIMITS.name_chars)
@@ -368,7 +368,7 @@ fn page(recording: &Recording) -> Page {
     stalls.sort_by_key(|s| s.start_us);
 
     let mut spans: Vec<(usize, &'static str, u64, u64)> = Vec::new();
-    let mut kept: Vec<&crate::report::SpanRecord> = recording
+    let mut kept: Vec<&crate::outputs::report::SpanRecord> = recording
         .spans
         .iter()
         .filter(|s| s.kind == "off_cpu" || s.kind == "runqueue")
@@ -496,8 +496,8 @@ pub fn report_html(recording: &Recording) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Drops;
-    use crate::symbolize::Frame;
+    use crate::outputs::report::Drops;
+    use crate::stacks::symbolize::Frame;
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
         Frame {

@@ -30,8 +30,8 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
-    procfs::{self, Mapping},
-    symbolize::{Frame, FrameKind},
+    stacks::symbolize::{Frame, FrameKind},
+    system::procfs::{self, Mapping},
 };
 
 /// Why a binary's JavaScript frames cannot be named (shown once per process, in one line).
@@ -1010,7 +1010,7 @@ impl V8s {
     }
 
     fn metadata(&mut self, pid: u32, mapping: &Mapping) -> Option<Result<Arc<Metadata>, V8Error>> {
-        let path = crate::symbolize::elf_path(pid, mapping)?;
+        let path = crate::stacks::symbolize::elf_path(pid, mapping)?;
         let meta = fs::metadata(&path).ok()?;
         let key = FileKey {
             path: path.clone(),
@@ -1126,7 +1126,7 @@ fn builtins_avma(maps: &[Mapping], path: &Path, svma: &Range<u64>, pid: u32) -> 
     let Some(first) = maps.iter().find(|m| m.path == path && m.executable) else {
         return Vec::new();
     };
-    let Some(elf_path) = crate::symbolize::elf_path(pid, first) else {
+    let Some(elf_path) = crate::stacks::symbolize::elf_path(pid, first) else {
         return Vec::new();
     };
     // Only the program headers are needed: read the first pages.

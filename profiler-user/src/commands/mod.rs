@@ -1,0 +1,8 @@
+//! The commands, one module each: they wire the layers below together at the I/O edge (files,
+//! signals, the kernel, child processes).
+pub mod ci;
+pub mod diff;
+pub mod doctor;
+pub mod record;
+pub mod replay;
+pub mod watch;

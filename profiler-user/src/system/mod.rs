@@ -1,0 +1,9 @@
+//! What the machine and the targets look like (tracefs, /proc, BTF, privileges, kernel
+//! features), and the eBPF programs and maps.
+pub mod attach;
+pub mod btf;
+pub mod cgroup;
+pub mod features;
+pub mod privileges;
+pub mod procfs;
+pub mod tracefs;
