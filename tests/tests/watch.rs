@@ -419,17 +419,27 @@ fn watch_feeds_prometheus_the_stalls_of_services_started_after_it() {
     );
 }
 
+/// Also the flight recorder: `--keep-dir DIR --keep 2` holds the reports of the 2 latest stalls
+/// and leaves what else is in DIR alone.
 #[test]
 fn watch_events_log_loses_no_line_across_sighup_rotation() {
     let dir = scratch_dir("watch-rotation");
     let c_bin = c_service(&dir, "stallsvc_rot");
     let events = dir.join("events.jsonl");
     let rotated = dir.join("events.jsonl.1");
+    let keep_dir = dir.join("flight");
+    std::fs::create_dir(&keep_dir).expect("create keep dir");
+    let theirs = keep_dir.join("README.txt");
+    std::fs::write(&theirs, "not the agent's").expect("write");
     let watch = Watch::start(&[
         "--comm",
         "stallsvc_rot",
         "--events",
         events.to_str().expect("utf-8 path"),
+        "--keep-dir",
+        keep_dir.to_str().expect("utf-8 path"),
+        "--keep",
+        "2",
         "--quiet",
     ]);
     // 6 stalls of 150 ms, 0.5 s apart.
@@ -464,6 +474,39 @@ fn watch_events_log_loses_no_line_across_sighup_rotation() {
     for p in &planted {
         assert!(logged(&all, p).is_some(), "no line for {p:?}");
     }
+    // The flight recorder kept the last two stalls' reports, and nothing of ours beyond them.
+    assert!(
+        theirs.is_file(),
+        "a file the agent did not write was removed"
+    );
+    let mut reports: Vec<PathBuf> = std::fs::read_dir(&keep_dir)
+        .expect("list keep dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    reports.sort();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let mut kept_starts: Vec<u64> = reports
+        .iter()
+        .map(|r| {
+            assert!(r.join("flamegraph.svg").is_file() && r.join("stalls.folded").is_file());
+            let json: Value = serde_json::from_str(
+                &std::fs::read_to_string(r.join("stalls.json")).expect("a report's stalls.json"),
+            )
+            .expect("JSON");
+            assert_eq!(json["stalls"].as_array().map(Vec::len), Some(1));
+            json["stalls"][0]["start_ns"].as_u64().expect("start_ns")
+        })
+        .collect();
+    kept_starts.sort_unstable();
+    let mut last_two: Vec<u64> = all.iter().filter_map(|e| e["start_ns"].as_u64()).collect();
+    last_two.sort_unstable();
+    assert_eq!(
+        kept_starts,
+        last_two[last_two.len() - 2..].to_vec(),
+        "the newest two are kept"
+    );
 }
 
 /// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid machine).
