@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | dist | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod kernels;
 mod sid;
 mod testrun;
@@ -159,6 +160,10 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             demo::run()
+        }
+        Task::Dist => {
+            setup()?;
+            dist::run()
         }
         Task::Bench {
             long,

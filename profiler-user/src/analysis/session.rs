@@ -158,6 +158,7 @@ impl Session {
             max_offcpu_entries: LIMITS.offcpu_entries,
             max_marks: LIMITS.marks,
             min_mark_ns: LIMITS.min_mark_ns,
+            hold_for_impact: true,
         });
         let resolver = Resolver {
             python_only: config.python_only,
@@ -841,6 +842,7 @@ impl Session {
             late_events: stall.late_events,
             missed_switches: stall.odd_transitions,
             task: self.stall_task(stall),
+            ready_events: stall.ready_events,
             stacks,
         }
     }
@@ -967,7 +969,12 @@ impl Session {
         let vanished: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.id.is_some_and(|id| !procfs::is_alive(id)))
+            // Streaming, also one that was already gone when its first event was read (a
+            // late event of a process that exited): nothing of it is kept.
+            .filter(|(_, p)| match p.id {
+                Some(id) => !procfs::is_alive(id),
+                None => self.streaming,
+            })
             .map(|(pid, _)| *pid)
             .collect();
         for pid in vanished {
@@ -975,7 +982,11 @@ impl Session {
                 process.record.exited_ns = Some(now_ns);
                 process.record.exit_signal = Some("unknown (exit event lost)".into());
                 self.exited_pids.insert(pid);
-                self.past_processes.push(process.record);
+                if self.streaming {
+                    self.exited_to_purge.push(pid);
+                } else {
+                    self.past_processes.push(process.record);
+                }
             }
         }
     }
@@ -996,6 +1007,7 @@ impl Session {
                 max_offcpu_entries: 0,
                 max_marks: 0,
                 min_mark_ns: 0,
+                hold_for_impact: false,
             }),
         );
         // Decide "is this thread a loop thread" with the full knowledge of the recording.

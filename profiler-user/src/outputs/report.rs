@@ -253,6 +253,11 @@ pub struct StallRecord {
     /// The asyncio task running on the loop during the stall (Python).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<crate::stacks::python::TaskInfo>,
+    /// Its impact: how many events were ready when the loop came back to its wait point right
+    /// after it (the wait call's return value, at most its maxevents; 0 when the wait blocked).
+    /// Absent when not known (a wait point that returns no count, such as a runtime's futex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_events: Option<u64>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -937,6 +942,16 @@ pub fn live_line(stall: &StallRecord) -> String {
     if let Some(task) = &stall.task {
         let _ = write!(line, "\n    in {}", task_text(task));
     }
+    match stall.ready_events {
+        Some(0) | None => {}
+        Some(1) => line.push_str("\n    1 event was waiting when the loop came back"),
+        Some(n) => {
+            let _ = write!(
+                line,
+                "\n    {n} events were waiting when the loop came back"
+            );
+        }
+    }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
     }
@@ -1233,6 +1248,7 @@ mod tests {
             late_events: 0,
             missed_switches: 0,
             task: None,
+            ready_events: None,
             stacks: vec![
                 StackRecord {
                     kind: "on_cpu".into(),
