@@ -56,18 +56,87 @@ pub const NO_SYSCALL: i32 = -1;
 /// Size of the syscall-number table the agent fills with wait points.
 pub const MAX_SYSCALL_NR: u32 = 512;
 
-/// One record in the ring buffer. The meaning of `arg0`, `arg1` and `aux` depends on `kind`:
+/// Syscall numbers both sides decide on (x86-64, asm/unistd_64.h). The agent's name table
+/// (`syscalls.rs`) checks they match its names.
+pub mod syscall_nr {
+    /// Where a thread waits for a lock (a mutex, the GIL) and where tokio's idle workers park.
+    pub const FUTEX: i32 = 202;
+}
+
+/// Names (comm, at most 15 bytes) an async runtime gives the worker threads that park in its
+/// runtime-only wait points (`wait_mark::RUNTIME_ONLY`): tokio's idle workers in `futex`.
+/// "tokio-rt-worker" since tokio 1.42, "tokio-runtime-worker" (cut to 15 bytes) before. The
+/// kernel side (which thread's park skips its stack copy) and the agent (which futex is a wait
+/// for work, not a lock) both decide with [`is_runtime_worker`].
+pub const RUNTIME_WORKER_NAMES: [&[u8]; 2] = [b"tokio-rt-worker", b"tokio-runtime-w"];
+
+/// Whether a thread named `comm` is a runtime's worker: `comm` is the kernel's NUL-padded
+/// 16 bytes or the agent's name as text; a name starting with one of [`RUNTIME_WORKER_NAMES`].
+/// Plain bounded loops (no `memcmp`), so that the eBPF programs can call it.
+#[inline(always)]
+pub fn is_runtime_worker(comm: &[u8]) -> bool {
+    let mut n = 0;
+    while n < RUNTIME_WORKER_NAMES.len() {
+        if starts_with(comm, RUNTIME_WORKER_NAMES[n]) {
+            return true;
+        }
+        n += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn starts_with(text: &[u8], prefix: &[u8]) -> bool {
+    if text.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if text[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Values of the agent's wait-point table (`WAIT_POINTS` map, indexed by syscall number).
+pub mod wait_mark {
+    /// Not a wait point.
+    pub const NONE: u32 = 0;
+    /// A wait for work for every thread (epoll_wait, poll, select, ...).
+    pub const EVERY_THREAD: u32 = 1;
+    /// A wait for work only for a runtime's own workers ([`super::is_runtime_worker`]); for
+    /// anyone else the same syscall is a lock wait whose stack matters.
+    pub const RUNTIME_ONLY: u32 = 2;
+}
+
+/// One record in the ring buffer. The meaning of `arg0`, `arg1`, `aux` and `syscall` depends on
+/// `kind` (-: 0, or [`NO_SYSCALL`]):
 ///
-/// | kind        | arg0                 | arg1           | aux                |
-/// |-------------|----------------------|----------------|--------------------|
-/// | SWITCH_OUT  | prev_state           | -              | 0                  |
-/// | SWITCH_IN   | -                    | -              | 0                  |
-/// | WAKING/UP   | waker tgid<<32\|tid  | -              | target cpu or 0    |
-/// | WAIT_ENTER  | -                    | -              | 0                  |
-/// | WAIT_EXIT   | return value         | -              | 0                  |
-/// | FORK        | child tid            | -              | 0                  |
-/// | EXIT        | -                    | -              | group_dead (0/1)   |
-/// | EXEC        | old tid              | -              | 0                  |
+/// | kind       | arg0                | arg1              | aux              | syscall        |
+/// |------------|---------------------|-------------------|------------------|----------------|
+/// | SWITCH_OUT | prev_state          | copy flags¹, GIL² | GIL holder² or 0 | it is in       |
+/// | SWITCH_IN  | -                   | -                 | -                | -              |
+/// | WAKING     | waker tgid<<32\|tid | waker copied³     | target cpu or 0  | -              |
+/// | WAKEUP     | waker tgid<<32\|tid | -                 | target cpu or 0  | -              |
+/// | WAIT_ENTER | -                   | -                 | -                | the wait point |
+/// | WAIT_EXIT  | return value        | -                 | -                | the wait point |
+/// | SAMPLE     | -                   | copy flags¹       | -                | it is in       |
+/// | FORK       | child tid           | -                 | -                | -              |
+/// | EXIT       | -                   | -                 | group_dead (0/1) | -              |
+/// | EXEC       | old tid             | -                 | -                | -              |
+/// | EXIT_CALL  | exit status         | -                 | -                | exit(_group)   |
+/// | SIGNAL     | signal number       | -                 | result           | -              |
+///
+/// ¹ [`USER_STACK_COPIED`] and [`PY_STACK_COPIED`]: the thread's user-stack copy / Python stack
+/// record was sent just before this event. ² [`GIL_HELD_BY_OTHER`]: asleep in a futex while
+/// another thread of its process held the GIL; `aux` is the holder's tid (0 if not known yet).
+/// ³ [`USER_STACK_COPIED`] when the waker's user stack was copied; otherwise its stacks, if
+/// taken, are stack ids.
+///
+/// `comm` is the current task's: the thread switched out for SWITCH_OUT, the waker for
+/// WAKING/WAKEUP, the thread itself for FORK, EXIT and EXEC; empty for the other kinds.
 ///
 /// `pid`/`tid` always name the thread the event is about (for WAKING that is the woken thread,
 /// not the waker). For events taken in another task's context (SWITCH_IN, WAKING, WAKEUP), `pid`
@@ -621,5 +690,25 @@ mod tests {
             assert!(steps < state.max_steps(&pattern), "too many steps");
         }
         assert_eq!(state.result, 2);
+    }
+
+    /// Both sides' inputs: the kernel's NUL-padded comm and the agent's thread name as text.
+    #[test]
+    fn runtime_workers_are_told_by_name_the_same_way_on_both_sides() {
+        let kernel = |name: &[u8]| {
+            let mut comm = [0u8; 16];
+            comm[..name.len()].copy_from_slice(name);
+            is_runtime_worker(&comm)
+        };
+        for worker in ["tokio-rt-worker", "tokio-runtime-w"] {
+            assert!(kernel(worker.as_bytes()), "{worker} (kernel)");
+            assert!(is_runtime_worker(worker.as_bytes()), "{worker} (agent)");
+        }
+        // Names the kernel's old `tokio-r` prefix took for workers while the agent did not: a
+        // futex there is a lock wait, whose stack must be copied.
+        for other in ["tokio-r", "tokio-rayon", "tokio-rt-blocki", "python3", ""] {
+            assert!(!kernel(other.as_bytes()), "{other} (kernel)");
+            assert!(!is_runtime_worker(other.as_bytes()), "{other} (agent)");
+        }
     }
 }

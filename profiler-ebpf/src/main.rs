@@ -35,7 +35,8 @@ use profiler_common::{
     MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
     PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
     PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TaskOffsets, TracepointOffsets,
-    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, kind, matching,
+    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, is_runtime_worker, kind, matching,
+    syscall_nr::FUTEX, wait_mark,
 };
 
 #[unsafe(no_mangle)]
@@ -100,7 +101,7 @@ static WAKER_MIN_BLOCKED_NS: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static EAGER_STACKS: Global<u32> = Global::new(0);
 
-/// Wait-point syscalls (nr -> 1), filled by the agent from its table of runtimes.
+/// Wait-point syscalls (nr -> a `wait_mark`), filled by the agent from its table of runtimes.
 #[map]
 static WAIT_POINTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
@@ -262,36 +263,37 @@ fn set_thread_syscall(tid: u32, nr: i32) {
     }
 }
 
-/// 0: not a wait point; 1: a wait point for every thread; 2: for some runtimes' threads only
-/// (the agent decides which).
+/// The syscall's `wait_mark`: not a wait point, one for every thread, or one for a runtime's
+/// workers only.
 #[inline(always)]
 fn wait_point_mark(nr: i64) -> u32 {
     if nr >= 0 && nr < MAX_SYSCALL_NR as i64 {
-        WAIT_POINTS.get(nr as u32).copied().unwrap_or(0)
+        WAIT_POINTS
+            .get(nr as u32)
+            .copied()
+            .unwrap_or(wait_mark::NONE)
     } else {
-        0
+        wait_mark::NONE
     }
 }
 
 #[inline(always)]
 fn is_wait_point(nr: i64) -> bool {
-    wait_point_mark(nr) != 0
+    wait_point_mark(nr) != wait_mark::NONE
 }
 
-/// Thread-name prefix of the runtime whose workers park in its mark-2 wait point (tokio's
-/// `tokio-runtime-w`/`tokio-rt-worker` in futex; the agent's table is `RUNTIME_WAIT_POINTS` in
-/// syscalls.rs).
-const RUNTIME_WORKER_PREFIX: &[u8] = b"tokio-r";
-
-/// A wait for work: a thread there is idle, so its stack is not copied. Mark 1 is one for every
-/// thread; mark 2 only for the runtime's own workers (for anyone else a futex is a lock wait
-/// whose stack matters). A tokio worker parks and unparks thousands of times a second: copying
+/// A wait for work: a thread there is idle, so its stack is not copied. `EVERY_THREAD` marks
+/// one for every thread; `RUNTIME_ONLY` one for a runtime's own workers, told by name the same
+/// way the agent tells them (`is_runtime_worker`; for anyone else a futex is a lock wait whose
+/// stack matters). A tokio worker parks and unparks thousands of times a second: copying
 /// its stack each time cost a loaded server a fifth of its throughput.
 #[inline(always)]
 fn is_idle_wait(nr: i64) -> bool {
     match wait_point_mark(nr) {
-        1 => true,
-        2 => bpf_get_current_comm().is_ok_and(|comm| comm.starts_with(RUNTIME_WORKER_PREFIX)),
+        wait_mark::EVERY_THREAD => true,
+        wait_mark::RUNTIME_ONLY => {
+            bpf_get_current_comm().is_ok_and(|comm| is_runtime_worker(&comm))
+        }
         _ => false,
     }
 }
@@ -533,8 +535,6 @@ const NO_PYTHON: PythonStack = PythonStack {
 const MAX_PY_THREADS: usize = 128;
 /// Shim frames skipped per walk on top of MAX_PY_FRAMES real ones.
 const MAX_PY_SHIMS: usize = 32;
-/// The futex syscall: where a thread waits for the GIL.
-const FUTEX: i32 = 202;
 /// `_gil_runtime_state.last_holder` and `.locked`, the same in 3.9 to 3.13.
 const GIL_LAST_HOLDER: u64 = 0x8;
 const GIL_LOCKED: u64 = 0x10;

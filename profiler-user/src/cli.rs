@@ -154,6 +154,7 @@ impl WatchArgs {
             stack_bytes: self.stack_bytes,
             ring_buffer_kib: self.ring_buffer_kib,
             python_only: self.python_only,
+            native: false,
             command: Vec::new(),
         }
         .to_config()?;
@@ -227,9 +228,16 @@ pub struct CiArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Show only the Python frames of stacks that have any.
+    /// Keep only the Python frames of stacks that have any, in every output and stalls.json
+    /// (stricter than the default view: no native leaf either).
     #[arg(long)]
     pub python_only: bool,
+
+    /// Show every frame of Python stacks (the interpreter's C code between Python frames too),
+    /// instead of the default Python-first view (Python frames and the native leaf that did the
+    /// work). stalls.json has every frame either way.
+    #[arg(long, conflicts_with = "python_only")]
+    pub native: bool,
 
     /// The load command (wrk, k6, locust, a pytest run, ...).
     #[arg(last = true, num_args = 1.., required = true)]
@@ -256,6 +264,10 @@ pub struct ReportArgs {
     /// Judge these budgets (exit 3 when exceeded).
     #[arg(long)]
     pub fail_on: Option<String>,
+
+    /// Show every frame of Python stacks instead of the Python-first view (see `record`).
+    #[arg(long)]
+    pub native: bool,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +314,7 @@ impl CiArgs {
             ring_buffer_kib: 32768,
             stack_bytes: 32768,
             python_only: self.python_only,
+            native: self.native,
             command: Vec::new(),
         };
         let mut config = record.to_config()?;
@@ -416,10 +429,16 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 32768)]
     pub ring_buffer_kib: u32,
 
-    /// Show only the Python frames of stacks that have any (hides the interpreter's C code and
-    /// the kernel).
+    /// Keep only the Python frames of stacks that have any, in every output and stalls.json
+    /// (stricter than the default view: no native leaf, no kernel frames).
     #[arg(long)]
     pub python_only: bool,
+
+    /// Show every frame of Python stacks (the interpreter's C code between Python frames too),
+    /// instead of the default Python-first view (Python frames and the native leaf that did the
+    /// work). stalls.json has every frame either way.
+    #[arg(long, conflicts_with = "python_only")]
+    pub native: bool,
 
     /// Command to run and record (instead of --pid).
     #[arg(last = true, num_args = 1.., conflicts_with = "pid")]

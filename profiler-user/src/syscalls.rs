@@ -17,20 +17,18 @@ pub const WAIT_POINTS: &[(&str, &str)] = &[
     ("pselect6", "select() in glibc"),
 ];
 
-/// Wait points that belong to one runtime only, recognised by its threads' names: tokio's idle
-/// workers park on a futex (the worker holding the I/O driver waits in epoll_wait, which the
-/// table above covers). A futex elsewhere is a lock, not a wait for work.
+/// Wait points that belong to one runtime only, for the threads the runtime names as its workers
+/// (`profiler_common::RUNTIME_WORKER_NAMES`): tokio's idle workers park on a futex (the worker
+/// holding the I/O driver waits in epoll_wait, which the table above covers). A futex elsewhere
+/// is a lock, not a wait for work. The kernel side marks these `wait_mark::RUNTIME_ONLY` and
+/// skips the stack copy of a thread parking there by the same test, `is_runtime_worker`.
 pub struct RuntimeWaitPoint {
     pub runtime: &'static str,
-    /// Prefixes of the thread names (comm, at most 15 bytes) the runtime gives its workers.
-    pub thread_name_prefixes: &'static [&'static str],
     pub syscalls: &'static [&'static str],
 }
 
 pub const RUNTIME_WAIT_POINTS: &[RuntimeWaitPoint] = &[RuntimeWaitPoint {
     runtime: "tokio",
-    // "tokio-rt-worker" since tokio 1.42, "tokio-runtime-worker" (cut to 15 bytes) before.
-    thread_name_prefixes: &["tokio-rt-worker", "tokio-runtime-w"],
     syscalls: &["futex"],
 }];
 
@@ -38,8 +36,8 @@ pub const RUNTIME_WAIT_POINTS: &[RuntimeWaitPoint] = &[RuntimeWaitPoint {
 /// event, and a name lookup scans the whole syscall table.
 struct Resolved {
     wait_points: Vec<u32>,
-    /// (thread name prefixes, syscall numbers) per runtime.
-    runtimes: Vec<(&'static [&'static str], Vec<u32>)>,
+    /// Syscall numbers of [`RUNTIME_WAIT_POINTS`].
+    runtime_wait_points: Vec<u32>,
 }
 
 fn resolved() -> &'static Resolved {
@@ -49,12 +47,9 @@ fn resolved() -> &'static Resolved {
             .iter()
             .filter_map(|(name, _)| number(name))
             .collect(),
-        runtimes: RUNTIME_WAIT_POINTS
+        runtime_wait_points: RUNTIME_WAIT_POINTS
             .iter()
-            .map(|r| {
-                let numbers = r.syscalls.iter().filter_map(|name| number(name)).collect();
-                (r.thread_name_prefixes, numbers)
-            })
+            .flat_map(|r| r.syscalls.iter().filter_map(|name| number(name)))
             .collect(),
     })
 }
@@ -65,19 +60,14 @@ fn contains(numbers: &[u32], nr: i64) -> bool {
 
 /// Syscall numbers that are wait points for some runtime's threads only.
 pub fn runtime_wait_point_numbers() -> Vec<u32> {
-    resolved()
-        .runtimes
-        .iter()
-        .flat_map(|(_, numbers)| numbers.iter().copied())
-        .collect()
+    resolved().runtime_wait_points.clone()
 }
 
 /// Whether `nr` is a wait point for a thread named `comm`.
 pub fn is_wait_point_for(comm: &str, nr: i64) -> bool {
     is_wait_point(nr)
-        || resolved().runtimes.iter().any(|(prefixes, numbers)| {
-            prefixes.iter().any(|p| comm.starts_with(p)) && contains(numbers, nr)
-        })
+        || (profiler_common::is_runtime_worker(comm.as_bytes())
+            && contains(&resolved().runtime_wait_points, nr))
 }
 
 /// The syscall numbers of [`WAIT_POINTS`].
@@ -571,5 +561,22 @@ mod tests {
         assert!(is_wait_point_for("tokio-rt-worker", 202));
         assert!(!is_wait_point_for("python3", 202));
         assert!(is_wait_point_for("python3", 232));
+    }
+
+    /// The number the kernel side and the timeline use by value is the name's here; the
+    /// runtime workers' names are wait points for them and only them.
+    #[test]
+    fn shared_numbers_and_names_match_the_table() {
+        let futex = number("futex").map(i64::from);
+        assert_eq!(futex, Some(i64::from(profiler_common::syscall_nr::FUTEX)));
+        let futex = futex.unwrap_or_default();
+        for name in profiler_common::RUNTIME_WORKER_NAMES {
+            let name = std::str::from_utf8(name).unwrap_or_default();
+            assert!(is_wait_point_for(name, futex), "{name}");
+        }
+        // A name the kernel once took for a worker (its prefix was `tokio-r`): a lock wait on
+        // both sides now.
+        assert!(!is_wait_point_for("tokio-rayon", futex));
+        assert!(!is_wait_point_for("python3", futex));
     }
 }

@@ -104,6 +104,9 @@ async function main() {
     const ticksAfter = await page.$$eval('#timeline svg .tick text', (ts) => ts.map((t) => t.textContent));
     result.timeline = { rows: await page.$$eval('#timeline .row-label', (ls) => ls.map((l) => l.textContent)),
       stalls: await page.$$eval('#timeline rect.stall', (rs) => rs.length),
+      // Each iteration mark's data: [start µs, duration µs, iterations, busy µs, longest µs].
+      iterations: await page.$$eval('#timeline rect.iteration', (rs) => rs.map((r) => r.__data__.m)),
+      stall_marks: await page.$$eval('#timeline rect.stall', (rs) => rs.map((r) => [r.__data__.start_us, r.__data__.duration_ns / 1000])),
       ticks_before: ticksBefore, ticks_after: ticksAfter };
 
     if (searchTerm) {

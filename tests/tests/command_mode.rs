@@ -72,3 +72,87 @@ fn records_a_command_until_it_exits() {
         "the exit is recorded: {process}"
     );
 }
+
+/// `record -- python3 app.py` through the machine's pyenv shim (a bash script that runs
+/// helpers and execs the interpreter): the shim, the interpreter's start and 300 ms of import
+/// time before `asyncio.run` are start-up, said once with its length, not a stall; the planted
+/// 250 ms sleep inside a coroutine still is one; the shim's short-lived helpers give no warning
+/// line each.
+#[test]
+fn command_start_up_is_not_a_stall() {
+    require_root();
+    let script = stallscope_tests::workspace_root().join("tests/targets/python/startup_app.py");
+    let out = scratch_dir("command-startup");
+    let output = Command::new(agent_bin())
+        .args(["record", "--threshold", "100ms", "--out"])
+        .arg(&out)
+        .args(["--", "python3"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stallscope");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let planted = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("planted sleep "))
+        .unwrap_or_else(|| panic!("the program reports its planted stall: {stderr}"));
+    let mut times = planted
+        .split_whitespace()
+        .filter_map(|t| t.parse::<u64>().ok());
+    let (start, end) = (times.next().expect("start"), times.next().expect("end"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stalls.json")).expect("json"))
+            .expect("json");
+    let stalls = json["stalls"].as_array().expect("stalls");
+    assert_eq!(
+        stalls.len(),
+        1,
+        "only the planted sleep, no start-up stall: {stalls:#?}\n{stdout}"
+    );
+    let stall = &stalls[0];
+    let truth = end - start;
+    let duration = stall["duration_ns"].as_u64().expect("duration");
+    assert!(
+        duration.abs_diff(truth) <= (truth / 10).max(20_000_000),
+        "{duration} vs {truth}"
+    );
+    assert!(
+        stall["start_ns"].as_u64().expect("start") + 20_000_000 >= start,
+        "{stall:#}"
+    );
+    let live_stalls = stdout.lines().filter(|l| l.starts_with("stall ")).count();
+    assert_eq!(
+        live_stalls, 1,
+        "one live line, the planted stall's:\n{stdout}"
+    );
+
+    // Start-up: said once, live and in the summary, at least the 300 ms of imports long.
+    let said: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("started up in"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stdout}");
+    let startups = json["startups"]
+        .as_array()
+        .expect("startups in stalls.json");
+    let took = |s: &serde_json::Value| {
+        s["end_ns"].as_u64().unwrap_or(0) - s["start_ns"].as_u64().unwrap_or(u64::MAX / 2)
+    };
+    assert!(
+        startups
+            .iter()
+            .any(|s| took(s) >= 300_000_000 && s["end_ns"].as_u64() <= Some(start)),
+        "a start-up of 300 ms or more, ended before the planted stall: {startups:#?}"
+    );
+    assert!(
+        stdout.contains("start-up: ") || stderr.contains("start-up: "),
+        "the summary says it: {stdout}"
+    );
+    assert!(
+        !stderr.contains("no Python frames: reading"),
+        "no warning line per short-lived process: {stderr}"
+    );
+}

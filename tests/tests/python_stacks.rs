@@ -939,14 +939,47 @@ fn record_planted(
             )
         });
     }
-    for wanted in [&live_validate, &live_sleep] {
-        problems.check(result.stdout.iter().any(|l| l.starts_with(wanted)), || {
+    // Python-first (issue #23): an on-CPU stall may name the native leaf that did the work
+    // (`sre_ucs1_match`, where the interpreter has symbols) before its Python frames.
+    let live_validate_leaf = format!(
+        " < {}",
+        expected
+            .iter()
+            .take(2)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" < ")
+    );
+    let with_leaf = |line: &str| {
+        line.strip_prefix("    at ")
+            .and_then(|rest| rest.split_once(" < "))
+            .is_some_and(|(leaf, _)| {
+                !leaf.contains(" (")
+                    && line["    at ".len() + leaf.len()..].starts_with(&live_validate_leaf)
+            })
+    };
+    problems.check(
+        result
+            .stdout
+            .iter()
+            .any(|l| l.starts_with(&live_validate) || with_leaf(l)),
+        || {
             format!(
-                "no live line starts with {wanted:?}:\n{}",
+                "no live line starts with {live_validate:?} (or a native leaf and then \
+                 {live_validate_leaf:?}):\n{}",
                 result.stdout.join("\n")
             )
-        });
-    }
+        },
+    );
+    problems.check(
+        result.stdout.iter().any(|l| l.starts_with(&live_sleep)),
+        || {
+            format!(
+                "no live line starts with {live_sleep:?}:\n{}",
+                result.stdout.join("\n")
+            )
+        },
+    );
 
     if options.python_only {
         check_python_only(&mut problems, &stalls);

@@ -163,6 +163,33 @@ fn report_html_opens_offline_and_shows_each_stalls_stack() {
     );
     let timeline = &page["timeline"];
     assert_eq!(timeline["stalls"], 2, "both stalls on the timeline");
+    // The loop's iterations are drawn (as many marks as stalls.json has for the loop thread),
+    // and each stall is one of them: an iteration mark starts where the stall starts and lasts
+    // as long (µs rounding aside).
+    let iterations = timeline["iterations"].as_array().expect("iteration marks");
+    let loop_marks: usize = json["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .filter(|t| t["loop"] == true)
+        .map(|t| t["iteration_marks"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(loop_marks >= 2, "stalls.json has the iterations: {json:#}");
+    assert_eq!(
+        iterations.len(),
+        loop_marks,
+        "every iteration mark is drawn"
+    );
+    let field = |v: &Value, i: usize| v[i].as_f64().unwrap_or(-1.0);
+    for stall in timeline["stall_marks"].as_array().expect("stall marks") {
+        assert!(
+            iterations
+                .iter()
+                .any(|m| (field(m, 0) - field(stall, 0)).abs() <= 1.0
+                    && (field(m, 1) - field(stall, 1)).abs() <= 2.0),
+            "stall {stall} is an iteration on the timeline: {iterations:?}"
+        );
+    }
     assert_ne!(
         timeline["ticks_before"], timeline["ticks_after"],
         "the wheel zooms the timeline"

@@ -115,6 +115,10 @@ pub struct Session {
     waker_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
+    /// Processes that exited before their maps could be read for Python: said once, at the end
+    /// (a shim or build script can start dozens; a line each would bury what matters).
+    maps_unread_exited: u64,
+    startup_said: bool,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
@@ -123,6 +127,8 @@ pub struct Session {
     /// Each thread's last unwound copy, for the kernel's "repeated" records.
     last_unwound: HashMap<u32, Vec<u64>>,
     stacks_repeated: u64,
+    /// Repeated records for a thread with no last copy here: counted among the drops.
+    repeats_without_copy: u64,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
@@ -187,11 +193,14 @@ impl Session {
             waker_names: HashMap::new(),
             stalls: Vec::new(),
             stalls_not_kept: 0,
+            maps_unread_exited: 0,
+            startup_said: false,
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
             last_unwound: HashMap::new(),
             stacks_repeated: 0,
+            repeats_without_copy: 0,
             pending_python: HashMap::new(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
@@ -294,7 +303,11 @@ impl Session {
             Ok(None) => {}
             Err(err) => {
                 self.python_maybe_later.remove(&pid);
-                eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+                if gone(pid, &err) {
+                    self.maps_unread_exited += 1;
+                } else {
+                    eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+                }
             }
         }
     }
@@ -358,6 +371,9 @@ impl Session {
                 self.stacks_repeated += 1;
                 self.pending_stacks
                     .insert(header.tid, (header.ts_ns, ips.clone()));
+            } else {
+                // Its last copy was lost or not kept (past MAX_TASK_THREADS): no user stack.
+                self.repeats_without_copy += 1;
             }
             return;
         }
@@ -520,7 +536,15 @@ impl Session {
         }
         if raw.pid == self.own_pid {
             // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
-            // child from its first instruction); our own events are not part of the recording.
+            // child from its first instruction); our own events are not part of the recording,
+            // but the fork is: the COMMAND is seen from its creation, so its time before its
+            // first wait point is start-up (saved, so a replay knows it too).
+            if let Some(Lifecycle::Fork { child_tid, .. }) = events::interpret(raw).lifecycle {
+                self.timeline.forked(child_tid);
+                if let Some(log) = self.event_log.as_mut() {
+                    log.write(raw);
+                }
+            }
             return;
         }
         // Only events taken in the thread's own context carry its name (a wake-up carries the
@@ -607,6 +631,25 @@ impl Session {
         {
             self.stall_ended(probes.as_deref(), stall, true);
         }
+        self.say_startup(probes.is_some());
+    }
+
+    /// How long start-up took, said once: the first thread to reach its wait point after being
+    /// seen created (the command's, under `record --`).
+    fn say_startup(&mut self, live: bool) {
+        if self.startup_said || !live || self.config.quiet {
+            return;
+        }
+        let Some(first) = self.timeline.startups().first().copied() else {
+            return;
+        };
+        self.startup_said = true;
+        println!(
+            "stallscope: {} (pid {}) started up in {} (to its first wait point: start-up, not a stall)",
+            self.thread_name(first.tid),
+            first.pid,
+            report::format_ms(first.end_ns.saturating_sub(first.start_ns))
+        );
     }
 
     fn lifecycle(&mut self, probes: Option<&mut Probes>, lifecycle: Lifecycle, ts_ns: u64) {
@@ -793,7 +836,9 @@ impl Session {
             return;
         }
         let record = self.stall_record(probes, &stall);
-        if live && !self.config.quiet {
+        // A run while the thread starts up is a stall only if it never reaches a wait point
+        // (decided at the end, with the runs of processes that turned out to have a loop).
+        if live && !self.config.quiet && !stall.startup {
             println!("{}", report::live_line(&record));
         }
         if let Some(sink) = self.sink.as_mut() {
@@ -1074,6 +1119,17 @@ impl Session {
                     .unwrap_or_default(),
             })
             .collect();
+        let startups = result
+            .startups
+            .iter()
+            .map(|s| report::StartupRecord {
+                pid: s.pid,
+                tid: s.tid,
+                comm: self.thread_name(s.tid),
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+            })
+            .collect();
         let threads = result
             .threads
             .iter()
@@ -1083,6 +1139,18 @@ impl Session {
                 comm: self.thread_name(t.tid),
                 is_loop: t.is_loop,
                 iterations: t.iterations,
+                iteration_marks: t
+                    .iteration_marks
+                    .buckets()
+                    .iter()
+                    .map(|b| report::IterationBucketRecord {
+                        start_ns: b.start_ns,
+                        end_ns: b.end_ns,
+                        count: b.count,
+                        busy_ns: b.busy_ns,
+                        longest_ns: b.longest_ns,
+                    })
+                    .collect(),
             })
             .collect();
         // Counted when recording stopped: the programs run on while outputs are written.
@@ -1113,6 +1181,13 @@ impl Session {
                 self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
             ));
         }
+        if self.maps_unread_exited > 0 {
+            hints.push(format!(
+                "{} short-lived {} exited before their maps could be read (no Python frames for them)",
+                self.maps_unread_exited,
+                if self.maps_unread_exited == 1 { "process" } else { "processes" }
+            ));
+        }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
         if kernel_frames_seen && self.resolver.symbols.kernel_symbols_hidden() {
             hints.push(
@@ -1140,6 +1215,7 @@ impl Session {
                     + self.stalls_not_kept
                     + offcpu_dropped,
                 events_not_saved: 0,
+                repeats_without_copy: self.repeats_without_copy,
             },
             processes,
             threads,
@@ -1179,6 +1255,7 @@ impl Session {
             spans,
             spans_dropped: result.marks_dropped,
             waiting_at_start: self.waiting_at_start,
+            startups,
             kernel_limits: Vec::new(),
             reorder: {
                 let stats = self.reorder.stats();
@@ -1319,6 +1396,18 @@ fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<Strin
     hints
 }
 
+/// Whether reading a process failed because it is gone: its /proc entry went away or it is a
+/// zombie, or the read said so (ENOENT, ESRCH).
+fn gone(pid: u32, err: &anyhow::Error) -> bool {
+    let said_gone = err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
+        })
+    });
+    // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
+    said_gone || procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+}
+
 fn syscall_name(nr: Option<i32>) -> Option<String> {
     let nr = nr?;
     Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
@@ -1368,15 +1457,15 @@ pub struct Resolver {
     /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
     /// apart from the kernel stack map's ids).
     /// (Each stack stored once, shared by the lookup table and the list.)
-    interned: HashMap<std::sync::Arc<[u64]>, i32>,
+    interned: foldhash::HashMap<std::sync::Arc<[u64]>, i32>,
     interned_ips: Vec<std::sync::Arc<[u64]>>,
     pub interned_dropped: u64,
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     python_frames: Vec<Frame>,
-    python_frame_ids: HashMap<Frame, u64>,
+    python_frame_ids: foldhash::HashMap<Frame, u64>,
     /// JavaScript frames met so far; an unwound stack refers to them by index (see JS_MARK).
     js_frames: Vec<Frame>,
-    js_frame_ids: HashMap<Frame, u64>,
+    js_frame_ids: foldhash::HashMap<Frame, u64>,
     /// `--python-only`: stacks with Python frames show only those.
     pub python_only: bool,
 }
@@ -1809,6 +1898,29 @@ mod tests {
         assert_eq!(recording.reorder.reordered, 1);
         assert_eq!(recording.reorder.late_events, 0);
         assert_eq!(recording.reorder.window_ns, reorder::WINDOW_NS);
+    }
+
+    /// A "repeated" stack record for a thread whose previous copy the agent never had is a
+    /// lost user stack, counted among the drops (and so in the summary's "stacks lost"); one
+    /// for a thread it has a copy of reuses that copy and is no drop.
+    #[test]
+    fn a_repeated_stack_without_a_previous_copy_is_counted_as_a_drop() {
+        const PID: u32 = 4242;
+        let header = |tid: u32, flags: u32| profiler_common::UserStackHeader {
+            ts_ns: MS,
+            pid: PID,
+            tid,
+            flags,
+            ..Default::default()
+        };
+        let mut session = Session::new(config());
+        session.handle_stack(&header(PID + 1, profiler_common::STACK_REPEATED), &[]);
+        session.handle_stack(&header(PID + 2, 0), &[]);
+        session.handle_stack(&header(PID + 2, profiler_common::STACK_REPEATED), &[]);
+        let recording = session.finish(None, 0, 10 * MS);
+        assert_eq!(recording.drops.repeats_without_copy, 1);
+        assert_eq!(recording.drops.user_stacks_lost(), 1);
+        assert_eq!(recording.unwind.repeated, 1);
     }
 
     fn frame(name: &str) -> Frame {

@@ -28,6 +28,8 @@
 
 use std::collections::HashMap;
 
+use crate::analysis::iterations::IterationMarks;
+
 /// Where a stack came from: identifies it to the stack store and symbolizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
@@ -67,7 +69,7 @@ pub struct Waker {
 
 /// The futex syscall: a sleeper in it woken by a thread of its own process waited for a lock
 /// (a mutex, the GIL) that thread held.
-const FUTEX: i32 = 202;
+const FUTEX: i32 = profiler_common::syscall_nr::FUTEX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -190,7 +192,23 @@ pub struct Stall {
     /// it (the wait's return value; 0 when the wait blocked: nothing had queued). None when
     /// not known (a wait point that returns no count, the thread exited, recording ended).
     pub ready_events: Option<u64>,
+    /// A run of a thread still starting up (seen from its creation, no wait point reached
+    /// yet): start-up if the thread goes on to a wait point, a stall if it never does.
+    pub startup: bool,
 }
+
+/// A thread's start-up: from its creation (fork, clone, or the command started) to its first
+/// wait point: a shim exec'ing the interpreter, the interpreter's imports. Not a stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Startup {
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Start-ups kept (a pre-forking server's workers each have one).
+const MAX_STARTUPS: usize = 4096;
 
 impl Stall {
     pub fn duration_ns(&self) -> u64 {
@@ -204,13 +222,15 @@ impl Stall {
 }
 
 /// Per-thread summary for the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadSummary {
     pub pid: u32,
     pub tid: u32,
     pub is_loop: bool,
     pub iterations: u64,
     pub exited: bool,
+    /// Its complete iterations on the time axis (bounded: see `iterations.rs`).
+    pub iteration_marks: IterationMarks,
 }
 
 /// Transitions that should not happen with a complete, ordered stream; counted, not fatal.
@@ -423,6 +443,7 @@ impl Span {
             late_events: self.late_events,
             odd_transitions: self.odd_transitions,
             ready_events: None,
+            startup: false,
         }
     }
 }
@@ -441,6 +462,9 @@ struct Thread {
     /// A stall that ended at the wait point just entered, held until the wait returns (or
     /// blocks) so that it carries its impact, the events ready then.
     held: Option<Stall>,
+    iteration_marks: IterationMarks,
+    /// Seen from its creation and not yet at a wait point (see [`Startup`]).
+    startup: bool,
     /// Its latest on-CPU samples (time, stack): what it was doing while it held a lock
     /// another thread waited for.
     recent_samples: std::collections::VecDeque<(u64, StackKey)>,
@@ -490,6 +514,9 @@ pub struct Timeline {
     /// Threads that just exited: the kernel's last context switch of a dying task comes after
     /// its exit event and must not bring it back to life.
     just_exited: std::collections::HashSet<u32>,
+    /// Tids created while recording whose first event has not come yet: they start up.
+    born: std::collections::HashSet<u32>,
+    startups: Vec<Startup>,
 }
 
 impl Timeline {
@@ -503,7 +530,14 @@ impl Timeline {
             marks: Vec::new(),
             marks_dropped: 0,
             just_exited: std::collections::HashSet::new(),
+            born: std::collections::HashSet::new(),
+            startups: Vec::new(),
         }
+    }
+
+    /// Start-ups seen so far, in the order they ended.
+    pub fn startups(&self) -> &[Startup] {
+        &self.startups
     }
 
     fn mark(&mut self, mark: Mark) {
@@ -531,6 +565,9 @@ impl Timeline {
     /// A new task got this tid (fork/clone): it is a new thread even if the tid was seen exit.
     pub fn forked(&mut self, tid: u32) {
         self.just_exited.remove(&tid);
+        if self.born.len() < 65536 && !self.threads.contains_key(&tid) {
+            self.born.insert(tid);
+        }
     }
 
     pub fn is_loop_thread(&self, tid: u32) -> bool {
@@ -574,6 +611,7 @@ impl Timeline {
     }
 
     fn thread(&mut self, pid: u32, tid: u32, ts_ns: u64) -> &mut Thread {
+        let startup = !self.threads.contains_key(&tid) && self.born.remove(&tid);
         self.threads.entry(tid).or_insert_with(|| Thread {
             pid,
             cpu: Cpu::Unknown,
@@ -584,6 +622,8 @@ impl Timeline {
             run: Some(Span::new(ts_ns, true)),
             iterations: 0,
             held: None,
+            iteration_marks: IterationMarks::default(),
+            startup,
             recent_samples: std::collections::VecDeque::new(),
             last_ts: ts_ns,
         })
@@ -812,7 +852,8 @@ impl Timeline {
         // A voluntary sleep ends a run.
         let run = thread.run.take()?;
         let mismatch = &mut self.anomalies.breakdown_mismatch;
-        let stall = run.into_stall(thread.pid, tid, ts, StallRule::Run, mismatch);
+        let mut stall = run.into_stall(thread.pid, tid, ts, StallRule::Run, mismatch);
+        stall.startup = thread.startup;
         (stall.duration_ns() >= threshold).then_some(stall)
     }
 
@@ -955,8 +996,21 @@ impl Timeline {
         };
         iteration.add_time(StackKind::OnCpu, since, ts);
         thread.cpu = Cpu::Running { since: ts };
+        if std::mem::take(&mut thread.startup) {
+            // From its creation to its first wait point: start-up, not an iteration.
+            if self.startups.len() < MAX_STARTUPS {
+                self.startups.push(Startup {
+                    pid: thread.pid,
+                    tid,
+                    start_ns: iteration.start_ns,
+                    end_ns: ts,
+                });
+            }
+            return None;
+        }
         if !iteration.partial {
             thread.iterations += 1;
+            thread.iteration_marks.push(iteration.start_ns, ts);
         }
         let mismatch = &mut self.anomalies.breakdown_mismatch;
         let stall = iteration.into_stall(thread.pid, tid, ts, StallRule::Iteration, mismatch);
@@ -1003,6 +1057,7 @@ impl Timeline {
                 is_loop: thread.is_loop,
                 iterations: thread.iterations,
                 exited: true,
+                iteration_marks: thread.iteration_marks,
             });
             return Some(held);
         }
@@ -1030,6 +1085,7 @@ impl Timeline {
             is_loop: thread.is_loop,
             iterations: thread.iterations,
             exited: true,
+            iteration_marks: thread.iteration_marks,
         });
         let (span, rule) = if thread.is_loop {
             (thread.iteration.take(), StallRule::Iteration)
@@ -1113,6 +1169,7 @@ impl Timeline {
                 is_loop: thread.is_loop,
                 iterations: thread.iterations,
                 exited: false,
+                iteration_marks: thread.iteration_marks,
             });
         }
         TimelineResult {
@@ -1122,6 +1179,7 @@ impl Timeline {
             anomalies: self.anomalies,
             marks: self.marks,
             marks_dropped: self.marks_dropped,
+            startups: self.startups,
         }
     }
 }
@@ -1206,6 +1264,7 @@ pub struct TimelineResult {
     /// In time order of their end.
     pub marks: Vec<Mark>,
     pub marks_dropped: u64,
+    pub startups: Vec<Startup>,
 }
 
 #[cfg(test)]
@@ -1269,6 +1328,64 @@ mod tests {
 
     fn run(timeline: &mut Timeline, events: &[Event]) -> Vec<Stall> {
         events.iter().filter_map(|e| timeline.handle(e)).collect()
+    }
+
+    /// A thread seen created (`record -- python3 app.py`): 400 ms of imports and a 200 ms
+    /// read of the shim before its first wait point are start-up; a 250 ms iteration after it is
+    /// a stall. A thread already running at attach keeps today's partial stall.
+    #[test]
+    fn time_before_the_first_wait_point_of_a_new_thread_is_start_up() {
+        let mut t = Timeline::new(config());
+        t.forked(TID);
+        let stalls = run(
+            &mut t,
+            &[
+                sample(10, 7),
+                out(100, false, 8),
+                ev(300, What::Wake),
+                ev(300, What::SwitchIn),
+                sample(500, 7),
+                ev(700, What::WaitEnter),
+                ev(710, What::WaitExit),
+                sample(800, 9),
+                ev(960, What::WaitEnter),
+            ],
+        );
+        assert_eq!(stalls.len(), 1, "only the planted one: {stalls:?}");
+        assert_eq!((stalls[0].start_ns, stalls[0].end_ns), (710 * MS, 960 * MS));
+        assert!(!stalls[0].startup);
+        assert_eq!(
+            t.startups(),
+            [Startup {
+                pid: PID,
+                tid: TID,
+                start_ns: 10 * MS,
+                end_ns: 700 * MS
+            }]
+        );
+        let result = t.finish(1000 * MS);
+        assert_eq!(
+            result.threads[0].iterations, 1,
+            "start-up is not an iteration"
+        );
+        assert_eq!(result.startups.len(), 1);
+
+        // Not seen created: its first partial iteration is reported, as before.
+        let mut t = Timeline::new(config());
+        let stalls = run(&mut t, &[sample(10, 7), ev(700, What::WaitEnter)]);
+        assert_eq!(stalls.len(), 1);
+        assert!(stalls[0].partial);
+        assert!(t.startups().is_empty());
+    }
+
+    #[test]
+    fn a_run_while_starting_up_is_flagged() {
+        let mut t = Timeline::new(config());
+        t.forked(TID);
+        let stalls = run(&mut t, &[sample(10, 7), out(300, false, 8)]);
+        assert_eq!(stalls.len(), 1);
+        assert_eq!(stalls[0].rule, StallRule::Run);
+        assert!(stalls[0].startup, "held back from the live line");
     }
 
     /// ```text

@@ -130,6 +130,7 @@ fn one_stall(stall: &StallRecord, process: Option<&ProcessRecord>, threshold_ns:
         javascript: report::JsReport::default(),
         hints: Vec::new(),
         waiting_at_start: Vec::new(),
+        startups: Vec::new(),
         kernel_limits: Vec::new(),
         reorder: report::ReorderReport::default(),
         verdict: report::Verdict {

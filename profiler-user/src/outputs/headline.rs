@@ -10,12 +10,18 @@
 //! `sync_compress (app.py:22) 69 % on-CPU; sync_write_to_disk (app.py:17) 31 % blocked in
 //! clock_nanosleep()`.
 //!
-//! Frames are read as a person reads the program ([`readable`]): the Python frames of a stack
-//! that has any, the user frames otherwise (the kernel's only when there is nothing else), and a
-//! run of unnamed frames (addresses in a stripped module) folded into `[3 frames in redis-server]`.
+//! Frames are read as a person reads the program ([`readable`]): for a stack with Python frames,
+//! Python-first as py-spy shows it (the Python frames and the native leaf that did the work,
+//! `sre_ucs1_match < validate (app.py:39)`, the interpreter's own C frames folded away; every
+//! frame with `--native`, [`View`]), the user frames otherwise (the kernel's only when there is
+//! nothing else), and a run of unnamed frames (addresses in a stripped module) folded into
+//! `[3 frames in redis-server]`.
 //! Pure: stall records in, text out.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use crate::{
     outputs::report::{StackRecord, StallRecord},
@@ -70,27 +76,112 @@ fn frame_text(frame: &Frame) -> String {
     }
 }
 
-/// The frames a person reads, innermost first: Python frames when the stack has any, else the
-/// user frames, else the kernel's; each run of two or more unnamed frames folded into one.
-pub fn readable(frames: &[Frame]) -> Vec<Shown> {
-    fold(&chosen_frames(frames))
+/// How stacks of Python processes are shown (live line, summaries, flamegraph.svg,
+/// report.html); stalls.json always has every frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// As py-spy shows them: the Python frames, the interpreter's own C frames folded away, and
+    /// the native leaf that did the work (`sre_ucs1_match`, `deflate`) kept. The default.
+    PythonFirst,
+    /// Every frame (`--native`).
+    Native,
 }
 
-/// Every frame, innermost first, with runs of two or more unnamed frames folded (for graphs).
-pub fn folded(frames: &[Frame]) -> Vec<Shown> {
-    fold(&frames.iter().collect::<Vec<_>>())
+/// Set once by `main` from `--native`, before any output is rendered: every renderer reads
+/// the same view without threading a flag through each of them.
+static NATIVE_VIEW: AtomicBool = AtomicBool::new(false);
+
+pub fn set_view(view: View) {
+    NATIVE_VIEW.store(view == View::Native, Ordering::Relaxed);
 }
 
-fn chosen_frames(frames: &[Frame]) -> Vec<&Frame> {
-    let python = frames.iter().any(|f| f.kind == FrameKind::Python);
+pub fn view() -> View {
+    if NATIVE_VIEW.load(Ordering::Relaxed) {
+        View::Native
+    } else {
+        View::PythonFirst
+    }
+}
+
+/// The interpreter's call machinery: never the native leaf that did the work, only the way
+/// into it (calling a C function, running bytecode).
+const DISPATCH_PREFIXES: &[&str] = &[
+    "_PyEval_",
+    "PyEval_",
+    "_PyObject_Call",
+    "PyObject_Call",
+    "_PyObject_Vectorcall",
+    "PyObject_Vectorcall",
+    "_PyObject_MakeTpCall",
+    "_PyFunction_Vectorcall",
+    "_PyVectorcall",
+    "PyVectorcall",
+    "method_vectorcall",
+    "cfunction_",
+    "vectorcall",
+    "slot_tp_",
+    "_Py_call",
+    "call_function",
+    "function_code_fastcall",
+];
+
+fn is_dispatch(frame: &Frame) -> bool {
+    DISPATCH_PREFIXES
+        .iter()
+        .any(|p| frame.function.starts_with(p))
+}
+
+/// The frames of one stack a view shows, innermost first. Python-first, for a stack with Python
+/// frames: those, and (when `did_work`: an on-CPU or runqueue stack, whose leaf is where the
+/// time went; a blocked stack's leaf is the wait its marker names) the innermost named native
+/// frame inside the innermost Python frame, unless it is the interpreter's call machinery.
+/// Every other stack, and every stack in the native view: all its frames.
+pub fn view_frames(frames: &[Frame], did_work: bool, view: View) -> Vec<&Frame> {
+    let Some(innermost_python) = frames.iter().position(|f| f.kind == FrameKind::Python) else {
+        return frames.iter().collect();
+    };
+    if view == View::Native {
+        return frames.iter().collect();
+    }
+    // The innermost user frame with a name; an unnamed one (a stripped interpreter's address)
+    // or the call machinery says nothing about the work, so no leaf then.
+    let leaf = frames[..innermost_python]
+        .iter()
+        .find(|f| f.kind != FrameKind::Kernel && is_named(f))
+        .filter(|f| did_work && !is_dispatch(f));
+    leaf.into_iter()
+        .chain(frames.iter().filter(|f| f.kind == FrameKind::Python))
+        .collect()
+}
+
+/// Whether a stack of this kind spent its time where its leaf is (on a CPU, or preempted there).
+pub fn did_work(kind: &str) -> bool {
+    matches!(kind, "on_cpu" | "runqueue")
+}
+
+/// The frames a person reads, innermost first, in the current [`view`]: Python-first for
+/// Python stacks ([`view_frames`]), else the user frames, else the kernel's; each run of two or
+/// more unnamed frames folded into one.
+pub fn readable(frames: &[Frame], did_work: bool) -> Vec<Shown> {
+    readable_in(frames, did_work, view())
+}
+
+pub fn readable_in(frames: &[Frame], did_work: bool, view: View) -> Vec<Shown> {
+    fold(&chosen_frames(&view_frames(frames, did_work, view)))
+}
+
+/// Every frame of the current view, innermost first, with runs of two or more unnamed frames
+/// folded (for graphs).
+pub fn folded(frames: &[Frame], did_work: bool) -> Vec<Shown> {
+    fold(&view_frames(frames, did_work, view()))
+}
+
+fn chosen_frames<'a>(frames: &[&'a Frame]) -> Vec<&'a Frame> {
     let user = frames.iter().any(|f| f.kind != FrameKind::Kernel);
     frames
         .iter()
-        .filter(|f| match (python, user) {
-            (true, _) => f.kind == FrameKind::Python,
-            (false, true) => f.kind != FrameKind::Kernel,
-            (false, false) => true,
-        })
+        .filter(|f| !user || f.kind != FrameKind::Kernel)
+        .copied()
         .collect()
 }
 
@@ -217,7 +308,7 @@ fn tree(stacks: &[StackRecord]) -> Node {
         let kind = kind_index(&stack.kind);
         root.add(index, kind, stack.weight_ns);
         let mut node = &mut root;
-        for shown in readable(&stack.frames).iter().rev() {
+        for shown in readable(&stack.frames, did_work(&stack.kind)).iter().rev() {
             node = node.child(shown);
             node.add(index, kind, stack.weight_ns);
             *node.texts.entry(shown.text.clone()).or_default() += stack.weight_ns;
@@ -551,7 +642,7 @@ mod tests {
             native("evalGenericCommand", module),
             native("call", module),
         ];
-        let shown = readable(&frames);
+        let shown = readable(&frames, true);
         assert_eq!(shown[0].text, "[3 frames in redis-check-rdb]");
         assert!(!shown[0].named);
         let stall = stall(vec![stack("on_cpu", 100, None, frames)]);
@@ -571,7 +662,7 @@ mod tests {
             },
             kernel("schedule"),
         ];
-        let shown = readable(&frames);
+        let shown = readable(&frames, true);
         assert_eq!(shown.len(), 1);
         assert_eq!(shown[0].text, "[2 unnamed frames]");
         let stall = stall(vec![stack("off_cpu", 100, Some("read"), frames)]);
@@ -593,13 +684,142 @@ mod tests {
         assert_eq!(headline(&self::stall(vec![])), None);
     }
 
+    /// The regex stall of the demo, as the unwinder and the Python walk merge it: native frames
+    /// inside, between and outside the Python ones.
+    fn regex_stack() -> Vec<Frame> {
+        let python = "/usr/bin/python3.11";
+        vec![
+            kernel("asm_sysvec_apic_timer_interrupt"),
+            native("sre_ucs1_match", python),
+            native("sre_ucs1_search", python),
+            native("_sre_SRE_Pattern_search_impl", python),
+            native("method_vectorcall_FASTCALL_KEYWORDS", python),
+            native("PyObject_Vectorcall", python),
+            py("validate", 39),
+            py("handle_validate", 47),
+            native("task_step_impl", "/usr/lib/python3.11/_asyncio.so"),
+            native("python3.11+0x1df0b3", python),
+            py("Handle._run", 84),
+            native("Py_RunMain", python),
+            native("main", python),
+        ]
+    }
+
+    fn texts(shown: Vec<Shown>) -> Vec<String> {
+        shown.into_iter().map(|s| s.text).collect()
+    }
+
+    #[test]
+    fn python_first_folds_the_interpreter_away_and_keeps_the_leaf_that_worked() {
+        let frames = regex_stack();
+        assert_eq!(
+            texts(readable_in(&frames, true, View::PythonFirst)),
+            vec![
+                "sre_ucs1_match",
+                "validate (mixed_workload.py:39)",
+                "handle_validate (mixed_workload.py:47)",
+                "Handle._run (mixed_workload.py:84)",
+            ]
+        );
+        let stall = stall(vec![stack("on_cpu", 100, None, frames.clone())]);
+        assert_eq!(
+            headline_text(&stall),
+            "sre_ucs1_match < validate (mixed_workload.py:39) < handle_validate (mixed_workload.py:47)"
+        );
+        // --native: every user frame, the interpreter's included (the kernel's still hidden).
+        let native_view = texts(readable_in(&frames, true, View::Native));
+        assert_eq!(native_view.len(), frames.len() - 1);
+        assert_eq!(
+            native_view[..3],
+            [
+                "sre_ucs1_match",
+                "sre_ucs1_search",
+                "_sre_SRE_Pattern_search_impl"
+            ]
+        );
+        assert!(native_view.contains(&"task_step_impl".to_string()));
+        // The graphs (flamegraph.svg, report.html) get the same frames.
+        let graph: Vec<&str> = view_frames(&frames, true, View::PythonFirst)
+            .iter()
+            .map(|f| f.function.as_str())
+            .collect();
+        assert_eq!(
+            graph,
+            [
+                "sre_ucs1_match",
+                "validate",
+                "handle_validate",
+                "Handle._run"
+            ]
+        );
+    }
+
+    #[test]
+    fn python_first_keeps_no_leaf_for_waits_machinery_or_unnamed_code() {
+        let python = "/usr/bin/python3.11";
+        let mut sleep = vec![
+            kernel("schedule"),
+            native("__GI___clock_nanosleep", "/lib/libc.so.6"),
+            native("pysleep", python),
+            native("time_sleep", python),
+        ];
+        sleep.extend([py("handle_sleep", 56), py("serve_client", 87)]);
+        // A blocked stack's leaf is the wait its marker already names.
+        let stall = stall(vec![stack(
+            "off_cpu",
+            100,
+            Some("clock_nanosleep"),
+            sleep.clone(),
+        )]);
+        assert_eq!(
+            headline_text(&stall),
+            "handle_sleep (mixed_workload.py:56) < serve_client (mixed_workload.py:87) [blocked in clock_nanosleep()]"
+        );
+        // On a CPU in the call machinery itself: interpreter overhead, folded away.
+        let dispatch = vec![
+            native("_PyEval_EvalFrameDefault", python),
+            native("long_add", python),
+            py("hot_loop", 12),
+        ];
+        assert_eq!(
+            texts(readable_in(&dispatch, true, View::PythonFirst)),
+            ["hot_loop (mixed_workload.py:12)"]
+        );
+        // A stripped interpreter's address says nothing: Python frames only.
+        let stripped = vec![
+            native("python3.11+0x1df0b3", python),
+            native("python3.11+0x1de000", python),
+            py("validate", 39),
+        ];
+        assert_eq!(
+            texts(readable_in(&stripped, true, View::PythonFirst)),
+            ["validate (mixed_workload.py:39)"]
+        );
+        assert_eq!(
+            texts(readable_in(&stripped, true, View::Native)),
+            [
+                "[2 frames in python3.11]",
+                "validate (mixed_workload.py:39)"
+            ]
+        );
+        // A stack without Python frames is the same in both views.
+        let c = vec![native("burn_cpu", "/srv/a"), native("main", "/srv/a")];
+        assert_eq!(
+            readable_in(&c, true, View::PythonFirst),
+            readable_in(&c, true, View::Native)
+        );
+    }
+
     #[test]
     fn a_single_unnamed_frame_keeps_its_address() {
         let frames = vec![
             native("libfoo.so+0x1234", "/lib/libfoo.so"),
             native("work", "/srv/app"),
         ];
-        let texts: Vec<String> = readable(&frames).into_iter().map(|s| s.text).collect();
+        let texts: Vec<String> = readable(&frames, true)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
         assert_eq!(texts, vec!["libfoo.so+0x1234", "work"]);
     }
 }

@@ -37,6 +37,9 @@ pub struct PageLimits {
     pub nodes_per_stall: usize,
     /// Off-CPU and runqueue spans on the timelines (the longest kept), ~30 bytes each.
     pub spans: usize,
+    /// Loop threads whose iterations are drawn (the timeline shows at most 40 rows); each
+    /// carries at most 1,024 marks (`analysis::iterations`), so ~40,000 marks (~1.2 MB).
+    pub iteration_threads: usize,
     /// Characters of one frame or thread name: a hostile or generated name cannot bloat the page.
     pub name_chars: usize,
 }
@@ -48,6 +51,7 @@ pub const PAGE_LIMITS: PageLimits = PageLimits {
     table_rows: 5_000,
     nodes_per_stall: 2_000,
     spans: 20_000,
+    iteration_threads: 40,
     name_chars: 300,
 };
 
@@ -100,7 +104,14 @@ struct ThreadView {
     #[serde(rename = "loop")]
     is_loop: bool,
     iterations: u64,
+    /// Iteration marks: [start µs, duration µs, iterations, busy µs, longest µs] from the
+    /// recording's start; one iteration each unless the thread had many.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    it: Vec<IterationMark>,
 }
+
+/// [start µs, duration µs, iterations, busy µs, longest µs].
+type IterationMark = (u64, u64, u64, u64, u64);
 
 #[derive(Serialize)]
 struct StallView {
@@ -232,7 +243,11 @@ fn stall_tree(stall: &StallRecord) -> Node {
         root.v += stack.weight_ns;
         let mut node = &mut root;
         // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
-        for shown in crate::outputs::headline::folded(&stack.frames).iter().rev() {
+        let did_work = crate::outputs::headline::did_work(&stack.kind);
+        for shown in crate::outputs::headline::folded(&stack.frames, did_work)
+            .iter()
+            .rev()
+        {
             let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
             node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
@@ -293,7 +308,41 @@ fn headline(stall: &StallRecord) -> String {
     clip(&text, 4 * PAGE_LIMITS.name_chars)
 }
 
+/// The iteration marks of the first loop threads (by pid, tid, as the timeline's rows).
+fn iteration_marks(recording: &Recording) -> HashMap<(u32, u32), Vec<IterationMark>> {
+    let rel_us = |ns: u64| ns.saturating_sub(recording.start_ns) / 1000;
+    let mut loops: Vec<_> = recording
+        .threads
+        .iter()
+        .filter(|t| t.is_loop && !t.iteration_marks.is_empty())
+        .collect();
+    loops.sort_by_key(|t| (t.pid, t.tid));
+    loops
+        .into_iter()
+        .take(PAGE_LIMITS.iteration_threads)
+        .map(|t| {
+            let marks = t
+                .iteration_marks
+                .iter()
+                .take(2 * crate::analysis::iterations::MAX_BUCKETS)
+                .map(|b| {
+                    let start = rel_us(b.start_ns);
+                    (
+                        start,
+                        rel_us(b.end_ns).saturating_sub(start),
+                        b.count,
+                        b.busy_ns / 1000,
+                        b.longest_ns / 1000,
+                    )
+                })
+                .collect();
+            ((t.pid, t.tid), marks)
+        })
+        .collect()
+}
+
 fn page(recording: &Recording) -> Page {
+    let mut marks = iteration_marks(recording);
     let mut threads: Vec<ThreadView> = recording
         .threads
         .iter()
@@ -303,6 +352,7 @@ fn page(recording: &Recording) -> Page {
             comm: clip(&t.comm, PAGE_LIMITS.name_chars),
             is_loop: t.is_loop,
             iterations: t.iterations,
+            it: marks.remove(&(t.pid, t.tid)).unwrap_or_default(),
         })
         .collect();
     let mut thread_index: HashMap<(u32, u32), usize> = threads
@@ -318,6 +368,7 @@ fn page(recording: &Recording) -> Page {
                 comm: clip(comm, PAGE_LIMITS.name_chars),
                 is_loop: false,
                 iterations: 0,
+                it: Vec::new(),
             });
             threads.len() - 1
         })
@@ -426,7 +477,7 @@ fn page(recording: &Recording) -> Page {
             })
             .collect(),
         lost_events: recording.lost_events,
-        stacks_lost: recording.drops.kernel_stack + recording.drops.user_stack,
+        stacks_lost: recording.drops.kernel_stack + recording.drops.user_stacks_lost(),
         spans_dropped: recording.spans_dropped + spans_cut as u64,
         stalls_total: recording.stalls.len(),
         stalls_in_table: stalls.len(),
@@ -477,7 +528,7 @@ pub fn report_html(recording: &Recording) -> Result<String> {
 <style>{APP_CSS}</style>
 </head><body>
 <header id="header"><h1>{title}</h1><div id="summary"></div><div id="verdict"></div><div id="notes"></div></header>
-<section><h2>Timeline</h2><p class="help">One row per thread; stalls in red, blocked time in blue, waiting for a CPU in orange. Scroll to zoom, drag to pan, click a stall to open it.</p><div id="timeline"></div></section>
+<section><h2>Timeline</h2><p class="help">One row per thread; loop iterations in green (shaded buckets where there were many), stalls in red, blocked time in blue, waiting for a CPU in orange. Scroll to zoom, drag to pan, click a stall to open it.</p><div id="timeline"></div></section>
 <section id="stall-section"><h2>Stalls</h2>
 <div class="search"><label>Search functions: <input id="search" type="search" placeholder="e.g. validate" autocomplete="off"></label> <span id="search-result"></span></div>
 <div id="table-wrap"><table id="stalls"><thead></thead><tbody></tbody></table></div>

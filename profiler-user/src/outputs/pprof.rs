@@ -566,6 +566,7 @@ mod tests {
             spans: vec![],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            startups: vec![],
             kernel_limits: vec![],
             reorder: Default::default(),
             hints: vec![],

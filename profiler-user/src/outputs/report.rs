@@ -52,6 +52,10 @@ pub struct Recording {
     /// (pid, tid) of threads blocked in a wait point when recording began.
     #[serde(default)]
     pub waiting_at_start: Vec<(u32, u32)>,
+    /// Threads seen from their creation, from then to their first wait point (a shim exec'ing
+    /// the interpreter, its imports): start-up, not stalls.
+    #[serde(default)]
+    pub startups: Vec<StartupRecord>,
     /// What the kernel recorded on could not do (e.g. full Python stacks before 5.17).
     #[serde(default)]
     pub kernel_limits: Vec<String>,
@@ -189,6 +193,18 @@ pub struct Drops {
     /// Events not saved to events.bin (its size limit): `report` re-renders only what was saved.
     #[serde(default)]
     pub events_not_saved: u64,
+    /// The kernel's "same stack as the last copy" records for a thread whose last copy the
+    /// agent does not have (that copy was lost, or the thread is past the ones remembered): the
+    /// event they belong to has no user stack.
+    #[serde(default)]
+    pub repeats_without_copy: u64,
+}
+
+impl Drops {
+    /// User stacks lost, in the kernel (stack map) or for want of the copy a repeat refers to.
+    pub fn user_stacks_lost(&self) -> u64 {
+        self.user_stack + self.repeats_without_copy
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -213,6 +229,49 @@ pub struct ThreadRecord {
     #[serde(rename = "loop")]
     pub is_loop: bool,
     pub iterations: u64,
+    /// Its complete iterations in time order, for the timeline: one per iteration while there
+    /// are few, else neighbours merged into buckets (at most 1,024 per thread).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iteration_marks: Vec<IterationBucketRecord>,
+}
+
+/// A thread's start-up: from its creation to its first wait point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// One line on start-up, said once: the first thread's (the command's, under `record --`),
+/// and how many more there were.
+pub fn startup_line(recording: &Recording) -> Option<String> {
+    let first = recording.startups.first()?;
+    let more = match recording.startups.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more thread's)".to_string(),
+        n => format!(" (and {n} more threads')"),
+    };
+    Some(format!(
+        "start-up: {} (pid {} tid {}) took {} to its first wait point, not counted as a stall{more}",
+        first.comm,
+        first.pid,
+        first.tid,
+        format_ms(first.end_ns.saturating_sub(first.start_ns))
+    ))
+}
+
+/// Iterations of a loop thread that started close together (one, unless there were many).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IterationBucketRecord {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub count: u64,
+    /// Sum of their durations.
+    pub busy_ns: u64,
+    pub longest_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -552,10 +611,19 @@ fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
         };
         for stack in &stall.stacks {
             let marker = kind_marker(&stack.kind, stack.syscall.as_deref());
+            // Python-first unless --native (module `headline`), as the live line reads.
+            let frames: Vec<Frame> = crate::outputs::headline::view_frames(
+                &stack.frames,
+                crate::outputs::headline::did_work(&stack.kind),
+                crate::outputs::headline::view(),
+            )
+            .into_iter()
+            .cloned()
+            .collect();
             lines.extend(folded_line(
                 &process,
                 &thread,
-                &stack.frames,
+                &frames,
                 marker,
                 stack.waker.as_ref(),
                 stack.weight_ns,
@@ -792,6 +860,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
             .collect();
         let _ = writeln!(md, "```\n{}\n```\n", churn.join("\n"));
     }
+    if let Some(line) = startup_line(recording) {
+        let _ = writeln!(md, "{}\n", sanitize::markdown_text(&line));
+    }
     for hint in &recording.hints {
         let _ = writeln!(md, "> hint: {}\n", sanitize::markdown_text(hint));
     }
@@ -802,7 +873,9 @@ pub fn summary_markdown(recording: &Recording) -> String {
     let _ = writeln!(
         md,
         "Lost events: {} · stacks lost: {} kernel, {} user.",
-        recording.lost_events, drops.kernel_stack, drops.user_stack
+        recording.lost_events,
+        drops.kernel_stack,
+        drops.user_stacks_lost()
     );
     if let Some(line) = reorder_line(recording) {
         let _ = writeln!(md, "\n{line}");
@@ -1099,11 +1172,13 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         );
     }
     let drops = &recording.drops;
-    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stack > 0 {
+    if recording.lost_events > 0 || drops.kernel_stack + drops.user_stacks_lost() > 0 {
         let _ = writeln!(
             text,
             "  lost: {} events (ring buffer full), {} kernel and {} user stacks; results may be incomplete",
-            recording.lost_events, drops.kernel_stack, drops.user_stack
+            recording.lost_events,
+            drops.kernel_stack,
+            drops.user_stacks_lost()
         );
     }
     if let Some(line) = reorder_line(recording) {
@@ -1116,6 +1191,9 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
         let _ = writeln!(text, "  {line}");
     }
     for line in churn_lines(recording) {
+        let _ = writeln!(text, "  {line}");
+    }
+    if let Some(line) = startup_line(recording) {
         let _ = writeln!(text, "  {line}");
     }
     if !recording.kernel_limits.is_empty() {
@@ -1303,6 +1381,7 @@ mod tests {
             javascript: JsReport::default(),
             hints: vec![],
             waiting_at_start: vec![],
+            startups: vec![],
             kernel_limits: vec![],
             reorder: Default::default(),
             verdict: Verdict {

@@ -513,6 +513,7 @@ mod tests {
                     comm: "server".into(),
                     is_loop: true,
                     iterations: 40,
+                    iteration_marks: Vec::new(),
                 },
                 ThreadRecord {
                     pid: 10,
@@ -520,6 +521,7 @@ mod tests {
                     comm: "worker".into(),
                     is_loop: false,
                     iterations: 0,
+                    iteration_marks: Vec::new(),
                 },
             ],
             stalls: vec![stall, early],
@@ -547,6 +549,7 @@ mod tests {
             ],
             spans_dropped: 0,
             waiting_at_start: vec![],
+            startups: vec![],
             kernel_limits: vec![],
             reorder: Default::default(),
             hints: vec![],

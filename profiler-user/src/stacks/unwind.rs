@@ -196,8 +196,11 @@ pub struct UnwindStats {
     pub scanned: u64,
 }
 
-/// Unwinds from (ip, sp, bp); returns the addresses, the frame pointer (rbp) each frame ran
-/// with (what V8's frames are read at), and whether it reached the end cleanly.
+/// Unwinds from `start` (the interrupted instruction, or a return address found by the stack
+/// scan) with (sp, bp); returns the addresses, the frame pointer (rbp) each frame ran with
+/// (what V8's frames are read at), and whether it reached the end cleanly. A return address
+/// is looked up one byte back (inside its call instruction): after a call that ends its
+/// function it is the next function's first byte, whose unwind rule is not the caller's.
 /// Every step must move the stack pointer up: a rule that does not (glibc's clone3 in the
 /// child, right after the syscall, has none that applies) would otherwise repeat forever.
 /// Recursion, where the same return address legitimately repeats, does move it.
@@ -205,16 +208,16 @@ fn walk(
     unwinder: &UnwinderX86_64<Bytes>,
     cache: &mut CacheX86_64,
     read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
-    ip: u64,
+    start: FrameAddress,
     sp: u64,
     bp: u64,
 ) -> (Vec<u64>, Vec<u64>, bool) {
     let mut frames = Vec::with_capacity(32);
     let mut fps = Vec::with_capacity(32);
-    frames.push(ip);
+    frames.push(start.address());
     fps.push(bp);
-    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
-    let mut address = FrameAddress::from_instruction_pointer(ip);
+    let mut regs = UnwindRegsX86_64::new(start.address(), sp, bp);
+    let mut address = start;
     loop {
         let previous_sp = regs.sp();
         match unwinder.unwind_frame(address, &mut regs, cache, read_stack) {
@@ -452,7 +455,7 @@ impl Unwinders {
             &process.unwinder,
             &mut self.cache,
             &mut read_stack,
-            ip,
+            FrameAddress::from_instruction_pointer(ip),
             sp,
             bp,
         );
@@ -464,11 +467,14 @@ impl Unwinders {
             // Stale return addresses linger in dead stack slots; take the first candidate from
             // which the rest of the stack unwinds cleanly to its root.
             for (slot, return_address) in return_address_candidates(process, stack, sp).take(8) {
+                let Some(caller) = FrameAddress::from_return_address(return_address) else {
+                    continue;
+                };
                 let (rest, rest_fps, rest_complete) = walk(
                     &process.unwinder,
                     &mut self.cache,
                     &mut read_stack,
-                    return_address,
+                    caller,
                     slot + 8,
                     bp,
                 );
@@ -570,6 +576,92 @@ mod tests {
         assert!(!follows_call(&[0, 0, 0, 0, 0, 0, 0]));
         // jmp *%rax (ff e0) is not a call
         assert!(!follows_call(&[0x90, 0x90, 0x90, 0x90, 0x90, 0xff, 0xe0]));
+    }
+
+    /// `.eh_frame` (version 1 CIE, no augmentation: 8-byte absolute addresses) with a CIE of
+    /// the entry rule (CFA = rsp + 8, return address at CFA - 8) and one FDE per
+    /// (start, length, CFA offset from rsp).
+    fn eh_frame(fdes: &[(u64, u64, u8)]) -> Vec<u8> {
+        fn entry(out: &mut Vec<u8>, body: &[u8]) {
+            let mut body = body.to_vec();
+            while !(body.len() + 4).is_multiple_of(8) {
+                body.push(0); // DW_CFA_nop
+            }
+            out.extend((body.len() as u32).to_le_bytes());
+            out.extend(body);
+        }
+        let mut out = Vec::new();
+        // id 0, version 1, "", code align 1, data align -8, RA register 16,
+        // DW_CFA_def_cfa rsp+8, DW_CFA_offset r16 at cfa-8.
+        entry(
+            &mut out,
+            &[0, 0, 0, 0, 1, 0, 1, 0x78, 16, 0x0c, 7, 8, 0x90, 1],
+        );
+        for &(start, len, cfa_offset) in fdes {
+            let cie_pointer = (out.len() + 4) as u32;
+            let mut body = cie_pointer.to_le_bytes().to_vec();
+            body.extend(start.to_le_bytes());
+            body.extend(len.to_le_bytes());
+            body.extend([0x0e, cfa_offset]); // DW_CFA_def_cfa_offset
+            entry(&mut out, &body);
+        }
+        out.extend(0u32.to_le_bytes());
+        out
+    }
+
+    /// The stack-scan fallback carries on from a return address as a return address: its unwind
+    /// rule is looked up one byte back, in the calling function. Here the caller (0x1000..0x1010,
+    /// CFA = rsp + 16) ends with a call, so its return address 0x1010 is the first byte of the
+    /// next function (CFA = rsp + 8): looked up as an instruction pointer, the walk took that
+    /// function's rule, read a stale word as the caller's return address and gave up.
+    #[test]
+    fn stack_scan_resumes_at_a_return_address_not_an_instruction_pointer() {
+        const PID: u32 = u32::MAX; // no such process: nothing is read from /proc
+        let module = 0xf00..0x3000;
+        let text_start = 0xf00;
+        let mut text = vec![0x90u8; 0x200]; // nop
+        // The caller's last instruction: call rel32 at 0x100b..0x1010.
+        text[0x10b..0x110].copy_from_slice(&[0xe8, 0x10, 0, 0, 0]);
+        let text_avma = text_start..text_start + text.len() as u64;
+        let eh_frame = eh_frame(&[(0x1000, 0x10, 16), (0x1010, 0x10, 8)]);
+        let section_info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: Some(text_avma.clone()),
+            text: Some(Bytes(Arc::from(&text[..]))),
+            eh_frame_svma: Some(0x2000..0x2000 + eh_frame.len() as u64),
+            eh_frame: Some(Bytes(Arc::from(&eh_frame[..]))),
+            ..Default::default()
+        };
+        let mut unwinder = UnwinderX86_64::new();
+        unwinder.add_module(Module::new(
+            "caller".into(),
+            module.clone(),
+            0,
+            section_info,
+        ));
+        let mut unwinders = Unwinders::new();
+        unwinders.processes.insert(
+            PID,
+            ProcessUnwinder {
+                unwinder,
+                covered: vec![module],
+                texts: vec![(text_avma, 0, Bytes(Arc::from(&text[..])))],
+                mappings: Vec::new(),
+            },
+        );
+        // The leaf (0xf80, before the first FDE) has no unwind rule and bp is no frame pointer
+        // (framehop's fallback fails): only the scan finds its caller. Above the return
+        // address: a stale word, then the caller's own return address, 0 (the end of the stack).
+        let sp = 0x7fff_0000;
+        let stale = 0x5000u64;
+        let stack: Vec<u8> = [0x1010u64, stale, 0]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let frames = unwinders.unwind(PID, 0xf80, sp, 0x10, &stack);
+        assert_eq!(frames, vec![0xf80, 0x1010]);
+        assert_eq!(unwinders.stats.scanned, 1);
+        assert_eq!(unwinders.stats.truncated, 0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use aya::{
 };
 use profiler_common::{
     COMPAT_PY_FRAMES, FIELD_ABSENT, MATCH_PATTERN_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS,
-    MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, matching,
+    MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, matching, wait_mark,
 };
 
 use crate::system::features::KernelFeatures;
@@ -217,13 +217,19 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
 
     let mut wait_points: Array<MapData, u32> = take(&mut ebpf, "WAIT_POINTS")?;
-    // 1: a wait point for every thread; 2: for some runtimes' threads (events are sent, the
-    // agent decides; stack copies are not skipped, since a futex elsewhere is a lock wait).
+    // Runtime-only wait points (tokio's futex): events are sent for every thread and the agent
+    // decides; the kernel skips the stack copy only for threads `is_runtime_worker` names, since
+    // a futex elsewhere is a lock wait. A syscall in both lists is a wait for every thread.
     let marks = options
         .runtime_wait_points
         .iter()
-        .map(|&nr| (nr, 2))
-        .chain(options.wait_points.iter().map(|&nr| (nr, 1)));
+        .map(|&nr| (nr, wait_mark::RUNTIME_ONLY))
+        .chain(
+            options
+                .wait_points
+                .iter()
+                .map(|&nr| (nr, wait_mark::EVERY_THREAD)),
+        );
     for (nr, mark) in marks {
         wait_points
             .set(nr, mark, 0)

@@ -87,6 +87,25 @@
     plot.selectAll('rect.lane').data(rows).enter().append('rect').attr('class', 'lane')
       .attr('x', labelW).attr('width', width - 10 - labelW)
       .attr('y', function (r, k) { return k * rowH + 2; }).attr('height', rowH - 4);
+    // Iterations (from leaving the wait point to entering it again) behind everything: one mark
+    // each, or, for a thread with many, buckets whose shade is the loop's busy share in them.
+    var iterations = [];
+    rows.forEach(function (r) {
+      (r.t.it || []).forEach(function (m) { iterations.push({ row: rowOf.get(r.i), m: m }); });
+    });
+    var iterSel = plot.selectAll('rect.iteration').data(iterations).enter().append('rect')
+      .attr('class', function (d) { return d.m[2] > 1 ? 'iteration bucket' : 'iteration'; })
+      .attr('y', function (d) { return d.row * rowH + 3; })
+      .attr('height', rowH * 0.5)
+      .attr('fill-opacity', function (d) {
+        return d.m[2] > 1 ? 0.25 + 0.75 * Math.min(1, d.m[3] / Math.max(1, d.m[1])) : null;
+      });
+    iterSel.append('title').text(function (d) {
+      var m = d.m;
+      return m[2] > 1
+        ? m[2] + ' iterations from ' + seconds(m[0]) + ' to ' + seconds(m[0] + m[1]) + ': busy ' + ms(m[3] * 1000) + ', longest ' + ms(m[4] * 1000)
+        : 'iteration ' + ms(m[1] * 1000) + ' at ' + seconds(m[0]);
+    });
     var spans = data.spans.filter(function (s) { return rowOf.has(s[0]); });
     var spanSel = plot.selectAll('rect.span').data(spans).enter().append('rect')
       .attr('class', function (s) { return s[1] === 'r' ? 'runqueue' : 'blocked'; })
@@ -105,6 +124,7 @@
       var px = function (us) { return xs(us / 1000); };
       // At least 2 px wide, so a stall stays visible when zoomed out.
       var w = function (start, dur) { return Math.max(2, px(start + dur) - px(start)); };
+      iterSel.attr('x', function (d) { return px(d.m[0]); }).attr('width', function (d) { return Math.max(1, px(d.m[0] + d.m[1]) - px(d.m[0])); });
       spanSel.attr('x', function (s) { return px(s[2]); }).attr('width', function (s) { return Math.max(1, px(s[2] + s[3]) - px(s[2])); });
       stallSel.attr('x', function (s) { return px(s.start_us); }).attr('width', function (s) { return w(s.start_us, s.duration_ns / 1000); });
       axisG.call(d3.axisBottom(xs).ticks(Math.floor((width - labelW) / 90)).tickFormat(function (v) { return v >= 1000 ? (v / 1000) + ' s' : v + ' ms'; }));
