@@ -17,47 +17,27 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Elf, Kernel, Source},
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
+    model::{Frame, FrameKind},
     sanitize,
     stacks::perf_map::{self, PerfMap},
     system::procfs::{self, Mapping},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    Python,
-    Native,
-    Kernel,
-    Jit,
-    /// A JavaScript function read from V8's heap (see `v8.rs`).
-    Js,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Frame {
-    pub function: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    pub module: Option<String>,
-    pub kind: FrameKind,
-}
-
-impl Frame {
-    fn unknown(addr: u64, module: Option<String>, kind: FrameKind) -> Self {
-        let function = match &module {
-            Some(module) => format!("{}+{addr:#x}", short_module(module)),
-            None => format!("[unknown] {addr:#x}"),
-        };
-        Frame {
-            function,
-            file: None,
-            line: None,
-            module,
-            kind,
-        }
+/// A frame for an address no symbol names: `module+0x1234`, or `[unknown] 0x1234` outside
+/// any module.
+fn unknown_frame(addr: u64, module: Option<String>, kind: FrameKind) -> Frame {
+    let function = match &module {
+        Some(module) => format!("{}+{addr:#x}", short_module(module)),
+        None => format!("[unknown] {addr:#x}"),
+    };
+    Frame {
+        function,
+        file: None,
+        line: None,
+        module,
+        kind,
     }
 }
 
@@ -254,7 +234,7 @@ impl Symbols {
                     module: Some("[jit]".into()),
                     kind: FrameKind::Jit,
                 }],
-                None => vec![Frame::unknown(addr, None, FrameKind::Native)],
+                None => vec![unknown_frame(addr, None, FrameKind::Native)],
             },
         };
         if self.user_cache.len() >= MAX_CACHED_ADDRESSES {
@@ -307,7 +287,7 @@ impl Symbols {
             if self.unopenable.len() < 64 {
                 self.unopenable.insert(module.clone());
             }
-            return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
+            return vec![unknown_frame(file_offset, Some(module), FrameKind::Native)];
         };
         if self.debug_safe.len() >= MAX_CACHED_FILES {
             self.debug_safe.clear();
@@ -328,11 +308,11 @@ impl Symbols {
         {
             Ok(Symbolized::Sym(sym)) => frames_of(&sym, Some(module), FrameKind::Native),
             Ok(Symbolized::Unknown(_)) => {
-                vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)]
+                vec![unknown_frame(file_offset, Some(module), FrameKind::Native)]
             }
             Err(_) => {
                 self.failures += 1;
-                vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)]
+                vec![unknown_frame(file_offset, Some(module), FrameKind::Native)]
             }
         }
     }
@@ -373,7 +353,7 @@ impl Symbols {
                                 kind: FrameKind::Kernel,
                             },
                             Symbolized::Unknown(_) => {
-                                Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                                unknown_frame(*ip, Some("[kernel]".into()), FrameKind::Kernel)
                             }
                         };
                         self.kernel_cache.insert(*ip, frame);
@@ -385,7 +365,7 @@ impl Symbols {
         ips.iter()
             .map(|ip| {
                 self.kernel_cache.get(ip).cloned().unwrap_or_else(|| {
-                    Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                    unknown_frame(*ip, Some("[kernel]".into()), FrameKind::Kernel)
                 })
             })
             .collect()
