@@ -72,16 +72,20 @@ enum Task {
         /// Interleaved rounds of the overhead benchmark (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Instead of the full run: this build against the agent binary BASE, side by side and
-        /// interleaved (unfollowed and followed ping-pong, HTTP services); writes
-        /// target/bench/COMPARE.md.
+        /// Instead of the full run: variants of this build side by side, interleaved (default
+        /// settings, each lever of issue #16 switched off by its environment switch, 999 Hz) on
+        /// an unfollowed ping-pong, a followed process at 10,000 switches/s and the HTTP
+        /// services; writes target/bench/COMPARE.md.
+        #[arg(long, conflicts_with = "long")]
+        side_by_side: bool,
+        /// As --side-by-side, with the agent binary BASE as one more variant.
         #[arg(long, value_name = "BASE", conflicts_with = "long")]
         compare: Option<PathBuf>,
-        /// Rounds of the unfollowed ping-pong in --compare.
+        /// Rounds of the unfollowed ping-pong in --side-by-side / --compare.
         #[arg(long, default_value_t = 10)]
         compare_pairs: usize,
-        /// Rounds of the HTTP services in --compare (0: skip them).
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of the HTTP services in --side-by-side / --compare (0: skip them).
+        #[arg(long, default_value_t = 4)]
         compare_http: usize,
     },
     /// Long run of the property tests that fuzz every parser of target-controlled bytes (the
@@ -166,6 +170,7 @@ fn run(cli: Cli) -> Result<()> {
             service,
             quick,
             rounds,
+            side_by_side,
             compare,
             compare_pairs,
             compare_http,
@@ -180,9 +185,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 build()?;
             }
-            if let Some(base) = compare {
+            if side_by_side || compare.is_some() {
                 let options = bench::CompareOptions {
-                    base,
+                    base: compare,
                     pairs: compare_pairs.max(1),
                     http_rounds: compare_http,
                 };

@@ -1445,15 +1445,15 @@ pub struct Resolver {
     /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
     /// apart from the kernel stack map's ids).
     /// (Each stack stored once, shared by the lookup table and the list.)
-    interned: HashMap<std::sync::Arc<[u64]>, i32>,
+    interned: foldhash::HashMap<std::sync::Arc<[u64]>, i32>,
     interned_ips: Vec<std::sync::Arc<[u64]>>,
     pub interned_dropped: u64,
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     python_frames: Vec<Frame>,
-    python_frame_ids: HashMap<Frame, u64>,
+    python_frame_ids: foldhash::HashMap<Frame, u64>,
     /// JavaScript frames met so far; an unwound stack refers to them by index (see JS_MARK).
     js_frames: Vec<Frame>,
-    js_frame_ids: HashMap<Frame, u64>,
+    js_frame_ids: foldhash::HashMap<Frame, u64>,
     /// `--python-only`: stacks with Python frames show only those.
     pub python_only: bool,
 }

@@ -1,75 +1,159 @@
-//! `cargo xtask bench --compare BASE`: two agent builds side by side in one run, interleaved,
-//! for a before/after of one change (the levers of issue #16). Writes
-//! `target/bench/COMPARE.md`. Three measures, each as ratios with min-max spreads over rounds:
-//! - a process neither agent follows (pipe ping-pong), no agent / BASE / this build, the order
-//!   rotated each round;
-//! - a followed ping-pong: agent CPU and eBPF time per 1,000 target switches, and each eBPF
-//!   program's run time per run and runs per switch (kernel BPF statistics);
-//! - the HTTP services under wrk (unless `--compare-http 0`): requests/s and CPU per request
-//!   (service + agent CPU over requests) against the unprofiled run of the same round.
+//! `cargo xtask bench --side-by-side` (and `--compare BASE`): ways of running the agent side by
+//! side in one run, interleaved, for the before/after of the levers of issue #16. The variants
+//! are this build at default settings, this build with a lever switched back off by its
+//! environment switch (`STALLSCOPE_EAGER_STACKS=1`: stacks copied at every switch-out as
+//! before; `STALLSCOPE_CLASSIC_TRACEPOINTS=1`: classic sched tracepoints), at 999 Hz, and the
+//! agent binary BASE when given. Writes `target/bench/COMPARE.md`. Each measure is a ratio or a
+//! figure with its min-max spread over rounds:
+//! - a process no agent follows (pipe ping-pong): no agent, bpftrace with one classic
+//!   `sched_switch` probe (for scale), and the variants, the order rotated each round;
+//! - a followed process at 10,000 switches/s: agent CPU, and each eBPF program's run time per
+//!   followed switch and per run (kernel BPF statistics);
+//! - the HTTP services under wrk: requests/s and CPU per request (service + agent CPU over
+//!   requests) against the unprofiled run of the same round, agent CPU and RSS; then one run
+//!   per variant with BPF statistics on, for the eBPF programs' time per target switch.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Instant,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 
 use super::{
-    BpfStats, Options, Spread, Window, build_c_target, cpu_ticks, overhead, set_agent_override,
-    start_agent, thousands, ticks_per_second, tools,
+    AgentVariant, BpfStats, Options, Spread, Window, build_c_target, cpu_ticks, overhead, rss_kib,
+    set_agent_variant, start_agent, start_switcher, thousands, ticks_per_second, tools,
 };
 use crate::output;
 
 pub struct CompareOptions {
-    pub base: PathBuf,
+    /// An agent binary to compare with (e.g. a build from before a change).
+    pub base: Option<PathBuf>,
     /// Interleaved rounds of the unfollowed ping-pong.
     pub pairs: usize,
     /// Rounds of the HTTP comparison (0: skipped).
     pub http_rounds: usize,
 }
 
-/// The two builds: (label, binary).
-fn builds(base: &Path) -> [(&'static str, PathBuf); 2] {
-    [
-        ("before (BASE)", base.to_path_buf()),
-        ("after (this build)", super::default_agent_path()),
-    ]
+/// One way of running the agent, with the label its rows carry.
+#[derive(Clone)]
+struct Variant {
+    label: String,
+    agent: AgentVariant,
+}
+
+const EAGER: (&str, &str) = ("STALLSCOPE_EAGER_STACKS", "1");
+const CLASSIC: (&str, &str) = ("STALLSCOPE_CLASSIC_TRACEPOINTS", "1");
+
+fn this_build(label: &str, env: &[(&'static str, &'static str)], args: &[&'static str]) -> Variant {
+    Variant {
+        label: label.to_string(),
+        agent: AgentVariant {
+            binary: super::default_agent_path(),
+            env: env.to_vec(),
+            args: args.to_vec(),
+        },
+    }
+}
+
+fn with_base(mut variants: Vec<Variant>, base: Option<&Path>) -> Vec<Variant> {
+    if let Some(base) = base {
+        variants.push(Variant {
+            label: format!("BASE `{}`", base.display()),
+            agent: AgentVariant {
+                binary: base.to_path_buf(),
+                env: Vec::new(),
+                args: Vec::new(),
+            },
+        });
+    }
+    variants
+}
+
+fn default_variant() -> Variant {
+    this_build("default", &[], &[])
+}
+
+/// Both levers off: the hooks and stack capture as they were before issue #16 (the per-syscall
+/// tracepoints stay: they have no switch).
+fn levers_off() -> Variant {
+    this_build("levers off (both switches)", &[EAGER, CLASSIC], &[])
 }
 
 pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
     let dir = super::scratch()?;
     let started = Instant::now();
-    let builds = builds(&compare.base);
+    let base = compare.base.as_deref();
+    let load = output(Command::new("cat").arg("/proc/loadavg")).unwrap_or_default();
     let mut text = format!(
-        "# stallscope: two builds side by side\n\nMachine: {}\n\nBASE: `{}`; this build: `{}`.\n",
+        "# stallscope: variants side by side\n\nMachine: {}; load average at the start: {}.{}\n\nVariants: this build (`{}`) at default settings; with `{}=1` (stacks copied at every switch-out, as before the late-stacks lever); with `{}=1` (classic sched tracepoints, as before the raw-tracepoint lever); with both; at `--freq 999`{}. Spreads are min-max over rounds; rounds are interleaved, the order rotated each round.\n",
         super::machine_line(),
-        builds[0].1.display(),
-        builds[1].1.display()
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        if opts.quick {
+            " **Quick run: a smoke test, not results.**"
+        } else {
+            ""
+        },
+        super::default_agent_path().display(),
+        EAGER.0,
+        CLASSIC.0,
+        base.map_or(String::new(), |b| format!("; and BASE `{}`", b.display())),
     );
-    eprintln!("bench: compare: unfollowed ping-pong");
-    text.push_str(&unfollowed(opts, &dir, &builds, compare.pairs)?);
-    eprintln!("bench: compare: followed ping-pong");
-    text.push_str(&followed(opts, &dir, &builds)?);
+    eprintln!("bench: side by side: unfollowed ping-pong");
+    let hooks = with_base(
+        vec![
+            default_variant(),
+            this_build("classic tracepoints", &[CLASSIC], &[]),
+        ],
+        base,
+    );
+    text.push_str(&unfollowed(opts, &dir, &hooks, compare.pairs)?);
+    eprintln!("bench: side by side: followed switcher at 10,000 switches/s");
+    let levers = with_base(
+        vec![
+            default_variant(),
+            this_build("eager stacks", &[EAGER], &[]),
+            this_build("classic tracepoints", &[CLASSIC], &[]),
+            levers_off(),
+        ],
+        base,
+    );
+    text.push_str(&followed(opts, &dir, &levers)?);
     if compare.http_rounds > 0 {
         let tools = tools::ensure(&dir)?;
-        for app in [overhead::App::Tokio, overhead::App::FastApi] {
-            eprintln!("bench: compare: {}", app.label());
+        let http_variants = with_base(
+            vec![
+                default_variant(),
+                this_build("`--freq 999`", &[], &["--freq", "999"]),
+                levers_off(),
+            ],
+            base,
+        );
+        for app in [overhead::App::FastApi, overhead::App::Tokio] {
+            eprintln!("bench: side by side: {}", app.label());
             text.push_str(&http(
                 opts,
                 &tools,
                 &dir,
-                &builds,
+                &http_variants,
                 app,
                 compare.http_rounds,
             )?);
         }
     }
-    set_agent_override(None);
+    set_agent_variant(None);
+    let load = output(Command::new("cat").arg("/proc/loadavg")).unwrap_or_default();
     text.push_str(&format!(
-        "\nThis comparison took {:.1} minutes.\n",
+        "\nLoad average at the end: {}. This comparison took {:.1} minutes.\n",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         started.elapsed().as_secs_f64() / 60.0
     ));
     let path = dir.join("COMPARE.md");
@@ -85,52 +169,96 @@ fn run_pingpong(binary: &Path, rounds: u64) -> Result<f64> {
     Ok(out.trim().parse::<f64>().context("ping-pong output")? / 1e6)
 }
 
-/// The ping-pong nobody follows: none, BASE, this build, in an order rotated each round.
-fn unfollowed(
-    opts: &Options,
-    dir: &Path,
-    builds: &[(&'static str, PathBuf); 2],
-    pairs: usize,
-) -> Result<String> {
+/// bpftrace with one classic `sched_switch` probe filtered to one pid: the usual price of a
+/// tracing tool on everyone else, for scale.
+const ONE_PROBE_BT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_switch /pid == $1/ { @switches = count(); }
+"#;
+
+fn start_bpftrace(dir: &Path, pid: u32) -> Result<Child> {
+    let script = dir.join("one-probe.bt");
+    std::fs::write(&script, ONE_PROBE_BT)
+        .with_context(|| format!("writing {}", script.display()))?;
+    let mut child = Command::new("bpftrace")
+        .arg(&script)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bpftrace")?;
+    if let Err(err) = super::wait_for_line(
+        &mut child,
+        "bpftrace",
+        |l| l == "ready",
+        Duration::from_secs(60),
+    ) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err);
+    }
+    Ok(child)
+}
+
+fn stop_bpftrace(mut child: Child) -> Result<()> {
+    super::interrupt(&child);
+    if super::wait_timeout(&mut child, Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+    }
+    Ok(())
+}
+
+/// The ping-pong nobody follows: no agent, bpftrace's one probe, and each variant recording
+/// another (idle) process, in an order rotated each round.
+fn unfollowed(opts: &Options, dir: &Path, variants: &[Variant], pairs: usize) -> Result<String> {
     let pingpong = build_c_target(dir, "pingpong", &["-O2", "-pthread"])?;
-    let rounds: u64 = if opts.quick { 20_000 } else { 100_000 };
+    let rounds: u64 = if opts.quick { 50_000 } else { 200_000 };
     let idle = super::Guard::spawn(Command::new("sleep").arg("3600"))?;
-    // times[0]: no agent; [1], [2]: the builds.
-    let mut times: [Vec<f64>; 3] = Default::default();
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+    // Peers: 0 no agent, 1 bpftrace, 2.. the variants.
+    let peers = 2 + variants.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); peers];
     for round in 0..pairs {
-        let mut this_round = [0.0f64; 3];
-        for step in 0..3 {
-            let which = (round + step) % 3;
-            this_round[which] = if which == 0 {
-                run_pingpong(&pingpong, rounds)?
-            } else {
-                set_agent_override(Some(builds[which - 1].1.clone()));
-                let agent = start_agent(idle.id(), &dir.join("compare-idle"), &[])?;
-                let ms = run_pingpong(&pingpong, rounds)?;
-                agent.stop()?;
-                ms
+        let mut this_round = vec![0.0f64; peers];
+        for step in 0..peers {
+            let which = (round + step) % peers;
+            this_round[which] = match which {
+                0 => run_pingpong(&pingpong, rounds)?,
+                1 => {
+                    let bpftrace = start_bpftrace(dir, idle.id())?;
+                    let ms = run_pingpong(&pingpong, rounds);
+                    stop_bpftrace(bpftrace)?;
+                    ms?
+                }
+                _ => {
+                    set_agent_variant(Some(variants[which - 2].agent.clone()));
+                    let agent = start_agent(idle.id(), &dir.join("compare-idle"), &[])?;
+                    let ms = run_pingpong(&pingpong, rounds);
+                    agent.stop()?;
+                    ms?
+                }
             };
         }
-        for which in 0..3 {
+        for which in 0..peers {
             times[which].push(this_round[which]);
-        }
-        for build in 0..2 {
-            ratios[build].push(this_round[build + 1] / this_round[0]);
+            ratios[which].push(this_round[which] / this_round[0]);
         }
     }
     drop(idle);
     let mut table = format!(
-        "\n## A process neither agent follows\n\nA pipe ping-pong between two threads, {} round trips, with no agent, with BASE and with this build recording another (idle) process; {pairs} interleaved rounds, order rotated. Ratio: time with the agent over time without it in the same round.\n\n| agent | time, median (min-max) | ratio to none, median (min-max) |\n| --- | --- | --- |\n| none | {} ms | 1 |\n",
+        "\n## A process no agent follows\n\nA pipe ping-pong between two threads, {} round trips (about 400,000 context switches and 800,000 syscalls), with no agent, with bpftrace's one classic `sched_switch` probe filtered to another pid, and with each variant recording another (idle) process; {pairs} interleaved rounds. Ratio: time with the peer over time without it in the same round.\n\n| peer | time, median (min-max) | ratio to none, median (min-max) | rounds slower than none |\n| --- | --- | --- | --- |\n| none | {} ms | 1 | - |\n",
         thousands(rounds as f64),
         Spread::of(&times[0]).show(1)
     );
-    for build in 0..2 {
+    let labels: Vec<String> = std::iter::once("bpftrace, one `sched_switch` probe".to_string())
+        .chain(variants.iter().map(|v| format!("stallscope, {}", v.label)))
+        .collect();
+    for (peer, label) in labels.iter().enumerate().map(|(i, l)| (i + 1, l)) {
+        let slower = ratios[peer].iter().filter(|&&r| r > 1.0).count();
         table.push_str(&format!(
-            "| {} | {} ms | {} |\n",
-            builds[build].0,
-            Spread::of(&times[build + 1]).show(1),
-            Spread::of(&ratios[build]).show(3)
+            "| {label} | {} ms | {} | {slower} of {pairs} |\n",
+            Spread::of(&times[peer]).show(1),
+            Spread::of(&ratios[peer]).show(3),
         ));
     }
     Ok(table)
@@ -173,118 +301,146 @@ fn program_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     stats
 }
 
-/// Per program: (ns per run, runs per switch), one value per round.
-type ProgramRounds = BTreeMap<String, (Vec<f64>, Vec<f64>)>;
+/// Per program, one value per round: ns per target switch, ns per run, runs per switch.
+#[derive(Default)]
+struct ProgramRounds {
+    ns_per_switch: Vec<f64>,
+    ns_per_run: Vec<f64>,
+    runs_per_switch: Vec<f64>,
+}
 
-/// The followed ping-pong, once per build (3 rounds each, interleaved).
-fn followed(opts: &Options, dir: &Path, builds: &[(&'static str, PathBuf); 2]) -> Result<String> {
-    let pingpong = build_c_target(dir, "pingpong", &["-O2", "-pthread"])?;
-    let rounds: u64 = if opts.quick { 100_000 } else { 300_000 };
+/// Adds the programs' deltas over a window to `programs`.
+fn add_program_rounds(
+    programs: &mut BTreeMap<String, ProgramRounds>,
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    switches: f64,
+) {
+    for (name, (ns, runs)) in after {
+        let (ns0, runs0) = before.get(name).copied().unwrap_or((0, 0));
+        let (ns, runs) = (ns.saturating_sub(ns0), runs.saturating_sub(runs0));
+        let entry = programs.entry(name.clone()).or_default();
+        entry.ns_per_switch.push(ns as f64 / switches);
+        entry.ns_per_run.push(ns as f64 / runs.max(1) as f64);
+        entry.runs_per_switch.push(runs as f64 / switches);
+    }
+}
+
+fn program_table(variants: &[Variant], programs: &[BTreeMap<String, ProgramRounds>]) -> String {
+    let mut table = String::from(
+        "| variant | program | ns per target switch | ns per run | runs per target switch |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for (variant, programs) in variants.iter().zip(programs) {
+        let mut total: Vec<f64> = Vec::new();
+        for (name, rounds) in programs {
+            for (i, v) in rounds.ns_per_switch.iter().enumerate() {
+                if total.len() <= i {
+                    total.push(0.0);
+                }
+                total[i] += v;
+            }
+            table.push_str(&format!(
+                "| {} | {name} | {} | {} | {} |\n",
+                variant.label,
+                Spread::of(&rounds.ns_per_switch).show(0),
+                Spread::of(&rounds.ns_per_run).show(0),
+                Spread::of(&rounds.runs_per_switch).show(2)
+            ));
+        }
+        table.push_str(&format!(
+            "| {} | **all** | **{}** | | |\n",
+            variant.label,
+            Spread::of(&total).show(0)
+        ));
+    }
+    table
+}
+
+/// A followed process making 10,000 switches/s (one thread waking on a timer, burning ~20 us
+/// in user code, sleeping), recorded by each variant, interleaved, with BPF statistics on.
+fn followed(opts: &Options, dir: &Path, variants: &[Variant]) -> Result<String> {
+    let switcher = build_c_target(dir, "switcher", &["-O2", "-g", "-pthread"])?;
+    let rate = super::scale::SPREAD_RATE;
     let _stats = BpfStats::try_enable();
-    let mut agent_ms: [Vec<f64>; 2] = Default::default();
-    let mut bpf_ms: [Vec<f64>; 2] = Default::default();
-    // Per build, per program: (ns per run, runs per switch) per round.
-    let mut programs: [ProgramRounds; 2] = Default::default();
+    let n = variants.len();
+    let mut agent_pct: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut agent_ms: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut switch_rate: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut programs: Vec<BTreeMap<String, ProgramRounds>> =
+        (0..n).map(|_| BTreeMap::new()).collect();
     let repeats = if opts.quick { 1 } else { 3 };
     for round in 0..repeats {
-        for step in 0..2 {
-            let build = (round + step) % 2;
-            set_agent_override(Some(builds[build].1.clone()));
-            let mut target = Command::new(&pingpong)
-                .arg(rounds.to_string())
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting the ping-pong")?;
-            let agent = match start_agent(target.id(), &dir.join("compare-followed"), &[]) {
-                Ok(agent) => agent,
-                Err(err) => {
-                    let _ = target.kill();
-                    let _ = target.wait();
-                    return Err(err);
-                }
-            };
-            let ticks_before = cpu_ticks(agent.id()).unwrap_or(0);
+        for step in 0..n {
+            let which = (round + step) % n;
+            set_agent_variant(Some(variants[which].agent.clone()));
+            let target = start_switcher(&switcher, "threads", 1, rate)?;
+            let agent = start_agent(target.id(), &dir.join("compare-followed"), &[])?;
+            std::thread::sleep(Duration::from_millis(500));
             let before = program_stats(agent.id());
-            let switches_before = super::target_switches(target.id());
             let window = Window::start(Some(agent.id()), target.id());
-            let mut switches = switches_before;
-            while target.try_wait()?.is_none() {
-                switches = super::target_switches(target.id()).max(switches);
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let after = program_stats(agent.id());
+            std::thread::sleep(opts.window);
             let measured = window.finish();
-            let ticks = cpu_ticks(agent.id())
-                .unwrap_or(0)
-                .saturating_sub(ticks_before);
-            agent.wait_for_exit()?;
-            let switches = switches.saturating_sub(switches_before).max(1) as f64;
-            agent_ms[build].push(1e6 * ticks as f64 / ticks_per_second() / switches);
-            bpf_ms[build].push(1e6 * measured.bpf_s / switches);
-            for (name, (ns, runs)) in &after {
-                let (ns0, runs0) = before.get(name).copied().unwrap_or((0, 0));
-                let (ns, runs) = (ns.saturating_sub(ns0), runs.saturating_sub(runs0));
-                let entry = programs[build].entry(name.clone()).or_default();
-                entry.0.push(ns as f64 / runs.max(1) as f64);
-                entry.1.push(runs as f64 / switches);
-            }
+            let after = program_stats(agent.id());
+            agent.stop_with_target(target)?;
+            let switches = measured.switches.max(1) as f64;
+            agent_pct[which].push(measured.cpu_percent());
+            agent_ms[which].push(measured.ms_per_1000_switches());
+            switch_rate[which].push(measured.switches_per_s());
+            add_program_rounds(&mut programs[which], &before, &after, switches);
         }
     }
     let mut table = format!(
-        "\n## A followed ping-pong\n\nA pipe ping-pong between two threads ({} round trips, every switch-out outside a wait point), recorded to its end by each build, {repeats} round(s) each, interleaved; eBPF statistics on. Switches counted while it ran (sampled every 20 ms).\n\n| build | agent CPU per 1,000 switches | eBPF per 1,000 switches |\n| --- | --- | --- |\n",
-        thousands(rounds as f64)
+        "\n## A followed process at {} switches/s\n\n`bench/targets/switcher.c threads 1 {rate}`: one thread that wakes on a timer, burns about 20 us in user code and sleeps, recorded {} s per run by each variant, {repeats} round(s), interleaved; BPF statistics on (`BPF_ENABLE_STATS`, as `kernel.bpf_stats_enabled`). Switches: the kernel's count for the target.\n\n| variant | target switches/s | agent CPU (% of one core) | agent CPU per 1,000 target switches |\n| --- | --- | --- | --- |\n",
+        thousands(rate as f64),
+        opts.window.as_secs()
     );
-    for build in 0..2 {
+    for (i, variant) in variants.iter().enumerate() {
         table.push_str(&format!(
-            "| {} | {} ms | {} ms |\n",
-            builds[build].0,
-            Spread::of(&agent_ms[build]).show(2),
-            Spread::of(&bpf_ms[build]).show(2)
+            "| {} | {} | {} | {} ms |\n",
+            variant.label,
+            thousands(Spread::of(&switch_rate[i]).median),
+            Spread::of(&agent_pct[i]).show(2),
+            Spread::of(&agent_ms[i]).show(2),
         ));
     }
-    table.push_str(
-        "\nPer program: median run time per run, and runs per target switch (all runs, followed or not).\n\n| build | program | ns per run | runs per switch |\n| --- | --- | --- | --- |\n",
-    );
-    for build in 0..2 {
-        for (name, (ns, runs)) in &programs[build] {
-            table.push_str(&format!(
-                "| {} | {name} | {} | {} |\n",
-                builds[build].0,
-                Spread::of(ns).show(0),
-                Spread::of(runs).show(2)
-            ));
-        }
-    }
+    table.push_str("\nEach eBPF program (all its runs, on any task: the filters run for every switch and wait-point syscall on the machine), over the target's switches:\n\n");
+    table.push_str(&program_table(variants, &programs));
     Ok(table)
 }
 
-/// An HTTP service under wrk: none, BASE, this build, rotated, `rounds` times.
+/// An HTTP service under wrk: none and each variant, rotated, `rounds` times; then one run per
+/// variant with BPF statistics on.
 fn http(
     opts: &Options,
     tools: &tools::Tools,
     dir: &Path,
-    builds: &[(&'static str, PathBuf); 2],
+    variants: &[Variant],
     app: overhead::App,
     rounds: usize,
 ) -> Result<String> {
     let server = overhead::start_server(app, tools, dir)?;
     let url = format!("http://127.0.0.1:{}{}", server.port, app.path());
     let pid = server.guard.id();
-    overhead::run_wrk(&url, std::time::Duration::from_secs(2))?;
-    let mut rps: [Vec<f64>; 3] = Default::default();
-    let mut rps_ratio: [Vec<f64>; 2] = Default::default();
-    let mut cpu_ratio: [Vec<f64>; 2] = Default::default();
-    let mut agent_cpu: [Vec<f64>; 2] = Default::default();
+    overhead::run_wrk(&url, Duration::from_secs(2))?;
+    let n = variants.len();
+    let peers = n + 1;
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); peers];
+    let mut rps_ratio: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut cpu_ratio: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut agent_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut agent_ms: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut switch_rate: Vec<f64> = Vec::new();
     for round in 0..rounds {
-        let mut this_round = [(0.0f64, 0.0f64); 3];
-        for step in 0..3 {
-            let which = (round + step) % 3;
+        let mut this_round = vec![(0.0f64, 0.0f64); peers];
+        for step in 0..peers {
+            let which = (round + step) % peers;
             let agent = if which == 0 {
                 None
             } else {
-                set_agent_override(Some(builds[which - 1].1.clone()));
+                set_agent_variant(Some(variants[which - 1].agent.clone()));
                 let agent = start_agent(pid, &dir.join("compare-http"), &[])?;
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(300));
                 Some(agent)
             };
             let service_before = cpu_ticks(pid).unwrap_or(0);
@@ -294,8 +450,12 @@ fn http(
             let service_s = cpu_ticks(pid).unwrap_or(0).saturating_sub(service_before) as f64
                 / ticks_per_second();
             if let Some(agent) = agent {
+                rss[which - 1].push(rss_kib(agent.id()).unwrap_or(0) as f64 / 1024.0);
                 agent.stop()?;
                 agent_cpu[which - 1].push(measured.cpu_percent());
+                agent_ms[which - 1].push(measured.ms_per_1000_switches());
+            } else {
+                switch_rate.push(measured.switches_per_s());
             }
             let requests = wrk.requests_per_s * measured.seconds;
             // CPU per request: the service's and the agent's.
@@ -304,29 +464,70 @@ fn http(
                 (service_s + measured.cpu_s) / requests.max(1.0),
             );
         }
-        for which in 0..3 {
+        for which in 0..peers {
             rps[which].push(this_round[which].0);
         }
-        for build in 0..2 {
-            rps_ratio[build].push(this_round[build + 1].0 / this_round[0].0);
-            cpu_ratio[build].push(this_round[build + 1].1 / this_round[0].1);
+        for v in 0..n {
+            rps_ratio[v].push(this_round[v + 1].0 / this_round[0].0);
+            cpu_ratio[v].push(this_round[v + 1].1 / this_round[0].1);
         }
     }
     let mut table = format!(
-        "\n## {}\n\n`wrk -t2 -c32 -d{}s` on loopback, {rounds} round(s), order rotated; ratios to the unprofiled run of the same round. CPU per request: service CPU plus agent CPU (user space), over requests; in-kernel eBPF time is in the service's CPU when it runs in the service's context.\n\n| agent | requests/s | requests/s vs none | CPU per request vs none | agent CPU (% of one core) |\n| --- | --- | --- | --- | --- |\n| none | {} | 1 | 1 | - |\n",
+        "\n## {}\n\n`wrk -t2 -c32 -d{}s` on loopback, {rounds} round(s), order rotated; ratios to the unprofiled run of the same round. CPU per request: service CPU (its eBPF programs' time included when they ran in its context) plus agent CPU, over requests. The service made {} switches/s unprofiled (median). Agent RSS: just before it stopped.\n\n| agent | requests/s | requests/s vs none | CPU per request vs none | agent CPU (% of one core) | agent CPU per 1,000 target switches | agent RSS |\n| --- | --- | --- | --- | --- | --- | --- |\n| none | {} | 1 | 1 | - | - | - |\n",
         app.label(),
         opts.wrk.as_secs(),
+        thousands(Spread::of(&switch_rate).median),
         Spread::of(&rps[0]).show(0)
     );
-    for build in 0..2 {
+    for (v, variant) in variants.iter().enumerate() {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            builds[build].0,
-            Spread::of(&rps[build + 1]).show(0),
-            Spread::of(&rps_ratio[build]).show(3),
-            Spread::of(&cpu_ratio[build]).show(3),
-            Spread::of(&agent_cpu[build]).show(1)
+            "| {} | {} | {} | {} | {} | {} ms | {} MiB |\n",
+            variant.label,
+            Spread::of(&rps[v + 1]).show(0),
+            Spread::of(&rps_ratio[v]).show(3),
+            Spread::of(&cpu_ratio[v]).show(3),
+            Spread::of(&agent_cpu[v]).show(1),
+            Spread::of(&agent_ms[v]).show(1),
+            Spread::of(&rss[v]).show(1),
         ));
     }
+    // The eBPF programs' own time under this load: one more run per variant, statistics on
+    // (they cost two clock reads per program run, so the rounds above go without).
+    let stats = BpfStats::try_enable();
+    let mut programs: Vec<BTreeMap<String, ProgramRounds>> =
+        (0..n).map(|_| BTreeMap::new()).collect();
+    let mut bpf_pct: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for (v, variant) in variants.iter().enumerate() {
+        set_agent_variant(Some(variant.agent.clone()));
+        let agent = start_agent(pid, &dir.join("compare-http"), &[])?;
+        std::thread::sleep(Duration::from_millis(300));
+        let before = program_stats(agent.id());
+        let window = Window::start(Some(agent.id()), pid);
+        overhead::run_wrk(&url, opts.wrk.min(Duration::from_secs(5)))?;
+        let measured = window.finish();
+        let after = program_stats(agent.id());
+        agent.stop()?;
+        bpf_pct[v].push(measured.bpf_percent());
+        add_program_rounds(
+            &mut programs[v],
+            &before,
+            &after,
+            measured.switches.max(1) as f64,
+        );
+    }
+    drop(stats);
+    table.push_str(&format!(
+        "\nIts eBPF programs under the same load (one {} s run per variant, BPF statistics on): % of one core, then each program over the service's switches.\n\n| variant | eBPF programs (% of one core) |\n| --- | --- |\n",
+        opts.wrk.min(Duration::from_secs(5)).as_secs()
+    ));
+    for (v, variant) in variants.iter().enumerate() {
+        table.push_str(&format!(
+            "| {} | {} |\n",
+            variant.label,
+            Spread::of(&bpf_pct[v]).show(1)
+        ));
+    }
+    table.push('\n');
+    table.push_str(&program_table(variants, &programs));
     Ok(table)
 }

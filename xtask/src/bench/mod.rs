@@ -85,29 +85,38 @@ pub fn require_root() -> Result<()> {
 /// The agent under test: `STALLSCOPE_BIN` when set (to bench a given build), else the one
 /// `cargo xtask build` makes.
 pub fn agent_path() -> PathBuf {
-    if let Ok(guard) = AGENT_OVERRIDE.lock()
-        && let Some(path) = guard.as_ref()
-    {
-        return path.clone();
-    }
-    default_agent_path()
+    current_variant().map_or_else(default_agent_path, |v| v.binary)
 }
 
-/// The agent under test when no comparison switched it (see [`set_agent_override`]).
+/// The agent under test when no comparison switched it (see [`set_agent_variant`]).
 pub fn default_agent_path() -> PathBuf {
     std::env::var_os("STALLSCOPE_BIN").map_or_else(crate::agent_path, PathBuf::from)
 }
 
-/// The agent binary `--compare` runs next (None: back to [`default_agent_path`]).
-static AGENT_OVERRIDE: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// One way of running the agent in a side-by-side comparison: a binary, and the environment
+/// and arguments added to every recording (the levers' switches, `--freq 999`).
+#[derive(Clone, Debug)]
+pub struct AgentVariant {
+    pub binary: PathBuf,
+    pub env: Vec<(&'static str, &'static str)>,
+    pub args: Vec<&'static str>,
+}
 
-pub fn set_agent_override(path: Option<PathBuf>) {
-    if let Ok(mut guard) = AGENT_OVERRIDE.lock() {
-        *guard = path;
+/// The variant `--compare`/`--side-by-side` runs next (None: the default agent as it is).
+static AGENT_VARIANT: Mutex<Option<AgentVariant>> = Mutex::new(None);
+
+pub fn set_agent_variant(variant: Option<AgentVariant>) {
+    if let Ok(mut guard) = AGENT_VARIANT.lock() {
+        *guard = variant;
     }
 }
 
-/// `--compare BASE`: this build against BASE, side by side (see the `compare` module).
+fn current_variant() -> Option<AgentVariant> {
+    AGENT_VARIANT.lock().ok().and_then(|guard| guard.clone())
+}
+
+/// `--side-by-side` / `--compare BASE`: variants of this build (and BASE) side by side (see the
+/// `compare` module).
 pub fn compare(opts: &Options, compare: &CompareOptions) -> Result<()> {
     compare::run(opts, compare)
 }
@@ -412,6 +421,7 @@ pub fn start_agent(pid: u32, out: &Path, extra: &[&str]) -> Result<Agent> {
 /// [`start_agent`] at a nice value (negative: ahead of a busy target).
 pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Result<Agent> {
     let _ = std::fs::remove_dir_all(out);
+    let variant = current_variant();
     let mut command = if nice == 0 {
         Command::new(agent_path())
     } else {
@@ -430,6 +440,8 @@ pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Res
             "json",
         ])
         .args(extra)
+        .args(variant.iter().flat_map(|v| v.args.iter()))
+        .envs(variant.iter().flat_map(|v| v.env.iter().copied()))
         .arg("--out")
         .arg(out)
         .stdin(Stdio::null())

@@ -14,6 +14,7 @@
 pub mod offsets;
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     fs::File,
     os::unix::fs::FileExt as _,
@@ -525,13 +526,22 @@ const DEBUG_OFFSETS_MAX_BYTES: u64 = 16 << 10;
 /// Read-only view of a process's memory.
 struct Memory {
     file: File,
+    /// Type names by type object, trusted for [`RECHECK`] as code objects are: the task lookup
+    /// asks for the type of several objects per stack, and each read is a syscall.
+    type_names: RefCell<HashMap<u64, (String, Instant)>>,
 }
+
+/// Type names kept per process (past it the cache starts afresh).
+const MAX_TYPE_NAMES: usize = 4096;
 
 impl Memory {
     fn open(pid: u32) -> Option<Self> {
         File::open(format!("/proc/{pid}/mem"))
             .ok()
-            .map(|file| Memory { file })
+            .map(|file| Memory {
+                file,
+                type_names: RefCell::default(),
+            })
     }
 
     fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -613,12 +623,34 @@ struct Code {
     /// The pointers that identify this code object (name, file, line table, first line).
     identity: [u64; 4],
     checked: Instant,
+    /// Lines found for instruction pointers of this code object: a server's stacks stop at the
+    /// same few places again and again, and walking a 3.11+ location table for each frame of
+    /// each stack was the largest single cost of decoding (profiled under HTTP load). Bounded
+    /// by [`MAX_CACHED_LINES`]; dropped with the code object.
+    lines: Vec<(u64, Option<u32>)>,
+}
+
+/// Instruction pointers whose line is kept per code object (past it the cache starts afresh).
+const MAX_CACHED_LINES: usize = 32;
+
+impl Code {
+    fn line(&mut self, layout: &Layout, raw: &PyFrame) -> Option<u32> {
+        if let Some(&(_, line)) = self.lines.iter().find(|(ip, _)| *ip == raw.ip) {
+            return line;
+        }
+        let line = line_for(layout, self, raw);
+        if self.lines.len() >= MAX_CACHED_LINES {
+            self.lines.clear();
+        }
+        self.lines.push((raw.ip, line));
+        line
+    }
 }
 
 struct Process {
     interpreter: Interpreter,
     memory: Option<Memory>,
-    codes: HashMap<u64, Option<Code>>,
+    codes: foldhash::HashMap<u64, Option<Code>>,
     /// Bytes held by `codes` (names, files, line tables): bounded by [`MAX_CODE_BYTES`].
     code_bytes: usize,
     /// Task names by coroutine object address (with the coroutine's qualname, which tells a
@@ -681,7 +713,7 @@ impl Pythons {
                 interpreter,
                 memory: Memory::open(pid),
                 code_bytes: 0,
-                codes: HashMap::new(),
+                codes: Default::default(),
                 task_names: HashMap::new(),
                 qualnames: HashMap::new(),
                 asyncio_checked: None,
@@ -711,9 +743,9 @@ impl Pythons {
             let frame = match code {
                 Some(code) => DecodedFrame {
                     frame: Frame {
+                        line: code.line(&layout, raw),
                         function: code.name.clone(),
                         file: Some(code.file.clone()),
-                        line: line_for(&layout, code, raw),
                         module: None,
                         kind: FrameKind::Python,
                     },
@@ -1026,11 +1058,24 @@ fn coroutine_qualname(
 
 /// Name of an object's type (`ob_type->tp_name`).
 fn type_name(memory: &Memory, obj: u64) -> Option<String> {
-    let ty = memory.u64(obj + 0x8)?;
-    let name = memory.u64(ty + 0x18)?;
+    let ty = memory.u64(obj.checked_add(0x8)?)?;
+    if let Ok(cache) = memory.type_names.try_borrow()
+        && let Some((text, read)) = cache.get(&ty)
+        && read.elapsed() < RECHECK
+    {
+        return Some(text.clone());
+    }
+    let name = memory.u64(ty.checked_add(0x18)?)?;
     let bytes = memory.bytes(name, 32)?;
     let len = bytes.iter().position(|&b| b == 0)?;
-    String::from_utf8(bytes[..len].to_vec()).ok()
+    let text = String::from_utf8(bytes[..len].to_vec()).ok()?;
+    if let Ok(mut cache) = memory.type_names.try_borrow_mut() {
+        if cache.len() >= MAX_TYPE_NAMES {
+            cache.clear();
+        }
+        cache.insert(ty, (text.clone(), Instant::now()));
+    }
+    Some(text)
 }
 
 /// A Task found for a coroutine: where its `task_coro` field is (the name object follows).
@@ -1110,7 +1155,7 @@ fn small_int(memory: &Memory, minor: u32, obj: u64) -> Option<u64> {
 }
 
 impl Process {
-    fn code(&mut self, addr: u64) -> Option<&Code> {
+    fn code(&mut self, addr: u64) -> Option<&mut Code> {
         let layout = self.interpreter.layout.code;
         let memory = self.memory.as_ref()?;
         let fresh = match self.codes.get(&addr) {
@@ -1129,11 +1174,15 @@ impl Process {
             }
             let code = read_code(memory, addr, &layout);
             self.code_bytes += code.as_ref().map_or(0, |c| {
-                c.name.len() + c.file.len() + c.linetable.len() + size_of::<Code>()
+                c.name.len()
+                    + c.file.len()
+                    + c.linetable.len()
+                    + size_of::<Code>()
+                    + MAX_CACHED_LINES * size_of::<(u64, Option<u32>)>()
             });
             self.codes.insert(addr, code);
         }
-        self.codes.get(&addr)?.as_ref()
+        self.codes.get_mut(&addr)?.as_mut()
     }
 }
 
@@ -1171,6 +1220,7 @@ fn read_code(memory: &Memory, addr: u64, layout: &CodeLayout) -> Option<Code> {
         coroutine: flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0,
         identity,
         checked: Instant::now(),
+        lines: Vec::new(),
     })
 }
 
@@ -1519,6 +1569,41 @@ mod tests {
         assert_eq!(line(6), None);
         assert_eq!(line(7), Some(20));
         assert_eq!(line(8), None);
+    }
+
+    #[test]
+    fn cached_lines_are_the_table_s_and_bounded() {
+        let layout = layout(10).expect("3.10 layout");
+        // 3.10 pairs (length in bytes, line delta): lines 11, 12, none, 10 over 2-byte units.
+        let table = vec![4, 1, 6, 1, 2, 0x80, 40, 254];
+        let mut code = Code {
+            name: "f".into(),
+            file: "f.py".into(),
+            first_line: 10,
+            linetable: table,
+            coroutine: false,
+            identity: [0; 4],
+            checked: Instant::now(),
+            lines: Vec::new(),
+        };
+        let frame = |ip| PyFrame {
+            code: 0x1000,
+            ip,
+            frame: 0,
+            flags: 0,
+            _reserved: 0,
+        };
+        for round in 0..3 {
+            for ip in 0..(3 * MAX_CACHED_LINES as u64) {
+                let raw = frame(ip);
+                let expected = line_for(&layout, &code, &raw);
+                assert_eq!(code.line(&layout, &raw), expected, "ip {ip}, round {round}");
+                assert!(code.lines.len() <= MAX_CACHED_LINES);
+            }
+        }
+        assert_eq!(code.line(&layout, &frame(0)), Some(11));
+        assert_eq!(code.line(&layout, &frame(3)), Some(12));
+        assert_eq!(code.line(&layout, &frame(5)), None);
     }
 
     #[test]
