@@ -119,6 +119,8 @@ pub struct Session {
     /// (a shim or build script can start dozens; a line each would bury what matters).
     maps_unread_exited: u64,
     startup_said: bool,
+    /// Runs of threads still starting up (pid, tid, start): see `recording`.
+    startup_runs: HashSet<(u32, u32, u64)>,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
@@ -194,6 +196,7 @@ impl Session {
             stalls_not_kept: 0,
             maps_unread_exited: 0,
             startup_said: false,
+            startup_runs: HashSet::new(),
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),
@@ -837,6 +840,10 @@ impl Session {
         let record = self.stall_record(probes, &stall);
         // A run while the thread starts up is a stall only if it never reaches a wait point
         // (decided at the end, with the runs of processes that turned out to have a loop).
+        if stall.startup && self.startup_runs.len() < 65536 {
+            self.startup_runs
+                .insert((stall.pid, stall.tid, stall.start_ns));
+        }
         if live && !self.config.quiet && !stall.startup {
             println!("{}", report::live_line(&record));
         }
@@ -1062,10 +1069,18 @@ impl Session {
         }
         // Runs reported before a thread of their process turned out to be a loop thread.
         let selected = !self.config.threads.is_empty() || self.config.thread_name.is_some();
+        // A process that ran only while starting up and exited without reaching a wait point,
+        // beside a process that has a loop, is a helper (a shim's, a wrapper's): its runs are
+        // that start-up, not stalls.
+        let exited: HashSet<u32> = self.past_processes.iter().map(|p| p.pid).collect();
+        let startup_runs = std::mem::take(&mut self.startup_runs);
         self.stalls.retain(|s| {
+            let helper = startup_runs.contains(&(s.pid, s.tid, s.start_ns))
+                && exited.contains(&s.pid)
+                && !loop_pids.is_empty();
             selected
                 || s.rule == "iteration"
-                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid))
+                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid) || helper)
         });
         self.stalls.sort_by_key(|s| s.start_ns);
 
