@@ -3,9 +3,19 @@
 //! Parsing only validates; anything that needs I/O (does the PID exist, is the output directory
 //! writable) happens later, in `record`. A value a user typed wrong is a [`UsageError`] (exit 2).
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    commands::{ci::CiOptions, diff::DiffOptions, replay::ReportOptions},
+    config::{
+        self, Formats, RecordConfig, Target, UsageError, WatchConfig,
+        fail_on::{Budget, parse_budgets},
+        parse_pid_list, parse_threshold,
+    },
+    units::parse_duration_ns,
+};
 
 /// Find out why an event loop stopped answering: off-CPU and event-loop stall profiler (eBPF).
 #[derive(Debug, Parser)]
@@ -72,19 +82,19 @@ pub struct WatchArgs {
     pub keep: Option<usize>,
 
     /// An iteration longer than this is a stall (units: us, ms, s, m).
-    #[arg(long, default_value = "100ms")]
+    #[arg(long, default_value = config::DEFAULT_THRESHOLD)]
     pub threshold: String,
 
     /// cpu-clock samples per second, per CPU.
-    #[arg(long, default_value_t = 99)]
+    #[arg(long, default_value_t = config::DEFAULT_FREQ_HZ)]
     pub freq: u64,
 
     /// Bytes of user stack copied per sample and switch-out (see `record --stack-bytes`).
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = config::DEFAULT_STACK_BYTES)]
     pub stack_bytes: u32,
 
     /// Ring buffer size in KiB (see `record --ring-buffer-kib`).
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = config::DEFAULT_RING_BUFFER_KIB)]
     pub ring_buffer_kib: u32,
 
     /// Do not print each stall as it ends.
@@ -94,20 +104,6 @@ pub struct WatchArgs {
     /// Show only the Python frames of stacks that have any.
     #[arg(long)]
     pub python_only: bool,
-}
-
-/// What `watch` follows and where its outputs go: validated, plain values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// Threshold, sampling and stack settings, as for `record` (target: the --pid list).
-    pub record: RecordConfig,
-    pub comm: Vec<String>,
-    pub exe: Vec<String>,
-    pub cgroups: Vec<String>,
-    pub listen: Option<std::net::SocketAddr>,
-    pub events: Option<String>,
-    pub keep_dir: Option<PathBuf>,
-    pub keep: usize,
 }
 
 impl WatchArgs {
@@ -201,7 +197,7 @@ pub struct CiArgs {
     pub ready: Option<String>,
 
     /// How long to wait for --ready.
-    #[arg(long, default_value = "30s")]
+    #[arg(long, default_value = config::DEFAULT_READY_TIMEOUT)]
     pub ready_timeout: String,
 
     /// Budgets, e.g. `max=200ms,count=0`; exceeded means exit code 3.
@@ -209,11 +205,11 @@ pub struct CiArgs {
     pub fail_on: Option<String>,
 
     /// An iteration longer than this is a stall.
-    #[arg(long, default_value = "100ms")]
+    #[arg(long, default_value = config::DEFAULT_THRESHOLD)]
     pub threshold: String,
 
     /// cpu-clock samples per second, per CPU.
-    #[arg(long, default_value_t = 99)]
+    #[arg(long, default_value_t = config::DEFAULT_FREQ_HZ)]
     pub freq: u64,
 
     /// Output directory (default: ./stallscope-<pid>-<YYYYmmdd-HHMMSS>).
@@ -284,18 +280,8 @@ pub struct DiffArgs {
     pub out: Option<PathBuf>,
 }
 
-fn parse_threshold(text: &str) -> Result<u64, UsageError> {
-    let ns = parse_duration_ns(text).map_err(|e| UsageError(format!("--threshold {text}: {e}")))?;
-    if ns == 0 {
-        return Err(UsageError(
-            "--threshold must be greater than 0 (e.g. --threshold 100ms)".into(),
-        ));
-    }
-    Ok(ns)
-}
-
 impl CiArgs {
-    pub fn to_options(&self) -> Result<crate::commands::ci::CiOptions, UsageError> {
+    pub fn to_options(&self) -> Result<CiOptions, UsageError> {
         let record = RecordArgs {
             pid: if self.pid.is_empty() {
                 vec![]
@@ -311,22 +297,20 @@ impl CiArgs {
             quiet: self.quiet,
             fail_on: self.fail_on.clone(),
             format: self.format.clone(),
-            ring_buffer_kib: 32768,
-            stack_bytes: 32768,
+            // `ci` has no flags for these: record's defaults, from the one place they are set.
+            ring_buffer_kib: config::DEFAULT_RING_BUFFER_KIB,
+            stack_bytes: config::DEFAULT_STACK_BYTES,
             python_only: self.python_only,
             native: self.native,
             command: Vec::new(),
         };
         let mut config = record.to_config()?;
-        if let Some(text) = &self.fail_on {
-            crate::analysis::budget::parse_budgets(text, false)?;
-        }
         if self.spawn.is_some() {
             config.target = Target::Pids(Vec::new());
         }
         let ready_timeout = parse_duration_ns(&self.ready_timeout)
             .map_err(|e| UsageError(format!("--ready-timeout {}: {e}", self.ready_timeout)))?;
-        Ok(crate::commands::ci::CiOptions {
+        Ok(CiOptions {
             record: config,
             spawn: self.spawn.clone(),
             ready: self
@@ -341,30 +325,24 @@ impl CiArgs {
 }
 
 impl ReportArgs {
-    pub fn to_options(&self) -> Result<crate::commands::replay::ReportOptions, UsageError> {
-        if let Some(text) = &self.fail_on {
-            crate::analysis::budget::parse_budgets(text, false)?;
-        }
-        Ok(crate::commands::replay::ReportOptions {
+    pub fn to_options(&self) -> Result<ReportOptions, UsageError> {
+        Ok(ReportOptions {
             dir: self.dir.clone(),
             out: self.out.clone(),
             threshold_ns: self.threshold.as_deref().map(parse_threshold).transpose()?,
             formats: Formats::parse(&self.format)?,
-            fail_on: self.fail_on.clone(),
+            budgets: budgets(self.fail_on.as_deref(), false)?,
         })
     }
 }
 
 impl DiffArgs {
-    pub fn to_options(&self) -> Result<crate::commands::diff::DiffOptions, UsageError> {
-        if let Some(text) = &self.fail_on {
-            crate::analysis::budget::parse_budgets(text, true)?;
-        }
-        Ok(crate::commands::diff::DiffOptions {
+    pub fn to_options(&self) -> Result<DiffOptions, UsageError> {
+        Ok(DiffOptions {
             base: self.base.clone(),
             new: self.new.clone(),
             out: self.out.clone(),
-            fail_on: self.fail_on.clone(),
+            budgets: budgets(self.fail_on.as_deref(), true)?,
         })
     }
 }
@@ -381,7 +359,7 @@ pub struct RecordArgs {
     pub pid: Vec<String>,
 
     /// An iteration longer than this is a stall (units: us, ms, s, m).
-    #[arg(long, default_value = "100ms")]
+    #[arg(long, default_value = config::DEFAULT_THRESHOLD)]
     pub threshold: String,
 
     /// Stop recording after this long (default: until Ctrl-C or every target exits).
@@ -389,7 +367,7 @@ pub struct RecordArgs {
     pub duration: Option<String>,
 
     /// cpu-clock samples per second, per CPU.
-    #[arg(long, default_value_t = 99)]
+    #[arg(long, default_value_t = config::DEFAULT_FREQ_HZ)]
     pub freq: u64,
 
     /// Output directory (default: ./stallscope-<pid>-<YYYYmmdd-HHMMSS>).
@@ -421,12 +399,12 @@ pub struct RecordArgs {
     /// Bytes of user stack copied at each sample and switch-out outside a wait point, for
     /// DWARF unwinding (0: frame pointers only). At most 32768. The default reaches the
     /// thread start of Node/V8 and CPython stacks; see README (Benchmarks) for the cost.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = config::DEFAULT_STACK_BYTES)]
     pub stack_bytes: u32,
 
     /// Ring buffer size in KiB (a power of two, at least 4). The default (32 MiB) holds ~1,000
     /// full stack copies: enough for a busy Python worker pool between two drains.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = config::DEFAULT_RING_BUFFER_KIB)]
     pub ring_buffer_kib: u32,
 
     /// Keep only the Python frames of stacks that have any, in every output and stalls.json
@@ -445,97 +423,6 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
-/// What to record: validated, plain values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordConfig {
-    pub target: Target,
-    pub threshold_ns: u64,
-    pub duration: Option<Duration>,
-    pub freq_hz: u64,
-    pub out: Option<PathBuf>,
-    pub threads: Vec<u32>,
-    pub thread_name: Option<String>,
-    pub quiet: bool,
-    pub ring_buffer_bytes: u32,
-    pub fail_on: Option<String>,
-    pub formats: Formats,
-    pub stack_bytes: u32,
-    pub python_only: bool,
-}
-
-/// Which renderings to write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Formats {
-    pub svg: bool,
-    pub folded: bool,
-    pub trace: bool,
-    pub pprof: bool,
-    pub summary: bool,
-    pub junit: bool,
-    pub html: bool,
-}
-
-impl Formats {
-    pub const ALL: Formats = Formats {
-        svg: true,
-        folded: true,
-        trace: true,
-        pprof: true,
-        summary: true,
-        junit: true,
-        html: true,
-    };
-
-    pub fn parse(items: &[String]) -> Result<Formats, UsageError> {
-        let mut formats = Formats {
-            svg: false,
-            folded: false,
-            trace: false,
-            pprof: false,
-            summary: false,
-            junit: false,
-            html: false,
-        };
-        for item in items {
-            match item.trim() {
-                "all" => formats = Formats::ALL,
-                "svg" => formats.svg = true,
-                "folded" => formats.folded = true,
-                "trace" => formats.trace = true,
-                "pprof" => formats.pprof = true,
-                "summary" => formats.summary = true,
-                "junit" => formats.junit = true,
-                "html" => formats.html = true,
-                "json" => {}
-                other => {
-                    return Err(UsageError(format!(
-                        "--format {other}: unknown output; use svg, folded, trace, pprof, summary, junit, html or all"
-                    )));
-                }
-            }
-        }
-        Ok(formats)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Pids(Vec<u32>),
-    Command(Vec<String>),
-}
-
-/// A mistake in the command line: exit code 2.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 impl RecordArgs {
     pub fn to_config(&self) -> Result<RecordConfig, UsageError> {
         let target = if self.command.is_empty() {
@@ -544,9 +431,7 @@ impl RecordArgs {
             Target::Command(self.command.clone())
         };
         let threshold_ns = parse_threshold(&self.threshold)?;
-        if let Some(text) = &self.fail_on {
-            crate::analysis::budget::parse_budgets(text, false)?;
-        }
+        let budgets = budgets(self.fail_on.as_deref(), false)?;
         let duration = match &self.duration {
             None => None,
             Some(text) => {
@@ -580,12 +465,13 @@ impl RecordArgs {
             thread_name: self.thread_name.clone(),
             quiet: self.quiet,
             ring_buffer_bytes: ring_kib * 1024,
-            fail_on: self.fail_on.clone(),
+            budgets,
             formats: Formats::parse(&self.format)?,
-            stack_bytes: if self.stack_bytes > 32768 {
+            stack_bytes: if self.stack_bytes > config::MAX_STACK_BYTES {
                 return Err(UsageError(format!(
-                    "--stack-bytes {}: at most 32768",
-                    self.stack_bytes
+                    "--stack-bytes {}: at most {}",
+                    self.stack_bytes,
+                    config::MAX_STACK_BYTES
                 )));
             } else {
                 self.stack_bytes
@@ -595,46 +481,9 @@ impl RecordArgs {
     }
 }
 
-/// Parses "1234" items into PIDs (already split on commas by clap).
-pub fn parse_pid_list(items: &[String]) -> Result<Vec<u32>, UsageError> {
-    items
-        .iter()
-        .map(|item| {
-            let item = item.trim();
-            match item.parse::<u32>() {
-                Ok(0) | Err(_) => Err(UsageError(format!(
-                    "'{item}' is not a process or thread id (a positive integer)"
-                ))),
-                Ok(pid) => Ok(pid),
-            }
-        })
-        .collect()
-}
-
-/// Parses a duration such as `100ms`, `1.5s`, `250us`, `2m` into nanoseconds. A bare number is
-/// rejected: a unit is required, so that `--threshold 100` is never silently 100 ns or 100 s.
-pub fn parse_duration_ns(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{text}' has no unit; use us, ms, s or m (e.g. 100ms)"))?;
-    let (number, unit) = text.split_at(split);
-    let scale: f64 = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" | "min" => 60e9,
-        _ => return Err(format!("unknown unit '{unit}'; use us, ms, s or m")),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{number}' is not a number"))?;
-    let ns = value * scale;
-    if !ns.is_finite() || ns > u64::MAX as f64 / 2.0 {
-        return Err(format!("'{text}' is too large"));
-    }
-    Ok(ns.round() as u64)
+/// `--fail-on`, parsed here once: the commands get the budgets, never the text again.
+fn budgets(text: Option<&str>, allow_growth: bool) -> Result<Vec<Budget>, UsageError> {
+    text.map_or(Ok(Vec::new()), |text| parse_budgets(text, allow_growth))
 }
 
 #[cfg(test)]
@@ -674,6 +523,77 @@ mod tests {
             panic!("record")
         };
         assert!(args.to_config().is_err());
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("stallscope").chain(args.iter().copied()))
+            .expect("parses")
+            .command
+    }
+
+    /// Issue #18: `--fail-on` was parsed by the command line to validate it, then again by each
+    /// command; now once, and the config carries the budgets.
+    #[test]
+    fn fail_on_is_parsed_once_into_the_config() {
+        let expected = parse_budgets("max=200ms,thread:count=0", false).expect("valid");
+        let Command::Record(args) =
+            parse(&["record", "-p", "1", "--fail-on", "max=200ms,thread:count=0"])
+        else {
+            panic!("record")
+        };
+        assert_eq!(args.to_config().expect("valid").budgets, expected);
+        let Command::Ci(args) = parse(&[
+            "ci",
+            "-p",
+            "1",
+            "--fail-on",
+            "max=200ms,thread:count=0",
+            "--",
+            "true",
+        ]) else {
+            panic!("ci")
+        };
+        assert_eq!(args.to_options().expect("valid").record.budgets, expected);
+        let Command::Report(args) =
+            parse(&["report", "dir", "--fail-on", "max=200ms,thread:count=0"])
+        else {
+            panic!("report")
+        };
+        assert_eq!(args.to_options().expect("valid").budgets, expected);
+        let Command::Diff(args) = parse(&["diff", "a", "b", "--fail-on", "total=+20%"]) else {
+            panic!("diff")
+        };
+        assert_eq!(
+            args.to_options().expect("valid").budgets,
+            parse_budgets("total=+20%", true).expect("valid")
+        );
+        // Still refused at once, before anything is recorded.
+        let Command::Record(args) = parse(&["record", "-p", "1", "--fail-on", "total=+20%"]) else {
+            panic!("record")
+        };
+        assert!(args.to_config().is_err());
+    }
+
+    /// Issue #18: `ci` re-stated record's defaults (32768) by hand; both now come from config.
+    #[test]
+    fn ci_takes_the_record_defaults_from_one_place() {
+        let Command::Record(record) = parse(&["record", "-p", "1"]) else {
+            panic!("record")
+        };
+        let Command::Ci(ci) = parse(&["ci", "-p", "1", "--", "true"]) else {
+            panic!("ci")
+        };
+        let record = record.to_config().expect("valid");
+        let ci = ci.to_options().expect("valid").record;
+        assert_eq!(
+            record.ring_buffer_bytes,
+            config::DEFAULT_RING_BUFFER_KIB * 1024
+        );
+        assert_eq!(record.stack_bytes, config::DEFAULT_STACK_BYTES);
+        assert_eq!(ci.ring_buffer_bytes, record.ring_buffer_bytes);
+        assert_eq!(ci.stack_bytes, record.stack_bytes);
+        assert_eq!(ci.threshold_ns, record.threshold_ns);
+        assert_eq!(ci.freq_hz, record.freq_hz);
     }
 
     #[test]

@@ -15,11 +15,15 @@
 pub mod analysis;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod model;
 pub mod outputs;
 pub mod sanitize;
 pub mod stacks;
+pub mod store;
 pub mod syscalls;
 pub mod system;
+pub mod units;
 
 /// Settings of the property tests that fuzz the parsers of target-controlled bytes (their
 /// names start with `fuzz_`): a short run in the unit tests, a long one with

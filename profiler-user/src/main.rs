@@ -4,7 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use profiler_user::cli::{Cli, Command, UsageError};
+use profiler_user::{
+    cli::{Cli, Command},
+    config::UsageError,
+};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -44,7 +47,7 @@ fn one_line(err: &anyhow::Error) -> String {
 
 /// `--native` turns the Python-first view of stacks off, for every output of the run.
 fn set_view(native: bool) {
-    use profiler_user::outputs::headline::{View, set_view};
+    use profiler_user::analysis::headline::{View, set_view};
     set_view(if native {
         View::Native
     } else {

@@ -75,7 +75,7 @@ enum Task {
         /// Instead of the full run: variants of this build side by side, interleaved (default
         /// settings, each lever of issue #16 switched off by its environment switch, 999 Hz) on
         /// an unfollowed ping-pong, a followed process at 10,000 switches/s and the HTTP
-        /// services; writes target/bench/COMPARE.md.
+        /// services; writes bench/SIDE_BY_SIDE.md (--quick: target/bench/COMPARE.md).
         #[arg(long, conflicts_with = "long")]
         side_by_side: bool,
         /// As --side-by-side, with the agent binary BASE as one more variant.

@@ -1,383 +1,15 @@
-//! `--fail-on` budgets: parsing, and judging a recording against them (the CI verdict).
-//!
-//! A budget list is comma-separated `[scope:]metric=value` items; whitespace around items and
-//! around `:` and `=` is ignored, an empty item (a stray comma) is an error.
-//!
-//! - metric: `max` (longest stall), `count` (number of stalls), `total` (sum of stall
-//!   durations), `p50`, `p90`, `p99` (nearest-rank percentiles of stall durations);
-//! - scope: none or `all` (the whole recording), `process` (every process on its own must be
-//!   within the limit), `thread` (every thread on its own);
-//! - value, an absolute limit (the measured value must be at most this): a duration with a unit
-//!   as [`parse_duration_ns`] reads it (`250us`, `200ms`, `1.5s`, `2m`; a bare `0` is allowed),
-//!   or for `count` a whole number;
-//! - value, a growth limit (`stallscope diff` only, whole recording only): `+N%` (relative growth
-//!   over the base, any metric), `+N` for `count` or `+<duration>` for the others (absolute
-//!   growth).
-//!
-//! Examples: `max=200ms,count=0`, `process:p99=50ms`, `total=+20%,count=+2,p99=+10ms`.
-//!
-//! Growth budgets are refused at parse time unless the caller asks for them
-//! (`parse_budgets(text, true)`, for `diff`), so `record` and `ci` tell the user at once rather
-//! than after a whole recording. Should one reach [`judge`] anyway, it fails with a result that
-//! says a base recording is needed: a budget never passes without being checked.
+//! The CI verdict: a recording judged against parsed `--fail-on` budgets
+//! ([`crate::config::fail_on`]), or two recordings against growth budgets (`diff`).
+//! Should a growth budget reach [`judge`], it fails with a result that says a base recording
+//! is needed: a budget never passes without being checked.
 
-use std::{collections::BTreeMap, fmt};
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::{
-    cli::{UsageError, parse_duration_ns},
-    outputs::report::{Recording, Verdict},
+    config::fail_on::{Budget, Limit, Metric, Scope},
+    model::{BudgetResult, Recording, Verdict},
+    units::{format_duration, format_percent},
 };
-
-/// The outcome of one budget, as stored in stalls.json under `verdict.budgets`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BudgetResult {
-    /// The budget as the user wrote it, e.g. `max=200ms` or `thread:p99=50ms`.
-    pub budget: String,
-    /// What was measured, e.g. "longest stall" or "p99 of stall durations".
-    pub measured: String,
-    /// Where: "all", or "pid 123", or "pid 123 tid 124".
-    pub subject: String,
-    /// The limit and the actual value, in the budget's unit, for people.
-    pub limit: String,
-    pub actual: String,
-    pub passed: bool,
-}
-
-impl BudgetResult {
-    /// One line for people: "longest stall = 212.3 ms, limit 200.0 ms".
-    pub fn describe(&self) -> String {
-        format!("{} = {}, limit {}", self.measured, self.actual, self.limit)
-    }
-}
-
-impl fmt::Display for BudgetResult {
-    /// "FAIL max=200ms (all): longest stall = 212.3 ms, limit 200.0 ms".
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = if self.passed { "ok  " } else { "FAIL" };
-        write!(
-            f,
-            "{status} {} ({}): {}",
-            self.budget,
-            self.subject,
-            self.describe()
-        )
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Metric {
-    Max,
-    Count,
-    Total,
-    P50,
-    P90,
-    P99,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 6] = [
-        Metric::Max,
-        Metric::Count,
-        Metric::Total,
-        Metric::P50,
-        Metric::P90,
-        Metric::P99,
-    ];
-
-    /// The name used in budgets.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Max => "max",
-            Metric::Count => "count",
-            Metric::Total => "total",
-            Metric::P50 => "p50",
-            Metric::P90 => "p90",
-            Metric::P99 => "p99",
-        }
-    }
-
-    /// What it measures, for people.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Metric::Max => "longest stall",
-            Metric::Count => "number of stalls",
-            Metric::Total => "total stall time",
-            Metric::P50 => "p50 of stall durations",
-            Metric::P90 => "p90 of stall durations",
-            Metric::P99 => "p99 of stall durations",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    fn is_duration(self) -> bool {
-        self != Metric::Count
-    }
-
-    /// The metric over stall durations sorted ascending; 0 when there are none.
-    fn of(self, sorted: &[u64]) -> u64 {
-        match self {
-            Metric::Max => sorted.last().copied().unwrap_or(0),
-            Metric::Count => sorted.len() as u64,
-            Metric::Total => sorted.iter().fold(0u64, |sum, &d| sum.saturating_add(d)),
-            Metric::P50 => nearest_rank(sorted, 50),
-            Metric::P90 => nearest_rank(sorted, 90),
-            Metric::P99 => nearest_rank(sorted, 99),
-        }
-    }
-
-    fn format(self, value: u64) -> String {
-        if self.is_duration() {
-            format_duration(value)
-        } else {
-            value.to_string()
-        }
-    }
-}
-
-/// Nearest-rank percentile: the smallest value with at least `percent`% of values at or below
-/// it. Always one of the observed durations, so a p99 budget is checked against a real stall.
-pub fn nearest_rank(sorted: &[u64], percent: usize) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let n = sorted.len();
-    let rank = (percent * n).div_ceil(100).clamp(1, n);
-    sorted[rank - 1]
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// The whole recording.
-    All,
-    /// Each process on its own: the worst one decides.
-    Process,
-    /// Each thread on its own: the worst one decides.
-    Thread,
-}
-
-impl Scope {
-    fn from_name(name: &str) -> Option<Scope> {
-        match name {
-            "all" => Some(Scope::All),
-            "process" => Some(Scope::Process),
-            "thread" => Some(Scope::Thread),
-            _ => None,
-        }
-    }
-
-    fn unit(self, n: usize) -> &'static str {
-        match (self, n) {
-            (Scope::All, _) => "recording",
-            (Scope::Process, 1) => "process",
-            (Scope::Process, _) => "processes",
-            (Scope::Thread, 1) => "thread",
-            (Scope::Thread, _) => "threads",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Limit {
-    /// The measured value must be at most this: nanoseconds, or a number of stalls for `count`.
-    AtMost(u64),
-    /// `+N%`: new may exceed base by at most N percent of base.
-    GrowthPercent(f64),
-    /// `+N` / `+10ms`: new may exceed base by at most this much (same units as `AtMost`).
-    GrowthBy(u64),
-}
-
-impl Limit {
-    pub fn is_growth(self) -> bool {
-        !matches!(self, Limit::AtMost(_))
-    }
-}
-
-/// One parsed budget. Fields are private so that every budget went through [`parse_budgets`]:
-/// a growth budget is then always whole-recording, which is the only way it has a meaning
-/// (PIDs and TIDs of two recordings do not correspond).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Budget {
-    text: String,
-    scope: Scope,
-    metric: Metric,
-    limit: Limit,
-}
-
-impl Budget {
-    /// The budget as the user wrote it (trimmed).
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-    pub fn scope(&self) -> Scope {
-        self.scope
-    }
-    pub fn metric(&self) -> Metric {
-        self.metric
-    }
-    pub fn limit(&self) -> Limit {
-        self.limit
-    }
-    pub fn is_growth(&self) -> bool {
-        self.limit.is_growth()
-    }
-
-    fn limit_text(&self) -> String {
-        match self.limit {
-            Limit::AtMost(value) => self.metric.format(value),
-            Limit::GrowthPercent(percent) => format_percent(percent),
-            Limit::GrowthBy(value) => format!("+{}", self.metric.format(value)),
-        }
-    }
-}
-
-impl fmt::Display for Budget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-const FORM: &str = "write [scope:]metric=value, comma-separated, e.g. max=200ms,count=0";
-const METRICS: &str = "use max, count, total, p50, p90 or p99";
-const SCOPES: &str = "use all, process or thread (e.g. process:max=200ms)";
-
-/// Parses a `--fail-on` list (syntax in the module docs). `allow_growth` accepts `+N%`-style
-/// growth budgets, which only `diff` can judge; elsewhere they are a usage error.
-pub fn parse_budgets(text: &str, allow_growth: bool) -> Result<Vec<Budget>, UsageError> {
-    if text.trim().is_empty() {
-        return Err(UsageError(format!(
-            "--fail-on '{text}': no budget given; {FORM}"
-        )));
-    }
-    text.split(',')
-        .enumerate()
-        .map(|(index, item)| {
-            let item = item.trim();
-            if item.is_empty() {
-                Err(UsageError(format!(
-                    "--fail-on '{}': budget {} is empty (a stray comma?); {FORM}",
-                    text.trim(),
-                    index + 1
-                )))
-            } else {
-                parse_one(item, allow_growth)
-            }
-        })
-        .collect()
-}
-
-fn parse_one(item: &str, allow_growth: bool) -> Result<Budget, UsageError> {
-    let error = |why: String| UsageError(format!("--fail-on '{item}': {why}"));
-    let Some((key, value)) = item.split_once('=') else {
-        return Err(error(format!("expected metric=value; {FORM}")));
-    };
-    let (key, value) = (key.trim(), value.trim());
-    let (scope, metric_name) = match key.split_once(':') {
-        Some((scope, metric)) => {
-            let scope = scope.trim();
-            let parsed = Scope::from_name(scope)
-                .ok_or_else(|| error(format!("unknown scope '{scope}'; {SCOPES}")))?;
-            (parsed, metric.trim())
-        }
-        None => (Scope::All, key),
-    };
-    if metric_name.is_empty() {
-        return Err(error(format!("no metric before '='; {METRICS}")));
-    }
-    let metric = Metric::from_name(metric_name)
-        .ok_or_else(|| error(format!("unknown metric '{metric_name}'; {METRICS}")))?;
-    let example = if metric.is_duration() {
-        format!("{}=200ms", metric.name())
-    } else {
-        "count=0".to_string()
-    };
-    if value.is_empty() {
-        return Err(error(format!("no value after '='; e.g. {example}")));
-    }
-    let growth_help = format!(
-        "growth limits (+N%, +N) compare two recordings and only apply to stallscope diff; \
-         give a limit such as {example}"
-    );
-    let limit = if let Some(growth) = value.strip_prefix('+') {
-        if !allow_growth {
-            return Err(error(growth_help));
-        }
-        if scope != Scope::All {
-            return Err(error(format!(
-                "growth limits compare whole recordings (process and thread ids differ between \
-                 runs); drop the scope: {}={value}",
-                metric.name()
-            )));
-        }
-        let growth = growth.trim();
-        if let Some(percent) = growth.strip_suffix('%') {
-            let percent = percent.trim();
-            match percent.parse::<f64>() {
-                Ok(p) if p.is_finite() && p >= 0.0 => Limit::GrowthPercent(p),
-                _ => {
-                    return Err(error(format!(
-                        "'{percent}' is not a percentage; e.g. {}=+20%",
-                        metric.name()
-                    )));
-                }
-            }
-        } else {
-            Limit::GrowthBy(parse_amount(metric, growth).map_err(|why| {
-                error(format!(
-                    "{why}; a growth limit is +N% or {}",
-                    if metric.is_duration() {
-                        format!("+<duration> (e.g. {}=+10ms)", metric.name())
-                    } else {
-                        "+N stalls (e.g. count=+2)".to_string()
-                    }
-                ))
-            })?)
-        }
-    } else if value.ends_with('%') {
-        return Err(error(if allow_growth {
-            format!(
-                "a percentage is a growth limit and needs a '+': {}=+{value}",
-                metric.name()
-            )
-        } else {
-            growth_help
-        }));
-    } else if value.starts_with('-') {
-        return Err(error(format!("a limit cannot be negative; e.g. {example}")));
-    } else {
-        Limit::AtMost(
-            parse_amount(metric, value).map_err(|why| error(format!("{why}; e.g. {example}")))?,
-        )
-    };
-    Ok(Budget {
-        text: item.to_string(),
-        scope,
-        metric,
-        limit,
-    })
-}
-
-/// A count or a duration, per the metric. A bare `0` is accepted for durations: it cannot be
-/// misread whatever the unit, unlike the bare numbers `parse_duration_ns` refuses.
-fn parse_amount(metric: Metric, text: &str) -> Result<u64, String> {
-    if metric.is_duration() {
-        if !text.is_empty() && text.bytes().all(|b| b == b'0') {
-            return Ok(0);
-        }
-        parse_duration_ns(text)
-    } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        text.parse::<u64>()
-            .map_err(|_| format!("'{text}' is too large"))
-    } else {
-        Err(format!(
-            "count takes a whole number of stalls, not '{text}'"
-        ))
-    }
-}
 
 /// Judges `recording` against absolute budgets: one result per budget, for the whole recording
 /// or, for scoped budgets, for the worst process or thread (so the verdict stays small however
@@ -387,11 +19,11 @@ pub fn judge(budgets: &[Budget], recording: &Recording) -> Verdict {
     verdict(
         budgets
             .iter()
-            .map(|budget| match budget.limit {
+            .map(|budget| match budget.limit() {
                 Limit::AtMost(limit) => judge_limit(budget, limit, recording),
                 Limit::GrowthPercent(_) | Limit::GrowthBy(_) => BudgetResult {
-                    budget: budget.text.clone(),
-                    measured: format!("growth of {}", budget.metric.describe()),
+                    budget: budget.text().to_string(),
+                    measured: format!("growth of {}", budget.metric().describe()),
                     subject: Subject::All.label(),
                     limit: budget.limit_text(),
                     actual: "unknown: growth limits need a base recording (stallscope diff)"
@@ -473,8 +105,8 @@ fn durations_by_subject(recording: &Recording, scope: Scope) -> BTreeMap<Subject
 }
 
 fn judge_limit(budget: &Budget, limit: u64, recording: &Recording) -> BudgetResult {
-    let metric = budget.metric;
-    let groups = durations_by_subject(recording, budget.scope);
+    let metric = budget.metric();
+    let groups = durations_by_subject(recording, budget.scope());
     let values: Vec<(Subject, u64)> = groups
         .iter()
         .map(|(subject, durations)| (*subject, metric.of(durations)))
@@ -487,7 +119,7 @@ fn judge_limit(budget: &Budget, limit: u64, recording: &Recording) -> BudgetResu
             _ => Some((subject, value)),
         });
     let over = values.iter().filter(|(_, value)| *value > limit).count();
-    let measured = match budget.scope {
+    let measured = match budget.scope() {
         Scope::All => metric.describe().to_string(),
         scope if values.is_empty() => format!(
             "{} per {}: none was recorded",
@@ -508,7 +140,7 @@ fn judge_limit(budget: &Budget, limit: u64, recording: &Recording) -> BudgetResu
         None => ("none".to_string(), 0),
     };
     BudgetResult {
-        budget: budget.text.clone(),
+        budget: budget.text().to_string(),
         measured,
         subject,
         limit: budget.limit_text(),
@@ -518,7 +150,7 @@ fn judge_limit(budget: &Budget, limit: u64, recording: &Recording) -> BudgetResu
 }
 
 fn judge_diff_one(budget: &Budget, base: &Recording, new: &Recording) -> BudgetResult {
-    let metric = budget.metric;
+    let metric = budget.metric();
     let whole = |recording: &Recording| {
         let mut durations: Vec<u64> = recording.stalls.iter().map(|s| s.duration_ns).collect();
         durations.sort_unstable();
@@ -526,7 +158,7 @@ fn judge_diff_one(budget: &Budget, base: &Recording, new: &Recording) -> BudgetR
     };
     let (base_value, new_value) = (whole(base), whole(new));
     let diff = i128::from(new_value) - i128::from(base_value);
-    let (change, passed) = match budget.limit {
+    let (change, passed) = match budget.limit() {
         Limit::GrowthPercent(limit) => {
             // Compared as diff*100 <= limit*base rather than by dividing, so a base of 0 needs
             // no special case and exactly +20% passes a +20% budget.
@@ -557,7 +189,7 @@ fn judge_diff_one(budget: &Budget, base: &Recording, new: &Recording) -> BudgetR
         metric.describe()
     );
     BudgetResult {
-        budget: budget.text.clone(),
+        budget: budget.text().to_string(),
         measured,
         subject: Subject::All.label(),
         limit: budget.limit_text(),
@@ -568,35 +200,6 @@ fn judge_diff_one(budget: &Budget, base: &Recording, new: &Recording) -> BudgetR
         ),
         passed,
     }
-}
-
-/// A duration for people: "0 ms", "850 ns", "250.0 us", "212.3 ms", "1.20 s".
-pub fn format_duration(ns: u64) -> String {
-    // Unit boundaries sit where the smaller unit would round up to 1000.0, so 999.96 ms reads
-    // "1.00 s", never "1000.0 ms".
-    if ns == 0 {
-        "0 ms".to_string()
-    } else if ns >= 999_950_000 {
-        format!("{:.2} s", ns as f64 / 1e9)
-    } else if ns >= 999_950 {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1} us", ns as f64 / 1e3)
-    } else {
-        format!("{ns} ns")
-    }
-}
-
-/// A growth percentage: "+23.4%", "-5.0%", "+inf%".
-pub fn format_percent(percent: f64) -> String {
-    if percent.is_infinite() {
-        return if percent > 0.0 { "+inf%" } else { "-inf%" }.to_string();
-    }
-    // Values that round to zero print as "+0.0%", not "-0.0%".
-    if percent.abs() < 0.05 {
-        return "+0.0%".to_string();
-    }
-    format!("{percent:+.1}%")
 }
 
 fn format_signed(metric: Metric, diff: i128) -> String {
@@ -610,7 +213,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::outputs::report::{ProcessRecord, StallRecord, ThreadRecord};
+    use crate::{
+        config::{UsageError, fail_on::parse_budgets},
+        model::{ProcessRecord, StallRecord, ThreadRecord},
+    };
 
     const MS: u64 = 1_000_000;
 
@@ -644,7 +250,7 @@ mod tests {
 
     fn recording(stalls: Vec<StallRecord>) -> Recording {
         let mut recording: Recording = from_json(json!({
-            "version": crate::outputs::report::SCHEMA_VERSION,
+            "version": crate::model::SCHEMA_VERSION,
             "threshold_ns": 100 * MS, "recorded_ns": 10_000 * MS,
             "start_ns": 0, "end_ns": 10_000 * MS, "sample_freq_hz": 99, "lost_events": 0,
             "drops": {
@@ -1197,20 +803,6 @@ mod tests {
     // ---- formatting ----
 
     #[test]
-    fn durations_read_naturally() {
-        assert_eq!(format_duration(0), "0 ms");
-        assert_eq!(format_duration(850), "850 ns");
-        assert_eq!(format_duration(250_000), "250.0 us");
-        assert_eq!(format_duration(999_949), "999.9 us");
-        assert_eq!(format_duration(999_950), "1.0 ms");
-        assert_eq!(format_duration(212_300_000), "212.3 ms");
-        assert_eq!(format_duration(999_949_999), "999.9 ms");
-        assert_eq!(format_duration(999_960_000), "1.00 s");
-        assert_eq!(format_duration(1_200_000_000), "1.20 s");
-        assert_eq!(format_duration(120_000_000_000), "120.00 s");
-    }
-
-    #[test]
     fn percents_carry_a_sign() {
         assert_eq!(format_percent(23.44), "+23.4%");
         assert_eq!(format_percent(-5.0), "-5.0%");
@@ -1253,6 +845,7 @@ mod proptests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::config::{UsageError, fail_on::parse_budgets};
 
     fn config() -> ProptestConfig {
         ProptestConfig {

@@ -2,6 +2,7 @@
 //! timeline state machine, the session that drives it, and the `--fail-on` budgets.
 pub mod budget;
 pub mod events;
+pub mod headline;
 pub mod iterations;
 pub mod reorder;
 pub mod session;

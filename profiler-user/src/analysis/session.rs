@@ -16,13 +16,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     analysis::events::{self, Lifecycle, LossDetector},
     analysis::reorder::{self, Reorder},
-    analysis::timeline::{self, StackKey, Stall, StallRule, Timeline},
-    cli::RecordConfig,
-    outputs::report::{
-        self, Drops, OffCpuRecord, ProcessRecord, Recording, StackRecord, StallRecord,
+    analysis::timeline::{self, StackKey, Stall, Timeline},
+    config::RecordConfig,
+    model::{
+        self, Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, Recording, StackKind,
+        StackRecord, StallRecord, StallRule,
     },
     stacks::python,
-    stacks::symbolize::{Frame, FrameKind, Symbols},
+    stacks::symbolize::Symbols,
     syscalls,
     system::attach::Probes,
     system::procfs,
@@ -139,11 +140,11 @@ pub struct Session {
     pythons_to_register: Vec<u32>,
     /// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each
     /// change, the latest TASK_HISTORY per thread.
-    task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<python::TaskInfo>)>>,
+    task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<model::TaskInfo>)>>,
     /// The kernel's drop counters when recording stopped (see `stopped`).
     kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
     /// What the recording says about Python (interpreters seen, frames read).
-    python_report: report::PythonReport,
+    python_report: model::PythonReport,
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
     python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     unwind_ns: u64,
@@ -155,6 +156,9 @@ pub struct Session {
     pub v8s: crate::stacks::v8::V8s,
     /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
     debug_events: bool,
+    /// Where each stall goes the moment it ends while recording live (the terminal's live
+    /// line); None when quiet or replaying. The analysis decides stalls; it never prints.
+    pub live_sink: Option<Box<dyn StallSink>>,
 }
 
 impl Session {
@@ -207,7 +211,7 @@ impl Session {
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
             python_maybe_later: HashMap::new(),
-            python_report: report::PythonReport::default(),
+            python_report: model::PythonReport::default(),
             task_history: HashMap::new(),
             kernel_drops_at_stop: None,
             unwind_ns: 0,
@@ -216,6 +220,7 @@ impl Session {
             unwinders: crate::stacks::unwind::Unwinders::new(),
             v8s: crate::stacks::v8::V8s::default(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
+            live_sink: None,
         }
     }
 
@@ -268,7 +273,7 @@ impl Session {
                     interpreter.binary.display(),
                     interpreter.frames_from
                 );
-                self.note_interpreter(report::PythonInterpreterRecord {
+                self.note_interpreter(model::PythonInterpreterRecord {
                     pid,
                     version: format!("3.{}", interpreter.minor),
                     release: interpreter.version.clone(),
@@ -289,7 +294,7 @@ impl Session {
                     unreadable.reason
                 );
                 let minor = unreadable.version.split('.').take(2).collect::<Vec<_>>();
-                self.note_interpreter(report::PythonInterpreterRecord {
+                self.note_interpreter(model::PythonInterpreterRecord {
                     pid,
                     version: minor.join("."),
                     release: unreadable.version.clone(),
@@ -314,7 +319,7 @@ impl Session {
         }
     }
 
-    fn note_interpreter(&mut self, record: report::PythonInterpreterRecord) {
+    fn note_interpreter(&mut self, record: model::PythonInterpreterRecord) {
         if self.python_report.interpreters.len() < 10_000 {
             self.python_report.interpreters.push(record);
         }
@@ -650,7 +655,7 @@ impl Session {
             "stallscope: {} (pid {}) started up in {} (to its first wait point: start-up, not a stall)",
             self.thread_name(first.tid),
             first.pid,
-            report::format_ms(first.end_ns.saturating_sub(first.start_ns))
+            crate::units::format_duration(first.end_ns.saturating_sub(first.start_ns))
         );
     }
 
@@ -844,8 +849,11 @@ impl Session {
             self.startup_runs
                 .insert((stall.pid, stall.tid, stall.start_ns));
         }
-        if live && !self.config.quiet && !stall.startup {
-            println!("{}", report::live_line(&record));
+        if live
+            && !stall.startup
+            && let Some(sink) = self.live_sink.as_mut()
+        {
+            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
         }
         if let Some(sink) = self.sink.as_mut() {
             sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
@@ -861,7 +869,7 @@ impl Session {
             .stacks
             .iter()
             .map(|s| StackRecord {
-                kind: s.kind.as_str().to_string(),
+                kind: s.kind,
                 weight_ns: s.weight_ns,
                 count: s.count,
                 syscall: syscall_name(s.syscall),
@@ -880,15 +888,11 @@ impl Session {
             on_cpu_ns: stall.on_cpu_ns,
             off_cpu_ns: stall.off_cpu_ns,
             runqueue_ns: stall.runqueue_ns,
-            rule: match stall.rule {
-                StallRule::Iteration => "iteration",
-                StallRule::Run => "run",
-            }
-            .into(),
+            rule: stall.rule,
             partial: stall.partial,
             data_lost: stall.data_lost,
             unaccounted_ns: stall.unaccounted_ns,
-            adds_up: stall.unaccounted_ns <= report::ADDS_UP_NS,
+            adds_up: stall.unaccounted_ns <= model::ADDS_UP_NS,
             unaccounted_why: unaccounted_why(stall, self.reorder_window_ns),
             late_events: stall.late_events,
             missed_switches: stall.odd_transitions,
@@ -898,7 +902,7 @@ impl Session {
     }
 
     /// Remembers which asyncio task a thread ran at `ts_ns` (only changes are kept).
-    fn note_task(&mut self, tid: u32, ts_ns: u64, task: Option<python::TaskInfo>) {
+    fn note_task(&mut self, tid: u32, ts_ns: u64, task: Option<model::TaskInfo>) {
         if !self.task_history.contains_key(&tid) && self.task_history.len() >= MAX_TASK_THREADS {
             return;
         }
@@ -914,7 +918,7 @@ impl Session {
 
     /// The asyncio task of a stall: the one its thread ran longest during the stall (a loop
     /// iteration can run several callbacks; the one that held the loop is what matters).
-    fn stall_task(&self, stall: &Stall) -> Option<python::TaskInfo> {
+    fn stall_task(&self, stall: &Stall) -> Option<model::TaskInfo> {
         let history = self.task_history.get(&stall.tid)?;
         let (start, end) = (stall.start_ns, stall.end_ns);
         // The task current at the start, then each change during the stall.
@@ -924,10 +928,10 @@ impl Session {
             .find(|(ts, _)| *ts <= start)
             .and_then(|(_, task)| task.as_ref());
         let mut since = start;
-        let mut time: Vec<(&python::TaskInfo, u64)> = Vec::new();
+        let mut time: Vec<(&model::TaskInfo, u64)> = Vec::new();
         fn credit<'a>(
-            time: &mut Vec<(&'a python::TaskInfo, u64)>,
-            task: Option<&'a python::TaskInfo>,
+            time: &mut Vec<(&'a model::TaskInfo, u64)>,
+            task: Option<&'a model::TaskInfo>,
             ns: u64,
         ) {
             if let Some(task) = task {
@@ -952,7 +956,7 @@ impl Session {
         &mut self,
         probes: Option<&Probes>,
         waker: timeline::Waker,
-    ) -> report::WakerRecord {
+    ) -> model::WakerRecord {
         let mut frames = self.resolver.frames(probes, waker.stack);
         let comm = self
             .thread_names
@@ -971,15 +975,15 @@ impl Session {
         };
         let idle = comm.starts_with("swapper");
         if idle
-            || frames.iter().any(|f| {
-                f.kind == crate::stacks::symbolize::FrameKind::Kernel && in_interrupt(&f.function)
-            })
+            || frames
+                .iter()
+                .any(|f| f.kind == FrameKind::Kernel && in_interrupt(&f.function))
         {
             let timer = frames
                 .iter()
                 .any(|f| f.function.starts_with("hrtimer_wakeup"));
-            frames.retain(|f| f.kind == crate::stacks::symbolize::FrameKind::Kernel);
-            return report::WakerRecord {
+            frames.retain(|f| f.kind == FrameKind::Kernel);
+            return model::WakerRecord {
                 pid: 0,
                 tid: 0,
                 comm: if timer {
@@ -991,7 +995,7 @@ impl Session {
                 frames,
             };
         }
-        report::WakerRecord {
+        model::WakerRecord {
             pid: waker.pid,
             tid: waker.tid,
             comm,
@@ -1079,7 +1083,7 @@ impl Session {
                 && exited.contains(&s.pid)
                 && !loop_pids.is_empty();
             selected
-                || s.rule == "iteration"
+                || s.rule == StallRule::Iteration
                 || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid) || helper)
         });
         self.stalls.sort_by_key(|s| s.start_ns);
@@ -1105,11 +1109,11 @@ impl Session {
         let spans = result
             .marks
             .iter()
-            .map(|mark| report::SpanRecord {
+            .map(|mark| model::SpanRecord {
                 pid: mark.pid,
                 tid: mark.tid,
                 kind: match mark.kind {
-                    timeline::StackKind::OnCpu => "sample",
+                    StackKind::OnCpu => "sample",
                     other => other.as_str(),
                 }
                 .to_string(),
@@ -1125,7 +1129,7 @@ impl Session {
         let startups = result
             .startups
             .iter()
-            .map(|s| report::StartupRecord {
+            .map(|s| model::StartupRecord {
                 pid: s.pid,
                 tid: s.tid,
                 comm: self.thread_name(s.tid),
@@ -1136,7 +1140,7 @@ impl Session {
         let threads = result
             .threads
             .iter()
-            .map(|t| report::ThreadRecord {
+            .map(|t| model::ThreadRecord {
                 pid: t.pid,
                 tid: t.tid,
                 comm: self.thread_name(t.tid),
@@ -1146,7 +1150,7 @@ impl Session {
                     .iteration_marks
                     .buckets()
                     .iter()
-                    .map(|b| report::IterationBucketRecord {
+                    .map(|b| model::IterationBucketRecord {
                         start_ns: b.start_ns,
                         end_ns: b.end_ns,
                         count: b.count,
@@ -1198,7 +1202,7 @@ impl Session {
             );
         }
         Recording {
-            version: report::SCHEMA_VERSION,
+            version: model::SCHEMA_VERSION,
             threshold_ns: self.config.threshold_ns,
             recorded_ns: end_ns.saturating_sub(start_ns),
             start_ns,
@@ -1225,7 +1229,7 @@ impl Session {
             stalls: self.stalls,
             offcpu,
             hints,
-            unwind: report::UnwindReport {
+            unwind: model::UnwindReport {
                 stacks: self.unwinders.stats.stacks,
                 frames: self.unwinders.stats.frames,
                 truncated: self.unwinders.stats.truncated,
@@ -1236,16 +1240,16 @@ impl Session {
                 files_failed: self.unwinders.stats.files_failed,
                 symbol_failures: self.resolver.symbols.failures,
             },
-            python: report::PythonReport {
+            python: model::PythonReport {
                 unreadable_frames: self.pythons.unreadable_frames,
                 ..self.python_report
             },
-            javascript: report::JsReport {
+            javascript: model::JsReport {
                 runtimes: self
                     .v8s
                     .found
                     .iter()
-                    .map(|(pid, version, binary)| report::JsRuntimeRecord {
+                    .map(|(pid, version, binary)| model::JsRuntimeRecord {
                         pid: *pid,
                         v8_version: version.clone(),
                         binary: binary.clone(),
@@ -1263,7 +1267,7 @@ impl Session {
             reorder: {
                 let stats = self.reorder.stats();
                 let a = result.anomalies;
-                report::ReorderReport {
+                model::ReorderReport {
                     window_ns: self.reorder_window_ns,
                     late_events: stats.late,
                     reordered: stats.reordered,
@@ -1275,7 +1279,7 @@ impl Session {
                     breakdown_mismatches: a.breakdown_mismatch,
                 }
             },
-            verdict: report::Verdict {
+            verdict: model::Verdict {
                 budgets: Vec::new(),
                 passed: true,
             },
@@ -1360,7 +1364,7 @@ fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
         why.push(format!(
             "{} event(s) came later than the {} reorder window",
             stall.late_events,
-            report::format_ms(window_ns)
+            crate::units::format_duration(window_ns)
         ));
     }
     if stall.odd_transitions > 0 {
@@ -1420,7 +1424,7 @@ fn syscall_name(nr: Option<i32>) -> Option<String> {
 fn span_label(frames: &[Frame]) -> String {
     frames
         .iter()
-        .find(|f| f.kind != crate::stacks::symbolize::FrameKind::Kernel)
+        .find(|f| f.kind != FrameKind::Kernel)
         .or_else(|| frames.first())
         .map(|f| f.function.clone())
         .unwrap_or_default()
@@ -1444,7 +1448,7 @@ const MAX_TASK_THREADS: usize = 65536;
 struct PendingPython {
     taken_ns: u64,
     frames: Vec<python::DecodedFrame>,
-    task: Option<python::TaskInfo>,
+    task: Option<model::TaskInfo>,
 }
 
 /// Stack ids to frames, cached. Live, it reads the kernel's stack map and symbolizes; replaying
@@ -1832,7 +1836,7 @@ mod tests {
 
     fn config() -> RecordConfig {
         RecordConfig {
-            target: crate::cli::Target::Pids(Vec::new()),
+            target: crate::config::Target::Pids(Vec::new()),
             threshold_ns: 100 * MS,
             duration: None,
             freq_hz: 100,
@@ -1841,8 +1845,8 @@ mod tests {
             thread_name: None,
             quiet: true,
             ring_buffer_bytes: 0,
-            fail_on: None,
-            formats: crate::cli::Formats::ALL,
+            budgets: Vec::new(),
+            formats: crate::config::Formats::ALL,
             stack_bytes: 0,
             python_only: false,
         }

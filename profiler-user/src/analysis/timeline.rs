@@ -28,7 +28,10 @@
 
 use std::collections::HashMap;
 
-use crate::analysis::iterations::IterationMarks;
+use crate::{
+    analysis::iterations::IterationMarks,
+    model::{StackKind, StallRule},
+};
 
 /// Where a stack came from: identifies it to the stack store and symbolizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,25 +41,6 @@ pub struct StackKey {
     pub kernel: i32,
     /// User stack id, or -1.
     pub user: i32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StackKind {
-    OnCpu,
-    OffCpu,
-    Runqueue,
-    Lock,
-}
-
-impl StackKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StackKind::OnCpu => "on_cpu",
-            StackKind::OffCpu => "off_cpu",
-            StackKind::Runqueue => "runqueue",
-            StackKind::Lock => "lock",
-        }
-    }
 }
 
 /// The thread that woke a sleeper, and its stack at that moment.
@@ -131,15 +115,6 @@ pub struct Mark {
     pub end_ns: u64,
     pub stack: Option<StackKey>,
     pub syscall: Option<i32>,
-}
-
-/// Which rule made a stall.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StallRule {
-    /// A loop iteration past the threshold.
-    Iteration,
-    /// A run past the threshold on a thread with no wait point.
-    Run,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    cli::{RecordConfig, Target},
     commands::record,
+    config::{RecordConfig, Target},
 };
 
 /// How to tell that a spawned server is ready for the load.
@@ -30,9 +30,9 @@ pub enum Readiness {
 
 pub const LOAD_FAILED_EXIT: u8 = 4;
 
-pub fn parse_readiness(text: &str) -> Result<Readiness, crate::cli::UsageError> {
+pub fn parse_readiness(text: &str) -> Result<Readiness, crate::config::UsageError> {
     let bad = || {
-        crate::cli::UsageError(format!(
+        crate::config::UsageError(format!(
             "--ready {text}: use tcp:PORT, tcp:HOST:PORT or http://HOST:PORT/PATH"
         ))
     };

@@ -8,15 +8,19 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     analysis::budget,
-    commands::replay::load_recording,
-    outputs::report::{self, Recording, Verdict},
+    commands::render,
+    config::fail_on::{Budget, nearest_rank},
+    model::{Recording, Verdict, top_user_frames},
+    outputs::folded::{flamegraph_svg, stall_folded_without_ids},
+    store::recording::load_recording,
+    units::format_duration,
 };
 
 pub struct DiffOptions {
     pub base: PathBuf,
     pub new: PathBuf,
     pub out: Option<PathBuf>,
-    pub fail_on: Option<String>,
+    pub budgets: Vec<Budget>,
 }
 
 pub const DIFF_FOLDED: &str = "diff.folded";
@@ -27,7 +31,7 @@ pub const DIFF_MD: &str = "diff.md";
 pub fn percentile_ns(recording: &Recording, percent: usize) -> u64 {
     let mut durations: Vec<u64> = recording.stalls.iter().map(|s| s.duration_ns).collect();
     durations.sort_unstable();
-    budget::nearest_rank(&durations, percent)
+    nearest_rank(&durations, percent)
 }
 
 /// Stall time by the innermost user function of each stack.
@@ -35,7 +39,7 @@ fn time_by_function(recording: &Recording) -> HashMap<String, u64> {
     let mut totals = HashMap::new();
     for stall in &recording.stalls {
         for stack in &stall.stacks {
-            if let Some(frame) = report::top_user_frames(stack, 1).first() {
+            if let Some(frame) = top_user_frames(stack, 1).first() {
                 *totals.entry(frame.function.clone()).or_default() += stack.weight_ns;
             }
         }
@@ -75,8 +79,8 @@ pub fn growth_table(base: &Recording, new: &Recording) -> String {
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {} |",
-            report::format_ms(b),
-            report::format_ms(n),
+            format_duration(b),
+            format_duration(n),
             change(b, n)
         );
     }
@@ -95,8 +99,8 @@ pub fn growth_table(base: &Recording, new: &Recording) -> String {
             let _ = writeln!(
                 md,
                 "| `{function}` | {} | {} | {} |",
-                report::format_ms(b),
-                report::format_ms(n),
+                format_duration(b),
+                format_duration(n),
                 change(b, n)
             );
         }
@@ -107,8 +111,8 @@ pub fn growth_table(base: &Recording, new: &Recording) -> String {
 /// Differential folded lines ("stack before after"), process and thread named without ids so
 /// the two runs' frames line up.
 pub fn differential_folded(base: &Recording, new: &Recording) -> Result<Vec<String>> {
-    let before = report::stall_folded_without_ids(base).join("\n");
-    let after = report::stall_folded_without_ids(new).join("\n");
+    let before = stall_folded_without_ids(base).join("\n");
+    let after = stall_folded_without_ids(new).join("\n");
     let mut out = Vec::new();
     let options = inferno::differential::Options::default();
     inferno::differential::from_readers(options, before.as_bytes(), after.as_bytes(), &mut out)
@@ -125,20 +129,16 @@ pub struct DiffOutcome {
 
 impl DiffOutcome {
     pub fn exit_code(&self) -> u8 {
-        if self.verdict.passed { 0 } else { 3 }
+        self.verdict.exit_code()
     }
 }
 
 pub fn run(options: DiffOptions) -> Result<DiffOutcome> {
     let base = load_recording(&options.base)?;
     let new = load_recording(&options.new)?;
-    let budgets = match &options.fail_on {
-        Some(text) => budget::parse_budgets(text, true)?,
-        None => Vec::new(),
-    };
-    let verdict = budget::judge_growth(&budgets, &base, &new);
+    let verdict = budget::judge_growth(&options.budgets, &base, &new);
     let out_dir = options.out.clone().unwrap_or_else(|| options.new.clone());
-    report::prepare_output_dir(&out_dir)?;
+    render::prepare_output_dir(&out_dir)?;
     let lines = differential_folded(&base, &new)?;
     let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
         let path = out_dir.join(name);
@@ -148,7 +148,7 @@ pub fn run(options: DiffOptions) -> Result<DiffOutcome> {
     let mut folded = lines.join("\n");
     folded.push('\n');
     let folded_path = write(DIFF_FOLDED, folded.as_bytes())?;
-    let svg = report::flamegraph_svg(
+    let svg = flamegraph_svg(
         &lines,
         "stallscope diff: stall time, red grew and blue shrank since the base",
     )?;

@@ -3,6 +3,8 @@
 pub mod ci;
 pub mod diff;
 pub mod doctor;
+pub mod flight_recorder;
 pub mod record;
+pub mod render;
 pub mod replay;
 pub mod watch;

@@ -14,8 +14,10 @@ use crate::{
     analysis::budget,
     analysis::events,
     analysis::session::{self, EventLog, Session, monotonic_ns},
-    cli::{RecordConfig, Target},
-    outputs::report::{self, Recording},
+    commands::render,
+    config::{RecordConfig, Target},
+    model::Recording,
+    outputs::{live, summary},
     syscalls,
     system::attach::{self, LoadOptions, Probes},
     system::features::{self, KernelFeatures},
@@ -42,9 +44,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Exit code per DESIGN.md: 3 when a budget was exceeded.
+    /// Exit code per DESIGN.md: the verdict's.
     pub fn exit_code(&self) -> u8 {
-        if self.recording.verdict.passed { 0 } else { 3 }
+        self.recording.verdict.exit_code()
     }
 }
 
@@ -84,7 +86,7 @@ fn prepare_out_dir(config: &RecordConfig, label: &str) -> Result<PathBuf> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("stallscope-{label}-{}", local_timestamp())));
-    report::prepare_output_dir(&dir)?;
+    render::prepare_output_dir(&dir)?;
     Ok(dir)
 }
 
@@ -125,10 +127,6 @@ pub async fn run_with_start(
         Target::Pids(pids) => resolve_pids(pids)?,
         Target::Command(_) => Vec::new(),
     };
-    let budgets = match &config.fail_on {
-        Some(text) => budget::parse_budgets(text, false)?,
-        None => Vec::new(),
-    };
     let label = match (&config.target, start_pids.first()) {
         (Target::Pids(_), Some(first)) => first.pid.to_string(),
         _ => "command".to_string(),
@@ -153,6 +151,9 @@ pub async fn run_with_start(
     .map_err(explain_load_error)?;
 
     let mut session = Session::new(config.clone());
+    if !config.quiet {
+        session.live_sink = Some(Box::new(live::LiveLines));
+    }
     session.event_log = Some(EventLog::create(&out_dir, MAX_SAVED_EVENTS)?);
     let mut child = None;
     match &config.target {
@@ -207,13 +208,13 @@ pub async fn run_with_start(
         recording.drops.events_not_saved = log.finish()?;
     }
     save_symbols(&out_dir, &saved)?;
-    recording.verdict = budget::judge(&budgets, &recording);
-    let written = report::write_outputs(&out_dir, &recording, &config.formats)?;
+    recording.verdict = budget::judge(&config.budgets, &recording);
+    let written = render::write_outputs(&out_dir, &recording, &config.formats)?;
     if stop == StopReason::TargetsExited {
         eprintln!("stallscope: every target has exited; recording stopped");
     }
-    print!("{}", report::summary_text(&recording, &written));
-    report::append_github_step_summary(&recording)?;
+    print!("{}", summary::summary_text(&recording, &written));
+    summary::append_github_step_summary(&recording)?;
     Ok(Outcome {
         recording,
         out_dir,
@@ -327,8 +328,7 @@ fn save_symbols(dir: &std::path::Path, saved: &[session::SavedStack]) -> Result<
 }
 
 pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
-    let text = format!("{err:#}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
+    if attach::is_permission_denied(&err) {
         err.context("the kernel refused the eBPF programs (EPERM): run as root, or with CAP_BPF and CAP_PERFMON, and check kernel.perf_event_paranoid and kernel.unprivileged_bpf_disabled")
     } else {
         err
@@ -387,7 +387,7 @@ fn announce(session: &Session, out_dir: &std::path::Path) {
     eprintln!(
         "stallscope: recording {} {duration}, threshold {}, writing to {}",
         pids.join(", "),
-        report::format_ms(session.config.threshold_ns),
+        crate::units::format_duration(session.config.threshold_ns),
         out_dir.display()
     );
 }
@@ -528,5 +528,36 @@ pub fn drain(
             }
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explained(err: anyhow::Error) -> String {
+        format!("{:#}", explain_load_error(err))
+    }
+
+    /// Issue #18: EPERM was found by matching the error's text ("Operation not permitted",
+    /// "EPERM"); it is now the errno of the `io::Error` in the chain, as aya reports it.
+    #[test]
+    fn eperm_is_a_typed_error_not_matched_text() {
+        let refused = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_create",
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        let err = anyhow::Error::new(aya::EbpfError::MapError(refused))
+            .context("loading the eBPF programs into the kernel");
+        assert!(
+            explained(err).contains("run as root, or with CAP_BPF and CAP_PERFMON"),
+            "EPERM from the kernel is explained"
+        );
+        // Words are not the errno: a message that only says them is left as it is.
+        let words = anyhow!("map EPERM_COUNTS: Operation not permitted, says the log");
+        assert!(!explained(words).contains("CAP_BPF"));
+        // Nor is another errno.
+        let eacces = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!explained(eacces).contains("CAP_BPF"));
     }
 }

@@ -5,15 +5,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::{
     analysis::budget,
     analysis::session::{self, ProcessState, Resolver, Session},
-    cli::{Formats, RecordConfig, Target},
-    commands::record::Outcome,
-    commands::record::StopReason,
-    outputs::report::{self, Recording},
+    commands::{
+        record::{Outcome, StopReason},
+        render,
+    },
+    config::{Formats, RecordConfig, Target, fail_on::Budget},
+    model::{self, Recording},
+    outputs::summary,
+    store::recording::{load_recording, load_symbols},
 };
 
 pub struct ReportOptions {
@@ -21,43 +25,7 @@ pub struct ReportOptions {
     pub out: Option<PathBuf>,
     pub threshold_ns: Option<u64>,
     pub formats: Formats,
-    pub fail_on: Option<String>,
-}
-
-/// Reads `stalls.json` of a recording directory, with errors that say what is wrong.
-pub fn load_recording(dir: &Path) -> Result<Recording> {
-    if !dir.is_dir() {
-        bail!(
-            "{} is not a stallscope recording directory (it does not exist)",
-            dir.display()
-        );
-    }
-    let path = dir.join(report::STALLS_JSON);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} has no readable stalls.json: is it a stallscope recording directory?",
-            dir.display()
-        )
-    })?;
-    let recording: Recording = serde_json::from_str(&text)
-        .with_context(|| format!("{} is truncated or corrupted", path.display()))?;
-    if recording.version != report::SCHEMA_VERSION {
-        bail!(
-            "{} has schema version {}, this stallscope reads version {}",
-            path.display(),
-            recording.version,
-            report::SCHEMA_VERSION
-        );
-    }
-    Ok(recording)
-}
-
-fn load_symbols(dir: &Path) -> Result<Vec<session::SavedStack>> {
-    let path = dir.join(session::SYMBOLS_JSON);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    session::parse_symbols(&text)
-        .with_context(|| format!("{} is truncated or corrupted", path.display()))
+    pub budgets: Vec<Budget>,
 }
 
 /// Replays a saved recording into a fresh [`Recording`] with `threshold_ns`.
@@ -85,7 +53,7 @@ pub fn replay_events(
         thread_name: None,
         quiet: true,
         ring_buffer_bytes: 0,
-        fail_on: None,
+        budgets: Vec::new(),
         formats: Formats::ALL,
         stack_bytes: 0,
         python_only: false,
@@ -122,7 +90,7 @@ pub fn replay_events(
     // What the kernel lost was counted live; a replay cannot see it again.
     recording.lost_events = saved.lost_events;
     // The live stage's window and counts; the replay's own late events are the same ones.
-    recording.reorder = crate::outputs::report::ReorderReport {
+    recording.reorder = model::ReorderReport {
         late_events: recording.reorder.late_events,
         missed_switches: recording.reorder.missed_switches,
         breakdown_mismatches: recording.reorder.breakdown_mismatches,
@@ -160,13 +128,9 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
             saved.drops.events_not_saved
         );
     }
-    let budgets = match &options.fail_on {
-        Some(text) => budget::parse_budgets(text, false)?,
-        None => Vec::new(),
-    };
-    recording.verdict = budget::judge(&budgets, &recording);
+    recording.verdict = budget::judge(&options.budgets, &recording);
     let out_dir = options.out.clone().unwrap_or_else(|| options.dir.clone());
-    report::prepare_output_dir(&out_dir)?;
+    render::prepare_output_dir(&out_dir)?;
     if out_dir != options.dir {
         // Keep the new directory a complete recording too (re-renderable again).
         for name in [session::EVENTS_BIN, session::SYMBOLS_JSON] {
@@ -177,8 +141,8 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
             }
         }
     }
-    let written = report::write_outputs(&out_dir, &recording, &options.formats)?;
-    print!("{}", report::summary_text(&recording, &written));
+    let written = render::write_outputs(&out_dir, &recording, &options.formats)?;
+    print!("{}", summary::summary_text(&recording, &written));
     Ok(Outcome {
         recording,
         out_dir,
@@ -191,7 +155,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::stacks::symbolize::{Frame, FrameKind};
+    use crate::model::{Frame, FrameKind};
 
     /// Pids above the kernel's largest pid_max (2^22): never a live process, so a replay
     /// never reads /proc for them.
@@ -208,7 +172,7 @@ mod tests {
             thread_name: None,
             quiet: true,
             ring_buffer_bytes: 0,
-            fail_on: None,
+            budgets: Vec::new(),
             formats: Formats::ALL,
             stack_bytes: 0,
             python_only: false,
@@ -293,16 +257,16 @@ mod tests {
             let mut events = events;
             events.sort_by_key(|e| e.ts_ns);
             let recording = replay_events(&events, stacks, &saved, threshold_ms * 1_000_000);
-            let _ = report::summary_markdown(&recording);
-            let _ = report::summary_text(&recording, &[]);
-            let folded = report::stall_folded(&recording);
-            let _ = report::flamegraph_svg(&folded, "t");
-            let _ = report::offcpu_folded(&recording);
+            let _ = summary::summary_markdown(&recording);
+            let _ = summary::summary_text(&recording, &[]);
+            let folded = crate::outputs::folded::stall_folded(&recording);
+            let _ = crate::outputs::folded::flamegraph_svg(&folded, "t");
+            let _ = crate::outputs::folded::offcpu_folded(&recording);
             let _ = crate::outputs::trace::trace_json(&recording);
             let _ = crate::outputs::pprof::profile_pb_gz(&recording);
             for stall in &recording.stalls {
                 prop_assert!(stall.start_ns <= stall.end_ns);
-                let _ = report::live_line(stall);
+                let _ = crate::outputs::live::live_line(stall);
             }
         }
 

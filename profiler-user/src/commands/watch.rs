@@ -2,7 +2,7 @@
 //! `record`, run until stopped, with processes followed as they come and go and each stall
 //! handed, as it ends, to the outputs of a long-running agent: Prometheus metrics
 //! ([`crate::outputs::metrics`], served at `/metrics`), a JSON-lines log ([`crate::outputs::events_log`]) and
-//! a flight recorder ([`crate::outputs::flight_recorder`]).
+//! a flight recorder ([`crate::commands::flight_recorder`]).
 //!
 //! Which processes: `--pid` (and descendants), plus everyone matching `--comm`/`--exe` globs or
 //! in a `--cgroup`. The kernel side follows a match by itself at exec and fork (from its first
@@ -31,13 +31,15 @@ use tokio::{
 
 use crate::{
     analysis::session::{Session, StallSink, monotonic_ns},
-    cli::WatchConfig,
-    commands::record::{self, detect_waiting_threads},
+    commands::{
+        flight_recorder::FlightRecorder,
+        record::{self, detect_waiting_threads},
+    },
+    config::{Target, WatchConfig},
+    model::{ProcessRecord, StallRecord},
     outputs::{
         events_log::{self, EventsLog, StallEvent},
-        flight_recorder::FlightRecorder,
         metrics::{self, Metrics},
-        report::{ProcessRecord, StallRecord},
     },
     system::{
         attach::{self, Matching, Probes},
@@ -164,7 +166,7 @@ impl StallSink for Sink {
         outputs.metrics.stall(stall, &comm, &cgroup);
         let host = outputs.host.clone();
         if let Some(events) = outputs.events.as_mut() {
-            let top_frames = crate::outputs::headline::headline(stall)
+            let top_frames = crate::analysis::headline::headline(stall)
                 .map(|h| h.text("\u{1f}"))
                 .map(|text| text.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default();
@@ -191,8 +193,8 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         bail!(features::too_old_line(&reason));
     }
     let start_pids: Vec<u32> = match &config.record.target {
-        crate::cli::Target::Pids(pids) => pids.clone(),
-        crate::cli::Target::Command(_) => Vec::new(),
+        Target::Pids(pids) => pids.clone(),
+        Target::Command(_) => Vec::new(),
     };
     for &pid in &start_pids {
         if procfs::process_id(pid).is_none() {
@@ -255,6 +257,9 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     let mut session = Session::new(config.record.clone());
     session.streaming = true;
     session.sink = Some(Box::new(Sink(outputs.clone())));
+    if !config.record.quiet {
+        session.live_sink = Some(Box::new(crate::outputs::live::LiveLines));
+    }
     for pid in procfs::with_descendants(&start_pids) {
         follow(&mut session, &mut probes, pid);
     }
@@ -310,7 +315,7 @@ fn announce(config: &WatchConfig, session: &Session) {
     eprintln!(
         "stallscope: watching {}, threshold {}{listen}",
         what.join(", "),
-        crate::outputs::report::format_ms(config.record.threshold_ns)
+        crate::units::format_duration(config.record.threshold_ns)
     );
 }
 

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::outputs::report::{ProcessRecord, StallRecord};
+use crate::model::{ProcessRecord, StallRecord};
 
 /// Where the lines go.
 enum Sink {

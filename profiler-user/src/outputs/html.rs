@@ -22,8 +22,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    outputs::report::{Recording, StackRecord, StallRecord, format_ms},
-    stacks::symbolize::FrameKind,
+    analysis::headline,
+    model::{FrameKind, Recording, StackKind, StackRecord, StallRecord},
+    units::format_duration,
 };
 
 /// How much of a recording the page carries, with the reason for each limit.
@@ -200,17 +201,17 @@ fn frame_kind_code(kind: FrameKind) -> &'static str {
 /// The leaf that says what kind of time a stack is, with the syscall and who ended the wait.
 fn marker(stack: &StackRecord) -> (String, &'static str) {
     let by = stack.waker.as_ref().map(|w| w.describe());
-    let (text, kind) = match stack.kind.as_str() {
-        "off_cpu" => (
+    let (text, kind) = match stack.kind {
+        StackKind::OffCpu => (
             match &stack.syscall {
                 Some(s) => format!("[blocked in {s}()]"),
                 None => "[blocked]".to_string(),
             },
             "b",
         ),
-        "runqueue" => ("[waiting for a CPU]".to_string(), "r"),
-        "lock" => ("[waiting for a lock]".to_string(), "l"),
-        _ => return (String::new(), "on"),
+        StackKind::Runqueue => ("[waiting for a CPU]".to_string(), "r"),
+        StackKind::Lock => ("[waiting for a lock]".to_string(), "l"),
+        StackKind::OnCpu => return (String::new(), "on"),
     };
     let text = match by {
         Some(by) if kind == "l" => format!("{text} released by {by}"),
@@ -224,7 +225,7 @@ fn marker(stack: &StackRecord) -> (String, &'static str) {
 /// heaviest stacks first until the node budget is spent, the rest summed into one node.
 fn stall_tree(stall: &StallRecord) -> Node {
     let mut root = Node {
-        n: format!("stall {}", format_ms(stall.duration_ns)),
+        n: format!("stall {}", format_duration(stall.duration_ns)),
         k: "on",
         ..Node::default()
     };
@@ -243,11 +244,8 @@ fn stall_tree(stall: &StallRecord) -> Node {
         root.v += stack.weight_ns;
         let mut node = &mut root;
         // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
-        let did_work = crate::outputs::headline::did_work(&stack.kind);
-        for shown in crate::outputs::headline::folded(&stack.frames, did_work)
-            .iter()
-            .rev()
-        {
+        let did_work = headline::did_work(stack.kind);
+        for shown in headline::folded(&stack.frames, did_work).iter().rev() {
             let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
             node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
@@ -272,11 +270,11 @@ fn stall_tree(stall: &StallRecord) -> Node {
 fn causes(stall: &StallRecord) -> Vec<CauseView> {
     let mut causes: Vec<CauseView> = Vec::new();
     for stack in &stall.stacks {
-        let kind = match stack.kind.as_str() {
-            "off_cpu" => "blocked",
-            "runqueue" => "runqueue",
-            "lock" => "lock",
-            _ => continue,
+        let kind = match stack.kind {
+            StackKind::OffCpu => "blocked",
+            StackKind::Runqueue => "runqueue",
+            StackKind::Lock => "lock",
+            StackKind::OnCpu => continue,
         };
         let by = stack
             .waker
@@ -302,7 +300,7 @@ fn causes(stall: &StallRecord) -> Vec<CauseView> {
 
 /// The table's "where": the stall's dominant code path, as the live line says it.
 fn headline(stall: &StallRecord) -> String {
-    let text = crate::outputs::headline::headline(stall)
+    let text = headline::headline(stall)
         .map(|h| h.text(" < "))
         .unwrap_or_else(|| format!("(no frames: {})", stall.no_frames_why()));
     clip(&text, 4 * PAGE_LIMITS.name_chars)
@@ -385,7 +383,7 @@ fn page(recording: &Recording) -> Page {
         let lock_ns: u64 = stall
             .stacks
             .iter()
-            .filter(|s| s.kind == "lock")
+            .filter(|s| s.kind == StackKind::Lock)
             .map(|s| s.weight_ns)
             .sum();
         stalls.push(StallView {
@@ -419,7 +417,7 @@ fn page(recording: &Recording) -> Page {
     stalls.sort_by_key(|s| s.start_us);
 
     let mut spans: Vec<(usize, &'static str, u64, u64)> = Vec::new();
-    let mut kept: Vec<&crate::outputs::report::SpanRecord> = recording
+    let mut kept: Vec<&crate::model::SpanRecord> = recording
         .spans
         .iter()
         .filter(|s| s.kind == "off_cpu" || s.kind == "runqueue")
@@ -547,8 +545,8 @@ pub fn report_html(recording: &Recording) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::report::Drops;
-    use crate::stacks::symbolize::Frame;
+    use crate::model::Drops;
+    use crate::model::Frame;
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
         Frame {
@@ -562,7 +560,7 @@ mod tests {
 
     fn stack(kind: &str, weight_ns: u64, frames: Vec<Frame>) -> StackRecord {
         StackRecord {
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::Value::from(kind)).expect("a stack kind"),
             weight_ns,
             count: 1,
             syscall: (kind == "off_cpu").then(|| "nanosleep".to_string()),

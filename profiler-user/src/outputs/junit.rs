@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{analysis::budget::BudgetResult, outputs::report::Verdict};
+use crate::model::{BudgetResult, Verdict};
 
 /// Class name of every budget test case, so CI groups them together.
 pub const CLASSNAME: &str = "stallscope.budget";

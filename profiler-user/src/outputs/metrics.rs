@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::outputs::report::StallRecord;
+use crate::model::StallRecord;
 
 /// Distinct (comm, cgroup) label pairs with series of their own.
 pub const MAX_SERIES: usize = 500;
@@ -241,7 +241,7 @@ pub fn cause(stall: &StallRecord) -> &'static str {
     let lock_ns: u64 = stall
         .stacks
         .iter()
-        .filter(|s| s.kind == "lock")
+        .filter(|s| s.kind == crate::model::StackKind::Lock)
         .map(|s| s.weight_ns)
         .sum();
     let blocked_ns = stall.off_cpu_ns.saturating_sub(lock_ns);
@@ -289,8 +289,8 @@ mod tests {
         const MS: u64 = 1_000_000;
         let mut stacks = Vec::new();
         if lock_ms > 0 {
-            stacks.push(crate::outputs::report::StackRecord {
-                kind: "lock".into(),
+            stacks.push(crate::model::StackRecord {
+                kind: crate::model::StackKind::Lock,
                 weight_ns: lock_ms * MS,
                 count: 1,
                 syscall: Some("futex".into()),
@@ -308,7 +308,7 @@ mod tests {
             on_cpu_ns: on_cpu_ms * MS,
             off_cpu_ns: off_cpu_ms * MS,
             runqueue_ns: 0,
-            rule: "iteration".into(),
+            rule: crate::model::StallRule::Iteration,
             partial: false,
             data_lost: false,
             unaccounted_ns: 0,

@@ -18,10 +18,7 @@ use std::{collections::HashMap, io::Write as _};
 use anyhow::{Context as _, Result};
 use flate2::{Compression, write::GzEncoder};
 
-use crate::{
-    outputs::report::Recording,
-    stacks::symbolize::{Frame, FrameKind},
-};
+use crate::model::{Frame, FrameKind, Recording};
 
 /// `profile.proto` `Profile`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -402,7 +399,7 @@ fn build(recording: &Recording) -> Profile {
                 stall.pid,
                 stall.tid,
                 &stall.comm,
-                &stack.kind,
+                stack.kind.as_str(),
                 stack.syscall.as_deref(),
             );
         }
@@ -445,7 +442,7 @@ fn decode_for_test(bytes: &[u8]) -> Result<Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::report::{
+    use crate::model::{
         Drops, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, StackRecord, StallRecord, Verdict,
     };
 
@@ -465,7 +462,7 @@ mod tests {
 
     fn stack(kind: &str, weight_ns: u64, syscall: Option<&str>, frames: Vec<Frame>) -> StackRecord {
         StackRecord {
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::Value::from(kind)).expect("a stack kind"),
             weight_ns,
             count: 1,
             syscall: syscall.map(Into::into),
@@ -487,7 +484,7 @@ mod tests {
             on_cpu_ns: 200_000_000,
             off_cpu_ns: 90_000_000,
             runqueue_ns: 10_000_000,
-            rule: "iteration".into(),
+            rule: crate::model::StallRule::Iteration,
             partial: false,
             data_lost: false,
             unaccounted_ns: 0,

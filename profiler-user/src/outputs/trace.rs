@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use crate::outputs::report::{Recording, StallRecord, format_ms, top_user_frames};
+use crate::{
+    model::{Recording, StallRecord, top_user_frames},
+    units::format_duration,
+};
 
 /// One event plus the keys it is sorted by.
 struct Event {
@@ -165,7 +168,7 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
         ts,
         dur,
         value: json!({
-            "name": format!("stall {}", format_ms(stall.duration_ns)),
+            "name": format!("stall {}", format_duration(stall.duration_ns)),
             "cat": "stall",
             "ph": "X",
             "ts": ts,
@@ -177,7 +180,7 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
     }
 }
 
-fn span_event(clock: &Clock, span: &crate::outputs::report::SpanRecord) -> Event {
+fn span_event(clock: &Clock, span: &crate::model::SpanRecord) -> Event {
     let ts = clock.ts_us(span.start_ns);
     let mut args = Map::new();
     if let Some(syscall) = &span.syscall {
@@ -288,12 +291,9 @@ pub fn trace_json(recording: &Recording) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        outputs::report::{
-            Drops, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, SpanRecord, StackRecord,
-            ThreadRecord, Verdict,
-        },
-        stacks::symbolize::{Frame, FrameKind},
+    use crate::model::{
+        Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, SpanRecord,
+        StackRecord, ThreadRecord, Verdict,
     };
 
     /// A strict check of the trace-event format (the JSON object form), as documented in
@@ -435,7 +435,7 @@ mod tests {
             on_cpu_ns: 12_400_000,
             off_cpu_ns: 300_000_000,
             runqueue_ns: 0,
-            rule: "iteration".into(),
+            rule: crate::model::StallRule::Iteration,
             partial: false,
             data_lost: false,
             unaccounted_ns: 0,
@@ -446,7 +446,7 @@ mod tests {
             task: None,
             stacks: vec![
                 StackRecord {
-                    kind: "on_cpu".into(),
+                    kind: crate::model::StackKind::OnCpu,
                     weight_ns: 12_400_000,
                     count: 1,
                     syscall: None,
@@ -454,7 +454,7 @@ mod tests {
                     waker: None,
                 },
                 StackRecord {
-                    kind: "off_cpu".into(),
+                    kind: crate::model::StackKind::OffCpu,
                     weight_ns: 300_000_000,
                     count: 1,
                     syscall: Some("read".into()),

@@ -17,54 +17,39 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Elf, Kernel, Source},
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
+    model::{Frame, FrameKind},
     sanitize,
     stacks::perf_map::{self, PerfMap},
     system::procfs::{self, Mapping},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    Python,
-    Native,
-    Kernel,
-    Jit,
-    /// A JavaScript function read from V8's heap (see `v8.rs`).
-    Js,
+/// A frame for an address no symbol names: `module+0x1234`, or `[unknown] 0x1234` outside
+/// any module.
+fn unknown_frame(addr: u64, module: Option<String>, kind: FrameKind) -> Frame {
+    unknown_frame_as(addr, module, None, kind)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Frame {
-    pub function: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    pub module: Option<String>,
-    pub kind: FrameKind,
-}
-
-impl Frame {
-    fn unknown(addr: u64, module: Option<String>, kind: FrameKind) -> Self {
-        Frame::unknown_as(addr, module, None, kind)
-    }
-
-    /// An unnamed address, named `SHOWN+0x...` (`shown`: the name the program was started as,
-    /// else the file's), with the real path in `module`.
-    fn unknown_as(addr: u64, module: Option<String>, shown: Option<&str>, kind: FrameKind) -> Self {
-        let function = match (&module, shown) {
-            (Some(_), Some(shown)) => format!("{shown}+{addr:#x}"),
-            (Some(module), None) => format!("{}+{addr:#x}", short_module(module)),
-            (None, _) => format!("[unknown] {addr:#x}"),
-        };
-        Frame {
-            function,
-            file: None,
-            line: None,
-            module,
-            kind,
-        }
+/// As [`unknown_frame`], named `SHOWN+0x1234` when `shown` (the name the program was started
+/// as, see [`started_as_name`]) is given; the real path stays in `module`.
+fn unknown_frame_as(
+    addr: u64,
+    module: Option<String>,
+    shown: Option<&str>,
+    kind: FrameKind,
+) -> Frame {
+    let function = match (&module, shown) {
+        (Some(_), Some(shown)) => format!("{shown}+{addr:#x}"),
+        (Some(module), None) => format!("{}+{addr:#x}", short_module(module)),
+        (None, _) => format!("[unknown] {addr:#x}"),
+    };
+    Frame {
+        function,
+        file: None,
+        line: None,
+        module,
+        kind,
     }
 }
 
@@ -297,7 +282,7 @@ impl Symbols {
                     module: Some("[jit]".into()),
                     kind: FrameKind::Jit,
                 }],
-                None => vec![Frame::unknown(addr, None, FrameKind::Native)],
+                None => vec![unknown_frame(addr, None, FrameKind::Native)],
             },
         };
         if self.user_cache.len() >= MAX_CACHED_ADDRESSES {
@@ -355,7 +340,7 @@ impl Symbols {
             if self.unopenable.len() < 64 {
                 self.unopenable.insert(module.clone());
             }
-            return vec![Frame::unknown(file_offset, Some(module), FrameKind::Native)];
+            return vec![unknown_frame(file_offset, Some(module), FrameKind::Native)];
         };
         if self.debug_safe.len() >= MAX_CACHED_FILES {
             self.debug_safe.clear();
@@ -375,7 +360,7 @@ impl Symbols {
             .symbolize_single(&source, Input::FileOffset(file_offset))
         {
             Ok(Symbolized::Sym(sym)) => frames_of(&sym, Some(module), FrameKind::Native),
-            Ok(Symbolized::Unknown(_)) => vec![Frame::unknown_as(
+            Ok(Symbolized::Unknown(_)) => vec![unknown_frame_as(
                 file_offset,
                 Some(module),
                 shown.as_deref(),
@@ -383,7 +368,7 @@ impl Symbols {
             )],
             Err(_) => {
                 self.failures += 1;
-                vec![Frame::unknown_as(
+                vec![unknown_frame_as(
                     file_offset,
                     Some(module),
                     shown.as_deref(),
@@ -429,7 +414,7 @@ impl Symbols {
                                 kind: FrameKind::Kernel,
                             },
                             Symbolized::Unknown(_) => {
-                                Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                                unknown_frame(*ip, Some("[kernel]".into()), FrameKind::Kernel)
                             }
                         };
                         self.kernel_cache.insert(*ip, frame);
@@ -441,7 +426,7 @@ impl Symbols {
         ips.iter()
             .map(|ip| {
                 self.kernel_cache.get(ip).cloned().unwrap_or_else(|| {
-                    Frame::unknown(*ip, Some("[kernel]".into()), FrameKind::Kernel)
+                    unknown_frame(*ip, Some("[kernel]".into()), FrameKind::Kernel)
                 })
             })
             .collect()

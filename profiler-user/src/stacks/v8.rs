@@ -30,7 +30,7 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
-    stacks::symbolize::{Frame, FrameKind},
+    model::{Frame, FrameKind},
     system::procfs::{self, Mapping},
 };
 

@@ -327,6 +327,17 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     Ok((probes, events))
 }
 
+/// Whether the kernel refused with EPERM anywhere in the error's chain: the errno of an
+/// `io::Error` the chain holds (aya keeps the syscall's error as the source), not words in
+/// the message, which a verifier log or a file name could contain too.
+pub fn is_permission_denied(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    })
+}
+
 /// Fills the kernel side's match tables before anything is attached.
 fn set_matching(ebpf: &mut Ebpf, matching: &Matching) -> Result<()> {
     let mut patterns: Array<&mut MapData, MatchPattern> = Array::try_from(
@@ -358,10 +369,12 @@ fn verified(result: Result<(), ProgramError>, program: &str, log_path: &Path) ->
                     log_path.display()
                 ),
             };
-            Err(anyhow!(
+            // The errno stays in the chain (typed), under the one line people read.
+            let line = format!(
                 "the kernel's verifier refused program {program} ({io_error}); {place}; \
                  `stallscope doctor` says what this kernel lacks"
-            ))
+            );
+            Err(anyhow::Error::new(io_error).context(line))
         }
         Err(err) => Err(err).with_context(|| format!("loading program {program}")),
     }

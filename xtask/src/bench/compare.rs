@@ -3,7 +3,8 @@
 //! are this build at default settings, this build with a lever switched back off by its
 //! environment switch (`STALLSCOPE_EAGER_STACKS=1`: stacks copied at every switch-out as
 //! before; `STALLSCOPE_CLASSIC_TRACEPOINTS=1`: classic sched tracepoints), at 999 Hz, and the
-//! agent binary BASE when given. Writes `target/bench/COMPARE.md`. Each measure is a ratio or a
+//! agent binary BASE when given. Writes `bench/SIDE_BY_SIDE.md` (`--quick`:
+//! `target/bench/COMPARE.md`). Each measure is a ratio or a
 //! figure with its min-max spread over rounds:
 //! - a process no agent follows (pipe ping-pong): no agent, bpftrace with one classic
 //!   `sched_switch` probe (for scale), and the variants, the order rotated each round;
@@ -156,7 +157,12 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
             .join(" "),
         started.elapsed().as_secs_f64() / 60.0
     ));
-    let path = dir.join("COMPARE.md");
+    // A full run is kept beside the main results; a quick one is only a smoke test.
+    let path = if opts.quick {
+        dir.join("COMPARE.md")
+    } else {
+        crate::root().join("bench/SIDE_BY_SIDE.md")
+    };
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     println!("{text}");
     eprintln!("bench: written to {}", path.display());

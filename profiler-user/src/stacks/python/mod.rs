@@ -27,8 +27,9 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol a
 use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackHeader};
 
 use crate::{
+    model::{Frame, FrameKind, TaskInfo, TaskRef},
     stacks::python::offsets::{AsyncioOffsets, DebugOffsets, Refused},
-    stacks::symbolize::{self, Frame, FrameKind},
+    stacks::symbolize,
     system::procfs,
 };
 
@@ -670,25 +671,6 @@ pub struct DecodedFrame {
     pub entry: bool,
     /// The frame of a coroutine (async def).
     pub coroutine: bool,
-}
-
-/// The asyncio task a stack ran in: its coroutine (the outermost `async def` frame) and, when
-/// it could be read, the Task's name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct TaskInfo {
-    pub name: Option<String>,
-    pub coroutine: String,
-    /// The Tasks awaiting this one, nearest first (3.14+: each awaits the one before it), as
-    /// `python -m asyncio pstree` shows them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub awaited_by: Vec<TaskRef>,
-}
-
-/// A Task by its name and its coroutine's qualname.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct TaskRef {
-    pub name: Option<String>,
-    pub coroutine: String,
 }
 
 /// The interpreters of the followed processes and their decoded code objects.

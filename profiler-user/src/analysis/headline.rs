@@ -23,10 +23,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use crate::{
-    outputs::report::{StackRecord, StallRecord},
-    stacks::symbolize::{Frame, FrameKind},
-};
+use crate::model::{Frame, FrameKind, StackKind, StackRecord, StallRecord};
 
 /// A branch holding at least this share of the stall is named on its own (a mixed stall).
 const BRANCH_SHARE: f64 = 0.2;
@@ -162,8 +159,8 @@ pub fn view_frames(frames: &[Frame], did_work: bool, view: View) -> Vec<&Frame> 
 }
 
 /// Whether a stack of this kind spent its time where its leaf is (on a CPU, or preempted there).
-pub fn did_work(kind: &str) -> bool {
-    matches!(kind, "on_cpu" | "runqueue")
+pub fn did_work(kind: StackKind) -> bool {
+    matches!(kind, StackKind::OnCpu | StackKind::Runqueue)
 }
 
 /// The frames a person reads, innermost first, in the current [`view`]: Python-first for
@@ -254,12 +251,12 @@ struct Node {
     children: Vec<Node>,
 }
 
-fn kind_index(kind: &str) -> usize {
+fn kind_index(kind: StackKind) -> usize {
     match kind {
-        "off_cpu" => 1,
-        "runqueue" => 2,
-        "lock" => 3,
-        _ => 0,
+        StackKind::OnCpu => 0,
+        StackKind::OffCpu => 1,
+        StackKind::Runqueue => 2,
+        StackKind::Lock => 3,
     }
 }
 
@@ -312,10 +309,10 @@ impl Node {
 fn tree(stacks: &[StackRecord]) -> Node {
     let mut root = Node::default();
     for (index, stack) in stacks.iter().enumerate() {
-        let kind = kind_index(&stack.kind);
+        let kind = kind_index(stack.kind);
         root.add(index, kind, stack.weight_ns);
         let mut node = &mut root;
-        for shown in readable(&stack.frames, did_work(&stack.kind)).iter().rev() {
+        for shown in readable(&stack.frames, did_work(stack.kind)).iter().rev() {
             node = node.child(shown);
             node.add(index, kind, stack.weight_ns);
             *node.texts.entry(shown.text.clone()).or_default() += stack.weight_ns;
@@ -547,7 +544,7 @@ mod tests {
 
     fn stack(kind: &str, weight_ns: u64, syscall: Option<&str>, frames: Vec<Frame>) -> StackRecord {
         StackRecord {
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::Value::from(kind)).expect("a stack kind"),
             weight_ns,
             count: 1,
             syscall: syscall.map(str::to_string),

@@ -14,8 +14,9 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::Formats,
-    outputs::report::{self, ProcessRecord, Recording, StallRecord},
+    commands::render,
+    config::Formats,
+    model::{self, ProcessRecord, Recording, StallRecord},
 };
 
 pub struct FlightRecorder {
@@ -42,7 +43,7 @@ const FORMATS: Formats = Formats {
 impl FlightRecorder {
     /// Checks DIR can be written (creating it if missing).
     pub fn new(dir: &Path, keep: usize) -> Result<Self> {
-        report::prepare_output_dir(dir)?;
+        render::prepare_output_dir(dir)?;
         Ok(FlightRecorder {
             dir: dir.to_path_buf(),
             keep: keep.max(1),
@@ -94,7 +95,7 @@ impl FlightRecorder {
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let recording = one_stall(stall, process, threshold_ns);
-        let files = report::write_outputs(&dir, &recording, &FORMATS)?;
+        let files = render::write_outputs(&dir, &recording, &FORMATS)?;
         Ok((dir, files.into_iter().map(PathBuf::from).collect()))
     }
 }
@@ -111,29 +112,29 @@ fn remove_own(dir: &Path, files: &[PathBuf]) {
 /// A recording of one stall, so every existing rendering serves as its report.
 fn one_stall(stall: &StallRecord, process: Option<&ProcessRecord>, threshold_ns: u64) -> Recording {
     Recording {
-        version: report::SCHEMA_VERSION,
+        version: model::SCHEMA_VERSION,
         threshold_ns,
         recorded_ns: stall.duration_ns,
         start_ns: stall.start_ns,
         end_ns: stall.end_ns,
         sample_freq_hz: 0,
         lost_events: 0,
-        drops: report::Drops::default(),
+        drops: model::Drops::default(),
         processes: process.into_iter().cloned().collect(),
         threads: Vec::new(),
         stalls: vec![stall.clone()],
         offcpu: Vec::new(),
         spans: Vec::new(),
         spans_dropped: 0,
-        unwind: report::UnwindReport::default(),
-        python: report::PythonReport::default(),
-        javascript: report::JsReport::default(),
+        unwind: model::UnwindReport::default(),
+        python: model::PythonReport::default(),
+        javascript: model::JsReport::default(),
         hints: Vec::new(),
         waiting_at_start: Vec::new(),
         startups: Vec::new(),
         kernel_limits: Vec::new(),
-        reorder: report::ReorderReport::default(),
-        verdict: report::Verdict {
+        reorder: model::ReorderReport::default(),
+        verdict: model::Verdict {
             budgets: Vec::new(),
             passed: true,
         },
@@ -155,7 +156,7 @@ mod tests {
             on_cpu_ns: 200_000_000,
             off_cpu_ns: 0,
             runqueue_ns: 0,
-            rule: "iteration".into(),
+            rule: crate::model::StallRule::Iteration,
             partial: false,
             data_lost: false,
             unaccounted_ns: 0,
@@ -192,15 +193,15 @@ mod tests {
         assert!(theirs.exists(), "a file it did not write was removed");
         assert!(second.join("mine.txt").exists());
         assert!(
-            !second.join(report::STALLS_JSON).exists(),
+            !second.join(model::STALLS_JSON).exists(),
             "its own file stays"
         );
         let reports: Vec<&String> = names.iter().filter(|n| n.starts_with("stall-")).collect();
         // Reports 3 and 4, plus report 2's directory kept for the foreign file.
         assert_eq!(reports.len(), 3, "{names:?}");
         for (dir, _) in &recorder.written {
-            assert!(dir.join(report::STALLS_JSON).is_file());
-            assert!(dir.join(report::FLAMEGRAPH_SVG).is_file());
+            assert!(dir.join(model::STALLS_JSON).is_file());
+            assert!(dir.join(model::FLAMEGRAPH_SVG).is_file());
         }
         let _ = std::fs::remove_dir_all(&base);
     }

@@ -1,0 +1,92 @@
+//! Writing a recording's files: stalls.json always, and each rendering the `--format` list
+//! asks for, by the module that owns it. The one place `record`, `ci` and `report` write their
+//! outputs from.
+
+use std::{fs, io, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    config::Formats,
+    model::{
+        FLAMEGRAPH_SVG, JUNIT_XML, OFFCPU_FOLDED, OFFCPU_SVG, PROFILE_PB_GZ, REPORT_HTML,
+        Recording, STALLS_FOLDED, STALLS_JSON, SUMMARY_MD, TRACE_JSON,
+    },
+    outputs::{
+        folded::{flamegraph_svg, folded_text, offcpu_folded, stall_folded},
+        html, junit, pprof,
+        summary::summary_markdown,
+        trace,
+    },
+};
+
+/// Writes stalls.json and the renderings `formats` asks for into `dir`; returns their paths.
+pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path.display().to_string());
+        Ok(())
+    };
+    let json = serde_json::to_vec_pretty(recording).context("serializing stalls.json")?;
+    write(STALLS_JSON, &json)?;
+    let stalls = stall_folded(recording);
+    let offcpu = offcpu_folded(recording);
+    if formats.folded {
+        write(STALLS_FOLDED, folded_text(&stalls).as_bytes())?;
+        write(OFFCPU_FOLDED, folded_text(&offcpu).as_bytes())?;
+    }
+    if formats.svg {
+        write(
+            FLAMEGRAPH_SVG,
+            &flamegraph_svg(&stalls, "stallscope: where stall time went")?,
+        )?;
+        write(
+            OFFCPU_SVG,
+            &flamegraph_svg(&offcpu, "stallscope: off-CPU time of followed threads")?,
+        )?;
+    }
+    if formats.pprof {
+        write(PROFILE_PB_GZ, &pprof::profile_pb_gz(recording)?)?;
+    }
+    if formats.trace {
+        let trace =
+            serde_json::to_vec(&trace::trace_json(recording)).context("serializing trace.json")?;
+        write(TRACE_JSON, &trace)?;
+    }
+    if formats.summary {
+        write(SUMMARY_MD, summary_markdown(recording).as_bytes())?;
+    }
+    if formats.junit {
+        let xml = junit::junit_xml(
+            &recording.verdict,
+            "stallscope",
+            recording.recorded_ns as f64 / 1e9,
+        );
+        write(JUNIT_XML, xml.as_bytes())?;
+    }
+    if formats.html {
+        write(REPORT_HTML, html::report_html(recording)?.as_bytes())?;
+    }
+    Ok(written)
+}
+
+/// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.
+pub fn prepare_output_dir(dir: &Path) -> Result<()> {
+    ensure_writable_dir(dir).with_context(|| {
+        format!(
+            "output directory {} is not writable; choose another with --out",
+            dir.display()
+        )
+    })
+}
+
+/// Whether `dir` can take our files: created if missing, probed with a temporary file that is
+/// removed again (it is ours).
+pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let probe = dir.join(".stallscope-write-test");
+    fs::write(&probe, b"")?;
+    fs::remove_file(&probe)
+}
