@@ -13,6 +13,7 @@ impl Session {
                 max_offcpu_entries: 0,
                 max_marks: 0,
                 min_mark_ns: 0,
+                hold_for_impact: false,
             }),
         );
         // Decide "is this thread a loop thread" with the full knowledge of the recording.

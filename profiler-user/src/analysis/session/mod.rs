@@ -185,6 +185,7 @@ impl Session {
             max_offcpu_entries: LIMITS.offcpu_entries,
             max_marks: LIMITS.marks,
             min_mark_ns: LIMITS.min_mark_ns,
+            hold_for_impact: true,
         });
         let resolver = Resolver {
             python_only: config.python_only,

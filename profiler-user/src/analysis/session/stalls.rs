@@ -96,6 +96,7 @@ impl Session {
             late_events: stall.late_events,
             missed_switches: stall.odd_transitions,
             task: self.stall_task(stall),
+            ready_events: stall.ready_events,
             stacks,
         }
     }
