@@ -230,7 +230,12 @@ impl Session {
         let vanished: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.id.is_some_and(|id| !procfs::is_alive(id)))
+            // Streaming, also one that was already gone when its first event was read (a
+            // late event of a process that exited): nothing of it is kept.
+            .filter(|(_, p)| match p.id {
+                Some(id) => !procfs::is_alive(id),
+                None => self.streaming,
+            })
             .map(|(pid, _)| *pid)
             .collect();
         for pid in vanished {
@@ -238,7 +243,11 @@ impl Session {
                 process.record.exited_ns = Some(now_ns);
                 process.record.exit_signal = Some("unknown (exit event lost)".into());
                 self.exited_pids.insert(pid);
-                self.past_processes.push(process.record);
+                if self.streaming {
+                    self.exited_to_purge.push(pid);
+                } else {
+                    self.past_processes.push(process.record);
+                }
             }
         }
     }
