@@ -1,0 +1,282 @@
+//! V8's postmortem metadata: the `v8dbg_*` symbols of a binary parsed into a [`Metadata`] (frame
+//! layout, type tags, class field offsets), with the fallbacks for the few V8 stopped exporting.
+
+use super::*;
+
+/// String shapes (instance-type bits and field offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct StringLayout {
+    pub(super) first_nonstring_type: u16,
+    pub(super) representation_mask: u16,
+    pub(super) encoding_mask: u16,
+    pub(super) one_byte_tag: u16,
+    pub(super) seq_tag: u16,
+    pub(super) cons_tag: u16,
+    pub(super) sliced_tag: u16,
+    pub(super) thin_tag: u16,
+    pub(super) off_length: u64,
+    pub(super) off_one_byte_chars: u64,
+    pub(super) off_two_byte_chars: u64,
+    pub(super) off_cons_first: u64,
+    pub(super) off_cons_second: u64,
+    pub(super) off_sliced_parent: u64,
+    pub(super) off_sliced_offset: u64,
+    pub(super) off_thin_actual: u64,
+}
+
+/// The `v8dbg_*` values of one binary, by name without the prefix.
+pub(super) struct Symbols {
+    pub(super) values: HashMap<String, i64>,
+}
+
+impl Symbols {
+    pub(super) fn get(&self, name: &str) -> Option<i64> {
+        self.values.get(name).copied()
+    }
+
+    /// A class field, whatever type suffix this V8 gives it (`name_or_scope_info__Object`,
+    /// `..._Tagged_Object_`, `..._Tagged_NameOrScopeInfoT_` over the versions).
+    pub(super) fn field(&self, class: &str, field: &str) -> Option<u64> {
+        let prefix = format!("class_{class}__{field}__");
+        let mut found: Vec<(&String, i64)> = self
+            .values
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, value)| (name, *value))
+            .collect();
+        found.sort();
+        found
+            .first()
+            .and_then(|(_, value)| u64::try_from(*value).ok())
+    }
+
+    /// The first of several names V8 used for a type tag.
+    pub(super) fn type_tag(&self, names: &[&str]) -> Option<u16> {
+        names
+            .iter()
+            .find_map(|name| self.get(&format!("type_{name}")))
+            .and_then(|v| u16::try_from(v).ok())
+    }
+}
+
+/// Reads a 4-byte value at a file address (SVMA) from the PT_LOAD segment holding it; zero in
+/// the part of a segment not backed by the file (.bss: the constant is 0).
+pub(super) fn value_at(
+    file: &object::File<'_>,
+    data: &[u8],
+    svma: u64,
+    size: usize,
+) -> Option<u64> {
+    for segment in file.segments() {
+        let start = segment.address();
+        if svma < start || svma >= start + segment.size() {
+            continue;
+        }
+        let (offset, file_size) = segment.file_range();
+        let within = svma - start;
+        if within + size as u64 > file_size {
+            return Some(0);
+        }
+        let at = usize::try_from(offset + within).ok()?;
+        let bytes = data.get(at..at.checked_add(size)?)?;
+        let mut word = [0u8; 8];
+        word[..size].copy_from_slice(bytes);
+        return Some(u64::from_le_bytes(word));
+    }
+    None
+}
+
+pub(super) fn version_string((a, b, c): (u32, u32, u32)) -> String {
+    format!("{a}.{b}.{c}")
+}
+
+impl Metadata {
+    /// Reads the metadata from an ELF file's bytes (`path` only names it in errors).
+    pub fn parse(data: &[u8], path: &str) -> Result<Self, V8Error> {
+        let file = object::File::parse(data).map_err(|err| V8Error::Read {
+            path: path.into(),
+            reason: err.to_string(),
+        })?;
+        let mut values = HashMap::new();
+        let mut version = [None::<u64>; 3];
+        let mut blob_start = None;
+        let mut blob_size = None;
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            let Ok(name) = symbol.name() else { continue };
+            let at = symbol.address();
+            if let Some(short) = name.strip_prefix("v8dbg_") {
+                if let Some(value) = value_at(&file, data, at, 4) {
+                    values.insert(short.to_string(), i64::from(value as u32 as i32));
+                }
+                continue;
+            }
+            match name {
+                "_ZN2v88internal7Version6major_E" => version[0] = value_at(&file, data, at, 4),
+                "_ZN2v88internal7Version6minor_E" => version[1] = value_at(&file, data, at, 4),
+                "_ZN2v88internal7Version6build_E" => version[2] = value_at(&file, data, at, 4),
+                "v8_Default_embedded_blob_code_" => blob_start = Some(at),
+                "v8_Default_embedded_blob_code_size_" => {
+                    blob_size = value_at(&file, data, at, 4);
+                }
+                _ => {}
+            }
+        }
+        if values.is_empty() {
+            return Err(V8Error::NoMetadata { path: path.into() });
+        }
+        let version = (
+            version[0].unwrap_or(0) as u32,
+            version[1].unwrap_or(0) as u32,
+            version[2].unwrap_or(0) as u32,
+        );
+        let builtins_svma = match (blob_start, blob_size) {
+            (Some(start), Some(size)) if size > 0 => Some(start..start + size),
+            _ => None,
+        };
+        Self::from_symbols(&Symbols { values }, version, builtins_svma, path)
+    }
+
+    pub(super) fn from_symbols(
+        symbols: &Symbols,
+        version: (u32, u32, u32),
+        builtins_svma: Option<Range<u64>>,
+        path: &str,
+    ) -> Result<Self, V8Error> {
+        let missing = |what: &'static str| V8Error::Missing {
+            path: path.into(),
+            version: version_string(version),
+            what,
+        };
+        let unsupported = |what: &'static str| V8Error::Unsupported {
+            path: path.into(),
+            version: version_string(version),
+            what,
+        };
+        // Pointer compression (SmiShiftSize 0) keeps 32-bit fields relative to a cage base:
+        // Node does not build with it, and this reader does not follow it.
+        if symbols.get("HeapObjectTag") != Some(1)
+            || symbols.get("HeapObjectTagMask") != Some(3)
+            || symbols.get("SmiTagMask") != Some(1)
+        {
+            return Err(unsupported("another object tagging scheme"));
+        }
+        if symbols.get("SmiShiftSize") != Some(31) {
+            return Err(unsupported("pointer compression"));
+        }
+        let fp = |name: &'static str| {
+            symbols
+                .get(name)
+                .filter(|v| (-128..0).contains(v) && v % 8 == 0)
+                .ok_or_else(|| missing(name))
+        };
+        let fp_function = fp("off_fp_function")?;
+        let fp_context = fp("off_fp_context")?;
+        // Exported since V8 9.5; below the JSFunction, after the argument count, before that.
+        let fp_bytecode_array = fp("off_fp_bytecode_array").unwrap_or(fp_function - 16);
+        let fp_bytecode_offset = fp("off_fp_bytecode_offset").unwrap_or(fp_bytecode_array - 8);
+        let type_js_function = symbols
+            .type_tag(&["JSFunction__JS_FUNCTION_TYPE"])
+            .ok_or_else(|| missing("the JSFunction type tag"))?;
+        // The range of JSFunction subclasses' tags is exported since V8 11.x; before it, V8
+        // 9.6.138 and later have 15 (OpenTelemetry's nodev8 reader uses the same rule).
+        let js_function_types = match (
+            symbols.get("FirstJSFunctionType"),
+            symbols.get("LastJSFunctionType"),
+        ) {
+            (Some(first), Some(last)) if first <= last => (first as u16, last as u16),
+            _ => (type_js_function, type_js_function + 14),
+        };
+        let type_shared_function_info = symbols
+            .type_tag(&["SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE"])
+            .ok_or_else(|| missing("the SharedFunctionInfo type tag"))?;
+        let type_script = symbols
+            .type_tag(&["Script__SCRIPT_TYPE"])
+            .ok_or_else(|| missing("the Script type tag"))?;
+        let type_scope_info = symbols
+            .type_tag(&["ScopeInfo__SCOPE_INFO_TYPE"])
+            .ok_or_else(|| missing("the ScopeInfo type tag"))?;
+        let type_bytecode_array = symbols.type_tag(&["BytecodeArray__BYTECODE_ARRAY_TYPE"]);
+        let tag = |name: &'static str| {
+            symbols
+                .get(name)
+                .and_then(|v| u16::try_from(v).ok())
+                .ok_or_else(|| missing(name))
+        };
+        let field = |class: &str, name: &str, what: &'static str| {
+            symbols.field(class, name).ok_or_else(|| missing(what))
+        };
+        // Tags that are 0 are emitted into .bss by some builds: a missing one reads as 0.
+        let strings = StringLayout {
+            first_nonstring_type: tag("FirstNonstringType")?,
+            representation_mask: tag("StringRepresentationMask")?,
+            encoding_mask: tag("StringEncodingMask")?,
+            one_byte_tag: tag("OneByteStringTag")?,
+            seq_tag: symbols.get("SeqStringTag").unwrap_or(0) as u16,
+            cons_tag: tag("ConsStringTag")?,
+            sliced_tag: tag("SlicedStringTag")?,
+            thin_tag: tag("ThinStringTag")?,
+            off_length: field("String", "length", "String::length")?,
+            off_one_byte_chars: field("SeqOneByteString", "chars", "SeqOneByteString::chars")?,
+            // Two-byte characters start where one-byte ones do (SeqString's header).
+            off_two_byte_chars: symbols
+                .field("SeqTwoByteString", "chars")
+                .or_else(|| symbols.field("SeqOneByteString", "chars"))
+                .ok_or_else(|| missing("SeqTwoByteString::chars"))?,
+            off_cons_first: field("ConsString", "first", "ConsString::first")?,
+            off_cons_second: field("ConsString", "second", "ConsString::second")?,
+            off_sliced_parent: field("SlicedString", "parent", "SlicedString::parent")?,
+            off_sliced_offset: field("SlicedString", "offset", "SlicedString::offset")?,
+            off_thin_actual: field("ThinString", "actual", "ThinString::actual")?,
+        };
+        let off_shared_script = symbols
+            .field("SharedFunctionInfo", "script")
+            .or_else(|| symbols.field("SharedFunctionInfo", "script_or_debug_info"))
+            .or_else(|| symbols.field("SharedFunctionInfo", "raw_script"))
+            .ok_or_else(|| missing("SharedFunctionInfo::script"))?;
+        Ok(Metadata {
+            version,
+            fp_function,
+            fp_context,
+            fp_bytecode_offset,
+            fp_bytecode_array,
+            js_function_types,
+            type_shared_function_info,
+            type_script,
+            type_scope_info,
+            type_bytecode_array,
+            strings,
+            // The map is a HeapObject's first field (exported as 0, often into .bss).
+            off_map: symbols.field("HeapObject", "map").unwrap_or(0),
+            off_map_instance_type: field("Map", "instance_type", "Map::instance_type")?,
+            off_function_shared: field("JSFunction", "shared", "JSFunction::shared")?,
+            off_shared_name: field(
+                "SharedFunctionInfo",
+                "name_or_scope_info",
+                "SharedFunctionInfo::name_or_scope_info",
+            )?,
+            off_shared_script,
+            off_script_name: field("Script", "name", "Script::name")?,
+            off_script_source: symbols.field("Script", "source"),
+            scope_info_first_vars: symbols
+                .get("scopeinfo_idx_first_vars")
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| missing("scopeinfo_idx_first_vars"))?,
+            scope_info_context_locals: symbols
+                .get("scopeinfo_idx_ncontextlocals")
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| missing("scopeinfo_idx_ncontextlocals"))?,
+            off_bytecode_data: symbols.field("BytecodeArray", "data"),
+            builtins_svma,
+        })
+    }
+
+    pub fn version_string(&self) -> String {
+        version_string(self.version)
+    }
+
+    /// ScopeInfo keeps the function's source positions in fixed slots since V8 12.8.44
+    /// (scope-info.tq `position_info`), right before its variable part.
+    pub(super) fn scope_info_has_positions(&self) -> bool {
+        self.version >= (12, 8, 44)
+    }
+}
