@@ -17,7 +17,7 @@ pub enum FrameKind {
     Native,
     Kernel,
     Jit,
-    /// A JavaScript function read from V8's heap (see `v8.rs`).
+    /// A JavaScript function read from V8's heap (see `stacks/v8/`).
     Js,
 }
 
