@@ -3,15 +3,18 @@
 //! Layers, each importing only the ones below it:
 //! - [`cli`]: command line → validated config (only the binary's `main.rs` uses it);
 //! - [`commands`]: `record`, `ci`, `report`, `diff`, `doctor`, `watch`, wiring the layers at the I/O edge;
-//! - [`outputs`]: every rendering of a recording (stalls.json, summary, SVG, trace, pprof,
-//!   JUnit, report.html) and `watch`'s outputs (metrics, events log, flight recorder);
+//! - [`outputs`]: every rendering of a recording (folded/SVG, summary, the live line, trace,
+//!   pprof, JUnit, report.html) and `watch`'s (metrics, events log); [`store`]: a saved
+//!   recording read back;
 //! - [`analysis`]: events → typed events → timestamp order → iterations and stalls, and the
 //!   `--fail-on` budgets;
 //! - [`stacks`]: addresses and interpreter memory → frames (native unwinding, Python, V8, perf
 //!   maps, blazesym);
 //! - [`system`]: what the machine and the targets look like (tracefs, /proc, BTF, privileges,
 //!   features) and the eBPF programs (the only aya user);
-//! - leaves: [`syscalls`] (the wait points), [`sanitize`] (names the target controls, made safe).
+//! - leaves: [`model`] (the stalls.json schema), [`config`] (what a command was asked to do),
+//!   [`units`] (durations), [`syscalls`] (the wait points), [`sanitize`] (names the target
+//!   controls, made safe).
 pub mod analysis;
 pub mod cli;
 pub mod commands;

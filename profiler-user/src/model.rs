@@ -348,6 +348,11 @@ pub struct StallRecord {
     /// The asyncio task running on the loop during the stall (Python).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskInfo>,
+    /// Its impact: how many events were ready when the loop came back to its wait point right
+    /// after it (the wait call's return value, at most its maxevents; 0 when the wait blocked).
+    /// Absent when not known (a wait point that returns no count, such as a runtime's futex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_events: Option<u64>,
     pub stacks: Vec<StackRecord>,
 }
 
@@ -705,6 +710,7 @@ pub(crate) mod fixtures {
             late_events: 0,
             missed_switches: 0,
             task: None,
+            ready_events: None,
             stacks: vec![
                 StackRecord {
                     kind: StackKind::OnCpu,

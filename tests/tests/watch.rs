@@ -340,6 +340,21 @@ fn watch_feeds_prometheus_the_stalls_of_services_started_after_it() {
             "Python le={le}: {buckets:?}"
         );
     }
+    // Impact: when the C loop came back from each spin its timer had fired: 1 event ready
+    // (its epoll_wait takes at most 1).
+    let ready =
+        prometheus.query("sum by (le) (stallscope_stall_ready_events_bucket{comm=\"stallsvc_c\"})");
+    let bucket = |le: &str| {
+        ready
+            .iter()
+            .find(|(l, _)| l.get("le").map(String::as_str) == Some(le))
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(
+        (bucket("0.0"), bucket("1.0")),
+        (Some(0.0), Some(3.0)),
+        "{ready:?}"
+    );
     // Iterations, so a stall rate can be computed: the C loop ticked ~55 times.
     let iterations = prometheus.wait_for(
         "sum by (comm) (stallscope_loop_iterations_total)",
@@ -396,6 +411,7 @@ fn watch_feeds_prometheus_the_stalls_of_services_started_after_it() {
                 .map(|c| c == "cpu" || c == "runqueue"),
             Some(true)
         );
+        assert_eq!(event["ready_events"], 1, "the timer fired during the spin");
     }
     let python: Vec<&Value> = lines
         .iter()
@@ -419,17 +435,27 @@ fn watch_feeds_prometheus_the_stalls_of_services_started_after_it() {
     );
 }
 
+/// Also the flight recorder: `--keep-dir DIR --keep 2` holds the reports of the 2 latest stalls
+/// and leaves what else is in DIR alone.
 #[test]
 fn watch_events_log_loses_no_line_across_sighup_rotation() {
     let dir = scratch_dir("watch-rotation");
     let c_bin = c_service(&dir, "stallsvc_rot");
     let events = dir.join("events.jsonl");
     let rotated = dir.join("events.jsonl.1");
+    let keep_dir = dir.join("flight");
+    std::fs::create_dir(&keep_dir).expect("create keep dir");
+    let theirs = keep_dir.join("README.txt");
+    std::fs::write(&theirs, "not the agent's").expect("write");
     let watch = Watch::start(&[
         "--comm",
         "stallsvc_rot",
         "--events",
         events.to_str().expect("utf-8 path"),
+        "--keep-dir",
+        keep_dir.to_str().expect("utf-8 path"),
+        "--keep",
+        "2",
         "--quiet",
     ]);
     // 6 stalls of 150 ms, 0.5 s apart.
@@ -464,6 +490,39 @@ fn watch_events_log_loses_no_line_across_sighup_rotation() {
     for p in &planted {
         assert!(logged(&all, p).is_some(), "no line for {p:?}");
     }
+    // The flight recorder kept the last two stalls' reports, and nothing of ours beyond them.
+    assert!(
+        theirs.is_file(),
+        "a file the agent did not write was removed"
+    );
+    let mut reports: Vec<PathBuf> = std::fs::read_dir(&keep_dir)
+        .expect("list keep dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    reports.sort();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let mut kept_starts: Vec<u64> = reports
+        .iter()
+        .map(|r| {
+            assert!(r.join("flamegraph.svg").is_file() && r.join("stalls.folded").is_file());
+            let json: Value = serde_json::from_str(
+                &std::fs::read_to_string(r.join("stalls.json")).expect("a report's stalls.json"),
+            )
+            .expect("JSON");
+            assert_eq!(json["stalls"].as_array().map(Vec::len), Some(1));
+            json["stalls"][0]["start_ns"].as_u64().expect("start_ns")
+        })
+        .collect();
+    kept_starts.sort_unstable();
+    let mut last_two: Vec<u64> = all.iter().filter_map(|e| e["start_ns"].as_u64()).collect();
+    last_two.sort_unstable();
+    assert_eq!(
+        kept_starts,
+        last_two[last_two.len() - 2..].to_vec(),
+        "the newest two are kept"
+    );
 }
 
 /// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid machine).
@@ -536,4 +595,140 @@ fn watch_follows_every_process_of_a_cgroup_and_nothing_outside_it() {
         let event = logged(&lines, p).unwrap_or_else(|| panic!("no line for {p:?}"));
         assert_eq!(event["cgroup"].as_str(), Some(format!("/{name}").as_str()));
     }
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Entries of the agent's own map NAME (found through its fds' fdinfo, since other agents on
+/// the machine have maps of the same name), read with bpftool.
+fn map_entries(agent: i32, name: &str) -> usize {
+    let ids: Vec<String> = std::fs::read_dir(format!("/proc/{agent}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .map(|id| id.trim().to_string())
+        })
+        .collect();
+    for id in ids {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id])
+            .needed_output();
+        let Ok(info) = serde_json::from_slice::<Value>(&show.stdout) else {
+            continue;
+        };
+        if info["name"] != name {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "id", &id])
+            .needed_output();
+        let entries: Value = serde_json::from_slice(&dump.stdout).expect("bpftool's JSON");
+        return entries.as_array().map_or(0, Vec::len);
+    }
+    panic!("the agent has no map named {name}");
+}
+
+/// Worker churn (fork and exec a worker every 50 ms, each stalling once and exiting): the
+/// agent's memory stays flat, every worker's stall is seen, and nothing of the exited workers
+/// is left in the kernel's follow maps.
+#[test]
+fn watch_memory_stays_flat_under_worker_churn() {
+    let dir = scratch_dir("watch-churn");
+    let built = c_target("watch_churn", &["-O1", "-g"]);
+    let churn = dir.join("stallsvc_churn");
+    std::fs::copy(&built, &churn).expect("copy");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let watch = Watch::start(&[
+        "--comm",
+        "stallsvc_churn",
+        "--threshold",
+        "20ms",
+        "--listen",
+        &listen,
+        "--quiet",
+    ]);
+    let agent = watch.pid();
+    const SECONDS: u64 = 24;
+    let mut target = Target::spawn(Command::new(&churn).arg(SECONDS.to_string()));
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while target.child.try_wait().expect("wait").is_none() {
+        samples.push((started.elapsed().as_secs_f64(), rss_bytes(agent)));
+        assert!(
+            started.elapsed() < Duration::from_secs(SECONDS + 30),
+            "churn did not end"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let workers: u64 = target
+        .stdout
+        .wait_for("workers", Duration::from_secs(5))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("the churn reports its workers");
+    // The last exits are read within a tick; a process whose exit was lost, at the next look
+    // at /proc (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = http_get(port, "/metrics").expect("/metrics").1;
+        if page.contains("\nstallscope_followed_processes 0\n") || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let metric = |name: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let stalls = metric("stallscope_stalls_total{");
+    let followed = metric("stallscope_followed_processes");
+    let pids_left = map_entries(agent, "FOLLOWED_PIDS");
+    let tids_left = map_entries(agent, "FOLLOWED_TIDS");
+    let (status, stderr) = watch.stop();
+    assert!(status.success(), "{status:?} {stderr:#?}");
+    // Memory: after a third of the run (caches warm), flat to the end: within 10 % or 8 MB.
+    let warm = samples
+        .iter()
+        .find(|(t, _)| *t >= SECONDS as f64 / 3.0)
+        .map(|(_, rss)| *rss)
+        .expect("samples");
+    let peak = samples.iter().map(|(_, rss)| *rss).max().unwrap_or(0);
+    let allowed = warm + (warm / 10).max(8 << 20);
+    assert!(
+        peak <= allowed,
+        "RSS grew under churn: {} MB after warm-up, peak {} MB ({} workers): {samples:?}",
+        warm >> 20,
+        peak >> 20,
+        workers
+    );
+    assert!(workers >= 100, "the churn made {workers} workers");
+    // Each worker stalls once (30 ms, threshold 20 ms): nearly all are seen (a worker the
+    // machine's load kept under the threshold is not a stall), none twice.
+    assert!(
+        stalls <= workers as f64 && stalls >= workers as f64 * 0.8,
+        "{stalls} stalls for {workers} workers"
+    );
+    assert!(
+        pids_left == 0 && tids_left == 0,
+        "the follow maps hold {pids_left} processes and {tids_left} threads after they all exited"
+    );
+    assert_eq!(followed, 0.0, "every worker and the parent have exited");
+    eprintln!(
+        "churn: {workers} workers, {stalls} stalls, RSS {} MB after warm-up, peak {} MB",
+        warm >> 20,
+        peak >> 20
+    );
 }

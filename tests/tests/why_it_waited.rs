@@ -37,13 +37,13 @@ const FLAGS: &[&str] = &[
 /// How many times each wait is planted.
 const ROUNDS: usize = 2;
 
-/// The agent's own rendering of a duration (report::format_ms), to find a stall's lines.
+/// The agent's own rendering of a stall's duration (units::format_duration, at 1 ms and up),
+/// to find a stall's lines.
 fn format_ms(ns: u64) -> String {
-    let ms = ns as f64 / 1e6;
-    if ms >= 1000.0 {
-        format!("{:.2} s", ms / 1000.0)
+    if ns >= 999_950_000 {
+        format!("{:.2} s", ns as f64 / 1e9)
     } else {
-        format!("{ms:.1} ms")
+        format!("{:.1} ms", ns as f64 / 1e6)
     }
 }
 

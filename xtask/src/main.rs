@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | dist | bench | fuzz`.
 //!
 //! `setup` makes a bare machine of this kind able to build and test stallscope, idempotently:
 //! each step checks first, says "ok" and skips when its piece is there, and fails with the
@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod kernels;
 mod sid;
 mod testrun;
@@ -43,6 +44,10 @@ enum Task {
     },
     /// setup, build, then record a bundled server with a planted stall and show the result.
     Demo,
+    /// setup, then build the one file to copy to a host: statically linked (musl) when the
+    /// target can be had, checked in a root without glibc; else the glibc build, saying which
+    /// glibc it needs. Written to target/dist/.
+    Dist,
     /// setup, build, then boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (images cached under
     /// target/kernels/) and check doctor and recording planted stalls in each.
     Kernels {
@@ -163,6 +168,10 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             demo::run()
+        }
+        Task::Dist => {
+            setup()?;
+            dist::run()
         }
         Task::Bench {
             long,

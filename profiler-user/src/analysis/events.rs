@@ -123,6 +123,24 @@ pub fn waker_stack(raw: &RawEvent) -> StackKey {
     }
 }
 
+/// A wait point's return value when it counts ready events (the poll family: epoll_wait,
+/// poll, select and their variants return how many are ready; io_uring_enter and a runtime's
+/// futex do not), and is not an error.
+fn ready_count(raw: &RawEvent) -> Option<u64> {
+    const COUNTS_READY: [&str; 7] = [
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_pwait2",
+        "poll",
+        "ppoll",
+        "select",
+        "pselect6",
+    ];
+    let name = crate::syscalls::name(i64::from(raw.syscall))?;
+    let ret = raw.arg0 as i64;
+    (COUNTS_READY.contains(&name) && ret >= 0).then_some(ret as u64)
+}
+
 pub fn interpret(raw: &RawEvent) -> Decoded {
     let stack = StackKey {
         pid: raw.pid,
@@ -145,7 +163,10 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
         })),
         kind::WAKEUP => Some(What::Wake),
         kind::WAIT_ENTER => Some(What::WaitEnter),
-        kind::WAIT_EXIT => Some(What::WaitExit),
+        kind::WAIT_EXIT => Some(match ready_count(raw) {
+            Some(ready) => What::WaitReturned { ready },
+            None => What::WaitExit,
+        }),
         kind::SAMPLE => Some(What::Sample { stack, syscall }),
         kind::EXIT => Some(What::Exit),
         _ => None,

@@ -80,7 +80,12 @@ pub enum What {
     /// Woken, with who did it (sched_waking runs in the waker's context).
     WokenBy(Waker),
     WaitEnter,
+    /// Back from the wait point (its return value not known, or not a count of ready events).
     WaitExit,
+    /// Back from a poll-family wait point with this many ready events (its return value).
+    WaitReturned {
+        ready: u64,
+    },
     Sample {
         stack: StackKey,
         syscall: Option<i32>,
@@ -102,6 +107,9 @@ pub struct Config {
     /// Off-CPU and runqueue spans shorter than this are not marked (they would flood the view
     /// of a busy server and say nothing a person can see).
     pub min_mark_ns: u64,
+    /// Hold a stall that ended at a wait point until the wait returns (or blocks), so that it
+    /// carries its impact ([`Stall::ready_events`]); off: it goes at once, without.
+    pub hold_for_impact: bool,
 }
 
 /// A span or instant on a thread's track, for the timeline view.
@@ -155,6 +163,10 @@ pub struct Stall {
     /// Transitions that cannot follow each other with a complete stream (a switch-in or
     /// switch-out not seen); each left its interval unaccounted.
     pub odd_transitions: u32,
+    /// The stall's impact: events ready when the loop came back to its wait point right after
+    /// it (the wait's return value; 0 when the wait blocked: nothing had queued). None when
+    /// not known (a wait point that returns no count, the thread exited, recording ended).
+    pub ready_events: Option<u64>,
     /// A run of a thread still starting up (seen from its creation, no wait point reached
     /// yet): start-up if the thread goes on to a wait point, a stall if it never does.
     pub startup: bool,
@@ -405,6 +417,7 @@ impl Span {
             unaccounted_ns: self.unaccounted_ns,
             late_events: self.late_events,
             odd_transitions: self.odd_transitions,
+            ready_events: None,
             startup: false,
         }
     }
@@ -421,6 +434,9 @@ struct Thread {
     /// The current run (threads never seen in a wait point).
     run: Option<Span>,
     iterations: u64,
+    /// A stall that ended at the wait point just entered, held until the wait returns (or
+    /// blocks) so that it carries its impact, the events ready then.
+    held: Option<Stall>,
     iteration_marks: IterationMarks,
     /// Seen from its creation and not yet at a wait point (see [`Startup`]).
     startup: bool,
@@ -580,6 +596,7 @@ impl Timeline {
             iteration: Some(Span::new(ts_ns, true)),
             run: Some(Span::new(ts_ns, true)),
             iterations: 0,
+            held: None,
             iteration_marks: IterationMarks::default(),
             startup,
             recent_samples: std::collections::VecDeque::new(),
@@ -666,10 +683,8 @@ impl Timeline {
                 None
             }
             What::WaitEnter => self.wait_enter(tid, ts),
-            What::WaitExit => {
-                self.wait_exit(tid, ts);
-                None
-            }
+            What::WaitExit => self.wait_exit(tid, ts, None),
+            What::WaitReturned { ready } => self.wait_exit(tid, ts, Some(ready)),
             What::Sample { stack, syscall } => {
                 let limit = config.max_stacks_per_span;
                 let pid = thread.pid;
@@ -801,6 +816,13 @@ impl Timeline {
         };
         if runnable {
             return None;
+        }
+        if thread.in_wait
+            && let Some(mut held) = thread.held.take()
+        {
+            // The wait blocked: nothing was ready when the loop came back.
+            held.ready_events = Some(0);
+            return Some(held);
         }
         // A voluntary sleep ends a run.
         let run = thread.run.take()?;
@@ -967,13 +989,23 @@ impl Timeline {
         }
         let mismatch = &mut self.anomalies.breakdown_mismatch;
         let stall = iteration.into_stall(thread.pid, tid, ts, StallRule::Iteration, mismatch);
-        (stall.duration_ns() >= threshold).then_some(stall)
+        if stall.duration_ns() < threshold {
+            return None;
+        }
+        if !self.config.hold_for_impact {
+            return Some(stall);
+        }
+        // Held until the wait returns; one still held (its return was lost) goes now.
+        thread.held.replace(stall)
     }
 
-    fn wait_exit(&mut self, tid: u32, ts: u64) {
-        let Some(thread) = self.threads.get_mut(&tid) else {
-            return;
-        };
+    /// Back from the wait point: a stall held there goes, with the events now ready.
+    fn wait_exit(&mut self, tid: u32, ts: u64, ready: Option<u64>) -> Option<Stall> {
+        let thread = self.threads.get_mut(&tid)?;
+        let held = thread.held.take().map(|mut stall| {
+            stall.ready_events = ready;
+            stall
+        });
         if !thread.in_wait && thread.is_loop && thread.iteration.is_some() {
             self.anomalies.iterations_discarded += 1;
         }
@@ -983,11 +1015,27 @@ impl Timeline {
         thread.iteration = Some(Span::new(ts, false));
         // Returning from a syscall: it is on a CPU now.
         thread.cpu = Cpu::Running { since: ts };
+        held
     }
 
     fn exit(&mut self, tid: u32, ts: u64) -> Option<Stall> {
         let threshold = self.config.threshold_ns;
         let mut thread = self.threads.remove(&tid)?;
+        if let Some(held) = thread.held.take() {
+            // It exited in the wait point after a stall (so no span of its own is open).
+            if self.just_exited.len() < 65536 {
+                self.just_exited.insert(tid);
+            }
+            self.exited.push(ThreadSummary {
+                pid: thread.pid,
+                tid,
+                is_loop: thread.is_loop,
+                iterations: thread.iterations,
+                exited: true,
+                iteration_marks: thread.iteration_marks,
+            });
+            return Some(held);
+        }
         if self.just_exited.len() < 65536 {
             self.just_exited.insert(tid);
         }
@@ -1036,6 +1084,7 @@ impl Timeline {
             let Some(mut thread) = self.threads.remove(&tid) else {
                 continue;
             };
+            stalls.extend(thread.held.take());
             // Close the thread's current state at the end, whatever it is: a loop blocked in
             // a syscall when the user stops the recording is exactly the stall to explain.
             let limit = self.config.max_stacks_per_span;
@@ -1209,6 +1258,7 @@ mod tests {
             max_offcpu_entries: 1024,
             max_marks: 1024,
             min_mark_ns: 0,
+            hold_for_impact: false,
         }
     }
 
@@ -1347,6 +1397,61 @@ mod tests {
         );
         let on = s.top_stack(StackKind::OnCpu).expect("on-CPU stack");
         assert_eq!((on.stack.user, on.count), (7, 2));
+    }
+
+    fn holding() -> Config {
+        Config {
+            hold_for_impact: true,
+            ..config()
+        }
+    }
+
+    /// ```text
+    /// wait ]=== 0..250 on CPU ===[ wait returns at once with 3 ready ]= ... [ wait, blocks
+    /// ```
+    /// The stall goes when the wait returns, with the 3 events that queued behind it.
+    #[test]
+    fn a_stall_carries_the_events_ready_when_the_loop_came_back() {
+        let mut t = Timeline::new(holding());
+        t.mark_waiting(PID, TID);
+        assert!(t.handle(&ev(0, What::WaitExit)).is_none());
+        assert!(t.handle(&ev(250, What::WaitEnter)).is_none(), "held");
+        let stall = t
+            .handle(&ev(251, What::WaitReturned { ready: 3 }))
+            .expect("released when the wait returns");
+        assert_eq!(stall.duration_ns(), 250 * MS);
+        assert_eq!(stall.ready_events, Some(3));
+        assert_eq!(
+            stall.end_ns,
+            250 * MS,
+            "the stall still ends where the loop waited"
+        );
+    }
+
+    /// A wait that blocks had nothing ready: impact 0, released at the switch-out.
+    #[test]
+    fn a_stall_followed_by_a_blocking_wait_had_nothing_queued() {
+        let mut t = Timeline::new(holding());
+        t.mark_waiting(PID, TID);
+        let mut stalls = run(
+            &mut t,
+            &[
+                ev(0, What::WaitExit),
+                ev(200, What::WaitEnter),
+                out(201, true, 1),
+                ev(202, What::SwitchIn),
+            ],
+        );
+        assert!(stalls.is_empty(), "a preemption in the wait is not a block");
+        stalls.extend(run(&mut t, &[out(203, false, 1)]));
+        assert_eq!(stalls.len(), 1);
+        assert_eq!(stalls[0].ready_events, Some(0));
+        // Held at the end of the recording: reported, impact unknown.
+        run(&mut t, &[ev(300, What::WaitExit), ev(450, What::WaitEnter)]);
+        let result = t.finish(500 * MS);
+        assert_eq!(result.open_stalls.len(), 1);
+        assert_eq!(result.open_stalls[0].ready_events, None);
+        assert_eq!(result.open_stalls[0].duration_ns(), 150 * MS);
     }
 
     #[test]
@@ -1835,6 +1940,7 @@ mod regression {
             max_offcpu_entries: 64,
             max_marks: 64,
             min_mark_ns: 0,
+            hold_for_impact: false,
         });
         t.mark_waiting(1, 1);
         let key = StackKey {

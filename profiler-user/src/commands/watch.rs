@@ -324,8 +324,17 @@ fn follow(session: &mut Session, probes: &mut Probes, pid: u32) {
     if session.processes.contains_key(&pid) {
         return;
     }
+    let Some(id) = procfs::process_id(pid) else {
+        return;
+    };
     if let Err(err) = probes.follow(pid, &procfs::threads(pid)) {
         log::warn!("{err:#}");
+        return;
+    }
+    if !procfs::is_alive(id) {
+        // It exited while we added it: its exit did not see it followed, so nothing would
+        // remove its entries (the periodic prune would, later).
+        probes.unfollow(pid);
         return;
     }
     session.add_process(pid, None);
@@ -439,15 +448,18 @@ async fn event_loop(
                     logger.flush();
                 }
                 record::warn_about_losses(session, probes, &mut reported_losses);
-                if reported_losses > 0 {
-                    session.reap_vanished(monotonic_ns());
-                }
                 session.sync_python(probes);
                 let mut outputs = outputs.borrow_mut();
                 counts.update(session, &mut outputs);
                 refresh_state(session, probes, &mut outputs);
             }
-            _ = rescan_tick.tick() => rescan(session, probes, selection),
+            _ = rescan_tick.tick() => {
+                // Processes whose exit was not seen (lost, or a late event brought a dead one
+                // back): gone from /proc, so forgotten, as their exit would have.
+                session.reap_vanished(monotonic_ns());
+                rescan(session, probes, selection);
+                probes.prune_gone();
+            }
             accepted = async {
                 match listener.as_ref() {
                     Some(l) => l.accept().await,

@@ -63,6 +63,16 @@ pub fn live_line(stall: &StallRecord) -> String {
     if let Some(task) = &stall.task {
         let _ = write!(line, "\n    in {}", task_text(task));
     }
+    match stall.ready_events {
+        Some(0) | None => {}
+        Some(1) => line.push_str("\n    1 event was waiting when the loop came back"),
+        Some(n) => {
+            let _ = write!(
+                line,
+                "\n    {n} events were waiting when the loop came back"
+            );
+        }
+    }
     if stall.partial {
         line.push_str("\n    (partial: it began before recording or was still running at the end)");
     }

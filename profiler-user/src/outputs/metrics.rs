@@ -57,7 +57,6 @@ pub struct Metrics {
     registry: Registry,
     stalls: Family<StallLabels, Counter>,
     durations: HistogramFamily<StallLabels>,
-    #[expect(dead_code, reason = "filled once stalls carry their impact")]
     ready: HistogramFamily<ServiceLabels>,
     iterations: Family<ServiceLabels, Counter>,
     followed: Gauge,
@@ -196,6 +195,9 @@ impl Metrics {
         self.durations
             .get_or_create(&labels)
             .observe(stall.duration_ns as f64 / 1e9);
+        if let Some(ready) = stall.ready_events {
+            self.ready.get_or_create(&service).observe(ready as f64);
+        }
     }
 
     /// Iterations completed since the last call by loop threads of one (comm, cgroup).
@@ -317,6 +319,7 @@ mod tests {
             late_events: 0,
             missed_switches: 0,
             task: None,
+            ready_events: Some(3),
             stacks,
         }
     }
@@ -348,6 +351,8 @@ mod tests {
             "stallscope_lost_events_total 7",
             "process_resident_memory_bytes 4096",
             "process_cpu_seconds_total 1.5",
+            "stallscope_stall_ready_events_bucket{le=\"5.0\",comm=\"server\",cgroup=\"app.service\"} 3",
+            "stallscope_stall_ready_events_bucket{le=\"2.0\",comm=\"server\",cgroup=\"app.service\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

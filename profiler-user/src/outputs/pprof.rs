@@ -493,6 +493,7 @@ mod tests {
             late_events: 0,
             missed_switches: 0,
             task: None,
+            ready_events: None,
             stacks: vec![
                 stack(
                     "on_cpu",

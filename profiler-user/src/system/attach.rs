@@ -454,6 +454,27 @@ impl Probes {
         self.followed_pids.get(&pid, 0).is_ok()
     }
 
+    /// Removes follow-set entries of processes and threads that are gone (their exit raced
+    /// with the agent adding them, or its event was lost): a long run must leave nothing per
+    /// exited process. A thread's entry goes when /proc no longer shows it in that process.
+    /// Returns how many entries were removed.
+    pub fn prune_gone(&mut self) -> usize {
+        let tids: Vec<(u32, u32)> = self.followed_tids.iter().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for (tid, tgid) in tids {
+            if crate::system::procfs::tgid_of(tid) != Some(tgid) {
+                removed += usize::from(self.followed_tids.remove(&tid).is_ok());
+            }
+        }
+        let pids: Vec<u32> = self.followed_pids.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            if crate::system::procfs::process_id(pid).is_none() {
+                removed += usize::from(self.followed_pids.remove(&pid).is_ok());
+            }
+        }
+        removed
+    }
+
     /// Stops following a process that has gone (its PID may be reused by someone else).
     pub fn unfollow(&mut self, pid: u32) {
         let _ = self.followed_pids.remove(&pid);

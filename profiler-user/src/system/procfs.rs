@@ -70,6 +70,22 @@ pub fn is_alive(id: ProcessId) -> bool {
     process_id(id.pid) == Some(id)
 }
 
+/// The process a live thread belongs to (its `Tgid:` in /proc/TID/status), None when gone.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = read_text(&format!("/proc/{tid}/status"))?;
+    let state_dead = status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .is_some_and(|s| s.trim_start().starts_with('Z') || s.trim_start().starts_with('X'));
+    if state_dead {
+        return None;
+    }
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Thread ids of a process.
 pub fn threads(pid: u32) -> Vec<u32> {
     numeric_entries(Path::new(&format!("/proc/{pid}/task")))

@@ -1,0 +1,800 @@
+//! One recording's state while events flow: from raw kernel events to the [`Recording`]. Used
+//! live (with the kernel's maps at hand) and when re-rendering a saved recording (replaying its
+//! saved events with its saved symbols), so both produce the same results by construction.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use profiler_common::{Event as RawEvent, PyFrame, drop as drop_index, kind};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    analysis::events::{self, Lifecycle, LossDetector},
+    analysis::reorder::{self, Reorder},
+    analysis::timeline::{self, StackKey, Stall, Timeline},
+    config::RecordConfig,
+    model::{
+        self, Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, Recording, StackKind,
+        StackRecord, StallRecord, StallRule,
+    },
+    stacks::python,
+    stacks::symbolize::Symbols,
+    syscalls,
+    system::attach::Probes,
+    system::procfs,
+};
+
+mod finish;
+mod lifecycle;
+mod pending;
+mod python_tasks;
+mod resolver;
+mod saved;
+mod stalls;
+
+use python_tasks::PendingPython;
+pub use resolver::{INTERNED_BASE, Resolver};
+pub use saved::{
+    EVENTS_BIN, EventLog, SYMBOLS_JSON, SavedStack, SavedStackFrames, SavedSymbols, parse_symbols,
+    read_event_log,
+};
+
+/// Limits on what a recording keeps, with the reason for each.
+pub struct Limits {
+    /// Distinct stacks per stall: the top few explain a stall; thousands only cost memory.
+    pub stacks_per_stall: usize,
+    /// (thread, stack) pairs in the off-CPU profile: enough for any real service.
+    pub offcpu_entries: usize,
+    /// Of those, the heaviest written out: with waker stacks an entry is ~10-20 KB of JSON, and
+    /// the rest is a long tail of microseconds.
+    pub offcpu_written: usize,
+    /// Stalls kept in full; past this only the count grows (a loop stalling every iteration for
+    /// an hour must not eat the machine).
+    pub stalls: usize,
+    /// Resolved frames held by the kept stalls' stacks. A busy Python service's stall carries
+    /// a few thousand frames (~0.5 MB): 10,000 of them would be gigabytes. Past this (~60 MB)
+    /// later stalls are kept with their times but without stacks, counted in `stacks_dropped`.
+    pub stall_frames: usize,
+    /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
+    pub marks: usize,
+    /// Off-CPU spans shorter than this are left out of the timeline view.
+    pub min_mark_ns: u64,
+}
+
+pub const LIMITS: Limits = Limits {
+    stacks_per_stall: 256,
+    offcpu_entries: 20_000,
+    offcpu_written: 2_000,
+    stalls: 10_000,
+    stall_frames: 300_000,
+    marks: 200_000,
+    min_mark_ns: 1_000_000,
+};
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct ProcessState {
+    pub record: ProcessRecord,
+    pub id: Option<procfs::ProcessId>,
+}
+
+/// Where each stall goes as it ends, besides the recording: `watch`'s metrics, events log and
+/// flight recorder. Called with the stall's process (None when it is not known any more).
+pub trait StallSink {
+    fn stall(&mut self, stall: &StallRecord, process: Option<&ProcessRecord>);
+}
+
+/// Everything one recording accumulates while events flow.
+pub struct Session {
+    /// Stalls are handed here as they end (`watch`).
+    pub sink: Option<Box<dyn StallSink>>,
+    /// `watch`: nothing accumulates for the final recording (stalls go to the sink only, exited
+    /// processes and their symbols are forgotten), so memory stays flat for days.
+    pub streaming: bool,
+    /// Partial stalls and runs left out while streaming (see `stall_ended`).
+    pub stalls_not_streamed: u64,
+    /// Exited (pid, tids) whose names and stacks are dropped at the next [`Session::purge_exited`].
+    exited_to_purge: Vec<u32>,
+    pub config: RecordConfig,
+    own_pid: u32,
+    pub timeline: Timeline,
+    /// Puts the CPUs' events in timestamp order before the timeline (see [`reorder`]); a
+    /// replay passes its saved events, already in that order, straight through.
+    pub reorder: Reorder<RawEvent>,
+    /// The window the events were put in order with (a replay's pass-through stage has none;
+    /// the recording's is reported).
+    pub reorder_window_ns: u64,
+    /// Events the reorder stage released, waiting to be handled (reused buffer).
+    released: Vec<reorder::Released<RawEvent>>,
+    pub resolver: Resolver,
+    pub loss: LossDetector,
+    pub processes: HashMap<u32, ProcessState>,
+    /// Processes that exited during the recording (their PIDs may come back as others).
+    past_processes: Vec<ProcessRecord>,
+    exited_pids: HashSet<u32>,
+    /// Last exit status passed to exit_group, and last signal, per process.
+    exit_calls: HashMap<u32, i32>,
+    /// Fork times of children not yet known as processes (a short-lived child can be gone from
+    /// /proc before its fork event is read; its own first event then shows it is a process).
+    forks: HashMap<u32, (u64, u32)>,
+    signals: HashMap<u32, i32>,
+    pub thread_names: HashMap<u32, String>,
+    /// Names of waking threads, from the wake-up events (which run in the waker's context).
+    waker_names: HashMap<u32, String>,
+    pub stalls: Vec<StallRecord>,
+    stalls_not_kept: u64,
+    /// Frames held by `stalls` (bounded by `LIMITS.stall_frames`).
+    stall_frames_held: usize,
+    /// Stacks left out of kept stalls once `LIMITS.stall_frames` was reached.
+    stall_stacks_not_kept: u64,
+    /// Processes that exited before their maps could be read for Python: said once, at the end
+    /// (a shim or build script can start dozens; a line each would bury what matters).
+    maps_unread_exited: u64,
+    startup_said: bool,
+    /// Raw events saved for `stallscope report` (None when replaying).
+    pub event_log: Option<EventLog>,
+    waiting_at_start: Vec<(u32, u32)>,
+    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, ips).
+    pending_stacks: HashMap<u32, (u64, Vec<u64>)>,
+    /// Each thread's last unwound copy, for the kernel's "repeated" records.
+    last_unwound: HashMap<u32, Vec<u64>>,
+    stacks_repeated: u64,
+    /// Repeated records for a thread with no last copy here: counted among the drops.
+    repeats_without_copy: u64,
+    /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
+    pending_python: HashMap<u32, PendingPython>,
+    /// CPython interpreters of the followed processes.
+    pub pythons: python::Pythons,
+    /// Processes whose interpreter the kernel side has not been told about yet.
+    pythons_to_register: Vec<u32>,
+    /// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each
+    /// change, the latest TASK_HISTORY per thread.
+    task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<model::TaskInfo>)>>,
+    /// The kernel's drop counters when recording stopped (see `stopped`).
+    kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
+    /// What the recording says about Python (interpreters seen, frames read).
+    python_report: model::PythonReport,
+    /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
+    python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
+    unwind_ns: u64,
+    /// Time spent reading JavaScript frames, summed.
+    v8_ns: u64,
+    stack_bytes_copied: u64,
+    pub unwinders: crate::stacks::unwind::Unwinders,
+    /// Node processes: JavaScript frames from V8's postmortem metadata.
+    pub v8s: crate::stacks::v8::V8s,
+    /// STALLSCOPE_DEBUG_EVENTS=1: print every raw event (for developing the probes).
+    debug_events: bool,
+    /// Where each stall goes the moment it ends while recording live (the terminal's live
+    /// line); None when quiet or replaying. The analysis decides stalls; it never prints.
+    pub live_sink: Option<Box<dyn StallSink>>,
+}
+
+impl Session {
+    pub fn new(config: RecordConfig) -> Self {
+        let timeline = Timeline::new(timeline::Config {
+            threshold_ns: config.threshold_ns,
+            sample_period_ns: 1_000_000_000 / config.freq_hz,
+            max_stacks_per_span: LIMITS.stacks_per_stall,
+            max_offcpu_entries: LIMITS.offcpu_entries,
+            max_marks: LIMITS.marks,
+            min_mark_ns: LIMITS.min_mark_ns,
+            hold_for_impact: true,
+        });
+        let resolver = Resolver {
+            python_only: config.python_only,
+            ..Resolver::default()
+        };
+        Session {
+            sink: None,
+            streaming: false,
+            stalls_not_streamed: 0,
+            exited_to_purge: Vec::new(),
+            config,
+            own_pid: std::process::id(),
+            timeline,
+            reorder: Reorder::new(reorder::Config::live(procfs::online_cpus())),
+            reorder_window_ns: reorder::WINDOW_NS,
+            released: Vec::new(),
+            resolver,
+            loss: LossDetector::default(),
+            processes: HashMap::new(),
+            past_processes: Vec::new(),
+            exited_pids: HashSet::new(),
+            exit_calls: HashMap::new(),
+            forks: HashMap::new(),
+            signals: HashMap::new(),
+            thread_names: HashMap::new(),
+            waker_names: HashMap::new(),
+            stalls: Vec::new(),
+            stalls_not_kept: 0,
+            stall_frames_held: 0,
+            stall_stacks_not_kept: 0,
+            maps_unread_exited: 0,
+            startup_said: false,
+            event_log: None,
+            waiting_at_start: Vec::new(),
+            pending_stacks: HashMap::new(),
+            last_unwound: HashMap::new(),
+            stacks_repeated: 0,
+            repeats_without_copy: 0,
+            pending_python: HashMap::new(),
+            pythons: python::Pythons::default(),
+            pythons_to_register: Vec::new(),
+            python_maybe_later: HashMap::new(),
+            python_report: model::PythonReport::default(),
+            task_history: HashMap::new(),
+            kernel_drops_at_stop: None,
+            unwind_ns: 0,
+            v8_ns: 0,
+            stack_bytes_copied: 0,
+            unwinders: crate::stacks::unwind::Unwinders::new(),
+            v8s: crate::stacks::v8::V8s::default(),
+            debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
+            live_sink: None,
+        }
+    }
+
+    pub fn handle_raw(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+        let mut raw = *raw;
+        let copied = profiler_common::USER_STACK_COPIED | profiler_common::PY_STACK_COPIED;
+        if raw.arg1 & copied != 0 {
+            // Live: attach the stacks sent just before this event. (A replayed event already
+            // carries the id it was given live.) A wake-up carries its waker's stack, copied in
+            // the waker's context.
+            let owner = if raw.kind == kind::WAKING {
+                raw.arg0 as u32
+            } else {
+                raw.tid
+            };
+            // Only copies from this very event: one whose event was lost must not be attached
+            // to a later one.
+            let fresh = |taken_ns: u64| raw.ts_ns.abs_diff(taken_ns) < 1_000_000;
+            let native = self
+                .pending_stacks
+                .remove(&owner)
+                .filter(|(taken_ns, _)| fresh(*taken_ns))
+                .map(|(_, ips)| ips);
+            let python = self
+                .pending_python
+                .remove(&owner)
+                .filter(|p| fresh(p.taken_ns));
+            let native = match (native, &python, probes.as_deref()) {
+                (Some(ips), _, _) => Some(ips),
+                // Python frames without a copied native stack: the kernel walked it instead.
+                (None, Some(_), Some(probes)) if raw.user_stack_id >= 0 => {
+                    Some(probes.stack(raw.user_stack_id).unwrap_or_default())
+                }
+                _ => None,
+            };
+            if native.is_some() || python.is_some() {
+                let frames = match python {
+                    Some(python) => {
+                        self.note_task(raw.tid, raw.ts_ns, python.task);
+                        python.frames
+                    }
+                    None => Vec::new(),
+                };
+                raw.user_stack_id = self
+                    .resolver
+                    .intern_mixed(native.unwrap_or_default(), &frames);
+            }
+        }
+        if let Some(probes) = probes.as_deref_mut()
+            && (!self.pythons_to_register.is_empty() || !self.python_maybe_later.is_empty())
+        {
+            self.sync_python(probes);
+        }
+        // Stacks are attached above, in arrival order (a CPU's copy precedes its event);
+        // from here on events go in timestamp order.
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.push(raw, &mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    /// Time has passed: `now_ns` was read before a drain that emptied the ring buffer, so
+    /// events older than it by the reorder window can go on (see [`Reorder::advance`]).
+    pub fn advance(&mut self, probes: Option<&mut Probes>, now_ns: u64) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.advance(now_ns, &mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    /// Recording stopped: every event still held goes on, in order.
+    pub fn flush(&mut self, probes: Option<&mut Probes>) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.flush(&mut |r| released.push(r));
+        self.handle_released(probes, &mut released);
+    }
+
+    fn handle_released(
+        &mut self,
+        mut probes: Option<&mut Probes>,
+        released: &mut Vec<reorder::Released<RawEvent>>,
+    ) {
+        for r in released.drain(..) {
+            if r.late && r.item.pid != self.own_pid {
+                self.timeline.late(r.item.tid);
+            }
+            self.handle_event(probes.as_deref_mut(), &r.item);
+        }
+        // Keep the buffer (and its capacity) for the next call.
+        std::mem::swap(&mut self.released, released);
+    }
+
+    fn handle_event(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+        // Sequence numbers first: our own events (below) used numbers too.
+        if self.loss.observe(raw.cpu, raw.seq) > 0 {
+            self.timeline.lost();
+        }
+        if raw.pid == self.own_pid {
+            // Only while spawning a COMMAND do we follow ourselves (so the kernel follows the
+            // child from its first instruction); our own events are not part of the recording,
+            // but the fork is: the COMMAND is seen from its creation, so its time before its
+            // first wait point is start-up (saved, so a replay knows it too).
+            if let Some(Lifecycle::Fork { child_tid, .. }) = events::interpret(raw).lifecycle {
+                self.timeline.forked(child_tid);
+                if let Some(log) = self.event_log.as_mut() {
+                    log.write(raw);
+                }
+            }
+            return;
+        }
+        // Only events taken in the thread's own context carry its name (a wake-up carries the
+        // waker's).
+        if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
+            // Compared as bytes: this runs for every event, and names rarely change.
+            let bytes = comm_bytes(&raw.comm);
+            let stored = self.thread_names.get(&raw.tid).map(String::as_bytes);
+            // A name that needed escaping is stored escaped: compare it escaped too.
+            if stored != Some(bytes) {
+                let name = comm_string(&raw.comm);
+                if stored != Some(name.as_bytes()) {
+                    self.thread_names.insert(raw.tid, name);
+                }
+            }
+        }
+        if self.debug_events {
+            eprintln!("event {raw:?}");
+        }
+        let decoded = events::interpret(raw);
+        if raw.kernel_stack_id >= 0 || raw.user_stack_id >= 0 {
+            let key = if raw.kind == kind::WAKING {
+                events::waker_stack(raw)
+            } else {
+                StackKey {
+                    pid: raw.pid,
+                    kernel: raw.kernel_stack_id,
+                    user: raw.user_stack_id,
+                }
+            };
+            self.resolver.saw(key);
+        }
+        if raw.kind == kind::WAKING && raw.comm[0] != 0 && self.waker_names.len() < 65536 {
+            // A waker may belong to a process we do not follow: its name is only here.
+            self.waker_names
+                .entry(raw.arg0 as u32)
+                .or_insert_with(|| comm_string(&raw.comm));
+        }
+        if let Some(log) = self.event_log.as_mut() {
+            log.write(raw);
+        }
+        // A runtime-specific wait point (tokio's futex) counts only for that runtime's threads;
+        // for anyone else the same syscall is a lock wait inside an iteration.
+        let decoded = if matches!(raw.kind, kind::WAIT_ENTER | kind::WAIT_EXIT)
+            && !syscalls::is_wait_point_for(
+                self.thread_names.get(&raw.tid).map_or("", String::as_str),
+                i64::from(raw.syscall),
+            ) {
+            events::Decoded {
+                timeline: None,
+                ..decoded
+            }
+        } else {
+            decoded
+        };
+        if let Some(event) = decoded.timeline {
+            // Before its lifecycle events: a short-lived child's exit must find it.
+            // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
+            // someone else by now): everything known about them was saved.
+            let live = probes.is_some();
+            if live
+                && !self.processes.contains_key(&event.pid)
+                && !self.exited_pids.contains(&event.pid)
+                && event.pid == event.tid
+            {
+                let fork = self.forks.remove(&event.pid);
+                self.add_process(event.pid, fork.map(|(ts, _)| ts));
+                if let Some((_, parent)) = fork {
+                    self.inherit_exe(parent, event.pid);
+                }
+                if let Some(process) = self.processes.get_mut(&event.pid)
+                    && process.record.comm == "?"
+                    && raw.comm[0] != 0
+                {
+                    process.record.comm = comm_string(&raw.comm);
+                }
+            }
+        }
+        if let Some(lifecycle) = decoded.lifecycle {
+            self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
+        }
+        if let Some(event) = decoded.timeline
+            && let Some(stall) = self.timeline.handle(&event)
+        {
+            self.stall_ended(probes.as_deref(), stall, true);
+        }
+        self.say_startup(probes.is_some());
+    }
+
+    /// Recording has stopped: the kernel side stops following anyone (so nothing it drops while
+    /// the outputs are written counts as lost), and its drop counters are taken now.
+    pub fn stopped(&mut self, probes: &mut Probes) {
+        probes.unfollow_all();
+        self.kernel_drops_at_stop = Some(probes.drops());
+    }
+}
+
+/// Stacks that read the same once symbolized (different addresses on one line, or native frames
+/// hidden by --python-only) are one stack to a reader: their weights are added, heaviest first.
+fn merge_same_frames(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
+    let mut merged: Vec<StackRecord> = Vec::with_capacity(stacks.len());
+    for stack in stacks {
+        match merged.iter_mut().find(|m| {
+            m.kind == stack.kind
+                && m.syscall == stack.syscall
+                && m.waker == stack.waker
+                && m.frames == stack.frames
+        }) {
+            Some(same) => {
+                same.weight_ns += stack.weight_ns;
+                same.count += stack.count;
+            }
+            None => merged.push(stack),
+        }
+    }
+    merged.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
+    merged
+}
+
+fn signal_name(signal: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| format!("signal {signal}"), |n| n.to_string())
+}
+
+/// Why part of a stall's time is unaccounted, in words (None when none is).
+fn unaccounted_why(stall: &Stall, window_ns: u64) -> Option<String> {
+    if stall.unaccounted_ns == 0 {
+        return None;
+    }
+    let mut why = Vec::new();
+    if stall.data_lost {
+        why.push("events were lost (ring buffer full)".to_string());
+    }
+    if stall.late_events > 0 {
+        why.push(format!(
+            "{} event(s) came later than the {} reorder window",
+            stall.late_events,
+            crate::units::format_duration(window_ns)
+        ));
+    }
+    if stall.odd_transitions > 0 {
+        why.push(format!(
+            "{} switch-in(s) or switch-out(s) of the thread were not seen",
+            stall.odd_transitions
+        ));
+    }
+    if stall.partial {
+        why.push("it began before the recording (its start is not known)".to_string());
+    }
+    if why.is_empty() {
+        why.push("not known".to_string());
+    }
+    Some(why.join("; "))
+}
+
+/// Advice for the summary: a Node process whose JavaScript frames could not be read from V8's
+/// metadata (why, in one line), where a perf map is the remaining way to name compiled code.
+fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<String> {
+    let mut hints = Vec::new();
+    for process in processes {
+        let Some(err) = v8s.failures.get(&process.pid) else {
+            continue;
+        };
+        let perf_map = if !crate::stacks::perf_map::exists(process.pid) {
+            "; start it with `node --perf-basic-prof` to name at least its compiled functions"
+        } else {
+            ""
+        };
+        hints.push(format!(
+            "{} ({}): JavaScript functions are not named: {err}{perf_map}",
+            process.comm, process.pid
+        ));
+    }
+    hints
+}
+
+/// Whether reading a process failed because it is gone: its /proc entry went away or it is a
+/// zombie, or the read said so (ENOENT, ESRCH).
+fn gone(pid: u32, err: &anyhow::Error) -> bool {
+    let said_gone = err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
+        })
+    });
+    // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
+    said_gone || procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+}
+
+fn syscall_name(nr: Option<i32>) -> Option<String> {
+    let nr = nr?;
+    Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
+}
+
+/// The innermost user function of a stack, or its innermost kernel function.
+fn span_label(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .find(|f| f.kind != FrameKind::Kernel)
+        .or_else(|| frames.first())
+        .map(|f| f.function.clone())
+        .unwrap_or_default()
+}
+
+fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    &comm[..end]
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    crate::sanitize::name_bytes(comm_bytes(comm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn config() -> RecordConfig {
+        RecordConfig {
+            target: crate::config::Target::Pids(Vec::new()),
+            threshold_ns: 100 * MS,
+            duration: None,
+            freq_hz: 100,
+            out: None,
+            threads: Vec::new(),
+            thread_name: None,
+            quiet: true,
+            ring_buffer_bytes: 0,
+            budgets: Vec::new(),
+            formats: crate::config::Formats::ALL,
+            stack_bytes: 0,
+            python_only: false,
+        }
+    }
+
+    /// Issue #22 end to end through the session (the wiring from raw events to the stall):
+    /// CPU 1's switch-in arrives before CPU 0's switch-out it follows; the reorder stage puts
+    /// them in order, and the breakdown is right and adds up. (That a replay of `events.bin`
+    /// gives the same stalls is checked on real recordings by tests/tests/stress_breakdown.rs.)
+    #[test]
+    fn events_out_of_order_across_cpus_give_the_right_breakdown() {
+        const PID: u32 = 4242;
+        let mut seqs = [0u64; 2];
+        let mut raw = |ms_x10: u64, cpu: u32, kind: u32| {
+            seqs[cpu as usize] += 1;
+            RawEvent {
+                ts_ns: ms_x10 * MS / 10,
+                seq: seqs[cpu as usize],
+                kind,
+                cpu,
+                pid: PID,
+                tid: PID,
+                syscall: if matches!(kind, kind::WAIT_ENTER | kind::WAIT_EXIT) {
+                    232 // epoll_wait
+                } else {
+                    -1
+                },
+                // SWITCH_OUT: preempted (TASK_REPORT_MAX), still runnable.
+                arg0: if kind == kind::SWITCH_OUT { 0x100 } else { 0 },
+                kernel_stack_id: -1,
+                user_stack_id: -1,
+                comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+                ..RawEvent::default()
+            }
+        };
+        let mut arrival = vec![raw(10, 0, kind::WAIT_EXIT)];
+        arrival.extend((1..=20).map(|i| raw(10 + i * 100, 0, kind::SAMPLE)));
+        arrival.push(raw(2045, 1, kind::SWITCH_IN));
+        arrival.push(raw(2040, 0, kind::SWITCH_OUT));
+        arrival.extend((21..=24).map(|i| raw(10 + i * 100, 1, kind::SAMPLE)));
+        arrival.push(raw(2510, 1, kind::WAIT_ENTER));
+
+        let mut live = Session::new(config());
+        live.mark_waiting(PID, PID);
+        for event in &arrival {
+            live.handle_raw(None, event);
+        }
+        live.flush(None);
+        let recording = live.finish(None, 0, 3000 * MS);
+        assert_eq!(recording.stalls.len(), 1);
+        let stall = &recording.stalls[0];
+        assert_eq!(stall.duration_ns, 250 * MS);
+        assert_eq!(stall.runqueue_ns, MS / 2, "{stall:?}");
+        assert_eq!(stall.on_cpu_ns, 250 * MS - MS / 2);
+        assert!(stall.adds_up && stall.unaccounted_ns == 0, "{stall:?}");
+        assert_eq!(recording.reorder.reordered, 1);
+        assert_eq!(recording.reorder.late_events, 0);
+        assert_eq!(recording.reorder.window_ns, reorder::WINDOW_NS);
+    }
+
+    /// A "repeated" stack record for a thread whose previous copy the agent never had is a
+    /// lost user stack, counted among the drops (and so in the summary's "stacks lost"); one
+    /// for a thread it has a copy of reuses that copy and is no drop.
+    #[test]
+    fn a_repeated_stack_without_a_previous_copy_is_counted_as_a_drop() {
+        const PID: u32 = 4242;
+        let header = |tid: u32, flags: u32| profiler_common::UserStackHeader {
+            ts_ns: MS,
+            pid: PID,
+            tid,
+            flags,
+            ..Default::default()
+        };
+        let mut session = Session::new(config());
+        session.handle_stack(&header(PID + 1, profiler_common::STACK_REPEATED), &[]);
+        session.handle_stack(&header(PID + 2, 0), &[]);
+        session.handle_stack(&header(PID + 2, profiler_common::STACK_REPEATED), &[]);
+        let recording = session.finish(None, 0, 10 * MS);
+        assert_eq!(recording.drops.repeats_without_copy, 1);
+        assert_eq!(recording.drops.user_stacks_lost(), 1);
+        assert_eq!(recording.unwind.repeated, 1);
+    }
+
+    fn stall_with(stacks: usize, frames_each: usize) -> StallRecord {
+        StallRecord {
+            pid: 1,
+            tid: 1,
+            comm: "app".into(),
+            start_ns: 0,
+            end_ns: 300 * MS,
+            duration_ns: 300 * MS,
+            on_cpu_ns: 300 * MS,
+            off_cpu_ns: 0,
+            runqueue_ns: 0,
+            rule: StallRule::Run,
+            partial: false,
+            data_lost: false,
+            unaccounted_ns: 0,
+            adds_up: true,
+            unaccounted_why: None,
+            late_events: 0,
+            missed_switches: 0,
+            task: None,
+            stacks: (0..stacks)
+                .map(|_| StackRecord {
+                    kind: StackKind::OnCpu,
+                    weight_ns: MS,
+                    count: 1,
+                    syscall: None,
+                    frames: vec![frame("handler"); frames_each],
+                    waker: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn kept_stalls_hold_no_more_frames_than_the_budget_and_the_rest_is_counted() {
+        let limit = 10_000;
+        let mut held = 0;
+        let mut dropped = 0;
+        let mut kept = Vec::new();
+        for _ in 0..100 {
+            let mut stall = stall_with(20, 100);
+            dropped += stalls::keep_within_frame_budget(&mut stall, &mut held, limit);
+            kept.push(stall);
+        }
+        let frames: usize = kept
+            .iter()
+            .flat_map(|s| &s.stacks)
+            .map(|s| s.frames.len())
+            .sum();
+        assert!(frames <= limit, "{frames} frames held");
+        assert_eq!(
+            frames, 10_000,
+            "the first five stalls keep all their stacks"
+        );
+        assert_eq!(dropped, 95 * 20, "every stack left out is counted");
+        // Past the budget a stall is still reported, with its times.
+        assert_eq!(kept.len(), 100);
+        assert_eq!(kept[99].duration_ns, 300 * MS);
+    }
+
+    fn frame(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            file: Some("app.py".into()),
+            line: Some(3),
+            module: None,
+            kind: FrameKind::Python,
+        }
+    }
+
+    #[test]
+    fn symbols_are_saved_with_each_frame_once_and_read_back_in_both_forms() {
+        let stacks = vec![
+            SavedStack {
+                pid: 1,
+                kernel: -1,
+                user: INTERNED_BASE,
+                frames: vec![frame("leaf"), frame("main")],
+            },
+            SavedStack {
+                pid: 1,
+                kernel: 4,
+                user: INTERNED_BASE + 1,
+                frames: vec![frame("other"), frame("main")],
+            },
+        ];
+        let table = SavedSymbols::from_stacks(&stacks);
+        assert_eq!(table.frames.len(), 3, "main is stored once");
+        let text = serde_json::to_string(&table).expect("serialize");
+        assert_eq!(parse_symbols(&text).expect("table form"), stacks);
+        // Recordings made before the frame table hold a plain list.
+        let old = serde_json::to_string(&stacks).expect("serialize");
+        assert_eq!(parse_symbols(&old).expect("list form"), stacks);
+        assert!(parse_symbols("{\"frames\": 3}").is_err());
+    }
+}

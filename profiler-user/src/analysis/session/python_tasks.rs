@@ -1,0 +1,192 @@
+//! CPython: finding interpreters in followed processes, decoding the Python stacks the kernel
+//! sends, and the asyncio task each thread ran (for a stall's `task`).
+
+use super::*;
+
+/// Task changes remembered per thread: a stall is reported when it ends, so only the recent
+/// past is needed.
+pub(super) const TASK_HISTORY: usize = 4096;
+pub(super) const MAX_TASK_THREADS: usize = 65536;
+
+/// A decoded Python stack waiting for the event it was taken for.
+pub(super) struct PendingPython {
+    pub(super) taken_ns: u64,
+    pub(super) frames: Vec<python::DecodedFrame>,
+    pub(super) task: Option<model::TaskInfo>,
+}
+
+impl Session {
+    /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
+    /// just started, a process that just exec'd) is looked at again for a few seconds.
+    pub(super) fn detect_python(&mut self, pid: u32, may_load_later: bool) {
+        self.pythons.forget(pid);
+        match self.pythons.detect(pid) {
+            Ok(Some(python::Detection::Readable(interpreter))) => {
+                log::info!(
+                    "process {pid} runs CPython {} ({}): Python frames on, read from {}",
+                    interpreter.version,
+                    interpreter.binary.display(),
+                    interpreter.frames_from
+                );
+                self.note_interpreter(model::PythonInterpreterRecord {
+                    pid,
+                    version: format!("3.{}", interpreter.minor),
+                    release: interpreter.version.clone(),
+                    binary: interpreter.binary.display().to_string(),
+                    frames: interpreter.frames_from.clone(),
+                });
+                self.pythons.add(pid, *interpreter);
+                self.pythons_to_register.push(pid);
+                self.python_maybe_later.remove(&pid);
+            }
+            Ok(Some(python::Detection::Unreadable(unreadable))) => {
+                self.python_maybe_later.remove(&pid);
+                eprintln!(
+                    "stallscope: warning: process {pid}: CPython {} ({}): no Python frames, \
+                     native frames only: {}",
+                    unreadable.version,
+                    unreadable.binary.display(),
+                    unreadable.reason
+                );
+                let minor = unreadable.version.split('.').take(2).collect::<Vec<_>>();
+                self.note_interpreter(model::PythonInterpreterRecord {
+                    pid,
+                    version: minor.join("."),
+                    release: unreadable.version.clone(),
+                    binary: unreadable.binary.display().to_string(),
+                    frames: format!("not read: {}", unreadable.reason),
+                });
+            }
+            Ok(None) if may_load_later => {
+                self.python_maybe_later
+                    .entry(pid)
+                    .or_insert((0, std::time::Instant::now()));
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.python_maybe_later.remove(&pid);
+                if gone(pid, &err) {
+                    self.maps_unread_exited += 1;
+                } else {
+                    eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn note_interpreter(&mut self, record: model::PythonInterpreterRecord) {
+        if self.python_report.interpreters.len() < 10_000 {
+            self.python_report.interpreters.push(record);
+        }
+    }
+
+    /// Hands newly found interpreters to the kernel side, and looks again at processes that
+    /// may have loaded one since (every 100 ms, for 5 s).
+    pub fn sync_python(&mut self, probes: &mut Probes) {
+        let now = std::time::Instant::now();
+        let due: Vec<u32> = self
+            .python_maybe_later
+            .iter()
+            .filter(|(_, (_, last))| now.duration_since(*last).as_millis() >= 100)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            let tries = self.python_maybe_later.get(&pid).map_or(0, |t| t.0) + 1;
+            if tries > 50 || !self.processes.contains_key(&pid) {
+                self.python_maybe_later.remove(&pid);
+                continue;
+            }
+            self.python_maybe_later.insert(pid, (tries, now));
+            self.detect_python(pid, true);
+            if let Some(entry) = self.python_maybe_later.get_mut(&pid) {
+                *entry = (tries, now);
+            }
+        }
+        for pid in std::mem::take(&mut self.pythons_to_register) {
+            if let Some(interpreter) = self.pythons.get(pid)
+                && let Err(err) = probes.set_python(pid, interpreter.kernel_layout())
+            {
+                eprintln!("stallscope: warning: {err:#}");
+            }
+        }
+    }
+
+    /// Python frames: decoded now (the code objects may be freed soon) and kept for the event
+    /// that follows them.
+    pub fn handle_python(&mut self, header: &profiler_common::PyStackHeader, frames: &[PyFrame]) {
+        if header.pid == self.own_pid {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let decoded = self.pythons.decode(header.pid, frames);
+        let task = self.pythons.task(header, frames, &decoded);
+        if !self.pythons.changed.is_empty() {
+            let changed = std::mem::take(&mut self.pythons.changed);
+            self.pythons_to_register.extend(changed);
+        }
+        let report = &mut self.python_report;
+        report.decode_ns += started.elapsed().as_nanos() as u64;
+        report.stacks += 1;
+        report.frames += frames.len() as u64;
+        report.truncated += u64::from(header.truncated != 0);
+        self.pending_python.insert(
+            header.tid,
+            PendingPython {
+                taken_ns: header.ts_ns,
+                frames: decoded,
+                task,
+            },
+        );
+    }
+
+    /// Remembers which asyncio task a thread ran at `ts_ns` (only changes are kept).
+    pub(super) fn note_task(&mut self, tid: u32, ts_ns: u64, task: Option<model::TaskInfo>) {
+        if !self.task_history.contains_key(&tid) && self.task_history.len() >= MAX_TASK_THREADS {
+            return;
+        }
+        let history = self.task_history.entry(tid).or_default();
+        if history.back().map(|(_, last)| last) == Some(&task) {
+            return;
+        }
+        if history.len() >= TASK_HISTORY {
+            history.pop_front();
+        }
+        history.push_back((ts_ns, task));
+    }
+
+    /// The asyncio task of a stall: the one its thread ran longest during the stall (a loop
+    /// iteration can run several callbacks; the one that held the loop is what matters).
+    pub(super) fn stall_task(&self, stall: &Stall) -> Option<model::TaskInfo> {
+        let history = self.task_history.get(&stall.tid)?;
+        let (start, end) = (stall.start_ns, stall.end_ns);
+        // The task current at the start, then each change during the stall.
+        let mut current = history
+            .iter()
+            .rev()
+            .find(|(ts, _)| *ts <= start)
+            .and_then(|(_, task)| task.as_ref());
+        let mut since = start;
+        let mut time: Vec<(&model::TaskInfo, u64)> = Vec::new();
+        fn credit<'a>(
+            time: &mut Vec<(&'a model::TaskInfo, u64)>,
+            task: Option<&'a model::TaskInfo>,
+            ns: u64,
+        ) {
+            if let Some(task) = task {
+                match time.iter_mut().find(|(t, _)| *t == task) {
+                    Some((_, total)) => *total += ns,
+                    None => time.push((task, ns)),
+                }
+            }
+        }
+        for (ts, task) in history.iter().filter(|(ts, _)| (start..=end).contains(ts)) {
+            credit(&mut time, current, ts - since);
+            current = task.as_ref();
+            since = *ts;
+        }
+        credit(&mut time, current, end.saturating_sub(since));
+        time.into_iter()
+            .max_by_key(|(_, ns)| *ns)
+            .map(|(task, _)| task.clone())
+    }
+}

@@ -1,0 +1,232 @@
+//! Stack ids to frames, cached: live from the kernel's stack map and the symbolizer, replayed
+//! from the stacks a recording saved. Python and JavaScript frames are interned next to native
+//! addresses so one stack id holds a mixed stack.
+
+use super::*;
+
+/// Stack ids to frames, cached. Live, it reads the kernel's stack map and symbolizes; replaying
+/// a saved recording, every key was resolved when it was saved.
+#[derive(Default)]
+pub struct Resolver {
+    pub symbols: Symbols,
+    pub(super) stack_cache: HashMap<i32, Vec<u64>>,
+    pub(super) resolved: HashMap<StackKey, Vec<Frame>>,
+    /// Every stack seen in the events, resolved at the end so a saved recording can be
+    /// re-rendered with a lower threshold.
+    pub seen: HashSet<StackKey>,
+    /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
+    /// apart from the kernel stack map's ids).
+    /// (Each stack stored once, shared by the lookup table and the list.)
+    pub(super) interned: foldhash::HashMap<std::sync::Arc<[u64]>, i32>,
+    pub(super) interned_ips: Vec<std::sync::Arc<[u64]>>,
+    pub interned_dropped: u64,
+    /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
+    pub(super) python_frames: Vec<Frame>,
+    pub(super) python_frame_ids: foldhash::HashMap<Frame, u64>,
+    /// JavaScript frames met so far; an unwound stack refers to them by index (see JS_MARK).
+    pub(super) js_frames: Vec<Frame>,
+    pub(super) js_frame_ids: foldhash::HashMap<Frame, u64>,
+    /// `--python-only`: stacks with Python frames show only those.
+    pub python_only: bool,
+}
+
+/// Marks an entry of an unwound stack as a Python frame (user addresses never have this bit);
+/// the low bits index `python_frames`, PY_ENTRY marks the outermost frame of an interpreter run.
+pub(super) const PY_MARK: u64 = 1 << 63;
+pub(super) const PY_ENTRY: u64 = 1 << 62;
+pub(super) const PY_INDEX: u64 = (1 << 62) - 1;
+/// Distinct Python frames (function, file, line) kept.
+pub(super) const MAX_PYTHON_FRAMES: usize = 200_000;
+/// Marks an entry of an unwound stack as a JavaScript frame in place of the native one (user
+/// addresses stay below 2^47; PY_MARK is clear); the low bits index `js_frames`.
+pub(super) const JS_MARK: u64 = 1 << 61;
+pub(super) const JS_INDEX: u64 = JS_MARK - 1;
+/// Distinct JavaScript frames kept.
+pub(super) const MAX_JS_FRAMES: usize = 200_000;
+
+/// First id given to an unwound user stack; kernel stack-map ids are far below.
+pub const INTERNED_BASE: i32 = 1 << 24;
+/// Distinct unwound stacks kept (bounded memory); past it new ones are dropped and counted.
+pub(super) const MAX_INTERNED: usize = 100_000;
+
+/// Bound on distinct stacks remembered for saving; past it, re-rendering shows fewer frames.
+pub(super) const MAX_SEEN_STACKS: usize = 200_000;
+
+impl Resolver {
+    pub fn from_saved(saved: Vec<SavedStack>) -> Self {
+        let resolved = saved
+            .into_iter()
+            .map(|s| {
+                (
+                    StackKey {
+                        pid: s.pid,
+                        kernel: s.kernel,
+                        user: s.user,
+                    },
+                    s.frames,
+                )
+            })
+            .collect();
+        Resolver {
+            resolved,
+            ..Default::default()
+        }
+    }
+
+    /// The id of an unwound user stack with Python frames (innermost first) to merge in.
+    pub fn intern_mixed(&mut self, mut ips: Vec<u64>, python: &[python::DecodedFrame]) -> i32 {
+        for frame in python {
+            let index = match self.python_frame_ids.get(&frame.frame) {
+                Some(&index) => index,
+                None if self.python_frames.len() < MAX_PYTHON_FRAMES => {
+                    let index = self.python_frames.len() as u64;
+                    self.python_frames.push(frame.frame.clone());
+                    self.python_frame_ids.insert(frame.frame.clone(), index);
+                    index
+                }
+                None => {
+                    self.interned_dropped += 1;
+                    continue;
+                }
+            };
+            ips.push(PY_MARK | if frame.entry { PY_ENTRY } else { 0 } | index);
+        }
+        self.intern(ips)
+    }
+
+    /// The entry standing for a JavaScript frame in an unwound stack (None when the table is
+    /// full: the native frame stays).
+    pub fn js_entry(&mut self, frame: Frame) -> Option<u64> {
+        if let Some(&index) = self.js_frame_ids.get(&frame) {
+            return Some(JS_MARK | index);
+        }
+        if self.js_frames.len() >= MAX_JS_FRAMES {
+            self.interned_dropped += 1;
+            return None;
+        }
+        let index = self.js_frames.len() as u64;
+        self.js_frames.push(frame.clone());
+        self.js_frame_ids.insert(frame, index);
+        Some(JS_MARK | index)
+    }
+
+    /// Native user frames (JavaScript ones in place) with the Python frames of an unwound
+    /// stack merged in.
+    pub(super) fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let (python, native): (Vec<u64>, Vec<u64>) = ips.iter().partition(|&&ip| ip & PY_MARK != 0);
+        let mut frames = Vec::with_capacity(native.len());
+        for (index, &ip) in native.iter().enumerate() {
+            if ip & JS_MARK != 0 {
+                frames.extend(self.js_frames.get((ip & JS_INDEX) as usize).cloned());
+            } else {
+                frames.extend(self.symbols.user_frame(pid, ip, index == 0));
+            }
+        }
+        let native = frames;
+        if python.is_empty() {
+            return native;
+        }
+        let python: Vec<python::DecodedFrame> = python
+            .iter()
+            .filter_map(|&entry| {
+                Some(python::DecodedFrame {
+                    frame: self.python_frames.get((entry & PY_INDEX) as usize)?.clone(),
+                    entry: entry & PY_ENTRY != 0,
+                    coroutine: false,
+                })
+            })
+            .collect();
+        python::merge(native, &python)
+    }
+
+    pub(super) fn saw(&mut self, key: StackKey) {
+        if self.seen.len() < MAX_SEEN_STACKS {
+            self.seen.insert(key);
+        }
+    }
+
+    /// The id of an unwound user stack (the same stack always gets the same id).
+    pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
+        if let Some(&id) = self.interned.get(ips.as_slice()) {
+            return id;
+        }
+        if self.interned_ips.len() >= MAX_INTERNED {
+            self.interned_dropped += 1;
+            return profiler_common::NO_STACK;
+        }
+        let id = INTERNED_BASE + self.interned_ips.len() as i32;
+        let ips: std::sync::Arc<[u64]> = ips.into();
+        self.interned_ips.push(ips.clone());
+        self.interned.insert(ips, id);
+        id
+    }
+
+    pub(super) fn stack_ips(&mut self, probes: &Probes, id: i32) -> Vec<u64> {
+        if id < 0 {
+            return Vec::new();
+        }
+        if id >= INTERNED_BASE {
+            return self
+                .interned_ips
+                .get((id - INTERNED_BASE) as usize)
+                .map(|ips| ips.to_vec())
+                .unwrap_or_default();
+        }
+        if let Some(ips) = self.stack_cache.get(&id) {
+            return ips.clone();
+        }
+        let ips = probes.stack(id).unwrap_or_default();
+        self.stack_cache.insert(id, ips.clone());
+        ips
+    }
+
+    /// Kernel frames (innermost) then user frames, as DESIGN.md orders them.
+    pub fn frames(&mut self, probes: Option<&Probes>, key: StackKey) -> Vec<Frame> {
+        if let Some(frames) = self.resolved.get(&key) {
+            return frames.clone();
+        }
+        let Some(probes) = probes else {
+            return Vec::new();
+        };
+        let kernel_ips = self.stack_ips(probes, key.kernel);
+        let user_ips = self.stack_ips(probes, key.user);
+        let mut frames = self.symbols.kernel_frames(&kernel_ips);
+        frames.extend(self.user_frames(key.pid, &user_ips));
+        if self.python_only && frames.iter().any(|f| f.kind == FrameKind::Python) {
+            frames.retain(|f| f.kind == FrameKind::Python);
+        }
+        self.resolved.insert(key, frames.clone());
+        frames
+    }
+
+    /// Forgets processes that are gone: their symbols and the stacks resolved for it (`watch`).
+    pub fn forget_pids(&mut self, pids: &HashSet<u32>) {
+        for &pid in pids {
+            self.symbols.forget(pid);
+        }
+        self.resolved.retain(|key, _| !pids.contains(&key.pid));
+        self.seen.retain(|key| !pids.contains(&key.pid));
+    }
+
+    /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).
+    pub fn resolve_pid(&mut self, probes: Option<&Probes>, pid: u32) {
+        let keys: Vec<StackKey> = self.seen.iter().filter(|k| k.pid == pid).copied().collect();
+        for key in keys {
+            self.frames(probes, key);
+        }
+    }
+
+    /// Resolves every stack seen, for saving next to the recording.
+    pub fn save_all(&mut self, probes: Option<&Probes>) -> Vec<SavedStack> {
+        let mut keys: Vec<StackKey> = self.seen.iter().copied().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|key| SavedStack {
+                pid: key.pid,
+                kernel: key.kernel,
+                user: key.user,
+                frames: self.frames(probes, key),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,177 @@
+//! Stall and waker records: which stalls are reported, and each one turned into its
+//! [`StallRecord`] (stacks resolved, waker named) as it ends, handed to the sinks.
+
+use super::*;
+
+impl Session {
+    /// Whether a stall is shown: iterations of loop threads always; runs only for processes
+    /// with no loop thread (a worker pool's CPU work is not a stall of anyone's loop); with
+    /// --thread/--thread-name, only those threads.
+    pub(super) fn is_reported(&self, stall: &Stall) -> bool {
+        if !self.config.threads.is_empty() || self.config.thread_name.is_some() {
+            let by_tid = self.config.threads.contains(&stall.tid);
+            let by_name = self
+                .config
+                .thread_name
+                .as_ref()
+                .is_some_and(|name| self.thread_names.get(&stall.tid) == Some(name));
+            return by_tid || by_name;
+        }
+        match stall.rule {
+            StallRule::Iteration => true,
+            StallRule::Run => {
+                !self.timeline.is_loop_thread(stall.tid)
+                    && !self.timeline.process_has_loop(stall.pid)
+            }
+        }
+    }
+
+    pub(super) fn stall_ended(&mut self, probes: Option<&Probes>, stall: Stall, live: bool) {
+        if !self.is_reported(&stall) {
+            return;
+        }
+        // Streaming, a stall cannot be taken back later: a partial one (its thread was first
+        // seen in the middle of it: a program's start-up before its first wait, a loop met at
+        // attach) and a run (its thread may turn out to be a loop thread) are left out.
+        if self.streaming && (stall.partial || stall.rule == StallRule::Run) {
+            self.stalls_not_streamed += 1;
+            return;
+        }
+        if self.stalls.len() >= LIMITS.stalls {
+            self.stalls_not_kept += 1;
+            return;
+        }
+        let record = self.stall_record(probes, &stall);
+        // A run while the thread starts up is a stall only if it never reaches a wait point
+        // (decided at the end, with the runs of processes that turned out to have a loop).
+        if live
+            && !stall.startup
+            && let Some(sink) = self.live_sink.as_mut()
+        {
+            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+        }
+        if self.streaming {
+            return;
+        }
+        let mut record = record;
+        self.stall_stacks_not_kept += keep_within_frame_budget(
+            &mut record,
+            &mut self.stall_frames_held,
+            LIMITS.stall_frames,
+        );
+        self.stalls.push(record);
+    }
+
+    pub(super) fn stall_record(&mut self, probes: Option<&Probes>, stall: &Stall) -> StallRecord {
+        let stacks: Vec<StackRecord> = stall
+            .stacks
+            .iter()
+            .map(|s| StackRecord {
+                kind: s.kind,
+                weight_ns: s.weight_ns,
+                count: s.count,
+                syscall: syscall_name(s.syscall),
+                frames: self.resolver.frames(probes, s.stack),
+                waker: s.waker.map(|w| self.waker_record(probes, w)),
+            })
+            .collect();
+        let stacks = merge_same_frames(stacks);
+        StallRecord {
+            pid: stall.pid,
+            tid: stall.tid,
+            comm: self.thread_name(stall.tid),
+            start_ns: stall.start_ns,
+            end_ns: stall.end_ns,
+            duration_ns: stall.duration_ns(),
+            on_cpu_ns: stall.on_cpu_ns,
+            off_cpu_ns: stall.off_cpu_ns,
+            runqueue_ns: stall.runqueue_ns,
+            rule: stall.rule,
+            partial: stall.partial,
+            data_lost: stall.data_lost,
+            unaccounted_ns: stall.unaccounted_ns,
+            adds_up: stall.unaccounted_ns <= model::ADDS_UP_NS,
+            unaccounted_why: unaccounted_why(stall, self.reorder_window_ns),
+            late_events: stall.late_events,
+            missed_switches: stall.odd_transitions,
+            task: self.stall_task(stall),
+            ready_events: stall.ready_events,
+            stacks,
+        }
+    }
+
+    pub(super) fn waker_record(
+        &mut self,
+        probes: Option<&Probes>,
+        waker: timeline::Waker,
+    ) -> model::WakerRecord {
+        let mut frames = self.resolver.frames(probes, waker.stack);
+        let comm = self
+            .thread_names
+            .get(&waker.tid)
+            .or_else(|| self.waker_names.get(&waker.tid))
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        // A wake-up from an interrupt (a timer expiring, I/O completing) runs in whatever task
+        // the interrupt landed on: that task did not wake anyone. Name the interrupt instead.
+        let in_interrupt = |name: &str| {
+            name.starts_with("sysvec_")
+                || name.starts_with("asm_sysvec_")
+                || name.contains("irq_")
+                || name.contains("softirq")
+                || name.contains("common_interrupt")
+        };
+        let idle = comm.starts_with("swapper");
+        if idle
+            || frames
+                .iter()
+                .any(|f| f.kind == FrameKind::Kernel && in_interrupt(&f.function))
+        {
+            let timer = frames
+                .iter()
+                .any(|f| f.function.starts_with("hrtimer_wakeup"));
+            frames.retain(|f| f.kind == FrameKind::Kernel);
+            return model::WakerRecord {
+                pid: 0,
+                tid: 0,
+                comm: if timer {
+                    "timer interrupt"
+                } else {
+                    "interrupt"
+                }
+                .into(),
+                frames,
+            };
+        }
+        model::WakerRecord {
+            pid: waker.pid,
+            tid: waker.tid,
+            comm,
+            frames,
+        }
+    }
+}
+
+/// Keeps a stall's stacks while the frames held by all kept stalls stay within `limit`;
+/// past it the stall keeps its times and breakdown but no stacks. Returns the stacks left out.
+pub(super) fn keep_within_frame_budget(
+    record: &mut StallRecord,
+    held: &mut usize,
+    limit: usize,
+) -> u64 {
+    let frames: usize = record
+        .stacks
+        .iter()
+        .map(|s| s.frames.len() + s.waker.as_ref().map_or(0, |w| w.frames.len()))
+        .sum();
+    if held.saturating_add(frames) <= limit {
+        *held += frames;
+        return 0;
+    }
+    let dropped = record.stacks.len() as u64;
+    record.stacks = Vec::new();
+    dropped
+}
