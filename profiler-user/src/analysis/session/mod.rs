@@ -722,6 +722,7 @@ mod tests {
             late_events: 0,
             missed_switches: 0,
             task: None,
+            ready_events: None,
             stacks: (0..stacks)
                 .map(|_| StackRecord {
                     kind: StackKind::OnCpu,
