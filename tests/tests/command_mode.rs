@@ -156,3 +156,55 @@ fn command_start_up_is_not_a_stall() {
         "no warning line per short-lived process: {stderr}"
     );
 }
+
+/// A stripped program started through a symlink (as Debian's `redis-server` is a link to
+/// `redis-check-rdb`): its unnamed frames and the live line use the name it was started as,
+/// stalls.json keeps the real file in `module`.
+#[test]
+fn unnamed_frames_carry_the_name_the_program_was_started_as() {
+    require_root();
+    let program = c_target("timer_loop", &["-O2", "-s"]);
+    let out = scratch_dir("command-started-as");
+    let link = out.join("spin-server");
+    std::os::unix::fs::symlink(&program, &link).expect("symlink");
+    let output = Command::new(agent_bin())
+        .args(["record", "--threshold", "100ms", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(&link)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stallscope");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stalls.json")).expect("json"))
+            .expect("json");
+    let stalls = json["stalls"].as_array().expect("stalls");
+    assert_eq!(stalls.len(), 1, "{stalls:#?}");
+    let real = std::fs::canonicalize(&program).expect("real path");
+    let real = real.to_string_lossy();
+    let file = real.rsplit('/').next().unwrap_or_default().to_string();
+    let frames: Vec<&serde_json::Value> = stalls[0]["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .flat_map(|s| s["frames"].as_array().into_iter().flatten())
+        .filter(|f| f["module"].as_str() == Some(&*real))
+        .collect();
+    assert!(!frames.is_empty(), "frames in the program: {stalls:#?}");
+    for frame in &frames {
+        let function = frame["function"].as_str().unwrap_or_default();
+        assert!(
+            function.starts_with("spin-server+0x"),
+            "named as started, not as the file {file}: {frame}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("    at ") && l.contains("spin-server") && !l.contains(&file)),
+        "the live line: {stdout}"
+    );
+}

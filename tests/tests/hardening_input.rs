@@ -895,12 +895,34 @@ fn target_that_execs_into_a_setuid_binary_is_followed() {
         mode & 0o4000 != 0,
         "/usr/bin/su is setuid here (mode {mode:o})"
     );
-    let target =
-        // (The agent takes about 0.6 s to load and attach: the exec comes well after that.)
-        Target::spawn(Command::new("sh").args(["-c", "sleep 1.5; exec su root -c 'sleep 2'"]));
-    let pid = target.pid();
     let out = scratch_dir("setuid-exec");
+    // The target execs only once the agent records: loading and attaching takes from 0.6 s on
+    // an idle machine to 8 s on a loaded one (the verifier), so a fixed head start either
+    // outlives the target or lets the exec and su's fork happen before the attach (then
+    // nothing is followed across the exec). It waits on a FIFO (sh's `read`: no polling
+    // child that could pass for su's).
+    let go = scratch_dir("setuid-exec-go").join("go");
+    let go_c = std::ffi::CString::new(go.to_str().expect("utf8")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(go_c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {go:?}"
+    );
+    let script = format!("read _ < '{}'; exec su root -c 'sleep 2'", go.display());
+    let target = Target::spawn(Command::new("sh").args(["-c", &script]));
+    let pid = target.pid();
     let agent = Agent::record(&["--pid", &pid.to_string(), "--duration", "4s"], &out);
+    {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        // Non-blocking: fails (ENXIO) rather than hangs if the target is not reading.
+        let mut fifo = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&go)
+            .expect("the target waits on its FIFO");
+        fifo.write_all(b"go\n").expect("tell the target to exec");
+    }
     let result = agent.wait();
     let stderr = result.stderr.join("\n");
     assert_no_panic(&stderr);

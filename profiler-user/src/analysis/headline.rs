@@ -57,8 +57,15 @@ pub fn is_named(frame: &Frame) -> bool {
         && !frame.function.contains("+0x")
 }
 
+/// The module an unnamed frame is in, as its name says it (`redis-server+0x1628f1`: the name
+/// the program was started as, see `symbolize::started_as_name`), else its file's name.
 fn module_name(frame: &Frame) -> Option<&str> {
     let module = frame.module.as_deref()?;
+    if let Some((shown, _)) = frame.function.split_once("+0x")
+        && !shown.is_empty()
+    {
+        return Some(shown);
+    }
     Some(module.rsplit('/').next().unwrap_or(module))
 }
 
@@ -804,6 +811,25 @@ mod tests {
         assert_eq!(
             readable_in(&c, true, View::PythonFirst),
             readable_in(&c, true, View::Native)
+        );
+    }
+
+    /// Debian's redis-server is a symlink to redis-check-rdb: maps name the file, the frames
+    /// (and so the folded run) the name it was started as.
+    #[test]
+    fn unnamed_runs_are_named_as_the_program_was_started() {
+        let module = "/usr/bin/redis-check-rdb";
+        let frames = vec![
+            native("redis-server+0x1628f1", module),
+            native("redis-server+0x158274", module),
+            native("lua_pcall", module),
+        ];
+        let shown = readable(&frames, true);
+        assert_eq!(shown[0].text, "[2 frames in redis-server]");
+        assert_eq!(
+            frames[0].module.as_deref(),
+            Some(module),
+            "the real path stays"
         );
     }
 

@@ -1068,7 +1068,8 @@ impl Timeline {
             (thread.run.take(), StallRule::Run)
         };
         let mismatch = &mut self.anomalies.breakdown_mismatch;
-        let stall = span?.into_stall(thread.pid, tid, ts, rule, mismatch);
+        let mut stall = span?.into_stall(thread.pid, tid, ts, rule, mismatch);
+        stall.startup = thread.startup;
         (stall.duration_ns() >= threshold && !thread.in_wait).then_some(stall)
     }
 

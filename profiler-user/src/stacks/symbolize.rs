@@ -28,9 +28,21 @@ use crate::{
 /// A frame for an address no symbol names: `module+0x1234`, or `[unknown] 0x1234` outside
 /// any module.
 fn unknown_frame(addr: u64, module: Option<String>, kind: FrameKind) -> Frame {
-    let function = match &module {
-        Some(module) => format!("{}+{addr:#x}", short_module(module)),
-        None => format!("[unknown] {addr:#x}"),
+    unknown_frame_as(addr, module, None, kind)
+}
+
+/// As [`unknown_frame`], named `SHOWN+0x1234` when `shown` (the name the program was started
+/// as, see [`started_as_name`]) is given; the real path stays in `module`.
+fn unknown_frame_as(
+    addr: u64,
+    module: Option<String>,
+    shown: Option<&str>,
+    kind: FrameKind,
+) -> Frame {
+    let function = match (&module, shown) {
+        (Some(_), Some(shown)) => format!("{shown}+{addr:#x}"),
+        (Some(module), None) => format!("{}+{addr:#x}", short_module(module)),
+        (None, _) => format!("[unknown] {addr:#x}"),
     };
     Frame {
         function,
@@ -43,6 +55,31 @@ fn unknown_frame(addr: u64, module: Option<String>, kind: FrameKind) -> Frame {
 
 fn short_module(module: &str) -> &str {
     module.rsplit('/').next().unwrap_or(module)
+}
+
+/// The name a program was started as, when it is not its file's: `redis-server` for
+/// `/usr/bin/redis-check-rdb` (the file its symlink points to), which /proc/PID/maps and
+/// /proc/PID/exe name. Taken from argv[0] (its last path part, up to a space: a server may
+/// rewrite its title) when the kernel's comm, set at exec from the name executed (at most
+/// 15 bytes), agrees; None when they disagree or it is the file's own name.
+pub fn started_as_name(exe_file: &str, argv0: &str, comm: &str) -> Option<String> {
+    let first = argv0.split_whitespace().next()?;
+    let name = first.rsplit('/').next().unwrap_or(first);
+    const COMM_BYTES: usize = 15;
+    let agrees =
+        !comm.is_empty() && (name == comm || (comm.len() == COMM_BYTES && name.starts_with(comm)));
+    (!name.is_empty() && name != exe_file && agrees).then(|| sanitize::name(name))
+}
+
+fn read_started_as(pid: u32) -> Option<(PathBuf, String)> {
+    let exe = procfs::exe(pid)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 =
+        String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+    let comm = procfs::stat(pid)?.comm;
+    let file = exe.file_name()?.to_string_lossy().into_owned();
+    let name = started_as_name(&file, &argv0, &comm)?;
+    Some((exe, name))
 }
 
 /// Cache limits: bounded memory on long recordings of programs with huge code.
@@ -123,6 +160,9 @@ pub struct Symbols {
     pub debug_refused: std::collections::BTreeSet<String>,
     kernel_cache: HashMap<u64, Frame>,
     pub failures: u64,
+    /// Per process: its executable's real path and the name it was started as, when they
+    /// differ (see [`started_as_name`]): its unnamed frames are shown under that name.
+    started_as: HashMap<u32, (PathBuf, String)>,
 }
 
 impl Default for Symbols {
@@ -146,6 +186,7 @@ impl Symbols {
             debug_refused: Default::default(),
             kernel_cache: HashMap::new(),
             failures: 0,
+            started_as: HashMap::new(),
         }
     }
 
@@ -156,6 +197,13 @@ impl Symbols {
         match procfs::maps(pid) {
             Some(maps) if !maps.is_empty() => {
                 self.maps.insert(pid, maps);
+                if self.started_as.len() >= MAX_CACHED_FILES {
+                    self.started_as.clear();
+                }
+                match read_started_as(pid) {
+                    Some(started) => self.started_as.insert(pid, started),
+                    None => self.started_as.remove(&pid),
+                };
                 true
             }
             _ => false,
@@ -283,6 +331,11 @@ impl Symbols {
     fn symbolize_in_file(&mut self, pid: u32, mapping: &Mapping, addr: u64) -> Vec<Frame> {
         let module = sanitize::name(&mapping.path.to_string_lossy());
         let file_offset = addr - mapping.start + mapping.file_offset;
+        let shown = self
+            .started_as
+            .get(&pid)
+            .filter(|(exe, _)| *exe == mapping.path)
+            .map(|(_, name)| name.clone());
         let Some(path) = elf_path(pid, mapping) else {
             if self.unopenable.len() < 64 {
                 self.unopenable.insert(module.clone());
@@ -307,12 +360,20 @@ impl Symbols {
             .symbolize_single(&source, Input::FileOffset(file_offset))
         {
             Ok(Symbolized::Sym(sym)) => frames_of(&sym, Some(module), FrameKind::Native),
-            Ok(Symbolized::Unknown(_)) => {
-                vec![unknown_frame(file_offset, Some(module), FrameKind::Native)]
-            }
+            Ok(Symbolized::Unknown(_)) => vec![unknown_frame_as(
+                file_offset,
+                Some(module),
+                shown.as_deref(),
+                FrameKind::Native,
+            )],
             Err(_) => {
                 self.failures += 1;
-                vec![unknown_frame(file_offset, Some(module), FrameKind::Native)]
+                vec![unknown_frame_as(
+                    file_offset,
+                    Some(module),
+                    shown.as_deref(),
+                    FrameKind::Native,
+                )]
             }
         }
     }
@@ -440,4 +501,38 @@ fn frames_of(
     }
     frames.push(frame(&sym.name, call_site));
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_named_as_they_were_started() {
+        // Debian's redis-server: a symlink to redis-check-rdb, its title rewritten.
+        assert_eq!(
+            started_as_name("redis-check-rdb", "redis-server *:6379", "redis-server"),
+            Some("redis-server".to_string())
+        );
+        // pyenv's shim execs .../bin/python3, a symlink to python3.11.
+        assert_eq!(
+            started_as_name(
+                "python3.11",
+                "/root/.pyenv/versions/3.11.7/bin/python3",
+                "python3"
+            ),
+            Some("python3".to_string())
+        );
+        // comm holds at most 15 bytes of the name.
+        assert_eq!(
+            started_as_name("x", "a-very-long-server-name", "a-very-long-ser"),
+            Some("a-very-long-server-name".to_string())
+        );
+        // Its own name, an argv[0] the kernel's comm disagrees with, or nothing: the file's.
+        assert_eq!(started_as_name("nginx", "nginx: master", "nginx"), None);
+        assert_eq!(started_as_name("srv", "liar", "srv"), None);
+        assert_eq!(started_as_name("srv", "", "srv"), None);
+        let hostile = started_as_name("srv", "x\u{1b}[31m", "x\u{1b}[31m").unwrap_or_default();
+        assert!(!hostile.contains('\u{1b}'), "made safe: {hostile:?}");
+    }
 }

@@ -35,10 +35,18 @@ impl Session {
         }
         // Runs reported before a thread of their process turned out to be a loop thread.
         let selected = !self.config.threads.is_empty() || self.config.thread_name.is_some();
+        // A process that ran only while starting up and exited without reaching a wait point,
+        // beside a process that has a loop, is a helper (a shim's, a wrapper's): its runs are
+        // that start-up, not stalls.
+        let exited: HashSet<u32> = self.past_processes.iter().map(|p| p.pid).collect();
+        let startup_runs = std::mem::take(&mut self.startup_runs);
         self.stalls.retain(|s| {
+            let helper = startup_runs.contains(&(s.pid, s.tid, s.start_ns))
+                && exited.contains(&s.pid)
+                && !loop_pids.is_empty();
             selected
                 || s.rule == StallRule::Iteration
-                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid))
+                || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid) || helper)
         });
         self.stalls.sort_by_key(|s| s.start_ns);
 

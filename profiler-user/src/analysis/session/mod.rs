@@ -144,6 +144,8 @@ pub struct Session {
     /// (a shim or build script can start dozens; a line each would bury what matters).
     maps_unread_exited: u64,
     startup_said: bool,
+    /// Runs of threads still starting up (pid, tid, start): see `finish`.
+    startup_runs: HashSet<(u32, u32, u64)>,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
@@ -225,6 +227,7 @@ impl Session {
             stall_stacks_not_kept: 0,
             maps_unread_exited: 0,
             startup_said: false,
+            startup_runs: HashSet::new(),
             event_log: None,
             waiting_at_start: Vec::new(),
             pending_stacks: HashMap::new(),

@@ -44,6 +44,10 @@ impl Session {
         let record = self.stall_record(probes, &stall);
         // A run while the thread starts up is a stall only if it never reaches a wait point
         // (decided at the end, with the runs of processes that turned out to have a loop).
+        if stall.startup && self.startup_runs.len() < 65536 {
+            self.startup_runs
+                .insert((stall.pid, stall.tid, stall.start_ns));
+        }
         if live
             && !stall.startup
             && let Some(sink) = self.live_sink.as_mut()
