@@ -182,6 +182,7 @@ impl Session {
                 iterations_discarded: result.anomalies.iterations_discarded,
                 stacks_dropped: result.anomalies.stacks_dropped
                     + self.stalls_not_kept
+                    + self.stall_stacks_not_kept
                     + offcpu_dropped,
                 events_not_saved: 0,
                 repeats_without_copy: self.repeats_without_copy,

@@ -56,6 +56,10 @@ pub struct Limits {
     /// Stalls kept in full; past this only the count grows (a loop stalling every iteration for
     /// an hour must not eat the machine).
     pub stalls: usize,
+    /// Resolved frames held by the kept stalls' stacks. A busy Python service's stall carries
+    /// a few thousand frames (~0.5 MB): 10,000 of them would be gigabytes. Past this (~60 MB)
+    /// later stalls are kept with their times but without stacks, counted in `stacks_dropped`.
+    pub stall_frames: usize,
     /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
     pub marks: usize,
     /// Off-CPU spans shorter than this are left out of the timeline view.
@@ -67,6 +71,7 @@ pub const LIMITS: Limits = Limits {
     offcpu_entries: 20_000,
     offcpu_written: 2_000,
     stalls: 10_000,
+    stall_frames: 300_000,
     marks: 200_000,
     min_mark_ns: 1_000_000,
 };
@@ -131,6 +136,10 @@ pub struct Session {
     waker_names: HashMap<u32, String>,
     pub stalls: Vec<StallRecord>,
     stalls_not_kept: u64,
+    /// Frames held by `stalls` (bounded by `LIMITS.stall_frames`).
+    stall_frames_held: usize,
+    /// Stacks left out of kept stalls once `LIMITS.stall_frames` was reached.
+    stall_stacks_not_kept: u64,
     /// Processes that exited before their maps could be read for Python: said once, at the end
     /// (a shim or build script can start dozens; a line each would bury what matters).
     maps_unread_exited: u64,
@@ -214,6 +223,8 @@ impl Session {
             waker_names: HashMap::new(),
             stalls: Vec::new(),
             stalls_not_kept: 0,
+            stall_frames_held: 0,
+            stall_stacks_not_kept: 0,
             maps_unread_exited: 0,
             startup_said: false,
             startup_runs: HashSet::new(),
@@ -692,6 +703,67 @@ mod tests {
         assert_eq!(recording.drops.repeats_without_copy, 1);
         assert_eq!(recording.drops.user_stacks_lost(), 1);
         assert_eq!(recording.unwind.repeated, 1);
+    }
+
+    fn stall_with(stacks: usize, frames_each: usize) -> StallRecord {
+        StallRecord {
+            pid: 1,
+            tid: 1,
+            comm: "app".into(),
+            start_ns: 0,
+            end_ns: 300 * MS,
+            duration_ns: 300 * MS,
+            on_cpu_ns: 300 * MS,
+            off_cpu_ns: 0,
+            runqueue_ns: 0,
+            rule: StallRule::Run,
+            partial: false,
+            data_lost: false,
+            unaccounted_ns: 0,
+            adds_up: true,
+            unaccounted_why: None,
+            late_events: 0,
+            missed_switches: 0,
+            task: None,
+            ready_events: None,
+            stacks: (0..stacks)
+                .map(|_| StackRecord {
+                    kind: StackKind::OnCpu,
+                    weight_ns: MS,
+                    count: 1,
+                    syscall: None,
+                    frames: vec![frame("handler"); frames_each],
+                    waker: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn kept_stalls_hold_no_more_frames_than_the_budget_and_the_rest_is_counted() {
+        let limit = 10_000;
+        let mut held = 0;
+        let mut dropped = 0;
+        let mut kept = Vec::new();
+        for _ in 0..100 {
+            let mut stall = stall_with(20, 100);
+            dropped += stalls::keep_within_frame_budget(&mut stall, &mut held, limit);
+            kept.push(stall);
+        }
+        let frames: usize = kept
+            .iter()
+            .flat_map(|s| &s.stacks)
+            .map(|s| s.frames.len())
+            .sum();
+        assert!(frames <= limit, "{frames} frames held");
+        assert_eq!(
+            frames, 10_000,
+            "the first five stalls keep all their stacks"
+        );
+        assert_eq!(dropped, 95 * 20, "every stack left out is counted");
+        // Past the budget a stall is still reported, with its times.
+        assert_eq!(kept.len(), 100);
+        assert_eq!(kept[99].duration_ns, 300 * MS);
     }
 
     fn frame(name: &str) -> Frame {

@@ -60,6 +60,12 @@ impl Session {
         if self.streaming {
             return;
         }
+        let mut record = record;
+        self.stall_stacks_not_kept += keep_within_frame_budget(
+            &mut record,
+            &mut self.stall_frames_held,
+            LIMITS.stall_frames,
+        );
         self.stalls.push(record);
     }
 
@@ -151,4 +157,25 @@ impl Session {
             frames,
         }
     }
+}
+
+/// Keeps a stall's stacks while the frames held by all kept stalls stay within `limit`;
+/// past it the stall keeps its times and breakdown but no stacks. Returns the stacks left out.
+pub(super) fn keep_within_frame_budget(
+    record: &mut StallRecord,
+    held: &mut usize,
+    limit: usize,
+) -> u64 {
+    let frames: usize = record
+        .stacks
+        .iter()
+        .map(|s| s.frames.len() + s.waker.as_ref().map_or(0, |w| w.frames.len()))
+        .sum();
+    if held.saturating_add(frames) <= limit {
+        *held += frames;
+        return 0;
+    }
+    let dropped = record.stacks.len() as u64;
+    record.stacks = Vec::new();
+    dropped
 }
