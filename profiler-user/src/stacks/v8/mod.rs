@@ -484,7 +484,6 @@ impl<M: Memory> V8Process<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::discovery::*;
     use super::*;
 
     /// Node 22's values (V8 12.4), as its `v8dbg_*` symbols give them.
