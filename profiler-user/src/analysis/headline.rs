@@ -147,12 +147,14 @@ pub fn view_frames(frames: &[Frame], did_work: bool, view: View) -> Vec<&Frame> 
     if view == View::Native {
         return frames.iter().collect();
     }
-    // The innermost user frame with a name; an unnamed one (a stripped interpreter's address)
-    // or the call machinery says nothing about the work, so no leaf then.
+    // The innermost user frame, when it has a name; an unnamed one (a stripped interpreter's
+    // address) or the call machinery says nothing about the work, so no leaf then. Not the
+    // innermost *named* frame: under a stripped interpreter that is some caller further out
+    // (uvloop's `__Pyx_PyObject_Call`), not where the time went.
     let leaf = frames[..innermost_python]
         .iter()
-        .find(|f| f.kind != FrameKind::Kernel && is_named(f))
-        .filter(|f| did_work && !is_dispatch(f));
+        .find(|f| f.kind != FrameKind::Kernel)
+        .filter(|f| did_work && is_named(f) && !is_dispatch(f));
     leaf.into_iter()
         .chain(frames.iter().filter(|f| f.kind == FrameKind::Python))
         .collect()
@@ -797,6 +799,17 @@ mod tests {
         ];
         assert_eq!(
             texts(readable_in(&stripped, true, View::PythonFirst)),
+            ["validate (mixed_workload.py:39)"]
+        );
+        // A stripped interpreter run from uvloop: the named frame further out is the Cython
+        // caller, not the work.
+        let under_uvloop = vec![
+            native("python3.14+0x1df0b3", python),
+            native("__Pyx_PyObject_Call", "/venv/uvloop/loop.so"),
+            py("validate", 39),
+        ];
+        assert_eq!(
+            texts(readable_in(&under_uvloop, true, View::PythonFirst)),
             ["validate (mixed_workload.py:39)"]
         );
         assert_eq!(
