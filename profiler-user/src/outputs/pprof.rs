@@ -442,9 +442,7 @@ fn decode_for_test(bytes: &[u8]) -> Result<Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{
-        Drops, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, StackRecord, StallRecord, Verdict,
-    };
+    use crate::model::{OffCpuRecord, ProcessRecord, StackRecord, StallRecord, Verdict};
 
     fn frame(function: &str, file: Option<&str>, line: Option<u32>, kind: FrameKind) -> Frame {
         Frame {
@@ -521,14 +519,9 @@ mod tests {
             ],
         };
         Recording {
-            version: SCHEMA_VERSION,
-            threshold_ns: 100_000_000,
             recorded_ns: 5_000_000_000,
             start_ns: 1_000,
             end_ns: 5_000_001_000,
-            sample_freq_hz: 99,
-            lost_events: 0,
-            drops: Drops::default(),
             processes: vec![ProcessRecord {
                 pid: 10,
                 comm: "server".into(),
@@ -538,7 +531,6 @@ mod tests {
                 exit_code: None,
                 exit_signal: None,
             }],
-            threads: vec![],
             stalls: vec![stall],
             offcpu: vec![
                 OffCpuRecord {
@@ -560,17 +552,9 @@ mod tests {
                     waker: None,
                 },
             ],
-            spans: vec![],
-            spans_dropped: 0,
-            waiting_at_start: vec![],
-            startups: vec![],
-            kernel_limits: vec![],
-            reorder: Default::default(),
-            hints: vec![],
-            unwind: Default::default(),
-            python: Default::default(),
-            javascript: Default::default(),
             verdict: Verdict::default(),
+            // The rest as the shared fixture has it (empty).
+            ..crate::model::fixtures::recording()
         }
     }
 
