@@ -227,7 +227,7 @@ impl Resolver {
         id
     }
 
-    pub(super) fn stack_ips(&mut self, probes: &Probes, id: i32) -> Vec<u64> {
+    pub(super) fn stack_ips(&mut self, system: &dyn SystemAccess, id: i32) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
         }
@@ -241,21 +241,22 @@ impl Resolver {
         if let Some(ips) = self.stack_cache.get(&id) {
             return ips.clone();
         }
-        let ips = probes.stack(id).unwrap_or_default();
+        let ips = system.kernel_stack(id).unwrap_or_default();
         self.stack_cache.insert(id, ips.clone());
         ips
     }
 
     /// Kernel frames (innermost) then user frames, as DESIGN.md orders them.
-    pub fn frames(&mut self, probes: Option<&Probes>, key: StackKey) -> Vec<Frame> {
+    pub fn frames(&mut self, system: &dyn SystemAccess, key: StackKey) -> Vec<Frame> {
         if let Some(frames) = self.resolved.get(&key) {
             return frames.clone();
         }
-        let Some(probes) = probes else {
+        // Replaying, every stack was resolved when it was saved: one that was not has no frames.
+        if !system.live() {
             return Vec::new();
-        };
-        let kernel_ips = self.stack_ips(probes, key.kernel);
-        let user_ips = self.stack_ips(probes, key.user);
+        }
+        let kernel_ips = self.stack_ips(system, key.kernel);
+        let user_ips = self.stack_ips(system, key.user);
         let mut frames = self.symbols.kernel_frames(&kernel_ips);
         frames.extend(self.user_frames(key.pid, &user_ips));
         if self.python_only && frames.iter().any(|f| f.kind == FrameKind::Python) {
@@ -275,15 +276,15 @@ impl Resolver {
     }
 
     /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).
-    pub fn resolve_pid(&mut self, probes: Option<&Probes>, pid: u32) {
+    pub fn resolve_pid(&mut self, system: &dyn SystemAccess, pid: u32) {
         let keys: Vec<StackKey> = self.seen.iter().filter(|k| k.pid == pid).copied().collect();
         for key in keys {
-            self.frames(probes, key);
+            self.frames(system, key);
         }
     }
 
     /// Resolves every stack seen, for saving next to the recording.
-    pub fn save_all(&mut self, probes: Option<&Probes>) -> Vec<SavedStack> {
+    pub fn save_all(&mut self, system: &dyn SystemAccess) -> Vec<SavedStack> {
         let mut keys: Vec<StackKey> = self.seen.iter().copied().collect();
         keys.sort();
         keys.into_iter()
@@ -291,7 +292,7 @@ impl Resolver {
                 pid: key.pid,
                 kernel: key.kernel,
                 user: key.user,
-                frames: self.frames(probes, key),
+                frames: self.frames(system, key),
             })
             .collect()
     }
