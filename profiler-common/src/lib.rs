@@ -329,12 +329,11 @@ pub const SWITCH_IN_UNTRACED: u64 = 8;
 pub const MAX_PY_FRAMES: usize = 96;
 /// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs
 /// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
-/// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
-/// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
-/// for minutes under emulation; 2 steps verify there (attach ~9 s) and name the frames on 6.12,
-/// but on 5.10 the agent's update of PY_PROCS fails with EPERM (not understood yet); without
-/// the walk 5.10 attaches in ~6 s.
-pub const COMPAT_PY_FRAMES: usize = 0;
+/// step by step: the innermost frames only, said as "Python frames limited to N per stack".
+/// 0: no walk there. Measured: 16 steps exceed the verifier's million instructions (22 s to
+/// refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy for minutes under
+/// emulation; 2 steps verify there and name the innermost frames on 5.10 and 6.12.
+pub const COMPAT_PY_FRAMES: usize = 2;
 pub const COMPAT_PY_THREADS: usize = 2;
 
 /// Where a followed process's CPython keeps its state, and the field offsets of its version:
@@ -411,7 +410,13 @@ pub struct PyFrame {
     /// Address of the frame itself.
     pub frame: u64,
     pub flags: u32,
-    pub _reserved: u32,
+    /// On the outermost frame of a run ([`PY_FRAME_ENTRY`], 3.12+): the low 32 bits of the
+    /// address of the entry (shim) frame after it, 0 when unknown. That frame is a local of the
+    /// C function running the interpreter loop, so it lies inside that function's native stack
+    /// frame: the agent finds where the run goes in the native stack by stack address (which
+    /// survives stripped binaries and tail-calling interpreters), rebuilding the full address
+    /// from the stack pointer (the shim is above it, within 4 GiB).
+    pub entry_shim_low32: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 32);

@@ -149,10 +149,10 @@ pub struct Session {
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
-    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, ips).
-    pending_stacks: HashMap<u32, (u64, Vec<u64>)>,
+    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, stack).
+    pending_stacks: HashMap<u32, (u64, pending::UserStack)>,
     /// Each thread's last unwound copy, for the kernel's "repeated" records.
-    last_unwound: HashMap<u32, Vec<u64>>,
+    last_unwound: HashMap<u32, pending::UserStack>,
     stacks_repeated: u64,
     /// Repeated records for a thread with no last copy here: counted among the drops.
     repeats_without_copy: u64,
@@ -270,16 +270,20 @@ impl Session {
                 .pending_stacks
                 .remove(&owner)
                 .filter(|(taken_ns, _)| fresh(*taken_ns))
-                .map(|(_, ips)| ips);
+                .map(|(_, stack)| stack);
             let python = self
                 .pending_python
                 .remove(&owner)
                 .filter(|p| fresh(p.taken_ns));
             let native = match (native, &python) {
-                (Some(ips), _) => Some(ips),
-                // Python frames without a copied native stack: the kernel walked it instead.
+                (Some(stack), _) => Some(stack),
+                // Python frames without a copied native stack: the kernel walked it instead
+                // (no stack pointers: the runs are placed by the native frames' names).
                 (None, Some(_)) if system.live() && raw.user_stack_id >= 0 => {
-                    Some(system.kernel_stack(raw.user_stack_id).unwrap_or_default())
+                    Some(pending::UserStack {
+                        ips: system.kernel_stack(raw.user_stack_id).unwrap_or_default(),
+                        sps: Vec::new(),
+                    })
                 }
                 _ => None,
             };
@@ -291,9 +295,8 @@ impl Session {
                     }
                     None => Vec::new(),
                 };
-                raw.user_stack_id = self
-                    .resolver
-                    .intern_mixed(native.unwrap_or_default(), &frames);
+                let native = native.unwrap_or_default();
+                raw.user_stack_id = self.resolver.intern_mixed(native.ips, &native.sps, &frames);
             }
         }
         if system.live()
