@@ -179,7 +179,8 @@ impl Session {
                 stacks_dropped: result.anomalies.stacks_dropped
                     + self.stalls_not_kept
                     + self.stall_stacks_not_kept
-                    + offcpu_dropped,
+                    + offcpu_dropped
+                    + self.resolver.interned_dropped,
                 events_not_saved: 0,
                 repeats_without_copy: self.repeats_without_copy,
             },
