@@ -1137,7 +1137,8 @@ fn check_validation(
 /// The Python frames stand where they ran among the native ones (issue #15: under Debian's
 /// stripped 3.14 and 3.15 they used to sit below `_start`): the leaf is the C code `validate`
 /// called (the regex engine), the stack ends in native frames (the process's start), and a
-/// script's `<module>` is run by `PyEval_EvalCode` (at most two inlined frames between).
+/// script's `<module>` is run by `PyEval_EvalCode` (3.9 has three helpers between, later
+/// versions an inlined `_PyEval_Vector`).
 fn check_in_place(problems: &mut Problems, stack: &Value, what: &str) {
     let frames: Vec<&Value> = stack["frames"].as_array().into_iter().flatten().collect();
     let user: Vec<&&Value> = frames.iter().filter(|f| f["kind"] != "kernel").collect();
@@ -1166,7 +1167,8 @@ fn check_in_place(problems: &mut Problems, stack: &Value, what: &str) {
     {
         let run_by = user[module + 1..]
             .iter()
-            .take(3)
+            .take(5)
+            .take_while(|f| f["kind"] == "native")
             .any(|f| f["function"] == "PyEval_EvalCode");
         problems.check(run_by, || {
             format!(
