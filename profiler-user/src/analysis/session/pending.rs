@@ -3,6 +3,54 @@
 
 use super::{python_tasks::MAX_TASK_THREADS, *};
 
+/// Unwound user stacks waiting for the event they belong to, each thread's last unwind (for the
+/// kernel's "repeated" records), and what unwinding cost. Bounded: one of each per thread, for
+/// at most MAX_TASK_THREADS threads' last unwinds.
+#[derive(Default)]
+pub(super) struct PendingStacks {
+    /// tid -> (taken at, ips).
+    waiting: HashMap<u32, (u64, Vec<u64>)>,
+    last_unwound: HashMap<u32, Vec<u64>>,
+    /// Repeated records that reused the thread's last unwind.
+    pub(super) repeated: u64,
+    /// Repeated records for a thread with no last copy here: counted among the drops.
+    pub(super) repeats_without_copy: u64,
+    pub(super) unwind_ns: u64,
+    pub(super) bytes_copied: u64,
+}
+
+impl PendingStacks {
+    /// A "repeated" record: the thread is where it was at its last copy, so the same unwind
+    /// waits for its event; without a last copy (lost, or not kept) it is counted.
+    pub(super) fn repeat(&mut self, tid: u32, ts_ns: u64) {
+        match self.last_unwound.get(&tid) {
+            Some(ips) => {
+                self.repeated += 1;
+                self.waiting.insert(tid, (ts_ns, ips.clone()));
+            }
+            None => self.repeats_without_copy += 1,
+        }
+    }
+
+    /// A copy just unwound: it waits for its event, and is the thread's last unwind.
+    pub(super) fn unwound(&mut self, tid: u32, ts_ns: u64, ips: Vec<u64>) {
+        if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&tid) {
+            self.last_unwound.insert(tid, ips.clone());
+        }
+        self.waiting.insert(tid, (ts_ns, ips));
+    }
+
+    /// The stack waiting for the thread's next event: (taken at, ips).
+    pub(super) fn take(&mut self, tid: u32) -> Option<(u64, Vec<u64>)> {
+        self.waiting.remove(&tid)
+    }
+
+    /// The thread is gone: nothing of it is kept.
+    pub(super) fn forget_thread(&mut self, tid: u32) {
+        self.last_unwound.remove(&tid);
+    }
+}
+
 impl Session {
     /// A user-stack copy: unwind it now (the bytes are gone after this) and keep the result
     /// for the event that follows it.
@@ -14,29 +62,17 @@ impl Session {
             eprintln!("stack {header:?}");
         }
         if header.flags & profiler_common::STACK_REPEATED != 0 {
-            // The thread is where it was at its last copy: the same unwind.
-            if let Some(ips) = self.last_unwound.get(&header.tid) {
-                self.stacks_repeated += 1;
-                self.pending_stacks
-                    .insert(header.tid, (header.ts_ns, ips.clone()));
-            } else {
-                // Its last copy was lost or not kept (past MAX_TASK_THREADS): no user stack.
-                self.repeats_without_copy += 1;
-            }
+            self.stacks.repeat(header.tid, header.ts_ns);
             return;
         }
         let started = std::time::Instant::now();
         let (mut ips, fps) = self
             .unwinders
             .unwind_with_fps(header.pid, header.ip, header.sp, header.bp, stack);
-        self.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stacks.unwind_ns += started.elapsed().as_nanos() as u64;
         self.merge_js(header.pid, &mut ips, &fps, stack, header.sp);
-        self.stack_bytes_copied += stack.len() as u64;
-        if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&header.tid)
-        {
-            self.last_unwound.insert(header.tid, ips.clone());
-        }
-        self.pending_stacks.insert(header.tid, (header.ts_ns, ips));
+        self.stacks.bytes_copied += stack.len() as u64;
+        self.stacks.unwound(header.tid, header.ts_ns, ips);
     }
 
     /// JavaScript frames in place of the V8 code that ran them, read now (while the stack bytes
@@ -67,5 +103,29 @@ impl Session {
             *ips = merged;
         }
         self.v8_ns += started.elapsed().as_nanos() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repeated record reuses the thread's last unwind once per event; one for a thread
+    /// never unwound is counted, and waits for nothing.
+    #[test]
+    fn a_repeat_reuses_the_last_unwind_of_that_thread_only() {
+        let mut stacks = PendingStacks::default();
+        stacks.unwound(1, 10, vec![0xa, 0xb]);
+        assert_eq!(stacks.take(1), Some((10, vec![0xa, 0xb])));
+        assert_eq!(stacks.take(1), None, "taken once");
+        stacks.repeat(1, 20);
+        stacks.repeat(2, 20);
+        assert_eq!(stacks.take(1), Some((20, vec![0xa, 0xb])));
+        assert_eq!(stacks.take(2), None);
+        assert_eq!((stacks.repeated, stacks.repeats_without_copy), (1, 1));
+        stacks.forget_thread(1);
+        stacks.repeat(1, 30);
+        assert_eq!(stacks.take(1), None, "forgotten");
+        assert_eq!(stacks.repeats_without_copy, 2);
     }
 }
