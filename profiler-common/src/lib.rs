@@ -317,6 +317,14 @@ pub const PY_STACK_COPIED: u64 = 2;
 /// of its Python process held the GIL; `Event::aux` is that holder's tid (0 if not known yet).
 pub const GIL_HELD_BY_OTHER: u64 = 4;
 
+/// `Event::arg1` flag on SWITCH_IN: the scheduler tracepoint never fired for this switch-in
+/// (the task that ran before it is one the kernel does not trace: its own switch-out is not
+/// reported), so the kernel side found the thread running on that CPU at its next event there
+/// (a sample, a switch-out, a wait point) and sends this then, stamped then. `Event::arg0` is
+/// when it was switched in (CLOCK_MONOTONIC ns, from the task's `sched_info.last_arrival`
+/// moved to that clock by the offset measured at traced switch-ins on that CPU; 0: not known).
+pub const SWITCH_IN_UNTRACED: u64 = 8;
+
 /// Python frames walked per stack; deeper stacks keep their innermost frames.
 pub const MAX_PY_FRAMES: usize = 96;
 /// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs

@@ -136,6 +136,11 @@ pub struct ReorderReport {
     /// Switch-ins or switch-outs the timeline did not see (lost or late): each left its
     /// interval unaccounted in the stall it fell in.
     pub missed_switches: u64,
+    /// Switch-ins the kernel's tracepoint never reported (the task before them is one the
+    /// kernel does not trace) but the kernel side timed from the thread's own scheduler
+    /// accounting: put back in place, nothing left unaccounted (README, Limits).
+    #[serde(default)]
+    pub untraced_switch_ins: u64,
     /// Stalls whose breakdown did not add up by a fault of the timeline (should be 0).
     pub breakdown_mismatches: u64,
 }

@@ -239,6 +239,8 @@ pub fn load_options(
         runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
         task_fsbase_offset: fsbase_offset(),
+        // Without it a switch-in the kernel does not trace stays untimed (README, Limits).
+        task_arrival_offset: crate::system::btf::task_arrival_offset().unwrap_or(0),
         task_offsets: task_offsets(),
         waker_min_blocked_ns: if eager_stacks() {
             0

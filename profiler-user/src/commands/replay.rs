@@ -94,6 +94,7 @@ pub fn replay_events(
     recording.reorder = model::ReorderReport {
         late_events: recording.reorder.late_events,
         missed_switches: recording.reorder.missed_switches,
+        untraced_switch_ins: recording.reorder.untraced_switch_ins,
         breakdown_mismatches: recording.reorder.breakdown_mismatches,
         window_ns: recording.reorder.window_ns,
         ..saved.reorder

@@ -229,6 +229,7 @@ impl Session {
                     missed_switches: a.switch_out_not_running
                         + a.switch_in_while_running
                         + a.not_running,
+                    untraced_switch_ins: a.untraced_switch_ins,
                     breakdown_mismatches: a.breakdown_mismatch,
                 }
             },
