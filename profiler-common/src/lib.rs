@@ -411,7 +411,13 @@ pub struct PyFrame {
     /// Address of the frame itself.
     pub frame: u64,
     pub flags: u32,
-    pub _reserved: u32,
+    /// On the outermost frame of a run ([`PY_FRAME_ENTRY`], 3.12+): the low 32 bits of the
+    /// address of the entry (shim) frame after it, 0 when unknown. That frame is a local of the
+    /// C function running the interpreter loop, so it lies inside that function's native stack
+    /// frame: the agent finds where the run goes in the native stack by stack address (which
+    /// survives stripped binaries and tail-calling interpreters), rebuilding the full address
+    /// from the stack pointer (the shim is above it, within 4 GiB).
+    pub entry_shim_low32: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 32);

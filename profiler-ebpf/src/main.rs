@@ -819,11 +819,15 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             .is_some_and(|owner| owner >= PY_FRAME_OWNER_NOT_CODE)
     {
         // A 3.12+ shim or 3.14+ entry frame: the frame walked just before is the outermost of
-        // its eval run.
+        // its eval run, and the shim's stack address says where the run sits in the native
+        // stack. Only the first one after a frame counts (3.15's `base_frame` sentinel follows
+        // the bottom run's entry frame, and is not on the stack).
         if depth > 0
             && let Some(last) = buf.frames.get_mut(depth - 1)
+            && last.flags & PY_FRAME_ENTRY == 0
         {
             last.flags |= PY_FRAME_ENTRY;
+            last.entry_shim_low32 = frame as u32;
         }
         return 0;
     }
@@ -852,7 +856,7 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             ip,
             frame,
             flags: if entry { PY_FRAME_ENTRY } else { 0 },
-            _reserved: 0,
+            entry_shim_low32: 0,
         };
         walk.depth += 1;
     }

@@ -272,7 +272,7 @@ mod tests {
             ip: code + 8,
             frame: 0x2000,
             flags: 1,
-            _reserved: 0,
+            entry_shim_low32: 0,
         };
         let mut record = bytes_of(&header).to_vec();
         record.extend_from_slice(bytes_of(&frame(0xa0)));

@@ -249,16 +249,20 @@ impl Session {
                 .stacks
                 .take(owner)
                 .filter(|(taken_ns, _)| fresh(*taken_ns))
-                .map(|(_, ips)| ips);
+                .map(|(_, stack)| stack);
             let python = self
                 .pending_python
                 .remove(&owner)
                 .filter(|p| fresh(p.taken_ns));
             let native = match (native, &python) {
-                (Some(ips), _) => Some(ips),
-                // Python frames without a copied native stack: the kernel walked it instead.
+                (Some(stack), _) => Some(stack),
+                // Python frames without a copied native stack: the kernel walked it instead
+                // (no stack pointers: the runs are placed by the native frames' names).
                 (None, Some(_)) if system.live() && raw.user_stack_id >= 0 => {
-                    Some(system.kernel_stack(raw.user_stack_id).unwrap_or_default())
+                    Some(pending::UserStack {
+                        ips: system.kernel_stack(raw.user_stack_id).unwrap_or_default(),
+                        sps: Vec::new(),
+                    })
                 }
                 _ => None,
             };
@@ -270,9 +274,8 @@ impl Session {
                     }
                     None => Vec::new(),
                 };
-                raw.user_stack_id = self
-                    .resolver
-                    .intern_mixed(native.unwrap_or_default(), &frames);
+                let native = native.unwrap_or_default();
+                raw.user_stack_id = self.resolver.intern_mixed(native.ips, &native.sps, &frames);
             }
         }
         if system.live()

@@ -3,14 +3,22 @@
 
 use super::{python_tasks::MAX_TASK_THREADS, *};
 
+/// An unwound user stack waiting for its event: the addresses (innermost first) and, lined up
+/// with them, the stack pointer each frame ran with (empty when not known).
+#[derive(Clone, Debug, Default)]
+pub(super) struct UserStack {
+    pub(super) ips: Vec<u64>,
+    pub(super) sps: Vec<u64>,
+}
+
 /// Unwound user stacks waiting for the event they belong to, each thread's last unwind (for the
 /// kernel's "repeated" records), and what unwinding cost. Bounded: one of each per thread, for
 /// at most MAX_TASK_THREADS threads' last unwinds.
 #[derive(Default)]
 pub(super) struct PendingStacks {
-    /// tid -> (taken at, ips).
-    waiting: HashMap<u32, (u64, Vec<u64>)>,
-    last_unwound: HashMap<u32, Vec<u64>>,
+    /// tid -> (taken at, stack).
+    waiting: HashMap<u32, (u64, UserStack)>,
+    last_unwound: HashMap<u32, UserStack>,
     /// Repeated records that reused the thread's last unwind.
     pub(super) repeated: u64,
     /// Repeated records for a thread with no last copy here: counted among the drops.
@@ -24,24 +32,24 @@ impl PendingStacks {
     /// waits for its event; without a last copy (lost, or not kept) it is counted.
     pub(super) fn repeat(&mut self, tid: u32, ts_ns: u64) {
         match self.last_unwound.get(&tid) {
-            Some(ips) => {
+            Some(stack) => {
                 self.repeated += 1;
-                self.waiting.insert(tid, (ts_ns, ips.clone()));
+                self.waiting.insert(tid, (ts_ns, stack.clone()));
             }
             None => self.repeats_without_copy += 1,
         }
     }
 
     /// A copy just unwound: it waits for its event, and is the thread's last unwind.
-    pub(super) fn unwound(&mut self, tid: u32, ts_ns: u64, ips: Vec<u64>) {
+    pub(super) fn unwound(&mut self, tid: u32, ts_ns: u64, stack: UserStack) {
         if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&tid) {
-            self.last_unwound.insert(tid, ips.clone());
+            self.last_unwound.insert(tid, stack.clone());
         }
-        self.waiting.insert(tid, (ts_ns, ips));
+        self.waiting.insert(tid, (ts_ns, stack));
     }
 
-    /// The stack waiting for the thread's next event: (taken at, ips).
-    pub(super) fn take(&mut self, tid: u32) -> Option<(u64, Vec<u64>)> {
+    /// The stack waiting for the thread's next event: (taken at, stack).
+    pub(super) fn take(&mut self, tid: u32) -> Option<(u64, UserStack)> {
         self.waiting.remove(&tid)
     }
 
@@ -66,13 +74,22 @@ impl Session {
             return;
         }
         let started = std::time::Instant::now();
-        let (mut ips, fps) = self
+        let unwound = self
             .unwinders
-            .unwind_with_fps(header.pid, header.ip, header.sp, header.bp, stack);
+            .unwind_frames(header.pid, header.ip, header.sp, header.bp, stack);
         self.stacks.unwind_ns += started.elapsed().as_nanos() as u64;
-        self.merge_js(header.pid, &mut ips, &fps, stack, header.sp);
+        let mut ips = unwound.ips;
+        self.merge_js(header.pid, &mut ips, &unwound.fps, stack, header.sp);
+        // The stack pointers place Python runs (see `python::place_runs`); JavaScript frames
+        // merged in change the frame count, and then they no longer line up.
+        let sps = if ips.len() == unwound.sps.len() {
+            unwound.sps
+        } else {
+            Vec::new()
+        };
         self.stacks.bytes_copied += stack.len() as u64;
-        self.stacks.unwound(header.tid, header.ts_ns, ips);
+        self.stacks
+            .unwound(header.tid, header.ts_ns, UserStack { ips, sps });
     }
 
     /// JavaScript frames in place of the V8 code that ran them, read now (while the stack bytes
@@ -115,17 +132,22 @@ mod tests {
     #[test]
     fn a_repeat_reuses_the_last_unwind_of_that_thread_only() {
         let mut stacks = PendingStacks::default();
-        stacks.unwound(1, 10, vec![0xa, 0xb]);
-        assert_eq!(stacks.take(1), Some((10, vec![0xa, 0xb])));
-        assert_eq!(stacks.take(1), None, "taken once");
+        let ips = |taken: Option<(u64, UserStack)>| taken.map(|(ts, s)| (ts, s.ips));
+        let stack = UserStack {
+            ips: vec![0xa, 0xb],
+            sps: vec![0x100, 0x180],
+        };
+        stacks.unwound(1, 10, stack);
+        assert_eq!(ips(stacks.take(1)), Some((10, vec![0xa, 0xb])));
+        assert_eq!(ips(stacks.take(1)), None, "taken once");
         stacks.repeat(1, 20);
         stacks.repeat(2, 20);
-        assert_eq!(stacks.take(1), Some((20, vec![0xa, 0xb])));
-        assert_eq!(stacks.take(2), None);
+        assert_eq!(ips(stacks.take(1)), Some((20, vec![0xa, 0xb])));
+        assert!(stacks.take(2).is_none());
         assert_eq!((stacks.repeated, stacks.repeats_without_copy), (1, 1));
         stacks.forget_thread(1);
         stacks.repeat(1, 30);
-        assert_eq!(stacks.take(1), None, "forgotten");
+        assert!(stacks.take(1).is_none(), "forgotten");
         assert_eq!(stacks.repeats_without_copy, 2);
     }
 }
