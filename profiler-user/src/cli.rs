@@ -104,6 +104,11 @@ pub struct WatchArgs {
     /// Show only the Python frames of stacks that have any.
     #[arg(long)]
     pub python_only: bool,
+
+    /// When the kernel refuses a program, print its verifier's log here too (it is always
+    /// written to a file the error names).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 impl WatchArgs {
@@ -150,6 +155,7 @@ impl WatchArgs {
             stack_bytes: self.stack_bytes,
             ring_buffer_kib: self.ring_buffer_kib,
             python_only: self.python_only,
+            verbose: self.verbose,
             native: false,
             command: Vec::new(),
         }
@@ -229,6 +235,11 @@ pub struct CiArgs {
     #[arg(long)]
     pub python_only: bool,
 
+    /// When the kernel refuses a program, print its verifier's log here too (it is always
+    /// written to a file the error names).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+
     /// Show every frame of Python stacks (the interpreter's C code between Python frames too),
     /// instead of the default Python-first view (Python frames and the native leaf that did the
     /// work). stalls.json has every frame either way.
@@ -301,6 +312,7 @@ impl CiArgs {
             ring_buffer_kib: config::DEFAULT_RING_BUFFER_KIB,
             stack_bytes: config::DEFAULT_STACK_BYTES,
             python_only: self.python_only,
+            verbose: self.verbose,
             native: self.native,
             command: Vec::new(),
         };
@@ -412,6 +424,11 @@ pub struct RecordArgs {
     #[arg(long)]
     pub python_only: bool,
 
+    /// When the kernel refuses a program, print its verifier's log here too (it is always
+    /// written to a file the error names).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+
     /// Show every frame of Python stacks (the interpreter's C code between Python frames too),
     /// instead of the default Python-first view (Python frames and the native leaf that did the
     /// work). stalls.json has every frame either way.
@@ -477,6 +494,7 @@ impl RecordArgs {
                 self.stack_bytes
             },
             python_only: self.python_only,
+            verbose: self.verbose,
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct RecordConfig {
     pub formats: Formats,
     pub stack_bytes: u32,
     pub python_only: bool,
+    /// `--verbose`: diagnostics (the verifier's log) on the terminal, not only in files.
+    pub verbose: bool,
 }
 
 /// Which renderings to write.

@@ -252,6 +252,7 @@ pub fn load_options(
         task_stack_offset: stack_offset(&kernel),
         features: kernel,
         verifier_log,
+        verbose: config.verbose,
         matching,
     }
 }

@@ -60,6 +60,7 @@ pub fn replay_events(
         formats: Formats::ALL,
         stack_bytes: 0,
         python_only: false,
+        verbose: false,
     };
     let mut session = Session::new(config);
     session.resolver = Resolver::from_saved(stacks);
@@ -180,6 +181,7 @@ mod tests {
             formats: Formats::ALL,
             stack_bytes: 0,
             python_only: false,
+            verbose: false,
         };
         Session::new(config).finish(&crate::system::access::Replay, 0, 1_000_000_000)
     }

@@ -61,6 +61,8 @@ pub struct LoadOptions {
     pub features: KernelFeatures,
     /// Where the verifier's log goes when it refuses a program.
     pub verifier_log: PathBuf,
+    /// `--verbose`: the verifier's log on the terminal too.
+    pub verbose: bool,
     /// `watch`: new processes the kernel side follows by itself (nothing for `record`).
     pub matching: Matching,
 }
@@ -255,7 +257,12 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
                     .try_into()
                     .with_context(|| format!("program {program} is not a raw tracepoint"))?;
                 if !programs_loaded.contains_key(program) {
-                    verified(raw_tp.load(), program, &options.verifier_log)?;
+                    verified(
+                        raw_tp.load(),
+                        program,
+                        &options.verifier_log,
+                        options.verbose,
+                    )?;
                     programs_loaded.insert(program.to_string(), true);
                 }
                 raw_tp
@@ -282,7 +289,12 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .try_into()
             .with_context(|| format!("program {program} is not a tracepoint"))?;
         if !programs_loaded.contains_key(program) {
-            verified(tracepoint.load(), program, &options.verifier_log)?;
+            verified(
+                tracepoint.load(),
+                program,
+                &options.verifier_log,
+                options.verbose,
+            )?;
             programs_loaded.insert(program.to_string(), true);
         }
         match tracepoint.attach(category, name) {
@@ -301,7 +313,12 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .ok_or_else(|| anyhow!("program cpu_sample missing from the eBPF object"))?
         .try_into()
         .context("program cpu_sample is not a perf_event program")?;
-    verified(sampler.load(), "cpu_sample", &options.verifier_log)?;
+    verified(
+        sampler.load(),
+        "cpu_sample",
+        &options.verifier_log,
+        options.verbose,
+    )?;
     let cpus = online_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))?;
     for cpu in cpus {
         sampler
@@ -358,30 +375,54 @@ fn set_matching(ebpf: &mut Ebpf, matching: &Matching) -> Result<()> {
 }
 
 /// A program load's outcome; a verifier refusal becomes one line naming the file its log was
-/// written to (the log runs to thousands of lines: not for the terminal).
-fn verified(result: Result<(), ProgramError>, program: &str, log_path: &Path) -> Result<()> {
+/// written to (the log runs to thousands of lines: not for the terminal, unless `verbose`).
+fn verified(
+    result: Result<(), ProgramError>,
+    program: &str,
+    log_path: &Path,
+    verbose: bool,
+) -> Result<()> {
     match result {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError {
             io_error,
             verifier_log,
-        }) => {
-            let place = match std::fs::write(log_path, format!("{verifier_log:?}")) {
-                Ok(()) => format!("its log is in {}", log_path.display()),
-                Err(err) => format!(
-                    "its log could not be saved to {}: {err}",
-                    log_path.display()
-                ),
-            };
-            // The errno stays in the chain (typed), under the one line people read.
-            let line = format!(
-                "the kernel's verifier refused program {program} ({io_error}); {place}; \
-                 `stallscope doctor` says what this kernel lacks"
-            );
-            Err(anyhow::Error::new(io_error).context(line))
-        }
+        }) => Err(refused(
+            program,
+            io_error,
+            &format!("{verifier_log:?}"),
+            log_path,
+            verbose,
+        )),
         Err(err) => Err(err).with_context(|| format!("loading program {program}")),
     }
+}
+
+/// The error for a program the verifier refused: one line saying where its log went (and,
+/// `verbose`, the log itself below it, made safe for a terminal), the errno typed in the chain.
+fn refused(
+    program: &str,
+    io_error: std::io::Error,
+    log: &str,
+    log_path: &Path,
+    verbose: bool,
+) -> anyhow::Error {
+    let place = match std::fs::write(log_path, log) {
+        Ok(()) => format!("its log is in {}", log_path.display()),
+        Err(err) => format!(
+            "its log could not be saved to {}: {err}",
+            log_path.display()
+        ),
+    };
+    let mut line = format!(
+        "the kernel's verifier refused program {program} ({io_error}); {place}; \
+         `stallscope doctor` says what this kernel lacks"
+    );
+    if verbose {
+        line.push_str("\nverifier log:\n");
+        line.push_str(&crate::sanitize::terminal_lines(log.trim_end()));
+    }
+    anyhow::Error::new(io_error).context(line)
 }
 
 /// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
@@ -523,5 +564,66 @@ impl Probes {
             }
         }
         totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "0: (79) r1 = *(u64 *)(r1 +0)\nR1 invalid mem access 'scalar'\x1b[2J\n";
+
+    fn refusal(verbose: bool) -> (String, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "stallscope-refused-{}-{verbose}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("verifier.log");
+        let err = refused(
+            "sched_switch",
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+            LOG,
+            &path,
+            verbose,
+        );
+        let saved = std::fs::read_to_string(&path).expect("log saved");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            err.chain().any(|c| c
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL))),
+            "the errno stays typed in the chain"
+        );
+        (format!("{err}"), saved)
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_naming_the_saved_log() {
+        let (message, saved) = refusal(false);
+        assert_eq!(saved, LOG, "the whole log is saved");
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(
+            message.contains("refused program sched_switch"),
+            "{message}"
+        );
+        assert!(message.contains("verifier.log"), "{message}");
+        assert!(!message.contains("invalid mem access"), "{message}");
+    }
+
+    #[test]
+    fn verbose_puts_the_log_under_the_line_without_escape_sequences() {
+        let (message, _) = refusal(true);
+        let mut lines = message.lines();
+        assert!(lines.next().is_some_and(|l| l.contains("verifier.log")));
+        assert_eq!(lines.next(), Some("verifier log:"));
+        assert!(
+            message.contains("R1 invalid mem access 'scalar'\\x1b[2J"),
+            "{message}"
+        );
+        assert!(
+            !message.contains('\x1b'),
+            "no escape sequence reaches the terminal"
+        );
     }
 }

@@ -23,6 +23,7 @@ fn config() -> RecordConfig {
         formats: crate::config::Formats::ALL,
         stack_bytes: 0,
         python_only: false,
+        verbose: false,
     }
 }
 
