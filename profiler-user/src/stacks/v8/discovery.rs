@@ -142,6 +142,7 @@ impl V8s {
             total.unreadable += process.stats.unreadable;
             total.by_bytecode += process.stats.by_bytecode;
             total.live += process.stats.live;
+            total.positions += process.stats.positions;
         }
         total
     }

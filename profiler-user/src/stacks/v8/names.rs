@@ -228,7 +228,25 @@ pub(super) fn line_ends(text: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The 1-based line holding a character position, given where lines end.
-pub(super) fn line_of_position(line_ends: &[u32], position: u32) -> u32 {
-    line_ends.partition_point(|&end| end < position) as u32 + 1
+impl<M: Memory> Reader<'_, M> {
+    /// The bytes of a ByteArray (or TrustedByteArray), at most
+    /// [`positions::MAX_TABLE_BYTES`]; `None` for anything else (an undefined table: V8
+    /// collects source positions lazily).
+    pub(super) fn byte_array(&self, tagged: u64, layout: &PositionLayout) -> Option<Vec<u8>> {
+        let kind = self.type_of(tagged)?;
+        if !layout.byte_array_types.contains(&kind) {
+            return None;
+        }
+        let length = smi_value(self.field(tagged, layout.byte_array_length)?)?;
+        let length = usize::try_from(length).ok()?;
+        if length > positions::MAX_TABLE_BYTES {
+            return None;
+        }
+        let mut bytes = vec![0u8; length];
+        self.mem.read(
+            tagged - HEAP_OBJECT_TAG + layout.byte_array_data,
+            &mut bytes,
+        )?;
+        Some(bytes)
+    }
 }
