@@ -116,9 +116,20 @@ pub fn markdown_code(text: &str) -> String {
     terminal(text).replace('`', "'").replace('|', "\\|")
 }
 
-/// Text for XML and HTML, in element content or a quoted attribute: the five special
+/// Text for XML and HTML element content (also safe in a quoted attribute): the five special
 /// characters as entities; characters XML 1.0 forbids (most C0 controls) replaced by U+FFFD.
+/// A raw CR becomes a reference because parsers turn it into LF even in content.
 pub fn xml(text: &str) -> String {
+    xml_with(text, false)
+}
+
+/// Text for a quoted XML attribute value: as [`xml`], and line breaks and tabs as character
+/// references, so attribute-value normalization keeps them instead of turning them to spaces.
+pub fn xml_attribute(text: &str) -> String {
+    xml_with(text, true)
+}
+
+fn xml_with(text: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
@@ -127,7 +138,9 @@ pub fn xml(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
+            '\r' => out.push_str("&#13;"),
+            '\n' if attribute => out.push_str("&#10;"),
+            '\t' if attribute => out.push_str("&#9;"),
             c if is_xml_char(c) => out.push(c),
             _ => out.push('\u{FFFD}'),
         }
@@ -186,6 +199,8 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&apos;&lt;/a&gt;"
         );
         assert_eq!(xml("a\x1bb\x00c"), "a\u{FFFD}b\u{FFFD}c");
+        assert_eq!(xml("a\nb\tc\rd<"), "a\nb\tc&#13;d&lt;");
+        assert_eq!(xml_attribute("a\nb\tc\rd"), "a&#10;b&#9;c&#13;d");
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   (still runnable) is recorded without a crash, with the failure counted; a debug link
 //!   naming a FIFO beside the binary does not hang the agent (debug files not followed, said in
 //!   a hint, the function still named from the ELF symbols).
+//! - DWARF and symbol names: a copy whose burn function and source file are renamed (same
+//!   length) to markup, a pipe, a backtick and ESC in its DWARF strings and symbol table shows
+//!   them escaped in every output; a function name that is not UTF-8 shows as module+offset.
 
 use std::{
     ffi::OsStr,
@@ -164,6 +167,71 @@ fn has_control(bytes: &[u8]) -> bool {
             .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]))
 }
 
+/// The checks every hostile name must pass in every output of `result`: no control character
+/// in any JSON string or any output file, every file UTF-8, the JSON files valid, none of
+/// `markup` raw in the SVG, junit.xml, summary.md or report.html, the XML well-formed, and no
+/// escape sequence in anything the agent printed. Returns the text outputs by name.
+fn assert_every_output_escaped(result: &AgentResult, markup: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let mut all = Vec::new();
+    strings(&result.stalls_json(), &mut all);
+    assert!(
+        all.iter().all(|s| !s.chars().any(char::is_control)),
+        "control characters in stalls.json"
+    );
+    let outputs = text_outputs(&result.out_dir);
+    assert!(
+        outputs.len() >= 8,
+        "outputs missing: {:?}",
+        outputs.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    for (name, bytes) in &outputs {
+        assert!(!has_control(bytes), "{name} holds control characters");
+        assert!(std::str::from_utf8(bytes).is_ok(), "{name} is not UTF-8");
+    }
+    for name in ["trace.json", "symbols.json"] {
+        serde_json::from_str::<Value>(&output_text(&outputs, name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["flamegraph.svg", "junit.xml", "summary.md", "report.html"] {
+        let text = output_text(&outputs, name);
+        // (inferno's SVG has a <script> of its own: the target's markup is more specific.)
+        for markup in markup {
+            if let Some(at) = text.find(markup) {
+                let context = &text[at.saturating_sub(80)..(at + 80).min(text.len())];
+                panic!("{name} carries the target's markup {markup}: ...{context}...");
+            }
+        }
+    }
+    // Still well-formed XML, as a browser or a CI's JUnit reader needs.
+    for name in ["flamegraph.svg", "offcpu.svg", "junit.xml"] {
+        let lint = Command::new("xmllint")
+            .arg("--noout")
+            .arg(result.out_dir.join(name))
+            .output()
+            .expect("run xmllint (`cargo xtask setup` installs libxml2-utils)");
+        assert!(
+            lint.status.success(),
+            "{name} is not well-formed: {}",
+            String::from_utf8_lossy(&lint.stderr)
+        );
+    }
+    for line in result.stdout.iter().chain(&result.stderr) {
+        assert!(
+            !has_control(line.as_bytes()),
+            "control characters reached the terminal: {line:?}"
+        );
+    }
+    outputs
+}
+
+fn output_text(outputs: &[(String, Vec<u8>)], name: &str) -> String {
+    outputs
+        .iter()
+        .find(|o| o.0 == name)
+        .map(|o| String::from_utf8_lossy(&o.1).into_owned())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
 /// The jit frame of the hostile map, from the stall on the target's thread.
 fn jit_frames(json: &Value) -> Vec<String> {
     let mut names = Vec::new();
@@ -223,61 +291,13 @@ fn hostile_names_come_out_escaped_in_every_output_and_capabilities_are_dropped()
         "JIT frame not named from the perf map, or not escaped: {jit:?}"
     );
 
-    // No control character in any string of the JSON outputs; every output free of them and
-    // of the raw markup.
-    let mut all = Vec::new();
-    strings(&json, &mut all);
-    assert!(
-        all.iter().all(|s| !s.chars().any(char::is_control)),
-        "control characters in stalls.json"
-    );
-    let outputs = text_outputs(&result.out_dir);
-    assert!(
-        outputs.len() >= 8,
-        "outputs missing: {:?}",
-        outputs.iter().map(|o| &o.0).collect::<Vec<_>>()
-    );
-    for (name, bytes) in &outputs {
-        assert!(!has_control(bytes), "{name} holds control characters");
-        assert!(std::str::from_utf8(bytes).is_ok(), "{name} is not UTF-8");
-    }
-    let output = |name: &str| -> String {
-        outputs
-            .iter()
-            .find(|o| o.0 == name)
-            .map(|o| String::from_utf8_lossy(&o.1).into_owned())
-            .unwrap_or_else(|| panic!("no {name}"))
-    };
-    for name in ["trace.json", "symbols.json"] {
-        serde_json::from_str::<Value>(&output(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    for name in ["flamegraph.svg", "junit.xml", "summary.md", "report.html"] {
-        let text = output(name);
-        // (inferno's SVG has a <script> of its own: the target's is `<script>alert`.)
-        for markup in ["<script>alert", "</script>|", "<i>", "<b>"] {
-            if let Some(at) = text.find(markup) {
-                let context = &text[at.saturating_sub(80)..(at + 80).min(text.len())];
-                panic!("{name} carries the target's markup {markup}: ...{context}...");
-            }
-        }
-    }
+    let outputs =
+        assert_every_output_escaped(&result, &["<script>alert", "</script>|", "<i>", "<b>"]);
+    let output = |name: &str| output_text(&outputs, name);
     assert!(
         output("flamegraph.svg").contains("jit_spin&lt;script&gt;"),
         "the SVG still names the JIT frame"
     );
-    // Still well-formed XML, as a browser or a CI's JUnit reader needs.
-    for name in ["flamegraph.svg", "offcpu.svg", "junit.xml"] {
-        let lint = Command::new("xmllint")
-            .arg("--noout")
-            .arg(result.out_dir.join(name))
-            .output()
-            .expect("run xmllint (`cargo xtask setup` installs libxml2-utils)");
-        assert!(
-            lint.status.success(),
-            "{name} is not well-formed: {}",
-            String::from_utf8_lossy(&lint.stderr)
-        );
-    }
     // summary.md: the stall row still has its six cells (the `|` in the name did not split it).
     let summary = output("summary.md");
     let row = summary
@@ -297,14 +317,6 @@ fn hostile_names_come_out_escaped_in_every_output_and_capabilities_are_dropped()
         !pprof.contains("\x1b[31m") && !pprof.contains("\x1b[2J"),
         "ESC sequences in the pprof string table"
     );
-
-    // The terminal: no escape sequence in anything the agent printed.
-    for line in result.stdout.iter().chain(&result.stderr) {
-        assert!(
-            !has_control(line.as_bytes()),
-            "control characters reached the terminal: {line:?}"
-        );
-    }
 
     // Capabilities: read while it recorded, in every thread of the agent.
     assert!(
@@ -521,6 +533,142 @@ fn binary_with_sections_overwritten_by_random_bytes_is_recorded_with_the_failure
         .map(|k| unwind[k].as_u64().unwrap_or(0))
         .sum::<u64>();
     assert!(counted > 0, "the failure is counted: {unwind}");
+}
+
+/// `burn_native` (11 bytes) and `hostile_jit.c` (13 bytes) renamed, at the same lengths, to
+/// names made of markup, a pipe, a backtick, ESC and a byte that is not UTF-8.
+const HOSTILE_FUNCTION: &[u8; 11] = b"b<i>|`&\x1b[zn";
+const HOSTILE_FILE: &[u8; 13] = b"h<b>|`&\x1b]\xffx.c";
+/// How the agent must show them: the escapes of `sanitize::name`.
+const SHOWN_FUNCTION: &str = "b<i>|`&\\x1b[zn";
+const SHOWN_FILE_END: &str = "h<b>|`&\\x1b]\u{FFFD}x.c";
+
+/// Overwrites every occurrence of `from` with `to` (same length) inside the named sections;
+/// returns the sections where it was found.
+fn rename_in_sections(
+    bytes: &mut [u8],
+    binary: &Path,
+    names: &[&str],
+    from: &[u8],
+    to: &[u8],
+) -> Vec<String> {
+    assert_eq!(from.len(), to.len(), "a rename keeps the length");
+    let mut found = Vec::new();
+    for (name, offset, size) in sections(binary) {
+        if !names.contains(&name.as_str()) {
+            continue;
+        }
+        let section = &mut bytes[offset as usize..(offset + size) as usize];
+        let mut at = 0;
+        while let Some(pos) = section[at..].windows(from.len()).position(|w| w == from) {
+            section[at + pos..at + pos + to.len()].copy_from_slice(to);
+            at += pos + to.len();
+            found.push(name.clone());
+        }
+    }
+    found
+}
+
+/// A copy of the hostile target whose `burn_native` is called `function` in its DWARF and ELF
+/// symbols, and whose source file is called [`HOSTILE_FILE`] in its DWARF.
+fn binary_with_renamed_burn(name: &str, function: &[u8]) -> PathBuf {
+    let dir = scratch_dir(name);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let built = c_target("hostile_jit", &["-O2", "-g"]);
+    let binary = dir.join("hostile_jit");
+    fs::copy(&built, &binary).expect("copy");
+    let mut bytes = fs::read(&binary).expect("read copy");
+    // The function's name in the DWARF strings and the ELF symbol table; the source file's
+    // name in the DWARF line table's strings (where DWARF 5 keeps it) and the CU's name.
+    let string_sections = [
+        ".debug_str",
+        ".debug_line_str",
+        ".debug_info",
+        ".debug_line",
+        ".strtab",
+    ];
+    let function_in = rename_in_sections(
+        &mut bytes,
+        &binary,
+        &string_sections,
+        b"burn_native",
+        function,
+    );
+    let file_in = rename_in_sections(
+        &mut bytes,
+        &binary,
+        &string_sections,
+        b"hostile_jit.c",
+        HOSTILE_FILE,
+    );
+    assert!(
+        function_in.iter().any(|s| s == ".strtab")
+            && function_in.iter().any(|s| s.starts_with(".debug")),
+        "burn_native in the symbols and the DWARF: {function_in:?}"
+    );
+    assert!(!file_in.is_empty(), "hostile_jit.c in the DWARF strings");
+    fs::write(&binary, &bytes).expect("write renamed copy");
+    binary
+}
+
+/// Every frame of every stall's stacks.
+fn stall_frames(json: &Value) -> Vec<&Value> {
+    json["stalls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["stacks"].as_array().into_iter().flatten())
+        .flat_map(|st| st["frames"].as_array().into_iter().flatten())
+        .collect()
+}
+
+#[test]
+fn hostile_function_and_file_names_in_dwarf_and_elf_symbols_come_out_escaped() {
+    let binary = binary_with_renamed_burn("hostile-dwarf", HOSTILE_FUNCTION);
+    let (result, json) = record_native(&binary, "hostile-dwarf");
+    let frames = stall_frames(&json);
+    let burn = frames
+        .iter()
+        .find(|f| f["function"] == SHOWN_FUNCTION)
+        .unwrap_or_else(|| {
+            let names: Vec<_> = frames.iter().map(|f| &f["function"]).collect();
+            panic!("the renamed burn function is named, escaped: {names:?}")
+        });
+    let file = burn["file"].as_str().unwrap_or_default();
+    assert!(
+        file.ends_with(SHOWN_FILE_END),
+        "its file named from the DWARF line table, escaped: {burn}"
+    );
+    let outputs = assert_every_output_escaped(&result, &["<i>", "<b>"]);
+    assert!(
+        output_text(&outputs, "flamegraph.svg").contains("b&lt;i&gt;|`&amp;"),
+        "the SVG names the burn function, escaped"
+    );
+}
+
+#[test]
+fn function_name_that_is_not_utf8_is_shown_as_its_module_and_offset() {
+    // blazesym reads symbol names as UTF-8: a name that is not is no name, so the frame is
+    // shown by module and offset (and the stall still found), never as raw bytes.
+    let binary = binary_with_renamed_burn("dwarf-not-utf8", b"burn\xff\xfe<i>\x1bn");
+    let (result, json) = record_native(&binary, "dwarf-not-utf8");
+    let frames = stall_frames(&json);
+    let leaves: Vec<&str> = json["stalls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["stacks"].as_array().into_iter().flatten())
+        .filter_map(|st| st["frames"][0]["function"].as_str())
+        .collect();
+    assert!(
+        leaves.iter().any(|f| f.starts_with("hostile_jit+0x")),
+        "the burn is shown by module and offset: {leaves:?}"
+    );
+    assert!(
+        frames.iter().any(|f| f["function"] == "main"),
+        "the other frames are still named"
+    );
+    assert_every_output_escaped(&result, &["<i>"]);
 }
 
 #[test]

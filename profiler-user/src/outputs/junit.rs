@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use crate::model::{BudgetResult, Verdict};
+use crate::sanitize;
 
 /// Class name of every budget test case, so CI groups them together.
 pub const CLASSNAME: &str = "stallscope.budget";
@@ -64,14 +65,14 @@ fn render(
         xml,
         "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" \
          skipped=\"0\" time=\"{}\"",
-        escape(suite_name),
+        sanitize::xml_attribute(suite_name),
         seconds(duration_s),
     );
     if let Some((timestamp, hostname)) = stamp {
         let _ = write!(
             xml,
             " timestamp=\"{timestamp}\" hostname=\"{}\"",
-            escape(hostname)
+            sanitize::xml_attribute(hostname)
         );
     }
     xml.push_str(" id=\"0\" package=\"stallscope\">\n    <properties/>\n");
@@ -95,7 +96,7 @@ fn render(
     let _ = write!(
         xml,
         "    <system-out>{}</system-out>\n    <system-err/>\n  </testsuite>\n</testsuites>\n",
-        escape_text(&out)
+        sanitize::xml(&out)
     );
     xml
 }
@@ -105,7 +106,7 @@ fn testcase(xml: &mut String, result: &BudgetResult) {
     let _ = write!(
         xml,
         "    <testcase classname=\"{CLASSNAME}\" name=\"{}\" time=\"0\"",
-        escape(&name)
+        sanitize::xml_attribute(&name)
     );
     if result.passed {
         xml.push_str("/>\n");
@@ -115,8 +116,8 @@ fn testcase(xml: &mut String, result: &BudgetResult) {
             xml,
             ">\n      <failure message=\"{}\" type=\"{FAILURE_TYPE}\">{}</failure>\n    \
              </testcase>\n",
-            escape(&message),
-            escape_text(&message)
+            sanitize::xml_attribute(&message),
+            sanitize::xml(&message)
         );
     }
 }
@@ -129,45 +130,6 @@ fn seconds(duration_s: f64) -> String {
     } else {
         "0.000".to_string()
     }
-}
-
-/// Escapes text for an attribute value (also safe in element content). Line breaks and tabs
-/// become character references so attribute-value normalization keeps them; characters XML 1.0
-/// cannot carry at all (most C0 controls, which a thread name may contain) become U+FFFD.
-pub fn escape(text: &str) -> String {
-    escape_with(text, true)
-}
-
-/// Escapes element content, where line breaks and tabs survive as they are and stay readable
-/// in the raw file.
-pub fn escape_text(text: &str) -> String {
-    escape_with(text, false)
-}
-
-fn escape_with(text: &str, attribute: bool) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&apos;"),
-            // Parsers turn a raw CR into LF even in content; a reference keeps it.
-            '\r' => escaped.push_str("&#13;"),
-            '\n' if attribute => escaped.push_str("&#10;"),
-            '\t' if attribute => escaped.push_str("&#9;"),
-            c if is_xml_char(c) => escaped.push(c),
-            _ => escaped.push('\u{FFFD}'),
-        }
-    }
-    escaped
-}
-
-/// The XML 1.0 `Char` production.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
-        || c >= '\u{10000}'
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` in UTC, without a zone, as the Ant schema's timestamp pattern requires.
@@ -201,6 +163,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sanitize::is_xml_char;
 
     fn result(budget: &str, subject: &str, passed: bool) -> BudgetResult {
         BudgetResult {
@@ -464,14 +427,14 @@ mod tests {
         assert!(failure.text.starts_with(expected));
         assert!(!xml.contains('\u{1}'));
         assert_eq!(
-            escape("<&>\"'"),
+            sanitize::xml_attribute("<&>\"'"),
             "&lt;&amp;&gt;&quot;&apos;",
             "the five predefined entities"
         );
-        assert_eq!(escape("a\nb\tc\rd"), "a&#10;b&#9;c&#13;d");
-        assert_eq!(escape_text("a\nb\tc\rd<"), "a\nb\tc&#13;d&lt;");
+        assert_eq!(sanitize::xml_attribute("a\nb\tc\rd"), "a&#10;b&#9;c&#13;d");
+        assert_eq!(sanitize::xml("a\nb\tc\rd<"), "a\nb\tc&#13;d&lt;");
         assert_eq!(
-            escape_text("\u{0}\u{1F}\u{FFFE}\u{1F600}"),
+            sanitize::xml("\u{0}\u{1F}\u{FFFE}\u{1F600}"),
             "\u{FFFD}\u{FFFD}\u{FFFD}\u{1F600}"
         );
     }
