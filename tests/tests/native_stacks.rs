@@ -1379,7 +1379,7 @@ fn node_js_frames_match_cpu_prof() {
     }
     // The line spinForMs spends most of its stall on is one of the lines V8's profiler
     // sampled it at most (its three busiest).
-    spin_lines.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+    spin_lines.sort_unstable_by_key(|(_, weight)| std::cmp::Reverse(*weight));
     let busiest: Vec<u64> = spin_ticks.iter().take(3).map(|(_, line)| *line).collect();
     failures.check(
         spin_lines

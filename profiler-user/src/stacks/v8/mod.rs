@@ -945,7 +945,7 @@ mod tests {
             stack
         };
         // The interpreter's code: the builtins.
-        let builtins = vec![0x50_0000..0x60_0000];
+        let builtins: Vec<Range<u64>> = std::iter::once(0x50_0000..0x60_0000).collect();
         let named = |mem: FakeMemory, offset: u64| {
             let mut process =
                 V8Process::new(Arc::new(meta.clone()), mem, builtins.clone(), Vec::new());
