@@ -940,18 +940,38 @@ struct StallsServer {
 
 impl StallsServer {
     fn start(node: &Path, flags: &[&str], dir: &Path) -> Self {
+        let script = workspace_root().join("tests/targets/node_stalls.js");
+        let mut command = Command::new(node);
+        command.args(flags);
+        Self::start_with(command, &script, dir, dir)
+    }
+
+    /// Debian's node in the sid root (`chroot`): the script and the pipe in a directory of
+    /// the root, `dir` as the root sees it being `inside`.
+    fn start_in_sid(dir: &Path, inside: &Path) -> Self {
+        let script = dir.join("node_stalls.js");
+        std::fs::copy(
+            workspace_root().join("tests/targets/node_stalls.js"),
+            &script,
+        )
+        .expect("copy node_stalls.js into the sid root");
+        let mut command = Command::new("chroot");
+        command.arg(sid_root()).arg("/usr/bin/node");
+        Self::start_with(command, &inside.join("node_stalls.js"), dir, inside)
+    }
+
+    /// `command SCRIPT 0 FIFO`, the pipe made in `dir`, which the target sees as `seen_as`.
+    fn start_with(mut command: Command, script: &Path, dir: &Path, seen_as: &Path) -> Self {
         let fifo = dir.join("slow.fifo");
         let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
         // SAFETY: mkfifo reads the NUL-terminated path we pass.
         let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
         assert_eq!(rc, 0, "mkfifo {}", fifo.display());
-        let script = workspace_root().join("tests/targets/node_stalls.js");
         let mut target = Target::spawn(
-            Command::new(node)
-                .args(flags)
-                .arg(&script)
+            command
+                .arg(script)
                 .arg("0")
-                .arg(&fifo)
+                .arg(seen_as.join("slow.fifo"))
                 .current_dir(dir),
         );
         let port = wait_for_port(&mut target, "node_stalls.js");
@@ -1041,11 +1061,11 @@ fn body_lines(name: &str) -> (u64, u64) {
     (first as u64 + 1, last as u64 + 1)
 }
 
-/// The blocking call in each planted function (spin has none: its loop is on-CPU).
+/// The blocking call in the planted functions that call once and stay interpreted while they
+/// block (spin and pbkdf2 loop: V8 moves them to baseline or optimized code on the stack).
 const PLANTED_CALLS: &[(&str, &str)] = &[
     ("waitAtomicsMs", "Atomics.wait("),
     ("readSlowPipe", "fs.readFileSync("),
-    ("hashPasswordSync", "crypto.pbkdf2Sync("),
 ];
 
 /// The 1-based line of the first occurrence of `text` in node_stalls.js.
@@ -1064,11 +1084,21 @@ fn call_line(text: &str) -> u64 {
 /// with its file and line.
 fn node_js_frames(major: &str) {
     require_root();
-    let node = node_binary(major);
-    let mut failures = Failures::default();
     let name = format!("node{major}-js-frames");
-    let dir = scratch_dir(&format!("{name}-cwd"));
-    let server = StallsServer::start(&node, &[], &dir);
+    let server_dir;
+    let server = if major == "debian" {
+        // A directory of the sid root, made afresh.
+        let inside = PathBuf::from(format!("/tmp/{name}-{}", std::process::id()));
+        server_dir = sid_root().join(inside.strip_prefix("/").expect("absolute"));
+        let _ = std::fs::remove_dir_all(&server_dir);
+        std::fs::create_dir_all(&server_dir).expect("create a directory in the sid root");
+        StallsServer::start_in_sid(&server_dir, &inside)
+    } else {
+        let node = node_binary(major);
+        server_dir = scratch_dir(&format!("{name}-cwd"));
+        StallsServer::start(&node, &[], &server_dir)
+    };
+    let mut failures = Failures::default();
     let pid = server.target.pid();
     let out = scratch_dir(&name);
     let agent = Agent::record(&["--pid", &pid.to_string(), "--threshold", "100ms"], &out);
@@ -1166,7 +1196,7 @@ fn node_js_frames(major: &str) {
         failures.check(wrong.is_empty(), || {
             format!("{what}: no stack names another planted function: {wrong:?}")
         });
-        // The line the frame is at: the blocking call's (spin: a line of its body), from the
+        // The line the frame is at: the blocking call's (the loops: a line of their body), from the
         // bytecode offset (interpreted) or the code's position table (optimized, Node 22);
         // where the compiled code's position is not read, the function's first line.
         let (first, last) = body_lines(expected);
@@ -1181,8 +1211,8 @@ fn node_js_frames(major: &str) {
             .filter(|(f, _)| *f == expected)
             .map(|(_, l)| l)
             .collect();
-        // The spin loop is replaced on the stack by optimized code while it runs (OSR), whose
-        // position is not read: there its first line.
+        // The loops (spin, pbkdf2) are replaced on the stack by baseline code while they run,
+        // whose position is not read: there their first line, else a line of their body.
         let at_position = |line: u64| match call {
             Some(call) => line == call,
             None => line >= first && line <= last,
@@ -1239,6 +1269,24 @@ fn node24_js_frames() {
 #[test]
 fn node26_js_frames() {
     node_js_frames("26");
+}
+
+/// Debian unstable's nodejs 24: V8 in `libnode.so` (stripped: its metadata in the dynamic
+/// symbols, no symbol for the builtins), run by chroot in the sid root.
+#[test]
+fn node_debian_js_frames() {
+    node_js_frames("debian");
+}
+
+/// The Debian sid root with nodejs (made by `cargo xtask setup`).
+fn sid_root() -> PathBuf {
+    let root = workspace_root().join("target/sid");
+    assert!(
+        root.join(".stallscope-nodejs").exists() && root.join("usr/bin/node").exists(),
+        "{}: no Debian sid root with nodejs: run `cargo xtask setup`",
+        root.display()
+    );
+    root
 }
 
 /// The names V8's own profiler gives (`node --cpu-prof`) match ours: every JavaScript frame of

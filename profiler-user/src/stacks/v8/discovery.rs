@@ -73,18 +73,34 @@ impl V8s {
     /// Looks at a process's mappings for a V8 binary with metadata.
     pub(super) fn detect(&mut self, pid: u32) -> Option<V8Process<ProcMem>> {
         let maps = procfs::maps(pid)?;
-        let candidate = maps
-            .iter()
-            .find(|m| m.executable && may_be_v8(&m.path))?
-            .clone();
-        let meta = match self.metadata(pid, &candidate)? {
-            Ok(meta) => meta,
-            Err(err) => {
-                if self.failures.len() < 1000 {
-                    self.failures.insert(pid, err);
-                }
-                return None;
+        // The first binary with metadata: Debian's `node` is a small program that links
+        // `libnode.so`, where V8 (and its metadata) is.
+        let mut first_error = None;
+        let mut found = None;
+        let mut seen: Vec<&Path> = Vec::new();
+        for mapping in maps.iter().filter(|m| m.executable && may_be_v8(&m.path)) {
+            if seen.contains(&mapping.path.as_path()) || seen.len() >= 8 {
+                continue;
             }
+            seen.push(&mapping.path);
+            match self.metadata(pid, mapping) {
+                Some(Ok(meta)) => {
+                    found = Some((mapping.clone(), meta));
+                    break;
+                }
+                Some(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                None => {}
+            }
+        }
+        let Some((candidate, meta)) = found else {
+            if let Some(err) = first_error
+                && self.failures.len() < 1000
+            {
+                self.failures.insert(pid, err);
+            }
+            return None;
         };
         let Some(mem) = ProcMem::open(pid) else {
             if self.failures.len() < 1000 {
@@ -100,11 +116,17 @@ impl V8s {
             }
             return None;
         };
-        let builtins = meta
-            .builtins_svma
-            .as_ref()
-            .map(|svma| builtins_avma(&maps, &candidate.path, svma, pid))
-            .unwrap_or_default();
+        // A stripped binary (Debian's libnode.so) does not say where its builtins are: every
+        // frame in its code is looked at then (a frame is taken as JavaScript only when its
+        // slots hold a context and a JSFunction, each checked by type).
+        let builtins = match &meta.builtins_svma {
+            Some(svma) => builtins_avma(&maps, &candidate.path, svma, pid),
+            None => maps
+                .iter()
+                .filter(|m| m.executable && m.path == candidate.path)
+                .map(|m| m.start..m.end)
+                .collect(),
+        };
         let file_code = file_code(&maps);
         if self.found.len() < 1000 {
             self.found.push((
@@ -118,7 +140,10 @@ impl V8s {
             meta.version_string(),
             candidate.path.display()
         );
-        Some(V8Process::new(meta, mem, builtins, file_code))
+        let scanning_binary = meta.builtins_svma.is_none();
+        let mut process = V8Process::new(meta, mem, builtins, file_code);
+        process.scanning_binary = scanning_binary;
+        Some(process)
     }
 
     /// The process's V8 state, detected on first use.

@@ -238,6 +238,9 @@ pub struct V8Process<M: Memory> {
     /// Frames named before, by the BytecodeArray their frame holds.
     by_bytecode: HashMap<u64, Named>,
     scripts: HashMap<u64, ScriptLines>,
+    /// Whether `builtins` are all of the binary's code (a stripped binary): then a frame
+    /// there that is not JavaScript is ordinary native code, not an unreadable JS frame.
+    pub(super) scanning_binary: bool,
     pub stats: V8Stats,
 }
 
@@ -272,6 +275,7 @@ impl<M: Memory> V8Process<M> {
             functions: HashMap::new(),
             by_bytecode: HashMap::new(),
             scripts: HashMap::new(),
+            scanning_binary: false,
             stats: V8Stats::default(),
         }
     }
@@ -329,16 +333,23 @@ impl<M: Memory> V8Process<M> {
             return None;
         }
         let Some(named) = self.function_frame(&slots) else {
-            self.stats.unreadable += 1;
+            if !self.scanning_binary || !self.file_code.iter().any(|r| r.contains(&pc)) {
+                self.stats.unreadable += 1;
+            }
             return None;
         };
         let mut frame = named.frame;
         // The line the frame is at, where its code's position table says; else the
-        // function's first line stays.
+        // function's first line stays. In the builtins it is the interpreter's frame; in JIT
+        // code, optimized code's pc, or the interpreter's slots an optimized frame keeps when
+        // it replaced an interpreted one while it ran (OSR: the loop's bytecode offset).
         let interpreted = self.builtins.iter().any(|r| r.contains(&pc));
         let offset = match interpreted {
             true => self.interpreted_position(&slots),
-            false => named.function.and_then(|f| self.compiled_position(f, pc)),
+            false => named
+                .function
+                .and_then(|f| self.compiled_position(f, pc))
+                .or_else(|| self.interpreted_position(&slots)),
         };
         if let (Some(script), Some(offset)) = (named.script, offset)
             && let Some((line, _column)) = self.line_of(script, offset)
@@ -350,7 +361,8 @@ impl<M: Memory> V8Process<M> {
     }
 
     /// The script offset an interpreted frame is at: its bytecode offset slot (saved by the
-    /// interpreter at each call) through its BytecodeArray's source position table.
+    /// interpreter at each call) through its BytecodeArray's source position table. Baseline
+    /// frames keep a feedback cell in that slot, not an offset: none.
     fn interpreted_position(&self, slots: &FrameSlots) -> Option<u32> {
         let layout = self.meta.positions.as_ref()?;
         let reader = self.reader();
@@ -965,11 +977,20 @@ mod tests {
             bytecode_with_positions(&mut mem, table);
             assert_eq!(named(mem, offset), None, "offset {offset}");
         }
-        // Outside the builtins (JIT code) the bytecode offset slot is not the interpreter's.
+        // In JIT code, an optimized frame that replaced the interpreted one (OSR) keeps its
+        // slots; a baseline frame has a feedback cell where the offset was.
         let mut mem = heap(false);
         bytecode_with_positions(&mut mem, None);
         let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
         let frames = process.frames(&[0x7000_0010], &[fp], &frame_with(12), sp);
+        assert_eq!(
+            frames[0].clone().flatten().expect("a JS frame").line,
+            Some(3)
+        );
+        let mut baseline = frame_with(12);
+        let at = (fp - 40 - sp) as usize;
+        baseline[at..at + 8].copy_from_slice(&0x9001u64.to_le_bytes());
+        let frames = process.frames(&[0x7000_0010], &[fp], &baseline, sp);
         assert_eq!(frames[0].clone().flatten().expect("a JS frame").line, None);
     }
 
