@@ -317,6 +317,14 @@ pub const PY_STACK_COPIED: u64 = 2;
 /// of its Python process held the GIL; `Event::aux` is that holder's tid (0 if not known yet).
 pub const GIL_HELD_BY_OTHER: u64 = 4;
 
+/// `Event::arg1` flag on SWITCH_IN: the scheduler tracepoint never fired for this switch-in
+/// (the task that ran before it is one the kernel does not trace: its own switch-out is not
+/// reported), so the kernel side found the thread running on that CPU at its next event there
+/// (a sample, a switch-out, a wait point) and sends this then, stamped then. `Event::arg0` is
+/// when it was switched in (CLOCK_MONOTONIC ns, from the task's `sched_info.last_arrival`
+/// moved to that clock by the offset measured at traced switch-ins on that CPU; 0: not known).
+pub const SWITCH_IN_UNTRACED: u64 = 8;
+
 /// Python frames walked per stack; deeper stacks keep their innermost frames.
 pub const MAX_PY_FRAMES: usize = 96;
 /// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs
@@ -403,7 +411,13 @@ pub struct PyFrame {
     /// Address of the frame itself.
     pub frame: u64,
     pub flags: u32,
-    pub _reserved: u32,
+    /// On the outermost frame of a run ([`PY_FRAME_ENTRY`], 3.12+): the low 32 bits of the
+    /// address of the entry (shim) frame after it, 0 when unknown. That frame is a local of the
+    /// C function running the interpreter loop, so it lies inside that function's native stack
+    /// frame: the agent finds where the run goes in the native stack by stack address (which
+    /// survives stripped binaries and tail-calling interpreters), rebuilding the full address
+    /// from the stack pointer (the shim is above it, within 4 GiB).
+    pub entry_shim_low32: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 32);

@@ -34,9 +34,9 @@ use profiler_common::{
     LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS, MAX_PY_FRAMES,
     MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
     PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
-    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, TaskOffsets, TracepointOffsets,
-    USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop, is_runtime_worker, kind, matching,
-    syscall_nr::FUTEX, wait_mark,
+    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
+    TaskOffsets, TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop,
+    is_runtime_worker, kind, matching, syscall_nr::FUTEX, wait_mark,
 };
 
 #[unsafe(no_mangle)]
@@ -160,6 +160,34 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
 
 #[map]
 static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of `sched_info.last_arrival` in `struct task_struct` (from the kernel's BTF; 0:
+/// unknown): when the scheduler last put the task on a CPU, in that runqueue's clock. It is
+/// set at every switch-in, traced or not.
+#[unsafe(no_mangle)]
+static TASK_ARRIVAL_OFFSET: Global<u32> = Global::new(0);
+
+/// Per CPU: the followed thread whose switch-in on this CPU was traced and which has not been
+/// switched out since (0: none), and how `sched_info.last_arrival` maps to CLOCK_MONOTONIC
+/// here. A kernel can run a task whose tracepoints never fire (a hidden supervisor's threads):
+/// the switch from it to our thread then reports nothing, and only this says the thread is
+/// running (see `check_switched_in`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OnCpu {
+    tid: u32,
+    /// `ON_CPU_LEARN`: measure the clock offset at the thread's next event (its switch-in was
+    /// traced and stamped `in_ts`); `ON_CPU_OFFSET`: `offset` holds a measurement.
+    flags: u32,
+    in_ts: u64,
+    offset: i64,
+}
+
+const ON_CPU_LEARN: u32 = 1;
+const ON_CPU_OFFSET: u32 = 2;
+
+#[map]
+static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 
 /// A per-CPU word that values pass through to forget what the verifier knows of them (see
 /// `opaque`).
@@ -312,6 +340,70 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
                 count_drop(drop_counter);
             }
             NO_STACK
+        }
+    }
+}
+
+/// The current task's `sched_info.last_arrival` (runqueue clock; 0 when unknown).
+#[inline(always)]
+fn current_arrival() -> u64 {
+    let offset = TASK_ARRIVAL_OFFSET.load();
+    if offset == 0 {
+        return 0;
+    }
+    let task = compat::current_task();
+    // SAFETY: kernel probe read, failure handled.
+    unsafe { bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>()) }.unwrap_or(0)
+}
+
+/// Run first by every program that reports an event in a followed thread's own context (a
+/// switch-out, a sample, a wait point): the thread is on this CPU now. When its switch-in here
+/// was not traced, a SWITCH_IN marked `SWITCH_IN_UNTRACED` goes first, with when it really
+/// came in; after a traced one, the first event measures the clock offset that needs. Costs a
+/// per-CPU slot for followed threads only: nothing is added to other threads' switches.
+#[inline(always)]
+fn check_switched_in(tgid: u32, tid: u32) {
+    let Some(slot) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, see count_drop.
+    let slot = unsafe { &mut *slot };
+    if slot.tid == tid {
+        if slot.flags & ON_CPU_LEARN != 0 {
+            let arrival = current_arrival();
+            if arrival != 0 {
+                slot.offset = slot.in_ts as i64 - arrival as i64;
+                slot.flags = ON_CPU_OFFSET;
+            } else {
+                slot.flags &= !ON_CPU_LEARN;
+            }
+        }
+        return;
+    }
+    let mut event = new_event(kind::SWITCH_IN, tgid, tid);
+    let arrival = current_arrival();
+    if arrival != 0 && slot.flags & ON_CPU_OFFSET != 0 {
+        let at = (arrival as i64).wrapping_add(slot.offset) as u64;
+        // Never later than now, whatever the clocks did since the offset was measured.
+        event.arg0 = if at > event.ts_ns { event.ts_ns } else { at };
+    }
+    event.arg1 = SWITCH_IN_UNTRACED;
+    submit(&event);
+    slot.tid = tid;
+    slot.flags &= !ON_CPU_LEARN;
+}
+
+/// A traced switch-in of `tid` on this CPU, stamped `ts`; or (`tid` 0) the switch-out of the
+/// thread that was on it.
+#[inline(always)]
+fn switched_in(tid: u32, ts: u64) {
+    if let Some(slot) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, see count_drop.
+        unsafe {
+            (*slot).tid = tid;
+            (*slot).in_ts = ts;
+            (*slot).flags =
+                ((*slot).flags & ON_CPU_OFFSET) | if tid != 0 { ON_CPU_LEARN } else { 0 };
         }
     }
 }
@@ -727,11 +819,15 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             .is_some_and(|owner| owner >= PY_FRAME_OWNER_NOT_CODE)
     {
         // A 3.12+ shim or 3.14+ entry frame: the frame walked just before is the outermost of
-        // its eval run.
+        // its eval run, and the shim's stack address says where the run sits in the native
+        // stack. Only the first one after a frame counts (3.15's `base_frame` sentinel follows
+        // the bottom run's entry frame, and is not on the stack).
         if depth > 0
             && let Some(last) = buf.frames.get_mut(depth - 1)
+            && last.flags & PY_FRAME_ENTRY == 0
         {
             last.flags |= PY_FRAME_ENTRY;
+            last.entry_shim_low32 = frame as u32;
         }
         return 0;
     }
@@ -760,7 +856,7 @@ extern "C" fn walk_frame_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             ip,
             frame,
             flags: if entry { PY_FRAME_ENTRY } else { 0 },
-            _reserved: 0,
+            entry_shim_low32: 0,
         };
         walk.depth += 1;
     }
@@ -969,6 +1065,7 @@ fn on_switch<C: StackIdContext>(
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
+        check_switched_in(tgid, tid);
         let prev_state = prev_state();
         let syscall = current_syscall();
         // A thread preempted inside a syscall is not waiting in it (it may be on its way out
@@ -1020,9 +1117,12 @@ fn on_switch<C: StackIdContext>(
         event.syscall = reported_syscall(syscall);
         event.comm = bpf_get_current_comm().unwrap_or_default();
         submit(&event);
+        switched_in(0, 0);
     }
     if let Some(next_tgid) = followed_tid(next_tid as u32) {
-        submit(&new_event(kind::SWITCH_IN, next_tgid, next_tid as u32));
+        let event = new_event(kind::SWITCH_IN, next_tgid, next_tid as u32);
+        submit(&event);
+        switched_in(next_tid as u32, event.ts_ns);
     }
     Ok(())
 }
@@ -1179,6 +1279,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_followed_pid(tgid) {
         return Ok(());
     }
+    check_switched_in(tgid, tid);
     let offsets = OFFSETS.load();
     let nr: i32 = unsafe { ctx.read_at(offsets.syscall_enter_nr as usize)? };
     let nr = nr as i64;
@@ -1224,6 +1325,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_followed_pid(tgid) {
         return Ok(());
     }
+    check_switched_in(tgid, tid);
     let offsets = OFFSETS.load();
     let nr: i32 = unsafe { ctx.read_at(offsets.syscall_exit_nr as usize)? };
     let nr = nr as i64;
@@ -1246,6 +1348,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
+        check_switched_in(tgid, tid);
         let syscall = current_syscall();
         let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
         let python = python_stack(tgid, tid, syscall, 1);

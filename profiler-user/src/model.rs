@@ -136,6 +136,11 @@ pub struct ReorderReport {
     /// Switch-ins or switch-outs the timeline did not see (lost or late): each left its
     /// interval unaccounted in the stall it fell in.
     pub missed_switches: u64,
+    /// Switch-ins the kernel's tracepoint never reported (the task before them is one the
+    /// kernel does not trace) but the kernel side timed from the thread's own scheduler
+    /// accounting: put back in place, nothing left unaccounted (README, Limits).
+    #[serde(default)]
+    pub untraced_switch_ins: u64,
     /// Stalls whose breakdown did not add up by a fault of the timeline (should be 0).
     pub breakdown_mismatches: u64,
 }
@@ -143,14 +148,49 @@ pub struct ReorderReport {
 /// A stall's breakdown adds up when on-CPU + blocked + runqueue is within this of its duration.
 pub const ADDS_UP_NS: u64 = 1_000_000;
 
+/// What a timeline span stands for (`kind` of a span in stalls.json, `cat` in trace.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    /// Blocked (off-CPU).
+    OffCpu,
+    /// Runnable, waiting for a CPU.
+    Runqueue,
+    /// An on-CPU sample, where `end_ns == start_ns`.
+    Sample,
+    /// Blocked on a lock another thread held (the timeline marks none today; kept so every
+    /// stack kind has its span kind).
+    Lock,
+}
+
+impl SpanKind {
+    /// The span kind for a timeline mark of this stack kind (an on-CPU one is a sample).
+    pub fn of_stack(kind: StackKind) -> Self {
+        match kind {
+            StackKind::OnCpu => SpanKind::Sample,
+            StackKind::OffCpu => SpanKind::OffCpu,
+            StackKind::Runqueue => SpanKind::Runqueue,
+            StackKind::Lock => SpanKind::Lock,
+        }
+    }
+
+    /// The name stalls.json and trace.json use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::OffCpu => "off_cpu",
+            SpanKind::Runqueue => "runqueue",
+            SpanKind::Sample => "sample",
+            SpanKind::Lock => "lock",
+        }
+    }
+}
+
 /// One span on a thread's timeline track.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpanRecord {
     pub pid: u32,
     pub tid: u32,
-    /// "off_cpu" (blocked), "runqueue" (waiting for a CPU) or "sample" (an on-CPU sample,
-    /// where `end_ns == start_ns`).
-    pub kind: String,
+    pub kind: SpanKind,
     pub start_ns: u64,
     pub end_ns: u64,
     pub syscall: Option<String>,

@@ -1065,7 +1065,53 @@ fn check_validation(
             )
         });
     }
+    if !options.python_only {
+        check_in_place(problems, top, &validate.what);
+    }
     check_task(problems, stall, validate, options);
+}
+
+/// The Python frames stand where they ran among the native ones (issue #15: under Debian's
+/// stripped 3.14 and 3.15 they used to sit below `_start`): the leaf is the C code `validate`
+/// called (the regex engine), the stack ends in native frames (the process's start), and a
+/// script's `<module>` is run by `PyEval_EvalCode` (at most two inlined frames between).
+fn check_in_place(problems: &mut Problems, stack: &Value, what: &str) {
+    let frames: Vec<&Value> = stack["frames"].as_array().into_iter().flatten().collect();
+    let user: Vec<&&Value> = frames.iter().filter(|f| f["kind"] != "kernel").collect();
+    let kind = |f: Option<&&&Value>| f.map(|f| f["kind"].clone());
+    let listing = || {
+        user.iter()
+            .map(|f| f["function"].as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+            .join(" < ")
+    };
+    problems.check(
+        kind(user.first()) == Some("native".into()) && kind(user.last()) == Some("native".into()),
+        || {
+            format!(
+                "{what}: the Python frames should sit between the regex's C frames and the                  process's start: {}",
+                listing()
+            )
+        },
+    );
+    if let Some(module) = user
+        .iter()
+        .rposition(|f| f["kind"] == "python" && f["function"] == "<module>")
+        && user[module]["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("asyncio_service.py"))
+    {
+        let run_by = user[module + 1..]
+            .iter()
+            .take(3)
+            .any(|f| f["function"] == "PyEval_EvalCode");
+        problems.check(run_by, || {
+            format!(
+                "{what}: the script's <module> should be run by PyEval_EvalCode: {}",
+                listing()
+            )
+        });
+    }
 }
 
 /// The offloaded validation runs on an executor thread, never on the loop: no loop stall may

@@ -3,13 +3,14 @@
 //! exec, stall on purpose; Debian's Prometheus scrapes `/metrics` every second and its HTTP API
 //! must return the planted stall counts and histogram buckets per service; the events log has one
 //! line per stall naming the right function, and loses none across a SIGHUP rotation; the agent
-//! exits 0 on SIGTERM.
+//! exits 0 on SIGTERM; it runs as an unprivileged user with only the capabilities its systemd
+//! unit grants.
 
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::unix::fs::symlink,
+    os::unix::fs::{PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -31,10 +32,15 @@ struct Watch {
 impl Watch {
     /// Starts `stallscope watch ARGS` and waits until it says it is watching.
     fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(agent_bin());
+        command.arg("watch").args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `stallscope watch`, possibly behind a privilege wrapper).
+    fn spawn(mut command: Command) -> Self {
         require_root();
-        let mut child = Command::new(agent_bin())
-            .arg("watch")
-            .args(args)
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -594,6 +600,69 @@ fn watch_follows_every_process_of_a_cgroup_and_nothing_outside_it() {
     for p in &planted {
         let event = logged(&lines, p).unwrap_or_else(|| panic!("no line for {p:?}"));
         assert_eq!(event["cgroup"].as_str(), Some(format!("/{name}").as_str()));
+    }
+}
+
+/// The capabilities `docs/stallscope-watch.service` grants, as setpriv's `+cap` list.
+fn documented_capabilities() -> String {
+    let unit = std::fs::read_to_string(workspace_root().join("docs/stallscope-watch.service"))
+        .expect("read docs/stallscope-watch.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("the unit grants AmbientCapabilities");
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(caps.len() >= 3, "capabilities listed: {line}");
+    caps.join(",")
+}
+
+#[test]
+fn watch_runs_as_nobody_with_only_the_capabilities_its_unit_grants() {
+    // As the systemd unit runs it (DynamicUser, AmbientCapabilities): not root, no other
+    // capability in any set; the stalls of a root-owned service are still found and named.
+    let dir = scratch_dir("watch-capabilities");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let c_bin = c_service(&dir, "capsvc_c");
+    let events = dir.join("events.jsonl");
+    let caps = documented_capabilities();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg("--")
+        .arg(agent_bin())
+        .args(["watch", "--comm", "capsvc_c", "--quiet", "--events"])
+        .arg(&events);
+    let watch = Watch::spawn(command);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", watch.pid())).unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "the agent runs as nobody: {status}"
+    );
+    let mut c = Target::spawn(Command::new(&c_bin).args(["3", "200", "10"]));
+    wait_exit(&mut c, Duration::from_secs(30));
+    let planted = planted_lines(&c.stdout.collect(Duration::from_millis(100)));
+    assert_eq!(planted.len(), 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, stderr) = watch.stop();
+    assert!(status.success(), "{status:?} {stderr:#?}");
+    let lines = event_lines(&events);
+    for p in &planted {
+        let event = logged(&lines, p).unwrap_or_else(|| panic!("no line for {p:?}: {stderr:#?}"));
+        let names = function_names(event);
+        assert_eq!(
+            names.first().map(String::as_str),
+            Some("spin_in_handler"),
+            "the service's function on top, read without root: {names:?}"
+        );
     }
 }
 

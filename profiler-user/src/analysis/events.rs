@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use profiler_common::{
     Event as RawEvent, GIL_HELD_BY_OTHER, NO_SYSCALL, PY_STACK_HEADER_SIZE, PyFrame, PyStackHeader,
-    UserStackHeader, kind,
+    SWITCH_IN_UNTRACED, UserStackHeader, kind,
 };
 
 use crate::analysis::timeline::{self, StackKey, What};
@@ -155,6 +155,9 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
             syscall,
             gil_holder: (raw.arg1 & GIL_HELD_BY_OTHER != 0).then_some(raw.aux),
         }),
+        kind::SWITCH_IN if raw.arg1 & SWITCH_IN_UNTRACED != 0 => Some(What::SwitchedInUntraced {
+            at_ns: (raw.arg0 != 0).then_some(raw.arg0),
+        }),
         kind::SWITCH_IN => Some(What::SwitchIn),
         kind::WAKING => Some(What::WokenBy(timeline::Waker {
             pid: (raw.arg0 >> 32) as u32,
@@ -269,7 +272,7 @@ mod tests {
             ip: code + 8,
             frame: 0x2000,
             flags: 1,
-            _reserved: 0,
+            entry_shim_low32: 0,
         };
         let mut record = bytes_of(&header).to_vec();
         record.extend_from_slice(bytes_of(&frame(0xa0)));
@@ -290,6 +293,27 @@ mod tests {
         // A wrong magic is refused rather than decoded as garbage frames.
         record[32] ^= 1;
         assert!(decode_record(&record).is_none());
+    }
+
+    #[test]
+    fn an_untraced_switch_in_keeps_its_time() {
+        let raw = |arg0, arg1| RawEvent {
+            kind: kind::SWITCH_IN,
+            ts_ns: 500,
+            arg0,
+            arg1,
+            ..Default::default()
+        };
+        let what = |arg0, arg1| interpret(&raw(arg0, arg1)).timeline.map(|e| e.what);
+        assert_eq!(what(0, 0), Some(What::SwitchIn));
+        assert_eq!(
+            what(420, SWITCH_IN_UNTRACED),
+            Some(What::SwitchedInUntraced { at_ns: Some(420) })
+        );
+        assert_eq!(
+            what(0, SWITCH_IN_UNTRACED),
+            Some(What::SwitchedInUntraced { at_ns: None })
+        );
     }
 
     #[test]

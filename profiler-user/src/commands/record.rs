@@ -164,7 +164,7 @@ pub async fn run_with_start(
                 // followed process's events would pile up in the ring meanwhile.
                 session.v8s.process(pid);
                 probes.follow(pid, &procfs::threads(pid))?;
-                session.add_process(pid, None);
+                session.add_process(&probes, pid, None);
             }
             test_attach_delay();
             for id in &start_pids {
@@ -201,8 +201,8 @@ pub async fn run_with_start(
     test_finish_delay();
     let end_ns = monotonic_ns();
     let event_log = session.event_log.take();
-    let saved = session.resolver.save_all(Some(&probes));
-    let mut recording = session.finish(Some(&probes), start_ns, end_ns);
+    let saved = session.resolver.save_all(&probes);
+    let mut recording = session.finish(&probes, start_ns, end_ns);
     recording.kernel_limits = kernel.limits();
     if let Some(log) = event_log {
         recording.drops.events_not_saved = log.finish()?;
@@ -239,6 +239,8 @@ pub fn load_options(
         runtime_wait_points: syscalls::runtime_wait_point_numbers(),
         stack_copy_bytes: config.stack_bytes,
         task_fsbase_offset: fsbase_offset(),
+        // Without it a switch-in the kernel does not trace stays untimed (README, Limits).
+        task_arrival_offset: crate::system::btf::task_arrival_offset().unwrap_or(0),
         task_offsets: task_offsets(),
         waker_min_blocked_ns: if eager_stacks() {
             0
@@ -355,7 +357,7 @@ fn spawn_followed(
         .ok_or_else(|| anyhow!("`{program}` exited before it could be followed"))?;
     // Belt and braces: the fork event made the kernel follow it; make sure.
     probes.follow(pid, &[pid])?;
-    session.add_process(pid, Some(monotonic_ns()));
+    session.add_process(probes, pid, Some(monotonic_ns()));
     Ok(child)
 }
 
@@ -429,7 +431,7 @@ async fn event_loop(
                 // now (unless it took longer than the reorder window to get there).
                 let now = monotonic_ns();
                 drain(session, probes, ring.get_mut());
-                session.advance(Some(probes), now);
+                session.advance(probes, now);
             }
             () = &mut stop => break StopReason::External,
             _ = sigint.recv() => break StopReason::Signal,
@@ -449,16 +451,16 @@ async fn event_loop(
                 }
                 warn_about_losses(session, probes, &mut reported_losses);
                 if reported_losses > 0 {
-                    session.reap_vanished(monotonic_ns());
+                    session.reap_vanished(probes, monotonic_ns());
                 }
-                if child.is_none() && session.all_targets_gone() {
+                if child.is_none() && session.all_targets_gone(probes) {
                     break StopReason::TargetsExited;
                 }
             }
         }
     };
     drain(session, probes, ring.get_mut());
-    session.flush(Some(probes));
+    session.flush(probes);
     if reason == StopReason::Signal {
         abort_on_second_interrupt(session.stalls.len());
     }
@@ -519,7 +521,7 @@ pub fn drain(
         match events::decode_record(&item) {
             Some(events::Record::Event(raw)) => {
                 drop(item);
-                session.handle_raw(Some(probes), &raw);
+                session.handle_raw(probes, &raw);
             }
             Some(events::Record::Stack { header, stack }) => session.handle_stack(&header, stack),
             Some(events::Record::Python { header, frames }) => {

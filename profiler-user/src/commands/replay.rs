@@ -18,6 +18,7 @@ use crate::{
     model::{self, Recording},
     outputs::summary,
     store::recording::{load_recording, load_symbols},
+    system::access::Replay,
 };
 
 pub struct ReportOptions {
@@ -83,16 +84,17 @@ pub fn replay_events(
         session.reorder_window_ns = saved.reorder.window_ns;
     }
     for raw in events {
-        session.handle_raw(None, raw);
+        session.handle_raw(&mut Replay, raw);
     }
-    session.flush(None);
-    let mut recording = session.finish(None, saved.start_ns, saved.end_ns);
+    session.flush(&mut Replay);
+    let mut recording = session.finish(&Replay, saved.start_ns, saved.end_ns);
     // What the kernel lost was counted live; a replay cannot see it again.
     recording.lost_events = saved.lost_events;
     // The live stage's window and counts; the replay's own late events are the same ones.
     recording.reorder = model::ReorderReport {
         late_events: recording.reorder.late_events,
         missed_switches: recording.reorder.missed_switches,
+        untraced_switch_ins: recording.reorder.untraced_switch_ins,
         breakdown_mismatches: recording.reorder.breakdown_mismatches,
         window_ns: recording.reorder.window_ns,
         ..saved.reorder
@@ -177,7 +179,7 @@ mod tests {
             stack_bytes: 0,
             python_only: false,
         };
-        Session::new(config).finish(None, 0, 1_000_000_000)
+        Session::new(config).finish(&crate::system::access::Replay, 0, 1_000_000_000)
     }
 
     fn raw_event() -> impl Strategy<Value = profiler_common::Event> {

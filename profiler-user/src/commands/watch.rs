@@ -337,7 +337,7 @@ fn follow(session: &mut Session, probes: &mut Probes, pid: u32) {
         probes.unfollow(pid);
         return;
     }
-    session.add_process(pid, None);
+    session.add_process(probes, pid, None);
     detect_waiting_threads(session, pid);
 }
 
@@ -441,7 +441,7 @@ async fn event_loop(
             _ = drain_tick.tick() => {
                 let now = monotonic_ns();
                 record::drain(session, probes, ring.get_mut());
-                session.advance(Some(probes), now);
+                session.advance(probes, now);
             }
             _ = tick.tick() => {
                 if let Some(logger) = probes.logger.as_mut() {
@@ -456,7 +456,7 @@ async fn event_loop(
             _ = rescan_tick.tick() => {
                 // Processes whose exit was not seen (lost, or a late event brought a dead one
                 // back): gone from /proc, so forgotten, as their exit would have.
-                session.reap_vanished(monotonic_ns());
+                session.reap_vanished(probes, monotonic_ns());
                 rescan(session, probes, selection);
                 probes.prune_gone();
             }
@@ -487,7 +487,7 @@ async fn event_loop(
         }
     }
     record::drain(session, probes, ring.get_mut());
-    session.flush(Some(probes));
+    session.flush(probes);
     Ok(())
 }
 

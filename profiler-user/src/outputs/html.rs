@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     analysis::headline,
-    model::{FrameKind, Recording, StackKind, StackRecord, StallRecord},
+    model::{FrameKind, Recording, SpanKind, StackKind, StackRecord, StallRecord},
     units::format_duration,
 };
 
@@ -420,14 +420,18 @@ fn page(recording: &Recording) -> Page {
     let mut kept: Vec<&crate::model::SpanRecord> = recording
         .spans
         .iter()
-        .filter(|s| s.kind == "off_cpu" || s.kind == "runqueue")
+        .filter(|s| matches!(s.kind, SpanKind::OffCpu | SpanKind::Runqueue))
         .collect();
     kept.sort_by_key(|s| std::cmp::Reverse(s.end_ns.saturating_sub(s.start_ns)));
     let spans_cut = kept.len().saturating_sub(PAGE_LIMITS.spans);
     kept.truncate(PAGE_LIMITS.spans);
     for span in kept {
         let thread = index_of(span.pid, span.tid, "?", &mut threads);
-        let kind = if span.kind == "runqueue" { "r" } else { "b" };
+        let kind = if span.kind == SpanKind::Runqueue {
+            "r"
+        } else {
+            "b"
+        };
         spans.push((
             thread,
             kind,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    model::{Recording, StallRecord, top_user_frames},
+    model::{Recording, SpanKind, StallRecord, top_user_frames},
     units::format_duration,
 };
 
@@ -189,7 +189,7 @@ fn span_event(clock: &Clock, span: &crate::model::SpanRecord) -> Event {
     if !span.label.is_empty() {
         args.insert("function".into(), json!(span.label));
     }
-    if span.kind == "sample" {
+    if span.kind == SpanKind::Sample {
         let name = if span.label.is_empty() {
             "on-CPU sample"
         } else {
@@ -205,14 +205,14 @@ fn span_event(clock: &Clock, span: &crate::model::SpanRecord) -> Event {
             }),
         };
     }
-    let name = match (span.kind.as_str(), &span.syscall) {
-        ("off_cpu", Some(syscall)) => format!("blocked in {syscall}"),
+    let name = match (span.kind, &span.syscall) {
+        (SpanKind::OffCpu, Some(syscall)) => format!("blocked in {syscall}"),
         // One name for every runqueue wait, so viewers colour and aggregate them together; the
         // function is in args.
-        ("runqueue", _) => "waiting for a CPU".to_string(),
+        (SpanKind::Runqueue, _) => "waiting for a CPU".to_string(),
         _ if !span.label.is_empty() => span.label.clone(),
-        ("off_cpu", None) => "blocked".to_string(),
-        (kind, _) => kind.to_string(),
+        (SpanKind::OffCpu, None) => "blocked".to_string(),
+        (kind, _) => kind.as_str().to_string(),
     };
     let dur = clock.dur_us(span.start_ns, span.end_ns);
     Event {
@@ -220,7 +220,7 @@ fn span_event(clock: &Clock, span: &crate::model::SpanRecord) -> Event {
         ts,
         dur,
         value: json!({
-            "name": name, "cat": span.kind, "ph": "X", "ts": ts, "dur": dur,
+            "name": name, "cat": span.kind.as_str(), "ph": "X", "ts": ts, "dur": dur,
             "pid": span.pid, "tid": span.tid, "args": args,
         }),
     }
@@ -292,8 +292,8 @@ pub fn trace_json(recording: &Recording) -> Value {
 mod tests {
     use super::*;
     use crate::model::{
-        Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, SCHEMA_VERSION, SpanRecord,
-        StackRecord, ThreadRecord, Verdict,
+        Frame, FrameKind, OffCpuRecord, ProcessRecord, SpanRecord, StackRecord, ThreadRecord,
+        Verdict,
     };
 
     /// A strict check of the trace-event format (the JSON object form), as documented in
@@ -479,24 +479,19 @@ mod tests {
             ..stall.clone()
         };
         let span =
-            |kind: &str, start: u64, end: u64, syscall: Option<&str>, label: &str| SpanRecord {
+            |kind: SpanKind, start: u64, end: u64, syscall: Option<&str>, label: &str| SpanRecord {
                 pid: 10,
                 tid: 11,
-                kind: kind.into(),
+                kind,
                 start_ns: START + start,
                 end_ns: START + end,
                 syscall: syscall.map(Into::into),
                 label: label.into(),
             };
         Recording {
-            version: SCHEMA_VERSION,
-            threshold_ns: 100_000_000,
-            recorded_ns: 1_000_000_000,
             start_ns: START,
             end_ns: START + 1_000_000_000,
-            sample_freq_hz: 99,
             lost_events: 3,
-            drops: Drops::default(),
             processes: vec![ProcessRecord {
                 pid: 10,
                 comm: "server".into(),
@@ -537,26 +532,26 @@ mod tests {
             }],
             spans: vec![
                 span(
-                    "off_cpu",
+                    SpanKind::OffCpu,
                     13_400_000,
                     313_400_000,
                     Some("read"),
                     "load_file",
                 ),
-                span("runqueue", 500_000_000, 500_250_000, None, "parse"),
-                span("sample", 5_000_000, 5_000_000, None, "parse"),
-                span("off_cpu", 600_000_000, 600_000_500, None, "wait_thing"),
+                span(SpanKind::Runqueue, 500_000_000, 500_250_000, None, "parse"),
+                span(SpanKind::Sample, 5_000_000, 5_000_000, None, "parse"),
+                span(
+                    SpanKind::OffCpu,
+                    600_000_000,
+                    600_000_500,
+                    None,
+                    "wait_thing",
+                ),
             ],
-            spans_dropped: 0,
-            waiting_at_start: vec![],
-            startups: vec![],
-            kernel_limits: vec![],
-            reorder: Default::default(),
-            hints: vec![],
-            unwind: Default::default(),
-            python: Default::default(),
-            javascript: Default::default(),
             verdict: Verdict::default(),
+            // The rest as the shared fixture has it (a 1 s recording at 99 Hz, 100 ms
+            // threshold, nothing dropped).
+            ..crate::model::fixtures::recording()
         }
     }
 

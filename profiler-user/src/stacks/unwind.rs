@@ -198,7 +198,9 @@ pub struct UnwindStats {
 
 /// Unwinds from `start` (the interrupted instruction, or a return address found by the stack
 /// scan) with (sp, bp); returns the addresses, the frame pointer (rbp) each frame ran with
-/// (what V8's frames are read at), and whether it reached the end cleanly. A return address
+/// (what V8's frames are read at), its stack pointer (frame k's locals lie between its
+/// stack pointer and frame k+1's: where a Python run's C-stack entry frame says the run goes),
+/// and whether it reached the end cleanly. A return address
 /// is looked up one byte back (inside its call instruction): after a call that ends its
 /// function it is the next function's first byte, whose unwind rule is not the caller's.
 /// Every step must move the stack pointer up: a rule that does not (glibc's clone3 in the
@@ -211,11 +213,16 @@ fn walk(
     start: FrameAddress,
     sp: u64,
     bp: u64,
-) -> (Vec<u64>, Vec<u64>, bool) {
-    let mut frames = Vec::with_capacity(32);
-    let mut fps = Vec::with_capacity(32);
-    frames.push(start.address());
-    fps.push(bp);
+) -> Walked {
+    let mut w = Walked {
+        frames: Vec::with_capacity(32),
+        fps: Vec::with_capacity(32),
+        sps: Vec::with_capacity(32),
+        complete: false,
+    };
+    w.frames.push(start.address());
+    w.fps.push(bp);
+    w.sps.push(sp);
     let mut regs = UnwindRegsX86_64::new(start.address(), sp, bp);
     let mut address = start;
     loop {
@@ -223,22 +230,35 @@ fn walk(
         match unwinder.unwind_frame(address, &mut regs, cache, read_stack) {
             Ok(Some(return_address)) => {
                 if regs.sp() <= previous_sp {
-                    return (frames, fps, false);
+                    return w;
                 }
                 let Some(next) = FrameAddress::from_return_address(return_address) else {
-                    return (frames, fps, true);
+                    w.complete = true;
+                    return w;
                 };
-                frames.push(return_address);
-                fps.push(regs.bp());
-                if frames.len() >= MAX_FRAMES {
-                    return (frames, fps, false);
+                w.frames.push(return_address);
+                w.fps.push(regs.bp());
+                w.sps.push(regs.sp());
+                if w.frames.len() >= MAX_FRAMES {
+                    return w;
                 }
                 address = next;
             }
-            Ok(None) => return (frames, fps, true),
-            Err(_) => return (frames, fps, false),
+            Ok(None) => {
+                w.complete = true;
+                return w;
+            }
+            Err(_) => return w,
         }
     }
+}
+
+/// What [`walk`] found: one entry per frame in each list, innermost first.
+struct Walked {
+    frames: Vec<u64>,
+    fps: Vec<u64>,
+    sps: Vec<u64>,
+    complete: bool,
 }
 
 /// Words of stack scanned for a return address when the leaf cannot be unwound.
@@ -425,18 +445,11 @@ impl Unwinders {
     /// Unwinds one copied stack. Returns instruction addresses, innermost first: the
     /// interrupted `ip`, then return addresses.
     pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Vec<u64> {
-        self.unwind_with_fps(pid, ip, sp, bp, stack).0
+        self.unwind_frames(pid, ip, sp, bp, stack).ips
     }
 
-    /// [`Self::unwind`], with the frame pointer each frame ran with (same length).
-    pub fn unwind_with_fps(
-        &mut self,
-        pid: u32,
-        ip: u64,
-        sp: u64,
-        bp: u64,
-        stack: &[u8],
-    ) -> (Vec<u64>, Vec<u64>) {
+    /// [`Self::unwind`], with the frame pointer and stack pointer each frame ran with.
+    pub fn unwind_frames(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Unwound {
         if !self.covers(pid, ip) {
             // New code mapped since we last looked (or a process seen for the first time).
             self.refresh(pid);
@@ -444,14 +457,18 @@ impl Unwinders {
         self.stats.stacks += 1;
         let Some(process) = self.processes.get(&pid) else {
             self.stats.truncated += 1;
-            return (vec![ip], vec![bp]);
+            return Unwound {
+                ips: vec![ip],
+                fps: vec![bp],
+                sps: vec![sp],
+            };
         };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = addr.checked_sub(sp).ok_or(())? as usize;
             let bytes = stack.get(offset..offset + 8).ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
-        let (mut frames, mut fps, mut complete) = walk(
+        let mut walked = walk(
             &process.unwinder,
             &mut self.cache,
             &mut read_stack,
@@ -459,7 +476,7 @@ impl Unwinders {
             sp,
             bp,
         );
-        if !complete && frames.len() <= 1 {
+        if !walked.complete && walked.frames.len() <= 1 {
             // The leaf has no usable unwind rule (hand-written assembly such as OpenSSL's
             // SHA kernels, whose CFA is an expression): find its caller's return address by
             // scanning the stack for a word that points just after a call instruction, and
@@ -470,7 +487,7 @@ impl Unwinders {
                 let Some(caller) = FrameAddress::from_return_address(return_address) else {
                     continue;
                 };
-                let (rest, rest_fps, rest_complete) = walk(
+                let rest = walk(
                     &process.unwinder,
                     &mut self.cache,
                     &mut read_stack,
@@ -478,27 +495,43 @@ impl Unwinders {
                     slot + 8,
                     bp,
                 );
-                if rest_complete {
-                    frames.truncate(1);
-                    frames.extend(rest);
-                    fps.truncate(1);
-                    fps.extend(rest_fps);
-                    complete = true;
+                if rest.complete {
+                    walked.frames.truncate(1);
+                    walked.frames.extend(rest.frames);
+                    walked.fps.truncate(1);
+                    walked.fps.extend(rest.fps);
+                    walked.sps.truncate(1);
+                    walked.sps.extend(rest.sps);
+                    walked.complete = true;
                     self.stats.scanned += 1;
                     break;
                 }
             }
         }
-        if !complete {
+        if !walked.complete {
             self.stats.truncated += 1;
         }
-        if frames.is_empty() {
-            frames.push(ip);
-            fps.push(bp);
+        if walked.frames.is_empty() {
+            walked.frames.push(ip);
+            walked.fps.push(bp);
+            walked.sps.push(sp);
         }
-        self.stats.frames += frames.len() as u64;
-        (frames, fps)
+        self.stats.frames += walked.frames.len() as u64;
+        Unwound {
+            ips: walked.frames,
+            fps: walked.fps,
+            sps: walked.sps,
+        }
     }
+}
+
+/// One unwound stack, innermost first: the interrupted instruction then return addresses, and
+/// for each frame the frame pointer (rbp) and stack pointer it ran with (same lengths).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unwound {
+    pub ips: Vec<u64>,
+    pub fps: Vec<u64>,
+    pub sps: Vec<u64>,
 }
 
 #[cfg(test)]

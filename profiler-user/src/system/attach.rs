@@ -43,6 +43,9 @@ pub struct LoadOptions {
     /// Offset of `task_struct.thread.fsbase` (0: unknown; Python 3.9/3.10 frames are then not
     /// read).
     pub task_fsbase_offset: u32,
+    /// Offset of `task_struct.sched_info.last_arrival` (0: unknown; a switch-in the kernel did
+    /// not trace is then not timed, and its interval stays unaccounted).
+    pub task_arrival_offset: u32,
     /// `task_struct` offsets for the raw scheduler tracepoints; None: the classic ones (no
     /// BTF, or a kernel before 5.18).
     pub task_offsets: Option<TaskOffsets>,
@@ -192,6 +195,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
+        .override_global("TASK_ARRIVAL_OFFSET", &options.task_arrival_offset, true)
         .override_global("WAKER_MIN_BLOCKED_NS", &options.waker_min_blocked_ns, true)
         .override_global("EAGER_STACKS", &u32::from(options.eager_stacks), true)
         .override_global(

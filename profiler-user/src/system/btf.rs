@@ -198,6 +198,14 @@ pub fn task_fsbase_offset() -> Result<u32> {
         .context("task_struct.thread.fsbase not found in the kernel's BTF")
 }
 
+/// Offset of `sched_info.last_arrival` in `struct task_struct`: when the task was last put on
+/// a CPU (CONFIG_SCHED_INFO, on wherever delay accounting or schedstats are built).
+pub fn task_arrival_offset() -> Result<u32> {
+    Btf::from_sys_fs()?
+        .field_offset("task_struct", &["sched_info", "last_arrival"])
+        .context("task_struct.sched_info.last_arrival not found in the kernel's BTF")
+}
+
 /// What the raw scheduler tracepoints need to know about `struct task_struct` on this kernel.
 pub fn task_offsets() -> Result<profiler_common::TaskOffsets> {
     let btf = Btf::from_sys_fs()?;
@@ -242,6 +250,15 @@ mod tests {
         assert_eq!(offsets.pid % 4, 0);
         assert_eq!(offsets.cpu % 4, 0);
         assert_ne!(offsets.pid, offsets.state);
+    }
+
+    #[test]
+    fn finds_last_arrival_on_this_kernel() {
+        let Ok(offset) = super::task_arrival_offset() else {
+            return;
+        };
+        assert!(offset > 0 && offset < 16384, "offset {offset}");
+        assert_eq!(offset % 8, 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the machine and the targets look like (tracefs, /proc, BTF, privileges, kernel
 //! features), and the eBPF programs and maps.
+pub mod access;
 pub mod attach;
 pub mod btf;
 pub mod cgroup;

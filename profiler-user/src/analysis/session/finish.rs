@@ -3,7 +3,7 @@
 use super::*;
 
 impl Session {
-    pub fn finish(mut self, probes: Option<&Probes>, start_ns: u64, end_ns: u64) -> Recording {
+    pub fn finish(mut self, system: &dyn SystemAccess, start_ns: u64, end_ns: u64) -> Recording {
         let finished = std::mem::replace(
             &mut self.timeline,
             Timeline::new(timeline::Config {
@@ -31,7 +31,7 @@ impl Session {
             .map(|t| t.pid)
             .collect();
         for stall in result.open_stalls {
-            self.stall_ended(probes, stall, false);
+            self.stall_ended(system, stall, false);
         }
         // Runs reported before a thread of their process turned out to be a loop thread.
         let selected = !self.config.threads.is_empty() || self.config.thread_name.is_some();
@@ -63,8 +63,8 @@ impl Session {
                     comm: self.thread_name(tid),
                     weight_ns,
                     syscall: syscall_name(syscall),
-                    frames: self.resolver.frames(probes, stack),
-                    waker: waker.map(|w| self.waker_record(probes, w)),
+                    frames: self.resolver.frames(system, stack),
+                    waker: waker.map(|w| self.waker_record(system, w)),
                 },
             )
             .collect();
@@ -74,17 +74,13 @@ impl Session {
             .map(|mark| model::SpanRecord {
                 pid: mark.pid,
                 tid: mark.tid,
-                kind: match mark.kind {
-                    StackKind::OnCpu => "sample",
-                    other => other.as_str(),
-                }
-                .to_string(),
+                kind: model::SpanKind::of_stack(mark.kind),
                 start_ns: mark.start_ns,
                 end_ns: mark.end_ns,
                 syscall: syscall_name(mark.syscall),
                 label: mark
                     .stack
-                    .map(|key| span_label(&self.resolver.frames(probes, key)))
+                    .map(|key| span_label(&self.resolver.frames(system, key)))
                     .unwrap_or_default(),
             })
             .collect();
@@ -125,7 +121,7 @@ impl Session {
         // Counted when recording stopped: the programs run on while outputs are written.
         let kernel_drops = self
             .kernel_drops_at_stop
-            .or_else(|| probes.map(Probes::drops))
+            .or_else(|| system.kernel_drops())
             .unwrap_or_default();
         let mut processes: Vec<ProcessRecord> = self
             .past_processes
@@ -239,6 +235,7 @@ impl Session {
                     missed_switches: a.switch_out_not_running
                         + a.switch_in_while_running
                         + a.not_running,
+                    untraced_switch_ins: a.untraced_switch_ins,
                     breakdown_mismatches: a.breakdown_mismatch,
                 }
             },

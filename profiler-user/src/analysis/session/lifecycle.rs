@@ -5,7 +5,7 @@ use super::*;
 
 impl Session {
     /// Registers a process we follow, reading what /proc says about it while it lives.
-    pub fn add_process(&mut self, pid: u32, started_ns: Option<u64>) {
+    pub fn add_process(&mut self, system: &dyn SystemAccess, pid: u32, started_ns: Option<u64>) {
         if self.processes.contains_key(&pid) {
             return;
         }
@@ -16,11 +16,12 @@ impl Session {
             self.unwinders.forget(pid);
             self.v8s.forget(pid);
         }
-        let stat = procfs::stat(pid);
+        let stat = system.stat(pid);
         let record = ProcessRecord {
             pid,
             comm: stat.as_ref().map_or_else(|| "?".into(), |s| s.comm.clone()),
-            exe: procfs::exe(pid)
+            exe: system
+                .exe(pid)
                 .map_or_else(String::new, |p| crate::sanitize::name(&p.to_string_lossy())),
             started_ns,
             exited_ns: None,
@@ -28,14 +29,14 @@ impl Session {
             exit_signal: None,
         };
         self.resolver.symbols.snapshot(pid);
-        for tid in procfs::threads(pid) {
-            if let Some(stat) = procfs::thread_stat(pid, tid) {
+        for tid in system.threads(pid) {
+            if let Some(stat) = system.thread_stat(pid, tid) {
                 self.thread_names.insert(tid, stat.comm);
             }
         }
-        let id = procfs::process_id(pid);
+        let id = system.process_id(pid);
         self.processes.insert(pid, ProcessState { record, id });
-        self.detect_python(pid, started_ns.is_some());
+        self.detect_python(system, pid, started_ns.is_some());
         // V8's metadata is read now, not at the first stack: reading a 100 MB node binary
         // takes a while, and the first stacks' objects must be read before the GC moves them.
         self.v8s.process(pid);
@@ -68,11 +69,11 @@ impl Session {
 
     pub(super) fn lifecycle(
         &mut self,
-        probes: Option<&mut Probes>,
+        system: &mut dyn SystemAccess,
         lifecycle: Lifecycle,
         ts_ns: u64,
     ) {
-        let live = probes.is_some();
+        let live = system.live();
         match lifecycle {
             Lifecycle::Fork {
                 parent_pid,
@@ -84,15 +85,8 @@ impl Session {
                 self.resolver.symbols.inherit(parent_pid, child_tid);
                 self.unwinders.inherit(parent_pid, child_tid);
                 // A new process (not a thread) has itself as thread group leader.
-                let is_process = procfs::stat(child_tid).is_some()
-                    && procfs::read_text(&format!("/proc/{child_tid}/status"))
-                        .and_then(|s| {
-                            s.lines()
-                                .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_string()))
-                        })
-                        .is_some_and(|tgid| tgid == child_tid.to_string());
-                if is_process {
-                    self.add_process(child_tid, Some(ts_ns));
+                if system.is_process(child_tid) {
+                    self.add_process(system, child_tid, Some(ts_ns));
                     self.inherit_exe(parent_pid, child_tid);
                 } else if self.forks.len() < 65536 {
                     self.forks.insert(child_tid, (ts_ns, parent_pid));
@@ -102,27 +96,25 @@ impl Session {
             Lifecycle::Exec { pid } if live && !self.processes.contains_key(&pid) => {
                 // A process the kernel side started following at this exec (`watch`'s match):
                 // new to us, and it may load CPython in a moment.
-                self.add_process(pid, Some(ts_ns));
+                self.add_process(system, pid, Some(ts_ns));
             }
             Lifecycle::Exec { pid } if live => {
                 // The old image's stacks are resolved against the old mappings first.
-                self.resolver.resolve_pid(probes.as_deref(), pid);
+                self.resolver.resolve_pid(system, pid);
                 self.resolver.symbols.forget(pid);
                 self.resolver.symbols.snapshot(pid);
                 self.unwinders.forget(pid);
                 self.v8s.forget(pid);
-                if let Some(probes) = probes {
-                    probes.forget_python(pid);
-                }
+                system.forget_python(pid);
                 if self.processes.contains_key(&pid) {
-                    self.detect_python(pid, true);
+                    self.detect_python(system, pid, true);
                     self.v8s.process(pid);
                 }
                 if let Some(process) = self.processes.get_mut(&pid) {
-                    if let Some(stat) = procfs::stat(pid) {
+                    if let Some(stat) = system.stat(pid) {
                         process.record.comm = stat.comm;
                     }
-                    if let Some(exe) = procfs::exe(pid) {
+                    if let Some(exe) = system.exe(pid) {
                         process.record.exe = crate::sanitize::name(&exe.to_string_lossy());
                     }
                 }
@@ -138,7 +130,7 @@ impl Session {
                 pid, group_dead, ..
             } => {
                 if group_dead {
-                    self.process_exited(probes, pid, ts_ns);
+                    self.process_exited(system, pid, ts_ns);
                 }
             }
         }
@@ -157,7 +149,7 @@ impl Session {
 
     /// The last thread of a process is gone: record how it ended, resolve its stacks while
     /// its mappings are the ones we know, and free its PID for a new process.
-    pub(super) fn process_exited(&mut self, probes: Option<&mut Probes>, pid: u32, ts_ns: u64) {
+    pub(super) fn process_exited(&mut self, system: &mut dyn SystemAccess, pid: u32, ts_ns: u64) {
         let status = self.exit_calls.remove(&pid);
         let signal = self.signals.remove(&pid);
         let Some(mut process) = self.processes.remove(&pid) else {
@@ -171,11 +163,11 @@ impl Session {
                     Some(signal.map_or_else(|| "a signal".into(), signal_name))
             }
         }
-        let live = probes.is_some();
-        if let Some(probes) = probes {
-            probes.unfollow(pid);
-            probes.forget_python(pid);
-            self.resolver.resolve_pid(Some(&*probes), pid);
+        let live = system.live();
+        if live {
+            system.unfollow(pid);
+            system.forget_python(pid);
+            self.resolver.resolve_pid(system, pid);
         }
         self.pythons.forget(pid);
         self.v8s.forget(pid);
@@ -226,14 +218,14 @@ impl Session {
 
     /// Processes gone from /proc without an exit event (it was lost with a full ring buffer):
     /// recorded as exited now, so churn stays right; how they ended is unknown.
-    pub fn reap_vanished(&mut self, now_ns: u64) {
+    pub fn reap_vanished(&mut self, system: &dyn SystemAccess, now_ns: u64) {
         let vanished: Vec<u32> = self
             .processes
             .iter()
             // Streaming, also one that was already gone when its first event was read (a
             // late event of a process that exited): nothing of it is kept.
             .filter(|(_, p)| match p.id {
-                Some(id) => !procfs::is_alive(id),
+                Some(id) => !system.is_alive(id),
                 None => self.streaming,
             })
             .map(|(pid, _)| *pid)
@@ -252,9 +244,9 @@ impl Session {
         }
     }
 
-    pub fn all_targets_gone(&self) -> bool {
+    pub fn all_targets_gone(&self, system: &dyn SystemAccess) -> bool {
         self.processes
             .values()
-            .all(|p| !p.id.is_some_and(procfs::is_alive))
+            .all(|p| !p.id.is_some_and(|id| system.is_alive(id)))
     }
 }

@@ -19,13 +19,13 @@ use crate::{
     analysis::timeline::{self, StackKey, Stall, Timeline},
     config::RecordConfig,
     model::{
-        self, Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, Recording, StackKind,
-        StackRecord, StallRecord, StallRule,
+        self, Drops, Frame, FrameKind, OffCpuRecord, ProcessRecord, Recording, StackRecord,
+        StallRecord, StallRule,
     },
     stacks::python,
     stacks::symbolize::Symbols,
     syscalls,
-    system::attach::Probes,
+    system::access::SystemAccess,
     system::procfs,
 };
 
@@ -149,10 +149,10 @@ pub struct Session {
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
-    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, ips).
-    pending_stacks: HashMap<u32, (u64, Vec<u64>)>,
+    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, stack).
+    pending_stacks: HashMap<u32, (u64, pending::UserStack)>,
     /// Each thread's last unwound copy, for the kernel's "repeated" records.
-    last_unwound: HashMap<u32, Vec<u64>>,
+    last_unwound: HashMap<u32, pending::UserStack>,
     stacks_repeated: u64,
     /// Repeated records for a thread with no last copy here: counted among the drops.
     repeats_without_copy: u64,
@@ -251,7 +251,7 @@ impl Session {
         }
     }
 
-    pub fn handle_raw(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+    pub fn handle_raw(&mut self, system: &mut dyn SystemAccess, raw: &RawEvent) {
         let mut raw = *raw;
         let copied = profiler_common::USER_STACK_COPIED | profiler_common::PY_STACK_COPIED;
         if raw.arg1 & copied != 0 {
@@ -270,16 +270,20 @@ impl Session {
                 .pending_stacks
                 .remove(&owner)
                 .filter(|(taken_ns, _)| fresh(*taken_ns))
-                .map(|(_, ips)| ips);
+                .map(|(_, stack)| stack);
             let python = self
                 .pending_python
                 .remove(&owner)
                 .filter(|p| fresh(p.taken_ns));
-            let native = match (native, &python, probes.as_deref()) {
-                (Some(ips), _, _) => Some(ips),
-                // Python frames without a copied native stack: the kernel walked it instead.
-                (None, Some(_), Some(probes)) if raw.user_stack_id >= 0 => {
-                    Some(probes.stack(raw.user_stack_id).unwrap_or_default())
+            let native = match (native, &python) {
+                (Some(stack), _) => Some(stack),
+                // Python frames without a copied native stack: the kernel walked it instead
+                // (no stack pointers: the runs are placed by the native frames' names).
+                (None, Some(_)) if system.live() && raw.user_stack_id >= 0 => {
+                    Some(pending::UserStack {
+                        ips: system.kernel_stack(raw.user_stack_id).unwrap_or_default(),
+                        sps: Vec::new(),
+                    })
                 }
                 _ => None,
             };
@@ -291,54 +295,53 @@ impl Session {
                     }
                     None => Vec::new(),
                 };
-                raw.user_stack_id = self
-                    .resolver
-                    .intern_mixed(native.unwrap_or_default(), &frames);
+                let native = native.unwrap_or_default();
+                raw.user_stack_id = self.resolver.intern_mixed(native.ips, &native.sps, &frames);
             }
         }
-        if let Some(probes) = probes.as_deref_mut()
+        if system.live()
             && (!self.pythons_to_register.is_empty() || !self.python_maybe_later.is_empty())
         {
-            self.sync_python(probes);
+            self.sync_python(system);
         }
         // Stacks are attached above, in arrival order (a CPU's copy precedes its event);
         // from here on events go in timestamp order.
         let mut released = std::mem::take(&mut self.released);
         self.reorder.push(raw, &mut |r| released.push(r));
-        self.handle_released(probes, &mut released);
+        self.handle_released(system, &mut released);
     }
 
     /// Time has passed: `now_ns` was read before a drain that emptied the ring buffer, so
     /// events older than it by the reorder window can go on (see [`Reorder::advance`]).
-    pub fn advance(&mut self, probes: Option<&mut Probes>, now_ns: u64) {
+    pub fn advance(&mut self, system: &mut dyn SystemAccess, now_ns: u64) {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.advance(now_ns, &mut |r| released.push(r));
-        self.handle_released(probes, &mut released);
+        self.handle_released(system, &mut released);
     }
 
     /// Recording stopped: every event still held goes on, in order.
-    pub fn flush(&mut self, probes: Option<&mut Probes>) {
+    pub fn flush(&mut self, system: &mut dyn SystemAccess) {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.flush(&mut |r| released.push(r));
-        self.handle_released(probes, &mut released);
+        self.handle_released(system, &mut released);
     }
 
     fn handle_released(
         &mut self,
-        mut probes: Option<&mut Probes>,
+        system: &mut dyn SystemAccess,
         released: &mut Vec<reorder::Released<RawEvent>>,
     ) {
         for r in released.drain(..) {
             if r.late && r.item.pid != self.own_pid {
                 self.timeline.late(r.item.tid);
             }
-            self.handle_event(probes.as_deref_mut(), &r.item);
+            self.handle_event(system, &r.item);
         }
         // Keep the buffer (and its capacity) for the next call.
         std::mem::swap(&mut self.released, released);
     }
 
-    fn handle_event(&mut self, mut probes: Option<&mut Probes>, raw: &RawEvent) {
+    fn handle_event(&mut self, system: &mut dyn SystemAccess, raw: &RawEvent) {
         // Sequence numbers first: our own events (below) used numbers too.
         if self.loss.observe(raw.cpu, raw.seq) > 0 {
             self.timeline.lost();
@@ -413,14 +416,13 @@ impl Session {
             // Before its lifecycle events: a short-lived child's exit must find it.
             // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
             // someone else by now): everything known about them was saved.
-            let live = probes.is_some();
-            if live
+            if system.live()
                 && !self.processes.contains_key(&event.pid)
                 && !self.exited_pids.contains(&event.pid)
                 && event.pid == event.tid
             {
                 let fork = self.forks.remove(&event.pid);
-                self.add_process(event.pid, fork.map(|(ts, _)| ts));
+                self.add_process(system, event.pid, fork.map(|(ts, _)| ts));
                 if let Some((_, parent)) = fork {
                     self.inherit_exe(parent, event.pid);
                 }
@@ -433,21 +435,21 @@ impl Session {
             }
         }
         if let Some(lifecycle) = decoded.lifecycle {
-            self.lifecycle(probes.as_deref_mut(), lifecycle, raw.ts_ns);
+            self.lifecycle(system, lifecycle, raw.ts_ns);
         }
         if let Some(event) = decoded.timeline
             && let Some(stall) = self.timeline.handle(&event)
         {
-            self.stall_ended(probes.as_deref(), stall, true);
+            self.stall_ended(system, stall, true);
         }
-        self.say_startup(probes.is_some());
+        self.say_startup(system.live());
     }
 
     /// Recording has stopped: the kernel side stops following anyone (so nothing it drops while
     /// the outputs are written counts as lost), and its drop counters are taken now.
-    pub fn stopped(&mut self, probes: &mut Probes) {
-        probes.unfollow_all();
-        self.kernel_drops_at_stop = Some(probes.drops());
+    pub fn stopped(&mut self, system: &mut dyn SystemAccess) {
+        system.unfollow_all();
+        self.kernel_drops_at_stop = system.kernel_drops();
     }
 }
 
@@ -569,14 +571,17 @@ fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<Strin
 
 /// Whether reading a process failed because it is gone: its /proc entry went away or it is a
 /// zombie, or the read said so (ENOENT, ESRCH).
-fn gone(pid: u32, err: &anyhow::Error) -> bool {
+fn gone(system: &dyn SystemAccess, pid: u32, err: &anyhow::Error) -> bool {
     let said_gone = err.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
             e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
         })
     });
     // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
-    said_gone || procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+    said_gone
+        || system
+            .stat(pid)
+            .is_none_or(|s| matches!(s.state, 'Z' | 'X'))
 }
 
 fn syscall_name(nr: Option<i32>) -> Option<String> {
@@ -606,6 +611,8 @@ fn comm_string(comm: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StackKind;
+    use crate::system::access::Replay;
 
     const MS: u64 = 1_000_000;
 
@@ -667,10 +674,10 @@ mod tests {
         let mut live = Session::new(config());
         live.mark_waiting(PID, PID);
         for event in &arrival {
-            live.handle_raw(None, event);
+            live.handle_raw(&mut Replay, event);
         }
-        live.flush(None);
-        let recording = live.finish(None, 0, 3000 * MS);
+        live.flush(&mut Replay);
+        let recording = live.finish(&Replay, 0, 3000 * MS);
         assert_eq!(recording.stalls.len(), 1);
         let stall = &recording.stalls[0];
         assert_eq!(stall.duration_ns, 250 * MS);
@@ -699,7 +706,7 @@ mod tests {
         session.handle_stack(&header(PID + 1, profiler_common::STACK_REPEATED), &[]);
         session.handle_stack(&header(PID + 2, 0), &[]);
         session.handle_stack(&header(PID + 2, profiler_common::STACK_REPEATED), &[]);
-        let recording = session.finish(None, 0, 10 * MS);
+        let recording = session.finish(&Replay, 0, 10 * MS);
         assert_eq!(recording.drops.repeats_without_copy, 1);
         assert_eq!(recording.drops.user_stacks_lost(), 1);
         assert_eq!(recording.unwind.repeated, 1);

@@ -3,6 +3,14 @@
 
 use super::{python_tasks::MAX_TASK_THREADS, *};
 
+/// An unwound user stack waiting for its event: the addresses (innermost first) and, lined up
+/// with them, the stack pointer each frame ran with (empty when not known).
+#[derive(Clone, Debug, Default)]
+pub(super) struct UserStack {
+    pub(super) ips: Vec<u64>,
+    pub(super) sps: Vec<u64>,
+}
+
 impl Session {
     /// A user-stack copy: unwind it now (the bytes are gone after this) and keep the result
     /// for the event that follows it.
@@ -15,10 +23,10 @@ impl Session {
         }
         if header.flags & profiler_common::STACK_REPEATED != 0 {
             // The thread is where it was at its last copy: the same unwind.
-            if let Some(ips) = self.last_unwound.get(&header.tid) {
+            if let Some(stack) = self.last_unwound.get(&header.tid) {
                 self.stacks_repeated += 1;
                 self.pending_stacks
-                    .insert(header.tid, (header.ts_ns, ips.clone()));
+                    .insert(header.tid, (header.ts_ns, stack.clone()));
             } else {
                 // Its last copy was lost or not kept (past MAX_TASK_THREADS): no user stack.
                 self.repeats_without_copy += 1;
@@ -26,17 +34,27 @@ impl Session {
             return;
         }
         let started = std::time::Instant::now();
-        let (mut ips, fps) = self
+        let unwound = self
             .unwinders
-            .unwind_with_fps(header.pid, header.ip, header.sp, header.bp, stack);
+            .unwind_frames(header.pid, header.ip, header.sp, header.bp, stack);
         self.unwind_ns += started.elapsed().as_nanos() as u64;
-        self.merge_js(header.pid, &mut ips, &fps, stack, header.sp);
+        let mut ips = unwound.ips;
+        self.merge_js(header.pid, &mut ips, &unwound.fps, stack, header.sp);
+        // The stack pointers place Python runs (see `python::place_runs`); JavaScript frames
+        // merged in change the frame count, and then they no longer line up.
+        let sps = if ips.len() == unwound.sps.len() {
+            unwound.sps
+        } else {
+            Vec::new()
+        };
+        let stack_ = UserStack { ips, sps };
         self.stack_bytes_copied += stack.len() as u64;
         if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&header.tid)
         {
-            self.last_unwound.insert(header.tid, ips.clone());
+            self.last_unwound.insert(header.tid, stack_.clone());
         }
-        self.pending_stacks.insert(header.tid, (header.ts_ns, ips));
+        self.pending_stacks
+            .insert(header.tid, (header.ts_ns, stack_));
     }
 
     /// JavaScript frames in place of the V8 code that ran them, read now (while the stack bytes

@@ -18,7 +18,12 @@ pub(super) struct PendingPython {
 impl Session {
     /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
     /// just started, a process that just exec'd) is looked at again for a few seconds.
-    pub(super) fn detect_python(&mut self, pid: u32, may_load_later: bool) {
+    pub(super) fn detect_python(
+        &mut self,
+        system: &dyn SystemAccess,
+        pid: u32,
+        may_load_later: bool,
+    ) {
         self.pythons.forget(pid);
         match self.pythons.detect(pid) {
             Ok(Some(python::Detection::Readable(interpreter))) => {
@@ -65,7 +70,7 @@ impl Session {
             Ok(None) => {}
             Err(err) => {
                 self.python_maybe_later.remove(&pid);
-                if gone(pid, &err) {
+                if gone(system, pid, &err) {
                     self.maps_unread_exited += 1;
                 } else {
                     eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
@@ -82,7 +87,7 @@ impl Session {
 
     /// Hands newly found interpreters to the kernel side, and looks again at processes that
     /// may have loaded one since (every 100 ms, for 5 s).
-    pub fn sync_python(&mut self, probes: &mut Probes) {
+    pub fn sync_python(&mut self, system: &mut dyn SystemAccess) {
         let now = std::time::Instant::now();
         let due: Vec<u32> = self
             .python_maybe_later
@@ -97,14 +102,14 @@ impl Session {
                 continue;
             }
             self.python_maybe_later.insert(pid, (tries, now));
-            self.detect_python(pid, true);
+            self.detect_python(system, pid, true);
             if let Some(entry) = self.python_maybe_later.get_mut(&pid) {
                 *entry = (tries, now);
             }
         }
         for pid in std::mem::take(&mut self.pythons_to_register) {
             if let Some(interpreter) = self.pythons.get(pid)
-                && let Err(err) = probes.set_python(pid, interpreter.kernel_layout())
+                && let Err(err) = system.set_python(pid, interpreter.kernel_layout())
             {
                 eprintln!("stallscope: warning: {err:#}");
             }

@@ -31,10 +31,12 @@ pub struct Resolver {
 }
 
 /// Marks an entry of an unwound stack as a Python frame (user addresses never have this bit);
-/// the low bits index `python_frames`, PY_ENTRY marks the outermost frame of an interpreter run.
+/// the low bits index `python_frames`, PY_ENTRY marks the outermost frame of an interpreter run,
+/// PY_PLACED a stack whose Python frames stand where they ran (not after the native ones).
 pub(super) const PY_MARK: u64 = 1 << 63;
 pub(super) const PY_ENTRY: u64 = 1 << 62;
-pub(super) const PY_INDEX: u64 = (1 << 62) - 1;
+pub(super) const PY_PLACED: u64 = 1 << 61;
+pub(super) const PY_INDEX: u64 = (1 << 61) - 1;
 /// Distinct Python frames (function, file, line) kept.
 pub(super) const MAX_PYTHON_FRAMES: usize = 200_000;
 /// Marks an entry of an unwound stack as a JavaScript frame in place of the native one (user
@@ -73,8 +75,18 @@ impl Resolver {
         }
     }
 
-    /// The id of an unwound user stack with Python frames (innermost first) to merge in.
-    pub fn intern_mixed(&mut self, mut ips: Vec<u64>, python: &[python::DecodedFrame]) -> i32 {
+    /// The id of an unwound user stack with Python frames (innermost first) to merge in. With
+    /// the stack pointer of each native frame (`sps`, lined up with `ips`, or empty), each run
+    /// of Python frames is put in place of the native frame that ran it now (see
+    /// `python::place_runs`); otherwise the frames go after the native ones and are placed by
+    /// name when resolved.
+    pub fn intern_mixed(
+        &mut self,
+        ips: Vec<u64>,
+        sps: &[u64],
+        python: &[python::DecodedFrame],
+    ) -> i32 {
+        let mut entries = Vec::with_capacity(python.len());
         for frame in python {
             let index = match self.python_frame_ids.get(&frame.frame) {
                 Some(&index) => index,
@@ -89,9 +101,38 @@ impl Resolver {
                     continue;
                 }
             };
-            ips.push(PY_MARK | if frame.entry { PY_ENTRY } else { 0 } | index);
+            entries.push((
+                PY_MARK | if frame.entry { PY_ENTRY } else { 0 } | index,
+                frame.entry,
+            ));
         }
-        self.intern(ips)
+        let places =
+            (!python.is_empty() && entries.len() == python.len() && sps.len() == ips.len())
+                .then(|| python::place_runs(sps, python))
+                .flatten();
+        let Some(places) = places else {
+            let mut ips = ips;
+            ips.extend(entries.iter().map(|(entry, _)| entry));
+            return self.intern(ips);
+        };
+        // Runs in place of the native frames that ran them; a run left over goes to the bottom.
+        let mut placed = Vec::with_capacity(ips.len() + entries.len());
+        let mut runs = entries.split_inclusive(|(_, entry)| *entry);
+        let mut places = places.into_iter().peekable();
+        for (index, ip) in ips.into_iter().enumerate() {
+            if places.next_if_eq(&index).is_some() {
+                placed.extend(
+                    runs.next()
+                        .into_iter()
+                        .flatten()
+                        .map(|(e, _)| e | PY_PLACED),
+                );
+            } else {
+                placed.push(ip);
+            }
+        }
+        placed.extend(runs.flatten().map(|(e, _)| e | PY_PLACED));
+        self.intern(placed)
     }
 
     /// The entry standing for a JavaScript frame in an unwound stack (None when the table is
@@ -113,14 +154,25 @@ impl Resolver {
     /// Native user frames (JavaScript ones in place) with the Python frames of an unwound
     /// stack merged in.
     pub(super) fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        if ips
+            .iter()
+            .any(|&ip| ip & PY_MARK != 0 && ip & PY_PLACED != 0)
+        {
+            // Python runs already in place (see `intern_mixed`).
+            let mut frames = Vec::with_capacity(ips.len());
+            for (index, &ip) in ips.iter().enumerate() {
+                if ip & PY_MARK != 0 {
+                    frames.extend(self.python_frames.get((ip & PY_INDEX) as usize).cloned());
+                } else {
+                    frames.extend(self.native_frame(pid, ip, index == 0));
+                }
+            }
+            return python::merge_placed(frames);
+        }
         let (python, native): (Vec<u64>, Vec<u64>) = ips.iter().partition(|&&ip| ip & PY_MARK != 0);
         let mut frames = Vec::with_capacity(native.len());
         for (index, &ip) in native.iter().enumerate() {
-            if ip & JS_MARK != 0 {
-                frames.extend(self.js_frames.get((ip & JS_INDEX) as usize).cloned());
-            } else {
-                frames.extend(self.symbols.user_frame(pid, ip, index == 0));
-            }
+            frames.extend(self.native_frame(pid, ip, index == 0));
         }
         let native = frames;
         if python.is_empty() {
@@ -133,10 +185,24 @@ impl Resolver {
                     frame: self.python_frames.get((entry & PY_INDEX) as usize)?.clone(),
                     entry: entry & PY_ENTRY != 0,
                     coroutine: false,
+                    entry_shim_low32: 0,
                 })
             })
             .collect();
         python::merge(native, &python)
+    }
+
+    /// The frames of one native (or JavaScript) entry of an unwound stack.
+    fn native_frame(&mut self, pid: u32, ip: u64, leaf: bool) -> Vec<Frame> {
+        if ip & JS_MARK != 0 {
+            return self
+                .js_frames
+                .get((ip & JS_INDEX) as usize)
+                .cloned()
+                .into_iter()
+                .collect();
+        }
+        self.symbols.user_frame(pid, ip, leaf)
     }
 
     pub(super) fn saw(&mut self, key: StackKey) {
@@ -161,7 +227,7 @@ impl Resolver {
         id
     }
 
-    pub(super) fn stack_ips(&mut self, probes: &Probes, id: i32) -> Vec<u64> {
+    pub(super) fn stack_ips(&mut self, system: &dyn SystemAccess, id: i32) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
         }
@@ -175,21 +241,22 @@ impl Resolver {
         if let Some(ips) = self.stack_cache.get(&id) {
             return ips.clone();
         }
-        let ips = probes.stack(id).unwrap_or_default();
+        let ips = system.kernel_stack(id).unwrap_or_default();
         self.stack_cache.insert(id, ips.clone());
         ips
     }
 
     /// Kernel frames (innermost) then user frames, as DESIGN.md orders them.
-    pub fn frames(&mut self, probes: Option<&Probes>, key: StackKey) -> Vec<Frame> {
+    pub fn frames(&mut self, system: &dyn SystemAccess, key: StackKey) -> Vec<Frame> {
         if let Some(frames) = self.resolved.get(&key) {
             return frames.clone();
         }
-        let Some(probes) = probes else {
+        // Replaying, every stack was resolved when it was saved: one that was not has no frames.
+        if !system.live() {
             return Vec::new();
-        };
-        let kernel_ips = self.stack_ips(probes, key.kernel);
-        let user_ips = self.stack_ips(probes, key.user);
+        }
+        let kernel_ips = self.stack_ips(system, key.kernel);
+        let user_ips = self.stack_ips(system, key.user);
         let mut frames = self.symbols.kernel_frames(&kernel_ips);
         frames.extend(self.user_frames(key.pid, &user_ips));
         if self.python_only && frames.iter().any(|f| f.kind == FrameKind::Python) {
@@ -209,15 +276,15 @@ impl Resolver {
     }
 
     /// Resolves now every stack seen of one process (it is exiting: its PID may be reused).
-    pub fn resolve_pid(&mut self, probes: Option<&Probes>, pid: u32) {
+    pub fn resolve_pid(&mut self, system: &dyn SystemAccess, pid: u32) {
         let keys: Vec<StackKey> = self.seen.iter().filter(|k| k.pid == pid).copied().collect();
         for key in keys {
-            self.frames(probes, key);
+            self.frames(system, key);
         }
     }
 
     /// Resolves every stack seen, for saving next to the recording.
-    pub fn save_all(&mut self, probes: Option<&Probes>) -> Vec<SavedStack> {
+    pub fn save_all(&mut self, system: &dyn SystemAccess) -> Vec<SavedStack> {
         let mut keys: Vec<StackKey> = self.seen.iter().copied().collect();
         keys.sort();
         keys.into_iter()
@@ -225,7 +292,7 @@ impl Resolver {
                 pid: key.pid,
                 kernel: key.kernel,
                 user: key.user,
-                frames: self.frames(probes, key),
+                frames: self.frames(system, key),
             })
             .collect()
     }

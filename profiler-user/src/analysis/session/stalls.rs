@@ -26,7 +26,7 @@ impl Session {
         }
     }
 
-    pub(super) fn stall_ended(&mut self, probes: Option<&Probes>, stall: Stall, live: bool) {
+    pub(super) fn stall_ended(&mut self, system: &dyn SystemAccess, stall: Stall, live: bool) {
         if !self.is_reported(&stall) {
             return;
         }
@@ -41,7 +41,7 @@ impl Session {
             self.stalls_not_kept += 1;
             return;
         }
-        let record = self.stall_record(probes, &stall);
+        let record = self.stall_record(system, &stall);
         // A run while the thread starts up is a stall only if it never reaches a wait point
         // (decided at the end, with the runs of processes that turned out to have a loop).
         if stall.startup && self.startup_runs.len() < 65536 {
@@ -69,7 +69,7 @@ impl Session {
         self.stalls.push(record);
     }
 
-    pub(super) fn stall_record(&mut self, probes: Option<&Probes>, stall: &Stall) -> StallRecord {
+    pub(super) fn stall_record(&mut self, system: &dyn SystemAccess, stall: &Stall) -> StallRecord {
         let stacks: Vec<StackRecord> = stall
             .stacks
             .iter()
@@ -78,8 +78,8 @@ impl Session {
                 weight_ns: s.weight_ns,
                 count: s.count,
                 syscall: syscall_name(s.syscall),
-                frames: self.resolver.frames(probes, s.stack),
-                waker: s.waker.map(|w| self.waker_record(probes, w)),
+                frames: self.resolver.frames(system, s.stack),
+                waker: s.waker.map(|w| self.waker_record(system, w)),
             })
             .collect();
         let stacks = merge_same_frames(stacks);
@@ -109,10 +109,10 @@ impl Session {
 
     pub(super) fn waker_record(
         &mut self,
-        probes: Option<&Probes>,
+        system: &dyn SystemAccess,
         waker: timeline::Waker,
     ) -> model::WakerRecord {
-        let mut frames = self.resolver.frames(probes, waker.stack);
+        let mut frames = self.resolver.frames(system, waker.stack);
         let comm = self
             .thread_names
             .get(&waker.tid)

@@ -105,6 +105,37 @@ impl Timeline {
         (stall.duration_ns() >= threshold).then_some(stall)
     }
 
+    /// The kernel found the thread running (event at `ts`) without a traced switch-in; it came
+    /// in at `at_ns` when known. Timed, it is that switch-in, back-dated: the intervals since
+    /// then were not attributed yet (nothing after `at_ns` told the thread's CPU state), and
+    /// spans that began after it only get their own part of it. Untimed, the interval since the
+    /// last transition cannot be split and stays unaccounted, as for a sample of a thread we
+    /// believed off-CPU.
+    pub(super) fn switched_in_untraced(&mut self, tid: u32, ts: u64, at_ns: Option<u64>) {
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let since = match thread.cpu {
+            Cpu::Running { .. } => return,
+            Cpu::Unknown => 0,
+            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => since,
+        };
+        match at_ns {
+            Some(at) => {
+                self.anomalies.untraced_switch_ins += 1;
+                self.switch_in(tid, at.clamp(since, ts));
+            }
+            None if since == 0 => self.switch_in(tid, ts),
+            None => {
+                self.anomalies.not_running += 1;
+                for span in thread.spans() {
+                    span.add_unaccounted(since, ts, true);
+                }
+                thread.cpu = Cpu::Running { since: ts };
+            }
+        }
+    }
+
     pub(super) fn switch_in(&mut self, tid: u32, ts: u64) {
         let limit = self.config.max_stacks_per_span;
         let max_offcpu = self.config.max_offcpu_entries;

@@ -14,6 +14,7 @@
 mod asyncio;
 mod code;
 mod discovery;
+mod merge;
 pub mod offsets;
 
 use std::{
@@ -40,6 +41,7 @@ use self::{asyncio::*, code::*, discovery::*};
 pub use self::{
     code::{linetable_310_line, lnotab_line, location_table_line},
     discovery::{Detection, Interpreter, Unreadable},
+    merge::{merge, merge_placed, place_runs},
 };
 
 /// Offsets the agent needs to decode a code object and its strings.
@@ -378,6 +380,9 @@ pub struct DecodedFrame {
     pub entry: bool,
     /// The frame of a coroutine (async def).
     pub coroutine: bool,
+    /// On an entry frame: the low 32 bits of its run's C-stack entry frame (0: unknown), which
+    /// places the run in the native stack (see `merge::place_runs`).
+    pub entry_shim_low32: u32,
 }
 
 /// The interpreters of the followed processes and their decoded code objects.
@@ -440,6 +445,7 @@ impl Pythons {
                     },
                     entry,
                     coroutine: code.coroutine,
+                    entry_shim_low32: raw.entry_shim_low32,
                 },
                 None => {
                     self.unreadable_frames += 1;
@@ -453,6 +459,7 @@ impl Pythons {
                         },
                         entry,
                         coroutine: false,
+                        entry_shim_low32: raw.entry_shim_low32,
                     }
                 }
             };
@@ -574,184 +581,9 @@ impl Pythons {
     }
 }
 
-/// Names of the native functions that run Python frames: each is replaced by the Python frames
-/// of one run of the interpreter loop. A build with the tail-calling interpreter (clang 19+,
-/// `--with-tail-call-interp`) runs them in one `_TAIL_CALL_<INSTRUCTION>` function per
-/// instruction, jumping from one to the next: the one on the stack stands for its run.
-fn is_eval_frame(frame: &Frame) -> bool {
-    frame.kind == FrameKind::Native
-        && (frame.function.starts_with("_PyEval_EvalFrameDefault")
-            || frame.function == "PyEval_EvalFrameEx"
-            || is_tail_call(frame))
-}
-
-fn is_tail_call(frame: &Frame) -> bool {
-    frame.function.starts_with("_TAIL_CALL_")
-}
-
-/// Python frames in place of the interpreter loop's native frames (both innermost first): the
-/// n-th `_PyEval_EvalFrameDefault` from the top becomes the n-th run of Python frames (a run
-/// ends at an entry frame). Runs left over (the native stack was cut short) go to the bottom.
-pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
-    let mut runs: Vec<&[DecodedFrame]> = Vec::new();
-    let mut start = 0;
-    for (index, frame) in python.iter().enumerate() {
-        if frame.entry {
-            runs.push(&python[start..=index]);
-            start = index + 1;
-        }
-    }
-    if start < python.len() {
-        runs.push(&python[start..]);
-    }
-    let mut runs = runs.into_iter();
-    let mut merged = Vec::with_capacity(native.len() + python.len());
-    let mut replaced = false;
-    // The previous native frame was an eval frame (Some), and a tail-calling one (true).
-    let mut previous_eval: Option<bool> = None;
-    for frame in native {
-        if is_eval_frame(&frame) {
-            let tail = is_tail_call(&frame);
-            if let Some(previous_tail) = previous_eval
-                && (tail || previous_tail)
-            {
-                // A tail-calling instruction right above the loop entry that called it (or
-                // another one): one run of the loop, already replaced.
-                previous_eval = Some(tail || previous_tail);
-                continue;
-            }
-            previous_eval = Some(tail);
-            match runs.next() {
-                Some(run) => {
-                    merged.extend(run.iter().map(|f| f.frame.clone()));
-                    replaced = true;
-                    continue;
-                }
-                None => merged.push(frame),
-            }
-        } else if !(replaced && frame.function == "_PyEval_EvalFrame") {
-            // (`_PyEval_EvalFrame` is the inline wrapper around the loop just replaced.)
-            merged.push(frame);
-        }
-        previous_eval = None;
-        replaced = false;
-    }
-    for run in runs {
-        merged.extend(run.iter().map(|f| f.frame.clone()));
-    }
-    merged
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn native(name: &str) -> Frame {
-        Frame {
-            function: name.into(),
-            file: None,
-            line: None,
-            module: None,
-            kind: FrameKind::Native,
-        }
-    }
-
-    fn py(name: &str, entry: bool) -> DecodedFrame {
-        DecodedFrame {
-            frame: Frame {
-                function: name.into(),
-                file: Some("app.py".into()),
-                line: Some(1),
-                module: None,
-                kind: FrameKind::Python,
-            },
-            entry,
-            coroutine: false,
-        }
-    }
-
-    fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.function.as_str()).collect()
-    }
-
-    #[test]
-    fn python_runs_replace_eval_frames_in_order() {
-        let native = vec![
-            native("re_search"),
-            native("_PyEval_EvalFrameDefault"),
-            native("task_step"),
-            native("_PyEval_EvalFrameDefault"),
-            native("main"),
-        ];
-        let python = [
-            py("handler", false),
-            py("Task.step", true),
-            py("_run_once", false),
-            py("<module>", true),
-        ];
-        assert_eq!(
-            names(&merge(native, &python)),
-            [
-                "re_search",
-                "handler",
-                "Task.step",
-                "task_step",
-                "_run_once",
-                "<module>",
-                "main"
-            ]
-        );
-    }
-
-    #[test]
-    fn tail_calling_interpreter_runs_are_placed_like_eval_frames() {
-        // A tail-calling build: the running instruction's function is on the stack, above the
-        // loop's entry (or in place of it).
-        let native = vec![
-            native("sre_match"),
-            native("_TAIL_CALL_CALL_BUILTIN_FAST"),
-            native("_PyEval_EvalFrameDefault"),
-            native("task_step"),
-            native("_TAIL_CALL_CALL"),
-            native("main"),
-        ];
-        let python = [
-            py("validate", false),
-            py("handler", true),
-            py("_run_once", false),
-            py("<module>", true),
-        ];
-        assert_eq!(
-            names(&merge(native, &python)),
-            [
-                "sre_match",
-                "validate",
-                "handler",
-                "task_step",
-                "_run_once",
-                "<module>",
-                "main"
-            ]
-        );
-    }
-
-    #[test]
-    fn leftover_python_goes_to_the_bottom_and_spare_eval_frames_stay() {
-        let python = [py("a", true), py("b", true)];
-        let merged = merge(
-            vec![native("_PyEval_EvalFrameDefault"), native("x")],
-            &python,
-        );
-        assert_eq!(names(&merged), ["a", "x", "b"]);
-        let merged = merge(
-            vec![
-                native("_PyEval_EvalFrameDefault"),
-                native("_PyEval_EvalFrameDefault"),
-            ],
-            &[py("a", true)],
-        );
-        assert_eq!(names(&merged), ["a", "_PyEval_EvalFrameDefault"]);
-    }
 
     #[test]
     fn lnotab_39() {
@@ -828,7 +660,7 @@ mod tests {
             ip,
             frame: 0,
             flags: 0,
-            _reserved: 0,
+            entry_shim_low32: 0,
         };
         for round in 0..3 {
             for ip in 0..(3 * MAX_CACHED_LINES as u64) {
