@@ -57,11 +57,19 @@ impl V8s {
             return Some(result.clone());
         }
         let shown = mapping.path.display().to_string();
-        let result = fs::read(&path)
-            .map_err(|err| V8Error::Read {
+        // The file is the target's: not read whole when it is larger than any V8 embedder.
+        let result = if meta.len() > MAX_BINARY_BYTES {
+            Err(V8Error::Read {
+                path: shown.clone(),
+                reason: format!("{} bytes, more than any V8 binary", meta.len()),
+            })
+        } else {
+            fs::read(&path).map_err(|err| V8Error::Read {
                 path: shown.clone(),
                 reason: err.to_string(),
             })
+        };
+        let result = result
             .and_then(|data| Metadata::parse(&data, &shown))
             .map(Arc::new);
         if self.binaries.len() < 256 {
@@ -207,11 +215,11 @@ pub(super) fn builtins_avma(
     let Some(offset) = svma_to_offset(&head, svma.start) else {
         return Vec::new();
     };
-    let end = offset + (svma.end - svma.start);
+    let end = offset.saturating_add(svma.end.saturating_sub(svma.start));
     maps.iter()
         .filter(|m| m.path == path && m.executable)
         .filter_map(|m| {
-            let map_end = m.file_offset + (m.end - m.start);
+            let map_end = m.file_offset.saturating_add(m.end.saturating_sub(m.start));
             let (from, to) = (offset.max(m.file_offset), end.min(map_end));
             (from < to).then(|| m.start + (from - m.file_offset)..m.start + (to - m.file_offset))
         })
@@ -235,8 +243,8 @@ pub(super) fn svma_to_offset(head: &[u8], svma: u64) -> Option<u64> {
             continue;
         }
         let (offset, vaddr, filesz) = (u64_at(at + 8)?, u64_at(at + 16)?, u64_at(at + 32)?);
-        if vaddr <= svma && svma < vaddr + filesz {
-            return Some(svma - vaddr + offset);
+        if vaddr <= svma && svma < vaddr.saturating_add(filesz) {
+            return (svma - vaddr).checked_add(offset);
         }
     }
     None

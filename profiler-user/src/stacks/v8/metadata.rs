@@ -69,15 +69,16 @@ pub(super) fn value_at(
 ) -> Option<u64> {
     for segment in file.segments() {
         let start = segment.address();
-        if svma < start || svma >= start + segment.size() {
+        // The file is the target's (a binary in a container): its headers may be garbage.
+        if svma < start || svma >= start.saturating_add(segment.size()) {
             continue;
         }
         let (offset, file_size) = segment.file_range();
         let within = svma - start;
-        if within + size as u64 > file_size {
+        if within.saturating_add(size as u64) > file_size {
             return Some(0);
         }
-        let at = usize::try_from(offset + within).ok()?;
+        let at = usize::try_from(offset.checked_add(within)?).ok()?;
         let bytes = data.get(at..at.checked_add(size)?)?;
         let mut word = [0u8; 8];
         word[..size].copy_from_slice(bytes);
@@ -178,6 +179,12 @@ impl CodeLayout {
     }
 }
 
+/// Most `v8dbg_*` values kept from one binary (V8 exports about 500).
+const MAX_SYMBOLS: usize = 10_000;
+
+/// Largest binary read for its metadata: Node's own are 100-120 MB, Debian's libnode.so 80 MB.
+pub(super) const MAX_BINARY_BYTES: u64 = 1 << 30;
+
 pub(super) fn version_string((a, b, c): (u32, u32, u32)) -> String {
     format!("{a}.{b}.{c}")
 }
@@ -197,6 +204,10 @@ impl Metadata {
             let Ok(name) = symbol.name() else { continue };
             let at = symbol.address();
             if let Some(short) = name.strip_prefix("v8dbg_") {
+                // V8 exports a few hundred; more is not V8's (bounded memory).
+                if values.len() >= MAX_SYMBOLS {
+                    continue;
+                }
                 if let Some(value) = value_at(&file, data, at, 4) {
                     values.insert(short.to_string(), i64::from(value as u32 as i32));
                 }
@@ -222,7 +233,7 @@ impl Metadata {
             version[2].unwrap_or(0) as u32,
         );
         let builtins_svma = match (blob_start, blob_size) {
-            (Some(start), Some(size)) if size > 0 => Some(start..start + size),
+            (Some(start), Some(size)) if size > 0 => start.checked_add(size).map(|end| start..end),
             _ => None,
         };
         Self::from_symbols(&Symbols { values }, version, builtins_svma, path)
@@ -276,7 +287,7 @@ impl Metadata {
             symbols.get("LastJSFunctionType"),
         ) {
             (Some(first), Some(last)) if first <= last => (first as u16, last as u16),
-            _ => (type_js_function, type_js_function + 14),
+            _ => (type_js_function, type_js_function.saturating_add(14)),
         };
         let type_shared_function_info = symbols
             .type_tag(&["SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE"])

@@ -224,6 +224,8 @@ struct ScriptLines {
 /// Most SharedFunctionInfos and Scripts cached per process (bounded memory).
 const MAX_CACHED_FUNCTIONS: usize = 20_000;
 const MAX_CACHED_SCRIPTS: usize = 2_000;
+/// Most line ends cached per process, all scripts together (4 bytes each).
+const MAX_CACHED_LINE_ENDS: usize = 4 << 20;
 
 /// One Node process: its metadata, where V8's code is, and what was read so far.
 pub struct V8Process<M: Memory> {
@@ -238,6 +240,7 @@ pub struct V8Process<M: Memory> {
     /// Frames named before, by the BytecodeArray their frame holds.
     by_bytecode: HashMap<u64, Named>,
     scripts: HashMap<u64, ScriptLines>,
+    line_ends_cached: usize,
     /// Whether `builtins` are all of the binary's code (a stripped binary): then a frame
     /// there that is not JavaScript is ordinary native code, not an unreadable JS frame.
     pub(super) scanning_binary: bool,
@@ -275,6 +278,7 @@ impl<M: Memory> V8Process<M> {
             functions: HashMap::new(),
             by_bytecode: HashMap::new(),
             scripts: HashMap::new(),
+            line_ends_cached: 0,
             scanning_binary: false,
             stats: V8Stats::default(),
         }
@@ -395,11 +399,9 @@ impl<M: Memory> V8Process<M> {
             return None;
         }
         let start = reader.field(code, code_layout.instruction_start)?;
-        let size = self
-            .mem
-            .u32(code - HEAP_OBJECT_TAG + code_layout.instruction_size)?;
+        let size = self.mem.u32(at(code, code_layout.instruction_size)?)?;
         let pc_offset = pc.checked_sub(start).filter(|&o| o < u64::from(size))?;
-        let flags = self.mem.u32(code - HEAP_OBJECT_TAG + code_layout.flags)?;
+        let flags = self.mem.u32(at(code, code_layout.flags)?)?;
         let kind = flags.checked_shr(code_layout.kind_shift)? & code_layout.kind_mask;
         if kind == code_layout.kind_baseline {
             return None;
@@ -574,9 +576,15 @@ impl<M: Memory> V8Process<M> {
                 let ends = reader
                     .string(source_word, MAX_SOURCE_BYTES)
                     .map(|text| Arc::new(line_ends(&text)));
-                if self.scripts.len() >= MAX_CACHED_SCRIPTS {
+                // Bounded in count and in size (a script of newlines has one end a byte).
+                let size = ends.as_ref().map_or(0, |e| e.len());
+                if self.scripts.len() >= MAX_CACHED_SCRIPTS
+                    || self.line_ends_cached.saturating_add(size) > MAX_CACHED_LINE_ENDS
+                {
                     self.scripts.clear();
+                    self.line_ends_cached = 0;
                 }
+                self.line_ends_cached = self.line_ends_cached.saturating_add(size);
                 self.scripts.insert(
                     script,
                     ScriptLines {
@@ -1033,5 +1041,71 @@ mod tests {
         assert_eq!(positions::line_and_column(&ends, 2), (1, 3));
         assert_eq!(positions::line_and_column(&ends, 3), (2, 1));
         assert_eq!(positions::line_and_column(&ends, 7), (4, 1));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Words of a garbage heap at 0x10000: Smis, pointers into it, anything.
+        fn words() -> impl Strategy<Value = Vec<u64>> {
+            let word = prop_oneof![
+                (0u64..4096).prop_map(|k| 0x10000 + 8 * k + 1),
+                any::<u32>().prop_map(|v| u64::from(v) << 32),
+                any::<u64>(),
+                (0u64..64).prop_map(|v| v << 32),
+            ];
+            proptest::collection::vec(word, 0..4096)
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// V8 objects are read from the target: a heap of garbage (cycles, huge lengths,
+            /// wrong types) gives names bounded in length, a JS frame or none for each native
+            /// frame, in bounded time, never a panic.
+            #[test]
+            fn fuzz_v8_heap_objects(heap in words(), stack in words(), start in 0u64..4096, index in 0usize..64) {
+                let mut mem = FakeMemory::default();
+                mem.put(0x10000, heap.iter().flat_map(|w| w.to_le_bytes()).collect());
+                let meta = Metadata::from_symbols(&symbols_with_positions(), (12, 4, 254), None, "node").expect("meta");
+                let reader = Reader { meta: &meta, mem: &mem };
+                let tagged = 0x10000 + 8 * start + 1;
+                if let Some(text) = reader.string(tagged, MAX_NAME_BYTES) {
+                    prop_assert!(text.len() <= MAX_NAME_BYTES + '…'.len_utf8());
+                }
+                let _ = reader.function_name(tagged);
+                let _ = reader.forwarded(tagged);
+                if let Some(layout) = meta.positions.as_ref() {
+                    let _ = reader.byte_array(tagged, layout);
+                }
+                let sp = 0x7ffd_0000_0000u64;
+                let stack: Vec<u8> = stack.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let fps: Vec<u64> = (0..8).map(|k| sp + 64 * (k + index as u64)).collect();
+                let ips = vec![0x7000_0010u64; fps.len()];
+                let builtins: Vec<Range<u64>> = std::iter::once(0x50_0000..0x60_0000).collect();
+                let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
+                prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+                let ips = vec![0x50_0010u64; fps.len()];
+                prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+            }
+
+            /// A binary's `v8dbg_*` values are the target's: any values give metadata or an
+            /// error, never a panic.
+            #[test]
+            fn fuzz_v8_metadata(values in proptest::collection::vec(any::<i64>(), 64), bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let mut symbols = symbols_with_positions();
+                let mut names: Vec<String> = symbols.values.keys().cloned().collect();
+                names.sort();
+                for (name, value) in names.iter().zip(values.iter().cycle()) {
+                    if value % 3 == 0 {
+                        symbols.values.insert(name.clone(), *value);
+                    }
+                }
+                let _ = Metadata::from_symbols(&symbols, (12, 4, 254), None, "node");
+                let _ = Metadata::parse(&bytes, "node");
+            }
+        }
     }
 }
