@@ -329,12 +329,11 @@ pub const SWITCH_IN_UNTRACED: u64 = 8;
 pub const MAX_PY_FRAMES: usize = 96;
 /// Steps of the Python frame walk (frames, and the C-stack shims of 3.12+) in the programs
 /// built for kernels without `bpf_loop` (before 5.17), in a bounded loop the verifier walks
-/// step by step. 0: no walk there. Measured: 16 steps exceed the verifier's million
-/// instructions (22 s to refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy
-/// for minutes under emulation; 2 steps verify there (attach ~9 s) and name the frames on 6.12,
-/// but on 5.10 the agent's update of PY_PROCS fails with EPERM (not understood yet); without
-/// the walk 5.10 attaches in ~6 s.
-pub const COMPAT_PY_FRAMES: usize = 0;
+/// step by step: the innermost frames only, said as "Python frames limited to N per stack".
+/// 0: no walk there. Measured: 16 steps exceed the verifier's million instructions (22 s to
+/// refuse on 6.18); 4 steps load on 6.18 but keep 5.10's verifier busy for minutes under
+/// emulation; 2 steps verify there and name the innermost frames on 5.10 and 6.12.
+pub const COMPAT_PY_FRAMES: usize = 2;
 pub const COMPAT_PY_THREADS: usize = 2;
 
 /// Where a followed process's CPython keeps its state, and the field offsets of its version:

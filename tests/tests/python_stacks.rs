@@ -5,7 +5,8 @@
 //! uvloop), under a bounded concurrent load.
 //!
 //! What a user must be able to read from the recording, held against what the target measured
-//! itself (CLOCK_MONOTONIC spans in its answers) and, where it can, against py-spy:
+//! itself (CLOCK_MONOTONIC spans in its answers) and, where it can, against py-spy and the
+//! interpreter's own tools (3.14+ `-m asyncio pstree`, 3.15 `-m profiling.sampling dump`):
 //!
 //! - a regex validation run inside an `async def` is a stall whose on-CPU stack names the
 //!   Python function and line that runs the regex (`validate`, at `EMAIL.match`), the handler
@@ -750,6 +751,58 @@ fn py_spy_during_validation(port: u16, pid: u32) -> (Planted, Vec<Result<Vec<PyF
     )
 }
 
+/// The frames of `python3.15 -m profiling.sampling dump` output (the main thread, "most recent
+/// call last"), innermost first.
+fn sampling_dump_frames(dump: &str) -> Option<Vec<PyFrame>> {
+    let mut frames: Vec<PyFrame> = dump
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("File \"")?;
+            let (file, rest) = rest.split_once("\", line ")?;
+            let (line, function) = rest.split_once(", in ")?;
+            Some(PyFrame::new(function, basename(file), line.parse().ok()?))
+        })
+        .collect();
+    frames.reverse();
+    (!frames.is_empty()).then_some(frames)
+}
+
+/// Sends /validate?ms=2000 and, 500 ms into it, asks the interpreter's own sampler
+/// (`python3.X -m profiling.sampling dump PID`, 3.15+, in the sid root) where the main thread
+/// is. Each ask takes ~0.5 s here (a new interpreter), and a read racing the loop can fail:
+/// asked up to 4 times, until one sees the loop in `validate`.
+fn sampling_dump_during_validation(
+    port: u16,
+    pid: u32,
+    minor: u32,
+) -> (Planted, Vec<Result<Vec<PyFrame>, String>>) {
+    let client = thread::spawn(move || Planted::request(port, "/validate?ms=2000"));
+    thread::sleep(Duration::from_millis(500));
+    let mut dumps: Vec<Result<Vec<PyFrame>, String>> = Vec::new();
+    let in_validate = |d: &Result<Vec<PyFrame>, String>| {
+        d.as_ref()
+            .is_ok_and(|frames| frames.first().is_some_and(|f| f.function == "validate"))
+    };
+    while dumps.len() < 4 && !dumps.iter().any(in_validate) {
+        let out = sid_inspector(minor, &format!("-m profiling.sampling dump {pid}"))
+            .output()
+            .expect("run unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        dumps.push(match sampling_dump_frames(&text) {
+            Some(frames) if out.status.success() => Ok(frames),
+            _ => Err(format!(
+                "profiling.sampling dump {}: {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        });
+    }
+    (
+        client.join().expect("the long /validate is answered"),
+        dumps,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The planted stalls, recorded and checked.
 
@@ -769,6 +822,9 @@ struct Options {
     /// 3.14+: the running Task is read from the thread state (AsyncioDebug), whatever runs
     /// the loop: its name must be known under uvloop too.
     running_task_read: bool,
+    /// 3.15+: cross-check the validation's frames with the interpreter's own sampler,
+    /// `python3.15 -m profiling.sampling dump` (in the sid root).
+    sampling_dump: bool,
 }
 
 /// Records the service while it serves a bounded load and the three planted requests, one
@@ -806,6 +862,12 @@ fn record_planted(
     thread::sleep(Duration::from_millis(200));
     let spied = options.py_spy.then(|| py_spy_during_validation(port, pid));
     thread::sleep(Duration::from_millis(200));
+    let dumped = options
+        .sampling_dump
+        .then(|| sampling_dump_during_validation(port, pid, minor));
+    if dumped.is_some() {
+        thread::sleep(Duration::from_millis(200));
+    }
     let (served, errors) = load.finish();
     let result = agent.stop();
     let still = get(port, "/ok");
@@ -987,9 +1049,10 @@ fn record_planted(
         check_python_only(&mut problems, &stalls);
     }
 
-    if let Some((long, dumps)) = &spied {
-        check_against_py_spy(&mut problems, &stalls, long, dumps, &expected);
-        // A second validation, by another task, through the very same code: its own task.
+    let tools = [("py-spy", &spied), ("profiling.sampling dump", &dumped)];
+    for (tool, (long, dumps)) in tools.iter().filter_map(|(t, d)| Some((t, d.as_ref()?))) {
+        check_against_tool(&mut problems, tool, &stalls, long, dumps, &expected);
+        // Another validation, by another task, through the very same code: its own task.
         if let Some(stall) = stall_covering(&stalls, long.start_ns, long.end_ns, 30_000_000) {
             check_task(&mut problems, stall, long, options);
         }
@@ -1074,7 +1137,8 @@ fn check_validation(
 /// The Python frames stand where they ran among the native ones (issue #15: under Debian's
 /// stripped 3.14 and 3.15 they used to sit below `_start`): the leaf is the C code `validate`
 /// called (the regex engine), the stack ends in native frames (the process's start), and a
-/// script's `<module>` is run by `PyEval_EvalCode` (at most two inlined frames between).
+/// script's `<module>` is run by `PyEval_EvalCode` (3.9 has three helpers between, later
+/// versions an inlined `_PyEval_Vector`).
 fn check_in_place(problems: &mut Problems, stack: &Value, what: &str) {
     let frames: Vec<&Value> = stack["frames"].as_array().into_iter().flatten().collect();
     let user: Vec<&&Value> = frames.iter().filter(|f| f["kind"] != "kernel").collect();
@@ -1103,7 +1167,8 @@ fn check_in_place(problems: &mut Problems, stack: &Value, what: &str) {
     {
         let run_by = user[module + 1..]
             .iter()
-            .take(3)
+            .take(5)
+            .take_while(|f| f["kind"] == "native")
             .any(|f| f["function"] == "PyEval_EvalCode");
         problems.check(run_by, || {
             format!(
@@ -1256,10 +1321,11 @@ fn check_python_only(problems: &mut Problems, stalls: &[&Value]) {
     }
 }
 
-/// stallscope's frames for the long validation are the ones py-spy saw, up to the service's
-/// own outermost frame.
-fn check_against_py_spy(
+/// stallscope's frames for the long validation are the ones `tool` (py-spy, or the
+/// interpreter's own sampler) saw, up to the handler's caller.
+fn check_against_tool(
     problems: &mut Problems,
+    tool: &str,
     stalls: &[&Value],
     long: &Planted,
     dumps: &[Result<Vec<PyFrame>, String>],
@@ -1269,7 +1335,7 @@ fn check_against_py_spy(
     if seen.is_empty() {
         problems
             .0
-            .push(format!("py-spy could not read the main thread: {dumps:#?}"));
+            .push(format!("{tool} could not read the main thread: {dumps:#?}"));
         return;
     }
     let Some(stall) = stall_covering(stalls, long.start_ns, long.end_ns, 30_000_000) else {
@@ -1289,19 +1355,23 @@ fn check_against_py_spy(
         .iter()
         .any(|theirs| theirs.len() >= depth && ours.get(..depth) == Some(&theirs[..depth]));
     eprintln!(
-        "py-spy: {}\nstallscope: {}",
-        show(seen[0]),
+        "{tool}: {}\nstallscope: {}",
+        show(seen[seen.len() - 1]),
         show(&ours[..ours.len().min(depth)])
     );
     problems.check(agree && ours.first() == Some(&expected[0]), || {
         format!(
-            "{}: stallscope's frames {} are not what py-spy saw: {}",
+            "{}: stallscope's frames {} are not what {tool} saw: {}\n(reads that failed: {:?})",
             long.what,
             show(&ours),
             seen.iter()
                 .map(|f| show(f))
                 .collect::<Vec<_>>()
-                .join("\n  or ")
+                .join("\n  or "),
+            dumps
+                .iter()
+                .filter_map(|d| d.as_ref().err())
+                .collect::<Vec<_>>()
         )
     });
 }
@@ -1312,24 +1382,32 @@ fn check_against_py_spy(
 /// Sends /nested?ms=1500 and, 500 ms into it, asks `python3.X -m asyncio pstree PID` (run in
 /// the sid root, with a /proc of its own in a private mount namespace, gone when it exits) for
 /// the task tree.
-fn pstree_during_nested(port: u16, pid: u32, minor: u32) -> (Planted, Result<String, String>) {
-    let client = thread::spawn(move || Planted::request(port, "/nested?ms=1500"));
-    thread::sleep(Duration::from_millis(500));
-    // The target's /proc/PID/maps name the host's paths (under target/sid): pstree opens them,
-    // so the root is also bind-mounted at that path inside itself (in the private namespace).
+/// `python3.X ARGS` (one of the interpreter's own inspectors: `-m asyncio pstree`,
+/// `-m profiling.sampling dump`) run in the sid root, with a /proc of its own in a private
+/// mount namespace, gone when it exits. The target's /proc/PID/maps name the host's paths
+/// (under target/sid) and the inspectors open them, so the root is also bind-mounted at that
+/// path inside itself.
+fn sid_inspector(minor: u32, args: &str) -> Command {
     let root = sid_root();
     let r = root.display();
     let script = format!(
         "mkdir -p '{r}{r}' && mount --bind '{r}' '{r}{r}' && mount -t proc proc '{r}/proc' && \
-         exec chroot '{r}' python3.{minor} -m asyncio pstree {pid}"
+         exec chroot '{r}' python3.{minor} {args}"
     );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn pstree_during_nested(port: u16, pid: u32, minor: u32) -> (Planted, Result<String, String>) {
+    let client = thread::spawn(move || Planted::request(port, "/nested?ms=1500"));
+    thread::sleep(Duration::from_millis(500));
     // pstree reads a live process: a read that races the loop can come back empty; it is
     // asked again (up to 5 times, 100 ms apart) while the 1.5 s stall lasts.
     let mut pstree = Err("not run".to_string());
     for _ in 0..5 {
-        let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
+        let out = sid_inspector(minor, &format!("-m asyncio pstree {pid}"))
             .output()
             .expect("run unshare (util-linux)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1467,6 +1545,7 @@ const PY_SPY: Options = Options {
     stripped: false,
     await_chain: None,
     running_task_read: false,
+    sampling_dump: false,
 };
 const PLAIN: Options = Options {
     python_only: false,
@@ -1475,6 +1554,7 @@ const PLAIN: Options = Options {
     stripped: false,
     await_chain: None,
     running_task_read: false,
+    sampling_dump: false,
 };
 const PYTHON_ONLY: Options = Options {
     python_only: true,
@@ -1483,6 +1563,7 @@ const PYTHON_ONLY: Options = Options {
     stripped: false,
     await_chain: None,
     running_task_read: false,
+    sampling_dump: false,
 };
 
 asyncio_tests! {
@@ -1496,8 +1577,9 @@ asyncio_tests! {
     // Debian's, in the sid root: frames from _Py_DebugOffsets, Tasks from AsyncioDebug.
     asyncio_cpython_3_14: Interpreter::Sid(14),
         Options { await_chain: Some(14), running_task_read: true, ..PY_SPY };
+    // 3.15: also against its own sampler (`-m profiling.sampling dump`).
     asyncio_cpython_3_15: Interpreter::Sid(15),
-        Options { await_chain: Some(15), running_task_read: true, ..PY_SPY };
+        Options { await_chain: Some(15), running_task_read: true, sampling_dump: true, ..PY_SPY };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1524,6 +1606,8 @@ fastapi_tests! {
     // thread state whatever runs the loop, so its name is known.
     fastapi_uvloop_cpython_3_14: 14,
         Options { uvloop: true, stripped: true, running_task_read: true, ..PLAIN };
+    // The default asyncio loop on 3.14: the stall's Task named from the thread state too.
+    fastapi_cpython_3_14: 14, Options { stripped: true, running_task_read: true, ..PLAIN };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -495,7 +495,7 @@ impl Probes {
     /// Tells the kernel side where a process's CPython is, so its frames are walked.
     pub fn set_python(&mut self, pid: u32, layout: PyProcess) -> Result<()> {
         if !self.python_walk {
-            // Nothing would read it (and Linux 5.10 refuses this update with EPERM).
+            // Nothing would read it.
             return Ok(());
         }
         self.py_procs

@@ -92,9 +92,11 @@ pub fn check() -> Option<String> {
 /// - CAP_DAC_OVERRIDE, only when the outputs go somewhere this uid does not own (an existing
 ///   `--out` directory of another user, `$GITHUB_STEP_SUMMARY`).
 ///
-/// Not kept: CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (the maps, ring buffer and perf events are
-/// used through file descriptors opened at attach time, which need no capability), and all
-/// the rest (modules, raw I/O, network, setuid...).
+/// - CAP_BPF, only on kernels before 5.19 (see [`fds_need_cap_bpf`]).
+///
+/// Not kept: CAP_PERFMON and CAP_SYS_ADMIN (the maps, ring buffer and perf events are used
+/// through file descriptors opened at attach time, which need no capability from 5.19 on),
+/// and all the rest (modules, raw I/O, network, setuid...).
 pub fn still_needed(output_needs_override: bool) -> u64 {
     let mut keep = [
         CAP_SYS_PTRACE,
@@ -107,7 +109,23 @@ pub fn still_needed(output_needs_override: bool) -> u64 {
     if output_needs_override {
         keep |= 1 << CAP_DAC_OVERRIDE;
     }
+    let release = crate::system::features::kernel_release().unwrap_or_default();
+    if fds_need_cap_bpf(&release) {
+        keep |= 1 << CAP_BPF;
+    }
     keep
+}
+
+/// Whether every bpf() call, even on a map fd the agent already holds, needs CAP_BPF on this
+/// kernel: before 5.19, with `kernel.unprivileged_bpf_disabled` set (Debian's and most
+/// distributions' default), the syscall's entry refused any command to a caller without
+/// CAP_BPF or CAP_SYS_ADMIN, so after the drop the agent could neither register a Python
+/// interpreter nor read a stack ("bpf_map_update_elem failed: Operation not permitted" on
+/// Debian 11's 5.10). 5.19 narrowed that check to BPF_MAP_CREATE and BPF_PROG_LOAD (commit
+/// c8644cd0efe7, "bpf: refine kernel.unprivileged_bpf_disabled behaviour"). An unreadable
+/// release keeps CAP_BPF: losing the maps costs more than keeping one capability.
+pub fn fds_need_cap_bpf(release: &str) -> bool {
+    crate::system::features::parse_release(release).is_none_or(|version| version < (5, 19))
 }
 
 /// Whether writing into `dir` (and the GitHub step summary) needs CAP_DAC_OVERRIDE: true
@@ -173,4 +191,24 @@ pub fn drop_all_but(keep: u64) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(effective_caps().unwrap_or(kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian 11's 5.10 refused the map updates and stack reads of an agent that had dropped
+    /// CAP_BPF (EPERM), which cost it Python frames and kernel stacks there.
+    #[test]
+    fn cap_bpf_is_kept_where_map_fds_need_it() {
+        assert!(fds_need_cap_bpf("5.10.0-32-amd64"));
+        assert!(fds_need_cap_bpf("5.18.19"));
+        assert!(fds_need_cap_bpf("garbage"));
+        assert!(!fds_need_cap_bpf("5.19.0"));
+        assert!(!fds_need_cap_bpf("6.1.0-28-amd64"));
+        let kept = still_needed(false);
+        assert!(kept & (1 << CAP_SYS_PTRACE) != 0);
+        assert!(kept & (1 << CAP_SYS_ADMIN) == 0);
+        assert!(kept & (1 << CAP_PERFMON) == 0);
+    }
 }

@@ -55,6 +55,7 @@ fn this_build(label: &str, env: &[(&'static str, &'static str)], args: &[&'stati
             binary: super::default_agent_path(),
             env: env.to_vec(),
             args: args.to_vec(),
+            watch: false,
         },
     }
 }
@@ -67,10 +68,22 @@ fn with_base(mut variants: Vec<Variant>, base: Option<&Path>) -> Vec<Variant> {
                 binary: base.to_path_buf(),
                 env: Vec::new(),
                 args: Vec::new(),
+                watch: false,
             },
         });
     }
     variants
+}
+
+/// `stallscope watch --pid PID`: the always-on monitor at its defaults.
+fn watch_variant() -> Variant {
+    Variant {
+        agent: AgentVariant {
+            watch: true,
+            ..this_build("`watch`", &[], &[]).agent
+        },
+        label: "`watch`".to_string(),
+    }
 }
 
 fn default_variant() -> Variant {
@@ -89,7 +102,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
     let base = compare.base.as_deref();
     let load = output(Command::new("cat").arg("/proc/loadavg")).unwrap_or_default();
     let mut text = format!(
-        "# stallscope: variants side by side\n\nMachine: {}; load average at the start: {}.{}\n\nVariants: this build (`{}`) at default settings; with `{}=1` (stacks copied at every switch-out, as before the late-stacks lever); with `{}=1` (classic sched tracepoints, as before the raw-tracepoint lever); with both; at `--freq 999`{}. Spreads are min-max over rounds; rounds are interleaved, the order rotated each round.\n",
+        "# stallscope: variants side by side\n\nMachine: {}; load average at the start: {}.{}\n\nVariants: this build (`{}`) at default settings; with `{}=1` (stacks copied at every switch-out, as before the late-stacks lever); with `{}=1` (classic sched tracepoints, as before the raw-tracepoint lever); with both; at `--freq 999`; and `stallscope watch --pid` (the always-on monitor){}. Spreads are min-max over rounds; rounds are interleaved, the order rotated each round.\n",
         super::machine_line(),
         load.split_whitespace()
             .take(3)
@@ -121,6 +134,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
             this_build("eager stacks", &[EAGER], &[]),
             this_build("classic tracepoints", &[CLASSIC], &[]),
             levers_off(),
+            watch_variant(),
         ],
         base,
     );
@@ -132,6 +146,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
                 default_variant(),
                 this_build("`--freq 999`", &[], &["--freq", "999"]),
                 levers_off(),
+                watch_variant(),
             ],
             base,
         );

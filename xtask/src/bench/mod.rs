@@ -100,6 +100,9 @@ pub struct AgentVariant {
     pub binary: PathBuf,
     pub env: Vec<(&'static str, &'static str)>,
     pub args: Vec<&'static str>,
+    /// Run as `stallscope watch --pid PID` (the always-on monitor, which writes no recording)
+    /// instead of `record`.
+    pub watch: bool,
 }
 
 /// The variant `--compare`/`--side-by-side` runs next (None: the default agent as it is).
@@ -399,6 +402,8 @@ pub struct Agent {
     stderr: Arc<Mutex<Vec<String>>>,
     /// When it said it was recording.
     started: Instant,
+    /// A `watch`: it writes no recording and runs until it is stopped.
+    watch: bool,
 }
 
 /// What a recording says about itself, from `stalls.json` and `events.bin`.
@@ -430,20 +435,21 @@ pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Res
         command.args(["-n", &nice.to_string()]).arg(agent_path());
         command
     };
-    let mut child = command
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--quiet",
-            "--format",
-            "json",
-        ])
+    let watch = variant.as_ref().is_some_and(|v| v.watch);
+    let pid = pid.to_string();
+    if watch {
+        command.args(["watch", "--pid", &pid, "--quiet"]);
+    } else {
+        command.args(["record", "--pid", &pid, "--quiet", "--format", "json"]);
+    }
+    command
         .args(extra)
         .args(variant.iter().flat_map(|v| v.args.iter()))
-        .envs(variant.iter().flat_map(|v| v.env.iter().copied()))
-        .arg("--out")
-        .arg(out)
+        .envs(variant.iter().flat_map(|v| v.env.iter().copied()));
+    if !watch {
+        command.arg("--out").arg(out);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -456,7 +462,9 @@ pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Res
     thread::spawn(move || {
         let mut announced = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !announced && line.contains("stallscope: recording") {
+            if !announced
+                && (line.contains("stallscope: recording") || line.contains("stallscope: watching"))
+            {
                 announced = true;
                 let _ = tx.send(());
             }
@@ -472,6 +480,7 @@ pub fn start_agent_niced(pid: u32, out: &Path, extra: &[&str], nice: i32) -> Res
         out: out.to_path_buf(),
         stderr: lines,
         started: Instant::now(),
+        watch,
     };
     if rx.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = agent.child.kill();
@@ -517,6 +526,10 @@ impl Agent {
     pub fn stop_with_target(mut self, target: Guard) -> Result<RecordingFacts> {
         let recording = self.started.elapsed().as_secs_f64();
         drop(target);
+        if self.watch {
+            // watch outlives its targets: it is stopped as systemd would.
+            interrupt(&self.child);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait()?.is_none() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
@@ -539,6 +552,9 @@ impl Agent {
         let status = wait_timeout(&mut self.child, Duration::from_secs(180))?;
         if !status.success() {
             bail!("stallscope exited with {status}: {}", self.stderr_text());
+        }
+        if self.watch {
+            return Ok(RecordingFacts::default());
         }
         recording_facts(&self.out)
     }

@@ -39,16 +39,13 @@ impl Session {
         // beside a process that has a loop, is a helper (a shim's, a wrapper's): its runs are
         // that start-up, not stalls.
         let exited: HashSet<u32> = self.past_processes.iter().map(|p| p.pid).collect();
-        let startup_runs = std::mem::take(&mut self.startup_runs);
-        self.stalls.retain(|s| {
-            let helper = startup_runs.contains(&(s.pid, s.tid, s.start_ns))
-                && exited.contains(&s.pid)
-                && !loop_pids.is_empty();
+        let stalls_dropped = self.stalls.dropped();
+        let stalls = std::mem::take(&mut self.stalls).into_sorted(|s, startup_run| {
+            let helper = startup_run && exited.contains(&s.pid) && !loop_pids.is_empty();
             selected
                 || s.rule == StallRule::Iteration
                 || !(loop_tids.contains(&s.tid) || loop_pids.contains(&s.pid) || helper)
         });
-        self.stalls.sort_by_key(|s| s.start_ns);
 
         let mut offcpu: Vec<_> = result.offcpu.into_iter().collect();
         offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
@@ -176,25 +173,22 @@ impl Session {
                 user_stack: kernel_drops[drop_index::USER_STACK as usize],
                 follow_map_full: kernel_drops[drop_index::FOLLOW_MAP_FULL as usize],
                 iterations_discarded: result.anomalies.iterations_discarded,
-                stacks_dropped: result.anomalies.stacks_dropped
-                    + self.stalls_not_kept
-                    + self.stall_stacks_not_kept
-                    + offcpu_dropped,
+                stacks_dropped: result.anomalies.stacks_dropped + stalls_dropped + offcpu_dropped,
                 events_not_saved: 0,
-                repeats_without_copy: self.repeats_without_copy,
+                repeats_without_copy: self.stacks.repeats_without_copy,
             },
             processes,
             threads,
-            stalls: self.stalls,
+            stalls,
             offcpu,
             hints,
             unwind: model::UnwindReport {
                 stacks: self.unwinders.stats.stacks,
                 frames: self.unwinders.stats.frames,
                 truncated: self.unwinders.stats.truncated,
-                bytes_copied: self.stack_bytes_copied,
-                unwind_ns: self.unwind_ns,
-                repeated: self.stacks_repeated,
+                bytes_copied: self.stacks.bytes_copied,
+                unwind_ns: self.stacks.unwind_ns,
+                repeated: self.stacks.repeated,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
                 symbol_failures: self.resolver.symbols.failures,

@@ -190,8 +190,8 @@ impl Session {
     pub fn purge_exited(&mut self, exited_threads: &[timeline::ThreadSummary]) {
         for thread in exited_threads {
             self.thread_names.remove(&thread.tid);
-            self.task_history.remove(&thread.tid);
-            self.last_unwound.remove(&thread.tid);
+            self.tasks.forget_thread(thread.tid);
+            self.stacks.forget_thread(thread.tid);
         }
         let gone: HashSet<u32> = std::mem::take(&mut self.exited_to_purge)
             .into_iter()

@@ -37,12 +37,14 @@ mod resolver;
 mod saved;
 mod stalls;
 
-use python_tasks::PendingPython;
+use pending::PendingStacks;
+use python_tasks::{PendingPython, TaskHistory};
 pub use resolver::{INTERNED_BASE, Resolver};
 pub use saved::{
     EVENTS_BIN, EventLog, SYMBOLS_JSON, SavedStack, SavedStackFrames, SavedSymbols, parse_symbols,
     read_event_log,
 };
+pub use stalls::StallRecords;
 
 /// Limits on what a recording keeps, with the reason for each.
 pub struct Limits {
@@ -134,47 +136,33 @@ pub struct Session {
     pub thread_names: HashMap<u32, String>,
     /// Names of waking threads, from the wake-up events (which run in the waker's context).
     waker_names: HashMap<u32, String>,
-    pub stalls: Vec<StallRecord>,
-    stalls_not_kept: u64,
-    /// Frames held by `stalls` (bounded by `LIMITS.stall_frames`).
-    stall_frames_held: usize,
-    /// Stacks left out of kept stalls once `LIMITS.stall_frames` was reached.
-    stall_stacks_not_kept: u64,
+    /// The stalls kept for the recording (see [`StallRecords`]).
+    pub stalls: StallRecords,
     /// Processes that exited before their maps could be read for Python: said once, at the end
     /// (a shim or build script can start dozens; a line each would bury what matters).
     maps_unread_exited: u64,
     startup_said: bool,
-    /// Runs of threads still starting up (pid, tid, start): see `finish`.
-    startup_runs: HashSet<(u32, u32, u64)>,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<EventLog>,
     waiting_at_start: Vec<(u32, u32)>,
-    /// Unwound user stacks waiting for the event they belong to: tid -> (taken at, stack).
-    pending_stacks: HashMap<u32, (u64, pending::UserStack)>,
-    /// Each thread's last unwound copy, for the kernel's "repeated" records.
-    last_unwound: HashMap<u32, pending::UserStack>,
-    stacks_repeated: u64,
-    /// Repeated records for a thread with no last copy here: counted among the drops.
-    repeats_without_copy: u64,
+    /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
+    stacks: PendingStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
     pub pythons: python::Pythons,
     /// Processes whose interpreter the kernel side has not been told about yet.
     pythons_to_register: Vec<u32>,
-    /// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each
-    /// change, the latest TASK_HISTORY per thread.
-    task_history: HashMap<u32, std::collections::VecDeque<(u64, Option<model::TaskInfo>)>>,
+    /// The asyncio task each thread ran (see [`TaskHistory`]).
+    tasks: TaskHistory,
     /// The kernel's drop counters when recording stopped (see `stopped`).
     kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
     /// What the recording says about Python (interpreters seen, frames read).
     python_report: model::PythonReport,
     /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
     python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
-    unwind_ns: u64,
     /// Time spent reading JavaScript frames, summed.
     v8_ns: u64,
-    stack_bytes_copied: u64,
     pub unwinders: crate::stacks::unwind::Unwinders,
     /// Node processes: JavaScript frames from V8's postmortem metadata.
     pub v8s: crate::stacks::v8::V8s,
@@ -221,29 +209,20 @@ impl Session {
             signals: HashMap::new(),
             thread_names: HashMap::new(),
             waker_names: HashMap::new(),
-            stalls: Vec::new(),
-            stalls_not_kept: 0,
-            stall_frames_held: 0,
-            stall_stacks_not_kept: 0,
+            stalls: StallRecords::default(),
             maps_unread_exited: 0,
             startup_said: false,
-            startup_runs: HashSet::new(),
             event_log: None,
             waiting_at_start: Vec::new(),
-            pending_stacks: HashMap::new(),
-            last_unwound: HashMap::new(),
-            stacks_repeated: 0,
-            repeats_without_copy: 0,
+            stacks: PendingStacks::default(),
             pending_python: HashMap::new(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
             python_maybe_later: HashMap::new(),
             python_report: model::PythonReport::default(),
-            task_history: HashMap::new(),
+            tasks: TaskHistory::default(),
             kernel_drops_at_stop: None,
-            unwind_ns: 0,
             v8_ns: 0,
-            stack_bytes_copied: 0,
             unwinders: crate::stacks::unwind::Unwinders::new(),
             v8s: crate::stacks::v8::V8s::default(),
             debug_events: std::env::var_os("STALLSCOPE_DEBUG_EVENTS").is_some(),
@@ -267,8 +246,8 @@ impl Session {
             // to a later one.
             let fresh = |taken_ns: u64| raw.ts_ns.abs_diff(taken_ns) < 1_000_000;
             let native = self
-                .pending_stacks
-                .remove(&owner)
+                .stacks
+                .take(owner)
                 .filter(|(taken_ns, _)| fresh(*taken_ns))
                 .map(|(_, stack)| stack);
             let python = self
@@ -290,7 +269,7 @@ impl Session {
             if native.is_some() || python.is_some() {
                 let frames = match python {
                     Some(python) => {
-                        self.note_task(raw.tid, raw.ts_ns, python.task);
+                        self.tasks.note(raw.tid, raw.ts_ns, python.task);
                         python.frames
                     }
                     None => Vec::new(),
@@ -609,203 +588,4 @@ fn comm_string(comm: &[u8; 16]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::StackKind;
-    use crate::system::access::Replay;
-
-    const MS: u64 = 1_000_000;
-
-    fn config() -> RecordConfig {
-        RecordConfig {
-            target: crate::config::Target::Pids(Vec::new()),
-            threshold_ns: 100 * MS,
-            duration: None,
-            freq_hz: 100,
-            out: None,
-            threads: Vec::new(),
-            thread_name: None,
-            quiet: true,
-            ring_buffer_bytes: 0,
-            budgets: Vec::new(),
-            formats: crate::config::Formats::ALL,
-            stack_bytes: 0,
-            python_only: false,
-        }
-    }
-
-    /// Issue #22 end to end through the session (the wiring from raw events to the stall):
-    /// CPU 1's switch-in arrives before CPU 0's switch-out it follows; the reorder stage puts
-    /// them in order, and the breakdown is right and adds up. (That a replay of `events.bin`
-    /// gives the same stalls is checked on real recordings by tests/tests/stress_breakdown.rs.)
-    #[test]
-    fn events_out_of_order_across_cpus_give_the_right_breakdown() {
-        const PID: u32 = 4242;
-        let mut seqs = [0u64; 2];
-        let mut raw = |ms_x10: u64, cpu: u32, kind: u32| {
-            seqs[cpu as usize] += 1;
-            RawEvent {
-                ts_ns: ms_x10 * MS / 10,
-                seq: seqs[cpu as usize],
-                kind,
-                cpu,
-                pid: PID,
-                tid: PID,
-                syscall: if matches!(kind, kind::WAIT_ENTER | kind::WAIT_EXIT) {
-                    232 // epoll_wait
-                } else {
-                    -1
-                },
-                // SWITCH_OUT: preempted (TASK_REPORT_MAX), still runnable.
-                arg0: if kind == kind::SWITCH_OUT { 0x100 } else { 0 },
-                kernel_stack_id: -1,
-                user_stack_id: -1,
-                comm: *b"server\0\0\0\0\0\0\0\0\0\0",
-                ..RawEvent::default()
-            }
-        };
-        let mut arrival = vec![raw(10, 0, kind::WAIT_EXIT)];
-        arrival.extend((1..=20).map(|i| raw(10 + i * 100, 0, kind::SAMPLE)));
-        arrival.push(raw(2045, 1, kind::SWITCH_IN));
-        arrival.push(raw(2040, 0, kind::SWITCH_OUT));
-        arrival.extend((21..=24).map(|i| raw(10 + i * 100, 1, kind::SAMPLE)));
-        arrival.push(raw(2510, 1, kind::WAIT_ENTER));
-
-        let mut live = Session::new(config());
-        live.mark_waiting(PID, PID);
-        for event in &arrival {
-            live.handle_raw(&mut Replay, event);
-        }
-        live.flush(&mut Replay);
-        let recording = live.finish(&Replay, 0, 3000 * MS);
-        assert_eq!(recording.stalls.len(), 1);
-        let stall = &recording.stalls[0];
-        assert_eq!(stall.duration_ns, 250 * MS);
-        assert_eq!(stall.runqueue_ns, MS / 2, "{stall:?}");
-        assert_eq!(stall.on_cpu_ns, 250 * MS - MS / 2);
-        assert!(stall.adds_up && stall.unaccounted_ns == 0, "{stall:?}");
-        assert_eq!(recording.reorder.reordered, 1);
-        assert_eq!(recording.reorder.late_events, 0);
-        assert_eq!(recording.reorder.window_ns, reorder::WINDOW_NS);
-    }
-
-    /// A "repeated" stack record for a thread whose previous copy the agent never had is a
-    /// lost user stack, counted among the drops (and so in the summary's "stacks lost"); one
-    /// for a thread it has a copy of reuses that copy and is no drop.
-    #[test]
-    fn a_repeated_stack_without_a_previous_copy_is_counted_as_a_drop() {
-        const PID: u32 = 4242;
-        let header = |tid: u32, flags: u32| profiler_common::UserStackHeader {
-            ts_ns: MS,
-            pid: PID,
-            tid,
-            flags,
-            ..Default::default()
-        };
-        let mut session = Session::new(config());
-        session.handle_stack(&header(PID + 1, profiler_common::STACK_REPEATED), &[]);
-        session.handle_stack(&header(PID + 2, 0), &[]);
-        session.handle_stack(&header(PID + 2, profiler_common::STACK_REPEATED), &[]);
-        let recording = session.finish(&Replay, 0, 10 * MS);
-        assert_eq!(recording.drops.repeats_without_copy, 1);
-        assert_eq!(recording.drops.user_stacks_lost(), 1);
-        assert_eq!(recording.unwind.repeated, 1);
-    }
-
-    fn stall_with(stacks: usize, frames_each: usize) -> StallRecord {
-        StallRecord {
-            pid: 1,
-            tid: 1,
-            comm: "app".into(),
-            start_ns: 0,
-            end_ns: 300 * MS,
-            duration_ns: 300 * MS,
-            on_cpu_ns: 300 * MS,
-            off_cpu_ns: 0,
-            runqueue_ns: 0,
-            rule: StallRule::Run,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
-            ready_events: None,
-            stacks: (0..stacks)
-                .map(|_| StackRecord {
-                    kind: StackKind::OnCpu,
-                    weight_ns: MS,
-                    count: 1,
-                    syscall: None,
-                    frames: vec![frame("handler"); frames_each],
-                    waker: None,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn kept_stalls_hold_no_more_frames_than_the_budget_and_the_rest_is_counted() {
-        let limit = 10_000;
-        let mut held = 0;
-        let mut dropped = 0;
-        let mut kept = Vec::new();
-        for _ in 0..100 {
-            let mut stall = stall_with(20, 100);
-            dropped += stalls::keep_within_frame_budget(&mut stall, &mut held, limit);
-            kept.push(stall);
-        }
-        let frames: usize = kept
-            .iter()
-            .flat_map(|s| &s.stacks)
-            .map(|s| s.frames.len())
-            .sum();
-        assert!(frames <= limit, "{frames} frames held");
-        assert_eq!(
-            frames, 10_000,
-            "the first five stalls keep all their stacks"
-        );
-        assert_eq!(dropped, 95 * 20, "every stack left out is counted");
-        // Past the budget a stall is still reported, with its times.
-        assert_eq!(kept.len(), 100);
-        assert_eq!(kept[99].duration_ns, 300 * MS);
-    }
-
-    fn frame(name: &str) -> Frame {
-        Frame {
-            function: name.into(),
-            file: Some("app.py".into()),
-            line: Some(3),
-            module: None,
-            kind: FrameKind::Python,
-        }
-    }
-
-    #[test]
-    fn symbols_are_saved_with_each_frame_once_and_read_back_in_both_forms() {
-        let stacks = vec![
-            SavedStack {
-                pid: 1,
-                kernel: -1,
-                user: INTERNED_BASE,
-                frames: vec![frame("leaf"), frame("main")],
-            },
-            SavedStack {
-                pid: 1,
-                kernel: 4,
-                user: INTERNED_BASE + 1,
-                frames: vec![frame("other"), frame("main")],
-            },
-        ];
-        let table = SavedSymbols::from_stacks(&stacks);
-        assert_eq!(table.frames.len(), 3, "main is stored once");
-        let text = serde_json::to_string(&table).expect("serialize");
-        assert_eq!(parse_symbols(&text).expect("table form"), stacks);
-        // Recordings made before the frame table hold a plain list.
-        let old = serde_json::to_string(&stacks).expect("serialize");
-        assert_eq!(parse_symbols(&old).expect("list form"), stacks);
-        assert!(parse_symbols("{\"frames\": 3}").is_err());
-    }
-}
+mod tests;

@@ -11,6 +11,54 @@ pub(super) struct UserStack {
     pub(super) sps: Vec<u64>,
 }
 
+/// Unwound user stacks waiting for the event they belong to, each thread's last unwind (for the
+/// kernel's "repeated" records), and what unwinding cost. Bounded: one of each per thread, for
+/// at most MAX_TASK_THREADS threads' last unwinds.
+#[derive(Default)]
+pub(super) struct PendingStacks {
+    /// tid -> (taken at, stack).
+    waiting: HashMap<u32, (u64, UserStack)>,
+    last_unwound: HashMap<u32, UserStack>,
+    /// Repeated records that reused the thread's last unwind.
+    pub(super) repeated: u64,
+    /// Repeated records for a thread with no last copy here: counted among the drops.
+    pub(super) repeats_without_copy: u64,
+    pub(super) unwind_ns: u64,
+    pub(super) bytes_copied: u64,
+}
+
+impl PendingStacks {
+    /// A "repeated" record: the thread is where it was at its last copy, so the same unwind
+    /// waits for its event; without a last copy (lost, or not kept) it is counted.
+    pub(super) fn repeat(&mut self, tid: u32, ts_ns: u64) {
+        match self.last_unwound.get(&tid) {
+            Some(stack) => {
+                self.repeated += 1;
+                self.waiting.insert(tid, (ts_ns, stack.clone()));
+            }
+            None => self.repeats_without_copy += 1,
+        }
+    }
+
+    /// A copy just unwound: it waits for its event, and is the thread's last unwind.
+    pub(super) fn unwound(&mut self, tid: u32, ts_ns: u64, stack: UserStack) {
+        if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&tid) {
+            self.last_unwound.insert(tid, stack.clone());
+        }
+        self.waiting.insert(tid, (ts_ns, stack));
+    }
+
+    /// The stack waiting for the thread's next event: (taken at, stack).
+    pub(super) fn take(&mut self, tid: u32) -> Option<(u64, UserStack)> {
+        self.waiting.remove(&tid)
+    }
+
+    /// The thread is gone: nothing of it is kept.
+    pub(super) fn forget_thread(&mut self, tid: u32) {
+        self.last_unwound.remove(&tid);
+    }
+}
+
 impl Session {
     /// A user-stack copy: unwind it now (the bytes are gone after this) and keep the result
     /// for the event that follows it.
@@ -22,22 +70,14 @@ impl Session {
             eprintln!("stack {header:?}");
         }
         if header.flags & profiler_common::STACK_REPEATED != 0 {
-            // The thread is where it was at its last copy: the same unwind.
-            if let Some(stack) = self.last_unwound.get(&header.tid) {
-                self.stacks_repeated += 1;
-                self.pending_stacks
-                    .insert(header.tid, (header.ts_ns, stack.clone()));
-            } else {
-                // Its last copy was lost or not kept (past MAX_TASK_THREADS): no user stack.
-                self.repeats_without_copy += 1;
-            }
+            self.stacks.repeat(header.tid, header.ts_ns);
             return;
         }
         let started = std::time::Instant::now();
         let unwound = self
             .unwinders
             .unwind_frames(header.pid, header.ip, header.sp, header.bp, stack);
-        self.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stacks.unwind_ns += started.elapsed().as_nanos() as u64;
         let mut ips = unwound.ips;
         self.merge_js(header.pid, &mut ips, &unwound.fps, stack, header.sp);
         // The stack pointers place Python runs (see `python::place_runs`); JavaScript frames
@@ -47,14 +87,9 @@ impl Session {
         } else {
             Vec::new()
         };
-        let stack_ = UserStack { ips, sps };
-        self.stack_bytes_copied += stack.len() as u64;
-        if self.last_unwound.len() < MAX_TASK_THREADS || self.last_unwound.contains_key(&header.tid)
-        {
-            self.last_unwound.insert(header.tid, stack_.clone());
-        }
-        self.pending_stacks
-            .insert(header.tid, (header.ts_ns, stack_));
+        self.stacks.bytes_copied += stack.len() as u64;
+        self.stacks
+            .unwound(header.tid, header.ts_ns, UserStack { ips, sps });
     }
 
     /// JavaScript frames in place of the V8 code that ran them, read now (while the stack bytes
@@ -85,5 +120,34 @@ impl Session {
             *ips = merged;
         }
         self.v8_ns += started.elapsed().as_nanos() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repeated record reuses the thread's last unwind once per event; one for a thread
+    /// never unwound is counted, and waits for nothing.
+    #[test]
+    fn a_repeat_reuses_the_last_unwind_of_that_thread_only() {
+        let mut stacks = PendingStacks::default();
+        let ips = |taken: Option<(u64, UserStack)>| taken.map(|(ts, s)| (ts, s.ips));
+        let stack = UserStack {
+            ips: vec![0xa, 0xb],
+            sps: vec![0x100, 0x180],
+        };
+        stacks.unwound(1, 10, stack);
+        assert_eq!(ips(stacks.take(1)), Some((10, vec![0xa, 0xb])));
+        assert_eq!(ips(stacks.take(1)), None, "taken once");
+        stacks.repeat(1, 20);
+        stacks.repeat(2, 20);
+        assert_eq!(ips(stacks.take(1)), Some((20, vec![0xa, 0xb])));
+        assert!(stacks.take(2).is_none());
+        assert_eq!((stacks.repeated, stacks.repeats_without_copy), (1, 1));
+        stacks.forget_thread(1);
+        stacks.repeat(1, 30);
+        assert!(stacks.take(1).is_none(), "forgotten");
+        assert_eq!(stacks.repeats_without_copy, 2);
     }
 }

@@ -143,13 +143,22 @@ impl Session {
             },
         );
     }
+}
 
+/// The asyncio task each thread ran, as seen in its Python stacks: (time, task) at each change,
+/// the latest TASK_HISTORY per thread, for at most MAX_TASK_THREADS threads.
+#[derive(Default)]
+pub(super) struct TaskHistory {
+    by_thread: HashMap<u32, std::collections::VecDeque<(u64, Option<model::TaskInfo>)>>,
+}
+
+impl TaskHistory {
     /// Remembers which asyncio task a thread ran at `ts_ns` (only changes are kept).
-    pub(super) fn note_task(&mut self, tid: u32, ts_ns: u64, task: Option<model::TaskInfo>) {
-        if !self.task_history.contains_key(&tid) && self.task_history.len() >= MAX_TASK_THREADS {
+    pub(super) fn note(&mut self, tid: u32, ts_ns: u64, task: Option<model::TaskInfo>) {
+        if !self.by_thread.contains_key(&tid) && self.by_thread.len() >= MAX_TASK_THREADS {
             return;
         }
-        let history = self.task_history.entry(tid).or_default();
+        let history = self.by_thread.entry(tid).or_default();
         if history.back().map(|(_, last)| last) == Some(&task) {
             return;
         }
@@ -161,9 +170,8 @@ impl Session {
 
     /// The asyncio task of a stall: the one its thread ran longest during the stall (a loop
     /// iteration can run several callbacks; the one that held the loop is what matters).
-    pub(super) fn stall_task(&self, stall: &Stall) -> Option<model::TaskInfo> {
-        let history = self.task_history.get(&stall.tid)?;
-        let (start, end) = (stall.start_ns, stall.end_ns);
+    pub(super) fn longest_in(&self, tid: u32, start: u64, end: u64) -> Option<model::TaskInfo> {
+        let history = self.by_thread.get(&tid)?;
         // The task current at the start, then each change during the stall.
         let mut current = history
             .iter()
@@ -193,5 +201,42 @@ impl Session {
         time.into_iter()
             .max_by_key(|(_, ns)| *ns)
             .map(|(task, _)| task.clone())
+    }
+
+    /// The thread is gone.
+    pub(super) fn forget_thread(&mut self, tid: u32) {
+        self.by_thread.remove(&tid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str) -> Option<model::TaskInfo> {
+        Some(model::TaskInfo {
+            name: Some(name.into()),
+            coroutine: format!("{name}()"),
+            awaited_by: Vec::new(),
+        })
+    }
+
+    /// A stall's task is the one its thread ran longest during it, counting the one current
+    /// at its start; a thread with no Python stacks has none.
+    #[test]
+    fn the_task_of_a_stall_is_the_one_that_ran_longest_in_it() {
+        let mut history = TaskHistory::default();
+        history.note(1, 0, task("accept"));
+        history.note(1, 100, task("handler"));
+        history.note(1, 100, task("handler"));
+        history.note(1, 400, None);
+        history.note(1, 450, task("accept"));
+        // 50..500: accept 50 + 50, handler 300.
+        assert_eq!(history.longest_in(1, 50, 500), task("handler"));
+        // 0..150: accept 100, handler 50.
+        assert_eq!(history.longest_in(1, 0, 150), task("accept"));
+        assert_eq!(history.longest_in(2, 0, 500), None);
+        history.forget_thread(1);
+        assert_eq!(history.longest_in(1, 50, 500), None);
     }
 }

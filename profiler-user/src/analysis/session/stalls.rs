@@ -3,6 +3,73 @@
 
 use super::*;
 
+/// The stalls kept for the recording as they end, bounded in count (`LIMITS.stalls`) and in
+/// frames (`LIMITS.stall_frames`), and what was left out.
+#[derive(Default)]
+pub struct StallRecords {
+    kept: Vec<StallRecord>,
+    /// Stalls past `LIMITS.stalls`: counted, not kept.
+    not_kept: u64,
+    /// Frames held by `kept`.
+    frames_held: usize,
+    /// Stacks left out of kept stalls once `LIMITS.stall_frames` was reached.
+    stacks_not_kept: u64,
+    /// Runs of threads still starting up (pid, tid, start): see `finish`.
+    startup_runs: HashSet<(u32, u32, u64)>,
+}
+
+impl StallRecords {
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// No room for another stall: it is counted instead.
+    fn full(&mut self) -> bool {
+        let full = self.kept.len() >= LIMITS.stalls;
+        self.not_kept += u64::from(full);
+        full
+    }
+
+    /// A run while its thread starts up: a stall only if the thread never reaches a wait point.
+    fn started_up(&mut self, stall: &Stall) {
+        if self.startup_runs.len() < 65536 {
+            self.startup_runs
+                .insert((stall.pid, stall.tid, stall.start_ns));
+        }
+    }
+
+    fn keep(&mut self, mut record: StallRecord) {
+        self.stacks_not_kept +=
+            keep_within_frame_budget(&mut record, &mut self.frames_held, LIMITS.stall_frames);
+        self.kept.push(record);
+    }
+
+    /// Stalls and stacks left out.
+    pub(super) fn dropped(&self) -> u64 {
+        self.not_kept + self.stacks_not_kept
+    }
+
+    /// The kept stalls in time order, those `keep` refuses left out (it is told whether each
+    /// was a run while its thread started up: see `finish`).
+    pub(super) fn into_sorted(
+        self,
+        mut keep: impl FnMut(&StallRecord, bool) -> bool,
+    ) -> Vec<StallRecord> {
+        let startup_runs = self.startup_runs;
+        let mut stalls: Vec<StallRecord> = self
+            .kept
+            .into_iter()
+            .filter(|s| keep(s, startup_runs.contains(&(s.pid, s.tid, s.start_ns))))
+            .collect();
+        stalls.sort_by_key(|s| s.start_ns);
+        stalls
+    }
+}
+
 impl Session {
     /// Whether a stall is shown: iterations of loop threads always; runs only for processes
     /// with no loop thread (a worker pool's CPU work is not a stall of anyone's loop); with
@@ -37,16 +104,14 @@ impl Session {
             self.stalls_not_streamed += 1;
             return;
         }
-        if self.stalls.len() >= LIMITS.stalls {
-            self.stalls_not_kept += 1;
+        if self.stalls.full() {
             return;
         }
         let record = self.stall_record(system, &stall);
         // A run while the thread starts up is a stall only if it never reaches a wait point
         // (decided at the end, with the runs of processes that turned out to have a loop).
-        if stall.startup && self.startup_runs.len() < 65536 {
-            self.startup_runs
-                .insert((stall.pid, stall.tid, stall.start_ns));
+        if stall.startup {
+            self.stalls.started_up(&stall);
         }
         if live
             && !stall.startup
@@ -60,13 +125,7 @@ impl Session {
         if self.streaming {
             return;
         }
-        let mut record = record;
-        self.stall_stacks_not_kept += keep_within_frame_budget(
-            &mut record,
-            &mut self.stall_frames_held,
-            LIMITS.stall_frames,
-        );
-        self.stalls.push(record);
+        self.stalls.keep(record);
     }
 
     pub(super) fn stall_record(&mut self, system: &dyn SystemAccess, stall: &Stall) -> StallRecord {
@@ -101,7 +160,9 @@ impl Session {
             unaccounted_why: unaccounted_why(stall, self.reorder_window_ns),
             late_events: stall.late_events,
             missed_switches: stall.odd_transitions,
-            task: self.stall_task(stall),
+            task: self
+                .tasks
+                .longest_in(stall.tid, stall.start_ns, stall.end_ns),
             ready_events: stall.ready_events,
             stacks,
         }

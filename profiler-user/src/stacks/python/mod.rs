@@ -14,6 +14,7 @@
 mod asyncio;
 mod code;
 mod discovery;
+mod layouts;
 mod merge;
 pub mod offsets;
 
@@ -41,6 +42,7 @@ use self::{asyncio::*, code::*, discovery::*};
 pub use self::{
     code::{linetable_310_line, lnotab_line, location_table_line},
     discovery::{Detection, Interpreter, Unreadable},
+    layouts::layout,
     merge::{merge, merge_placed, place_runs},
 };
 
@@ -78,113 +80,6 @@ pub struct Layout {
 }
 
 const ABSENT: u32 = FIELD_ABSENT;
-
-/// The layouts of PYTHON_LAYOUTS.md sections 1 to 4 and 6.
-pub fn layout(minor: u32) -> Option<Layout> {
-    let kernel = |interp_head,
-                  threads_head,
-                  gil_in_interp,
-                  thread_id,
-                  is_pthread,
-                  frame,
-                  cframe,
-                  back,
-                  code,
-                  ip,
-                  ip_ptr,
-                  owner,
-                  is_entry| PyProcess {
-        runtime: 0,
-        gil_static: 0,
-        interp_head,
-        threads_head,
-        gil_in_interp,
-        tstate_next: 0x8,
-        tstate_thread_id: thread_id,
-        thread_id_is_pthread: is_pthread,
-        tstate_frame: frame,
-        cframe_frame: cframe,
-        frame_back: back,
-        frame_code: code,
-        frame_ip: ip,
-        ip_is_pointer: ip_ptr,
-        frame_owner: owner,
-        frame_is_entry: is_entry,
-        handle_run_code: 0,
-        // A frame's first local: f_localsplus (3.9: 0x168, 3.10: 0x160), localsplus (0x48).
-        frame_locals: if ip_ptr == 1 {
-            0x48
-        } else if ip == 0x68 {
-            0x168
-        } else {
-            0x160
-        },
-        tstate_running_task: ABSENT,
-        code_mask: u64::MAX,
-    };
-    let old_strings = (0x30, 0x48);
-    let new_strings = (0x28, 0x38);
-    let code = |flags, first_line, qualname: Option<u64>, adaptive, (ascii_data, compact_data)| {
-        CodeLayout {
-            flags,
-            first_line,
-            filename: if qualname.is_some() { 0x70 } else { 0x68 },
-            name: if qualname.is_some() { 0x78 } else { 0x70 },
-            qualname,
-            linetable: if qualname.is_some() { 0x88 } else { 0x78 },
-            code_adaptive: adaptive,
-            ascii_data,
-            compact_data,
-        }
-    };
-    let (kernel, gil_in_runtime, code) = match minor {
-        9 => (
-            kernel(
-                0x20, 0x8, ABSENT, 0xb0, 1, 0x18, ABSENT, 0x18, 0x20, 0x68, 0, ABSENT, ABSENT,
-            ),
-            Some(0x160),
-            code(0x24, 0x28, None, None, old_strings),
-        ),
-        10 => (
-            kernel(
-                0x20, 0x8, ABSENT, 0xb0, 1, 0x18, ABSENT, 0x18, 0x20, 0x60, 0, ABSENT, ABSENT,
-            ),
-            Some(0x160),
-            code(0x24, 0x28, None, None, old_strings),
-        ),
-        11 => (
-            kernel(
-                0x28, 0x10, ABSENT, 0xa0, 0, 0x38, 0x8, 0x30, 0x20, 0x38, 1, 0x45, 0x44,
-            ),
-            Some(0x168),
-            code(0x30, 0x48, Some(0x80), Some(0xb8), old_strings),
-        ),
-        12 => (
-            kernel(
-                0x28, 0x48, 0x180, 0x90, 0, 0x38, 0x0, 0x8, 0x0, 0x38, 1, 0x46, ABSENT,
-            ),
-            None,
-            code(0x30, 0x44, Some(0x80), Some(0xc0), new_strings),
-        ),
-        13 => (
-            kernel(
-                0x278, 0x1cb0, 0x10, 0xa0, 0, 0x48, ABSENT, 0x8, 0x0, 0x38, 1, 0x46, ABSENT,
-            ),
-            None,
-            code(0x30, 0x44, Some(0x80), Some(0xc8), new_strings),
-        ),
-        _ => return None,
-    };
-    Some(Layout {
-        minor,
-        kernel,
-        gil_in_runtime,
-        code,
-        gi_iframe: if minor == 11 { 0x50 } else { 0x48 },
-        gi_qualname: None,
-        set: None,
-    })
-}
 
 /// 3.13+ describes itself: `_Py_DebugOffsets` at the start of `_PyRuntime` (its static
 /// initializer is in the file). Every offset the walk and the decoding use comes from there;
