@@ -13,11 +13,12 @@ use tokio::{
 use crate::{
     analysis::budget,
     analysis::events,
-    analysis::session::{self, EventLog, Session, monotonic_ns},
+    analysis::session::{Session, monotonic_ns},
     commands::render,
     config::{RecordConfig, Target},
     model::Recording,
     outputs::{live, summary},
+    store::{events::EventLog, symbols},
     syscalls,
     system::attach::{self, LoadOptions, Probes},
     system::features::{self, KernelFeatures},
@@ -154,7 +155,7 @@ pub async fn run_with_start(
     if !config.quiet {
         session.live_sink = Some(Box::new(live::LiveLines));
     }
-    session.event_log = Some(EventLog::create(&out_dir, MAX_SAVED_EVENTS)?);
+    session.event_log = Some(Box::new(EventLog::create(&out_dir, MAX_SAVED_EVENTS)?));
     let mut child = None;
     match &config.target {
         Target::Pids(_) => {
@@ -207,7 +208,7 @@ pub async fn run_with_start(
     if let Some(log) = event_log {
         recording.drops.events_not_saved = log.finish()?;
     }
-    save_symbols(&out_dir, &saved)?;
+    symbols::save_symbols(&out_dir, &saved)?;
     recording.verdict = budget::judge(&config.budgets, &recording);
     let written = render::write_outputs(&out_dir, &recording, &config.formats)?;
     if stop == StopReason::TargetsExited {
@@ -320,13 +321,6 @@ fn stack_offset(kernel: &KernelFeatures) -> u32 {
             0
         }
     }
-}
-
-fn save_symbols(dir: &std::path::Path, saved: &[session::SavedStack]) -> Result<()> {
-    let path = dir.join(session::SYMBOLS_JSON);
-    let json = serde_json::to_vec(&session::SavedSymbols::from_stacks(saved))
-        .context("serializing symbols")?;
-    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {

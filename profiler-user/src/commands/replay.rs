@@ -17,7 +17,9 @@ use crate::{
     config::{Formats, RecordConfig, Target, fail_on::Budget},
     model::{self, Recording},
     outputs::summary,
-    store::recording::{load_recording, load_symbols},
+    store::events::{EVENTS_BIN, read_event_log},
+    store::recording::load_recording,
+    store::symbols::{SYMBOLS_JSON, load_symbols},
     system::access::Replay,
 };
 
@@ -31,7 +33,7 @@ pub struct ReportOptions {
 
 /// Replays a saved recording into a fresh [`Recording`] with `threshold_ns`.
 pub fn replay(dir: &Path, saved: &Recording, threshold_ns: u64) -> Result<Recording> {
-    let events = session::read_event_log(dir)?;
+    let events = read_event_log(dir)?;
     let stacks = load_symbols(dir)?;
     Ok(replay_events(&events, stacks, saved, threshold_ns))
 }
@@ -119,7 +121,7 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
     let saved = load_recording(&options.dir)?;
     let threshold_ns = options.threshold_ns.unwrap_or(saved.threshold_ns);
     let mut recording =
-        if threshold_ns == saved.threshold_ns && !options.dir.join(session::EVENTS_BIN).exists() {
+        if threshold_ns == saved.threshold_ns && !options.dir.join(EVENTS_BIN).exists() {
             saved.clone()
         } else {
             replay(&options.dir, &saved, threshold_ns)?
@@ -135,7 +137,7 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
     render::prepare_output_dir(&out_dir)?;
     if out_dir != options.dir {
         // Keep the new directory a complete recording too (re-renderable again).
-        for name in [session::EVENTS_BIN, session::SYMBOLS_JSON] {
+        for name in [EVENTS_BIN, SYMBOLS_JSON] {
             let from = options.dir.join(name);
             if from.exists() {
                 std::fs::copy(&from, out_dir.join(name))
@@ -280,12 +282,12 @@ mod tests {
         /// symbols.json and stalls.json as any text: an error or a value, never a panic.
         #[test]
         fn fuzz_load_symbols_and_recording(text in ".{0,300}", index in any::<u32>()) {
-            let _ = session::parse_symbols(&text);
+            let _ = crate::store::symbols::parse_symbols(&text);
             let _ = serde_json::from_str::<Recording>(&text);
             let table = format!(
                 r#"{{"frames":[{{"function":"f","file":null,"line":null,"module":null,"kind":"native"}}],"stacks":[{{"pid":1,"kernel":-1,"user":0,"frames":[{index},0]}}]}}"#
             );
-            let stacks = session::parse_symbols(&table).expect("well-formed table");
+            let stacks = crate::store::symbols::parse_symbols(&table).expect("well-formed table");
             prop_assert!(stacks[0].frames.len() <= 2);
         }
     }

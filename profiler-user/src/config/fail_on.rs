@@ -341,3 +341,499 @@ fn parse_amount(metric: Metric, text: &str) -> Result<u64, String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn parse(text: &str) -> Vec<Budget> {
+        parse_budgets(text, false).expect("parses")
+    }
+
+    fn parse_growth(text: &str) -> Vec<Budget> {
+        parse_budgets(text, true).expect("parses")
+    }
+
+    fn error(text: &str, allow_growth: bool) -> String {
+        match parse_budgets(text, allow_growth) {
+            Ok(budgets) => panic!("'{text}' parsed as {budgets:?}"),
+            Err(UsageError(message)) => message,
+        }
+    }
+
+    // ---- parsing ----
+
+    #[test]
+    fn parses_the_design_examples() {
+        let budgets = parse("max=200ms,count=0,total=1s,p99=50ms");
+        let got: Vec<(Scope, Metric, Limit)> = budgets
+            .iter()
+            .map(|b| (b.scope(), b.metric(), b.limit()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Scope::All, Metric::Max, Limit::AtMost(200 * MS)),
+                (Scope::All, Metric::Count, Limit::AtMost(0)),
+                (Scope::All, Metric::Total, Limit::AtMost(1_000 * MS)),
+                (Scope::All, Metric::P99, Limit::AtMost(50 * MS)),
+            ]
+        );
+        assert_eq!(budgets[0].text(), "max=200ms");
+        assert_eq!(budgets[0].to_string(), "max=200ms");
+    }
+
+    #[test]
+    fn every_metric_and_scope_parses() {
+        for metric in Metric::ALL {
+            let value = if metric == Metric::Count { "3" } else { "5ms" };
+            for (prefix, scope) in [
+                ("", Scope::All),
+                ("all:", Scope::All),
+                ("process:", Scope::Process),
+                ("thread:", Scope::Thread),
+            ] {
+                let text = format!("{prefix}{}={value}", metric.name());
+                let budgets = parse(&text);
+                assert_eq!(budgets.len(), 1, "{text}");
+                assert_eq!(budgets[0].metric(), metric, "{text}");
+                assert_eq!(budgets[0].scope(), scope, "{text}");
+                assert!(!budgets[0].is_growth());
+            }
+        }
+    }
+
+    #[test]
+    fn whitespace_around_items_and_separators_is_ignored() {
+        let budgets = parse("  max = 200ms ,\tprocess : count=2 , p50=1.5s ");
+        assert_eq!(budgets.len(), 3);
+        assert_eq!(budgets[0].text(), "max = 200ms");
+        assert_eq!(budgets[0].limit(), Limit::AtMost(200 * MS));
+        assert_eq!(budgets[1].scope(), Scope::Process);
+        assert_eq!(budgets[1].limit(), Limit::AtMost(2));
+        assert_eq!(budgets[2].limit(), Limit::AtMost(1_500 * MS));
+    }
+
+    #[test]
+    fn duration_units_are_those_of_the_command_line() {
+        let limits: Vec<Limit> = parse("max=250us,max=2s,max=2m,max=0,max=0ms")
+            .iter()
+            .map(Budget::limit)
+            .collect();
+        assert_eq!(
+            limits,
+            vec![
+                Limit::AtMost(250_000),
+                Limit::AtMost(2_000 * MS),
+                Limit::AtMost(120_000 * MS),
+                Limit::AtMost(0),
+                Limit::AtMost(0),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_metric_names_the_piece_and_the_choices() {
+        assert_eq!(
+            error("mx=1s", false),
+            "--fail-on 'mx=1s': unknown metric 'mx'; use max, count, total, p50, p90 or p99"
+        );
+        assert!(error("max=1s, p95=2s", false).contains("unknown metric 'p95'"));
+        assert!(error("MAX=1s", false).contains("unknown metric 'MAX'"));
+        assert!(error("process:=1s", false).contains("no metric before '='"));
+    }
+
+    #[test]
+    fn unknown_scope_names_the_choices() {
+        let message = error("proc:max=1s", false);
+        assert_eq!(
+            message,
+            "--fail-on 'proc:max=1s': unknown scope 'proc'; use all, process or thread \
+             (e.g. process:max=200ms)"
+        );
+    }
+
+    #[test]
+    fn empty_items_are_errors() {
+        for text in ["max=1s,", ",max=1s", "max=1s,,count=0", "max=1s, ,count=0"] {
+            let message = error(text, false);
+            assert!(message.contains("is empty"), "{text}: {message}");
+            assert!(message.contains("[scope:]metric=value"), "{message}");
+        }
+        assert!(error("max=1s,", false).contains("budget 2 is empty"));
+        for text in ["", "   "] {
+            assert!(error(text, false).contains("no budget given"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_items_are_errors_with_an_example() {
+        assert_eq!(
+            error("max", false),
+            "--fail-on 'max': expected metric=value; write [scope:]metric=value, \
+             comma-separated, e.g. max=200ms,count=0"
+        );
+        assert_eq!(
+            error("max=", false),
+            "--fail-on 'max=': no value after '='; e.g. max=200ms"
+        );
+        assert_eq!(
+            error("count=", false),
+            "--fail-on 'count=': no value after '='; e.g. count=0"
+        );
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        let message = error("max=200", false);
+        assert!(message.starts_with("--fail-on 'max=200': "), "{message}");
+        assert!(message.contains("no unit"), "{message}");
+        assert!(message.ends_with("e.g. max=200ms"), "{message}");
+        assert!(error("p99=1h", false).contains("unknown unit 'h'"));
+        assert!(error("total=fast", false).contains("--fail-on 'total=fast'"));
+    }
+
+    #[test]
+    fn counts_are_whole_numbers() {
+        for text in ["count=1.5", "count=1s", "count=x", "count=1e3"] {
+            let message = error(text, false);
+            assert!(message.contains("whole number"), "{text}: {message}");
+        }
+        assert!(error("count=99999999999999999999999", false).contains("too large"));
+        assert_eq!(parse("count=7")[0].limit(), Limit::AtMost(7));
+    }
+
+    #[test]
+    fn negative_limits_are_errors() {
+        assert_eq!(
+            error("max=-1s", false),
+            "--fail-on 'max=-1s': a limit cannot be negative; e.g. max=200ms"
+        );
+        assert!(error("count=-1", false).contains("cannot be negative"));
+    }
+
+    #[test]
+    fn growth_is_refused_outside_diff() {
+        for text in ["total=+20%", "count=+2", "p99=+10ms", "max=20%"] {
+            let message = error(text, false);
+            assert!(
+                message.contains("only apply to stallscope diff"),
+                "{text}: {message}"
+            );
+        }
+        assert_eq!(
+            error("total=+20%", false),
+            "--fail-on 'total=+20%': growth limits (+N%, +N) compare two recordings and only \
+             apply to stallscope diff; give a limit such as total=200ms"
+        );
+    }
+
+    #[test]
+    fn growth_forms_parse_for_diff() {
+        let budgets = parse_growth(
+            "total=+20%, count=+2, p99=+10ms, max=+15%, count=+50%, max=+0%, p50=+12.5%, max=+0",
+        );
+        let limits: Vec<(Metric, Limit)> =
+            budgets.iter().map(|b| (b.metric(), b.limit())).collect();
+        assert_eq!(
+            limits,
+            vec![
+                (Metric::Total, Limit::GrowthPercent(20.0)),
+                (Metric::Count, Limit::GrowthBy(2)),
+                (Metric::P99, Limit::GrowthBy(10 * MS)),
+                (Metric::Max, Limit::GrowthPercent(15.0)),
+                (Metric::Count, Limit::GrowthPercent(50.0)),
+                (Metric::Max, Limit::GrowthPercent(0.0)),
+                (Metric::P50, Limit::GrowthPercent(12.5)),
+                (Metric::Max, Limit::GrowthBy(0)),
+            ]
+        );
+        assert!(budgets.iter().all(Budget::is_growth));
+        assert!(budgets.iter().all(|b| b.scope() == Scope::All));
+        // Absolute limits still parse alongside growth ones.
+        assert_eq!(parse_growth("max=1s")[0].limit(), Limit::AtMost(1_000 * MS));
+        assert_eq!(parse_growth("all:total=+5%")[0].scope(), Scope::All);
+    }
+
+    #[test]
+    fn malformed_growth_is_explained() {
+        assert_eq!(
+            error("total=20%", true),
+            "--fail-on 'total=20%': a percentage is a growth limit and needs a '+': total=+20%"
+        );
+        for text in [
+            "total=+x%",
+            "total=+%",
+            "total=+inf%",
+            "total=+NaN%",
+            "total=+-5%",
+        ] {
+            assert!(
+                error(text, true).contains("is not a percentage"),
+                "{text}: {}",
+                error(text, true)
+            );
+        }
+        let message = error("p99=+10", true);
+        assert!(message.contains("no unit"), "{message}");
+        assert!(
+            message.contains("+<duration> (e.g. p99=+10ms)"),
+            "{message}"
+        );
+        let message = error("count=+2ms", true);
+        assert!(message.contains("whole number"), "{message}");
+        assert!(message.contains("count=+2"), "{message}");
+    }
+
+    #[test]
+    fn scoped_growth_is_refused() {
+        assert_eq!(
+            error("process:total=+20%", true),
+            "--fail-on 'process:total=+20%': growth limits compare whole recordings (process \
+             and thread ids differ between runs); drop the scope: total=+20%"
+        );
+        assert!(error("thread:count=+1", true).contains("drop the scope"));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of `--fail-on` parsing: any text gives budgets or a one-line usage error,
+    //! never a panic; generated valid budgets parse to what they say and survive a round trip
+    //! through their Display.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 2000,
+            // Never write proptest-regressions/ files into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn is_one_line(message: &str) -> bool {
+        !message.is_empty() && !message.contains('\n') && !message.contains('\r')
+    }
+
+    /// Pieces of budgets, right and wrong, to be glued together.
+    fn token() -> impl Strategy<Value = String> {
+        let scope = "(all|process|thread|proc|THREAD|)[ ]?(:|::|)[ ]?";
+        let metric = "(max|count|total|p50|p90|p99|p100|min|)";
+        let eq = "[ ]?(=|==|:|)[ ]?";
+        let value = "(\\+|-|\\+\\+|)[ ]?([0-9]{0,21}([.][0-9]{0,4})?|inf|NaN|1e400|x)[ ]?(ms|s|us|m|ns|%|h|)";
+        prop_oneof![
+            6 => valid_budget().prop_map(|(text, ..)| text),
+            4 => (scope, metric, eq, value).prop_map(|(s, m, e, v)| format!("{s}{m}{e}{v}")),
+            1 => "[ =:+%,.0-9a-z-]{0,12}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn budget_list() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(token(), 0..5),
+            prop::collection::vec(any::<bool>(), 5),
+        )
+            .prop_map(|(tokens, spaces)| {
+                tokens
+                    .iter()
+                    .zip(&spaces)
+                    .map(|(t, s)| if *s { format!(" {t} ") } else { t.clone() })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+    }
+
+    /// What every parse result must satisfy, whatever the input.
+    fn check_any(text: &str) -> Result<(), TestCaseError> {
+        let strict = parse_budgets(text, false);
+        let growth = parse_budgets(text, true);
+        for (result, allow_growth) in [(&strict, false), (&growth, true)] {
+            match result {
+                Ok(budgets) => {
+                    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+                    prop_assert_eq!(budgets.len(), items.len(), "{:?}", text);
+                    for (budget, item) in budgets.iter().zip(&items) {
+                        prop_assert_eq!(budget.text(), *item);
+                        prop_assert!(allow_growth || !budget.is_growth(), "{text:?}");
+                        if budget.is_growth() {
+                            prop_assert_eq!(budget.scope(), Scope::All, "{:?}", text);
+                        }
+                        if let Limit::GrowthPercent(p) = budget.limit() {
+                            prop_assert!(p.is_finite() && p >= 0.0, "{text:?}");
+                        }
+                    }
+                    // Its Display round-trips.
+                    let again: Vec<String> = budgets.iter().map(|b| b.to_string()).collect();
+                    prop_assert_eq!(&parse_budgets(&again.join(","), allow_growth), result);
+                }
+                Err(UsageError(message)) => {
+                    prop_assert!(message.starts_with("--fail-on '"), "{message}");
+                    if !text.contains(['\n', '\r']) {
+                        prop_assert!(is_one_line(message), "{message:?}");
+                    }
+                }
+            }
+        }
+        // Allowing growth only ever accepts more, and never changes what was accepted.
+        if let Ok(budgets) = &strict {
+            prop_assert_eq!(Ok(budgets), growth.as_ref(), "{:?}", text);
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Value {
+        AtMost(String, u64),
+        Percent(String, f64),
+        By(String, u64),
+    }
+
+    fn duration_text() -> impl Strategy<Value = (String, u64)> {
+        prop_oneof![
+            Just(("0".to_string(), 0)),
+            Just(("000".to_string(), 0)),
+            (
+                0u32..=u32::MAX,
+                prop::sample::select(vec![
+                    ("us", 1_000u64),
+                    ("ms", 1_000_000),
+                    ("s", 1_000_000_000)
+                ])
+            )
+                .prop_map(|(n, (unit, scale))| (format!("{n}{unit}"), u64::from(n) * scale)),
+            (0u32..100_000_000).prop_map(|n| (format!("{n}m"), u64::from(n) * 60_000_000_000)),
+            (0u32..10_000, 0u32..10).prop_map(|(n, tenth)| (
+                format!("{n}.{tenth}ms"),
+                u64::from(n) * 1_000_000 + u64::from(tenth) * 100_000
+            )),
+        ]
+    }
+
+    fn value_for(metric: Metric) -> BoxedStrategy<Value> {
+        let percent = (0u32..1_000_000, 0u32..10).prop_map(|(whole, tenth)| {
+            let text = format!("+{whole}.{tenth}%");
+            Value::Percent(text, f64::from(whole) + f64::from(tenth) / 10.0)
+        });
+        if metric == Metric::Count {
+            prop_oneof![
+                any::<u64>().prop_map(|n| Value::AtMost(n.to_string(), n)),
+                any::<u64>().prop_map(|n| Value::By(format!("+{n}"), n)),
+                percent,
+            ]
+            .boxed()
+        } else {
+            prop_oneof![
+                duration_text().prop_map(|(text, ns)| Value::AtMost(text, ns)),
+                duration_text().prop_map(|(text, ns)| Value::By(format!("+{text}"), ns)),
+                percent,
+            ]
+            .boxed()
+        }
+    }
+
+    /// A valid budget: (text, scope, metric, value); growth budgets are whole-recording only.
+    fn valid_budget() -> impl Strategy<Value = (String, Scope, Metric, Value)> {
+        (
+            prop::sample::select(vec![
+                None,
+                Some(Scope::All),
+                Some(Scope::Process),
+                Some(Scope::Thread),
+            ]),
+            prop::sample::select(Metric::ALL.to_vec()),
+            prop::sample::select(vec!["", " ", "  "]),
+        )
+            .prop_flat_map(|(scope, metric, pad)| {
+                value_for(metric).prop_filter_map("growth is whole-recording only", move |value| {
+                    let growth = !matches!(value, Value::AtMost(..));
+                    if growth && scope.is_some_and(|s| s != Scope::All) {
+                        return None;
+                    }
+                    let value_text = match &value {
+                        Value::AtMost(t, _) | Value::Percent(t, _) | Value::By(t, _) => t.clone(),
+                    };
+                    let prefix = match scope {
+                        None => String::new(),
+                        Some(Scope::All) => format!("all{pad}:{pad}"),
+                        Some(Scope::Process) => format!("process{pad}:{pad}"),
+                        Some(Scope::Thread) => format!("thread{pad}:{pad}"),
+                    };
+                    let text = format!("{prefix}{}{pad}={pad}{value_text}", metric.name());
+                    Some((text, scope.unwrap_or(Scope::All), metric, value))
+                })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn never_panics_on_any_string(text in any::<String>()) {
+            check_any(&text)?;
+        }
+
+        #[test]
+        fn never_panics_on_plausible_token_lists(text in budget_list()) {
+            check_any(&text)?;
+        }
+
+        #[test]
+        fn valid_budgets_parse_to_what_they_say(
+            budgets in prop::collection::vec(valid_budget(), 1..6),
+            pad in prop::sample::select(vec!["", " ", "\t"]),
+        ) {
+            let text = budgets
+                .iter()
+                .map(|(t, ..)| format!("{pad}{t}{pad}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let any_growth = budgets.iter().any(|(.., v)| !matches!(v, Value::AtMost(..)));
+            let strict = parse_budgets(&text, false);
+            if any_growth {
+                let UsageError(message) = strict.expect_err("growth refused outside diff");
+                prop_assert!(message.contains("only apply to stallscope diff"), "{message}");
+            } else {
+                prop_assert_eq!(&strict, &parse_budgets(&text, true));
+            }
+            let parsed = parse_budgets(&text, true).map_err(|e| TestCaseError::fail(e.0))?;
+            prop_assert_eq!(parsed.len(), budgets.len());
+            for (budget, (item, scope, metric, value)) in parsed.iter().zip(&budgets) {
+                prop_assert_eq!(budget.text(), item.as_str());
+                prop_assert_eq!(budget.to_string(), item.clone());
+                prop_assert_eq!(budget.scope(), *scope, "{}", item);
+                prop_assert_eq!(budget.metric(), *metric, "{}", item);
+                match value {
+                    Value::AtMost(_, n) => prop_assert_eq!(budget.limit(), Limit::AtMost(*n), "{}", item),
+                    Value::By(_, n) => prop_assert_eq!(budget.limit(), Limit::GrowthBy(*n), "{}", item),
+                    Value::Percent(_, p) => match budget.limit() {
+                        Limit::GrowthPercent(parsed) => {
+                            prop_assert!((parsed - p).abs() < 1e-9, "{item}: {parsed} vs {p}")
+                        }
+                        other => prop_assert!(false, "{item}: {other:?}"),
+                    },
+                }
+            }
+            // Display round trip: the budgets print as they were written and parse back equal.
+            let printed: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+            prop_assert_eq!(parse_budgets(&printed.join(","), true), Ok(parsed));
+        }
+
+        #[test]
+        fn scoped_growth_is_always_refused(
+            scope in prop::sample::select(vec!["process", "thread"]),
+            metric in prop::sample::select(Metric::ALL.to_vec()),
+            value in prop::sample::select(vec!["+20%", "+1", "+10ms"]),
+        ) {
+            let text = format!("{scope}:{}={value}", metric.name());
+            prop_assert!(parse_budgets(&text, true).is_err(), "{text}");
+            prop_assert!(parse_budgets(&text, false).is_err(), "{text}");
+        }
+    }
+}

@@ -1,16 +1,13 @@
-//! A saved recording read back: `stalls.json` (the [`Recording`]) and `symbols.json` (the
-//! stacks resolved when it was saved), with errors that say what is wrong with the directory.
-//! Both files come from a directory anyone could have edited: any content gives a recording
+//! A saved recording read back: `stalls.json` (the [`Recording`]), with errors that say what
+//! is wrong with the directory (`symbols.json` and `events.bin`: see the sibling modules).
+//! The file comes from a directory anyone could have edited: any content gives a recording
 //! or an error, never a panic.
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{
-    analysis::session,
-    model::{self, Recording},
-};
+use crate::model::{self, Recording};
 
 /// Reads `stalls.json` of a recording directory, with errors that say what is wrong.
 pub fn load_recording(dir: &Path) -> Result<Recording> {
@@ -38,12 +35,4 @@ pub fn load_recording(dir: &Path) -> Result<Recording> {
         );
     }
     Ok(recording)
-}
-
-pub fn load_symbols(dir: &Path) -> Result<Vec<session::SavedStack>> {
-    let path = dir.join(session::SYMBOLS_JSON);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    session::parse_symbols(&text)
-        .with_context(|| format!("{} is truncated or corrupted", path.display()))
 }

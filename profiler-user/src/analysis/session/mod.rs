@@ -2,14 +2,9 @@
 //! live (with the kernel's maps at hand) and when re-rendering a saved recording (replaying its
 //! saved events with its saved symbols), so both produce the same results by construction.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fs::File,
-    io::{BufWriter, Write as _},
-    path::Path,
-};
+use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use profiler_common::{Event as RawEvent, PyFrame, drop as drop_index, kind};
 use serde::{Deserialize, Serialize};
 
@@ -34,16 +29,11 @@ mod lifecycle;
 mod pending;
 mod python_tasks;
 mod resolver;
-mod saved;
 mod stalls;
 
 use pending::PendingStacks;
 use python_tasks::{PendingPython, TaskHistory};
-pub use resolver::{INTERNED_BASE, Resolver};
-pub use saved::{
-    EVENTS_BIN, EventLog, SYMBOLS_JSON, SavedStack, SavedStackFrames, SavedSymbols, parse_symbols,
-    read_event_log,
-};
+pub use resolver::{INTERNED_BASE, Resolver, SavedStack};
 pub use stalls::StallRecords;
 
 /// Limits on what a recording keeps, with the reason for each.
@@ -99,6 +89,14 @@ pub trait StallSink {
     fn stall(&mut self, stall: &StallRecord, process: Option<&ProcessRecord>);
 }
 
+/// Where the raw events go in the order the timeline handles them, so a replay sees what the
+/// live recording saw (`events.bin`: see `store::events`).
+pub trait EventSink {
+    fn write(&mut self, raw: &RawEvent);
+    /// Done: how many events were left out (the sink is bounded).
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
 /// Everything one recording accumulates while events flow.
 pub struct Session {
     /// Stalls are handed here as they end (`watch`).
@@ -143,7 +141,7 @@ pub struct Session {
     maps_unread_exited: u64,
     startup_said: bool,
     /// Raw events saved for `stallscope report` (None when replaying).
-    pub event_log: Option<EventLog>,
+    pub event_log: Option<Box<dyn EventSink>>,
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
     stacks: PendingStacks,

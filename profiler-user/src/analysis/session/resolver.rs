@@ -297,3 +297,12 @@ impl Resolver {
             .collect()
     }
 }
+
+/// One resolved stack in `symbols.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedStack {
+    pub pid: u32,
+    pub kernel: i32,
+    pub user: i32,
+    pub frames: Vec<Frame>,
+}

@@ -175,32 +175,6 @@ fn frame(name: &str) -> Frame {
     }
 }
 
-#[test]
-fn symbols_are_saved_with_each_frame_once_and_read_back_in_both_forms() {
-    let stacks = vec![
-        SavedStack {
-            pid: 1,
-            kernel: -1,
-            user: INTERNED_BASE,
-            frames: vec![frame("leaf"), frame("main")],
-        },
-        SavedStack {
-            pid: 1,
-            kernel: 4,
-            user: INTERNED_BASE + 1,
-            frames: vec![frame("other"), frame("main")],
-        },
-    ];
-    let table = SavedSymbols::from_stacks(&stacks);
-    assert_eq!(table.frames.len(), 3, "main is stored once");
-    let text = serde_json::to_string(&table).expect("serialize");
-    assert_eq!(parse_symbols(&text).expect("table form"), stacks);
-    // Recordings made before the frame table hold a plain list.
-    let old = serde_json::to_string(&stacks).expect("serialize");
-    assert_eq!(parse_symbols(&old).expect("list form"), stacks);
-    assert!(parse_symbols("{\"frames\": 3}").is_err());
-}
-
 /// PIDs above the kernel's PID_MAX_LIMIT (2^22): no real process has them, so the readers that
 /// look at /proc themselves (Python, V8, the symbolizer) find nothing for them.
 const SERVER: u32 = 5_000_001;
