@@ -256,6 +256,8 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     }));
     let mut session = Session::new(config.record.clone());
     session.streaming = true;
+    // Runs for days: the table of unwound stacks starts afresh when full (see Resolver).
+    session.resolver.rotate_interned = true;
     session.sink = Some(Box::new(Sink(outputs.clone())));
     if !config.record.quiet {
         session.live_sink = Some(Box::new(crate::outputs::live::LiveLines));

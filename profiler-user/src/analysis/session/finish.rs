@@ -173,7 +173,10 @@ impl Session {
                 user_stack: kernel_drops[drop_index::USER_STACK as usize],
                 follow_map_full: kernel_drops[drop_index::FOLLOW_MAP_FULL as usize],
                 iterations_discarded: result.anomalies.iterations_discarded,
-                stacks_dropped: result.anomalies.stacks_dropped + stalls_dropped + offcpu_dropped,
+                stacks_dropped: result.anomalies.stacks_dropped
+                    + stalls_dropped
+                    + offcpu_dropped
+                    + self.resolver.interned_dropped,
                 events_not_saved: 0,
                 repeats_without_copy: self.stacks.repeats_without_copy,
             },

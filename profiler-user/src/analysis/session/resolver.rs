@@ -19,6 +19,15 @@ pub struct Resolver {
     /// (Each stack stored once, shared by the lookup table and the list.)
     pub(super) interned: foldhash::HashMap<std::sync::Arc<[u64]>, i32>,
     pub(super) interned_ips: Vec<std::sync::Arc<[u64]>>,
+    /// The id of `interned_ips[0]` once the table was rotated (0, the derived default, stands
+    /// for INTERNED_BASE: see `first_id`).
+    pub(super) first_interned: i32,
+    /// `watch`: when the table is full, start it afresh instead of dropping new stacks (a run
+    /// of days meets more distinct stacks than any bound); a recording keeps every id it gave
+    /// out, because it saves them.
+    pub rotate_interned: bool,
+    /// Times the table was started afresh.
+    pub interned_rotations: u64,
     pub interned_dropped: u64,
     /// Python frames met so far; an unwound stack refers to them by index (see PY_MARK).
     pub(super) python_frames: Vec<Frame>,
@@ -211,20 +220,60 @@ impl Resolver {
         }
     }
 
-    /// The id of an unwound user stack (the same stack always gets the same id).
+    /// The id of an unwound user stack (the same stack always gets the same id, within one
+    /// generation of the table).
     pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
         if let Some(&id) = self.interned.get(ips.as_slice()) {
             return id;
         }
-        if self.interned_ips.len() >= MAX_INTERNED {
+        if self.interned_ips.len() >= MAX_INTERNED && !self.rotate_interned_table() {
             self.interned_dropped += 1;
             return profiler_common::NO_STACK;
         }
-        let id = INTERNED_BASE + self.interned_ips.len() as i32;
+        let id = self.first_id() + self.interned_ips.len() as i32;
         let ips: std::sync::Arc<[u64]> = ips.into();
         self.interned_ips.push(ips.clone());
         self.interned.insert(ips, id);
         id
+    }
+
+    fn first_id(&self) -> i32 {
+        if self.first_interned == 0 {
+            INTERNED_BASE
+        } else {
+            self.first_interned
+        }
+    }
+
+    /// Starts the table of unwound stacks afresh (`watch` only). Ids are never reused: the new
+    /// generation's ids follow the old ones, so an id still held by an open stall resolves to
+    /// no frames rather than to another stack. False when not rotating, or when the id space
+    /// is used up (then new stacks are dropped and counted).
+    fn rotate_interned_table(&mut self) -> bool {
+        if !self.rotate_interned {
+            return false;
+        }
+        let Some(next) = i32::try_from(self.interned_ips.len())
+            .ok()
+            .and_then(|n| self.first_id().checked_add(n))
+            .filter(|next| next.checked_add(MAX_INTERNED as i32).is_some())
+        else {
+            return false;
+        };
+        self.interned.clear();
+        self.interned_ips.clear();
+        self.interned_ips.shrink_to(MAX_INTERNED / 16);
+        let old = self.first_id()..next;
+        self.resolved.retain(|key, _| !old.contains(&key.user));
+        self.first_interned = next;
+        self.interned_rotations += 1;
+        true
+    }
+
+    /// The addresses of an unwound stack by its id; None for an id of an older generation.
+    fn interned_stack(&self, id: i32) -> Option<&[u64]> {
+        let index = usize::try_from(id.checked_sub(self.first_id())?).ok()?;
+        self.interned_ips.get(index).map(|ips| &ips[..])
     }
 
     pub(super) fn stack_ips(&mut self, system: &dyn SystemAccess, id: i32) -> Vec<u64> {
@@ -233,9 +282,8 @@ impl Resolver {
         }
         if id >= INTERNED_BASE {
             return self
-                .interned_ips
-                .get((id - INTERNED_BASE) as usize)
-                .map(|ips| ips.to_vec())
+                .interned_stack(id)
+                .map(<[u64]>::to_vec)
                 .unwrap_or_default();
         }
         if let Some(ips) = self.stack_cache.get(&id) {
@@ -305,4 +353,63 @@ pub struct SavedStack {
     pub kernel: i32,
     pub user: i32,
     pub frames: Vec<Frame>,
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    fn fill(resolver: &mut Resolver) -> Vec<i32> {
+        (0..MAX_INTERNED as u64)
+            .map(|n| resolver.intern(vec![n, 1]))
+            .collect()
+    }
+
+    #[test]
+    fn a_recording_drops_stacks_past_the_bound_and_counts_them() {
+        let mut resolver = Resolver::default();
+        let ids = fill(&mut resolver);
+        assert_eq!(ids[0], INTERNED_BASE);
+        assert_eq!(resolver.intern(vec![u64::MAX]), profiler_common::NO_STACK);
+        assert_eq!(resolver.interned_dropped, 1);
+        assert_eq!(resolver.interned_stack(ids[7]), Some(&[7, 1][..]));
+    }
+
+    #[test]
+    fn watch_starts_the_table_afresh_without_reusing_an_id() {
+        let mut resolver = Resolver {
+            rotate_interned: true,
+            ..Default::default()
+        };
+        let ids = fill(&mut resolver);
+        let old = StackKey {
+            pid: 1,
+            kernel: -1,
+            user: ids[3],
+        };
+        resolver.resolved.insert(old, Vec::new());
+        let kernel_only = StackKey {
+            pid: 1,
+            kernel: 5,
+            user: -1,
+        };
+        resolver.resolved.insert(kernel_only, Vec::new());
+        let next = resolver.intern(vec![u64::MAX]);
+        assert_eq!(
+            next,
+            INTERNED_BASE + MAX_INTERNED as i32,
+            "ids go on, not from the start"
+        );
+        assert_eq!(
+            (resolver.interned_rotations, resolver.interned_dropped),
+            (1, 0)
+        );
+        assert_eq!(resolver.interned_stack(next), Some(&[u64::MAX][..]));
+        // An id of the old generation no longer names a stack (never another one's).
+        assert_eq!(resolver.interned_stack(ids[3]), None);
+        assert!(!resolver.resolved.contains_key(&old));
+        assert!(resolver.resolved.contains_key(&kernel_only));
+        // The same stack again is a new id of the new generation.
+        assert_eq!(resolver.intern(vec![3, 1]), next + 1);
+    }
 }
