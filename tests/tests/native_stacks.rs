@@ -940,18 +940,38 @@ struct StallsServer {
 
 impl StallsServer {
     fn start(node: &Path, flags: &[&str], dir: &Path) -> Self {
+        let script = workspace_root().join("tests/targets/node_stalls.js");
+        let mut command = Command::new(node);
+        command.args(flags);
+        Self::start_with(command, &script, dir, dir)
+    }
+
+    /// Debian's node in the sid root (`chroot`): the script and the pipe in a directory of
+    /// the root, `dir` as the root sees it being `inside`.
+    fn start_in_sid(dir: &Path, inside: &Path) -> Self {
+        let script = dir.join("node_stalls.js");
+        std::fs::copy(
+            workspace_root().join("tests/targets/node_stalls.js"),
+            &script,
+        )
+        .expect("copy node_stalls.js into the sid root");
+        let mut command = Command::new("chroot");
+        command.arg(sid_root()).arg("/usr/bin/node");
+        Self::start_with(command, &inside.join("node_stalls.js"), dir, inside)
+    }
+
+    /// `command SCRIPT 0 FIFO`, the pipe made in `dir`, which the target sees as `seen_as`.
+    fn start_with(mut command: Command, script: &Path, dir: &Path, seen_as: &Path) -> Self {
         let fifo = dir.join("slow.fifo");
         let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
         // SAFETY: mkfifo reads the NUL-terminated path we pass.
         let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
         assert_eq!(rc, 0, "mkfifo {}", fifo.display());
-        let script = workspace_root().join("tests/targets/node_stalls.js");
         let mut target = Target::spawn(
-            Command::new(node)
-                .args(flags)
-                .arg(&script)
+            command
+                .arg(script)
                 .arg("0")
-                .arg(&fifo)
+                .arg(seen_as.join("slow.fifo"))
                 .current_dir(dir),
         );
         let port = wait_for_port(&mut target, "node_stalls.js");
@@ -1018,16 +1038,43 @@ fn first_script_frame(stack: &Value) -> Option<(&str, Option<u64>)> {
         .map(|f| (frame_fn(f), f["line"].as_u64()))
 }
 
-/// The 1-based line of `function NAME(` in node_stalls.js.
-fn definition_line(name: &str) -> u64 {
-    let source = std::fs::read_to_string(workspace_root().join("tests/targets/node_stalls.js"))
-        .expect("read node_stalls.js");
+fn node_stalls_source() -> String {
+    std::fs::read_to_string(workspace_root().join("tests/targets/node_stalls.js"))
+        .expect("read node_stalls.js")
+}
+
+/// The 1-based first and last lines of `function NAME(` in node_stalls.js (the last: the
+/// first line after it that closes a top-level block).
+fn body_lines(name: &str) -> (u64, u64) {
+    let source = node_stalls_source();
     let needle = format!("function {name}(");
-    source
+    let first = source
         .lines()
         .position(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("{needle} not in node_stalls.js"));
+    let last = source
+        .lines()
+        .skip(first)
+        .position(|l| l == "}")
+        .map(|i| first + i)
+        .unwrap_or_else(|| panic!("{needle} has no end in node_stalls.js"));
+    (first as u64 + 1, last as u64 + 1)
+}
+
+/// The blocking call in the planted functions that call once and stay interpreted while they
+/// block (spin and pbkdf2 loop: V8 moves them to baseline or optimized code on the stack).
+const PLANTED_CALLS: &[(&str, &str)] = &[
+    ("waitAtomicsMs", "Atomics.wait("),
+    ("readSlowPipe", "fs.readFileSync("),
+];
+
+/// The 1-based line of the first occurrence of `text` in node_stalls.js.
+fn call_line(text: &str) -> u64 {
+    node_stalls_source()
+        .lines()
+        .position(|l| l.contains(text))
         .map(|i| i as u64 + 1)
-        .unwrap_or_else(|| panic!("{needle} not in node_stalls.js"))
+        .unwrap_or_else(|| panic!("{text} not in node_stalls.js"))
 }
 
 /// Records node_stalls.js under Node MAJOR (no flag): each kind of stall planted once from
@@ -1037,11 +1084,21 @@ fn definition_line(name: &str) -> u64 {
 /// with its file and line.
 fn node_js_frames(major: &str) {
     require_root();
-    let node = node_binary(major);
-    let mut failures = Failures::default();
     let name = format!("node{major}-js-frames");
-    let dir = scratch_dir(&format!("{name}-cwd"));
-    let server = StallsServer::start(&node, &[], &dir);
+    let server_dir;
+    let server = if major == "debian" {
+        // A directory of the sid root, made afresh.
+        let inside = PathBuf::from(format!("/tmp/{name}-{}", std::process::id()));
+        server_dir = sid_root().join(inside.strip_prefix("/").expect("absolute"));
+        let _ = std::fs::remove_dir_all(&server_dir);
+        std::fs::create_dir_all(&server_dir).expect("create a directory in the sid root");
+        StallsServer::start_in_sid(&server_dir, &inside)
+    } else {
+        let node = node_binary(major);
+        server_dir = scratch_dir(&format!("{name}-cwd"));
+        StallsServer::start(&node, &[], &server_dir)
+    };
+    let mut failures = Failures::default();
     let pid = server.target.pid();
     let out = scratch_dir(&name);
     let agent = Agent::record(&["--pid", &pid.to_string(), "--threshold", "100ms"], &out);
@@ -1139,15 +1196,42 @@ fn node_js_frames(major: &str) {
         failures.check(wrong.is_empty(), || {
             format!("{what}: no stack names another planted function: {wrong:?}")
         });
-        let line = definition_line(expected);
+        // The line the frame is at: the blocking call's (the loops: a line of their body), from the
+        // bytecode offset (interpreted) or the code's position table (optimized, Node 22);
+        // where the compiled code's position is not read, the function's first line.
+        let (first, last) = body_lines(expected);
+        let call = PLANTED_CALLS
+            .iter()
+            .find(|(f, _)| *f == expected)
+            .map(|(_, call)| call_line(call));
+        let compiled_positions = major == "22";
         let lines: Vec<Option<u64>> = stacks
             .iter()
             .filter_map(|s| first_script_frame(s))
             .filter(|(f, _)| *f == expected)
             .map(|(_, l)| l)
             .collect();
-        failures.check(lines.iter().all(|l| *l == Some(line)), || {
-            format!("{what}: {expected} is named at its line {line}: {lines:?}")
+        // The loops (spin, pbkdf2) are replaced on the stack by baseline code while they run,
+        // whose position is not read: there their first line, else a line of their body.
+        let at_position = |line: u64| match call {
+            Some(call) => line == call,
+            None => line >= first && line <= last,
+        };
+        let right = |line: &Option<u64>| match line {
+            Some(line) if at_position(*line) => true,
+            Some(line) => phase == "warm" && !compiled_positions && *line == first,
+            None => false,
+        };
+        failures.check(lines.iter().all(right), || {
+            format!(
+                "{what}: {expected} is named at the line of its call ({call:?}, or a line of \
+                 {first}-{last}{}): {lines:?}",
+                if phase == "warm" && !compiled_positions {
+                    ", or its first line"
+                } else {
+                    ""
+                }
+            )
         });
         // Below the native code it called: a blocking call's stacks start in libc / V8 / Node.
         if truth.kind != "spin" {
@@ -1187,8 +1271,27 @@ fn node26_js_frames() {
     node_js_frames("26");
 }
 
+/// Debian unstable's nodejs 24: V8 in `libnode.so` (stripped: its metadata in the dynamic
+/// symbols, no symbol for the builtins), run by chroot in the sid root.
+#[test]
+fn node_debian_js_frames() {
+    node_js_frames("debian");
+}
+
+/// The Debian sid root with nodejs (made by `cargo xtask setup`).
+fn sid_root() -> PathBuf {
+    let root = workspace_root().join("target/sid");
+    assert!(
+        root.join(".stallscope-nodejs").exists() && root.join("usr/bin/node").exists(),
+        "{}: no Debian sid root with nodejs: run `cargo xtask setup`",
+        root.display()
+    );
+    root
+}
+
 /// The names V8's own profiler gives (`node --cpu-prof`) match ours: every JavaScript frame of
-/// node_stalls.js in the spin and pbkdf2 stalls is a (function, line) the .cpuprofile has.
+/// node_stalls.js in the spin and pbkdf2 stalls is a function the .cpuprofile has, and the line
+/// the spin stall spends most on is one of the lines V8 sampled spinForMs at most.
 #[test]
 fn node_js_frames_match_cpu_prof() {
     require_root();
@@ -1236,30 +1339,59 @@ fn node_js_frames_match_cpu_prof() {
     let profile = profile.expect("node --cpu-prof wrote a .cpuprofile on exit");
     let text = std::fs::read_to_string(&profile).expect("read the .cpuprofile");
     let profile: Value = serde_json::from_str(&text).expect(".cpuprofile is JSON");
-    // (function name, 1-based line) of node_stalls.js's functions as V8's profiler names them.
-    let known: Vec<(String, u64)> = profile["nodes"]
+    // node_stalls.js's functions as V8's profiler names them: (name, 1-based first line), and
+    // the 1-based lines its samples of spinForMs were at (`positionTicks`).
+    let nodes: Vec<&Value> = profile["nodes"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|n| &n["callFrame"])
-        .filter(|f| {
-            f["url"]
+        .filter(|n| {
+            n["callFrame"]["url"]
                 .as_str()
                 .is_some_and(|u| u.ends_with("node_stalls.js"))
         })
-        .map(|f| {
-            let name = f["functionName"].as_str().unwrap_or("");
-            let name = if name.is_empty() { "(anonymous)" } else { name };
-            (name.to_string(), f["lineNumber"].as_u64().unwrap_or(0) + 1)
+        .collect();
+    let name_of = |n: &Value| {
+        let name = n["callFrame"]["functionName"].as_str().unwrap_or("");
+        if name.is_empty() { "(anonymous)" } else { name }.to_string()
+    };
+    let known: Vec<(String, u64)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                name_of(n),
+                n["callFrame"]["lineNumber"].as_u64().unwrap_or(0) + 1,
+            )
         })
         .collect();
+    let mut spin_ticks: Vec<(u64, u64)> = nodes
+        .iter()
+        .filter(|n| name_of(n) == "spinForMs")
+        .flat_map(|n| n["positionTicks"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            (
+                t["ticks"].as_u64().unwrap_or(0),
+                t["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    spin_ticks.sort_unstable_by(|a, b| b.cmp(a));
     let stalls = stalls_of(&json);
     failures.check(stalls.len() == 2, || {
         format!("the spin and pbkdf2 stalls:\n{}", summarize(&stalls))
     });
+    // Ours: (function, line) of every JavaScript frame of node_stalls.js, and the weight of
+    // each line spinForMs is on top at.
     let mut ours = Vec::new();
+    let mut spin_lines: Vec<(u64, u64)> = Vec::new();
     for stall in &stalls {
         for stack in stall["stacks"].as_array().into_iter().flatten() {
+            if let Some(("spinForMs", Some(line))) = first_script_frame(stack) {
+                match spin_lines.iter_mut().find(|(l, _)| *l == line) {
+                    Some((_, w)) => *w += weight(stack),
+                    None => spin_lines.push((line, weight(stack))),
+                }
+            }
             for frame in user_frames(stack) {
                 let script = frame["file"]
                     .as_str()
@@ -1280,10 +1412,33 @@ fn node_js_frames_match_cpu_prof() {
             format!("{name} among our JavaScript frames: {ours:?}")
         });
     }
-    for frame in &ours {
-        failures.check(known.contains(frame), || {
-            format!("our frame {frame:?} is one node --cpu-prof names: {known:?}")
-        });
+    // Each of our frames is a function V8's profiler names, at or after its first line.
+    for (function, line) in &ours {
+        failures.check(
+            known
+                .iter()
+                .any(|(f, first)| f == function && first <= line),
+            || {
+                format!(
+                    "our frame {function}:{line} is a function node --cpu-prof names: {known:?}"
+                )
+            },
+        );
     }
+    // The line spinForMs spends most of its stall on is one of the lines V8's profiler
+    // sampled it at most (its three busiest).
+    spin_lines.sort_unstable_by_key(|(_, weight)| std::cmp::Reverse(*weight));
+    let busiest: Vec<u64> = spin_ticks.iter().take(3).map(|(_, line)| *line).collect();
+    failures.check(
+        spin_lines
+            .first()
+            .is_some_and(|(line, _)| busiest.contains(line)),
+        || {
+            format!(
+                "spinForMs's heaviest line (ours, line and weight: {spin_lines:?}) is among the \
+                 lines node --cpu-prof sampled most (ticks and line: {spin_ticks:?})"
+            )
+        },
+    );
     failures.finish();
 }

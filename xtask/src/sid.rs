@@ -42,7 +42,43 @@ pub fn root_dir(workspace: &Path) -> PathBuf {
 pub fn setup(workspace: &Path) -> Result<()> {
     let root = root_dir(workspace);
     setup_root(&root)?;
-    setup_venv(workspace, &root)
+    setup_venv(workspace, &root)?;
+    setup_nodejs(&root)
+}
+
+/// Debian's nodejs (24, V8 in `libnode.so`) in the root, for the JavaScript-frame tests: apt
+/// inside the root, which needs /proc there while it runs.
+fn setup_nodejs(root: &Path) -> Result<()> {
+    let recipe = "apt-get install --no-install-recommends nodejs\n";
+    if done(root, ".stallscope-nodejs", recipe) {
+        eprintln!("setup: ok: Debian's nodejs in the sid root");
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian's nodejs in the sid root (apt, about a minute)");
+    let proc_dir = root.join("proc");
+    status(
+        Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(&proc_dir),
+    )?;
+    // The package host serves a snapshot whose Release file is past its Valid-Until date.
+    let apt = |args: &[&str]| {
+        status(
+            Command::new("chroot")
+                .arg(root)
+                .arg("apt-get")
+                .args(["-q", "-o", "Acquire::Check-Valid-Until=false"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let installed = apt(&["update"])
+        .and_then(|()| apt(&["install", "-y", "--no-install-recommends", "nodejs"]));
+    let unmounted = status(Command::new("umount").arg(&proc_dir));
+    installed.context("installing nodejs in the sid root (is the Debian mirror reachable?)")?;
+    unmounted?;
+    std::fs::write(root.join(".stallscope-nodejs"), recipe)?;
+    Ok(())
 }
 
 /// Has the stamp `name` in the root the content `recipe`?

@@ -57,11 +57,19 @@ impl V8s {
             return Some(result.clone());
         }
         let shown = mapping.path.display().to_string();
-        let result = fs::read(&path)
-            .map_err(|err| V8Error::Read {
+        // The file is the target's: not read whole when it is larger than any V8 embedder.
+        let result = if meta.len() > MAX_BINARY_BYTES {
+            Err(V8Error::Read {
+                path: shown.clone(),
+                reason: format!("{} bytes, more than any V8 binary", meta.len()),
+            })
+        } else {
+            fs::read(&path).map_err(|err| V8Error::Read {
                 path: shown.clone(),
                 reason: err.to_string(),
             })
+        };
+        let result = result
             .and_then(|data| Metadata::parse(&data, &shown))
             .map(Arc::new);
         if self.binaries.len() < 256 {
@@ -73,18 +81,34 @@ impl V8s {
     /// Looks at a process's mappings for a V8 binary with metadata.
     pub(super) fn detect(&mut self, pid: u32) -> Option<V8Process<ProcMem>> {
         let maps = procfs::maps(pid)?;
-        let candidate = maps
-            .iter()
-            .find(|m| m.executable && may_be_v8(&m.path))?
-            .clone();
-        let meta = match self.metadata(pid, &candidate)? {
-            Ok(meta) => meta,
-            Err(err) => {
-                if self.failures.len() < 1000 {
-                    self.failures.insert(pid, err);
-                }
-                return None;
+        // The first binary with metadata: Debian's `node` is a small program that links
+        // `libnode.so`, where V8 (and its metadata) is.
+        let mut first_error = None;
+        let mut found = None;
+        let mut seen: Vec<&Path> = Vec::new();
+        for mapping in maps.iter().filter(|m| m.executable && may_be_v8(&m.path)) {
+            if seen.contains(&mapping.path.as_path()) || seen.len() >= 8 {
+                continue;
             }
+            seen.push(&mapping.path);
+            match self.metadata(pid, mapping) {
+                Some(Ok(meta)) => {
+                    found = Some((mapping.clone(), meta));
+                    break;
+                }
+                Some(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                None => {}
+            }
+        }
+        let Some((candidate, meta)) = found else {
+            if let Some(err) = first_error
+                && self.failures.len() < 1000
+            {
+                self.failures.insert(pid, err);
+            }
+            return None;
         };
         let Some(mem) = ProcMem::open(pid) else {
             if self.failures.len() < 1000 {
@@ -100,11 +124,17 @@ impl V8s {
             }
             return None;
         };
-        let builtins = meta
-            .builtins_svma
-            .as_ref()
-            .map(|svma| builtins_avma(&maps, &candidate.path, svma, pid))
-            .unwrap_or_default();
+        // A stripped binary (Debian's libnode.so) does not say where its builtins are: every
+        // frame in its code is looked at then (a frame is taken as JavaScript only when its
+        // slots hold a context and a JSFunction, each checked by type).
+        let builtins = match &meta.builtins_svma {
+            Some(svma) => builtins_avma(&maps, &candidate.path, svma, pid),
+            None => maps
+                .iter()
+                .filter(|m| m.executable && m.path == candidate.path)
+                .map(|m| m.start..m.end)
+                .collect(),
+        };
         let file_code = file_code(&maps);
         if self.found.len() < 1000 {
             self.found.push((
@@ -118,7 +148,10 @@ impl V8s {
             meta.version_string(),
             candidate.path.display()
         );
-        Some(V8Process::new(meta, mem, builtins, file_code))
+        let scanning_binary = meta.builtins_svma.is_none();
+        let mut process = V8Process::new(meta, mem, builtins, file_code);
+        process.scanning_binary = scanning_binary;
+        Some(process)
     }
 
     /// The process's V8 state, detected on first use.
@@ -142,6 +175,7 @@ impl V8s {
             total.unreadable += process.stats.unreadable;
             total.by_bytecode += process.stats.by_bytecode;
             total.live += process.stats.live;
+            total.positions += process.stats.positions;
         }
         total
     }
@@ -181,11 +215,11 @@ pub(super) fn builtins_avma(
     let Some(offset) = svma_to_offset(&head, svma.start) else {
         return Vec::new();
     };
-    let end = offset + (svma.end - svma.start);
+    let end = offset.saturating_add(svma.end.saturating_sub(svma.start));
     maps.iter()
         .filter(|m| m.path == path && m.executable)
         .filter_map(|m| {
-            let map_end = m.file_offset + (m.end - m.start);
+            let map_end = m.file_offset.saturating_add(m.end.saturating_sub(m.start));
             let (from, to) = (offset.max(m.file_offset), end.min(map_end));
             (from < to).then(|| m.start + (from - m.file_offset)..m.start + (to - m.file_offset))
         })
@@ -209,8 +243,8 @@ pub(super) fn svma_to_offset(head: &[u8], svma: u64) -> Option<u64> {
             continue;
         }
         let (offset, vaddr, filesz) = (u64_at(at + 8)?, u64_at(at + 16)?, u64_at(at + 32)?);
-        if vaddr <= svma && svma < vaddr + filesz {
-            return Some(svma - vaddr + offset);
+        if vaddr <= svma && svma < vaddr.saturating_add(filesz) {
+            return (svma - vaddr).checked_add(offset);
         }
     }
     None

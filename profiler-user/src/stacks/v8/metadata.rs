@@ -69,15 +69,16 @@ pub(super) fn value_at(
 ) -> Option<u64> {
     for segment in file.segments() {
         let start = segment.address();
-        if svma < start || svma >= start + segment.size() {
+        // The file is the target's (a binary in a container): its headers may be garbage.
+        if svma < start || svma >= start.saturating_add(segment.size()) {
             continue;
         }
         let (offset, file_size) = segment.file_range();
         let within = svma - start;
-        if within + size as u64 > file_size {
+        if within.saturating_add(size as u64) > file_size {
             return Some(0);
         }
-        let at = usize::try_from(offset + within).ok()?;
+        let at = usize::try_from(offset.checked_add(within)?).ok()?;
         let bytes = data.get(at..at.checked_add(size)?)?;
         let mut word = [0u8; 8];
         word[..size].copy_from_slice(bytes);
@@ -85,6 +86,104 @@ pub(super) fn value_at(
     }
     None
 }
+
+/// Where the source position tables are and how code objects are laid out, for the line and
+/// column a frame is at. V8 exports the few fields used here for some versions only: each
+/// fallback says where it comes from (V8's class layouts, as OpenTelemetry's nodev8 reader also
+/// takes them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PositionLayout {
+    /// `BytecodeArray::data` (its header size): a frame's bytecode offset slot holds the
+    /// offset from the tagged BytecodeArray, header included.
+    pub(super) bytecode_data: u64,
+    pub(super) bytecode_length: u64,
+    pub(super) bytecode_positions: u64,
+    /// ByteArray and TrustedByteArray (the tables' type since V8 12.4).
+    pub(super) byte_array_types: Vec<u16>,
+    pub(super) byte_array_length: u64,
+    pub(super) byte_array_data: u64,
+    /// Optimized code (V8 12 and later, where `Code` has these fields): `None` before.
+    pub(super) code: Option<CodeLayout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct CodeLayout {
+    pub(super) function_code: u64,
+    pub(super) type_code: u16,
+    pub(super) positions: u64,
+    pub(super) instruction_start: u64,
+    pub(super) instruction_size: u64,
+    pub(super) flags: u64,
+    pub(super) kind_mask: u32,
+    pub(super) kind_shift: u32,
+    pub(super) kind_baseline: u32,
+}
+
+impl PositionLayout {
+    pub(super) fn from_symbols(symbols: &Symbols, version: (u32, u32, u32)) -> Option<Self> {
+        let bytecode_data = symbols.field("BytecodeArray", "data")?;
+        let bytecode_length = symbols
+            .field("BytecodeArray", "length")
+            .or_else(|| symbols.field("FixedArrayBase", "length"))?;
+        // Not exported since V8 9.4. Before 12.x: length, constant pool, handler table, source
+        // position table; since (a trusted object): length, wrapper, source position table.
+        let bytecode_positions = symbols
+            .field("BytecodeArray", "source_position_table")
+            .or_else(|| {
+                symbols
+                    .field("BytecodeArray", "wrapper")
+                    .map(|wrapper| wrapper + 8)
+            })
+            .or_else(|| (version < (12, 0, 0)).then_some(bytecode_length + 24))?;
+        let byte_array_types: Vec<u16> = [
+            "ByteArray__BYTE_ARRAY_TYPE",
+            "TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE",
+        ]
+        .iter()
+        .filter_map(|name| symbols.type_tag(&[name]))
+        .collect();
+        if byte_array_types.is_empty() {
+            return None;
+        }
+        Some(PositionLayout {
+            bytecode_data,
+            bytecode_length,
+            bytecode_positions,
+            byte_array_types,
+            byte_array_length: symbols.field("FixedArrayBase", "length").unwrap_or(8),
+            byte_array_data: symbols.field("FixedArray", "data").unwrap_or(16),
+            code: CodeLayout::from_symbols(symbols),
+        })
+    }
+}
+
+impl CodeLayout {
+    fn from_symbols(symbols: &Symbols) -> Option<Self> {
+        // V8 12's Code: deoptimization data, position table, wrapper, instruction stream,
+        // instruction start (code.h); the table is not exported, the wrapper is.
+        let wrapper = symbols.field("Code", "wrapper")?;
+        let kind = |name: &str| symbols.get(name).and_then(|v| u32::try_from(v).ok());
+        Some(CodeLayout {
+            function_code: symbols.field("JSFunction", "code")?,
+            type_code: symbols.type_tag(&["Code__CODE_TYPE"])?,
+            positions: symbols
+                .field("Code", "source_position_table")
+                .unwrap_or(wrapper.checked_sub(8)?),
+            instruction_start: symbols.field("Code", "instruction_start")?,
+            instruction_size: symbols.field("Code", "instruction_size")?,
+            flags: symbols.field("Code", "flags")?,
+            kind_mask: kind("CodeKindFieldMask").unwrap_or(15),
+            kind_shift: kind("CodeKindFieldShift").unwrap_or(0),
+            kind_baseline: kind("CodeKindBaseline")?,
+        })
+    }
+}
+
+/// Most `v8dbg_*` values kept from one binary (V8 exports about 500).
+const MAX_SYMBOLS: usize = 10_000;
+
+/// Largest binary read for its metadata: Node's own are 100-120 MB, Debian's libnode.so 80 MB.
+pub(super) const MAX_BINARY_BYTES: u64 = 1 << 30;
 
 pub(super) fn version_string((a, b, c): (u32, u32, u32)) -> String {
     format!("{a}.{b}.{c}")
@@ -105,6 +204,10 @@ impl Metadata {
             let Ok(name) = symbol.name() else { continue };
             let at = symbol.address();
             if let Some(short) = name.strip_prefix("v8dbg_") {
+                // V8 exports a few hundred; more is not V8's (bounded memory).
+                if values.len() >= MAX_SYMBOLS {
+                    continue;
+                }
                 if let Some(value) = value_at(&file, data, at, 4) {
                     values.insert(short.to_string(), i64::from(value as u32 as i32));
                 }
@@ -130,7 +233,7 @@ impl Metadata {
             version[2].unwrap_or(0) as u32,
         );
         let builtins_svma = match (blob_start, blob_size) {
-            (Some(start), Some(size)) if size > 0 => Some(start..start + size),
+            (Some(start), Some(size)) if size > 0 => start.checked_add(size).map(|end| start..end),
             _ => None,
         };
         Self::from_symbols(&Symbols { values }, version, builtins_svma, path)
@@ -184,7 +287,7 @@ impl Metadata {
             symbols.get("LastJSFunctionType"),
         ) {
             (Some(first), Some(last)) if first <= last => (first as u16, last as u16),
-            _ => (type_js_function, type_js_function + 14),
+            _ => (type_js_function, type_js_function.saturating_add(14)),
         };
         let type_shared_function_info = symbols
             .type_tag(&["SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE"])
@@ -266,6 +369,7 @@ impl Metadata {
                 .and_then(|v| u64::try_from(v).ok())
                 .ok_or_else(|| missing("scopeinfo_idx_ncontextlocals"))?,
             off_bytecode_data: symbols.field("BytecodeArray", "data"),
+            positions: PositionLayout::from_symbols(symbols, version),
             builtins_svma,
         })
     }

@@ -37,6 +37,7 @@ use crate::{
 mod discovery;
 mod metadata;
 mod names;
+mod positions;
 
 pub use self::discovery::V8s;
 use self::{metadata::*, names::*};
@@ -92,6 +93,8 @@ pub struct Metadata {
     scope_info_first_vars: u64,
     scope_info_context_locals: u64,
     off_bytecode_data: Option<u64>,
+    /// Source position tables, for the line a frame is at (`None`: the function's first line).
+    positions: Option<PositionLayout>,
     /// The embedded builtins (`v8_Default_embedded_blob_code_`), as addresses in the file.
     pub builtins_svma: Option<Range<u64>>,
 }
@@ -197,7 +200,18 @@ struct SharedInfo {
     script_word: u64,
     name: String,
     script: Option<String>,
+    /// The Script object (for the line of a position in it), when the function has one.
+    script_object: Option<u64>,
     line: Option<u32>,
+}
+
+/// A JS frame as named, with what its position is looked up in: its Script and (unless it
+/// was named from a cache) its JSFunction.
+#[derive(Clone)]
+struct Named {
+    frame: Frame,
+    script: Option<u64>,
+    function: Option<u64>,
 }
 
 /// Line starts of a script, cached per Script (and its source word, re-checked).
@@ -210,6 +224,8 @@ struct ScriptLines {
 /// Most SharedFunctionInfos and Scripts cached per process (bounded memory).
 const MAX_CACHED_FUNCTIONS: usize = 20_000;
 const MAX_CACHED_SCRIPTS: usize = 2_000;
+/// Most line ends cached per process, all scripts together (4 bytes each).
+const MAX_CACHED_LINE_ENDS: usize = 4 << 20;
 
 /// One Node process: its metadata, where V8's code is, and what was read so far.
 pub struct V8Process<M: Memory> {
@@ -222,8 +238,12 @@ pub struct V8Process<M: Memory> {
     file_code: Vec<Range<u64>>,
     functions: HashMap<u64, SharedInfo>,
     /// Frames named before, by the BytecodeArray their frame holds.
-    by_bytecode: HashMap<u64, Frame>,
+    by_bytecode: HashMap<u64, Named>,
     scripts: HashMap<u64, ScriptLines>,
+    line_ends_cached: usize,
+    /// Whether `builtins` are all of the binary's code (a stripped binary): then a frame
+    /// there that is not JavaScript is ordinary native code, not an unreadable JS frame.
+    pub(super) scanning_binary: bool,
     pub stats: V8Stats,
 }
 
@@ -238,6 +258,9 @@ pub struct V8Stats {
     pub by_bytecode: u64,
     /// Frames named from their live stack slot (the copy's JSFunction had moved).
     pub live: u64,
+    /// Frames whose line is where they are, from a source position table (the others have
+    /// their function's first line).
+    pub positions: u64,
 }
 
 impl<M: Memory> V8Process<M> {
@@ -255,6 +278,8 @@ impl<M: Memory> V8Process<M> {
             functions: HashMap::new(),
             by_bytecode: HashMap::new(),
             scripts: HashMap::new(),
+            line_ends_cached: 0,
+            scanning_binary: false,
             stats: V8Stats::default(),
         }
     }
@@ -292,7 +317,7 @@ impl<M: Memory> V8Process<M> {
                 out.push(Some(None));
                 continue;
             }
-            match self.frame_at(stack, sp, fp) {
+            match self.frame_at(stack, sp, fp, lookup) {
                 Some(frame) => {
                     self.stats.frames += 1;
                     last_fp = Some(fp);
@@ -304,21 +329,101 @@ impl<M: Memory> V8Process<M> {
         out
     }
 
-    /// The JS frame whose frame pointer is `fp`, if it is one.
-    fn frame_at(&mut self, stack: &[u8], sp: u64, fp: u64) -> Option<Frame> {
+    /// The JS frame whose frame pointer is `fp`, if it is one, running at `pc`.
+    fn frame_at(&mut self, stack: &[u8], sp: u64, fp: u64, pc: u64) -> Option<Frame> {
         let slots = FrameSlots::from_stack(&self.meta, stack, sp, fp)?;
         // A typed frame (entry, exit, stub, ...) has a marker in the context slot.
         if is_smi(slots.context) {
             return None;
         }
-        let frame = self.function_frame(&slots);
-        if frame.is_none() {
-            self.stats.unreadable += 1;
+        let Some(named) = self.function_frame(&slots) else {
+            if !self.scanning_binary || !self.file_code.iter().any(|r| r.contains(&pc)) {
+                self.stats.unreadable += 1;
+            }
+            return None;
+        };
+        let mut frame = named.frame;
+        // The line the frame is at, where its code's position table says; else the
+        // function's first line stays. In the builtins it is the interpreter's frame; in JIT
+        // code, optimized code's pc, or the interpreter's slots an optimized frame keeps when
+        // it replaced an interpreted one while it ran (OSR: the loop's bytecode offset).
+        let interpreted = self.builtins.iter().any(|r| r.contains(&pc));
+        let offset = match interpreted {
+            true => self.interpreted_position(&slots),
+            false => named
+                .function
+                .and_then(|f| self.compiled_position(f, pc))
+                .or_else(|| self.interpreted_position(&slots)),
+        };
+        if let (Some(script), Some(offset)) = (named.script, offset)
+            && let Some((line, _column)) = self.line_of(script, offset)
+        {
+            frame.line = Some(line);
+            self.stats.positions += 1;
         }
-        frame
+        Some(frame)
     }
 
-    fn function_frame(&mut self, slots: &FrameSlots) -> Option<Frame> {
+    /// The script offset an interpreted frame is at: its bytecode offset slot (saved by the
+    /// interpreter at each call) through its BytecodeArray's source position table. Baseline
+    /// frames keep a feedback cell in that slot, not an offset: none.
+    fn interpreted_position(&self, slots: &FrameSlots) -> Option<u32> {
+        let layout = self.meta.positions.as_ref()?;
+        let reader = self.reader();
+        if reader.type_of(slots.bytecode_array)? != self.meta.type_bytecode_array? {
+            return None;
+        }
+        let raw = i64::from(smi_value(slots.bytecode_offset)?);
+        let offset = raw.checked_sub(i64::try_from(layout.bytecode_data).ok()? - 1)?;
+        let length = smi_value(reader.field(slots.bytecode_array, layout.bytecode_length)?)?;
+        if !(0..i64::from(length)).contains(&offset) {
+            return None;
+        }
+        let table = reader.field(slots.bytecode_array, layout.bytecode_positions)?;
+        let table = reader.byte_array(table, layout)?;
+        let position = positions::raw_position_at(&table, offset)?;
+        positions::decode_position(position).map(|p| p.script_offset)
+    }
+
+    /// The script offset optimized code (Maglev, TurboFan) is at `pc` (a return address less
+    /// one), from the function's Code object's position table when `pc` is in it. A position
+    /// in a function inlined there is not taken (it is in the inlined function's script):
+    /// the frame keeps its function's first line. Baseline (Sparkplug) code maps pcs to
+    /// bytecode offsets, not positions: not read either.
+    fn compiled_position(&self, function: u64, pc: u64) -> Option<u32> {
+        let layout = self.meta.positions.as_ref()?;
+        let code_layout = layout.code.as_ref()?;
+        let reader = self.reader();
+        let code = reader.field(function, code_layout.function_code)?;
+        if reader.type_of(code)? != code_layout.type_code {
+            return None;
+        }
+        let start = reader.field(code, code_layout.instruction_start)?;
+        let size = self.mem.u32(at(code, code_layout.instruction_size)?)?;
+        let pc_offset = pc.checked_sub(start).filter(|&o| o < u64::from(size))?;
+        let flags = self.mem.u32(at(code, code_layout.flags)?)?;
+        let kind = flags.checked_shr(code_layout.kind_shift)? & code_layout.kind_mask;
+        if kind == code_layout.kind_baseline {
+            return None;
+        }
+        let table = reader.field(code, code_layout.positions)?;
+        let table = reader.byte_array(table, layout)?;
+        let position = positions::raw_position_at(&table, i64::try_from(pc_offset).ok()?)?;
+        let position = positions::decode_position(position)?;
+        match position.inlined {
+            None => Some(position.script_offset),
+            Some(_) => None,
+        }
+    }
+
+    fn reader(&self) -> Reader<'_, M> {
+        Reader {
+            meta: &self.meta,
+            mem: &self.mem,
+        }
+    }
+
+    fn function_frame(&mut self, slots: &FrameSlots) -> Option<Named> {
         let frame = self.frame_from_function(slots).or_else(|| {
             // The copy's JSFunction has moved: while the frame is still live on the thread's
             // stack (the thread is still in the same call), the garbage collector has updated
@@ -346,7 +451,11 @@ impl<M: Memory> V8Process<M> {
                 if self.by_bytecode.len() >= MAX_CACHED_FUNCTIONS {
                     self.by_bytecode.clear();
                 }
-                self.by_bytecode.insert(bytecode, frame.clone());
+                let remembered = Named {
+                    function: None,
+                    ..frame.clone()
+                };
+                self.by_bytecode.insert(bytecode, remembered);
                 Some(frame)
             }
             (Some(frame), None) => Some(frame),
@@ -372,7 +481,7 @@ impl<M: Memory> V8Process<M> {
         (same && live != slots.function).then_some(live)
     }
 
-    fn frame_from_function(&mut self, slots: &FrameSlots) -> Option<Frame> {
+    fn frame_from_function(&mut self, slots: &FrameSlots) -> Option<Named> {
         let reader = Reader {
             meta: &self.meta,
             mem: &self.mem,
@@ -402,12 +511,16 @@ impl<M: Memory> V8Process<M> {
                 info
             }
         };
-        Some(Frame {
-            function: info.name,
-            file: info.script,
-            line: info.line,
-            module: None,
-            kind: FrameKind::Js,
+        Some(Named {
+            frame: Frame {
+                function: info.name,
+                file: info.script,
+                line: info.line,
+                module: None,
+                kind: FrameKind::Js,
+            },
+            script: info.script_object,
+            function: Some(function),
         })
     }
 
@@ -426,12 +539,13 @@ impl<M: Memory> V8Process<M> {
             .flatten()
             .filter(|s| !s.is_empty());
         let line = match (is_script, start) {
-            (true, Some(start)) => self.line_of(script_word, start),
+            (true, Some(start)) => self.line_of(script_word, start).map(|(line, _)| line),
             _ => None,
         };
         SharedInfo {
             name_word,
             script_word,
+            script_object: is_script.then_some(script_word),
             name: match name {
                 Some(name) if !name.is_empty() => name,
                 _ => "(anonymous)".into(),
@@ -444,7 +558,7 @@ impl<M: Memory> V8Process<M> {
     /// The 1-based line of a character position in a script, from its source text (read once
     /// per script, bounded; scripts kept outside V8's heap, as Node's own modules are, give no
     /// line).
-    fn line_of(&mut self, script: u64, position: u32) -> Option<u32> {
+    fn line_of(&mut self, script: u64, position: u32) -> Option<(u32, u32)> {
         let off_source = self.meta.off_script_source?;
         let reader = Reader {
             meta: &self.meta,
@@ -462,9 +576,15 @@ impl<M: Memory> V8Process<M> {
                 let ends = reader
                     .string(source_word, MAX_SOURCE_BYTES)
                     .map(|text| Arc::new(line_ends(&text)));
-                if self.scripts.len() >= MAX_CACHED_SCRIPTS {
+                // Bounded in count and in size (a script of newlines has one end a byte).
+                let size = ends.as_ref().map_or(0, |e| e.len());
+                if self.scripts.len() >= MAX_CACHED_SCRIPTS
+                    || self.line_ends_cached.saturating_add(size) > MAX_CACHED_LINE_ENDS
+                {
                     self.scripts.clear();
+                    self.line_ends_cached = 0;
                 }
+                self.line_ends_cached = self.line_ends_cached.saturating_add(size);
                 self.scripts.insert(
                     script,
                     ScriptLines {
@@ -475,7 +595,7 @@ impl<M: Memory> V8Process<M> {
                 ends
             }
         }?;
-        Some(line_of_position(&line_ends, position))
+        Some(positions::line_and_column(&line_ends, position))
     }
 }
 
@@ -793,6 +913,95 @@ mod tests {
         assert_eq!(process.frames(&[0x7000_0010], &[fp], &copy, sp), vec![None]);
     }
 
+    /// Node 22's BytecodeArray and table symbols on top of [`symbols`].
+    fn symbols_with_positions() -> Symbols {
+        let mut symbols = symbols();
+        for (name, value) in [
+            ("type_BytecodeArray__BYTECODE_ARRAY_TYPE", 205),
+            ("type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE", 212),
+            ("class_BytecodeArray__data__uintptr_t", 64),
+            ("class_BytecodeArray__length__SMI", 8),
+            ("class_BytecodeArray__wrapper__Tagged_BytecodeWrapper_", 16),
+            ("class_FixedArrayBase__length__SMI", 8),
+            ("class_FixedArray__data__uintptr_t", 16),
+        ] {
+            symbols.values.insert(name.into(), value);
+        }
+        symbols
+    }
+
+    /// A BytecodeArray at 0x71000 (30 bytes of bytecode) whose position table (at 0x72000)
+    /// says bytecode offsets 0-9 are at script offset 60 (line 2) and 10 on at 351 (line 3).
+    fn bytecode_with_positions(mem: &mut FakeMemory, table: Option<Vec<u8>>) {
+        mem.map(0x10600, 205);
+        mem.map(0x10700, 212);
+        mem.object(0x71000, 0x10600);
+        mem.word(0x71000 + 8, 30 << 32);
+        let table = table.unwrap_or_else(|| {
+            use positions::tests::{encode, raw};
+            encode(&[
+                (-1, raw(40, -1), false),
+                (0, raw(60, -1), true),
+                (10, raw(351, -1), true),
+            ])
+        });
+        mem.word(0x71000 + 24, 0x72001);
+        mem.object(0x72000, 0x10700);
+        mem.word(0x72000 + 8, (table.len() as u64) << 32);
+        mem.put(0x72000 + 16, table);
+    }
+
+    #[test]
+    fn an_interpreted_frame_is_at_the_line_of_its_bytecode_offset() {
+        let meta = Metadata::from_symbols(&symbols_with_positions(), (12, 4, 254), None, "node")
+            .expect("meta");
+        let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
+        let frame_with = |offset: u64| {
+            let mut stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
+            let at = |addr: u64| (addr - sp) as usize;
+            stack[at(fp - 32)..at(fp - 24)].copy_from_slice(&0x71001u64.to_le_bytes());
+            // The slot holds the offset from the tagged BytecodeArray (header included).
+            stack[at(fp - 40)..at(fp - 32)].copy_from_slice(&((offset + 63) << 32).to_le_bytes());
+            stack
+        };
+        // The interpreter's code: the builtins.
+        let builtins: Vec<Range<u64>> = std::iter::once(0x50_0000..0x60_0000).collect();
+        let named = |mem: FakeMemory, offset: u64| {
+            let mut process =
+                V8Process::new(Arc::new(meta.clone()), mem, builtins.clone(), Vec::new());
+            let frames = process.frames(&[0x50_0010], &[fp], &frame_with(offset), sp);
+            frames[0].clone().flatten().expect("a JS frame").line
+        };
+        let mut mem = heap(false);
+        bytecode_with_positions(&mut mem, None);
+        assert_eq!(named(mem, 12), Some(3));
+        let mut mem = heap(false);
+        bytecode_with_positions(&mut mem, None);
+        assert_eq!(named(mem, 4), Some(2));
+        // Past the bytecode's length, a garbage table, no table (positions not collected
+        // yet): the function's first line (here none).
+        for (offset, table) in [(30, None), (4, Some(vec![0xff; 40])), (4, Some(Vec::new()))] {
+            let mut mem = heap(false);
+            bytecode_with_positions(&mut mem, table);
+            assert_eq!(named(mem, offset), None, "offset {offset}");
+        }
+        // In JIT code, an optimized frame that replaced the interpreted one (OSR) keeps its
+        // slots; a baseline frame has a feedback cell where the offset was.
+        let mut mem = heap(false);
+        bytecode_with_positions(&mut mem, None);
+        let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
+        let frames = process.frames(&[0x7000_0010], &[fp], &frame_with(12), sp);
+        assert_eq!(
+            frames[0].clone().flatten().expect("a JS frame").line,
+            Some(3)
+        );
+        let mut baseline = frame_with(12);
+        let at = (fp - 40 - sp) as usize;
+        baseline[at..at + 8].copy_from_slice(&0x9001u64.to_le_bytes());
+        let frames = process.frames(&[0x7000_0010], &[fp], &baseline, sp);
+        assert_eq!(frames[0].clone().flatten().expect("a JS frame").line, None);
+    }
+
     #[test]
     fn the_same_frame_pointer_twice_is_one_js_frame() {
         let mut process = process(heap(false), (12, 4, 254));
@@ -828,9 +1037,75 @@ mod tests {
     fn lines_from_positions() {
         let ends = line_ends("ab\ncd\n\nef");
         assert_eq!(ends, vec![2, 5, 6]);
-        assert_eq!(line_of_position(&ends, 0), 1);
-        assert_eq!(line_of_position(&ends, 2), 1);
-        assert_eq!(line_of_position(&ends, 3), 2);
-        assert_eq!(line_of_position(&ends, 7), 4);
+        assert_eq!(positions::line_and_column(&ends, 0), (1, 1));
+        assert_eq!(positions::line_and_column(&ends, 2), (1, 3));
+        assert_eq!(positions::line_and_column(&ends, 3), (2, 1));
+        assert_eq!(positions::line_and_column(&ends, 7), (4, 1));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Words of a garbage heap at 0x10000: Smis, pointers into it, anything.
+        fn words() -> impl Strategy<Value = Vec<u64>> {
+            let word = prop_oneof![
+                (0u64..4096).prop_map(|k| 0x10000 + 8 * k + 1),
+                any::<u32>().prop_map(|v| u64::from(v) << 32),
+                any::<u64>(),
+                (0u64..64).prop_map(|v| v << 32),
+            ];
+            proptest::collection::vec(word, 0..4096)
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config())]
+
+            /// V8 objects are read from the target: a heap of garbage (cycles, huge lengths,
+            /// wrong types) gives names bounded in length, a JS frame or none for each native
+            /// frame, in bounded time, never a panic.
+            #[test]
+            fn fuzz_v8_heap_objects(heap in words(), stack in words(), start in 0u64..4096, index in 0usize..64) {
+                let mut mem = FakeMemory::default();
+                mem.put(0x10000, heap.iter().flat_map(|w| w.to_le_bytes()).collect());
+                let meta = Metadata::from_symbols(&symbols_with_positions(), (12, 4, 254), None, "node").expect("meta");
+                let reader = Reader { meta: &meta, mem: &mem };
+                let tagged = 0x10000 + 8 * start + 1;
+                if let Some(text) = reader.string(tagged, MAX_NAME_BYTES) {
+                    prop_assert!(text.len() <= MAX_NAME_BYTES + '…'.len_utf8());
+                }
+                let _ = reader.function_name(tagged);
+                let _ = reader.forwarded(tagged);
+                if let Some(layout) = meta.positions.as_ref() {
+                    let _ = reader.byte_array(tagged, layout);
+                }
+                let sp = 0x7ffd_0000_0000u64;
+                let stack: Vec<u8> = stack.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let fps: Vec<u64> = (0..8).map(|k| sp + 64 * (k + index as u64)).collect();
+                let ips = vec![0x7000_0010u64; fps.len()];
+                let builtins: Vec<Range<u64>> = std::iter::once(0x50_0000..0x60_0000).collect();
+                let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
+                prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+                let ips = vec![0x50_0010u64; fps.len()];
+                prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+            }
+
+            /// A binary's `v8dbg_*` values are the target's: any values give metadata or an
+            /// error, never a panic.
+            #[test]
+            fn fuzz_v8_metadata(values in proptest::collection::vec(any::<i64>(), 64), bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let mut symbols = symbols_with_positions();
+                let mut names: Vec<String> = symbols.values.keys().cloned().collect();
+                names.sort();
+                for (name, value) in names.iter().zip(values.iter().cycle()) {
+                    if value % 3 == 0 {
+                        symbols.values.insert(name.clone(), *value);
+                    }
+                }
+                let _ = Metadata::from_symbols(&symbols, (12, 4, 254), None, "node");
+                let _ = Metadata::parse(&bytes, "node");
+            }
+        }
     }
 }

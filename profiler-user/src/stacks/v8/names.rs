@@ -7,6 +7,11 @@ pub(super) fn is_heap_object(tagged: u64) -> bool {
     tagged & HEAP_OBJECT_TAG_MASK == HEAP_OBJECT_TAG && tagged > 0x1000
 }
 
+/// The address of a field of a tagged object (`None` where target garbage would overflow).
+pub(super) fn at(tagged: u64, offset: u64) -> Option<u64> {
+    tagged.checked_sub(HEAP_OBJECT_TAG)?.checked_add(offset)
+}
+
 pub(super) fn is_smi(word: u64) -> bool {
     word & 1 == 0
 }
@@ -30,7 +35,7 @@ impl<M: Memory> Reader<'_, M> {
             if !is_heap_object(tagged) {
                 return None;
             }
-            let map_word = self.mem.u64(tagged - HEAP_OBJECT_TAG + self.meta.off_map)?;
+            let map_word = self.mem.u64(at(tagged, self.meta.off_map)?)?;
             if is_heap_object(map_word) {
                 return Some(tagged);
             }
@@ -47,17 +52,16 @@ impl<M: Memory> Reader<'_, M> {
         if !is_heap_object(tagged) {
             return None;
         }
-        let map = self.mem.u64(tagged - HEAP_OBJECT_TAG + self.meta.off_map)?;
+        let map = self.mem.u64(at(tagged, self.meta.off_map)?)?;
         if !is_heap_object(map) {
             return None;
         }
-        self.mem
-            .u16(map - HEAP_OBJECT_TAG + self.meta.off_map_instance_type)
+        self.mem.u16(at(map, self.meta.off_map_instance_type)?)
     }
 
     /// A tagged field of a tagged object.
     pub(super) fn field(&self, tagged: u64, offset: u64) -> Option<u64> {
-        self.mem.u64(tagged - HEAP_OBJECT_TAG + offset)
+        self.mem.u64(at(tagged, offset)?)
     }
 
     /// A string's text, at most `max` bytes (longer ones are cut, with "…").
@@ -65,6 +69,14 @@ impl<M: Memory> Reader<'_, M> {
         let mut out = Vec::new();
         self.string_into(tagged, max, MAX_STRING_DEPTH, &mut out)?;
         let mut text = String::from_utf8_lossy(&out).into_owned();
+        // A character cut at `max` became a replacement character: keep within `max`.
+        if text.len() > max {
+            let cut = (0..=max)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            text.truncate(cut);
+        }
         if out.len() >= max {
             text.push('…');
         }
@@ -84,7 +96,7 @@ impl<M: Memory> Reader<'_, M> {
         if kind >= layout.first_nonstring_type || depth == 0 {
             return None;
         }
-        let length = self.mem.u32(tagged - HEAP_OBJECT_TAG + layout.off_length)? as usize;
+        let length = self.mem.u32(at(tagged, layout.off_length)?)? as usize;
         let room = max.saturating_sub(out.len());
         if room == 0 {
             return Some(());
@@ -95,10 +107,8 @@ impl<M: Memory> Reader<'_, M> {
             if one_byte {
                 let take = length.min(room);
                 let mut buf = vec![0u8; take];
-                self.mem.read(
-                    tagged - HEAP_OBJECT_TAG + layout.off_one_byte_chars,
-                    &mut buf,
-                )?;
+                self.mem
+                    .read(at(tagged, layout.off_one_byte_chars)?, &mut buf)?;
                 // Latin-1 to UTF-8.
                 out.extend(buf.iter().flat_map(|&b| {
                     let mut utf8 = [0u8; 2];
@@ -107,10 +117,8 @@ impl<M: Memory> Reader<'_, M> {
             } else {
                 let take = length.min(room);
                 let mut buf = vec![0u8; take * 2];
-                self.mem.read(
-                    tagged - HEAP_OBJECT_TAG + layout.off_two_byte_chars,
-                    &mut buf,
-                )?;
+                self.mem
+                    .read(at(tagged, layout.off_two_byte_chars)?, &mut buf)?;
                 let units = buf
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]));
@@ -169,7 +177,7 @@ impl<M: Memory> Reader<'_, M> {
     /// context locals (its function-variable slot), as llnode and OpenTelemetry read it.
     pub(super) fn scope_info_name(&self, scope_info: u64) -> (Option<String>, Option<u32>) {
         // Slots follow the map.
-        let slot = |index: u64| self.field(scope_info, 8 + 8 * index);
+        let slot = |index: u64| self.field(scope_info, index.checked_mul(8)?.checked_add(8)?);
         let start = if self.meta.scope_info_has_positions() {
             slot(3)
                 .and_then(smi_value)
@@ -183,10 +191,10 @@ impl<M: Memory> Reader<'_, M> {
             .unwrap_or(0);
         // Up to 75 local names are inlined (two slots each: name, info); past that a hash
         // table takes one slot and the infos follow.
-        let first =
-            self.meta.scope_info_first_vars + if locals <= 75 { 2 * locals } else { 1 + locals };
+        let skip = if locals <= 75 { 2 * locals } else { 1 + locals };
+        let first = self.meta.scope_info_first_vars.saturating_add(skip);
         let mut previous: Option<u64> = None;
-        for index in first..first + SCOPE_INFO_SLOTS {
+        for index in first..first.saturating_add(SCOPE_INFO_SLOTS) {
             let Some(word) = slot(index) else { break };
             if is_heap_object(word)
                 && self
@@ -205,9 +213,9 @@ impl<M: Memory> Reader<'_, M> {
 
     /// Before V8 12.8 the start and end positions follow the name as two Smis (start < end).
     pub(super) fn old_positions(&self, scope_info: u64, name_index: u64) -> Option<u32> {
-        let slot = |index: u64| self.field(scope_info, 8 + 8 * index);
-        for index in name_index + 1..name_index + 8 {
-            let (a, b) = (slot(index)?, slot(index + 1)?);
+        let slot = |index: u64| self.field(scope_info, index.checked_mul(8)?.checked_add(8)?);
+        for index in name_index.saturating_add(1)..name_index.saturating_add(8) {
+            let (a, b) = (slot(index)?, slot(index.checked_add(1)?)?);
             if let (Some(start), Some(end)) = (smi_value(a), smi_value(b))
                 && 0 <= start
                 && start < end
@@ -228,7 +236,23 @@ pub(super) fn line_ends(text: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The 1-based line holding a character position, given where lines end.
-pub(super) fn line_of_position(line_ends: &[u32], position: u32) -> u32 {
-    line_ends.partition_point(|&end| end < position) as u32 + 1
+impl<M: Memory> Reader<'_, M> {
+    /// The bytes of a ByteArray (or TrustedByteArray), at most
+    /// [`positions::MAX_TABLE_BYTES`]; `None` for anything else (an undefined table: V8
+    /// collects source positions lazily).
+    pub(super) fn byte_array(&self, tagged: u64, layout: &PositionLayout) -> Option<Vec<u8>> {
+        let kind = self.type_of(tagged)?;
+        if !layout.byte_array_types.contains(&kind) {
+            return None;
+        }
+        let length = smi_value(self.field(tagged, layout.byte_array_length)?)?;
+        let length = usize::try_from(length).ok()?;
+        if length > positions::MAX_TABLE_BYTES {
+            return None;
+        }
+        let mut bytes = vec![0u8; length];
+        self.mem
+            .read(at(tagged, layout.byte_array_data)?, &mut bytes)?;
+        Some(bytes)
+    }
 }
