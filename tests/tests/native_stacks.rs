@@ -1282,7 +1282,7 @@ fn node_debian_js_frames() {
 fn sid_root() -> PathBuf {
     let root = workspace_root().join("target/sid");
     assert!(
-        root.join(".stallscope-nodejs").exists() && root.join("usr/bin/node").exists(),
+        root.join(".stallscope-apt").exists() && root.join("usr/bin/node").exists(),
         "{}: no Debian sid root with nodejs: run `cargo xtask setup`",
         root.display()
     );

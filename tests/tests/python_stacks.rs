@@ -193,6 +193,9 @@ enum Interpreter {
     /// Debian unstable's python3.X (3.14, 3.15: stripped, static, non-PIE), run by chroot in
     /// the root `cargo xtask setup` makes (`target/sid`).
     Sid(u32),
+    /// Debian unstable's debug build, python3.Xd (package python3.X-dbg, not stripped, its own
+    /// debug offsets), in the same root.
+    SidDebug(u32),
 }
 
 impl Interpreter {
@@ -212,13 +215,24 @@ impl Interpreter {
             )
             .join("bin/python"),
             Interpreter::Sid(minor) => PathBuf::from(format!("/usr/bin/python3.{minor}")),
+            Interpreter::SidDebug(minor) => {
+                let python = PathBuf::from(format!("/usr/bin/python3.{minor}d"));
+                assert!(
+                    sid_root()
+                        .join(python.strip_prefix("/").expect("absolute"))
+                        .exists(),
+                    "no {} in the sid root: run `cargo xtask setup` (it installs python3.{minor}-dbg)",
+                    python.display()
+                );
+                python
+            }
         }
     }
 
     /// A command running `python` of this interpreter (inside the sid root for `Sid`).
     fn command(self, python: &Path) -> Command {
         match self {
-            Interpreter::Sid(_) => sid_command(python),
+            Interpreter::Sid(_) | Interpreter::SidDebug(_) => sid_command(python),
             _ => Command::new(python),
         }
     }
@@ -226,7 +240,7 @@ impl Interpreter {
     /// Where the target `file` of tests/targets/python is, as the interpreter sees it.
     fn target(self, file: &str) -> PathBuf {
         match self {
-            Interpreter::Sid(_) => sid_targets().join(file),
+            Interpreter::Sid(_) | Interpreter::SidDebug(_) => sid_targets().join(file),
             _ => targets_dir().join(file),
         }
     }
@@ -1580,6 +1594,10 @@ asyncio_tests! {
     // 3.15: also against its own sampler (`-m profiling.sampling dump`).
     asyncio_cpython_3_15: Interpreter::Sid(15),
         Options { await_chain: Some(15), running_task_read: true, sampling_dump: true, ..PY_SPY };
+    // Debian's debug build of 3.14 (python3.14-dbg): another layout of the same version, read
+    // through its own debug offsets; its Task read from the thread state.
+    asyncio_cpython_3_14_debug_build: Interpreter::SidDebug(14),
+        Options { running_task_read: true, ..PLAIN };
 }
 
 // ---------------------------------------------------------------------------------------------

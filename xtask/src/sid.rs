@@ -43,18 +43,27 @@ pub fn setup(workspace: &Path) -> Result<()> {
     let root = root_dir(workspace);
     setup_root(&root)?;
     setup_venv(workspace, &root)?;
-    setup_nodejs(&root)
+    setup_apt_packages(&root)
 }
 
-/// Debian's nodejs (24, V8 in `libnode.so`) in the root, for the JavaScript-frame tests: apt
-/// inside the root, which needs /proc there while it runs.
-fn setup_nodejs(root: &Path) -> Result<()> {
-    let recipe = "apt-get install --no-install-recommends nodejs\n";
-    if done(root, ".stallscope-nodejs", recipe) {
-        eprintln!("setup: ok: Debian's nodejs in the sid root");
+/// Packages added to the root by apt: Debian's nodejs (24, V8 in `libnode.so`) for the
+/// JavaScript-frame tests, and python3.14-dbg (a second, debug build of 3.14 to read).
+const APT_PACKAGES: &[&str] = &["nodejs", "python3.14-dbg"];
+
+/// [`APT_PACKAGES`] in the root: apt inside it, which needs /proc there while it runs.
+fn setup_apt_packages(root: &Path) -> Result<()> {
+    let recipe = format!(
+        "apt-get install --no-install-recommends {}\n",
+        APT_PACKAGES.join(" ")
+    );
+    if done(root, ".stallscope-apt", &recipe) {
+        eprintln!("setup: ok: {} in the sid root", APT_PACKAGES.join(", "));
         return Ok(());
     }
-    eprintln!("setup: installing Debian's nodejs in the sid root (apt, about a minute)");
+    eprintln!(
+        "setup: installing {} in the sid root (apt, about a minute)",
+        APT_PACKAGES.join(", ")
+    );
     let proc_dir = root.join("proc");
     status(
         Command::new("mount")
@@ -72,12 +81,18 @@ fn setup_nodejs(root: &Path) -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
-    let installed = apt(&["update"])
-        .and_then(|()| apt(&["install", "-y", "--no-install-recommends", "nodejs"]));
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(APT_PACKAGES);
+    let installed = apt(&["update"]).and_then(|()| apt(&install));
     let unmounted = status(Command::new("umount").arg(&proc_dir));
-    installed.context("installing nodejs in the sid root (is the Debian mirror reachable?)")?;
+    installed.with_context(|| {
+        format!(
+            "installing {} in the sid root (is the Debian mirror reachable?)",
+            APT_PACKAGES.join(", ")
+        )
+    })?;
     unmounted?;
-    std::fs::write(root.join(".stallscope-nodejs"), recipe)?;
+    std::fs::write(root.join(".stallscope-apt"), recipe)?;
     Ok(())
 }
 
