@@ -258,6 +258,33 @@ section summary-c /tmp/agent-c.out
 [ -f /tmp/rec-c/stalls.json ] && section stalls-c /tmp/rec-c/stalls.json
 [ -f /tmp/rec-c/verifier.log ] && tail -n 40 /tmp/rec-c/verifier.log > /tmp/verifier && section verifier-c /tmp/verifier
 
+# watch, as the always-on monitor runs (SIGTERM ends it): the same burn and sleep on a second
+# server, logged one JSON line each; then ci around a load command that plants one more burn,
+# with a budget it exceeds (exit 3).
+/targets/epoll_server 7073 > /tmp/server-w 2>&1 &
+WSERVER=$!
+stallscope watch --pid $WSERVER --events /tmp/watch.jsonl --quiet > /tmp/agent-w.out 2> /tmp/agent-w.err &
+AGENT=$!
+i=0
+while ! grep -q "stallscope: watching" /tmp/agent-w.err && kill -0 $AGENT 2>/dev/null && [ $i -lt 1500 ]; do
+  sleep 0.1; i=$((i+1))
+done
+for n in 1 2 3; do ask_port 7073 quick; done; ask_port 7073 "burn 300"
+for n in 1 2 3; do ask_port 7073 quick; done; ask_port 7073 "sleep 300"
+for n in 1 2 3; do ask_port 7073 quick; done
+sleep 0.5
+kill -TERM $AGENT
+wait $AGENT
+echo "rc $?" >> /tmp/agent-w.err
+section agent-w /tmp/agent-w.err
+[ -f /tmp/watch.jsonl ] && section watch-events /tmp/watch.jsonl
+stallscope ci --pid $WSERVER --fail-on max=200ms -o /tmp/rec-ci --format summary \
+  -- sh -c 'echo "burn 300" | nc 127.0.0.1 7073 > /dev/null' > /tmp/agent-ci.out 2> /tmp/agent-ci.err
+echo "rc $?" >> /tmp/agent-ci.err
+section agent-ci /tmp/agent-ci.err
+kill $WSERVER
+section server-w /tmp/server-w
+
 # CPython 3.11 (pyenv's, at its own path) burning 200 ms in Python code every 5th wake-up.
 PY=$(ls /root/.pyenv/versions/*/bin/python3.11 2>/dev/null | head -n 1)
 if [ -n "$PY" ]; then
@@ -655,6 +682,16 @@ pub fn judge(results: &str) -> Verdict {
         ok &= found;
         parts.push(format!("CPython 3.11: {detail}"));
     }
+    let (found, detail) = judge_watch(
+        section(&sections, "watch-events").unwrap_or(""),
+        section(&sections, "server-w").unwrap_or(""),
+        section(&sections, "agent-w").unwrap_or(""),
+    );
+    ok &= found;
+    parts.push(format!("watch: {detail}"));
+    let (found, detail) = judge_ci(section(&sections, "agent-ci").unwrap_or(""));
+    ok &= found;
+    parts.push(format!("ci: {detail}"));
     let json_of = |name: &str| section(&sections, name).and_then(|s| serde_json::from_str(s).ok());
     let (found, detail) = judge_tokio(
         json_of("stalls-tokio").as_ref(),
@@ -794,6 +831,57 @@ pub fn judge_c_loop(json: &Value, planted: &[(String, u64, u64)]) -> (bool, Stri
     }
     parts.push(format!("{} stalls", stalls.len()));
     (ok, parts.join(", "))
+}
+
+/// `watch`'s events log judged as the C loop's recording is: each planted stall one line, named,
+/// nothing false; and SIGTERM ended it with exit 0.
+pub fn judge_watch(events: &str, server: &str, agent: &str) -> (bool, String) {
+    let stalls: Option<Vec<Value>> = events
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l.trim()).ok())
+        .collect();
+    let Some(stalls) = stalls else {
+        return (false, "an events line is not JSON".to_string());
+    };
+    let planted = planted(server);
+    // The server's planted spans after watch's (ci's burn) are not watch's to find.
+    let watched: Vec<_> = planted.iter().take(PLANTED.len()).cloned().collect();
+    let (mut ok, mut detail) = judge_c_loop(&serde_json::json!({ "stalls": stalls }), &watched);
+    let rc = exit_code(agent);
+    if rc != Some(0) {
+        ok = false;
+        detail.push_str(&format!(
+            ", exit {} on SIGTERM (0 wanted): {}",
+            rc.map_or("?".to_string(), |c| c.to_string()),
+            last_lines(agent)
+        ));
+    }
+    (ok, detail)
+}
+
+/// `ci` with a budget the planted burn exceeds: exit 3.
+pub fn judge_ci(agent: &str) -> (bool, String) {
+    match exit_code(agent) {
+        Some(3) => (true, "budget max=200ms exceeded, exit 3".to_string()),
+        rc => (
+            false,
+            format!(
+                "exit {} (3 wanted: the budget is exceeded): {}",
+                rc.map_or("?".to_string(), |c| c.to_string()),
+                last_lines(agent)
+            ),
+        ),
+    }
+}
+
+/// The `rc N` line the guest appends to an agent's stderr.
+fn exit_code(agent: &str) -> Option<i32> {
+    agent
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("rc "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Stalls that overlap none of the planted spans (start_ns, end_ns): reported where the target
@@ -1080,6 +1168,30 @@ mod tests {
         let (ok, detail) = judge_c_loop(&misnamed, &planted);
         assert!(!ok);
         assert!(detail.contains("NOT NAMED burn_cpu"), "{detail}");
+    }
+
+    #[test]
+    fn watch_lines_are_judged_like_a_recording_and_ci_wants_exit_3() {
+        let server = "planted burn 1000000000 1300000000\nplanted sleep 2000000000 2300000000\n\
+                      planted burn 5000000000 5300000000\n";
+        let line = |start, end, function| stall(start, end, function).to_string();
+        let events = format!(
+            "{}\n{}\n",
+            line(995_000_000, 1_301_000_000, "burn_cpu"),
+            line(1_999_000_000, 2_300_000_000, "sleep_in_handler")
+        );
+        let (ok, detail) = judge_watch(&events, server, "stallscope: watch stopped\nrc 0\n");
+        assert!(ok, "{detail}");
+        let (ok, detail) = judge_watch(&events, server, "rc 143\n");
+        assert!(!ok && detail.contains("exit 143"), "{detail}");
+        let one = format!("{}\n", line(995_000_000, 1_301_000_000, "burn_cpu"));
+        let (ok, detail) = judge_watch(&one, server, "rc 0\n");
+        assert!(!ok && detail.contains("sleep 300 ms NOT FOUND"), "{detail}");
+        let (ok, _) = judge_watch("not json\n", server, "rc 0\n");
+        assert!(!ok);
+        assert!(judge_ci("stall 301 ms\nrc 3\n").0);
+        let (ok, detail) = judge_ci("rc 0\n");
+        assert!(!ok && detail.contains("exit 0"), "{detail}");
     }
 
     #[test]
