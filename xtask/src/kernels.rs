@@ -222,7 +222,9 @@ while ! grep -q "stallscope: recording" /tmp/agent-c.err && kill -0 $AGENT 2>/de
 done
 echo "attach_ds $i" > /tmp/attach; section attach /tmp/attach
 if ! grep -q "stallscope: recording" /tmp/agent-c.err; then
-  kill -9 $AGENT; section agent-c /tmp/agent-c.err; echo "=== done" >&3; poweroff -f
+  kill -9 $AGENT; section agent-c /tmp/agent-c.err
+  [ -f /tmp/rec-c/verifier.log ] && tail -n 40 /tmp/rec-c/verifier.log > /tmp/verifier && section verifier-c /tmp/verifier
+  echo "=== done" >&3; poweroff -f
 fi
 ask() { echo "$1" | nc 127.0.0.1 7070 > /dev/null; }
 ask_port() { echo "$2" | nc 127.0.0.1 "$1" > /dev/null; }

@@ -142,13 +142,15 @@ pub async fn run_with_start(
     let kernel = KernelFeatures::probe();
     let tracefs_root = tracefs::ensure_mounted()?;
     let offsets = tracefs::read_offsets(&tracefs_root)?;
-    let (mut probes, ring) = attach::load(&load_options(
-        &config,
-        kernel,
-        offsets,
-        out_dir.join("verifier.log"),
-        attach::Matching::default(),
-    ))
+    let (mut probes, ring, kernel) = load_probes(kernel, |kernel| {
+        load_options(
+            &config,
+            kernel,
+            offsets,
+            out_dir.join("verifier.log"),
+            attach::Matching::default(),
+        )
+    })
     .map_err(explain_load_error)?;
 
     let mut session = Session::new(config.clone());
@@ -321,6 +323,29 @@ fn stack_offset(kernel: &KernelFeatures) -> u32 {
             );
             0
         }
+    }
+}
+
+/// Loads and attaches the programs for `kernel`; when its verifier refuses the full programs as
+/// too complex, the compat build instead (said as what is off on this kernel). Returns the
+/// features the loaded programs have.
+pub fn load_probes(
+    kernel: KernelFeatures,
+    options: impl Fn(KernelFeatures) -> LoadOptions,
+) -> Result<(
+    Probes,
+    aya::maps::RingBuf<aya::maps::MapData>,
+    KernelFeatures,
+)> {
+    match attach::load(&options(kernel)) {
+        Err(err) if kernel.full() && attach::is_too_complex(&err) => {
+            let compat = kernel.with_full_refused();
+            let (probes, ring) = attach::load(&options(compat)).with_context(|| {
+                format!("the compat programs, after the full ones were refused: {err:#}")
+            })?;
+            Ok((probes, ring, compat))
+        }
+        loaded => loaded.map(|(probes, ring)| (probes, ring, kernel)),
     }
 }
 

@@ -42,7 +42,7 @@ use crate::{
         metrics::{self, Metrics},
     },
     system::{
-        attach::{self, Matching, Probes},
+        attach::{Matching, Probes},
         cgroup,
         features::{self, KernelFeatures},
         privileges, procfs, tracefs,
@@ -237,13 +237,15 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         ..matching
     };
     selection.cgroup_ids = matching.cgroups.iter().copied().collect();
-    let (mut probes, ring) = attach::load(&record::load_options(
-        &config.record,
-        kernel,
-        offsets,
-        verifier_log,
-        matching,
-    ))
+    let (mut probes, ring, kernel) = record::load_probes(kernel, |kernel| {
+        record::load_options(
+            &config.record,
+            kernel,
+            offsets,
+            verifier_log.clone(),
+            matching.clone(),
+        )
+    })
     .map_err(record::explain_load_error)?;
 
     let outputs = Rc::new(RefCell::new(Outputs {

@@ -359,6 +359,16 @@ pub fn is_permission_denied(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Whether the verifier refused a program as too complex (E2BIG: it gave up after a million
+/// instructions), which an older verifier does where a newer one prunes the same paths.
+pub fn is_too_complex(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::E2BIG))
+    })
+}
+
 /// Fills the kernel side's match tables before anything is attached.
 fn set_matching(ebpf: &mut Ebpf, matching: &Matching) -> Result<()> {
     let mut patterns: Array<&mut MapData, MatchPattern> = Array::try_from(

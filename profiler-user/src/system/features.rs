@@ -20,6 +20,9 @@ pub struct KernelFeatures {
     pub task_pt_regs: bool,
     /// `bpf_get_current_task_btf` (5.11).
     pub current_task_btf: bool,
+    /// This kernel's verifier refused the full programs as too complex (E2BIG: Debian 12's
+    /// 6.1 does, where 6.12's prunes the same paths): the compat build is loaded instead.
+    pub full_refused: bool,
 }
 
 const BPF_FUNC_GET_CURRENT_TASK_BTF: i32 = 158;
@@ -31,12 +34,14 @@ impl KernelFeatures {
         bpf_loop: true,
         task_pt_regs: true,
         current_task_btf: true,
+        full_refused: false,
     };
     /// What Linux 5.10 has of these.
     pub const NONE: KernelFeatures = KernelFeatures {
         bpf_loop: false,
         task_pt_regs: false,
         current_task_btf: false,
+        full_refused: false,
     };
 
     /// Asks the verifier. `STALLSCOPE_COMPAT=1` answers as a 5.10 kernel does (nothing), so the
@@ -49,13 +54,22 @@ impl KernelFeatures {
             bpf_loop: helper_known(BPF_FUNC_LOOP),
             task_pt_regs: helper_known(BPF_FUNC_TASK_PT_REGS),
             current_task_btf: helper_known(BPF_FUNC_GET_CURRENT_TASK_BTF),
+            full_refused: false,
+        }
+    }
+
+    /// The same kernel, after its verifier refused the full programs as too complex.
+    pub fn with_full_refused(self) -> Self {
+        KernelFeatures {
+            full_refused: true,
+            ..self
         }
     }
 
     /// The full programs load here; otherwise the compat build (no bpf_loop, registers from
     /// task_struct.stack) does.
     pub fn full(&self) -> bool {
-        self.bpf_loop && self.task_pt_regs && self.current_task_btf
+        self.bpf_loop && self.task_pt_regs && self.current_task_btf && !self.full_refused
     }
 
     /// What is off on this kernel, and why, one phrase each (empty: nothing).
@@ -64,7 +78,9 @@ impl KernelFeatures {
             return Vec::new();
         }
         // One build serves every kernel that lacks any of the three.
-        let why = if !self.bpf_loop {
+        let why = if self.full_refused {
+            "this kernel's verifier refused the full programs as too complex"
+        } else if !self.bpf_loop {
             "no bpf_loop before 5.17"
         } else if !self.task_pt_regs {
             "no bpf_task_pt_regs before 5.15"
@@ -206,6 +222,17 @@ mod tests {
         assert_eq!(too_old("5.10.0-32-amd64"), None);
         assert_eq!(too_old("6.12.117+deb13-amd64"), None);
         assert_eq!(too_old("garbage"), None);
+    }
+
+    #[test]
+    fn a_kernel_whose_verifier_refused_the_full_programs_says_so() {
+        let refused = KernelFeatures::ALL.with_full_refused();
+        assert!(KernelFeatures::ALL.full() && !refused.full());
+        let line = refused.limits_line().unwrap_or_default();
+        assert!(
+            line.contains("Python frames limited") && line.contains("refused the full programs"),
+            "{line}"
+        );
     }
 
     #[test]
