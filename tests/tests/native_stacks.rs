@@ -1428,13 +1428,15 @@ fn node_js_frames_match_cpu_prof() {
         );
     }
     // The line spinForMs spends most of its stall on is one of the lines V8's profiler
-    // sampled it at most (its three busiest).
+    // sampled it at most (its three busiest), or the line next to one: the hot inner loop's
+    // header (35) and body (36) are one loop, and which of the two a pc in it maps to differs
+    // between V8's profiler and the code's position table from run to run.
     spin_lines.sort_unstable_by_key(|(_, weight)| std::cmp::Reverse(*weight));
     let busiest: Vec<u64> = spin_ticks.iter().take(3).map(|(_, line)| *line).collect();
     failures.check(
         spin_lines
             .first()
-            .is_some_and(|(line, _)| busiest.contains(line)),
+            .is_some_and(|(line, _)| busiest.iter().any(|b| b.abs_diff(*line) <= 1)),
         || {
             format!(
                 "spinForMs's heaviest line (ours, line and weight: {spin_lines:?}) is among the \

@@ -1005,8 +1005,13 @@ pub fn judge_asyncio(json: Option<&Value>, responses: &str, agent: &str) -> (boo
             parts.push(format!("regex {} ms NOT FOUND", (end - start) / 1_000_000));
         }
         Some(stall) => {
+            // Under emulation the vDSO clock is slow enough that the loop's own time() calls
+            // can outweigh the regex in one stall: validate on one of its 3 heaviest stacks.
             let names = heaviest_code_stack_functions(stall);
-            if names.iter().any(|n| n == "validate") {
+            let named = heavy_code_stacks_functions(stall, 3)
+                .iter()
+                .any(|stack| stack.iter().any(|n| n == "validate"));
+            if named {
                 parts.push(format!(
                     "regex {} ms found, in validate",
                     (end - start) / 1_000_000
@@ -1082,6 +1087,30 @@ pub fn judge_python(json: Option<&Value>, agent: &str) -> (bool, String) {
 
 /// User function names of a stall's heaviest stack that is not runqueue time (under emulation
 /// on a shared machine, waiting for a CPU can outweigh the planted work).
+/// The user functions of the `n` heaviest code stacks of a stall, heaviest first.
+fn heavy_code_stacks_functions(stall: &Value, n: usize) -> Vec<Vec<String>> {
+    let mut stacks: Vec<&Value> = stall["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] != "runqueue")
+        .collect();
+    stacks.sort_by_key(|s| std::cmp::Reverse(s["weight_ns"].as_u64().unwrap_or(0)));
+    stacks
+        .into_iter()
+        .take(n)
+        .map(|stack| {
+            stack["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["kind"] != "kernel")
+                .filter_map(|f| f["function"].as_str().map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
 fn heaviest_code_stack_functions(stall: &Value) -> Vec<String> {
     let Some(stack) = stall["stacks"].as_array().and_then(|stacks| {
         stacks
