@@ -26,6 +26,10 @@ pub struct Frame {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// 1-based column of the position in `line` (JavaScript frames read at their position);
+    /// absent in recordings made before it existed and where unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     pub module: Option<String>,
     pub kind: FrameKind,
 }

@@ -326,6 +326,7 @@ impl Builder {
             // sample without locations, yet consumers show such time nowhere (`go tool pprof`
             // counts it in the total only): a placeholder frame keeps it visible.
             vec![self.location(&Frame {
+                column: None,
                 function: NO_STACK.to_string(),
                 file: None,
                 line: None,

@@ -45,6 +45,7 @@ fn unknown_frame_as(
         (None, _) => format!("[unknown] {addr:#x}"),
     };
     Frame {
+        column: None,
         function,
         file: None,
         line: None,
@@ -276,6 +277,7 @@ impl Symbols {
             Some(mapping) => self.symbolize_in_file(pid, &mapping, addr),
             None => match self.jit_symbol(pid, addr) {
                 Some(name) => vec![Frame {
+                    column: None,
                     function: name,
                     file: None,
                     line: None,
@@ -407,6 +409,7 @@ impl Symbols {
                     for (ip, result) in missing.iter().zip(results) {
                         let frame = match result {
                             Symbolized::Sym(sym) => Frame {
+                                column: None,
                                 function: sym.name.to_string(),
                                 file: None,
                                 line: None,
@@ -483,6 +486,7 @@ fn frames_of(
         })
     };
     let frame = |name: &str, (file, line): (Option<String>, Option<u32>)| Frame {
+        column: None,
         function: sanitize::name(name),
         file,
         line,

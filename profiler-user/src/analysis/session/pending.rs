@@ -112,9 +112,12 @@ impl Session {
             for (&ip, js) in ips.iter().zip(found) {
                 match js {
                     None => merged.push(ip),
-                    // The rest of the JS frame just named.
-                    Some(None) => {}
-                    Some(Some(frame)) => merged.push(self.resolver.js_entry(frame).unwrap_or(ip)),
+                    // The JS frames it stands for (none: the rest of the JS frame just named).
+                    Some(frames) => {
+                        for frame in frames {
+                            merged.push(self.resolver.js_entry(frame).unwrap_or(ip));
+                        }
+                    }
                 }
             }
             *ips = merged;

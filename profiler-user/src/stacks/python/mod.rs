@@ -332,6 +332,7 @@ impl Pythons {
             let frame = match code {
                 Some(code) => DecodedFrame {
                     frame: Frame {
+                        column: None,
                         line: code.line(&layout, raw),
                         function: code.name.clone(),
                         file: Some(code.file.clone()),
@@ -346,6 +347,7 @@ impl Pythons {
                     self.unreadable_frames += 1;
                     DecodedFrame {
                         frame: Frame {
+                            column: None,
                             function: "[unreadable]".into(),
                             file: None,
                             line: None,

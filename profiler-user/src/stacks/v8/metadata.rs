@@ -87,6 +87,25 @@ pub(super) fn value_at(
     None
 }
 
+/// `size` bytes at a file address, from the file-backed part of the segment holding them.
+pub(super) fn bytes_at(
+    file: &object::File<'_>,
+    data: &[u8],
+    svma: u64,
+    size: u64,
+) -> Option<Vec<u8>> {
+    let size = usize::try_from(size).ok().filter(|&s| s <= 1 << 16)?;
+    file.segments().find_map(|segment| {
+        let within = svma.checked_sub(segment.address())?;
+        let (offset, file_size) = segment.file_range();
+        if within.checked_add(size as u64)? > file_size {
+            return None;
+        }
+        let at = usize::try_from(offset.checked_add(within)?).ok()?;
+        data.get(at..at.checked_add(size)?).map(<[u8]>::to_vec)
+    })
+}
+
 /// Where the source position tables are and how code objects are laid out, for the line and
 /// column a frame is at. V8 exports the few fields used here for some versions only: each
 /// fallback says where it comes from (V8's class layouts, as OpenTelemetry's nodev8 reader also
@@ -104,12 +123,59 @@ pub(super) struct PositionLayout {
     pub(super) byte_array_data: u64,
     /// Optimized code (V8 12 and later, where `Code` has these fields): `None` before.
     pub(super) code: Option<CodeLayout>,
+    /// Bytecode sizes by operand scale (`Bytecodes::kBytecodeSizes`, read from the binary's
+    /// symbol table), to walk a baseline code's bytecode offset table: `None` when the binary
+    /// has no such symbol (a stripped build).
+    pub(super) bytecode_sizes: Option<BytecodeSizes>,
+}
+
+/// `Bytecodes::kBytecodeSizes[3][count]`: the size of each bytecode, with its operands, at
+/// operand scale 1, 2 and 4 (after a `Wide` or `ExtraWide` prefix, bytecodes 0 and 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BytecodeSizes {
+    sizes: Vec<u8>,
+    count: usize,
+}
+
+impl BytecodeSizes {
+    /// The table from the symbol's bytes, checked: three rows, the prefixes one byte wide in
+    /// each, every size within what V8's operands allow.
+    pub(super) fn new(sizes: Vec<u8>) -> Option<Self> {
+        let count = sizes.len() / 3;
+        let sane = sizes.len() % 3 == 0
+            && (16..=1024).contains(&count)
+            && (0..3).all(|row| sizes[row * count] == 1 && sizes[row * count + 1] == 1)
+            && sizes.iter().all(|&s| (1..=64).contains(&s));
+        sane.then_some(BytecodeSizes { sizes, count })
+    }
+
+    /// The length of the bytecode at `at` (its prefix included), `None` past the end.
+    pub(super) fn length_at(&self, bytecodes: &[u8], at: usize) -> Option<usize> {
+        let first = usize::from(*bytecodes.get(at)?);
+        let (row, bytecode, prefix) = match first {
+            0 | 1 => (
+                first + 1,
+                usize::from(*bytecodes.get(at.checked_add(1)?)?),
+                1,
+            ),
+            _ => (0, first, 0),
+        };
+        if bytecode >= self.count {
+            return None;
+        }
+        Some(usize::from(self.sizes[row * self.count + bytecode]) + prefix)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct CodeLayout {
-    pub(super) function_code: u64,
+    /// `JSFunction::code`: gone in V8 13, where a function reaches its code through the
+    /// process-wide dispatch table; the code a frame runs is then found from its pc.
+    pub(super) function_code: Option<u64>,
     pub(super) type_code: u16,
+    /// `Code::deoptimization_data_or_interpreter_data`, the field before the position table
+    /// (code.h, V8 12-14: not exported).
+    pub(super) deopt_data: u64,
     pub(super) positions: u64,
     pub(super) instruction_start: u64,
     pub(super) instruction_size: u64,
@@ -117,6 +183,33 @@ pub(super) struct CodeLayout {
     pub(super) kind_mask: u32,
     pub(super) kind_shift: u32,
     pub(super) kind_baseline: u32,
+    /// The code's InstructionStream (`Code::instruction_stream`) and that object's layout, to
+    /// find the code a pc is in.
+    pub(super) instruction_stream: u64,
+    pub(super) stream: Option<StreamLayout>,
+    pub(super) inlining: Option<InliningLayout>,
+}
+
+/// An InstructionStream: its type tag, where its instructions start (its header size) and its
+/// back pointer to its Code (the field after the map since V8 11.x, instruction-stream.h: not
+/// exported; each use is checked against the Code's own fields).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct StreamLayout {
+    pub(super) type_stream: u16,
+    pub(super) header: u64,
+    pub(super) code: u64,
+}
+
+/// Where optimized code's deoptimization data keeps the functions inlined into it (indices of
+/// the DeoptimizationData array, exported).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct InliningLayout {
+    pub(super) literals: u64,
+    pub(super) positions: u64,
+    /// Of the code's own function: a SharedFunctionInfo (V8 12) or its wrapper (V8 13).
+    pub(super) shared: u64,
+    pub(super) type_shared_wrapper: Option<u16>,
+    pub(super) off_wrapper_shared: u64,
 }
 
 impl PositionLayout {
@@ -153,6 +246,7 @@ impl PositionLayout {
             byte_array_length: symbols.field("FixedArrayBase", "length").unwrap_or(8),
             byte_array_data: symbols.field("FixedArray", "data").unwrap_or(16),
             code: CodeLayout::from_symbols(symbols),
+            bytecode_sizes: None,
         })
     }
 }
@@ -163,18 +257,47 @@ impl CodeLayout {
         // instruction start (code.h); the table is not exported, the wrapper is.
         let wrapper = symbols.field("Code", "wrapper")?;
         let kind = |name: &str| symbols.get(name).and_then(|v| u32::try_from(v).ok());
+        let index = |name: &str| symbols.get(name).and_then(|v| u64::try_from(v).ok());
+        let positions = symbols
+            .field("Code", "source_position_table")
+            .unwrap_or(wrapper.checked_sub(8)?);
+        let stream = symbols
+            .type_tag(&["InstructionStream__INSTRUCTION_STREAM_TYPE"])
+            .zip(symbols.field("InstructionStream", "instruction_start"))
+            .filter(|(_, header)| (16..=256).contains(header) && header % 8 == 0)
+            .map(|(type_stream, header)| StreamLayout {
+                type_stream,
+                header,
+                code: 8,
+            });
+        let inlining = (|| {
+            Some(InliningLayout {
+                literals: index("DeoptimizationDataLiteralArrayIndex")?,
+                positions: index("DeoptimizationDataInliningPositionsIndex")?,
+                shared: index("DeoptimizationDataWrappedSharedFunctionInfoIndex")
+                    .or_else(|| index("DeoptimizationDataSharedFunctionInfoIndex"))?,
+                type_shared_wrapper: symbols
+                    .type_tag(&["SharedFunctionInfoWrapper__SHARED_FUNCTION_INFO_WRAPPER_TYPE"]),
+                off_wrapper_shared: symbols
+                    .field("SharedFunctionInfoWrapper", "shared_info")
+                    .unwrap_or(8),
+            })
+        })()
+        .filter(|l| l.literals.max(l.positions).max(l.shared) < 64);
         Some(CodeLayout {
-            function_code: symbols.field("JSFunction", "code")?,
+            function_code: symbols.field("JSFunction", "code"),
             type_code: symbols.type_tag(&["Code__CODE_TYPE"])?,
-            positions: symbols
-                .field("Code", "source_position_table")
-                .unwrap_or(wrapper.checked_sub(8)?),
+            deopt_data: positions.checked_sub(8)?,
+            positions,
             instruction_start: symbols.field("Code", "instruction_start")?,
             instruction_size: symbols.field("Code", "instruction_size")?,
             flags: symbols.field("Code", "flags")?,
             kind_mask: kind("CodeKindFieldMask").unwrap_or(15),
             kind_shift: kind("CodeKindFieldShift").unwrap_or(0),
             kind_baseline: kind("CodeKindBaseline")?,
+            instruction_stream: symbols.field("Code", "instruction_stream")?,
+            stream,
+            inlining,
         })
     }
 }
@@ -200,6 +323,7 @@ impl Metadata {
         let mut version = [None::<u64>; 3];
         let mut blob_start = None;
         let mut blob_size = None;
+        let mut bytecode_sizes = None;
         for symbol in file.dynamic_symbols().chain(file.symbols()) {
             let Ok(name) = symbol.name() else { continue };
             let at = symbol.address();
@@ -218,6 +342,10 @@ impl Metadata {
                 "_ZN2v88internal7Version6minor_E" => version[1] = value_at(&file, data, at, 4),
                 "_ZN2v88internal7Version6build_E" => version[2] = value_at(&file, data, at, 4),
                 "v8_Default_embedded_blob_code_" => blob_start = Some(at),
+                "_ZN2v88internal11interpreter9Bytecodes14kBytecodeSizesE" => {
+                    bytecode_sizes =
+                        bytes_at(&file, data, at, symbol.size()).and_then(BytecodeSizes::new);
+                }
                 "v8_Default_embedded_blob_code_size_" => {
                     blob_size = value_at(&file, data, at, 4);
                 }
@@ -236,7 +364,11 @@ impl Metadata {
             (Some(start), Some(size)) if size > 0 => start.checked_add(size).map(|end| start..end),
             _ => None,
         };
-        Self::from_symbols(&Symbols { values }, version, builtins_svma, path)
+        let mut meta = Self::from_symbols(&Symbols { values }, version, builtins_svma, path)?;
+        if let Some(positions) = meta.positions.as_mut() {
+            positions.bytecode_sizes = bytecode_sizes;
+        }
+        Ok(meta)
     }
 
     pub(super) fn from_symbols(

@@ -34,6 +34,7 @@ use crate::{
     system::procfs::{self, Mapping},
 };
 
+mod code;
 mod discovery;
 mod metadata;
 mod names;
@@ -241,6 +242,10 @@ pub struct V8Process<M: Memory> {
     by_bytecode: HashMap<u64, Named>,
     scripts: HashMap<u64, ScriptLines>,
     line_ends_cached: usize,
+    /// Instruction ranges of compiled code found before, with their Code object.
+    codes: Vec<(Range<u64>, u64)>,
+    /// The InstructionStream map, once one stream was found (then compared, not read).
+    stream_map: Option<u64>,
     /// Whether `builtins` are all of the binary's code (a stripped binary): then a frame
     /// there that is not JavaScript is ordinary native code, not an unreadable JS frame.
     pub(super) scanning_binary: bool,
@@ -279,6 +284,8 @@ impl<M: Memory> V8Process<M> {
             by_bytecode: HashMap::new(),
             scripts: HashMap::new(),
             line_ends_cached: 0,
+            codes: Vec::new(),
+            stream_map: None,
             scanning_binary: false,
             stats: V8Stats::default(),
         }
@@ -291,16 +298,17 @@ impl<M: Memory> V8Process<M> {
     }
 
     /// JS frames of an unwound stack: for each frame (`ips[i]` running with frame pointer
-    /// `fps[i]`), the JS frame it stands for, if any. A frame whose frame pointer is the one of
-    /// the JS frame just named (a frameless builtin at the top, code interrupted in its
-    /// prologue) gets `Some(None)`: part of that frame, to be dropped.
+    /// `fps[i]`), the JS frames it stands for, if any (its function's, under those inlined
+    /// into it, innermost first). A frame whose frame pointer is the one of the JS frame just
+    /// named (a frameless builtin at the top, code interrupted in its prologue) gets
+    /// `Some(vec![])`: part of that frame, to be dropped.
     pub fn frames(
         &mut self,
         ips: &[u64],
         fps: &[u64],
         stack: &[u8],
         sp: u64,
-    ) -> Vec<Option<Option<Frame>>> {
+    ) -> Vec<Option<Vec<Frame>>> {
         let mut out = Vec::with_capacity(ips.len());
         let mut last_fp = None;
         for (index, &ip) in ips.iter().enumerate() {
@@ -314,14 +322,14 @@ impl<M: Memory> V8Process<M> {
                 continue;
             }
             if last_fp == Some(fp) {
-                out.push(Some(None));
+                out.push(Some(Vec::new()));
                 continue;
             }
             match self.frame_at(stack, sp, fp, lookup) {
-                Some(frame) => {
-                    self.stats.frames += 1;
+                Some(frames) => {
+                    self.stats.frames += frames.len() as u64;
                     last_fp = Some(fp);
-                    out.push(Some(Some(frame)));
+                    out.push(Some(frames));
                 }
                 None => out.push(None),
             }
@@ -329,8 +337,10 @@ impl<M: Memory> V8Process<M> {
         out
     }
 
-    /// The JS frame whose frame pointer is `fp`, if it is one, running at `pc`.
-    fn frame_at(&mut self, stack: &[u8], sp: u64, fp: u64, pc: u64) -> Option<Frame> {
+    /// The JS frames of the frame whose frame pointer is `fp`, if it is one, running at `pc`:
+    /// its function's, under those of the functions optimized code inlined there (innermost
+    /// first).
+    fn frame_at(&mut self, stack: &[u8], sp: u64, fp: u64, pc: u64) -> Option<Vec<Frame>> {
         let slots = FrameSlots::from_stack(&self.meta, stack, sp, fp)?;
         // A typed frame (entry, exit, stub, ...) has a marker in the context slot.
         if is_smi(slots.context) {
@@ -342,26 +352,46 @@ impl<M: Memory> V8Process<M> {
             }
             return None;
         };
-        let mut frame = named.frame;
         // The line the frame is at, where its code's position table says; else the
         // function's first line stays. In the builtins it is the interpreter's frame; in JIT
-        // code, optimized code's pc, or the interpreter's slots an optimized frame keeps when
-        // it replaced an interpreted one while it ran (OSR: the loop's bytecode offset).
+        // code, baseline or optimized code's pc, or the interpreter's slots an optimized frame
+        // keeps when it replaced an interpreted one while it ran (OSR: the loop's bytecode
+        // offset).
         let interpreted = self.builtins.iter().any(|r| r.contains(&pc));
-        let offset = match interpreted {
-            true => self.interpreted_position(&slots),
-            false => named
-                .function
-                .and_then(|f| self.compiled_position(f, pc))
-                .or_else(|| self.interpreted_position(&slots)),
+        let position = match interpreted {
+            true => None,
+            false => self.compiled_position(named.function, &slots, pc),
         };
+        let position = match position {
+            Some(position) if position.offset.is_some() => position,
+            _ => code::CodePosition {
+                inlined: Vec::new(),
+                offset: self.interpreted_position(&slots),
+            },
+        };
+        let mut frames = Vec::with_capacity(position.inlined.len() + 1);
+        for &(shared, offset) in &position.inlined {
+            let Some(inlined) = self.named_shared(shared) else {
+                continue;
+            };
+            frames.push(self.placed(inlined, Some(offset)));
+        }
+        frames.push(self.placed(named, position.offset));
+        Some(frames)
+    }
+
+    /// A named frame at a script offset: its line and column there, where the script's
+    /// source says; else its function's first line.
+    fn placed(&mut self, named: Named, offset: Option<u32>) -> Frame {
+        let mut frame = named.frame;
         if let (Some(script), Some(offset)) = (named.script, offset)
-            && let Some((line, _column)) = self.line_of(script, offset)
+            && let Some((line, column)) = self.line_of(script, offset)
         {
             frame.line = Some(line);
+            frame.column = Some(column);
             self.stats.positions += 1;
         }
-        Some(frame)
+        frame
     }
 
     /// The script offset an interpreted frame is at: its bytecode offset slot (saved by the
@@ -379,41 +409,7 @@ impl<M: Memory> V8Process<M> {
         if !(0..i64::from(length)).contains(&offset) {
             return None;
         }
-        let table = reader.field(slots.bytecode_array, layout.bytecode_positions)?;
-        let table = reader.byte_array(table, layout)?;
-        let position = positions::raw_position_at(&table, offset)?;
-        positions::decode_position(position).map(|p| p.script_offset)
-    }
-
-    /// The script offset optimized code (Maglev, TurboFan) is at `pc` (a return address less
-    /// one), from the function's Code object's position table when `pc` is in it. A position
-    /// in a function inlined there is not taken (it is in the inlined function's script):
-    /// the frame keeps its function's first line. Baseline (Sparkplug) code maps pcs to
-    /// bytecode offsets, not positions: not read either.
-    fn compiled_position(&self, function: u64, pc: u64) -> Option<u32> {
-        let layout = self.meta.positions.as_ref()?;
-        let code_layout = layout.code.as_ref()?;
-        let reader = self.reader();
-        let code = reader.field(function, code_layout.function_code)?;
-        if reader.type_of(code)? != code_layout.type_code {
-            return None;
-        }
-        let start = reader.field(code, code_layout.instruction_start)?;
-        let size = self.mem.u32(at(code, code_layout.instruction_size)?)?;
-        let pc_offset = pc.checked_sub(start).filter(|&o| o < u64::from(size))?;
-        let flags = self.mem.u32(at(code, code_layout.flags)?)?;
-        let kind = flags.checked_shr(code_layout.kind_shift)? & code_layout.kind_mask;
-        if kind == code_layout.kind_baseline {
-            return None;
-        }
-        let table = reader.field(code, code_layout.positions)?;
-        let table = reader.byte_array(table, layout)?;
-        let position = positions::raw_position_at(&table, i64::try_from(pc_offset).ok()?)?;
-        let position = positions::decode_position(position)?;
-        match position.inlined {
-            None => Some(position.script_offset),
-            Some(_) => None,
-        }
+        self.bytecode_position(slots.bytecode_array, offset)
     }
 
     fn reader(&self) -> Reader<'_, M> {
@@ -493,6 +489,15 @@ impl<M: Memory> V8Process<M> {
             return None;
         }
         let shared = reader.field(function, self.meta.off_function_shared)?;
+        let mut named = self.named_shared(shared)?;
+        named.function = Some(function);
+        Some(named)
+    }
+
+    /// The frame a SharedFunctionInfo's function shows (named from a cache while the words it
+    /// was read from are the same).
+    fn named_shared(&mut self, shared: u64) -> Option<Named> {
+        let reader = self.reader();
         if reader.type_of(shared)? != self.meta.type_shared_function_info {
             return None;
         }
@@ -516,11 +521,12 @@ impl<M: Memory> V8Process<M> {
                 function: info.name,
                 file: info.script,
                 line: info.line,
+                column: None,
                 module: None,
                 kind: FrameKind::Js,
             },
             script: info.script_object,
-            function: Some(function),
+            function: None,
         })
     }
 

@@ -49,6 +49,29 @@ pub(super) fn raw_position_at(table: &[u8], code_offset: i64) -> Option<i64> {
     found
 }
 
+/// The bytecode offset a baseline (Sparkplug) code's pc offset is at (-1: the prologue), from
+/// its bytecode offset table (unsigned VLQ lengths of machine code: the prologue's, then one per
+/// bytecode in order) walked beside the bytecodes, as V8's BytecodeOffsetIterator does.
+pub(super) fn baseline_offset(
+    table: &[u8],
+    bytecodes: &[u8],
+    sizes: &super::metadata::BytecodeSizes,
+    pc_offset: u64,
+) -> Option<i64> {
+    let mut at = 0;
+    let mut end = unsigned_vlq(table, &mut at)?;
+    let (mut bytecode, mut next) = (-1i64, 0usize);
+    while end < pc_offset {
+        if at >= table.len() || next >= bytecodes.len() {
+            return None;
+        }
+        end = end.checked_add(unsigned_vlq(table, &mut at)?)?;
+        bytecode = i64::try_from(next).ok()?;
+        next = next.checked_add(sizes.length_at(bytecodes, next)?)?;
+    }
+    Some(bytecode)
+}
+
 /// A decoded `SourcePosition` (src/codegen/source-position.h): bit 0 says "external" (a line
 /// in another file, builtins only), bits 1-30 the script offset plus one, bits 31-46 the
 /// inlining id plus one (0: not inlined).
