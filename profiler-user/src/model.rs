@@ -725,7 +725,7 @@ pub(crate) mod fixtures {
     use super::*;
 
     pub fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: None,
             line: None,

@@ -515,7 +515,7 @@ mod tests {
     use super::*;
 
     fn py(function: &str, line: u32) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: Some("/srv/mixed_workload.py".into()),
             line: Some(line),
@@ -525,7 +525,7 @@ mod tests {
     }
 
     fn native(function: &str, module: &str) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: None,
             line: None,
@@ -535,7 +535,7 @@ mod tests {
     }
 
     fn kernel(function: &str) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: None,
             line: None,

@@ -553,7 +553,7 @@ mod tests {
     use crate::model::Frame;
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: None,
             line: None,

@@ -413,7 +413,7 @@ mod tests {
     }
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame {
+        Frame { column: None,
             function: function.into(),
             file: Some("app.py".into()),
             line: Some(12),

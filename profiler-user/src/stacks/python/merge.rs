@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     fn native(name: &str) -> Frame {
-        Frame {
+        Frame { column: None,
             function: name.into(),
             file: None,
             line: None,
@@ -148,7 +148,7 @@ mod tests {
 
     fn py(name: &str, entry: bool) -> DecodedFrame {
         DecodedFrame {
-            frame: Frame {
+            frame: Frame { column: None,
                 function: name.into(),
                 file: Some("app.py".into()),
                 line: Some(1),

@@ -134,7 +134,8 @@ impl<M: Memory> V8Process<M> {
         let mut chunk_start = u64::MAX;
         while candidate >= lowest {
             if candidate < chunk_start {
-                chunk_start = candidate.saturating_sub(SCAN_CHUNK - 8) & !7;
+                // Within the candidate's page: the page below may be unmapped.
+                chunk_start = candidate.saturating_sub(SCAN_CHUNK - 8).max(candidate & !(SCAN_CHUNK - 1)) & !7;
                 let len = (candidate + 8 - chunk_start) as usize;
                 chunk = vec![0u8; len];
                 if self.mem.read(chunk_start, &mut chunk).is_none() {

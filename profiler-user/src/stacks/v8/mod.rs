@@ -813,7 +813,7 @@ mod tests {
             let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
             let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
             let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
-            let frame = frames[0].clone().flatten().expect("a JS frame");
+            let frame = frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame");
             assert_eq!(frame.function, "hashPasswordSync");
             assert_eq!(frame.file.as_deref(), Some("/srv/app.js"));
             assert_eq!(frame.kind, FrameKind::Js);
@@ -878,7 +878,7 @@ mod tests {
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
         let frame = frames[0]
             .clone()
-            .flatten()
+            .and_then(|f| f.into_iter().next())
             .expect("followed to the new copy");
         assert_eq!(frame.function, "hashPasswordSync");
         // Later the old copy is gone: the BytecodeArray names the frame.
@@ -886,7 +886,7 @@ mod tests {
             .copy_from_slice(&0xdead_0001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
         assert_eq!(
-            frames[0].clone().flatten().map(|f| f.function).as_deref(),
+            frames[0].clone().and_then(|f| f.into_iter().next()).map(|f| f.function).as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.by_bytecode, 1);
@@ -907,7 +907,7 @@ mod tests {
         let mut process = process(mem, (12, 4, 254));
         let frames = process.frames(&[0x7000_0010], &[fp], &copy, sp);
         assert_eq!(
-            frames[0].clone().flatten().map(|f| f.function).as_deref(),
+            frames[0].clone().and_then(|f| f.into_iter().next()).map(|f| f.function).as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.live, 1);
@@ -976,7 +976,7 @@ mod tests {
             let mut process =
                 V8Process::new(Arc::new(meta.clone()), mem, builtins.clone(), Vec::new());
             let frames = process.frames(&[0x50_0010], &[fp], &frame_with(offset), sp);
-            frames[0].clone().flatten().expect("a JS frame").line
+            frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line
         };
         let mut mem = heap(false);
         bytecode_with_positions(&mut mem, None);
@@ -998,14 +998,14 @@ mod tests {
         let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
         let frames = process.frames(&[0x7000_0010], &[fp], &frame_with(12), sp);
         assert_eq!(
-            frames[0].clone().flatten().expect("a JS frame").line,
+            frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line,
             Some(3)
         );
         let mut baseline = frame_with(12);
         let at = (fp - 40 - sp) as usize;
         baseline[at..at + 8].copy_from_slice(&0x9001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &baseline, sp);
-        assert_eq!(frames[0].clone().flatten().expect("a JS frame").line, None);
+        assert_eq!(frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line, None);
     }
 
     #[test]
@@ -1014,8 +1014,8 @@ mod tests {
         let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
         let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
         let frames = process.frames(&[0x7000_0010, 0x7000_0020], &[fp, fp], &stack, sp);
-        assert!(matches!(frames[0], Some(Some(_))));
-        assert_eq!(frames[1], Some(None));
+        assert!(matches!(&frames[0], Some(f) if f.len() == 1));
+        assert_eq!(frames[1], Some(Vec::new()));
     }
 
     #[test]
@@ -1049,6 +1049,165 @@ mod tests {
         assert_eq!(positions::line_and_column(&ends, 7), (4, 1));
     }
 
+    /// Node 26's Code, InstructionStream and DeoptimizationData symbols on top of
+    /// [`symbols_with_positions`].
+    fn symbols_with_code() -> Symbols {
+        let mut symbols = symbols_with_positions();
+        for (name, value) in [
+            ("type_Code__CODE_TYPE", 186),
+            ("type_InstructionStream__INSTRUCTION_STREAM_TYPE", 192),
+            ("type_SharedFunctionInfoWrapper__SHARED_FUNCTION_INFO_WRAPPER_TYPE", 195),
+            ("class_InstructionStream__instruction_start__uintptr_t", 32),
+            ("class_Code__wrapper__Tagged_CodeWrapper_", 24),
+            ("class_Code__instruction_stream__Tagged_InstructionStream_", 32),
+            ("class_Code__instruction_start__Address", 40),
+            ("class_Code__flags__uint32_t", 52),
+            ("class_Code__instruction_size__int", 56),
+            ("class_SharedFunctionInfoWrapper__shared_info__Tagged_SharedFunctionInfo_", 8),
+            ("CodeKindBaseline", 11),
+            ("CodeKindFieldMask", 15),
+            ("CodeKindFieldShift", 0),
+            ("DeoptimizationDataInlinedFunctionCountIndex", 1),
+            ("DeoptimizationDataInliningPositionsIndex", 8),
+            ("DeoptimizationDataLiteralArrayIndex", 3),
+            ("DeoptimizationDataWrappedSharedFunctionInfoIndex", 7),
+        ] {
+            symbols.values.insert(name.into(), value);
+        }
+        symbols
+    }
+
+    const STREAM_MAP: u64 = 0x10800;
+    const CODE_MAP: u64 = 0x10900;
+    const CODE: u64 = 0x90000;
+    /// Instructions at 0x8000_0020, 0x100 bytes, of the InstructionStream at 0x8000_0000.
+    const INSTRUCTIONS: u64 = 0x8000_0020;
+
+    /// Code of `kind` at [`CODE`] whose InstructionStream (in a page of its own) holds
+    /// [`INSTRUCTIONS`], with `table` as its position (or bytecode offset) table.
+    fn code_object(mem: &mut FakeMemory, kind: u32, table: Vec<u8>) {
+        mem.map(STREAM_MAP, 192);
+        mem.map(CODE_MAP, 186);
+        let mut page = vec![0u8; 4096];
+        page[..8].copy_from_slice(&(STREAM_MAP + 1).to_le_bytes());
+        page[8..16].copy_from_slice(&(CODE + 1).to_le_bytes());
+        mem.put(INSTRUCTIONS - 32, page);
+        mem.object(CODE, CODE_MAP);
+        mem.word(CODE + 16, 0x93001);
+        mem.word(CODE + 32, INSTRUCTIONS - 32 + 1);
+        mem.word(CODE + 40, INSTRUCTIONS);
+        mem.put(CODE + 52, kind.to_le_bytes().to_vec());
+        mem.put(CODE + 56, 0x100u32.to_le_bytes().to_vec());
+        mem.object(0x93000, 0x10700);
+        mem.word(0x93000 + 8, (table.len() as u64) << 32);
+        mem.put(0x93000 + 16, table);
+    }
+
+    #[test]
+    fn optimized_code_is_found_from_its_pc_with_the_functions_inlined_there() {
+        use positions::tests::{encode, raw};
+        let meta = Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node")
+            .expect("meta");
+        let mut mem = heap(false);
+        mem.map(0x10700, 212);
+        // TurboFan code (kind 13): from pc offset 0x50 on, in the function inlined first (id
+        // 0), at offset 351; the call site is the outer function's offset 60.
+        code_object(
+            &mut mem,
+            13,
+            encode(&[(0, raw(60, -1), false), (0x50, raw(351, 0), false)]),
+        );
+        // DeoptimizationData: the literals (index 3) and the inlining positions (index 8).
+        mem.object(0x91000, 0x10700);
+        mem.word(0x91000 + 8, 9 << 32);
+        mem.word(0x91000 + 16 + 3 * 8, 0x92001);
+        mem.word(0x91000 + 16 + 8 * 8, 0x94001);
+        mem.word(CODE + 8, 0x91001);
+        // The literals: the inlined function's SharedFunctionInfo, weakly held.
+        mem.object(0x92000, 0x10700);
+        mem.word(0x92000 + 8, 1 << 32);
+        mem.word(0x92000 + 16, 0x24000 + 3);
+        let mut site = raw(60, -1).to_le_bytes().to_vec();
+        site.extend([0u8; 8]);
+        mem.object(0x94000, 0x10700);
+        mem.word(0x94000 + 8, 16 << 32);
+        mem.put(0x94000 + 16, site);
+        mem.object(0x24000, SHARED_MAP);
+        mem.word(0x24000 + 16, 0x34001);
+        mem.word(0x24000 + 32, SCRIPT + 1);
+        mem.one_byte_string(0x34000, STRING_MAP, "helper");
+        let mut process = V8Process::new(Arc::new(meta), mem, Vec::new(), Vec::new());
+        let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
+        let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
+        let at = |process: &mut V8Process<FakeMemory>, pc: u64| {
+            let frames = process.frames(&[pc + 1], &[fp], &stack, sp);
+            let frames = frames[0].clone().expect("JS frames");
+            frames
+                .iter()
+                .map(|f| (f.function.clone(), f.line, f.column))
+                .collect::<Vec<_>>()
+        };
+        let outer = ("hashPasswordSync".to_string(), Some(2), Some(11));
+        assert_eq!(
+            at(&mut process, INSTRUCTIONS + 0x60),
+            vec![("helper".to_string(), Some(3), Some(1)), outer.clone()]
+        );
+        assert_eq!(at(&mut process, INSTRUCTIONS + 0x10), vec![outer]);
+        // Found once by scanning, then by its remembered range.
+        assert_eq!(process.codes.len(), 1);
+        // Past the code's instructions: no position, the function's first line (none here).
+        assert_eq!(
+            at(&mut process, INSTRUCTIONS + 0x200),
+            vec![("hashPasswordSync".to_string(), None, None)]
+        );
+    }
+
+    #[test]
+    fn a_baseline_frame_is_at_the_line_of_the_bytecode_its_pc_is_in() {
+        let mut meta = Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node")
+            .expect("meta");
+        // 16 bytecodes, all 1 byte long but bytecode 5 (3 bytes; 5 after a Wide prefix).
+        let mut sizes = vec![1u8; 48];
+        sizes[5] = 3;
+        sizes[16 + 5] = 5;
+        let sizes = BytecodeSizes::new(sizes).expect("sizes");
+        meta.positions.as_mut().expect("positions").bytecode_sizes = Some(sizes);
+        let mut mem = heap(false);
+        bytecode_with_positions(&mut mem, None);
+        // Bytecodes at 0 (3 bytes), 3, 4 (3), 7, 8 (Wide: 6), 14, ...
+        let mut bytecodes = vec![5u8, 0, 0, 2, 5, 0, 0, 2, 0, 5, 0, 0, 0, 0];
+        bytecodes.resize(30, 2);
+        mem.put(0x71000 + 64, bytecodes);
+        // The prologue is 8 bytes of machine code, each bytecode 4.
+        let mut table = vec![8u8];
+        table.extend([4u8; 30]);
+        code_object(&mut mem, 11, table);
+        let process = V8Process::new(Arc::new(meta), mem, Vec::new(), Vec::new());
+        let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
+        let mut stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
+        let slot = |stack: &mut Vec<u8>, offset: u64, value: u64| {
+            let at = (fp - offset - sp) as usize;
+            stack[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        slot(&mut stack, 32, 0x71001);
+        // A baseline frame keeps its feedback cell where the interpreter's offset was.
+        slot(&mut stack, 40, 0x9001);
+        let mut process = process;
+        let line = |process: &mut V8Process<FakeMemory>, pc_offset: u64| {
+            let frames = process.frames(&[INSTRUCTIONS + pc_offset + 1], &[fp], &stack, sp);
+            frames[0].clone().expect("a JS frame")[0].line
+        };
+        // pc offset 10: bytecode 0 (line 2); 21: bytecode 7; 29: bytecode 14 (line 3).
+        assert_eq!(line(&mut process, 10), Some(2));
+        assert_eq!(line(&mut process, 21), Some(2));
+        assert_eq!(line(&mut process, 29), Some(3));
+        // In the prologue: the function's entry (position -1 of the table: line 1).
+        assert_eq!(line(&mut process, 3), Some(1));
+        // The sizes table from the binary is checked: the prefixes are one byte wide.
+        assert!(BytecodeSizes::new(vec![2u8; 48]).is_none());
+        assert!(BytecodeSizes::new(vec![1u8; 47]).is_none());
+    }
+
     mod fuzz {
         use proptest::prelude::*;
 
@@ -1075,7 +1234,10 @@ mod tests {
             fn fuzz_v8_heap_objects(heap in words(), stack in words(), start in 0u64..4096, index in 0usize..64) {
                 let mut mem = FakeMemory::default();
                 mem.put(0x10000, heap.iter().flat_map(|w| w.to_le_bytes()).collect());
-                let meta = Metadata::from_symbols(&symbols_with_positions(), (12, 4, 254), None, "node").expect("meta");
+                // Node 26's layout: compiled code is found by scanning the garbage below a pc.
+                let mut meta = Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node").expect("meta");
+                let sizes: Vec<u8> = (0..48).map(|i| if i % 16 < 2 { 1 } else { (i % 7 + 1) as u8 }).collect();
+                meta.positions.as_mut().expect("positions").bytecode_sizes = BytecodeSizes::new(sizes);
                 let reader = Reader { meta: &meta, mem: &mem };
                 let tagged = 0x10000 + 8 * start + 1;
                 if let Some(text) = reader.string(tagged, MAX_NAME_BYTES) {
@@ -1095,6 +1257,10 @@ mod tests {
                 prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
                 let ips = vec![0x50_0010u64; fps.len()];
                 prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+                // pcs in the garbage heap: code looked for there (bounded scan, checked).
+                let ips: Vec<u64> = (0..fps.len() as u64).map(|k| 0x10000 + 8 * ((start + 97 * k) % 4096)).collect();
+                prop_assert_eq!(process.frames(&ips, &fps, &stack, sp).len(), ips.len());
+                prop_assert!(process.codes.len() <= code::MAX_CACHED_CODES);
             }
 
             /// A binary's `v8dbg_*` values are the target's: any values give metadata or an

@@ -213,6 +213,12 @@ pub(super) mod tests {
                     let _ = decode_position(raw);
                 }
                 let _ = decode_position(offset);
+                // A baseline offset table walked beside garbage bytecodes.
+                let sizes: Vec<u8> = (0..48).map(|i| if i % 16 < 2 { 1 } else { (i % 5 + 1) as u8 }).collect();
+                let sizes = crate::stacks::v8::metadata::BytecodeSizes::new(sizes).expect("sizes");
+                if let Some(bytecode) = baseline_offset(&table, &table, &sizes, offset as u64 & 0xffff) {
+                    prop_assert!(bytecode >= -1 && bytecode < table.len() as i64);
+                }
                 let mut ends = ends;
                 ends.sort_unstable();
                 let (line, column) = line_and_column(&ends, at);
