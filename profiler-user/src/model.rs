@@ -679,8 +679,17 @@ pub fn top_user_frames(stack: &StackRecord, count: usize) -> Vec<&Frame> {
         .collect()
 }
 
+/// `line` or `line:column` (1-based both) where the frame has them.
+pub fn position_text(frame: &Frame) -> Option<String> {
+    match (frame.line, frame.column) {
+        (Some(line), Some(column)) => Some(format!("{line}:{column}")),
+        (Some(line), None) => Some(line.to_string()),
+        _ => None,
+    }
+}
+
 pub fn frame_text(frame: &Frame) -> String {
-    match (&frame.file, frame.line) {
+    match (&frame.file, position_text(frame)) {
         (Some(file), Some(line)) => format!("{} ({}:{line})", frame.function, short_path(file)),
         (Some(file), None) if frame.kind == FrameKind::Js => {
             format!("{} ({})", frame.function, short_path(file))
@@ -725,7 +734,8 @@ pub(crate) mod fixtures {
     use super::*;
 
     pub fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: None,
             line: None,
@@ -835,6 +845,27 @@ mod tests {
         verdict.passed = false;
         assert_eq!(verdict.exit_code(), 3);
         assert_eq!(BUDGET_EXCEEDED_EXIT, 3);
+    }
+
+    /// A frame's column is optional in stalls.json: absent when unknown (and in recordings
+    /// made before it existed, which still load), shown as `file:line:column` when known.
+    #[test]
+    fn a_frame_column_is_optional_and_shown_after_the_line() {
+        let old = r#"{"function":"f","file":"/srv/app.js","line":3,"module":null,"kind":"js"}"#;
+        let mut frame: Frame = serde_json::from_str(old).expect("a frame without column");
+        assert_eq!(frame.column, None);
+        assert!(
+            !serde_json::to_string(&frame)
+                .expect("json")
+                .contains("column")
+        );
+        assert_eq!(frame_text(&frame), "f (app.js:3)");
+        frame.column = Some(18);
+        let json = serde_json::to_value(&frame).expect("json");
+        assert_eq!(json["column"], 18);
+        assert_eq!(frame_text(&frame), "f (app.js:3:18)");
+        let back: Frame = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, frame);
     }
 
     /// The schema's closed sets are enums with the names stalls.json has always had.

@@ -70,7 +70,7 @@ fn module_name(frame: &Frame) -> Option<&str> {
 }
 
 fn frame_text(frame: &Frame) -> String {
-    match (&frame.file, frame.line) {
+    match (&frame.file, crate::model::position_text(frame)) {
         (Some(file), Some(line)) => format!(
             "{} ({}:{line})",
             frame.function,
@@ -515,7 +515,8 @@ mod tests {
     use super::*;
 
     fn py(function: &str, line: u32) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: Some("/srv/mixed_workload.py".into()),
             line: Some(line),
@@ -525,7 +526,8 @@ mod tests {
     }
 
     fn native(function: &str, module: &str) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: None,
             line: None,
@@ -535,7 +537,8 @@ mod tests {
     }
 
     fn kernel(function: &str) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: None,
             line: None,

@@ -226,7 +226,8 @@ mod tests {
                 user,
                 frames: names
                     .into_iter()
-                    .map(|name| Frame { column: None,
+                    .map(|name| Frame {
+                        column: None,
                         function: crate::sanitize::name(&name),
                         file: None,
                         line: None,

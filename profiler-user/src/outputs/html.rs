@@ -553,7 +553,8 @@ mod tests {
     use crate::model::Frame;
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: None,
             line: None,

@@ -446,7 +446,8 @@ mod tests {
     use crate::model::{OffCpuRecord, ProcessRecord, StackRecord, StallRecord, Verdict};
 
     fn frame(function: &str, file: Option<&str>, line: Option<u32>, kind: FrameKind) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: file.map(Into::into),
             line,
@@ -879,7 +880,8 @@ mod tests {
 
     #[test]
     fn kernel_and_jit_frames_without_a_module_get_named_mappings() {
-        let jit = Frame { column: None,
+        let jit = Frame {
+            column: None,
             function: "jitted".into(),
             file: None,
             line: None,

@@ -150,7 +150,7 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
             .next()
             .or_else(|| stack.frames.first());
         if let Some(frame) = top {
-            let location = match (&frame.file, frame.line) {
+            let location = match (&frame.file, crate::model::position_text(frame)) {
                 (Some(file), Some(line)) => format!("{} ({file}:{line})", frame.function),
                 (Some(file), None) => format!("{} ({file})", frame.function),
                 _ => frame.function.clone(),
@@ -413,7 +413,8 @@ mod tests {
     }
 
     fn frame(function: &str, kind: FrameKind) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: function.into(),
             file: Some("app.py".into()),
             line: Some(12),

@@ -108,7 +108,8 @@ mod tests {
     use crate::{analysis::session::INTERNED_BASE, model::FrameKind};
 
     fn frame(name: &str) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: name.into(),
             file: Some("app.py".into()),
             line: Some(3),

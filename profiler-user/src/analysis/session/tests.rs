@@ -167,7 +167,8 @@ fn kept_stalls_hold_no_more_frames_than_the_budget_and_the_rest_is_counted() {
 }
 
 fn frame(name: &str) -> Frame {
-    Frame { column: None,
+    Frame {
+        column: None,
         function: name.into(),
         file: Some("app.py".into()),
         line: Some(3),

@@ -137,7 +137,8 @@ mod tests {
     use super::*;
 
     fn native(name: &str) -> Frame {
-        Frame { column: None,
+        Frame {
+            column: None,
             function: name.into(),
             file: None,
             line: None,
@@ -148,7 +149,8 @@ mod tests {
 
     fn py(name: &str, entry: bool) -> DecodedFrame {
         DecodedFrame {
-            frame: Frame { column: None,
+            frame: Frame {
+                column: None,
                 function: name.into(),
                 file: Some("app.py".into()),
                 line: Some(1),

@@ -135,13 +135,14 @@ impl<M: Memory> V8Process<M> {
         while candidate >= lowest {
             if candidate < chunk_start {
                 // Within the candidate's page: the page below may be unmapped.
-                chunk_start = candidate.saturating_sub(SCAN_CHUNK - 8).max(candidate & !(SCAN_CHUNK - 1)) & !7;
+                chunk_start = candidate
+                    .saturating_sub(SCAN_CHUNK - 8)
+                    .max(candidate & !(SCAN_CHUNK - 1))
+                    & !7;
                 let len = (candidate + 8 - chunk_start) as usize;
                 chunk = vec![0u8; len];
-                if self.mem.read(chunk_start, &mut chunk).is_none() {
-                    // Unmapped below: the stream is not there.
-                    return None;
-                }
+                // Unmapped: the stream is not there.
+                self.mem.read(chunk_start, &mut chunk)?;
             }
             let at_chunk = (candidate - chunk_start) as usize;
             let word = u64::from_le_bytes(chunk.get(at_chunk..at_chunk + 8)?.try_into().ok()?);

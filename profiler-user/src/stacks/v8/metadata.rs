@@ -142,7 +142,7 @@ impl BytecodeSizes {
     /// each, every size within what V8's operands allow.
     pub(super) fn new(sizes: Vec<u8>) -> Option<Self> {
         let count = sizes.len() / 3;
-        let sane = sizes.len() % 3 == 0
+        let sane = sizes.len().is_multiple_of(3)
             && (16..=1024).contains(&count)
             && (0..3).all(|row| sizes[row * count] == 1 && sizes[row * count + 1] == 1)
             && sizes.iter().all(|&s| (1..=64).contains(&s));

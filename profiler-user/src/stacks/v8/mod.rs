@@ -813,7 +813,10 @@ mod tests {
             let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
             let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
             let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
-            let frame = frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame");
+            let frame = frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .expect("a JS frame");
             assert_eq!(frame.function, "hashPasswordSync");
             assert_eq!(frame.file.as_deref(), Some("/srv/app.js"));
             assert_eq!(frame.kind, FrameKind::Js);
@@ -886,7 +889,11 @@ mod tests {
             .copy_from_slice(&0xdead_0001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
         assert_eq!(
-            frames[0].clone().and_then(|f| f.into_iter().next()).map(|f| f.function).as_deref(),
+            frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .map(|f| f.function)
+                .as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.by_bytecode, 1);
@@ -907,7 +914,11 @@ mod tests {
         let mut process = process(mem, (12, 4, 254));
         let frames = process.frames(&[0x7000_0010], &[fp], &copy, sp);
         assert_eq!(
-            frames[0].clone().and_then(|f| f.into_iter().next()).map(|f| f.function).as_deref(),
+            frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .map(|f| f.function)
+                .as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.live, 1);
@@ -976,7 +987,11 @@ mod tests {
             let mut process =
                 V8Process::new(Arc::new(meta.clone()), mem, builtins.clone(), Vec::new());
             let frames = process.frames(&[0x50_0010], &[fp], &frame_with(offset), sp);
-            frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line
+            frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .expect("a JS frame")
+                .line
         };
         let mut mem = heap(false);
         bytecode_with_positions(&mut mem, None);
@@ -998,14 +1013,25 @@ mod tests {
         let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
         let frames = process.frames(&[0x7000_0010], &[fp], &frame_with(12), sp);
         assert_eq!(
-            frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line,
+            frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .expect("a JS frame")
+                .line,
             Some(3)
         );
         let mut baseline = frame_with(12);
         let at = (fp - 40 - sp) as usize;
         baseline[at..at + 8].copy_from_slice(&0x9001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &baseline, sp);
-        assert_eq!(frames[0].clone().and_then(|f| f.into_iter().next()).expect("a JS frame").line, None);
+        assert_eq!(
+            frames[0]
+                .clone()
+                .and_then(|f| f.into_iter().next())
+                .expect("a JS frame")
+                .line,
+            None
+        );
     }
 
     #[test]
@@ -1056,14 +1082,23 @@ mod tests {
         for (name, value) in [
             ("type_Code__CODE_TYPE", 186),
             ("type_InstructionStream__INSTRUCTION_STREAM_TYPE", 192),
-            ("type_SharedFunctionInfoWrapper__SHARED_FUNCTION_INFO_WRAPPER_TYPE", 195),
+            (
+                "type_SharedFunctionInfoWrapper__SHARED_FUNCTION_INFO_WRAPPER_TYPE",
+                195,
+            ),
             ("class_InstructionStream__instruction_start__uintptr_t", 32),
             ("class_Code__wrapper__Tagged_CodeWrapper_", 24),
-            ("class_Code__instruction_stream__Tagged_InstructionStream_", 32),
+            (
+                "class_Code__instruction_stream__Tagged_InstructionStream_",
+                32,
+            ),
             ("class_Code__instruction_start__Address", 40),
             ("class_Code__flags__uint32_t", 52),
             ("class_Code__instruction_size__int", 56),
-            ("class_SharedFunctionInfoWrapper__shared_info__Tagged_SharedFunctionInfo_", 8),
+            (
+                "class_SharedFunctionInfoWrapper__shared_info__Tagged_SharedFunctionInfo_",
+                8,
+            ),
             ("CodeKindBaseline", 11),
             ("CodeKindFieldMask", 15),
             ("CodeKindFieldShift", 0),
@@ -1106,8 +1141,8 @@ mod tests {
     #[test]
     fn optimized_code_is_found_from_its_pc_with_the_functions_inlined_there() {
         use positions::tests::{encode, raw};
-        let meta = Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node")
-            .expect("meta");
+        let meta =
+            Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node").expect("meta");
         let mut mem = heap(false);
         mem.map(0x10700, 212);
         // TurboFan code (kind 13): from pc offset 0x50 on, in the function inlined first (id
@@ -1164,8 +1199,8 @@ mod tests {
 
     #[test]
     fn a_baseline_frame_is_at_the_line_of_the_bytecode_its_pc_is_in() {
-        let mut meta = Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node")
-            .expect("meta");
+        let mut meta =
+            Metadata::from_symbols(&symbols_with_code(), (14, 6, 202), None, "node").expect("meta");
         // 16 bytecodes, all 1 byte long but bytecode 5 (3 bytes; 5 after a Wide prefix).
         let mut sizes = vec![1u8; 48];
         sizes[5] = 3;
