@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod finish;
+mod late;
 mod lifecycle;
 mod pending;
 mod python_tasks;
@@ -145,6 +146,8 @@ pub struct Session {
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
     stacks: PendingStacks,
+    /// Blocks in a syscall whose stacks come when the thread leaves the call (see [`late`]).
+    late: late::LateStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
@@ -213,6 +216,7 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
+            late: late::LateStacks::default(),
             pending_python: HashMap::new(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
@@ -301,6 +305,9 @@ impl Session {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.flush(&mut |r| released.push(r));
         self.handle_released(system, &mut released);
+        for held in self.late.drain() {
+            self.handle_now(system, &held);
+        }
     }
 
     fn handle_released(
@@ -336,6 +343,42 @@ impl Session {
             }
             return;
         }
+        for held in self.late.expired(raw.ts_ns) {
+            self.handle_now(system, &held);
+        }
+        match self.late.route(raw, self.config.threshold_ns) {
+            late::Route::Now => self.handle_now(system, raw),
+            late::Route::Held => {}
+            late::Route::Patch {
+                user,
+                release,
+                event_first,
+            } => {
+                if event_first {
+                    self.handle_now(system, raw);
+                }
+                if let Some(key) = self.timeline.late_user_stack(raw.tid, user) {
+                    self.resolver.saw(key);
+                }
+                for mut held in release {
+                    late::patch_held(&mut held, user);
+                    self.handle_now(system, &held);
+                }
+                if !event_first {
+                    self.handle_now(system, raw);
+                }
+            }
+            late::Route::ReleaseFirst(held) => {
+                for held in held {
+                    self.handle_now(system, &held);
+                }
+                self.handle_now(system, raw);
+            }
+        }
+    }
+
+    /// An event in its turn (after the reorder stage, and any wait for late stacks).
+    fn handle_now(&mut self, system: &mut dyn SystemAccess, raw: &RawEvent) {
         // Only events taken in the thread's own context carry its name (a wake-up carries the
         // waker's).
         if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
