@@ -31,10 +31,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use profiler_common::{
     COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, GlobState,
-    LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS, MAX_PY_FRAMES,
-    MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
-    PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
-    LATE_STACKS_PENDING, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
+    LATE_STACKS_PENDING, LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS,
+    MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL,
+    PY_FRAME_ENTRY, PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
+    PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
     TaskOffsets, TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop,
     is_runtime_worker, kind, matching, syscall_nr::FUTEX, wait_mark,
 };
@@ -1128,10 +1128,15 @@ fn on_switch<C: StackIdContext>(
         // the call, so they are read then (`sys_exit_late`), and only if the block lasted.
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
+        // Not for CPython processes: the agent reads a stack's asyncio Task from the target's
+        // memory when the record arrives, and after the thread left the call that Task may be
+        // gone (the request done); their stacks are read at switch-out, while it sleeps.
         let late = !compat::NO_LATE
             && !idle
             && blocked_in != NO_SYSCALL
             && LATE_MIN_NS.load() != 0
+            // SAFETY: only compared against None.
+            && unsafe { PY_PROCS.get(&tgid) }.is_none()
             && defer_stacks(tid, now);
         let (kernel, user, copied, python) = if idle {
             (NO_STACK, NO_STACK, false, NO_PYTHON)

@@ -24,6 +24,7 @@ const MAX_HOLD_NS: u64 = 200_000_000;
 struct Pending {
     /// Its first switch-out in that syscall.
     out_ns: u64,
+    pid: u32,
     syscall: i32,
     /// Its events since the block ended, waiting for the stacks (empty: not holding).
     held: Vec<RawEvent>,
@@ -74,7 +75,11 @@ impl LateStacks {
         }
         if raw.kind == kind::EXIT {
             // Gone (it may have died in the call): nothing more will come for it.
-            let held = self.pending.remove(&tid).map(|p| p.held).unwrap_or_default();
+            let held = self
+                .pending
+                .remove(&tid)
+                .map(|p| p.held)
+                .unwrap_or_default();
             return self.without(held);
         }
         let Some(pending) = self.pending.get_mut(&tid) else {
@@ -83,6 +88,7 @@ impl LateStacks {
                     tid,
                     Pending {
                         out_ns: raw.ts_ns,
+                        pid: raw.pid,
                         syscall: raw.syscall,
                         held: Vec::new(),
                     },
@@ -98,7 +104,11 @@ impl LateStacks {
                 // Blocked again in the same call, long after the first block: the kernel
                 // copied this one's stacks at once (see `defer_stacks` in the programs), and
                 // they are the ones the first block was waiting for.
-                let held = self.pending.remove(&tid).map(|p| p.held).unwrap_or_default();
+                let held = self
+                    .pending
+                    .remove(&tid)
+                    .map(|p| p.held)
+                    .unwrap_or_default();
                 return Route::Patch {
                     user: raw.user_stack_id,
                     release: held,
@@ -109,7 +119,11 @@ impl LateStacks {
                 pending.held.push(*raw);
                 return Route::Held;
             }
-            let held = self.pending.remove(&tid).map(|p| p.held).unwrap_or_default();
+            let held = self
+                .pending
+                .remove(&tid)
+                .map(|p| p.held)
+                .unwrap_or_default();
             return self.without(held);
         }
         match raw.kind {
@@ -157,6 +171,21 @@ impl LateStacks {
         self.take(&old)
     }
 
+    /// Threads still blocked in the syscall they blocked in (nothing held yet): (pid, tid,
+    /// syscall). At the end of a recording their stacks have not come and will not.
+    pub(super) fn still_blocked(&self) -> Vec<(u32, u32, i32)> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.held.is_empty())
+            .map(|(&tid, p)| (p.pid, tid, p.syscall))
+            .collect()
+    }
+
+    /// A still-blocked thread's stacks were found another way.
+    pub(super) fn resolved(&mut self, tid: u32) {
+        self.pending.remove(&tid);
+    }
+
     /// Everything held (recording stopped), in time order.
     pub(super) fn drain(&mut self) -> Vec<RawEvent> {
         let all: Vec<u32> = self.pending.keys().copied().collect();
@@ -176,7 +205,6 @@ impl LateStacks {
         events.sort_by_key(|e| e.ts_ns);
         events
     }
-
 }
 
 /// A held switch-out in the same syscall (the thread blocked again before leaving it) gets the
@@ -221,7 +249,10 @@ mod tests {
     #[test]
     fn a_long_block_waits_for_its_stacks_a_short_one_does_not() {
         let mut late = LateStacks::default();
-        assert!(now(late.route(&event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING), THRESHOLD)));
+        assert!(now(late.route(
+            &event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING),
+            THRESHOLD
+        )));
         assert!(matches!(
             late.route(&event(kind::WAKING, 1000 + MIN, 0), THRESHOLD),
             Route::Held
@@ -241,9 +272,16 @@ mod tests {
             _ => panic!("the stacks patch the block"),
         }
         // Short: nothing held, and stacks arriving anyway change nothing.
-        assert!(now(late.route(&event(kind::SWITCH_OUT, 5000, LATE_STACKS_PENDING), THRESHOLD)));
-        assert!(now(late.route(&event(kind::WAKING, 5000 + MIN - 1, 0), THRESHOLD)));
-        assert!(now(late.route(&event(kind::SWITCH_IN, 5000 + MIN + 1, 0), THRESHOLD)));
+        assert!(now(late.route(
+            &event(kind::SWITCH_OUT, 5000, LATE_STACKS_PENDING),
+            THRESHOLD
+        )));
+        assert!(now(
+            late.route(&event(kind::WAKING, 5000 + MIN - 1, 0), THRESHOLD)
+        ));
+        assert!(now(
+            late.route(&event(kind::SWITCH_IN, 5000 + MIN + 1, 0), THRESHOLD)
+        ));
         assert!(now(late.route(&stacks, THRESHOLD)));
         assert_eq!(late.released_without, 0);
     }
@@ -253,14 +291,20 @@ mod tests {
     #[test]
     fn held_events_go_on_without_their_stacks_when_they_do_not_come() {
         let mut late = LateStacks::default();
-        late.route(&event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING), THRESHOLD);
+        late.route(
+            &event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING),
+            THRESHOLD,
+        );
         late.route(&event(kind::WAKING, 1000 + MIN, 0), THRESHOLD);
         assert!(late.expired(1000 + MIN + 1).is_empty());
         let released = late.expired(1000 + MIN + MAX_HOLD_NS + 1);
         assert_eq!(released.len(), 1);
         assert_eq!(late.released_without, 1);
 
-        late.route(&event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING), THRESHOLD);
+        late.route(
+            &event(kind::SWITCH_OUT, 1000, LATE_STACKS_PENDING),
+            THRESHOLD,
+        );
         late.route(&event(kind::WAKING, 1000 + MIN, 0), THRESHOLD);
         for i in 1..MAX_HELD as u64 {
             assert!(matches!(
@@ -273,7 +317,10 @@ mod tests {
             _ => panic!("too many held"),
         }
 
-        late.route(&event(kind::SWITCH_OUT, 9000, LATE_STACKS_PENDING), THRESHOLD);
+        late.route(
+            &event(kind::SWITCH_OUT, 9000, LATE_STACKS_PENDING),
+            THRESHOLD,
+        );
         late.route(&event(kind::SWITCH_IN, 9000 + MIN, 0), THRESHOLD);
         assert_eq!(late.drain().len(), 1);
     }

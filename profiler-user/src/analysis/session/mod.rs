@@ -271,7 +271,13 @@ impl Session {
             if native.is_some() || python.is_some() {
                 let frames = match python {
                     Some(python) => {
-                        self.tasks.note(raw.tid, raw.ts_ns, python.task);
+                        // Late stacks: the task was the thread's from its switch-out on.
+                        let at = if raw.kind == kind::LATE_STACKS {
+                            raw.arg0
+                        } else {
+                            raw.ts_ns
+                        };
+                        self.tasks.note(raw.tid, at, python.task);
                         python.frames
                     }
                     None => Vec::new(),
@@ -305,8 +311,41 @@ impl Session {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.flush(&mut |r| released.push(r));
         self.handle_released(system, &mut released);
+        if system.live() {
+            self.stacks_of_open_blocks();
+        }
         for held in self.late.drain() {
             self.handle_now(system, &held);
+        }
+    }
+
+    /// Threads still blocked in a syscall when recording stops never left it, so the kernel
+    /// never sent their user stacks: read them from /proc instead (the registers the thread
+    /// entered the call with, its stack from /proc/PID/mem; the thread is not stopped) and
+    /// unwind them as the kernel's copy would be. Native frames only: the Python walk runs in
+    /// the kernel. A replay does not redo this (its saved events have no such stack).
+    fn stacks_of_open_blocks(&mut self) {
+        for (pid, tid, syscall) in self.late.still_blocked() {
+            let Some(blocked) = procfs::blocked_stack(pid, tid, self.config.stack_bytes as usize)
+            else {
+                continue;
+            };
+            if blocked.syscall != i64::from(syscall) {
+                continue;
+            }
+            let unwound =
+                self.unwinders
+                    .unwind_frames(pid, blocked.ip, blocked.sp, 0, &blocked.stack);
+            let sps = if unwound.ips.len() == unwound.sps.len() {
+                unwound.sps
+            } else {
+                Vec::new()
+            };
+            let user = self.resolver.intern_mixed(unwound.ips, &sps, &[]);
+            if let Some(key) = self.timeline.late_user_stack(tid, user) {
+                self.resolver.saw(key);
+            }
+            self.late.resolved(tid);
         }
     }
 
