@@ -189,7 +189,7 @@ pub async fn run_with_start(
     if let Err(err) = privileges::drop_all_but(keep) {
         eprintln!("stallscope: warning: could not drop unneeded capabilities: {err}");
     }
-    for pid in session.processes.keys().copied().collect::<Vec<_>>() {
+    for pid in session.processes.pids() {
         detect_waiting_threads(&mut session, pid);
     }
     session.sync_python(&mut probes);
@@ -398,8 +398,8 @@ pub fn detect_waiting_threads(session: &mut Session, pid: u32) {
 fn announce(session: &Session, out_dir: &std::path::Path) {
     let mut pids: Vec<String> = session
         .processes
-        .values()
-        .map(|p| format!("{} ({})", p.record.pid, p.record.comm))
+        .followed_records()
+        .map(|p| format!("{} ({})", p.pid, p.comm))
         .collect();
     pids.sort();
     let duration = session

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     analysis::budget,
-    analysis::session::{self, ProcessState, Resolver, Session},
+    analysis::session::{self, Resolver, Session},
     commands::{
         record::{Outcome, StopReason},
         render,
@@ -65,16 +65,12 @@ pub fn replay_events(
     let mut session = Session::new(config);
     session.resolver = Resolver::from_saved(stacks);
     for process in &saved.processes {
-        session.processes.insert(
-            process.pid,
-            ProcessState {
-                record: process.clone(),
-                id: None,
-            },
-        );
+        session.processes.add_saved(process.clone());
     }
     for thread in &saved.threads {
-        session.thread_names.insert(thread.tid, thread.comm.clone());
+        session
+            .processes
+            .name_thread(thread.tid, thread.comm.clone());
     }
     for &(pid, tid) in &saved.waiting_at_start {
         session.mark_waiting(pid, tid);

@@ -325,7 +325,7 @@ fn announce(config: &WatchConfig, session: &Session) {
 
 /// Starts following a running process (its threads now; its children as they come).
 fn follow(session: &mut Session, probes: &mut Probes, pid: u32) {
-    if session.processes.contains_key(&pid) {
+    if session.processes.contains(pid) {
         return;
     }
     let Some(id) = procfs::process_id(pid) else {
@@ -369,7 +369,7 @@ fn rescan(session: &mut Session, probes: &mut Probes, selection: &mut Selection)
     candidates.sort_unstable();
     candidates.dedup();
     for pid in candidates {
-        if pid != own && !session.processes.contains_key(&pid) && selection.matches(pid) {
+        if pid != own && !session.processes.contains(pid) && selection.matches(pid) {
             follow(session, probes, pid);
         }
     }
@@ -404,7 +404,7 @@ impl IterationCounts {
             if delta == 0 {
                 continue;
             }
-            let process = session.processes.get(&pid).map(|p| &p.record);
+            let process = session.processes.record(pid);
             let (comm, cgroup) = outputs.labels(pid, process);
             outputs.metrics.iterations(&comm, &cgroup, delta);
         }
@@ -506,7 +506,7 @@ fn refresh_state(session: &Session, probes: &Probes, outputs: &mut Outputs) {
     if outputs.labels.len() > 2 * session.processes.len() + 64 {
         outputs
             .labels
-            .retain(|pid, _| session.processes.contains_key(pid));
+            .retain(|pid, _| session.processes.contains(*pid));
     }
 }
 

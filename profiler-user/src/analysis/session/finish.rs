@@ -38,7 +38,7 @@ impl Session {
         // A process that ran only while starting up and exited without reaching a wait point,
         // beside a process that has a loop, is a helper (a shim's, a wrapper's): its runs are
         // that start-up, not stalls.
-        let exited: HashSet<u32> = self.past_processes.iter().map(|p| p.pid).collect();
+        let exited = self.processes.exited_pids_recorded();
         let stalls_dropped = self.stalls.dropped();
         let stalls = std::mem::take(&mut self.stalls).into_sorted(|s, startup_run| {
             let helper = startup_run && exited.contains(&s.pid) && !loop_pids.is_empty();
@@ -120,13 +120,7 @@ impl Session {
             .kernel_drops_at_stop
             .or_else(|| system.kernel_drops())
             .unwrap_or_default();
-        let mut processes: Vec<ProcessRecord> = self
-            .past_processes
-            .iter()
-            .cloned()
-            .chain(self.processes.values().map(|p| p.record.clone()))
-            .collect();
-        processes.sort_by_key(|p| (p.pid, p.started_ns));
+        let processes = self.processes.all_records();
         let v8_stats = self.v8s.stats();
         let mut hints = hints(&processes, &self.v8s);
         if !self.resolver.symbols.unopenable.is_empty() {

@@ -97,7 +97,7 @@ impl Session {
             .collect();
         for pid in due {
             let tries = self.python_maybe_later.get(&pid).map_or(0, |t| t.0) + 1;
-            if tries > 50 || !self.processes.contains_key(&pid) {
+            if tries > 50 || !self.processes.contains(pid) {
                 self.python_maybe_later.remove(&pid);
                 continue;
             }
