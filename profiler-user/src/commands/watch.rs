@@ -35,7 +35,7 @@ use crate::{
         flight_recorder::FlightRecorder,
         record::{self, detect_waiting_threads},
     },
-    config::{Target, WatchConfig},
+    config::{Target, View, WatchConfig},
     model::{ProcessRecord, StallRecord},
     outputs::{
         events_log::{self, EventsLog, StallEvent},
@@ -166,7 +166,8 @@ impl StallSink for Sink {
         outputs.metrics.stall(stall, &comm, &cgroup);
         let host = outputs.host.clone();
         if let Some(events) = outputs.events.as_mut() {
-            let top_frames = crate::analysis::headline::headline(stall)
+            // `watch` has no --native: its events read as the default view.
+            let top_frames = crate::analysis::headline::headline(stall, View::PythonFirst)
                 .map(|h| h.text("\u{1f}"))
                 .map(|text| text.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default();
@@ -262,7 +263,9 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     session.resolver.rotate_interned = true;
     session.sink = Some(Box::new(Sink(outputs.clone())));
     if !config.record.quiet {
-        session.live_sink = Some(Box::new(crate::outputs::live::LiveLines));
+        session.live_sink = Some(Box::new(crate::outputs::live::LiveLines(
+            config.record.view,
+        )));
     }
     for pid in procfs::with_descendants(&start_pids) {
         follow(&mut session, &mut probes, pid);

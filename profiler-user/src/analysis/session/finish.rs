@@ -137,11 +137,12 @@ impl Session {
                 self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
             ));
         }
-        if self.maps_unread_exited > 0 {
+        let maps_unread_exited = self.python.maps_unread_exited;
+        if maps_unread_exited > 0 {
             hints.push(format!(
                 "{} short-lived {} exited before their maps could be read (no Python frames for them)",
-                self.maps_unread_exited,
-                if self.maps_unread_exited == 1 { "process" } else { "processes" }
+                maps_unread_exited,
+                if maps_unread_exited == 1 { "process" } else { "processes" }
             ));
         }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
@@ -191,8 +192,8 @@ impl Session {
                 symbol_failures: self.resolver.symbols.failures,
             },
             python: model::PythonReport {
-                unreadable_frames: self.pythons.unreadable_frames,
-                ..self.python_report
+                unreadable_frames: self.python.pythons.unreadable_frames,
+                ..self.python.report
             },
             javascript: model::JsReport {
                 runtimes: self

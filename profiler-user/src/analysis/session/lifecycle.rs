@@ -121,9 +121,8 @@ impl Session {
             // at the next purge.
             self.resolver.resolve_pid(system, pid);
         }
-        self.pythons.forget(pid);
+        self.python.forget(pid);
         self.v8s.forget(pid);
-        self.python_maybe_later.remove(&pid);
     }
 
     /// `watch`: drops what is kept of the processes that exited since the last call (their
@@ -143,7 +142,7 @@ impl Session {
         for &pid in &gone {
             self.unwinders.forget(pid);
             self.v8s.forget(pid);
-            self.pythons.forget(pid);
+            self.python.forget(pid);
         }
         self.resolver.forget_pids(&gone);
     }

@@ -28,12 +28,14 @@ mod finish;
 mod lifecycle;
 mod pending;
 mod processes;
+mod python_detection;
 mod python_tasks;
 mod resolver;
 mod stalls;
 
 use pending::PendingStacks;
 pub use processes::{Added, ProcessState, ProcessTable};
+pub use python_detection::PythonDetection;
 use python_tasks::{PendingPython, TaskHistory};
 pub use resolver::{INTERNED_BASE, Resolver, SavedStack};
 pub use stalls::StallRecords;
@@ -120,9 +122,6 @@ pub struct Session {
     pub processes: ProcessTable,
     /// The stalls kept for the recording (see [`StallRecords`]).
     pub stalls: StallRecords,
-    /// Processes that exited before their maps could be read for Python: said once, at the end
-    /// (a shim or build script can start dozens; a line each would bury what matters).
-    maps_unread_exited: u64,
     startup_said: bool,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<Box<dyn EventSink>>,
@@ -131,18 +130,12 @@ pub struct Session {
     stacks: PendingStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
-    /// CPython interpreters of the followed processes.
-    pub pythons: python::Pythons,
-    /// Processes whose interpreter the kernel side has not been told about yet.
-    pythons_to_register: Vec<u32>,
+    /// Which followed processes run CPython (see [`PythonDetection`]).
+    pub python: PythonDetection,
     /// The asyncio task each thread ran (see [`TaskHistory`]).
     tasks: TaskHistory,
     /// The kernel's drop counters when recording stopped (see `stopped`).
     kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
-    /// What the recording says about Python (interpreters seen, frames read).
-    python_report: model::PythonReport,
-    /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
-    python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     /// Time spent reading JavaScript frames, summed.
     v8_ns: u64,
     pub unwinders: crate::stacks::unwind::Unwinders,
@@ -184,16 +177,12 @@ impl Session {
             loss: LossDetector::default(),
             processes: ProcessTable::default(),
             stalls: StallRecords::default(),
-            maps_unread_exited: 0,
             startup_said: false,
             event_log: None,
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
             pending_python: HashMap::new(),
-            pythons: python::Pythons::default(),
-            pythons_to_register: Vec::new(),
-            python_maybe_later: HashMap::new(),
-            python_report: model::PythonReport::default(),
+            python: PythonDetection::default(),
             tasks: TaskHistory::default(),
             kernel_drops_at_stop: None,
             v8_ns: 0,
@@ -252,9 +241,7 @@ impl Session {
                 raw.user_stack_id = self.resolver.intern_mixed(native.ips, &native.sps, &frames);
             }
         }
-        if system.live()
-            && (!self.pythons_to_register.is_empty() || !self.python_maybe_later.is_empty())
-        {
+        if system.live() && self.python.pending() {
             self.sync_python(system);
         }
         // Stacks are attached above, in arrival order (a CPU's copy precedes its event);
@@ -457,21 +444,6 @@ fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<Strin
         ));
     }
     hints
-}
-
-/// Whether reading a process failed because it is gone: its /proc entry went away or it is a
-/// zombie, or the read said so (ENOENT, ESRCH).
-fn gone(system: &dyn SystemAccess, pid: u32, err: &anyhow::Error) -> bool {
-    let said_gone = err.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
-            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
-        })
-    });
-    // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
-    said_gone
-        || system
-            .stat(pid)
-            .is_none_or(|s| matches!(s.state, 'Z' | 'X'))
 }
 
 fn syscall_name(nr: Option<i32>) -> Option<String> {

@@ -9,22 +9,7 @@ use crate::system::access::{Replay, fake::FakeSystem};
 const MS: u64 = 1_000_000;
 
 fn config() -> RecordConfig {
-    RecordConfig {
-        target: crate::config::Target::Pids(Vec::new()),
-        threshold_ns: 100 * MS,
-        duration: None,
-        freq_hz: 100,
-        out: None,
-        threads: Vec::new(),
-        thread_name: None,
-        quiet: true,
-        ring_buffer_bytes: 0,
-        budgets: Vec::new(),
-        formats: crate::config::Formats::ALL,
-        stack_bytes: 0,
-        python_only: false,
-        verbose: false,
-    }
+    crate::config::fixtures::record_config()
 }
 
 /// Issue #22 end to end through the session (the wiring from raw events to the stall):

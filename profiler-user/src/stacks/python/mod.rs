@@ -34,7 +34,6 @@ use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackH
 use crate::{
     model::{Frame, FrameKind, TaskInfo, TaskRef},
     stacks::python::offsets::{AsyncioOffsets, DebugOffsets, Refused},
-    stacks::symbolize,
     system::procfs,
 };
 
