@@ -243,6 +243,8 @@ pub trait ProcReader {
     /// Opens a file a target may have put in our way, regular files only (see
     /// [`open_regular`]).
     fn open_regular(&self, path: &Path) -> std::io::Result<fs::File>;
+    /// /proc/PID/mem, read-only (no ptrace attach: the target keeps running).
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File>;
 }
 
 /// The real /proc.
@@ -261,6 +263,9 @@ impl ProcReader for LiveProc {
     }
     fn open_regular(&self, path: &Path) -> std::io::Result<fs::File> {
         open_regular(path)
+    }
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File> {
+        fs::File::open(format!("/proc/{pid}/mem"))
     }
 }
 
@@ -281,6 +286,12 @@ impl ProcReader for NoProc {
         Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("{}: not read when replaying", path.display()),
+        ))
+    }
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("/proc/{pid}/mem: not read when replaying"),
         ))
     }
 }
@@ -373,6 +384,9 @@ pub mod fake {
                 Some((_, Some(real))) => open_regular(real),
                 _ => Err(std::io::ErrorKind::NotFound.into()),
             }
+        }
+        fn open_mem(&self, _pid: u32) -> std::io::Result<fs::File> {
+            Err(std::io::ErrorKind::PermissionDenied.into())
         }
     }
 }

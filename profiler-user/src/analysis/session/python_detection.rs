@@ -49,7 +49,7 @@ impl PythonDetection {
                     binary: interpreter.binary.display().to_string(),
                     frames: interpreter.frames_from.clone(),
                 });
-                self.pythons.add(pid, *interpreter);
+                self.pythons.add(system.proc_reader(), pid, *interpreter);
                 self.to_register.push(pid);
                 self.maybe_later.remove(&pid);
             }
