@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     commands::render,
-    config::Formats,
+    config::{Formats, View},
     model::{self, ProcessRecord, Recording, StallRecord},
 };
 
@@ -95,7 +95,8 @@ impl FlightRecorder {
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let recording = one_stall(stall, process, threshold_ns);
-        let files = render::write_outputs(&dir, &recording, &FORMATS)?;
+        // `watch` has no --native: the default view.
+        let files = render::write_outputs(&dir, &recording, &FORMATS, View::PythonFirst)?;
         Ok((dir, files.into_iter().map(PathBuf::from).collect()))
     }
 }
@@ -147,26 +148,8 @@ mod tests {
 
     fn stall(pid: u32) -> StallRecord {
         StallRecord {
-            pid,
-            tid: pid,
             comm: "loop".into(),
-            start_ns: 0,
-            end_ns: 200_000_000,
-            duration_ns: 200_000_000,
-            on_cpu_ns: 200_000_000,
-            off_cpu_ns: 0,
-            runqueue_ns: 0,
-            rule: crate::model::StallRule::Iteration,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
-            ready_events: None,
-            stacks: Vec::new(),
+            ..crate::model::fixtures::stall(pid, pid, 200_000_000)
         }
     }
 

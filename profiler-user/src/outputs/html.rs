@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    analysis::headline,
+    analysis::headline::{self, View},
     model::{FrameKind, Recording, SpanKind, StackKind, StackRecord, StallRecord},
     units::format_duration,
 };
@@ -223,7 +223,7 @@ fn marker(stack: &StackRecord) -> (String, &'static str) {
 
 /// The stall's stacks merged by frame from the outermost in, as its own flamegraph: the
 /// heaviest stacks first until the node budget is spent, the rest summed into one node.
-fn stall_tree(stall: &StallRecord) -> Node {
+fn stall_tree(stall: &StallRecord, view: View) -> Node {
     let mut root = Node {
         n: format!("stall {}", format_duration(stall.duration_ns)),
         k: "on",
@@ -245,7 +245,7 @@ fn stall_tree(stall: &StallRecord) -> Node {
         let mut node = &mut root;
         // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
         let did_work = headline::did_work(stack.kind);
-        for shown in headline::folded(&stack.frames, did_work).iter().rev() {
+        for shown in headline::folded(&stack.frames, did_work, view).iter().rev() {
             let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
             node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
@@ -299,8 +299,8 @@ fn causes(stall: &StallRecord) -> Vec<CauseView> {
 }
 
 /// The table's "where": the stall's dominant code path, as the live line says it.
-fn headline(stall: &StallRecord) -> String {
-    let text = headline::headline(stall)
+fn headline(stall: &StallRecord, view: View) -> String {
+    let text = headline::headline(stall, view)
         .map(|h| h.text(" < "))
         .unwrap_or_else(|| format!("(no frames: {})", stall.no_frames_why()));
     clip(&text, 4 * PAGE_LIMITS.name_chars)
@@ -339,7 +339,7 @@ fn iteration_marks(recording: &Recording) -> HashMap<(u32, u32), Vec<IterationMa
         .collect()
 }
 
-fn page(recording: &Recording) -> Page {
+fn page(recording: &Recording, view: View) -> Page {
     let mut marks = iteration_marks(recording);
     let mut threads: Vec<ThreadView> = recording
         .threads
@@ -398,7 +398,7 @@ fn page(recording: &Recording) -> Page {
             blocked_ns: stall.off_cpu_ns.saturating_sub(lock_ns),
             runqueue_ns: stall.runqueue_ns,
             lock_ns,
-            headline: headline(stall),
+            headline: headline(stall, view),
             task: stall.task.as_ref().map(|t| {
                 clip(
                     &format!(
@@ -411,7 +411,7 @@ fn page(recording: &Recording) -> Page {
             }),
             caveat: stall.caveat().trim(),
             causes: causes(stall),
-            tree: (rank < PAGE_LIMITS.stalls_with_stacks).then(|| stall_tree(stall)),
+            tree: (rank < PAGE_LIMITS.stalls_with_stacks).then(|| stall_tree(stall, view)),
         });
     }
     stalls.sort_by_key(|s| s.start_us);
@@ -517,8 +517,8 @@ fn html_text(text: &str) -> String {
 }
 
 /// The page: our styles, the skeleton, the data, then d3, d3-flame-graph and our script.
-pub fn report_html(recording: &Recording) -> Result<String> {
-    let page = page(recording);
+pub fn report_html(recording: &Recording, view: View) -> Result<String> {
+    let page = page(recording, view);
     let title = html_text(&page.title);
     let data = script_json(&page)?;
     Ok(format!(
@@ -577,14 +577,13 @@ mod tests {
     // Built from JSON, as stalls.json is read: fields others add later (with serde defaults)
     // do not break these fixtures.
     fn stall(duration_ns: u64, stacks: Vec<StackRecord>) -> StallRecord {
-        serde_json::from_value(serde_json::json!({
-            "pid": 10, "tid": 10, "comm": "srv</script><b>",
-            "start_ns": 1_000, "end_ns": 1_000 + duration_ns, "duration_ns": duration_ns,
-            "on_cpu_ns": duration_ns, "off_cpu_ns": 0, "runqueue_ns": 0,
-            "rule": "iteration", "partial": false, "data_lost": false,
-            "stacks": stacks,
-        }))
-        .expect("stall fixture")
+        StallRecord {
+            comm: "srv</script><b>".into(),
+            start_ns: 1_000,
+            end_ns: 1_000 + duration_ns,
+            stacks,
+            ..crate::model::fixtures::stall(10, 10, duration_ns)
+        }
     }
 
     fn recording(stalls: Vec<StallRecord>) -> Recording {
@@ -624,7 +623,7 @@ mod tests {
                 ),
             ],
         );
-        let tree = stall_tree(&s);
+        let tree = stall_tree(&s, View::PythonFirst);
         assert_eq!(tree.v, 300);
         assert_eq!(tree.c.len(), 1);
         let main = &tree.c[0];
@@ -650,7 +649,7 @@ mod tests {
                 stack("on_cpu", 1000 - i, frames)
             })
             .collect();
-        let tree = stall_tree(&stall(100_000, stacks));
+        let tree = stall_tree(&stall(100_000, stacks), View::PythonFirst);
         fn count(node: &Node) -> usize {
             1 + node.c.iter().map(count).sum::<usize>()
         }
@@ -674,7 +673,7 @@ mod tests {
                 vec![frame(evil, FrameKind::Native)],
             )],
         )]);
-        let html = report_html(&rec).expect("html");
+        let html = report_html(&rec, View::PythonFirst).expect("html");
         let start = html
             .find(r#"<script type="application/json" id="stallscope-data">"#)
             .expect("data element");
@@ -698,7 +697,7 @@ mod tests {
                 )
             })
             .collect();
-        let page = page(&recording(stalls));
+        let page = page(&recording(stalls), View::PythonFirst);
         assert_eq!(page.stalls_with_stacks, PAGE_LIMITS.stalls_with_stacks);
         let shortest_with_tree = page
             .stalls
