@@ -475,6 +475,19 @@ fn stacks<C: StackIdContext>(
 /// Sends the current thread's user registers and the top of its user stack.
 #[inline(always)]
 fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
+    stallscope_copy_user_stack(pid, tid, slot) != 0
+}
+
+/// `copy_user_stack` as a global function: the verifier checks it once, on its own, whatever
+/// its callers know (see `python_stack_global`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn stallscope_copy_user_stack(pid: u32, tid: u32, slot: u32) -> u32 {
+    u32::from(copy_user_stack_inline(pid, tid, slot))
+}
+
+#[inline(always)]
+fn copy_user_stack_inline(pid: u32, tid: u32, slot: u32) -> bool {
     let want = STACK_COPY_BYTES.load() as usize;
     if want == 0 {
         return false;
@@ -748,6 +761,29 @@ fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
     if compat::NO_PYTHON_WALK || is_idle_wait(syscall as i64) {
         return NO_PYTHON;
     }
+    let packed = stallscope_python_stack(pid, tid, syscall, slot);
+    PythonStack {
+        sent: packed & PY_SENT != 0,
+        gil_holder: (packed & PY_GIL != 0).then_some(packed as u32),
+    }
+}
+
+const PY_SENT: u64 = 1 << 32;
+const PY_GIL: u64 = 1 << 33;
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn stallscope_python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> u64 {
+    let found = python_stack_inline(pid, tid, syscall, slot);
+    let mut packed = if found.sent { PY_SENT } else { 0 };
+    if let Some(holder) = found.gil_holder {
+        packed |= PY_GIL | holder as u64;
+    }
+    packed
+}
+
+#[inline(always)]
+fn python_stack_inline(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
     // SAFETY: the value is copied out of the map.
     let Some(py) = (unsafe { PY_PROCS.get(&pid) }).copied() else {
         return NO_PYTHON;
