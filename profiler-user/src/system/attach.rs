@@ -194,6 +194,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         PROGRAMS_COMPAT
     };
     let mut ebpf = EbpfLoader::new()
+        .verifier_log_level(log_level(options.verbose))
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
@@ -373,6 +374,19 @@ pub fn is_too_complex(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(libc::E2BIG))
     })
+}
+
+/// What the verifier logs when it refuses a program: its error and statistics, and with
+/// `--verbose` also every instruction it walked. That trail runs to tens of megabytes for a
+/// program refused as too complex, and since a kernel before 6.4 stops at a full buffer, aya
+/// retries with ten times the buffer each time: each retry verifies the whole program again
+/// (two minutes each under emulation), and the compat build's load waited for all of them.
+fn log_level(verbose: bool) -> aya::VerifierLogLevel {
+    if verbose {
+        aya::VerifierLogLevel::DEBUG | aya::VerifierLogLevel::STATS
+    } else {
+        aya::VerifierLogLevel::STATS
+    }
 }
 
 /// Logs (`RUST_LOG=info`) how much work the verifier did on a program it accepted: the
