@@ -589,14 +589,20 @@ mod tests {
     fn too_complex_full_programs_fall_back_to_compat_once() {
         let compat = fallback(KernelFeatures::ALL, &refusal(libc::E2BIG));
         assert_eq!(compat, Some(KernelFeatures::ALL.with_full_refused()));
-        assert!(!compat.is_some_and(|c| c.full()), "the fallback loads the compat build");
+        assert!(
+            !compat.is_some_and(|c| c.full()),
+            "the fallback loads the compat build"
+        );
         // Any other refusal is reported as it is.
         assert_eq!(fallback(KernelFeatures::ALL, &refusal(libc::EINVAL)), None);
         assert_eq!(fallback(KernelFeatures::ALL, &refusal(libc::EACCES)), None);
         // The compat build refused too: nothing left to try.
         assert_eq!(fallback(KernelFeatures::NONE, &refusal(libc::E2BIG)), None);
         assert_eq!(
-            fallback(KernelFeatures::ALL.with_full_refused(), &refusal(libc::E2BIG)),
+            fallback(
+                KernelFeatures::ALL.with_full_refused(),
+                &refusal(libc::E2BIG)
+            ),
             None
         );
     }
