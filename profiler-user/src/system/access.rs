@@ -6,9 +6,10 @@
 //! unit-tested on synthetic events without a kernel (the idea of aya's `sys/fake.rs`).
 //!
 //! The stack readers' view of /proc (maps, binaries) is [`SystemAccess::proc_reader`] (see
-//! [`procfs::ProcReader`]): CPython detection and its memory reader go through it. Not behind it
-//! yet: the V8 reader, the unwinder and the symbolizer, which read the targets themselves (see
-//! `stacks/`); for a PID that does not exist they find nothing.
+//! [`procfs::ProcReader`]): CPython detection and its memory reader go through it, and the
+//! symbolizer's snapshots read through a reader of their own (`Symbols::with_reader`). Not behind
+//! it yet: the V8 reader and the unwinder, which read the targets themselves (see `stacks/`); for
+//! a PID that does not exist they find nothing.
 
 use std::path::PathBuf;
 
