@@ -254,6 +254,11 @@ pub fn load_options(
             config.threshold_ns / WAKER_STACK_FRACTION
         },
         eager_stacks: eager_stacks(),
+        late_min_ns: if eager_stacks() {
+            0
+        } else {
+            config.threshold_ns / profiler_common::LATE_STACK_FRACTION
+        },
         task_stack_offset: stack_offset(&kernel),
         features: kernel,
         verifier_log,

@@ -139,6 +139,54 @@ pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// A thread blocked in a syscall as /proc shows it without stopping it: the syscall, the user
+/// stack pointer and instruction pointer it entered the call with
+/// (/proc/PID/task/TID/syscall), and up to `bytes` of its stack from there (/proc/PID/mem).
+pub struct BlockedStack {
+    pub syscall: i64,
+    pub ip: u64,
+    pub sp: u64,
+    pub stack: Vec<u8>,
+}
+
+/// See [`BlockedStack`]; None when the thread is running, in user space, or unreadable.
+pub fn blocked_stack(pid: u32, tid: u32, bytes: usize) -> Option<BlockedStack> {
+    use std::os::unix::fs::FileExt as _;
+    let text = read_text(&format!("/proc/{pid}/task/{tid}/syscall"))?;
+    let (syscall, sp, ip) = parse_syscall_file(&text)?;
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    // Up to `bytes`, less where the stack's mapping ends sooner: halve until a read succeeds.
+    let mut len = bytes;
+    while len >= 64 {
+        let mut stack = vec![0u8; len];
+        if let Ok(n) = mem.read_at(&mut stack, sp)
+            && n > 0
+        {
+            stack.truncate(n);
+            return Some(BlockedStack {
+                syscall,
+                ip,
+                sp,
+                stack,
+            });
+        }
+        len /= 2;
+    }
+    None
+}
+
+/// (syscall, sp, pc) from /proc/PID/task/TID/syscall: "NR ARG1 .. ARG6 SP PC" (hex but NR);
+/// None for "running", "-1 SP PC" (not in a syscall) or anything else.
+fn parse_syscall_file(text: &str) -> Option<(i64, u64, u64)> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [nr, _, _, _, _, _, _, sp, pc] = fields[..] else {
+        return None;
+    };
+    let hex = |f: &str| u64::from_str_radix(f.strip_prefix("0x")?, 16).ok();
+    let nr: i64 = nr.parse().ok()?;
+    (nr >= 0).then_some((nr, hex(sp)?, hex(pc)?))
+}
+
 /// Opens a file a target may have put in our way (a binary, a library, a debug file) for
 /// reading, refusing anything but a regular file: `O_NONBLOCK` so that a FIFO swapped in
 /// cannot hang the agent at open, then a check of what was opened.
@@ -424,6 +472,23 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blocked thread's line names its syscall, stack and instruction pointers; a running
+    /// thread or one in user space has none.
+    #[test]
+    fn syscall_file_of_a_blocked_thread() {
+        let line = "230 0x1 0x1 0x7ffd5e4c2f80 0x0 0x0 0x0 0x7ffd5e4c2f48 0x7f0a1c2e4d85\n";
+        assert_eq!(
+            parse_syscall_file(line),
+            Some((230, 0x7ffd5e4c2f48, 0x7f0a1c2e4d85))
+        );
+        assert_eq!(parse_syscall_file("running\n"), None);
+        assert_eq!(
+            parse_syscall_file("-1 0x7ffd5e4c2f48 0x7f0a1c2e4d85\n"),
+            None
+        );
+        assert_eq!(parse_syscall_file("230 0x1 zz 0 0 0 0 0x7ffd 0xzz"), None);
+    }
 
     #[test]
     fn stat_with_awkward_comm() {

@@ -174,6 +174,7 @@ impl Session {
                     + self.resolver.interned_dropped,
                 events_not_saved: 0,
                 repeats_without_copy: self.stacks.repeats_without_copy,
+                late_stacks_missing: self.late.released_without,
             },
             processes,
             threads,

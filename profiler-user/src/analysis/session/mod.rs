@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod finish;
+mod late;
 mod lifecycle;
 mod pending;
 mod processes;
@@ -128,6 +129,8 @@ pub struct Session {
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
     stacks: PendingStacks,
+    /// Blocks in a syscall whose stacks come when the thread leaves the call (see [`late`]).
+    late: late::LateStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: HashMap<u32, PendingPython>,
     /// Which followed processes run CPython (see [`PythonDetection`]).
@@ -181,6 +184,7 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
+            late: late::LateStacks::default(),
             pending_python: HashMap::new(),
             python: PythonDetection::default(),
             tasks: TaskHistory::default(),
@@ -232,7 +236,13 @@ impl Session {
             if native.is_some() || python.is_some() {
                 let frames = match python {
                     Some(python) => {
-                        self.tasks.note(raw.tid, raw.ts_ns, python.task);
+                        // Late stacks: the task was the thread's from its switch-out on.
+                        let at = if raw.kind == kind::LATE_STACKS {
+                            raw.arg0
+                        } else {
+                            raw.ts_ns
+                        };
+                        self.tasks.note(raw.tid, at, python.task);
                         python.frames
                     }
                     None => Vec::new(),
@@ -264,6 +274,42 @@ impl Session {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.flush(&mut |r| released.push(r));
         self.handle_released(system, &mut released);
+        if system.live() {
+            self.stacks_of_open_blocks();
+        }
+        for held in self.late.drain() {
+            self.handle_now(system, &held);
+        }
+    }
+
+    /// Threads still blocked in a syscall when recording stops never left it, so the kernel
+    /// never sent their user stacks: read them from /proc instead (the registers the thread
+    /// entered the call with, its stack from /proc/PID/mem; the thread is not stopped) and
+    /// unwind them as the kernel's copy would be. Native frames only: the Python walk runs in
+    /// the kernel. A replay does not redo this (its saved events have no such stack).
+    fn stacks_of_open_blocks(&mut self) {
+        for (pid, tid, syscall) in self.late.still_blocked() {
+            let Some(blocked) = procfs::blocked_stack(pid, tid, self.config.stack_bytes as usize)
+            else {
+                continue;
+            };
+            if blocked.syscall != i64::from(syscall) {
+                continue;
+            }
+            let unwound =
+                self.unwinders
+                    .unwind_frames(pid, blocked.ip, blocked.sp, 0, &blocked.stack);
+            let sps = if unwound.ips.len() == unwound.sps.len() {
+                unwound.sps
+            } else {
+                Vec::new()
+            };
+            let user = self.resolver.intern_mixed(unwound.ips, &sps, &[]);
+            if let Some(key) = self.timeline.late_user_stack(tid, user) {
+                self.resolver.saw(key);
+            }
+            self.late.resolved(tid);
+        }
     }
 
     fn handle_released(
@@ -299,6 +345,42 @@ impl Session {
             }
             return;
         }
+        for held in self.late.expired(raw.ts_ns) {
+            self.handle_now(system, &held);
+        }
+        match self.late.route(raw, self.config.threshold_ns) {
+            late::Route::Now => self.handle_now(system, raw),
+            late::Route::Held => {}
+            late::Route::Patch {
+                user,
+                release,
+                event_first,
+            } => {
+                if event_first {
+                    self.handle_now(system, raw);
+                }
+                if let Some(key) = self.timeline.late_user_stack(raw.tid, user) {
+                    self.resolver.saw(key);
+                }
+                for mut held in release {
+                    late::patch_held(&mut held, user);
+                    self.handle_now(system, &held);
+                }
+                if !event_first {
+                    self.handle_now(system, raw);
+                }
+            }
+            late::Route::ReleaseFirst(held) => {
+                for held in held {
+                    self.handle_now(system, &held);
+                }
+                self.handle_now(system, raw);
+            }
+        }
+    }
+
+    /// An event in its turn (after the reorder stage, and any wait for late stacks).
+    fn handle_now(&mut self, system: &mut dyn SystemAccess, raw: &RawEvent) {
         // Only events taken in the thread's own context carry its name (a wake-up carries the
         // waker's).
         if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
