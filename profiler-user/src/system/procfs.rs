@@ -142,6 +142,7 @@ pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
 /// A thread blocked in a syscall as /proc shows it without stopping it: the syscall, the user
 /// stack pointer and instruction pointer it entered the call with
 /// (/proc/PID/task/TID/syscall), and up to `bytes` of its stack from there (/proc/PID/mem).
+#[derive(Clone, Debug)]
 pub struct BlockedStack {
     pub syscall: i64,
     pub ip: u64,
