@@ -131,7 +131,8 @@ pub struct Session {
     /// /proc before its fork event is read; its own first event then shows it is a process).
     forks: HashMap<u32, (u64, u32)>,
     signals: HashMap<u32, i32>,
-    pub thread_names: HashMap<u32, String>,
+    /// Looked up for every event (foldhash: see `Timeline::threads`).
+    pub thread_names: foldhash::HashMap<u32, String>,
     /// Names of waking threads, from the wake-up events (which run in the waker's context).
     waker_names: HashMap<u32, String>,
     /// The stalls kept for the recording (see [`StallRecords`]).
@@ -146,7 +147,7 @@ pub struct Session {
     /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
     stacks: PendingStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
-    pending_python: HashMap<u32, PendingPython>,
+    pending_python: foldhash::HashMap<u32, PendingPython>,
     /// CPython interpreters of the followed processes.
     pub pythons: python::Pythons,
     /// Processes whose interpreter the kernel side has not been told about yet.
@@ -205,7 +206,7 @@ impl Session {
             exit_calls: HashMap::new(),
             forks: HashMap::new(),
             signals: HashMap::new(),
-            thread_names: HashMap::new(),
+            thread_names: Default::default(),
             waker_names: HashMap::new(),
             stalls: StallRecords::default(),
             maps_unread_exited: 0,
@@ -213,7 +214,7 @@ impl Session {
             event_log: None,
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
-            pending_python: HashMap::new(),
+            pending_python: Default::default(),
             pythons: python::Pythons::default(),
             pythons_to_register: Vec::new(),
             python_maybe_later: HashMap::new(),
