@@ -734,17 +734,19 @@ pub(crate) mod fixtures {
         }
     }
 
-    pub fn recording() -> Recording {
-        let stall = StallRecord {
-            pid: 10,
-            tid: 11,
+    /// A loop iteration of `duration_ns` from time 0, all of it on CPU, adding up, no stacks:
+    /// tests change what they look at with struct-update syntax.
+    pub fn stall(pid: u32, tid: u32, duration_ns: u64) -> StallRecord {
+        StallRecord {
+            pid,
+            tid,
             comm: "server".into(),
             start_ns: 0,
-            end_ns: 300_000_000,
-            duration_ns: 300_000_000,
-            on_cpu_ns: 290_000_000,
+            end_ns: duration_ns,
+            duration_ns,
+            on_cpu_ns: duration_ns,
             off_cpu_ns: 0,
-            runqueue_ns: 10_000_000,
+            runqueue_ns: 0,
             rule: StallRule::Iteration,
             partial: false,
             data_lost: false,
@@ -755,6 +757,14 @@ pub(crate) mod fixtures {
             missed_switches: 0,
             task: None,
             ready_events: None,
+            stacks: Vec::new(),
+        }
+    }
+
+    pub fn recording() -> Recording {
+        let stall = StallRecord {
+            on_cpu_ns: 290_000_000,
+            runqueue_ns: 10_000_000,
             stacks: vec![
                 StackRecord {
                     kind: StackKind::OnCpu,
@@ -780,6 +790,7 @@ pub(crate) mod fixtures {
                     waker: None,
                 },
             ],
+            ..stall(10, 11, 300_000_000)
         };
         Recording {
             version: SCHEMA_VERSION,

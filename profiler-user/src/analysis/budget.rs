@@ -227,12 +227,10 @@ mod tests {
     }
 
     fn stall(pid: u32, tid: u32, duration_ns: u64) -> StallRecord {
-        from_json(json!({
-            "pid": pid, "tid": tid, "comm": format!("t{tid}"),
-            "start_ns": 0, "end_ns": duration_ns, "duration_ns": duration_ns,
-            "on_cpu_ns": duration_ns, "off_cpu_ns": 0, "runqueue_ns": 0,
-            "rule": "iteration", "partial": false, "data_lost": false, "stacks": [],
-        }))
+        StallRecord {
+            comm: format!("t{tid}"),
+            ..crate::model::fixtures::stall(pid, tid, duration_ns)
+        }
     }
 
     fn process(pid: u32) -> ProcessRecord {

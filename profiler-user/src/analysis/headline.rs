@@ -556,12 +556,12 @@ mod tests {
     }
 
     fn stall(stacks: Vec<StackRecord>) -> StallRecord {
-        serde_json::from_value(serde_json::json!({
-            "pid": 1, "tid": 1, "comm": "python3", "start_ns": 0, "end_ns": 800_000_000u64,
-            "duration_ns": 800_000_000u64, "on_cpu_ns": 0, "off_cpu_ns": 0, "runqueue_ns": 0,
-            "rule": "iteration", "partial": false, "data_lost": false, "stacks": stacks,
-        }))
-        .expect("stall fixture")
+        StallRecord {
+            comm: "python3".into(),
+            on_cpu_ns: 0,
+            stacks,
+            ..crate::model::fixtures::stall(1, 1, 800_000_000)
+        }
     }
 
     /// The case of issue #23: a compress loop's time spread over 23 stacks that differ in

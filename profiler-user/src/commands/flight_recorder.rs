@@ -147,26 +147,8 @@ mod tests {
 
     fn stall(pid: u32) -> StallRecord {
         StallRecord {
-            pid,
-            tid: pid,
             comm: "loop".into(),
-            start_ns: 0,
-            end_ns: 200_000_000,
-            duration_ns: 200_000_000,
-            on_cpu_ns: 200_000_000,
-            off_cpu_ns: 0,
-            runqueue_ns: 0,
-            rule: crate::model::StallRule::Iteration,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
-            ready_events: None,
-            stacks: Vec::new(),
+            ..crate::model::fixtures::stall(pid, pid, 200_000_000)
         }
     }
 

@@ -576,14 +576,13 @@ mod tests {
     // Built from JSON, as stalls.json is read: fields others add later (with serde defaults)
     // do not break these fixtures.
     fn stall(duration_ns: u64, stacks: Vec<StackRecord>) -> StallRecord {
-        serde_json::from_value(serde_json::json!({
-            "pid": 10, "tid": 10, "comm": "srv</script><b>",
-            "start_ns": 1_000, "end_ns": 1_000 + duration_ns, "duration_ns": duration_ns,
-            "on_cpu_ns": duration_ns, "off_cpu_ns": 0, "runqueue_ns": 0,
-            "rule": "iteration", "partial": false, "data_lost": false,
-            "stacks": stacks,
-        }))
-        .expect("stall fixture")
+        StallRecord {
+            comm: "srv</script><b>".into(),
+            start_ns: 1_000,
+            end_ns: 1_000 + duration_ns,
+            stacks,
+            ..crate::model::fixtures::stall(10, 10, duration_ns)
+        }
     }
 
     fn recording(stalls: Vec<StallRecord>) -> Recording {

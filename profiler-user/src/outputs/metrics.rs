@@ -301,26 +301,12 @@ mod tests {
             });
         }
         StallRecord {
-            pid: 1,
-            tid: 1,
             comm: "loop".into(),
-            start_ns: 0,
-            end_ns: (on_cpu_ms + off_cpu_ms) * MS,
-            duration_ns: (on_cpu_ms + off_cpu_ms) * MS,
             on_cpu_ns: on_cpu_ms * MS,
             off_cpu_ns: off_cpu_ms * MS,
-            runqueue_ns: 0,
-            rule: crate::model::StallRule::Iteration,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
             ready_events: Some(3),
             stacks,
+            ..crate::model::fixtures::stall(1, 1, (on_cpu_ms + off_cpu_ms) * MS)
         }
     }
 

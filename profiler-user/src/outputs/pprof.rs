@@ -473,25 +473,11 @@ mod tests {
         let handler = frame("handle", Some("app.py"), Some(42), FrameKind::Python);
         let main = frame("main", Some("server.c"), Some(7), FrameKind::Native);
         let stall = StallRecord {
-            pid: 10,
-            tid: 11,
-            comm: "server".into(),
             start_ns: 1_000_000_000,
             end_ns: 1_300_000_000,
-            duration_ns: 300_000_000,
             on_cpu_ns: 200_000_000,
             off_cpu_ns: 90_000_000,
             runqueue_ns: 10_000_000,
-            rule: crate::model::StallRule::Iteration,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
-            ready_events: None,
             stacks: vec![
                 stack(
                     "on_cpu",
@@ -517,6 +503,7 @@ mod tests {
                 // Weightless stacks carry nothing and are left out.
                 stack("lock", 0, None, vec![main.clone()]),
             ],
+            ..crate::model::fixtures::stall(10, 11, 300_000_000)
         };
         Recording {
             recorded_ns: 5_000_000_000,

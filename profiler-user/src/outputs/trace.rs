@@ -426,25 +426,10 @@ mod tests {
 
     fn recording() -> Recording {
         let stall = StallRecord {
-            pid: 10,
-            tid: 11,
-            comm: "server".into(),
             start_ns: START + 1_000_000,
             end_ns: START + 313_400_000,
-            duration_ns: 312_400_000,
             on_cpu_ns: 12_400_000,
             off_cpu_ns: 300_000_000,
-            runqueue_ns: 0,
-            rule: crate::model::StallRule::Iteration,
-            partial: false,
-            data_lost: false,
-            unaccounted_ns: 0,
-            adds_up: true,
-            unaccounted_why: None,
-            late_events: 0,
-            missed_switches: 0,
-            task: None,
-            ready_events: None,
             stacks: vec![
                 StackRecord {
                     kind: crate::model::StackKind::OnCpu,
@@ -466,6 +451,7 @@ mod tests {
                     waker: None,
                 },
             ],
+            ..crate::model::fixtures::stall(10, 11, 312_400_000)
         };
         // Began before the recording: clamped to ts 0, only the visible part kept.
         let early = StallRecord {

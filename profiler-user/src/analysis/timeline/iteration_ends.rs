@@ -97,19 +97,8 @@ impl Timeline {
             self.just_exited.insert(tid);
         }
         let ts = ts.max(thread.last_ts);
-        let since = match thread.cpu {
-            Cpu::Running { since } => since,
-            Cpu::Unknown => 0,
-            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
-                self.anomalies.not_running += 1;
-                for span in thread.spans() {
-                    span.add_unaccounted(since, ts, true);
-                }
-                ts
-            }
-        };
-        for span in thread.spans() {
-            span.add_time(StackKind::OnCpu, since, ts);
+        if !thread.close_on_cpu(ts) {
+            self.anomalies.not_running += 1;
         }
         self.exited.push(ThreadSummary {
             pid: thread.pid,

@@ -320,6 +320,26 @@ impl Thread {
     fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
         self.iteration.iter_mut().chain(self.run.iter_mut())
     }
+
+    /// Ends its on-CPU time at `ts` (it is leaving the CPU or the recording). Returns false when
+    /// it was not running: the switch-in between was not seen, so how the time since its last
+    /// switch splits between waiting and running is unknown and counted as unaccounted.
+    fn close_on_cpu(&mut self, ts: u64) -> bool {
+        let (since, was_running) = match self.cpu {
+            Cpu::Running { since } => (since, true),
+            Cpu::Unknown => (0, true),
+            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
+                for span in self.spans() {
+                    span.add_unaccounted(since, ts, true);
+                }
+                (ts, false)
+            }
+        };
+        for span in self.spans() {
+            span.add_time(StackKind::OnCpu, since, ts);
+        }
+        was_running
+    }
 }
 
 /// Off-CPU time per (process, thread, stack), for the offcputime-style profile.
@@ -604,7 +624,8 @@ mod tests {
     const PID: u32 = 100;
     const TID: u32 = 101;
 
-    fn config() -> Config {
+    /// The configuration every timeline test starts from: 100 ms threshold, 10 ms samples.
+    pub(super) fn config() -> Config {
         Config {
             threshold_ns: 100 * MS,
             sample_period_ns: 10 * MS,
@@ -1335,15 +1356,7 @@ mod untraced {
     }
 
     fn stall(events: &[Event]) -> (Stall, Anomalies) {
-        let mut t = Timeline::new(Config {
-            threshold_ns: 100 * MS,
-            sample_period_ns: 10 * MS,
-            max_stacks_per_span: 64,
-            max_offcpu_entries: 1024,
-            max_marks: 1024,
-            min_mark_ns: 0,
-            hold_for_impact: false,
-        });
+        let mut t = Timeline::new(super::tests::config());
         t.mark_waiting(PID, TID);
         let stalls: Vec<Stall> = events.iter().filter_map(|e| t.handle(e)).collect();
         assert_eq!(stalls.len(), 1, "{stalls:?}");
@@ -1444,15 +1457,7 @@ mod regression {
     /// The event sequence a real epoll server produced for a 300 ms nanosleep in a handler.
     #[test]
     fn sleep_inside_an_iteration_is_blocked_time() {
-        let mut t = Timeline::new(Config {
-            threshold_ns: 100 * MS,
-            sample_period_ns: 10 * MS,
-            max_stacks_per_span: 64,
-            max_offcpu_entries: 64,
-            max_marks: 64,
-            min_mark_ns: 0,
-            hold_for_impact: false,
-        });
+        let mut t = Timeline::new(super::tests::config());
         t.mark_waiting(1, 1);
         let key = StackKey {
             pid: 1,

@@ -50,21 +50,8 @@ impl Timeline {
     ) -> Option<Stall> {
         let threshold = self.config.threshold_ns;
         let thread = self.threads.get_mut(&tid)?;
-        let since = match thread.cpu {
-            Cpu::Running { since } => since,
-            Cpu::Unknown => 0,
-            Cpu::Runnable { since, .. } | Cpu::Blocked { since, .. } => {
-                // The switch-in between was not seen: how the time since splits between
-                // waiting and running is unknown.
-                self.anomalies.switch_out_not_running += 1;
-                for span in thread.spans() {
-                    span.add_unaccounted(since, ts, true);
-                }
-                ts
-            }
-        };
-        for span in thread.spans() {
-            span.add_time(StackKind::OnCpu, since, ts);
+        if !thread.close_on_cpu(ts) {
+            self.anomalies.switch_out_not_running += 1;
         }
         thread.cpu = if runnable {
             Cpu::Runnable {
