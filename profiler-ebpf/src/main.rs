@@ -954,22 +954,17 @@ fn new_event(kind: u32, pid: u32, tid: u32) -> Event {
     }
 }
 
-/// Wake the agent only once this many bytes wait in the ring (it drains on a 10 ms timer
-/// anyway). Waking it per event makes it preempt the very threads it watches, whose switch-outs
-/// are events that wake it again: a feedback loop of tens of thousands of switches per second.
-/// The agent sets a quarter of the ring (`wakeup_bytes` in attach.rs): a fixed 128 KiB woke it
-/// every 4 stack copies of a thread blocking outside its wait point (400-500 wake-ups a
-/// second, a third of its CPU), while the timer alone keeps up with any rate below a quarter
-/// ring per 10 ms.
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: Global<u64> = Global::new(128 * 1024);
+/// Wake the agent only once a batch has accumulated (it also drains on a short timer). Waking
+/// it per event makes it preempt the very threads it watches, whose switch-outs are events that
+/// wake it again: a feedback loop of tens of thousands of switches per second.
+const WAKEUP_BYTES: u64 = 128 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -184,13 +184,6 @@ const EXIT_SYSCALLS: [&str; 2] = ["exit", "exit_group"];
 const SYSCALL_PROGRAMS: [(&str, &str); 2] =
     [("sys_enter", "sys_enter_"), ("sys_exit", "sys_exit_")];
 
-/// Bytes waiting in the ring at which the kernel side wakes the agent: a quarter of the ring.
-/// The agent drains on a 10 ms timer; a wake-up is needed only when events come faster than
-/// that (a quarter ring per tick), and then three quarters are left while it gets a CPU.
-pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
-    (u64::from(ring_buffer_bytes) / 4).max(4096)
-}
-
 /// Loads the programs into the kernel; nothing is attached yet, so nothing is recorded.
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     let possible_cpus =
@@ -207,11 +200,6 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .override_global("TASK_ARRIVAL_OFFSET", &options.task_arrival_offset, true)
         .override_global("WAKER_MIN_BLOCKED_NS", &options.waker_min_blocked_ns, true)
         .override_global("EAGER_STACKS", &u32::from(options.eager_stacks), true)
-        .override_global(
-            "WAKEUP_BYTES",
-            &wakeup_bytes(options.ring_buffer_bytes),
-            true,
-        )
         .override_global(
             "TASK",
             &options.task_offsets.unwrap_or(TaskOffsets::UNSET),
