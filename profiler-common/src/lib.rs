@@ -33,6 +33,13 @@ pub mod kind {
     pub const EXIT_CALL: u32 = 11;
     /// A signal was generated for a followed thread (`arg0`: signal number, `aux`: result).
     pub const SIGNAL: u32 = 12;
+    /// Late capture: a followed thread left the syscall it had blocked in (sys_exit, its own
+    /// context: user registers and stack as at its switch-out), off-CPU long enough for its
+    /// stacks to matter; they were sent just before (`arg1`: copy flags as on SWITCH_OUT,
+    /// `arg0`: when its first switch-out in that syscall was, `user_stack_id` when walked by
+    /// the kernel). They belong to the thread's switch-outs in that syscall (flagged
+    /// [`super::LATE_STACKS_PENDING`]).
+    pub const LATE_STACKS: u32 = 13;
 }
 
 /// Indices into the per-CPU `DROPS` counter array: every place the kernel side gives up on data.
@@ -324,6 +331,18 @@ pub const GIL_HELD_BY_OTHER: u64 = 4;
 /// when it was switched in (CLOCK_MONOTONIC ns, from the task's `sched_info.last_arrival`
 /// moved to that clock by the offset measured at traced switch-ins on that CPU; 0: not known).
 pub const SWITCH_IN_UNTRACED: u64 = 8;
+
+/// `Event::arg1` flag on SWITCH_OUT: the thread blocked in a syscall; only its kernel stack was
+/// taken. Its user and Python stacks follow in a [`kind::LATE_STACKS`] event when it leaves the
+/// syscall, if it was off-CPU at least 1/[`LATE_STACK_FRACTION`] of the stall threshold.
+pub const LATE_STACKS_PENDING: u64 = 16;
+
+/// Late capture's rule: a thread blocked in a syscall has its user stack copied and its Python
+/// frames walked when it leaves the syscall, and only when it was off-CPU at least this
+/// fraction of the threshold (1 ms at the default 100 ms): a hundred shorter blocks would be
+/// needed to make one stall, and most blocks of a busy process are microseconds. Shorter ones
+/// keep their time and kernel stack, without user frames.
+pub const LATE_STACK_FRACTION: u64 = 100;
 
 /// Python frames walked per stack; deeper stacks keep their innermost frames.
 pub const MAX_PY_FRAMES: usize = 96;

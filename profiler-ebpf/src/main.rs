@@ -31,10 +31,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use profiler_common::{
     COMPAT_PY_FRAMES, COMPAT_PY_THREADS, Event, FIELD_ABSENT, GIL_HELD_BY_OTHER, GlobState,
-    LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS, MAX_PY_FRAMES,
-    MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL, PY_FRAME_ENTRY,
-    PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame, PyProcess,
-    PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
+    LATE_STACKS_PENDING, LastStack, MATCH_TEXT_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS,
+    MAX_PY_FRAMES, MAX_STACK_COPY, MAX_SYSCALL_NR, MatchPattern, NO_STACK, NO_SYSCALL,
+    PY_FRAME_ENTRY, PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
+    PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
     TaskOffsets, TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop,
     is_runtime_worker, kind, matching, syscall_nr::FUTEX, wait_mark,
 };
@@ -52,9 +52,10 @@ static TASK: Global<TaskOffsets> = Global::new(TaskOffsets::UNSET);
 #[unsafe(no_mangle)]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
-/// Scratch records for user-stack copies, three per CPU (slot 0: switch-out, 1: sample,
-/// 2: waker), so a sample that interrupts a program on the same CPU never shares a buffer with
-/// it. The agent sizes it to 3 x CPUs at load.
+/// Scratch records for user-stack copies, four per CPU (slot 0: switch-out, 1: sample,
+/// 2: waker, 3: late capture at syscall exit, which may be preempted), so a program that
+/// interrupts or preempts another on the same CPU never shares a buffer with it. The agent
+/// sizes it to 4 x CPUs at load.
 #[map]
 static STACK_SCRATCH: Array<UserStackCopy> = Array::with_max_entries(2, 0);
 
@@ -96,6 +97,19 @@ static BLOCKED_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 #[unsafe(no_mangle)]
 static WAKER_MIN_BLOCKED_NS: Global<u64> = Global::new(0);
 
+/// Late capture (0: off, stacks at switch-out): a thread blocked in a syscall gets only its
+/// kernel stack at switch-out; its user stack and Python frames are taken by `sys_exit_late`
+/// when it leaves the syscall, if it was off-CPU at least this long (ns). Set by the agent
+/// (threshold / LATE_STACK_FRACTION) when it attached `sys_exit_late`.
+#[unsafe(no_mangle)]
+static LATE_MIN_NS: Global<u64> = Global::new(0);
+
+/// Threads switched out blocked in a syscall whose user stacks wait for its exit (tid -> when
+/// the first switch-out in that syscall was; 0: none pending). Entries stay (set to 0) until
+/// the thread exits: a write in place costs less than a delete at every syscall exit.
+#[map]
+static LATE_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
 /// 1: stacks at preemptions too, and wakers' stacks for any wait (the behaviour before late
 /// capture; `STALLSCOPE_EAGER_STACKS=1`, for measuring what it saves).
 #[unsafe(no_mangle)]
@@ -123,9 +137,9 @@ static PY_THREADS: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 #[map]
 static PY_TSTATE_TIDS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Python stacks are assembled here (slot 0: switch-out, 1: sample).
+/// Python stacks are assembled here (slot 0: switch-out, 1: sample, 2: late capture).
 #[map]
-static PY_SCRATCH: PerCpuArray<PyStackCopy> = PerCpuArray::with_max_entries(2, 0);
+static PY_SCRATCH: PerCpuArray<PyStackCopy> = PerCpuArray::with_max_entries(3, 0);
 
 /// Offset of `thread.fsbase` in `struct task_struct` (from the kernel's BTF), or 0 when unknown:
 /// before 3.11 CPython names a thread state's thread only by pthread_self(), which is fs_base.
@@ -481,7 +495,7 @@ fn copy_user_stack(pid: u32, tid: u32, slot: u32) -> bool {
     }
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(buf) = STACK_SCRATCH.get_ptr_mut(cpu * 3 + slot) else {
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(cpu * 4 + slot) else {
         return false;
     };
     // SAFETY: the map value lives for this program run and no other program uses this slot
@@ -764,6 +778,35 @@ fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
         sent: send_python_frames(&py, pid, tid, tstate, slot),
         gil_holder,
     }
+}
+
+/// At a late switch-out: only whether the thread sleeps for the GIL (read now, while it is
+/// held); its frames are walked when it leaves the syscall.
+#[inline(always)]
+fn python_gil_holder(pid: u32, tid: u32, syscall: i32) -> Option<u32> {
+    if compat::NO_PYTHON_WALK || syscall != FUTEX {
+        return None;
+    }
+    // SAFETY: the value is copied out of the map.
+    let py = (unsafe { PY_PROCS.get(&pid) }).copied()?;
+    let tstate = thread_state(&py, tid)?;
+    gil_held_by_other(&py, tstate)
+}
+
+/// Late capture: the current thread's Python frames, sent for the event that follows.
+#[inline(always)]
+fn python_frames(pid: u32, tid: u32) -> bool {
+    if compat::NO_PYTHON_WALK {
+        return false;
+    }
+    // SAFETY: the value is copied out of the map.
+    let Some(py) = (unsafe { PY_PROCS.get(&pid) }).copied() else {
+        return false;
+    };
+    let Some(tstate) = thread_state(&py, tid) else {
+        return false;
+    };
+    send_python_frames(&py, pid, tid, tstate, 2)
 }
 
 #[inline(always)]
@@ -1081,20 +1124,39 @@ fn on_switch<C: StackIdContext>(
         // agent gives its runqueue time the stack of its latest sample).
         let preempted = prev_state & 0xff == 0 && EAGER_STACKS.load() == 0;
         let idle = preempted || is_idle_wait(blocked_in as i64);
-        let (kernel, user, copied) = if idle {
-            (NO_STACK, NO_STACK, false)
+        // Blocked in a syscall: its user registers and stack stay as they are until it leaves
+        // the call, so they are read then (`sys_exit_late`), and only if the block lasted.
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // Not for CPython processes: the agent reads a stack's asyncio Task from the target's
+        // memory when the record arrives, and after the thread left the call that Task may be
+        // gone (the request done); their stacks are read at switch-out, while it sleeps.
+        let late = !compat::NO_LATE
+            && !idle
+            && blocked_in != NO_SYSCALL
+            && LATE_MIN_NS.load() != 0
+            // SAFETY: only compared against None.
+            && unsafe { PY_PROCS.get(&tgid) }.is_none()
+            && defer_stacks(tid, now);
+        let (kernel, user, copied, python) = if idle {
+            (NO_STACK, NO_STACK, false, NO_PYTHON)
+        } else if late {
+            let gil_holder = python_gil_holder(tgid, tid, blocked_in);
+            (
+                stack_id(ctx, 0, drop::KERNEL_STACK),
+                NO_STACK,
+                false,
+                PythonStack {
+                    sent: false,
+                    gil_holder,
+                },
+            )
         } else {
-            stacks(ctx, tgid, tid, blocked_in, 0)
-        };
-        let python = if idle {
-            NO_PYTHON
-        } else {
-            python_stack(tgid, tid, blocked_in, 0)
+            let (kernel, user, copied) = stacks(ctx, tgid, tid, blocked_in, 0);
+            (kernel, user, copied, python_stack(tgid, tid, blocked_in, 0))
         };
         if !idle {
             // When it went to sleep: a wake-up of a short sleep takes no waker stacks.
-            // SAFETY: helper without preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
             match BLOCKED_SINCE.get_ptr_mut(&tid) {
                 // SAFETY: pointer into the map's value, valid for this program run.
                 Some(slot) => unsafe { *slot = now },
@@ -1108,6 +1170,9 @@ fn on_switch<C: StackIdContext>(
         event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
         if python.sent {
             event.arg1 |= PY_STACK_COPIED;
+        }
+        if late {
+            event.arg1 |= LATE_STACKS_PENDING;
         }
         if let Some(holder) = python.gil_holder {
             event.arg1 |= GIL_HELD_BY_OTHER;
@@ -1344,6 +1409,70 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// Whether `tid`, blocked in a syscall at `now`, leaves its stacks to its exit from the call:
+/// yes for its first block there (noted), and for more blocks in the same call while the
+/// first is recent; once a call has lasted that long (fsync waits for its pages many times,
+/// each wait short), each further block in it is copied at once: it matters, and its exit
+/// would copy the same registers and stack, too late for the blocks before.
+#[inline(always)]
+fn defer_stacks(tid: u32, now: u64) -> bool {
+    match LATE_SINCE.get_ptr_mut(&tid) {
+        // SAFETY: pointer into the map's value, valid for this program run.
+        Some(slot) => unsafe {
+            if *slot == 0 {
+                *slot = now;
+                true
+            } else if now.saturating_sub(*slot) >= LATE_MIN_NS.load() {
+                false
+            } else {
+                true
+            }
+        },
+        None => {
+            if LATE_SINCE.insert(&tid, &now, 0).is_err() {
+                count_drop(drop::FOLLOW_MAP_FULL);
+                return false;
+            }
+            true
+        }
+    }
+}
+
+/// Late capture, on `raw_syscalls:sys_exit` (every syscall exit of the machine: one hash
+/// lookup by tid, and nothing else, for any thread without a pending block). A thread that
+/// blocked in this syscall has its user stack copied and its Python frames walked now, with
+/// the registers and stack it blocked with, when it was off-CPU long enough to matter.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_late(ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = current_ids();
+    let Some(slot) = LATE_SINCE.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: pointer into the map's value, valid for this program run.
+    let since = unsafe { core::ptr::replace(slot, 0) };
+    if since == 0 || !is_followed_pid(tgid) {
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(since) < LATE_MIN_NS.load() {
+        return 0;
+    }
+    check_switched_in(tgid, tid);
+    let copied = copy_user_stack(tgid, tid, 3);
+    let mut event = new_event(kind::LATE_STACKS, tgid, tid);
+    event.arg0 = since;
+    event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
+    if !copied {
+        event.user_stack_id = stack_id(&ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
+    }
+    if python_frames(tgid, tid) {
+        event.arg1 |= PY_STACK_COPIED;
+    }
+    submit(&event);
+    0
+}
+
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
@@ -1419,6 +1548,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let _ = THREAD_SYSCALL.remove(&tid);
     let _ = LAST_STACKS.remove(&tid);
     let _ = BLOCKED_SINCE.remove(&tid);
+    let _ = LATE_SINCE.remove(&tid);
     // SAFETY: plain u64 copied out of the map.
     if let Some(tstate) = unsafe { PY_THREADS.get(&tid) }.copied() {
         let _ = PY_TSTATE_TIDS.remove(&tstate);
@@ -1613,6 +1743,10 @@ extern "C" fn glob_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 
 /// What the kernel offers, or its stand-in where an older kernel lacks it (feature `compat`).
 mod compat {
+    /// No late capture in the compat build: stacks at switch-out (its verifier walks every
+    /// path, and the eager path alone is what the old kernels were checked with).
+    pub const NO_LATE: bool = cfg!(feature = "compat");
+
     /// No glob match of new processes in the compat build (no bpf_loop for its steps).
     pub const NO_GLOB: bool = cfg!(feature = "compat");
 

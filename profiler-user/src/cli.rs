@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     commands::{ci::CiOptions, diff::DiffOptions, replay::ReportOptions},
     config::{
-        self, Formats, RecordConfig, Target, UsageError, WatchConfig,
+        self, Formats, RecordConfig, Target, UsageError, View, WatchConfig,
         fail_on::{Budget, parse_budgets},
         parse_pid_list, parse_threshold,
     },
@@ -344,6 +344,7 @@ impl ReportArgs {
             threshold_ns: self.threshold.as_deref().map(parse_threshold).transpose()?,
             formats: Formats::parse(&self.format)?,
             budgets: budgets(self.fail_on.as_deref(), false)?,
+            view: View::from_native(self.native),
         })
     }
 }
@@ -495,6 +496,7 @@ impl RecordArgs {
             },
             python_only: self.python_only,
             verbose: self.verbose,
+            view: View::from_native(self.native),
         })
     }
 }
@@ -612,6 +614,27 @@ mod tests {
         assert_eq!(ci.stack_bytes, record.stack_bytes);
         assert_eq!(ci.threshold_ns, record.threshold_ns);
         assert_eq!(ci.freq_hz, record.freq_hz);
+    }
+
+    /// Issue #18: `--native` was a process-wide flag set by `main`; now each command's config
+    /// carries the view its renderers are given (Python-first unless asked).
+    #[test]
+    fn native_is_the_view_each_command_renders_with() {
+        let view = |args: &[&str]| match parse(args) {
+            Command::Record(a) => a.to_config().expect("valid").view,
+            Command::Ci(a) => a.to_options().expect("valid").record.view,
+            Command::Report(a) => a.to_options().expect("valid").view,
+            _ => panic!("record, ci or report"),
+        };
+        assert_eq!(view(&["record", "-p", "1"]), View::PythonFirst);
+        assert_eq!(view(&["record", "-p", "1", "--native"]), View::Native);
+        assert_eq!(
+            view(&["ci", "-p", "1", "--native", "--", "true"]),
+            View::Native
+        );
+        assert_eq!(view(&["ci", "-p", "1", "--", "true"]), View::PythonFirst);
+        assert_eq!(view(&["report", "dir", "--native"]), View::Native);
+        assert_eq!(view(&["report", "dir"]), View::PythonFirst);
     }
 
     #[test]

@@ -42,6 +42,55 @@ pub struct RecordConfig {
     pub python_only: bool,
     /// `--verbose`: diagnostics (the verifier's log) on the terminal, not only in files.
     pub verbose: bool,
+    /// How stacks are shown in the outputs (`--native`).
+    pub view: View,
+}
+
+impl RecordConfig {
+    /// The config of a saved recording's replay: nothing is attached, written or printed while
+    /// it replays; only the threshold and the sampling rate count.
+    pub fn for_replay(threshold_ns: u64, freq_hz: u64) -> Self {
+        RecordConfig {
+            target: Target::Pids(Vec::new()),
+            threshold_ns,
+            duration: None,
+            freq_hz,
+            out: None,
+            threads: Vec::new(),
+            thread_name: None,
+            quiet: true,
+            ring_buffer_bytes: 0,
+            budgets: Vec::new(),
+            formats: Formats::ALL,
+            stack_bytes: 0,
+            python_only: false,
+            verbose: false,
+            view: View::PythonFirst,
+        }
+    }
+}
+
+/// How stacks of Python processes are shown (live line, summaries, flamegraph.svg,
+/// report.html): chosen once per run (`--native`) and handed to each renderer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// As py-spy shows them: the Python frames, the interpreter's own C frames folded away, and
+    /// the native leaf that did the work (`sre_ucs1_match`, `deflate`) kept. The default.
+    #[default]
+    PythonFirst,
+    /// Every frame (`--native`).
+    Native,
+}
+
+impl View {
+    /// The view `--native` asks for.
+    pub fn from_native(native: bool) -> Self {
+        if native {
+            View::Native
+        } else {
+            View::PythonFirst
+        }
+    }
 }
 
 /// Which renderings to write.
@@ -156,4 +205,16 @@ pub struct WatchConfig {
     pub events: Option<String>,
     pub keep_dir: Option<PathBuf>,
     pub keep: usize,
+}
+
+/// Configs for unit tests; change a field with struct-update syntax
+/// (`RecordConfig { threads: vec![7], ..fixtures::record_config() }`).
+#[cfg(test)]
+pub mod fixtures {
+    use super::RecordConfig;
+
+    /// Quiet, a 100 ms threshold, 100 samples per second, nothing written.
+    pub fn record_config() -> RecordConfig {
+        RecordConfig::for_replay(100_000_000, 100)
+    }
 }

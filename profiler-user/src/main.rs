@@ -45,35 +45,22 @@ fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-/// `--native` turns the Python-first view of stacks off, for every output of the run.
-fn set_view(native: bool) {
-    use profiler_user::analysis::headline::{View, set_view};
-    set_view(if native {
-        View::Native
-    } else {
-        View::PythonFirst
-    });
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Record(args) => {
-            set_view(args.native);
             let config = args.to_config()?;
             let outcome = runtime.block_on(profiler_user::commands::record::run(config))?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
         Command::Ci(args) => {
-            set_view(args.native);
             let options = args.to_options()?;
             let code = runtime.block_on(profiler_user::commands::ci::run(options))?;
             Ok(ExitCode::from(code))
         }
         Command::Report(args) => {
-            set_view(args.native);
             let outcome = profiler_user::commands::replay::run(args.to_options()?)?;
             Ok(ExitCode::from(outcome.exit_code()))
         }

@@ -296,12 +296,17 @@ pub struct Drops {
     /// event they belong to has no user stack.
     #[serde(default)]
     pub repeats_without_copy: u64,
+    /// Late capture: blocks in a syscall long enough for user stacks whose stacks never came
+    /// (their record was lost, or the thread died in the call): counted with their kernel
+    /// stack only.
+    #[serde(default)]
+    pub late_stacks_missing: u64,
 }
 
 impl Drops {
     /// User stacks lost, in the kernel (stack map) or for want of the copy a repeat refers to.
     pub fn user_stacks_lost(&self) -> u64 {
-        self.user_stack + self.repeats_without_copy
+        self.user_stack + self.repeats_without_copy + self.late_stacks_missing
     }
 }
 

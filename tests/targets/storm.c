@@ -28,13 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-volatile unsigned long long sink;
+#include "target_common.h"
 
 __attribute__((noinline)) void burn_cpu(long ms) {
     long long end = now_ns() + ms * 1000000LL;

@@ -33,18 +33,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "target_common.h"
+
 #define LIFETIME_S 240
 #define HOGS 2
 
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static int cpus[2];
 static int loop_cpu_index;
-volatile unsigned long long sink;
 volatile int rounds;
 
 static void pin_self(int cpu) {

@@ -22,15 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "target_common.h"
+
 #define CHUNK (1 << 20)
 #define CHUNKS_PER_TICK 4
 #define LIFETIME_S 15
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 volatile int rounds;
 
@@ -63,15 +59,9 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, NULL);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
-    struct itimerspec spec = {{0, 10000000}, {0, 10000000}};
-    timerfd_settime(tfd, 0, &spec, NULL);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int tfd = periodic_timerfd(10, TFD_CLOEXEC);
     int fds[] = {tfd, sfd};
-    for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
-    }
+    int ep = epoll_watching(fds, sizeof fds / sizeof fds[0], EPOLL_CLOEXEC);
     printf("ready\n");
     fflush(stdout);
 

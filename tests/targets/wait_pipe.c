@@ -20,14 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "target_common.h"
+
 #define DELAY_MS 250
 #define LIFETIME_S 15
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static int go_efd, pipe_fds[2];
 volatile int rounds;
@@ -74,17 +70,11 @@ int main(void) {
     sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* before any thread, so all inherit it */
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
-    struct itimerspec spec = {{0, 10000000}, {0, 10000000}};
-    timerfd_settime(tfd, 0, &spec, NULL);
+    int tfd = periodic_timerfd(10, TFD_CLOEXEC);
     go_efd = eventfd(0, EFD_CLOEXEC);
     if (pipe(pipe_fds) != 0) abort();
-    int ep = epoll_create1(EPOLL_CLOEXEC);
     int fds[] = {tfd, sfd};
-    for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
-    }
+    int ep = epoll_watching(fds, sizeof fds / sizeof fds[0], EPOLL_CLOEXEC);
     pthread_t writer;
     if (pthread_create(&writer, NULL, writer_main, NULL) != 0) abort();
     printf("ready\n");

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "target_common.h"
+
 #define WORK_MS 300
 #define LIFETIME_S 15
 
@@ -28,10 +30,6 @@ static long long clock_ns(clockid_t clock) {
     clock_gettime(clock, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
-
-static long long now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
-
-volatile unsigned long long sink;
 
 #define ROUND 100000
 
@@ -74,15 +72,9 @@ int main(void) {
     sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, NULL);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
-    struct itimerspec spec = {{0, 10000000}, {0, 10000000}};
-    timerfd_settime(tfd, 0, &spec, NULL);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int tfd = periodic_timerfd(10, TFD_CLOEXEC);
     int fds[] = {tfd, sfd};
-    for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
-    }
+    int ep = epoll_watching(fds, sizeof fds / sizeof fds[0], EPOLL_CLOEXEC);
     long work_rounds = calibrate(WORK_MS);
     printf("ready\n");
     fflush(stdout);

@@ -14,29 +14,15 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-volatile unsigned long long sink;
+#include "target_common.h"
 
 __attribute__((noinline)) void worker_stall(long ms) {
-    long long end = now_ns() + ms * 1000000LL;
-    unsigned long long x = 7;
-    while (now_ns() < end)
-        for (int i = 0; i < 10000; i++) x = x * 2862933555777941757ULL + 3037000493ULL;
-    sink = x;
+    SPIN_UNTIL(now_ns() + ms * 1000000LL, 10000);
 }
 
 static int worker(void) {
-    int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
-    struct itimerspec spec = {{0, 10000000}, {0, 10000000}};
-    timerfd_settime(tfd, 0, &spec, NULL);
-    int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = tfd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+    int tfd = periodic_timerfd(10, 0);
+    int ep = epoll_watching(&tfd, 1, 0);
     for (int tick = 1; tick <= 8;) {
         struct epoll_event out;
         if (epoll_wait(ep, &out, 1, -1) != 1) continue;

@@ -18,10 +18,7 @@
 //! `[3 frames in redis-server]`.
 //! Pure: stall records in, text out.
 
-use std::{
-    collections::HashMap,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::collections::HashMap;
 
 use crate::model::{Frame, FrameKind, StackKind, StackRecord, StallRecord};
 
@@ -80,32 +77,9 @@ fn frame_text(frame: &Frame) -> String {
     }
 }
 
-/// How stacks of Python processes are shown (live line, summaries, flamegraph.svg,
-/// report.html); stalls.json always has every frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
-    /// As py-spy shows them: the Python frames, the interpreter's own C frames folded away, and
-    /// the native leaf that did the work (`sre_ucs1_match`, `deflate`) kept. The default.
-    PythonFirst,
-    /// Every frame (`--native`).
-    Native,
-}
-
-/// Set once by `main` from `--native`, before any output is rendered: every renderer reads
-/// the same view without threading a flag through each of them.
-static NATIVE_VIEW: AtomicBool = AtomicBool::new(false);
-
-pub fn set_view(view: View) {
-    NATIVE_VIEW.store(view == View::Native, Ordering::Relaxed);
-}
-
-pub fn view() -> View {
-    if NATIVE_VIEW.load(Ordering::Relaxed) {
-        View::Native
-    } else {
-        View::PythonFirst
-    }
-}
+/// How stacks of Python processes are shown: a rendering option each output is given (see
+/// [`View`]); stalls.json always has every frame.
+pub use crate::config::View;
 
 /// The interpreter's call machinery: never the native leaf that did the work, only the way
 /// into it (calling a C function, running bytecode).
@@ -165,21 +139,17 @@ pub fn did_work(kind: StackKind) -> bool {
     matches!(kind, StackKind::OnCpu | StackKind::Runqueue)
 }
 
-/// The frames a person reads, innermost first, in the current [`view`]: Python-first for
-/// Python stacks ([`view_frames`]), else the user frames, else the kernel's; each run of two or
-/// more unnamed frames folded into one.
-pub fn readable(frames: &[Frame], did_work: bool) -> Vec<Shown> {
-    readable_in(frames, did_work, view())
-}
-
-pub fn readable_in(frames: &[Frame], did_work: bool, view: View) -> Vec<Shown> {
+/// The frames a person reads, innermost first, in a [`View`]: Python-first for Python stacks
+/// ([`view_frames`]), else the user frames, else the kernel's; each run of two or more unnamed
+/// frames folded into one.
+pub fn readable(frames: &[Frame], did_work: bool, view: View) -> Vec<Shown> {
     fold(&chosen_frames(&view_frames(frames, did_work, view)))
 }
 
-/// Every frame of the current view, innermost first, with runs of two or more unnamed frames
-/// folded (for graphs).
-pub fn folded(frames: &[Frame], did_work: bool) -> Vec<Shown> {
-    fold(&view_frames(frames, did_work, view()))
+/// Every frame of a view, innermost first, with runs of two or more unnamed frames folded (for
+/// graphs).
+pub fn folded(frames: &[Frame], did_work: bool, view: View) -> Vec<Shown> {
+    fold(&view_frames(frames, did_work, view))
 }
 
 fn chosen_frames<'a>(frames: &[&'a Frame]) -> Vec<&'a Frame> {
@@ -308,13 +278,16 @@ impl Node {
     }
 }
 
-fn tree(stacks: &[StackRecord]) -> Node {
+fn tree(stacks: &[StackRecord], view: View) -> Node {
     let mut root = Node::default();
     for (index, stack) in stacks.iter().enumerate() {
         let kind = kind_index(stack.kind);
         root.add(index, kind, stack.weight_ns);
         let mut node = &mut root;
-        for shown in readable(&stack.frames, did_work(stack.kind)).iter().rev() {
+        for shown in readable(&stack.frames, did_work(stack.kind), view)
+            .iter()
+            .rev()
+        {
             node = node.child(shown);
             node.add(index, kind, stack.weight_ns);
             *node.texts.entry(shown.text.clone()).or_default() += stack.weight_ns;
@@ -457,9 +430,9 @@ fn branch(path: &[&Node], total_ns: u64, stacks: &[StackRecord]) -> Branch {
     }
 }
 
-/// The stall's headline; None when it has no frame at all.
-pub fn headline(stall: &StallRecord) -> Option<Headline> {
-    let root = tree(&stall.stacks);
+/// The stall's headline in a view; None when it has no frame at all.
+pub fn headline(stall: &StallRecord, view: View) -> Option<Headline> {
+    let root = tree(&stall.stacks, view);
     if root.children.is_empty() {
         return None;
     }
@@ -591,7 +564,7 @@ mod tests {
             Some("off_cpu"),
             "the heaviest single stack is the sleep (what the old headline named)"
         );
-        let headline = headline(&stall).expect("a headline");
+        let headline = headline(&stall, View::PythonFirst).expect("a headline");
         assert!(headline.is_mixed());
         assert_eq!(
             headline.text(" < "),
@@ -616,7 +589,7 @@ mod tests {
             stack("on_cpu", 35, None, frames("__GI___clock_gettime")),
             stack("runqueue", 25, None, frames("now_ns")),
         ]);
-        let headline = headline(&stall).expect("a headline");
+        let headline = headline(&stall, View::PythonFirst).expect("a headline");
         assert!(!headline.is_mixed());
         // now_ns holds 65 % of burn_cpu's time: the path goes on to it.
         assert_eq!(headline.text(" < "), "now_ns < burn_cpu < handle_request");
@@ -633,7 +606,9 @@ mod tests {
     }
 
     fn headline_text(stall: &StallRecord) -> String {
-        headline(stall).map(|h| h.text(" < ")).unwrap_or_default()
+        headline(stall, View::PythonFirst)
+            .map(|h| h.text(" < "))
+            .unwrap_or_default()
     }
 
     #[test]
@@ -648,7 +623,7 @@ mod tests {
             native("evalGenericCommand", module),
             native("call", module),
         ];
-        let shown = readable(&frames, true);
+        let shown = readable(&frames, true, View::PythonFirst);
         assert_eq!(shown[0].text, "[3 frames in redis-check-rdb]");
         assert!(!shown[0].named);
         let stall = stall(vec![stack("on_cpu", 100, None, frames)]);
@@ -668,7 +643,7 @@ mod tests {
             },
             kernel("schedule"),
         ];
-        let shown = readable(&frames, true);
+        let shown = readable(&frames, true, View::PythonFirst);
         assert_eq!(shown.len(), 1);
         assert_eq!(shown[0].text, "[2 unnamed frames]");
         let stall = stall(vec![stack("off_cpu", 100, Some("read"), frames)]);
@@ -687,7 +662,7 @@ mod tests {
             "schedule < ksys_read [blocked in read()]",
             "kernel frames when there is nothing else"
         );
-        assert_eq!(headline(&self::stall(vec![])), None);
+        assert_eq!(headline(&self::stall(vec![]), View::PythonFirst), None);
     }
 
     /// The regex stall of the demo, as the unwinder and the Python walk merge it: native frames
@@ -719,7 +694,7 @@ mod tests {
     fn python_first_folds_the_interpreter_away_and_keeps_the_leaf_that_worked() {
         let frames = regex_stack();
         assert_eq!(
-            texts(readable_in(&frames, true, View::PythonFirst)),
+            texts(readable(&frames, true, View::PythonFirst)),
             vec![
                 "sre_ucs1_match",
                 "validate (mixed_workload.py:39)",
@@ -733,7 +708,7 @@ mod tests {
             "sre_ucs1_match < validate (mixed_workload.py:39) < handle_validate (mixed_workload.py:47)"
         );
         // --native: every user frame, the interpreter's included (the kernel's still hidden).
-        let native_view = texts(readable_in(&frames, true, View::Native));
+        let native_view = texts(readable(&frames, true, View::Native));
         assert_eq!(native_view.len(), frames.len() - 1);
         assert_eq!(
             native_view[..3],
@@ -788,7 +763,7 @@ mod tests {
             py("hot_loop", 12),
         ];
         assert_eq!(
-            texts(readable_in(&dispatch, true, View::PythonFirst)),
+            texts(readable(&dispatch, true, View::PythonFirst)),
             ["hot_loop (mixed_workload.py:12)"]
         );
         // A stripped interpreter's address says nothing: Python frames only.
@@ -798,7 +773,7 @@ mod tests {
             py("validate", 39),
         ];
         assert_eq!(
-            texts(readable_in(&stripped, true, View::PythonFirst)),
+            texts(readable(&stripped, true, View::PythonFirst)),
             ["validate (mixed_workload.py:39)"]
         );
         // A stripped interpreter run from uvloop: the named frame further out is the Cython
@@ -809,11 +784,11 @@ mod tests {
             py("validate", 39),
         ];
         assert_eq!(
-            texts(readable_in(&under_uvloop, true, View::PythonFirst)),
+            texts(readable(&under_uvloop, true, View::PythonFirst)),
             ["validate (mixed_workload.py:39)"]
         );
         assert_eq!(
-            texts(readable_in(&stripped, true, View::Native)),
+            texts(readable(&stripped, true, View::Native)),
             [
                 "[2 frames in python3.11]",
                 "validate (mixed_workload.py:39)"
@@ -822,8 +797,8 @@ mod tests {
         // A stack without Python frames is the same in both views.
         let c = vec![native("burn_cpu", "/srv/a"), native("main", "/srv/a")];
         assert_eq!(
-            readable_in(&c, true, View::PythonFirst),
-            readable_in(&c, true, View::Native)
+            readable(&c, true, View::PythonFirst),
+            readable(&c, true, View::Native)
         );
     }
 
@@ -837,7 +812,7 @@ mod tests {
             native("redis-server+0x158274", module),
             native("lua_pcall", module),
         ];
-        let shown = readable(&frames, true);
+        let shown = readable(&frames, true, View::PythonFirst);
         assert_eq!(shown[0].text, "[2 frames in redis-server]");
         assert_eq!(
             frames[0].module.as_deref(),
@@ -852,7 +827,7 @@ mod tests {
             native("libfoo.so+0x1234", "/lib/libfoo.so"),
             native("work", "/srv/app"),
         ];
-        let texts: Vec<String> = readable(&frames, true)
+        let texts: Vec<String> = readable(&frames, true, View::PythonFirst)
             .into_iter()
             .map(|s| s.text)
             .collect();

@@ -9,7 +9,10 @@ use anyhow::{Context as _, Result};
 use crate::{
     analysis::budget,
     commands::render,
-    config::fail_on::{Budget, nearest_rank},
+    config::{
+        View,
+        fail_on::{Budget, nearest_rank},
+    },
     model::{Recording, Verdict, top_user_frames},
     outputs::folded::{flamegraph_svg, stall_folded_without_ids},
     store::recording::load_recording,
@@ -111,8 +114,9 @@ pub fn growth_table(base: &Recording, new: &Recording) -> String {
 /// Differential folded lines ("stack before after"), process and thread named without ids so
 /// the two runs' frames line up.
 pub fn differential_folded(base: &Recording, new: &Recording) -> Result<Vec<String>> {
-    let before = stall_folded_without_ids(base).join("\n");
-    let after = stall_folded_without_ids(new).join("\n");
+    // `diff` has no --native: both sides read as the default view.
+    let before = stall_folded_without_ids(base, View::PythonFirst).join("\n");
+    let after = stall_folded_without_ids(new, View::PythonFirst).join("\n");
     let mut out = Vec::new();
     let options = inferno::differential::Options::default();
     inferno::differential::from_readers(options, before.as_bytes(), after.as_bytes(), &mut out)

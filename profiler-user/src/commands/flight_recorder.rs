@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     commands::render,
-    config::Formats,
+    config::{Formats, View},
     model::{self, ProcessRecord, Recording, StallRecord},
 };
 
@@ -95,7 +95,8 @@ impl FlightRecorder {
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let recording = one_stall(stall, process, threshold_ns);
-        let files = render::write_outputs(&dir, &recording, &FORMATS)?;
+        // `watch` has no --native: the default view.
+        let files = render::write_outputs(&dir, &recording, &FORMATS, View::PythonFirst)?;
         Ok((dir, files.into_iter().map(PathBuf::from).collect()))
     }
 }

@@ -155,7 +155,7 @@ pub async fn run_with_start(
 
     let mut session = Session::new(config.clone());
     if !config.quiet {
-        session.live_sink = Some(Box::new(live::LiveLines));
+        session.live_sink = Some(Box::new(live::LiveLines(config.view)));
     }
     session.event_log = Some(Box::new(EventLog::create(&out_dir, MAX_SAVED_EVENTS)?));
     let mut child = None;
@@ -189,7 +189,7 @@ pub async fn run_with_start(
     if let Err(err) = privileges::drop_all_but(keep) {
         eprintln!("stallscope: warning: could not drop unneeded capabilities: {err}");
     }
-    for pid in session.processes.keys().copied().collect::<Vec<_>>() {
+    for pid in session.processes.pids() {
         detect_waiting_threads(&mut session, pid);
     }
     session.sync_python(&mut probes);
@@ -212,12 +212,15 @@ pub async fn run_with_start(
     }
     symbols::save_symbols(&out_dir, &saved)?;
     recording.verdict = budget::judge(&config.budgets, &recording);
-    let written = render::write_outputs(&out_dir, &recording, &config.formats)?;
+    let written = render::write_outputs(&out_dir, &recording, &config.formats, config.view)?;
     if stop == StopReason::TargetsExited {
         eprintln!("stallscope: every target has exited; recording stopped");
     }
-    print!("{}", summary::summary_text(&recording, &written));
-    summary::append_github_step_summary(&recording)?;
+    print!(
+        "{}",
+        summary::summary_text(&recording, &written, config.view)
+    );
+    summary::append_github_step_summary(&recording, config.view)?;
     Ok(Outcome {
         recording,
         out_dir,
@@ -251,6 +254,11 @@ pub fn load_options(
             config.threshold_ns / WAKER_STACK_FRACTION
         },
         eager_stacks: eager_stacks(),
+        late_min_ns: if eager_stacks() {
+            0
+        } else {
+            config.threshold_ns / profiler_common::LATE_STACK_FRACTION
+        },
         task_stack_offset: stack_offset(&kernel),
         features: kernel,
         verifier_log,
@@ -398,8 +406,8 @@ pub fn detect_waiting_threads(session: &mut Session, pid: u32) {
 fn announce(session: &Session, out_dir: &std::path::Path) {
     let mut pids: Vec<String> = session
         .processes
-        .values()
-        .map(|p| format!("{} ({})", p.record.pid, p.record.comm))
+        .followed_records()
+        .map(|p| format!("{} ({})", p.pid, p.comm))
         .collect();
     pids.sort();
     let duration = session

@@ -7,7 +7,7 @@ use std::{fs, io, path::Path};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    config::Formats,
+    config::{Formats, View},
     model::{
         FLAMEGRAPH_SVG, JUNIT_XML, OFFCPU_FOLDED, OFFCPU_SVG, PROFILE_PB_GZ, REPORT_HTML,
         Recording, STALLS_FOLDED, STALLS_JSON, SUMMARY_MD, TRACE_JSON,
@@ -20,8 +20,14 @@ use crate::{
     },
 };
 
-/// Writes stalls.json and the renderings `formats` asks for into `dir`; returns their paths.
-pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Result<Vec<String>> {
+/// Writes stalls.json and the renderings `formats` asks for into `dir`, stacks shown in `view`;
+/// returns their paths.
+pub fn write_outputs(
+    dir: &Path,
+    recording: &Recording,
+    formats: &Formats,
+    view: View,
+) -> Result<Vec<String>> {
     let mut written = Vec::new();
     let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
         let path = dir.join(name);
@@ -31,7 +37,7 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
     };
     let json = serde_json::to_vec_pretty(recording).context("serializing stalls.json")?;
     write(STALLS_JSON, &json)?;
-    let stalls = stall_folded(recording);
+    let stalls = stall_folded(recording, view);
     let offcpu = offcpu_folded(recording);
     if formats.folded {
         write(STALLS_FOLDED, folded_text(&stalls).as_bytes())?;
@@ -56,7 +62,7 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         write(TRACE_JSON, &trace)?;
     }
     if formats.summary {
-        write(SUMMARY_MD, summary_markdown(recording).as_bytes())?;
+        write(SUMMARY_MD, summary_markdown(recording, view).as_bytes())?;
     }
     if formats.junit {
         let xml = junit::junit_xml(
@@ -67,7 +73,7 @@ pub fn write_outputs(dir: &Path, recording: &Recording, formats: &Formats) -> Re
         write(JUNIT_XML, xml.as_bytes())?;
     }
     if formats.html {
-        write(REPORT_HTML, html::report_html(recording)?.as_bytes())?;
+        write(REPORT_HTML, html::report_html(recording, view)?.as_bytes())?;
     }
     Ok(written)
 }
@@ -89,4 +95,60 @@ pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
     let probe = dir.join(".stallscope-write-test");
     fs::write(&probe, b"")?;
     fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        FrameKind,
+        fixtures::{frame, recording},
+    };
+
+    /// Issue #18: the view was a process-wide flag; now the renderers are handed it. The same
+    /// Python stall written Python-first hides the interpreter's call machinery, and with
+    /// `--native` shows it; stalls.json has every frame either way.
+    #[test]
+    fn the_view_given_is_the_view_written() {
+        let mut rec = recording();
+        rec.stalls[0].stacks[0].frames = vec![
+            frame("_PyEval_EvalFrameDefault", FrameKind::Native),
+            frame("handler", FrameKind::Python),
+            frame("main", FrameKind::Native),
+        ];
+        let dir = std::env::temp_dir().join(format!("stallscope-render-{}", std::process::id()));
+        let formats = Formats {
+            svg: false,
+            folded: true,
+            trace: false,
+            pprof: false,
+            summary: false,
+            junit: false,
+            html: false,
+        };
+        let mut written = Vec::new();
+        for view in [View::PythonFirst, View::Native] {
+            fs::create_dir_all(&dir).expect("temp dir");
+            write_outputs(&dir, &rec, &formats, view).expect("written");
+            let folded = fs::read_to_string(dir.join(STALLS_FOLDED)).expect("stalls.folded");
+            let json = fs::read_to_string(dir.join(STALLS_JSON)).expect("stalls.json");
+            assert!(
+                json.contains("_PyEval_EvalFrameDefault"),
+                "every frame saved"
+            );
+            written.push(folded);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        assert!(written[0].contains("handler"), "{}", written[0]);
+        assert!(
+            !written[0].contains("_PyEval_EvalFrameDefault"),
+            "{}",
+            written[0]
+        );
+        assert!(
+            written[1].contains("_PyEval_EvalFrameDefault") && written[1].contains("main"),
+            "{}",
+            written[1]
+        );
+    }
 }

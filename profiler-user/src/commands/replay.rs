@@ -9,12 +9,12 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     analysis::budget,
-    analysis::session::{self, ProcessState, Resolver, Session},
+    analysis::session::{self, Resolver, Session},
     commands::{
         record::{Outcome, StopReason},
         render,
     },
-    config::{Formats, RecordConfig, Target, fail_on::Budget},
+    config::{Formats, RecordConfig, View, fail_on::Budget},
     model::{self, Recording},
     outputs::summary,
     store::events::{EVENTS_BIN, read_event_log},
@@ -29,6 +29,8 @@ pub struct ReportOptions {
     pub threshold_ns: Option<u64>,
     pub formats: Formats,
     pub budgets: Vec<Budget>,
+    /// How stacks are shown (`--native`).
+    pub view: View,
 }
 
 /// Replays a saved recording into a fresh [`Recording`] with `threshold_ns`.
@@ -46,35 +48,16 @@ pub fn replay_events(
     saved: &Recording,
     threshold_ns: u64,
 ) -> Recording {
-    let config = RecordConfig {
-        target: Target::Pids(Vec::new()),
-        threshold_ns,
-        duration: None,
-        freq_hz: saved.sample_freq_hz.max(1),
-        out: None,
-        threads: Vec::new(),
-        thread_name: None,
-        quiet: true,
-        ring_buffer_bytes: 0,
-        budgets: Vec::new(),
-        formats: Formats::ALL,
-        stack_bytes: 0,
-        python_only: false,
-        verbose: false,
-    };
+    let config = RecordConfig::for_replay(threshold_ns, saved.sample_freq_hz.max(1));
     let mut session = Session::new(config);
     session.resolver = Resolver::from_saved(stacks);
     for process in &saved.processes {
-        session.processes.insert(
-            process.pid,
-            ProcessState {
-                record: process.clone(),
-                id: None,
-            },
-        );
+        session.processes.add_saved(process.clone());
     }
     for thread in &saved.threads {
-        session.thread_names.insert(thread.tid, thread.comm.clone());
+        session
+            .processes
+            .name_thread(thread.tid, thread.comm.clone());
     }
     for &(pid, tid) in &saved.waiting_at_start {
         session.mark_waiting(pid, tid);
@@ -146,8 +129,11 @@ pub fn run(options: ReportOptions) -> Result<Outcome> {
             }
         }
     }
-    let written = render::write_outputs(&out_dir, &recording, &options.formats)?;
-    print!("{}", summary::summary_text(&recording, &written));
+    let written = render::write_outputs(&out_dir, &recording, &options.formats, options.view)?;
+    print!(
+        "{}",
+        summary::summary_text(&recording, &written, options.view)
+    );
     Ok(Outcome {
         recording,
         out_dir,
@@ -168,20 +154,8 @@ mod tests {
 
     fn empty_recording() -> Recording {
         let config = RecordConfig {
-            target: Target::Pids(Vec::new()),
-            threshold_ns: 100_000_000,
-            duration: None,
             freq_hz: 99,
-            out: None,
-            threads: Vec::new(),
-            thread_name: None,
-            quiet: true,
-            ring_buffer_bytes: 0,
-            budgets: Vec::new(),
-            formats: Formats::ALL,
-            stack_bytes: 0,
-            python_only: false,
-            verbose: false,
+            ..crate::config::fixtures::record_config()
         };
         Session::new(config).finish(&crate::system::access::Replay, 0, 1_000_000_000)
     }
@@ -263,16 +237,20 @@ mod tests {
             let mut events = events;
             events.sort_by_key(|e| e.ts_ns);
             let recording = replay_events(&events, stacks, &saved, threshold_ms * 1_000_000);
-            let _ = summary::summary_markdown(&recording);
-            let _ = summary::summary_text(&recording, &[]);
-            let folded = crate::outputs::folded::stall_folded(&recording);
-            let _ = crate::outputs::folded::flamegraph_svg(&folded, "t");
+            for view in [View::PythonFirst, View::Native] {
+                let _ = summary::summary_markdown(&recording, view);
+                let _ = summary::summary_text(&recording, &[], view);
+                let folded = crate::outputs::folded::stall_folded(&recording, view);
+                let _ = crate::outputs::folded::flamegraph_svg(&folded, "t");
+                for stall in &recording.stalls {
+                    let _ = crate::outputs::live::live_line(stall, view);
+                }
+            }
             let _ = crate::outputs::folded::offcpu_folded(&recording);
             let _ = crate::outputs::trace::trace_json(&recording);
             let _ = crate::outputs::pprof::profile_pb_gz(&recording);
             for stall in &recording.stalls {
                 prop_assert!(stall.start_ns <= stall.end_ns);
-                let _ = crate::outputs::live::live_line(stall);
             }
         }
 

@@ -35,7 +35,7 @@ use crate::{
         flight_recorder::FlightRecorder,
         record::{self, detect_waiting_threads},
     },
-    config::{Target, WatchConfig},
+    config::{Target, View, WatchConfig},
     model::{ProcessRecord, StallRecord},
     outputs::{
         events_log::{self, EventsLog, StallEvent},
@@ -166,7 +166,8 @@ impl StallSink for Sink {
         outputs.metrics.stall(stall, &comm, &cgroup);
         let host = outputs.host.clone();
         if let Some(events) = outputs.events.as_mut() {
-            let top_frames = crate::analysis::headline::headline(stall)
+            // `watch` has no --native: its events read as the default view.
+            let top_frames = crate::analysis::headline::headline(stall, View::PythonFirst)
                 .map(|h| h.text("\u{1f}"))
                 .map(|text| text.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default();
@@ -262,7 +263,9 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     session.resolver.rotate_interned = true;
     session.sink = Some(Box::new(Sink(outputs.clone())));
     if !config.record.quiet {
-        session.live_sink = Some(Box::new(crate::outputs::live::LiveLines));
+        session.live_sink = Some(Box::new(crate::outputs::live::LiveLines(
+            config.record.view,
+        )));
     }
     for pid in procfs::with_descendants(&start_pids) {
         follow(&mut session, &mut probes, pid);
@@ -325,7 +328,7 @@ fn announce(config: &WatchConfig, session: &Session) {
 
 /// Starts following a running process (its threads now; its children as they come).
 fn follow(session: &mut Session, probes: &mut Probes, pid: u32) {
-    if session.processes.contains_key(&pid) {
+    if session.processes.contains(pid) {
         return;
     }
     let Some(id) = procfs::process_id(pid) else {
@@ -369,7 +372,7 @@ fn rescan(session: &mut Session, probes: &mut Probes, selection: &mut Selection)
     candidates.sort_unstable();
     candidates.dedup();
     for pid in candidates {
-        if pid != own && !session.processes.contains_key(&pid) && selection.matches(pid) {
+        if pid != own && !session.processes.contains(pid) && selection.matches(pid) {
             follow(session, probes, pid);
         }
     }
@@ -404,7 +407,7 @@ impl IterationCounts {
             if delta == 0 {
                 continue;
             }
-            let process = session.processes.get(&pid).map(|p| &p.record);
+            let process = session.processes.record(pid);
             let (comm, cgroup) = outputs.labels(pid, process);
             outputs.metrics.iterations(&comm, &cgroup, delta);
         }
@@ -506,7 +509,7 @@ fn refresh_state(session: &Session, probes: &Probes, outputs: &mut Outputs) {
     if outputs.labels.len() > 2 * session.processes.len() + 64 {
         outputs
             .labels
-            .retain(|pid, _| session.processes.contains_key(pid));
+            .retain(|pid, _| session.processes.contains(*pid));
     }
 }
 

@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result};
 
 use crate::{
-    analysis::headline,
+    analysis::headline::{self, View},
     model::{Frame, FrameKind, Recording, StackKind, WakerRecord, short_path},
     sanitize,
 };
@@ -85,17 +85,17 @@ fn process_label(recording: &Recording, pid: u32) -> String {
 }
 
 /// Stall time, weighted in microseconds; root frame = process;thread.
-pub fn stall_folded(recording: &Recording) -> Vec<String> {
-    stall_folded_labelled(recording, true)
+pub fn stall_folded(recording: &Recording, view: View) -> Vec<String> {
+    stall_folded_labelled(recording, true, view)
 }
 
 /// As [`stall_folded`], but process and thread are named without their ids, so that two
 /// recordings of the same service (different PIDs) can be compared.
-pub fn stall_folded_without_ids(recording: &Recording) -> Vec<String> {
-    stall_folded_labelled(recording, false)
+pub fn stall_folded_without_ids(recording: &Recording, view: View) -> Vec<String> {
+    stall_folded_labelled(recording, false, view)
 }
 
-fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
+fn stall_folded_labelled(recording: &Recording, with_ids: bool, view: View) -> Vec<String> {
     let mut lines = Vec::new();
     for stall in &recording.stalls {
         let (process, thread) = if with_ids {
@@ -114,14 +114,11 @@ fn stall_folded_labelled(recording: &Recording, with_ids: bool) -> Vec<String> {
         for stack in &stall.stacks {
             let marker = kind_marker(stack.kind, stack.syscall.as_deref());
             // Python-first unless --native (module `headline`), as the live line reads.
-            let frames: Vec<Frame> = headline::view_frames(
-                &stack.frames,
-                headline::did_work(stack.kind),
-                headline::view(),
-            )
-            .into_iter()
-            .cloned()
-            .collect();
+            let frames: Vec<Frame> =
+                headline::view_frames(&stack.frames, headline::did_work(stack.kind), view)
+                    .into_iter()
+                    .cloned()
+                    .collect();
             lines.extend(folded_line(
                 &process,
                 &thread,
@@ -211,7 +208,7 @@ mod tests {
 
     #[test]
     fn folded_is_outermost_first_with_kind_markers() {
-        let lines = stall_folded(&recording());
+        let lines = stall_folded(&recording(), View::PythonFirst);
         assert_eq!(
             lines,
             vec![
@@ -224,7 +221,7 @@ mod tests {
 
     #[test]
     fn svg_contains_the_frames_and_empty_profiles_still_render() {
-        let lines = stall_folded(&recording());
+        let lines = stall_folded(&recording(), View::PythonFirst);
         let svg = String::from_utf8(flamegraph_svg(&lines, "t").expect("svg")).expect("utf8");
         assert!(svg.contains("burn_cpu"));
         let empty = String::from_utf8(flamegraph_svg(&[], "t").expect("svg")).expect("utf8");

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    analysis::headline,
+    analysis::headline::{self, View},
     model::{FrameKind, Recording, SpanKind, StackKind, StackRecord, StallRecord},
     units::format_duration,
 };
@@ -223,7 +223,7 @@ fn marker(stack: &StackRecord) -> (String, &'static str) {
 
 /// The stall's stacks merged by frame from the outermost in, as its own flamegraph: the
 /// heaviest stacks first until the node budget is spent, the rest summed into one node.
-fn stall_tree(stall: &StallRecord) -> Node {
+fn stall_tree(stall: &StallRecord, view: View) -> Node {
     let mut root = Node {
         n: format!("stall {}", format_duration(stall.duration_ns)),
         k: "on",
@@ -245,7 +245,7 @@ fn stall_tree(stall: &StallRecord) -> Node {
         let mut node = &mut root;
         // Runs of unnamed frames (a stripped module's addresses) fold into one, as everywhere.
         let did_work = headline::did_work(stack.kind);
-        for shown in headline::folded(&stack.frames, did_work).iter().rev() {
+        for shown in headline::folded(&stack.frames, did_work, view).iter().rev() {
             let name = clip(&shown.graph, PAGE_LIMITS.name_chars);
             node = node.child(&name, frame_kind_code(shown.kind));
             node.v += stack.weight_ns;
@@ -299,8 +299,8 @@ fn causes(stall: &StallRecord) -> Vec<CauseView> {
 }
 
 /// The table's "where": the stall's dominant code path, as the live line says it.
-fn headline(stall: &StallRecord) -> String {
-    let text = headline::headline(stall)
+fn headline(stall: &StallRecord, view: View) -> String {
+    let text = headline::headline(stall, view)
         .map(|h| h.text(" < "))
         .unwrap_or_else(|| format!("(no frames: {})", stall.no_frames_why()));
     clip(&text, 4 * PAGE_LIMITS.name_chars)
@@ -339,7 +339,7 @@ fn iteration_marks(recording: &Recording) -> HashMap<(u32, u32), Vec<IterationMa
         .collect()
 }
 
-fn page(recording: &Recording) -> Page {
+fn page(recording: &Recording, view: View) -> Page {
     let mut marks = iteration_marks(recording);
     let mut threads: Vec<ThreadView> = recording
         .threads
@@ -398,7 +398,7 @@ fn page(recording: &Recording) -> Page {
             blocked_ns: stall.off_cpu_ns.saturating_sub(lock_ns),
             runqueue_ns: stall.runqueue_ns,
             lock_ns,
-            headline: headline(stall),
+            headline: headline(stall, view),
             task: stall.task.as_ref().map(|t| {
                 clip(
                     &format!(
@@ -411,7 +411,7 @@ fn page(recording: &Recording) -> Page {
             }),
             caveat: stall.caveat().trim(),
             causes: causes(stall),
-            tree: (rank < PAGE_LIMITS.stalls_with_stacks).then(|| stall_tree(stall)),
+            tree: (rank < PAGE_LIMITS.stalls_with_stacks).then(|| stall_tree(stall, view)),
         });
     }
     stalls.sort_by_key(|s| s.start_us);
@@ -517,8 +517,8 @@ fn html_text(text: &str) -> String {
 }
 
 /// The page: our styles, the skeleton, the data, then d3, d3-flame-graph and our script.
-pub fn report_html(recording: &Recording) -> Result<String> {
-    let page = page(recording);
+pub fn report_html(recording: &Recording, view: View) -> Result<String> {
+    let page = page(recording, view);
     let title = html_text(&page.title);
     let data = script_json(&page)?;
     Ok(format!(
@@ -622,7 +622,7 @@ mod tests {
                 ),
             ],
         );
-        let tree = stall_tree(&s);
+        let tree = stall_tree(&s, View::PythonFirst);
         assert_eq!(tree.v, 300);
         assert_eq!(tree.c.len(), 1);
         let main = &tree.c[0];
@@ -648,7 +648,7 @@ mod tests {
                 stack("on_cpu", 1000 - i, frames)
             })
             .collect();
-        let tree = stall_tree(&stall(100_000, stacks));
+        let tree = stall_tree(&stall(100_000, stacks), View::PythonFirst);
         fn count(node: &Node) -> usize {
             1 + node.c.iter().map(count).sum::<usize>()
         }
@@ -672,7 +672,7 @@ mod tests {
                 vec![frame(evil, FrameKind::Native)],
             )],
         )]);
-        let html = report_html(&rec).expect("html");
+        let html = report_html(&rec, View::PythonFirst).expect("html");
         let start = html
             .find(r#"<script type="application/json" id="stallscope-data">"#)
             .expect("data element");
@@ -696,7 +696,7 @@ mod tests {
                 )
             })
             .collect();
-        let page = page(&recording(stalls));
+        let page = page(&recording(stalls), View::PythonFirst);
         assert_eq!(page.stalls_with_stacks, PAGE_LIMITS.stalls_with_stacks);
         let shortest_with_tree = page
             .stalls

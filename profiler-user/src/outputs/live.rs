@@ -4,14 +4,17 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analysis::{headline, session::StallSink},
+    analysis::{
+        headline::{self, View},
+        session::StallSink,
+    },
     model::{ProcessRecord, StallRecord, frame_text, task_text},
     sanitize,
     units::format_duration,
 };
 
 /// One line per stall, printed as it ends.
-pub fn live_line(stall: &StallRecord) -> String {
+pub fn live_line(stall: &StallRecord, view: View) -> String {
     let mut line = format!(
         "stall {:>9}  {} pid {} tid {}  on-CPU {}  blocked {}  runqueue {}",
         format_duration(stall.duration_ns),
@@ -23,7 +26,7 @@ pub fn live_line(stall: &StallRecord) -> String {
         format_duration(stall.runqueue_ns),
     );
     // The dominant code path, aggregated by frame (module `headline`).
-    match headline::headline(stall) {
+    match headline::headline(stall, view) {
         Some(headline) if headline.has_named() => {
             let _ = write!(line, "\n    at {}", headline.text(" < "));
         }
@@ -86,11 +89,11 @@ pub fn live_line(stall: &StallRecord) -> String {
 }
 
 /// The live line as a stall sink: each stall printed on standard output as it ends.
-pub struct LiveLines;
+pub struct LiveLines(pub View);
 
 impl StallSink for LiveLines {
     fn stall(&mut self, stall: &StallRecord, _process: Option<&ProcessRecord>) {
-        println!("{}", live_line(stall));
+        println!("{}", live_line(stall, self.0));
     }
 }
 
@@ -114,21 +117,21 @@ mod tests {
         let stall = &mut rec.stalls[0];
         stall.duration_ns = 999_960_000;
         stall.runqueue_ns = 250_000;
-        let line = live_line(stall);
+        let line = live_line(stall, View::PythonFirst);
         assert!(
             line.contains(&format!("stall {:>9}", format_duration(999_960_000))),
             "{line}"
         );
         assert!(line.contains("stall    1.00 s"), "{line}");
         assert!(line.contains("runqueue 250.0 us"), "{line}");
-        let summary = summary_text(&rec, &[]);
+        let summary = summary_text(&rec, &[], View::PythonFirst);
         assert!(summary.contains("longest 1.00 s"), "{summary}");
     }
 
     #[test]
     fn live_line_names_the_cause() {
         let rec = recording();
-        let line = live_line(&rec.stalls[0]);
+        let line = live_line(&rec.stalls[0], View::PythonFirst);
         assert!(line.contains("300.0 ms"), "{line}");
         assert!(line.contains("burn_cpu < main"), "{line}");
         assert_eq!(rec.stalls[0].dominant_kind(), "on-CPU");
@@ -143,7 +146,7 @@ mod tests {
         let stall = &mut rec.stalls[0];
         // The heaviest stack has only unnamed frames: the next one with names is shown.
         stall.stacks[0].frames = vec![frame("[unknown] 0x1234", FrameKind::Native)];
-        let line = live_line(stall);
+        let line = live_line(stall, View::PythonFirst);
         assert!(line.contains("    at nap < main"), "{line}");
         assert!(
             line.contains("of it; the heaviest part has no named frame"),
@@ -151,7 +154,7 @@ mod tests {
         );
         // No stack at all.
         stall.stacks.clear();
-        let line = live_line(stall);
+        let line = live_line(stall, View::PythonFirst);
         assert!(
             line.contains("    (no frames to show: no stack was taken inside it"),
             "{line}"
@@ -162,13 +165,13 @@ mod tests {
         stall.adds_up = false;
         stall.unaccounted_why =
             Some("1 switch-in(s) or switch-out(s) of the thread were not seen".into());
-        let line = live_line(stall);
+        let line = live_line(stall, View::PythonFirst);
         assert!(
             line.contains("(48.0 ms of it unaccounted: 1 switch-in(s) or switch-out(s)"),
             "{line}"
         );
         assert!(stall.caveat().contains("breakdown incomplete"));
-        let summary = summary_text(&rec, &[]);
+        let summary = summary_text(&rec, &[], View::PythonFirst);
         assert!(
             summary.contains("1 stall(s) with time unaccounted"),
             "{summary}"

@@ -7,14 +7,14 @@ use std::{fmt::Write as _, fs, io, path::Path};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    analysis::headline,
+    analysis::headline::{self, View},
     model::{JsReport, ProcessRecord, PythonReport, Recording, StallRecord, task_text},
     sanitize,
     units::format_duration,
 };
 
 /// Appends the markdown summary to `$GITHUB_STEP_SUMMARY` when running in GitHub Actions.
-pub fn append_github_step_summary(recording: &Recording) -> Result<()> {
+pub fn append_github_step_summary(recording: &Recording, view: View) -> Result<()> {
     let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
         return Ok(());
     };
@@ -28,12 +28,12 @@ pub fn append_github_step_summary(recording: &Recording) -> Result<()> {
                 Path::new(&path).display()
             )
         })?;
-    io::Write::write_all(&mut file, summary_markdown(recording).as_bytes())
+    io::Write::write_all(&mut file, summary_markdown(recording, view).as_bytes())
         .context("appending to $GITHUB_STEP_SUMMARY")
 }
 
 /// The summary for people and CI job pages: verdict first, then the worst stalls.
-pub fn summary_markdown(recording: &Recording) -> String {
+pub fn summary_markdown(recording: &Recording, view: View) -> String {
     let mut md = String::new();
     let verdict = &recording.verdict;
     let stalls = &recording.stalls;
@@ -84,7 +84,7 @@ pub fn summary_markdown(recording: &Recording) -> String {
         let _ = writeln!(md, "| duration | thread | mostly | where | why |");
         let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
         for stall in worst_stalls(recording, 10) {
-            let headline = headline::headline(stall);
+            let headline = headline::headline(stall, view);
             let place = headline
                 .as_ref()
                 .map(|h| h.place(" ← "))
@@ -218,7 +218,7 @@ pub fn churn_lines(recording: &Recording) -> Vec<String> {
 }
 
 /// The human summary printed at the end.
-pub fn summary_text(recording: &Recording, written: &[String]) -> String {
+pub fn summary_text(recording: &Recording, written: &[String], view: View) -> String {
     let mut text = String::new();
     let processes: Vec<String> = recording
         .processes
@@ -252,7 +252,7 @@ pub fn summary_text(recording: &Recording, written: &[String]) -> String {
             format_duration(total)
         );
         for stall in worst_stalls(recording, 10) {
-            let (top, cause) = match headline::headline(stall) {
+            let (top, cause) = match headline::headline(stall, view) {
                 Some(h) => (h.place(" < "), h.cause().to_string()),
                 None => (
                     format!("(no frames: {})", stall.no_frames_why()),

@@ -433,38 +433,10 @@ impl Symbols {
     }
 }
 
-/// Where to open the file behind a mapping: its path on the host when that is still the same
-/// file (same inode); else, while the process lives, the mapping itself through
-/// /proc/PID/map_files (a binary deleted or replaced since it was started); else the path
-/// through the process's root (a container). None when none of these is the mapped file.
+/// The path that reaches the file behind a mapping of a live process (see
+/// [`procfs::mapped_file`]).
 pub fn elf_path(pid: u32, mapping: &Mapping) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let path = &mapping.path;
-    if path.starts_with("[") {
-        return None;
-    }
-    let same_file = |candidate: &Path| {
-        std::fs::metadata(candidate).is_ok_and(|m| mapping.inode == 0 || m.ino() == mapping.inode)
-    };
-    if same_file(path) {
-        return Some(path.to_path_buf());
-    }
-    let mapped = PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.start, mapping.end
-    ));
-    if same_file(&mapped) {
-        return Some(mapped);
-    }
-    // map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; the main binary is also
-    // reachable through /proc/PID/exe with ptrace access alone.
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    if same_file(&exe) {
-        return Some(exe);
-    }
-    let relative = path.strip_prefix("/").ok()?;
-    let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
-    same_file(&in_root).then_some(in_root)
+    procfs::mapped_file(&procfs::LiveProc, pid, mapping)
 }
 
 /// A symbol and the functions inlined at the address, innermost first. blazesym lists inlined

@@ -5,8 +5,10 @@
 //! someone else by now); tests use [`fake::FakeSystem`], so the session's decisions are
 //! unit-tested on synthetic events without a kernel (the idea of aya's `sys/fake.rs`).
 //!
-//! Not behind it: the Python and V8 readers and the symbolizer, which read the targets' maps and
-//! memory themselves (see `stacks/`); for a PID that does not exist they find nothing.
+//! The stack readers' view of /proc (maps, binaries) is [`SystemAccess::proc_reader`] (see
+//! [`procfs::ProcReader`]): CPython detection and its memory reader go through it. Not behind it
+//! yet: the V8 reader, the unwinder and the symbolizer, which read the targets themselves (see
+//! `stacks/`); for a PID that does not exist they find nothing.
 
 use std::path::PathBuf;
 
@@ -53,6 +55,8 @@ pub trait SystemAccess {
     fn is_alive(&self, id: procfs::ProcessId) -> bool {
         self.process_id(id.pid) == Some(id)
     }
+    /// What the stack readers read of /proc (maps, binaries: see [`procfs::ProcReader`]).
+    fn proc_reader(&self) -> &dyn procfs::ProcReader;
 }
 
 /// Live: the loaded programs' maps and the real /proc.
@@ -103,6 +107,9 @@ impl SystemAccess for Probes {
     fn process_id(&self, pid: u32) -> Option<procfs::ProcessId> {
         procfs::process_id(pid)
     }
+    fn proc_reader(&self) -> &dyn procfs::ProcReader {
+        &procfs::LiveProc
+    }
 }
 
 /// Replaying a saved recording: nothing is live, nothing is read, no kernel map is touched.
@@ -143,6 +150,9 @@ impl SystemAccess for Replay {
     fn process_id(&self, _pid: u32) -> Option<procfs::ProcessId> {
         None
     }
+    fn proc_reader(&self) -> &dyn procfs::ProcReader {
+        &procfs::NoProc
+    }
 }
 
 /// A live system made of plain data, for unit tests: the processes /proc would show, the kernel
@@ -175,6 +185,8 @@ pub mod fake {
         pub pythons: BTreeSet<u32>,
         /// Every `unfollow` call, in order.
         pub unfollowed: Vec<u32>,
+        /// What the stack readers find in /proc (a spawned process maps nothing: no Python).
+        pub proc: procfs::fake::FakeProc,
     }
 
     impl FakeSystem {
@@ -192,11 +204,13 @@ pub mod fake {
                 },
             );
             self.followed.insert(pid);
+            self.proc.maps.insert(pid, Vec::new());
         }
 
         /// The process is gone from the fake /proc.
         pub fn reap(&mut self, pid: u32) {
             self.processes.remove(&pid);
+            self.proc.maps.remove(&pid);
         }
 
         fn stat_of(comm: &str, start_ticks: u64) -> procfs::Stat {
@@ -260,6 +274,9 @@ pub mod fake {
                 pid,
                 start_ticks: p.start_ticks,
             })
+        }
+        fn proc_reader(&self) -> &dyn procfs::ProcReader {
+            &self.proc
         }
     }
 }

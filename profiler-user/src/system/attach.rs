@@ -54,6 +54,10 @@ pub struct LoadOptions {
     pub waker_min_blocked_ns: u64,
     /// Stacks at preemptions and for every waker, as before late capture (for measuring).
     pub eager_stacks: bool,
+    /// Late capture (0: off): a thread blocked in a syscall gets its user and Python stacks
+    /// when it leaves the call, if it was off-CPU at least this long (ns). Only with the full
+    /// programs; the compat build copies them at switch-out.
+    pub late_min_ns: u64,
     /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
     /// has no bpf_task_pt_regs.
     pub task_stack_offset: u32,
@@ -193,8 +197,14 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     } else {
         PROGRAMS_COMPAT
     };
+    let late_min_ns = if options.features.full() {
+        options.late_min_ns
+    } else {
+        0
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &options.offsets, true)
+        .override_global("LATE_MIN_NS", &late_min_ns, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
         .override_global("TASK_FSBASE_OFFSET", &options.task_fsbase_offset, true)
         .override_global("TASK_ARRIVAL_OFFSET", &options.task_arrival_offset, true)
@@ -216,8 +226,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             true,
         )
         .map_max_entries("EVENTS", options.ring_buffer_bytes)
-        // Three scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
-        .map_max_entries("STACK_SCRATCH", 3 * possible_cpus)
+        // Four scratch slots per CPU id the kernel may report (see STACK_SCRATCH).
+        .map_max_entries("STACK_SCRATCH", 4 * possible_cpus)
         .load(object)
         .context("loading the eBPF programs into the kernel")?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
@@ -279,6 +289,23 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             continue;
         }
         attachments.push((category, name.to_string(), program.to_string(), required));
+    }
+    if late_min_ns != 0 {
+        // Before anything is recorded: a pending block must always find its exit hooked.
+        let raw_tp: &mut RawTracePoint = ebpf
+            .program_mut("sys_exit_late")
+            .ok_or_else(|| anyhow!("program sys_exit_late missing from the eBPF object"))?
+            .try_into()
+            .context("program sys_exit_late is not a raw tracepoint")?;
+        verified(
+            raw_tp.load(),
+            "sys_exit_late",
+            &options.verifier_log,
+            options.verbose,
+        )?;
+        raw_tp
+            .attach("sys_exit")
+            .context("attaching to raw tracepoint sys_exit (late stack capture)")?;
     }
     attachments.extend(syscall_attachments(options));
     for (category, name, program, required) in attachments {

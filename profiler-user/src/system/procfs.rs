@@ -139,6 +139,54 @@ pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// A thread blocked in a syscall as /proc shows it without stopping it: the syscall, the user
+/// stack pointer and instruction pointer it entered the call with
+/// (/proc/PID/task/TID/syscall), and up to `bytes` of its stack from there (/proc/PID/mem).
+pub struct BlockedStack {
+    pub syscall: i64,
+    pub ip: u64,
+    pub sp: u64,
+    pub stack: Vec<u8>,
+}
+
+/// See [`BlockedStack`]; None when the thread is running, in user space, or unreadable.
+pub fn blocked_stack(pid: u32, tid: u32, bytes: usize) -> Option<BlockedStack> {
+    use std::os::unix::fs::FileExt as _;
+    let text = read_text(&format!("/proc/{pid}/task/{tid}/syscall"))?;
+    let (syscall, sp, ip) = parse_syscall_file(&text)?;
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    // Up to `bytes`, less where the stack's mapping ends sooner: halve until a read succeeds.
+    let mut len = bytes;
+    while len >= 64 {
+        let mut stack = vec![0u8; len];
+        if let Ok(n) = mem.read_at(&mut stack, sp)
+            && n > 0
+        {
+            stack.truncate(n);
+            return Some(BlockedStack {
+                syscall,
+                ip,
+                sp,
+                stack,
+            });
+        }
+        len /= 2;
+    }
+    None
+}
+
+/// (syscall, sp, pc) from /proc/PID/task/TID/syscall: "NR ARG1 .. ARG6 SP PC" (hex but NR);
+/// None for "running", "-1 SP PC" (not in a syscall) or anything else.
+fn parse_syscall_file(text: &str) -> Option<(i64, u64, u64)> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [nr, _, _, _, _, _, _, sp, pc] = fields[..] else {
+        return None;
+    };
+    let hex = |f: &str| u64::from_str_radix(f.strip_prefix("0x")?, 16).ok();
+    let nr: i64 = nr.parse().ok()?;
+    (nr >= 0).then_some((nr, hex(sp)?, hex(pc)?))
+}
+
 /// Opens a file a target may have put in our way (a binary, a library, a debug file) for
 /// reading, refusing anything but a regular file: `O_NONBLOCK` so that a FIFO swapped in
 /// cannot hang the agent at open, then a check of what was opened.
@@ -227,6 +275,114 @@ pub fn maps(pid: u32) -> Option<Vec<Mapping>> {
     ))
 }
 
+/// What the stack readers ask /proc about a target (its mappings, its binary, the files behind
+/// them), behind one small trait: live, [`LiveProc`] reads the real /proc; replaying,
+/// [`NoProc`] finds nothing (the PIDs may belong to someone else by now); tests use
+/// [`fake::FakeProc`], so the readers' decisions (which mapping is an interpreter, which path
+/// reaches a replaced binary) are unit-tested without a target.
+pub trait ProcReader {
+    /// /proc/PID/maps, file-backed mappings only (None: gone, or not readable).
+    fn maps(&self, pid: u32) -> Option<Vec<Mapping>>;
+    /// The binary a process runs (/proc/PID/exe).
+    fn exe(&self, pid: u32) -> Option<PathBuf>;
+    /// The inode of the file a path names, symlinks followed (the /proc/PID/map_files and
+    /// /proc/PID/exe links); None when there is none or it cannot be looked at.
+    fn inode(&self, path: &Path) -> Option<u64>;
+    /// Opens a file a target may have put in our way, regular files only (see
+    /// [`open_regular`]).
+    fn open_regular(&self, path: &Path) -> std::io::Result<fs::File>;
+    /// /proc/PID/mem, read-only (no ptrace attach: the target keeps running).
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File>;
+}
+
+/// The real /proc.
+pub struct LiveProc;
+
+impl ProcReader for LiveProc {
+    fn maps(&self, pid: u32) -> Option<Vec<Mapping>> {
+        maps(pid)
+    }
+    fn exe(&self, pid: u32) -> Option<PathBuf> {
+        exe(pid)
+    }
+    fn inode(&self, path: &Path) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(path).ok().map(|m| m.ino())
+    }
+    fn open_regular(&self, path: &Path) -> std::io::Result<fs::File> {
+        open_regular(path)
+    }
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File> {
+        fs::File::open(format!("/proc/{pid}/mem"))
+    }
+}
+
+/// Replaying: no process is there to read.
+pub struct NoProc;
+
+impl ProcReader for NoProc {
+    fn maps(&self, _pid: u32) -> Option<Vec<Mapping>> {
+        None
+    }
+    fn exe(&self, _pid: u32) -> Option<PathBuf> {
+        None
+    }
+    fn inode(&self, _path: &Path) -> Option<u64> {
+        None
+    }
+    fn open_regular(&self, path: &Path) -> std::io::Result<fs::File> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}: not read when replaying", path.display()),
+        ))
+    }
+    fn open_mem(&self, pid: u32) -> std::io::Result<fs::File> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("/proc/{pid}/mem: not read when replaying"),
+        ))
+    }
+}
+
+/// The path that reaches the file behind a mapping of process `pid`: its own path when that is
+/// still the mapped file (same inode); else, while the process lives, the mapping itself
+/// through /proc/PID/map_files (a binary deleted or replaced since it was started); else
+/// /proc/PID/exe (the main binary, reachable with ptrace access alone); else the path through
+/// the process's root (a container). None when none of these is the mapped file.
+pub fn mapped_file(proc: &dyn ProcReader, pid: u32, mapping: &Mapping) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = &mapping.path;
+    // A pseudo-mapping ([vdso]) has no file. (`Path::starts_with` compares whole components:
+    // it never matched "[vdso]", which was then looked up relative to the agent's directory.)
+    if path.as_os_str().as_bytes().starts_with(b"[") {
+        return None;
+    }
+    // An inode of 0 (not known) takes any file at the path.
+    let same_file = |candidate: &Path| {
+        proc.inode(candidate)
+            .is_some_and(|inode| mapping.inode == 0 || inode == mapping.inode)
+    };
+    if same_file(path) {
+        return Some(path.to_path_buf());
+    }
+    let mapped = PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    ));
+    if same_file(&mapped) {
+        return Some(mapped);
+    }
+    // map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; the main binary is also
+    // reachable through /proc/PID/exe with ptrace access alone.
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    if same_file(&exe) {
+        return Some(exe);
+    }
+    let relative = path.strip_prefix("/").ok()?;
+    let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
+    same_file(&in_root).then_some(in_root)
+}
+
 /// Clock ticks per second, for converting start times.
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -234,9 +390,75 @@ pub fn clock_ticks_per_second() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
+/// A /proc made of plain data, for unit tests.
+#[cfg(test)]
+pub mod fake {
+    use std::{cell::RefCell, collections::HashMap};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeProc {
+        pub maps: HashMap<u32, Vec<Mapping>>,
+        pub exes: HashMap<u32, PathBuf>,
+        /// Files by path (as the links would resolve): their inode, and the real file a test
+        /// hands out when one is opened (None: it cannot be opened).
+        pub files: HashMap<PathBuf, (u64, Option<PathBuf>)>,
+        /// Every path opened, in order.
+        pub opened: RefCell<Vec<PathBuf>>,
+    }
+
+    impl FakeProc {
+        /// A file at `path` with this inode, opened as the real file `contents`.
+        pub fn file(&mut self, path: &str, inode: u64, contents: Option<&Path>) {
+            self.files
+                .insert(path.into(), (inode, contents.map(Path::to_path_buf)));
+        }
+    }
+
+    impl ProcReader for FakeProc {
+        fn maps(&self, pid: u32) -> Option<Vec<Mapping>> {
+            self.maps.get(&pid).cloned()
+        }
+        fn exe(&self, pid: u32) -> Option<PathBuf> {
+            self.exes.get(&pid).cloned()
+        }
+        fn inode(&self, path: &Path) -> Option<u64> {
+            self.files.get(path).map(|(inode, _)| *inode)
+        }
+        fn open_regular(&self, path: &Path) -> std::io::Result<fs::File> {
+            self.opened.borrow_mut().push(path.to_path_buf());
+            match self.files.get(path) {
+                Some((_, Some(real))) => open_regular(real),
+                _ => Err(std::io::ErrorKind::NotFound.into()),
+            }
+        }
+        fn open_mem(&self, _pid: u32) -> std::io::Result<fs::File> {
+            Err(std::io::ErrorKind::PermissionDenied.into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blocked thread's line names its syscall, stack and instruction pointers; a running
+    /// thread or one in user space has none.
+    #[test]
+    fn syscall_file_of_a_blocked_thread() {
+        let line = "230 0x1 0x1 0x7ffd5e4c2f80 0x0 0x0 0x0 0x7ffd5e4c2f48 0x7f0a1c2e4d85\n";
+        assert_eq!(
+            parse_syscall_file(line),
+            Some((230, 0x7ffd5e4c2f48, 0x7f0a1c2e4d85))
+        );
+        assert_eq!(parse_syscall_file("running\n"), None);
+        assert_eq!(
+            parse_syscall_file("-1 0x7ffd5e4c2f48 0x7f0a1c2e4d85\n"),
+            None
+        );
+        assert_eq!(parse_syscall_file("230 0x1 zz 0 0 0 0 0x7ffd 0xzz"), None);
+    }
 
     #[test]
     fn stat_with_awkward_comm() {
@@ -299,5 +521,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn mapping(path: &str, inode: u64) -> Mapping {
+        Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            file_offset: 0,
+            executable: true,
+            path: path.into(),
+            inode,
+        }
+    }
+
+    /// The file behind a mapping: its path while it is the same file; a binary replaced since
+    /// (another inode at the path) through map_files, or /proc/PID/exe without the capability
+    /// map_files needs; a container's through the process's root; none for a pseudo-mapping or
+    /// a file no path reaches any more.
+    #[test]
+    fn the_file_behind_a_mapping_is_found_by_its_inode() {
+        use fake::FakeProc;
+        let mut proc = FakeProc::default();
+        let app = mapping("/usr/bin/app", 7);
+        proc.file("/usr/bin/app", 7, None);
+        assert_eq!(mapped_file(&proc, 42, &app), Some("/usr/bin/app".into()));
+        // Replaced on disk by an upgrade.
+        proc.file("/usr/bin/app", 8, None);
+        assert_eq!(mapped_file(&proc, 42, &app), None);
+        proc.file("/proc/42/exe", 7, None);
+        assert_eq!(mapped_file(&proc, 42, &app), Some("/proc/42/exe".into()));
+        proc.file("/proc/42/map_files/1000-2000", 7, None);
+        assert_eq!(
+            mapped_file(&proc, 42, &app),
+            Some("/proc/42/map_files/1000-2000".into())
+        );
+        let lib = mapping("/usr/lib/libssl.so.3", 9);
+        proc.file("/proc/42/root/usr/lib/libssl.so.3", 9, None);
+        assert_eq!(
+            mapped_file(&proc, 42, &lib),
+            Some("/proc/42/root/usr/lib/libssl.so.3".into())
+        );
+        // A pseudo-mapping has no file, even where one of its name exists.
+        proc.file("[vdso]", 0, None);
+        assert_eq!(mapped_file(&proc, 42, &mapping("[vdso]", 0)), None);
+        // Replaying, nothing is looked at.
+        assert_eq!(mapped_file(&NoProc, 42, &app), None);
     }
 }

@@ -38,7 +38,7 @@ impl Session {
         // A process that ran only while starting up and exited without reaching a wait point,
         // beside a process that has a loop, is a helper (a shim's, a wrapper's): its runs are
         // that start-up, not stalls.
-        let exited: HashSet<u32> = self.past_processes.iter().map(|p| p.pid).collect();
+        let exited = self.processes.exited_pids_recorded();
         let stalls_dropped = self.stalls.dropped();
         let stalls = std::mem::take(&mut self.stalls).into_sorted(|s, startup_run| {
             let helper = startup_run && exited.contains(&s.pid) && !loop_pids.is_empty();
@@ -120,13 +120,7 @@ impl Session {
             .kernel_drops_at_stop
             .or_else(|| system.kernel_drops())
             .unwrap_or_default();
-        let mut processes: Vec<ProcessRecord> = self
-            .past_processes
-            .iter()
-            .cloned()
-            .chain(self.processes.values().map(|p| p.record.clone()))
-            .collect();
-        processes.sort_by_key(|p| (p.pid, p.started_ns));
+        let processes = self.processes.all_records();
         let v8_stats = self.v8s.stats();
         let mut hints = hints(&processes, &self.v8s);
         if !self.resolver.symbols.unopenable.is_empty() {
@@ -143,11 +137,12 @@ impl Session {
                 self.resolver.symbols.debug_refused.iter().next().map_or("", String::as_str)
             ));
         }
-        if self.maps_unread_exited > 0 {
+        let maps_unread_exited = self.python.maps_unread_exited;
+        if maps_unread_exited > 0 {
             hints.push(format!(
                 "{} short-lived {} exited before their maps could be read (no Python frames for them)",
-                self.maps_unread_exited,
-                if self.maps_unread_exited == 1 { "process" } else { "processes" }
+                maps_unread_exited,
+                if maps_unread_exited == 1 { "process" } else { "processes" }
             ));
         }
         let kernel_frames_seen = self.resolver.seen.iter().any(|k| k.kernel >= 0);
@@ -179,6 +174,7 @@ impl Session {
                     + self.resolver.interned_dropped,
                 events_not_saved: 0,
                 repeats_without_copy: self.stacks.repeats_without_copy,
+                late_stacks_missing: self.late.released_without,
             },
             processes,
             threads,
@@ -198,8 +194,8 @@ impl Session {
                 symbol_failures: self.resolver.symbols.failures,
             },
             python: model::PythonReport {
-                unreadable_frames: self.pythons.unreadable_frames,
-                ..self.python_report
+                unreadable_frames: self.python.pythons.unreadable_frames,
+                ..self.python.report
             },
             javascript: model::JsReport {
                 runtimes: self

@@ -25,13 +25,18 @@ use crate::{
 };
 
 mod finish;
+mod late;
 mod lifecycle;
 mod pending;
+mod processes;
+mod python_detection;
 mod python_tasks;
 mod resolver;
 mod stalls;
 
 use pending::PendingStacks;
+pub use processes::{Added, ProcessState, ProcessTable};
+pub use python_detection::PythonDetection;
 use python_tasks::{PendingPython, TaskHistory};
 pub use resolver::{INTERNED_BASE, Resolver, SavedStack};
 pub use stalls::StallRecords;
@@ -78,11 +83,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub struct ProcessState {
-    pub record: ProcessRecord,
-    pub id: Option<procfs::ProcessId>,
-}
-
 /// Where each stall goes as it ends, besides the recording: `watch`'s metrics, events log and
 /// flight recorder. Called with the stall's process (None when it is not known any more).
 pub trait StallSink {
@@ -106,8 +106,6 @@ pub struct Session {
     pub streaming: bool,
     /// Partial stalls and runs left out while streaming (see `stall_ended`).
     pub stalls_not_streamed: u64,
-    /// Exited (pid, tids) whose names and stacks are dropped at the next [`Session::purge_exited`].
-    exited_to_purge: Vec<u32>,
     pub config: RecordConfig,
     own_pid: u32,
     pub timeline: Timeline,
@@ -121,45 +119,26 @@ pub struct Session {
     released: Vec<reorder::Released<RawEvent>>,
     pub resolver: Resolver,
     pub loss: LossDetector,
-    pub processes: HashMap<u32, ProcessState>,
-    /// Processes that exited during the recording (their PIDs may come back as others).
-    past_processes: Vec<ProcessRecord>,
-    exited_pids: HashSet<u32>,
-    /// Last exit status passed to exit_group, and last signal, per process.
-    exit_calls: HashMap<u32, i32>,
-    /// Fork times of children not yet known as processes (a short-lived child can be gone from
-    /// /proc before its fork event is read; its own first event then shows it is a process).
-    forks: HashMap<u32, (u64, u32)>,
-    signals: HashMap<u32, i32>,
-    /// Looked up for every event (foldhash: see `Timeline::threads`).
-    pub thread_names: foldhash::HashMap<u32, String>,
-    /// Names of waking threads, from the wake-up events (which run in the waker's context).
-    waker_names: HashMap<u32, String>,
+    /// The processes followed and exited, and the threads' names (see [`ProcessTable`]).
+    pub processes: ProcessTable,
     /// The stalls kept for the recording (see [`StallRecords`]).
     pub stalls: StallRecords,
-    /// Processes that exited before their maps could be read for Python: said once, at the end
-    /// (a shim or build script can start dozens; a line each would bury what matters).
-    maps_unread_exited: u64,
     startup_said: bool,
     /// Raw events saved for `stallscope report` (None when replaying).
     pub event_log: Option<Box<dyn EventSink>>,
     waiting_at_start: Vec<(u32, u32)>,
     /// Unwound user stacks waiting for the event they belong to (see [`PendingStacks`]).
     stacks: PendingStacks,
+    /// Blocks in a syscall whose stacks come when the thread leaves the call (see [`late`]).
+    late: late::LateStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
     pending_python: foldhash::HashMap<u32, PendingPython>,
-    /// CPython interpreters of the followed processes.
-    pub pythons: python::Pythons,
-    /// Processes whose interpreter the kernel side has not been told about yet.
-    pythons_to_register: Vec<u32>,
+    /// Which followed processes run CPython (see [`PythonDetection`]).
+    pub python: PythonDetection,
     /// The asyncio task each thread ran (see [`TaskHistory`]).
     tasks: TaskHistory,
     /// The kernel's drop counters when recording stopped (see `stopped`).
     kernel_drops_at_stop: Option<[u64; drop_index::COUNT as usize]>,
-    /// What the recording says about Python (interpreters seen, frames read).
-    python_report: model::PythonReport,
-    /// Processes that may still load CPython (just started or exec'd): pid -> (tries, last).
-    python_maybe_later: HashMap<u32, (u32, std::time::Instant)>,
     /// Time spent reading JavaScript frames, summed.
     v8_ns: u64,
     pub unwinders: crate::stacks::unwind::Unwinders,
@@ -191,7 +170,6 @@ impl Session {
             sink: None,
             streaming: false,
             stalls_not_streamed: 0,
-            exited_to_purge: Vec::new(),
             config,
             own_pid: std::process::id(),
             timeline,
@@ -200,25 +178,15 @@ impl Session {
             released: Vec::new(),
             resolver,
             loss: LossDetector::default(),
-            processes: HashMap::new(),
-            past_processes: Vec::new(),
-            exited_pids: HashSet::new(),
-            exit_calls: HashMap::new(),
-            forks: HashMap::new(),
-            signals: HashMap::new(),
-            thread_names: Default::default(),
-            waker_names: HashMap::new(),
+            processes: ProcessTable::default(),
             stalls: StallRecords::default(),
-            maps_unread_exited: 0,
             startup_said: false,
             event_log: None,
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
+            late: late::LateStacks::default(),
             pending_python: Default::default(),
-            pythons: python::Pythons::default(),
-            pythons_to_register: Vec::new(),
-            python_maybe_later: HashMap::new(),
-            python_report: model::PythonReport::default(),
+            python: PythonDetection::default(),
             tasks: TaskHistory::default(),
             kernel_drops_at_stop: None,
             v8_ns: 0,
@@ -268,7 +236,13 @@ impl Session {
             if native.is_some() || python.is_some() {
                 let frames = match python {
                     Some(python) => {
-                        self.tasks.note(raw.tid, raw.ts_ns, python.task);
+                        // Late stacks: the task was the thread's from its switch-out on.
+                        let at = if raw.kind == kind::LATE_STACKS {
+                            raw.arg0
+                        } else {
+                            raw.ts_ns
+                        };
+                        self.tasks.note(raw.tid, at, python.task);
                         python.frames
                     }
                     None => Vec::new(),
@@ -277,9 +251,7 @@ impl Session {
                 raw.user_stack_id = self.resolver.intern_mixed(native.ips, &native.sps, &frames);
             }
         }
-        if system.live()
-            && (!self.pythons_to_register.is_empty() || !self.python_maybe_later.is_empty())
-        {
+        if system.live() && self.python.pending() {
             self.sync_python(system);
         }
         // Stacks are attached above, in arrival order (a CPU's copy precedes its event);
@@ -302,6 +274,42 @@ impl Session {
         let mut released = std::mem::take(&mut self.released);
         self.reorder.flush(&mut |r| released.push(r));
         self.handle_released(system, &mut released);
+        if system.live() {
+            self.stacks_of_open_blocks();
+        }
+        for held in self.late.drain() {
+            self.handle_now(system, &held);
+        }
+    }
+
+    /// Threads still blocked in a syscall when recording stops never left it, so the kernel
+    /// never sent their user stacks: read them from /proc instead (the registers the thread
+    /// entered the call with, its stack from /proc/PID/mem; the thread is not stopped) and
+    /// unwind them as the kernel's copy would be. Native frames only: the Python walk runs in
+    /// the kernel. A replay does not redo this (its saved events have no such stack).
+    fn stacks_of_open_blocks(&mut self) {
+        for (pid, tid, syscall) in self.late.still_blocked() {
+            let Some(blocked) = procfs::blocked_stack(pid, tid, self.config.stack_bytes as usize)
+            else {
+                continue;
+            };
+            if blocked.syscall != i64::from(syscall) {
+                continue;
+            }
+            let unwound =
+                self.unwinders
+                    .unwind_frames(pid, blocked.ip, blocked.sp, 0, &blocked.stack);
+            let sps = if unwound.ips.len() == unwound.sps.len() {
+                unwound.sps
+            } else {
+                Vec::new()
+            };
+            let user = self.resolver.intern_mixed(unwound.ips, &sps, &[]);
+            if let Some(key) = self.timeline.late_user_stack(tid, user) {
+                self.resolver.saw(key);
+            }
+            self.late.resolved(tid);
+        }
     }
 
     fn handle_released(
@@ -337,19 +345,46 @@ impl Session {
             }
             return;
         }
+        for held in self.late.expired(raw.ts_ns) {
+            self.handle_now(system, &held);
+        }
+        match self.late.route(raw, self.config.threshold_ns) {
+            late::Route::Now => self.handle_now(system, raw),
+            late::Route::Held => {}
+            late::Route::Patch {
+                user,
+                release,
+                event_first,
+            } => {
+                if event_first {
+                    self.handle_now(system, raw);
+                }
+                if let Some(key) = self.timeline.late_user_stack(raw.tid, user) {
+                    self.resolver.saw(key);
+                }
+                for mut held in release {
+                    late::patch_held(&mut held, user);
+                    self.handle_now(system, &held);
+                }
+                if !event_first {
+                    self.handle_now(system, raw);
+                }
+            }
+            late::Route::ReleaseFirst(held) => {
+                for held in held {
+                    self.handle_now(system, &held);
+                }
+                self.handle_now(system, raw);
+            }
+        }
+    }
+
+    /// An event in its turn (after the reorder stage, and any wait for late stacks).
+    fn handle_now(&mut self, system: &mut dyn SystemAccess, raw: &RawEvent) {
         // Only events taken in the thread's own context carry its name (a wake-up carries the
         // waker's).
         if raw.comm[0] != 0 && !matches!(raw.kind, kind::WAKING | kind::WAKEUP) {
-            // Compared as bytes: this runs for every event, and names rarely change.
-            let bytes = comm_bytes(&raw.comm);
-            let stored = self.thread_names.get(&raw.tid).map(String::as_bytes);
-            // A name that needed escaping is stored escaped: compare it escaped too.
-            if stored != Some(bytes) {
-                let name = comm_string(&raw.comm);
-                if stored != Some(name.as_bytes()) {
-                    self.thread_names.insert(raw.tid, name);
-                }
-            }
+            self.processes.name_thread_from(raw.tid, &raw.comm);
         }
         if self.debug_events {
             eprintln!("event {raw:?}");
@@ -367,11 +402,8 @@ impl Session {
             };
             self.resolver.saw(key);
         }
-        if raw.kind == kind::WAKING && raw.comm[0] != 0 && self.waker_names.len() < 65536 {
-            // A waker may belong to a process we do not follow: its name is only here.
-            self.waker_names
-                .entry(raw.arg0 as u32)
-                .or_insert_with(|| comm_string(&raw.comm));
+        if raw.kind == kind::WAKING {
+            self.processes.name_waker(raw.arg0 as u32, &raw.comm);
         }
         if let Some(log) = self.event_log.as_mut() {
             log.write(raw);
@@ -380,7 +412,7 @@ impl Session {
         // for anyone else the same syscall is a lock wait inside an iteration.
         let decoded = if matches!(raw.kind, kind::WAIT_ENTER | kind::WAIT_EXIT)
             && !syscalls::is_wait_point_for(
-                self.thread_names.get(&raw.tid).map_or("", String::as_str),
+                self.processes.thread_name_of(raw.tid).unwrap_or(""),
                 i64::from(raw.syscall),
             ) {
             events::Decoded {
@@ -394,22 +426,13 @@ impl Session {
             // Before its lifecycle events: a short-lived child's exit must find it.
             // Replaying, /proc says nothing about the recorded processes (the PIDs may belong to
             // someone else by now): everything known about them was saved.
-            if system.live()
-                && !self.processes.contains_key(&event.pid)
-                && !self.exited_pids.contains(&event.pid)
-                && event.pid == event.tid
-            {
-                let fork = self.forks.remove(&event.pid);
+            if system.live() && self.processes.is_unknown(event.pid) && event.pid == event.tid {
+                let fork = self.processes.take_fork(event.pid);
                 self.add_process(system, event.pid, fork.map(|(ts, _)| ts));
                 if let Some((_, parent)) = fork {
-                    self.inherit_exe(parent, event.pid);
+                    self.processes.inherit_exe(parent, event.pid);
                 }
-                if let Some(process) = self.processes.get_mut(&event.pid)
-                    && process.record.comm == "?"
-                    && raw.comm[0] != 0
-                {
-                    process.record.comm = comm_string(&raw.comm);
-                }
+                self.processes.name_if_unknown(event.pid, &raw.comm);
             }
         }
         if let Some(lifecycle) = decoded.lifecycle {
@@ -451,48 +474,6 @@ fn merge_same_frames(stacks: Vec<StackRecord>) -> Vec<StackRecord> {
     }
     merged.sort_by_key(|s| std::cmp::Reverse(s.weight_ns));
     merged
-}
-
-fn signal_name(signal: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    usize::try_from(signal)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .filter(|n| !n.is_empty())
-        .map_or_else(|| format!("signal {signal}"), |n| n.to_string())
 }
 
 /// Why part of a stall's time is unaccounted, in words (None when none is).
@@ -547,21 +528,6 @@ fn hints(processes: &[ProcessRecord], v8s: &crate::stacks::v8::V8s) -> Vec<Strin
     hints
 }
 
-/// Whether reading a process failed because it is gone: its /proc entry went away or it is a
-/// zombie, or the read said so (ENOENT, ESRCH).
-fn gone(system: &dyn SystemAccess, pid: u32, err: &anyhow::Error) -> bool {
-    let said_gone = err.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
-            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
-        })
-    });
-    // A zombie (exited, not yet reaped) still has its /proc entry, with no maps.
-    said_gone
-        || system
-            .stat(pid)
-            .is_none_or(|s| matches!(s.state, 'Z' | 'X'))
-}
-
 fn syscall_name(nr: Option<i32>) -> Option<String> {
     let nr = nr?;
     Some(syscalls::name(i64::from(nr)).map_or_else(|| format!("syscall {nr}"), str::to_string))
@@ -575,15 +541,6 @@ fn span_label(frames: &[Frame]) -> String {
         .or_else(|| frames.first())
         .map(|f| f.function.clone())
         .unwrap_or_default()
-}
-
-fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    &comm[..end]
-}
-
-fn comm_string(comm: &[u8; 16]) -> String {
-    crate::sanitize::name_bytes(comm_bytes(comm))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! CPython: finding interpreters in followed processes, decoding the Python stacks the kernel
-//! sends, and the asyncio task each thread ran (for a stall's `task`).
+//! CPython in the session: interpreters looked for (see [`PythonDetection`]), the Python stacks
+//! the kernel sends decoded and kept for their event, and the asyncio task each thread ran (for
+//! a stall's `task`).
 
 use super::*;
 
@@ -16,104 +17,21 @@ pub(super) struct PendingPython {
 }
 
 impl Session {
-    /// Looks for CPython in a process; one that may still load it (`may_load_later`: a command
-    /// just started, a process that just exec'd) is looked at again for a few seconds.
+    /// Looks for CPython in a process (see [`PythonDetection::detect`]).
     pub(super) fn detect_python(
         &mut self,
         system: &dyn SystemAccess,
         pid: u32,
         may_load_later: bool,
     ) {
-        self.pythons.forget(pid);
-        match self.pythons.detect(pid) {
-            Ok(Some(python::Detection::Readable(interpreter))) => {
-                log::info!(
-                    "process {pid} runs CPython {} ({}): Python frames on, read from {}",
-                    interpreter.version,
-                    interpreter.binary.display(),
-                    interpreter.frames_from
-                );
-                self.note_interpreter(model::PythonInterpreterRecord {
-                    pid,
-                    version: format!("3.{}", interpreter.minor),
-                    release: interpreter.version.clone(),
-                    binary: interpreter.binary.display().to_string(),
-                    frames: interpreter.frames_from.clone(),
-                });
-                self.pythons.add(pid, *interpreter);
-                self.pythons_to_register.push(pid);
-                self.python_maybe_later.remove(&pid);
-            }
-            Ok(Some(python::Detection::Unreadable(unreadable))) => {
-                self.python_maybe_later.remove(&pid);
-                eprintln!(
-                    "stallscope: warning: process {pid}: CPython {} ({}): no Python frames, \
-                     native frames only: {}",
-                    unreadable.version,
-                    unreadable.binary.display(),
-                    unreadable.reason
-                );
-                let minor = unreadable.version.split('.').take(2).collect::<Vec<_>>();
-                self.note_interpreter(model::PythonInterpreterRecord {
-                    pid,
-                    version: minor.join("."),
-                    release: unreadable.version.clone(),
-                    binary: unreadable.binary.display().to_string(),
-                    frames: format!("not read: {}", unreadable.reason),
-                });
-            }
-            Ok(None) if may_load_later => {
-                self.python_maybe_later
-                    .entry(pid)
-                    .or_insert((0, std::time::Instant::now()));
-            }
-            Ok(None) => {}
-            Err(err) => {
-                self.python_maybe_later.remove(&pid);
-                if gone(system, pid, &err) {
-                    self.maps_unread_exited += 1;
-                } else {
-                    eprintln!("stallscope: warning: process {pid}: no Python frames: {err:#}");
-                }
-            }
-        }
-    }
-
-    pub(super) fn note_interpreter(&mut self, record: model::PythonInterpreterRecord) {
-        if self.python_report.interpreters.len() < 10_000 {
-            self.python_report.interpreters.push(record);
-        }
+        self.python.detect(system, pid, may_load_later);
     }
 
     /// Hands newly found interpreters to the kernel side, and looks again at processes that
     /// may have loaded one since (every 100 ms, for 5 s).
     pub fn sync_python(&mut self, system: &mut dyn SystemAccess) {
-        let now = std::time::Instant::now();
-        let due: Vec<u32> = self
-            .python_maybe_later
-            .iter()
-            .filter(|(_, (_, last))| now.duration_since(*last).as_millis() >= 100)
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in due {
-            let tries = self.python_maybe_later.get(&pid).map_or(0, |t| t.0) + 1;
-            if tries > 50 || !self.processes.contains_key(&pid) {
-                self.python_maybe_later.remove(&pid);
-                continue;
-            }
-            self.python_maybe_later.insert(pid, (tries, now));
-            self.detect_python(system, pid, true);
-            if let Some(entry) = self.python_maybe_later.get_mut(&pid) {
-                *entry = (tries, now);
-            }
-        }
-        for pid in std::mem::take(&mut self.pythons_to_register) {
-            if let Some(interpreter) = self.pythons.get(pid)
-                && let Err(err) = system.set_python(pid, interpreter.kernel_layout())
-            {
-                eprintln!("stallscope: warning: {err:#}");
-            }
-        }
+        let processes = &self.processes;
+        self.python.sync(system, |pid| processes.contains(pid));
     }
 
     /// Python frames: decoded now (the code objects may be freed soon) and kept for the event
@@ -122,18 +40,7 @@ impl Session {
         if header.pid == self.own_pid {
             return;
         }
-        let started = std::time::Instant::now();
-        let decoded = self.pythons.decode(header.pid, frames);
-        let task = self.pythons.task(header, frames, &decoded);
-        if !self.pythons.changed.is_empty() {
-            let changed = std::mem::take(&mut self.pythons.changed);
-            self.pythons_to_register.extend(changed);
-        }
-        let report = &mut self.python_report;
-        report.decode_ns += started.elapsed().as_nanos() as u64;
-        report.stacks += 1;
-        report.frames += frames.len() as u64;
-        report.truncated += u64::from(header.truncated != 0);
+        let (decoded, task) = self.python.decode(header, frames);
         self.pending_python.insert(
             header.tid,
             PendingPython {

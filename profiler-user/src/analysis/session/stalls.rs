@@ -77,11 +77,9 @@ impl Session {
     pub(super) fn is_reported(&self, stall: &Stall) -> bool {
         if !self.config.threads.is_empty() || self.config.thread_name.is_some() {
             let by_tid = self.config.threads.contains(&stall.tid);
-            let by_name = self
-                .config
-                .thread_name
-                .as_ref()
-                .is_some_and(|name| self.thread_names.get(&stall.tid) == Some(name));
+            let by_name = self.config.thread_name.as_ref().is_some_and(|name| {
+                self.processes.thread_name_of(stall.tid) == Some(name.as_str())
+            });
             return by_tid || by_name;
         }
         match stall.rule {
@@ -117,10 +115,10 @@ impl Session {
             && !stall.startup
             && let Some(sink) = self.live_sink.as_mut()
         {
-            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+            sink.stall(&record, self.processes.record(record.pid));
         }
         if let Some(sink) = self.sink.as_mut() {
-            sink.stall(&record, self.processes.get(&record.pid).map(|p| &p.record));
+            sink.stall(&record, self.processes.record(record.pid));
         }
         if self.streaming {
             return;
@@ -174,12 +172,7 @@ impl Session {
         waker: timeline::Waker,
     ) -> model::WakerRecord {
         let mut frames = self.resolver.frames(system, waker.stack);
-        let comm = self
-            .thread_names
-            .get(&waker.tid)
-            .or_else(|| self.waker_names.get(&waker.tid))
-            .cloned()
-            .unwrap_or_else(|| "?".into());
+        let comm = self.processes.waker_name(waker.tid);
         // A wake-up from an interrupt (a timer expiring, I/O completing) runs in whatever task
         // the interrupt landed on: that task did not wake anyone. Name the interrupt instead.
         let in_interrupt = |name: &str| {

@@ -9,22 +9,7 @@ use crate::system::access::{Replay, fake::FakeSystem};
 const MS: u64 = 1_000_000;
 
 fn config() -> RecordConfig {
-    RecordConfig {
-        target: crate::config::Target::Pids(Vec::new()),
-        threshold_ns: 100 * MS,
-        duration: None,
-        freq_hz: 100,
-        out: None,
-        threads: Vec::new(),
-        thread_name: None,
-        quiet: true,
-        ring_buffer_bytes: 0,
-        budgets: Vec::new(),
-        formats: crate::config::Formats::ALL,
-        stack_bytes: 0,
-        python_only: false,
-        verbose: false,
-    }
+    crate::config::fixtures::record_config()
 }
 
 /// Issue #22 end to end through the session (the wiring from raw events to the stall):
@@ -105,27 +90,11 @@ fn a_repeated_stack_without_a_previous_copy_is_counted_as_a_drop() {
     assert_eq!(recording.unwind.repeated, 1);
 }
 
+/// A 300 ms run with `stacks` stacks of `frames_each` frames each.
 fn stall_with(stacks: usize, frames_each: usize) -> StallRecord {
     StallRecord {
-        pid: 1,
-        tid: 1,
         comm: "app".into(),
-        start_ns: 0,
-        end_ns: 300 * MS,
-        duration_ns: 300 * MS,
-        on_cpu_ns: 300 * MS,
-        off_cpu_ns: 0,
-        runqueue_ns: 0,
         rule: StallRule::Run,
-        partial: false,
-        data_lost: false,
-        unaccounted_ns: 0,
-        adds_up: true,
-        unaccounted_why: None,
-        late_events: 0,
-        missed_switches: 0,
-        task: None,
-        ready_events: None,
         stacks: (0..stacks)
             .map(|_| StackRecord {
                 kind: StackKind::OnCpu,
@@ -136,6 +105,7 @@ fn stall_with(stacks: usize, frames_each: usize) -> StallRecord {
                 waker: None,
             })
             .collect(),
+        ..crate::model::fixtures::stall(1, 1, 300 * MS)
     }
 }
 

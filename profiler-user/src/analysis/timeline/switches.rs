@@ -39,6 +39,20 @@ impl Timeline {
         }
     }
 
+    /// Late capture: the user stack of the thread's block in a syscall, taken as it left the
+    /// call, joins the kernel stack its switch-out carried, while the block is still open (its
+    /// wake-up and switch-in were held for it). The stack as it is now, when patched.
+    pub fn late_user_stack(&mut self, tid: u32, user: i32) -> Option<StackKey> {
+        let thread = self.threads.get_mut(&tid)?;
+        match &mut thread.cpu {
+            Cpu::Blocked { stack, .. } if stack.user < 0 => {
+                stack.user = user;
+                Some(*stack)
+            }
+            _ => None,
+        }
+    }
+
     pub(super) fn switch_out(
         &mut self,
         tid: u32,

@@ -27,10 +27,12 @@ impl Pythons {
             return;
         }
         process.asyncio_checked = Some(Instant::now());
-        let Some(maps) = procfs::maps(pid) else {
+        // Only live processes get here (a replay decodes no Python stacks).
+        let proc = procfs::LiveProc;
+        let Some(maps) = procfs::ProcReader::maps(&proc, pid) else {
             return;
         };
-        if let Some(asyncio) = asyncio_extension(pid, &maps) {
+        if let Some(asyncio) = asyncio_extension(&proc, pid, &maps) {
             process.interpreter.asyncio = Some(asyncio);
             self.changed.push(pid);
         }

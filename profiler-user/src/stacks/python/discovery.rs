@@ -82,9 +82,12 @@ impl Pythons {
     /// Looks for CPython in a live process: libpython mapped, or an executable that defines
     /// `_PyRuntime` itself (a static build such as Debian's). `Ok(None)`: not Python. Each
     /// binary is read once (by path and inode), whatever the number of processes mapping it.
-    pub fn detect(&mut self, pid: u32) -> Result<Option<Detection>> {
-        let maps = procfs::maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-        let exe = procfs::exe(pid);
+    /// What /proc says is read through `proc` (see [`procfs::ProcReader`]).
+    pub fn detect(&mut self, proc: &dyn procfs::ProcReader, pid: u32) -> Result<Option<Detection>> {
+        let maps = proc
+            .maps(pid)
+            .with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let exe = proc.exe(pid);
         let mut candidates: Vec<&procfs::Mapping> = maps
             .iter()
             .filter(|m| {
@@ -105,7 +108,7 @@ impl Pythons {
             let facts = match self.binaries.get(&key) {
                 Some(facts) => facts.clone(),
                 None => {
-                    let facts = binary_facts(pid, mapping)?;
+                    let facts = binary_facts(proc, pid, mapping)?;
                     self.binaries.insert(key, facts.clone());
                     facts
                 }
@@ -115,7 +118,7 @@ impl Pythons {
                     let bias = mapping.start.wrapping_sub(facts.first_load);
                     let asyncio = facts.asyncio.or_else(|| {
                         (facts.minor >= 14)
-                            .then(|| asyncio_extension(pid, &maps))
+                            .then(|| asyncio_extension(proc, pid, &maps))
                             .flatten()
                     });
                     return Ok(Some(Detection::Readable(Box::new(Interpreter {
@@ -146,10 +149,15 @@ impl Pythons {
 /// host's path, only reachable through the mapping itself, or in the process's root (a
 /// container, a chroot). Opened to be read as needed, not whole: the file is the target's, and
 /// may be huge or sparse.
-pub(super) fn open_binary(pid: u32, mapping: &procfs::Mapping) -> Result<File> {
-    let path = symbolize::elf_path(pid, mapping)
+pub(super) fn open_binary(
+    proc: &dyn procfs::ProcReader,
+    pid: u32,
+    mapping: &procfs::Mapping,
+) -> Result<File> {
+    let path = procfs::mapped_file(proc, pid, mapping)
         .with_context(|| format!("{} is not reachable (deleted?)", mapping.path.display()))?;
-    procfs::open_regular(&path).with_context(|| format!("reading {}", path.display()))
+    proc.open_regular(&path)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// The `.AsyncioDebug` table of an ELF file, if it has one.
@@ -162,7 +170,11 @@ pub(super) fn asyncio_section<'data, R: object::ReadRef<'data>>(
 
 /// 3.14: the asyncio table is in the `_asyncio` extension module, mapped once asyncio is
 /// imported.
-pub(super) fn asyncio_extension(pid: u32, maps: &[procfs::Mapping]) -> Option<AsyncioOffsets> {
+pub(super) fn asyncio_extension(
+    proc: &dyn procfs::ProcReader,
+    pid: u32,
+    maps: &[procfs::Mapping],
+) -> Option<AsyncioOffsets> {
     let mapping = maps.iter().find(|m| {
         m.file_offset == 0
             && m.path
@@ -170,7 +182,7 @@ pub(super) fn asyncio_extension(pid: u32, maps: &[procfs::Mapping]) -> Option<As
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("_asyncio.") && n.ends_with(".so"))
     })?;
-    let data = object::ReadCache::new(open_binary(pid, mapping).ok()?);
+    let data = object::ReadCache::new(open_binary(proc, pid, mapping).ok()?);
     let elf = object::File::parse(&data).ok()?;
     asyncio_section(&elf)
 }
@@ -179,9 +191,13 @@ pub(super) fn asyncio_extension(pid: u32, maps: &[procfs::Mapping]) -> Option<As
 /// cannot be read (and why).
 pub(super) type Facts = Option<std::result::Result<BinaryFacts, Unreadable>>;
 
-pub(super) fn binary_facts(pid: u32, mapping: &procfs::Mapping) -> Result<Facts> {
+pub(super) fn binary_facts(
+    proc: &dyn procfs::ProcReader,
+    pid: u32,
+    mapping: &procfs::Mapping,
+) -> Result<Facts> {
     let path = mapping.path.as_path();
-    let data = object::ReadCache::new(open_binary(pid, mapping)?);
+    let data = object::ReadCache::new(open_binary(proc, pid, mapping)?);
     let elf = object::File::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
     let Some(runtime_sym) = elf.dynamic_symbols().find(|s| s.name() == Ok("_PyRuntime")) else {
         return Ok(None);
@@ -305,4 +321,65 @@ pub(super) fn py_version<'data, R: object::ReadRef<'data>>(
     let section = elf.section_by_index(symbol.section_index()?).ok()?;
     let bytes = section.data_range(symbol.address(), 4).ok()??;
     Some(u32::from_le_bytes(bytes.try_into().ok()?) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::procfs::{Mapping, fake::FakeProc};
+
+    fn mapping(path: &str, file_offset: u64, inode: u64) -> Mapping {
+        Mapping {
+            start: 0x40_0000,
+            end: 0x50_0000,
+            file_offset,
+            executable: true,
+            path: path.into(),
+            inode,
+        }
+    }
+
+    /// Which mappings are read for CPython: a libpython mapped from its start, and the binary
+    /// the process runs; nothing else is opened (libc, a libpython mapped from its middle, a
+    /// binary that is not the process's own). A binary is
+    /// read once whatever the number of processes running it; unreadable maps and a mapped
+    /// file no path reaches are errors that say which.
+    #[test]
+    fn only_libpython_or_the_executable_is_read_and_each_binary_once() {
+        let mut proc = FakeProc::default();
+        let mut pythons = Pythons::default();
+        proc.maps.insert(
+            1,
+            vec![
+                mapping("/usr/lib/x86_64-linux-gnu/libc.so.6", 0, 1),
+                mapping("/usr/lib/libpython3.12.so.1.0", 0x1000, 2),
+                mapping("/usr/bin/node", 0, 3),
+            ],
+        );
+        assert!(matches!(pythons.detect(&proc, 1), Ok(None)));
+        assert!(proc.opened.borrow().is_empty(), "{:?}", proc.opened);
+
+        // Two processes running one binary with no _PyRuntime (this test's own).
+        let own = std::env::current_exe().expect("the test binary");
+        proc.file("/usr/bin/tool", 4, Some(&own));
+        for pid in [2, 3] {
+            proc.maps.insert(pid, vec![mapping("/usr/bin/tool", 0, 4)]);
+            proc.exes.insert(pid, "/usr/bin/tool".into());
+            assert!(matches!(pythons.detect(&proc, pid), Ok(None)));
+        }
+        assert_eq!(*proc.opened.borrow(), vec![PathBuf::from("/usr/bin/tool")]);
+
+        proc.maps
+            .insert(4, vec![mapping("/usr/lib/libpython3.13.so.1.0", 0, 5)]);
+        let err = pythons.detect(&proc, 4).expect_err("no file behind it");
+        assert!(
+            format!("{err:#}").contains("libpython3.13.so.1.0 is not reachable"),
+            "{err:#}"
+        );
+        let err = pythons.detect(&proc, 5).expect_err("no maps");
+        assert!(
+            format!("{err:#}").contains("reading /proc/5/maps"),
+            "{err:#}"
+        );
+    }
 }

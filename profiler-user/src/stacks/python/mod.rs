@@ -34,7 +34,6 @@ use profiler_common::{FIELD_ABSENT, PY_FRAME_ENTRY, PyFrame, PyProcess, PyStackH
 use crate::{
     model::{Frame, FrameKind, TaskInfo, TaskRef},
     stacks::python::offsets::{AsyncioOffsets, DebugOffsets, Refused},
-    stacks::symbolize,
     system::procfs,
 };
 
@@ -140,13 +139,11 @@ struct Memory {
 const MAX_TYPE_NAMES: usize = 4096;
 
 impl Memory {
-    fn open(pid: u32) -> Option<Self> {
-        File::open(format!("/proc/{pid}/mem"))
-            .ok()
-            .map(|file| Memory {
-                file,
-                type_names: RefCell::default(),
-            })
+    fn open(proc: &dyn procfs::ProcReader, pid: u32) -> Option<Self> {
+        proc.open_mem(pid).ok().map(|file| Memory {
+            file,
+            type_names: RefCell::default(),
+        })
     }
 
     fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -295,12 +292,13 @@ pub struct Pythons {
 const MAX_TASKS: usize = 10_000;
 
 impl Pythons {
-    pub fn add(&mut self, pid: u32, interpreter: Interpreter) {
+    /// A process found running CPython: its memory is read through `proc` from now on.
+    pub fn add(&mut self, proc: &dyn procfs::ProcReader, pid: u32, interpreter: Interpreter) {
         self.processes.insert(
             pid,
             Process {
                 interpreter,
-                memory: Memory::open(pid),
+                memory: Memory::open(proc, pid),
                 code_bytes: 0,
                 codes: Default::default(),
                 task_names: HashMap::new(),
