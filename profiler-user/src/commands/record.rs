@@ -254,7 +254,7 @@ pub fn load_options(
             config.threshold_ns / WAKER_STACK_FRACTION
         },
         eager_stacks: eager_stacks(),
-        late_min_ns: if eager_stacks() {
+        late_min_ns: if eager_stacks() || !late_stacks() {
             0
         } else {
             config.threshold_ns / profiler_common::LATE_STACK_FRACTION
@@ -290,6 +290,13 @@ const WAKER_STACK_FRACTION: u64 = 100;
 /// capture (to measure what it saves).
 fn eager_stacks() -> bool {
     std::env::var_os("STALLSCOPE_EAGER_STACKS").is_some_and(|v| v == "1")
+}
+
+/// `STALLSCOPE_LATE_STACKS=0`: blocked threads' stacks at switch-out, and no program on
+/// `raw_syscalls:sys_exit` (late capture costs every syscall of the machine one filter run;
+/// to measure it against that, or to spare a host whose other processes make many syscalls).
+fn late_stacks() -> bool {
+    std::env::var_os("STALLSCOPE_LATE_STACKS").is_none_or(|v| v != "0")
 }
 
 /// `STALLSCOPE_CLASSIC_TRACEPOINTS=1` forces the classic scheduler tracepoints (to measure the

@@ -71,12 +71,12 @@ pub fn started_as_name(exe_file: &str, argv0: &str, comm: &str) -> Option<String
     (!name.is_empty() && name != exe_file && agrees).then(|| sanitize::name(name))
 }
 
-fn read_started_as(pid: u32) -> Option<(PathBuf, String)> {
-    let exe = procfs::exe(pid)?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+fn read_started_as(proc: &dyn procfs::ProcReader, pid: u32) -> Option<(PathBuf, String)> {
+    let exe = proc.exe(pid)?;
+    let cmdline = proc.cmdline(pid)?;
     let argv0 =
         String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
-    let comm = procfs::stat(pid)?.comm;
+    let comm = proc.stat(pid)?.comm;
     let file = exe.file_name()?.to_string_lossy().into_owned();
     let name = started_as_name(&file, &argv0, &comm)?;
     Some((exe, name))
@@ -138,6 +138,8 @@ fn debug_link_name(path: &Path) -> Option<Vec<u8>> {
 
 pub struct Symbols {
     symbolizer: Symbolizer,
+    /// Where the processes' mappings and names are read (the real /proc but in tests).
+    proc: Box<dyn procfs::ProcReader>,
     maps: HashMap<u32, Vec<Mapping>>,
     /// When each process's mappings were last read: unknown addresses (JIT code) would
     /// otherwise re-read /proc/PID/maps for every one of them.
@@ -173,8 +175,14 @@ impl Default for Symbols {
 
 impl Symbols {
     pub fn new() -> Self {
+        Self::with_reader(Box::new(procfs::LiveProc))
+    }
+
+    /// Symbols of processes whose mappings and names `proc` reads.
+    pub fn with_reader(proc: Box<dyn procfs::ProcReader>) -> Self {
         Symbols {
             symbolizer: Symbolizer::new(),
+            proc,
             maps: HashMap::new(),
             maps_read_at: HashMap::new(),
             perf_maps: HashMap::new(),
@@ -194,13 +202,13 @@ impl Symbols {
     /// exec, or when code was loaded since). Returns false when the process is gone.
     pub fn snapshot(&mut self, pid: u32) -> bool {
         self.maps_read_at.insert(pid, std::time::Instant::now());
-        match procfs::maps(pid) {
+        match self.proc.maps(pid) {
             Some(maps) if !maps.is_empty() => {
                 self.maps.insert(pid, maps);
                 if self.started_as.len() >= MAX_CACHED_FILES {
                     self.started_as.clear();
                 }
-                match read_started_as(pid) {
+                match read_started_as(self.proc.as_ref(), pid) {
                     Some(started) => self.started_as.insert(pid, started),
                     None => self.started_as.remove(&pid),
                 };
@@ -478,6 +486,40 @@ fn frames_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot reads the process's mappings while it lives (through the reader: faked
+    /// here) and the name it was started as (Debian's redis-server, a symlink to
+    /// redis-check-rdb); a process gone, or mapping nothing, leaves no snapshot.
+    #[test]
+    fn a_snapshot_keeps_the_mappings_and_the_name_the_program_was_started_as() {
+        let mut proc = procfs::fake::FakeProc::default();
+        let exe = "/usr/bin/redis-check-rdb";
+        proc.maps.insert(
+            7,
+            vec![Mapping {
+                start: 0x40_0000,
+                end: 0x50_0000,
+                file_offset: 0,
+                executable: true,
+                path: exe.into(),
+                inode: 3,
+            }],
+        );
+        proc.exes.insert(7, exe.into());
+        proc.cmdlines.insert(7, b"redis-server *:6379\0".to_vec());
+        proc.comms.insert(7, "redis-server".into());
+        proc.maps.insert(8, Vec::new());
+        let mut symbols = Symbols::with_reader(Box::new(proc));
+        assert!(symbols.snapshot(7));
+        assert!(symbols.has_snapshot(7));
+        assert_eq!(
+            symbols.started_as.get(&7),
+            Some(&(PathBuf::from(exe), "redis-server".to_string()))
+        );
+        assert!(!symbols.snapshot(8), "maps nothing");
+        assert!(!symbols.snapshot(9), "gone");
+        assert!(!symbols.has_snapshot(8) && !symbols.has_snapshot(9));
+    }
 
     #[test]
     fn programs_are_named_as_they_were_started() {

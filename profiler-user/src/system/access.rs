@@ -6,9 +6,11 @@
 //! unit-tested on synthetic events without a kernel (the idea of aya's `sys/fake.rs`).
 //!
 //! The stack readers' view of /proc (maps, binaries) is [`SystemAccess::proc_reader`] (see
-//! [`procfs::ProcReader`]): CPython detection and its memory reader go through it. Not behind it
-//! yet: the V8 reader, the unwinder and the symbolizer, which read the targets themselves (see
-//! `stacks/`); for a PID that does not exist they find nothing.
+//! [`procfs::ProcReader`]): CPython detection and its memory reader go through it, and the
+//! symbolizer's snapshots read through a reader of their own (`Symbols::with_reader`); the
+//! stacks of threads still blocked when recording stops are read with
+//! [`SystemAccess::blocked_stack`]. Not behind it yet: the V8 reader and the unwinder, which
+//! read the targets themselves (see `stacks/`); for a PID that does not exist they find nothing.
 
 use std::path::PathBuf;
 
@@ -57,6 +59,9 @@ pub trait SystemAccess {
     }
     /// What the stack readers read of /proc (maps, binaries: see [`procfs::ProcReader`]).
     fn proc_reader(&self) -> &dyn procfs::ProcReader;
+    /// A thread blocked in a syscall: the call, its registers and up to `bytes` of its stack
+    /// (see [`procfs::BlockedStack`]).
+    fn blocked_stack(&self, pid: u32, tid: u32, bytes: usize) -> Option<procfs::BlockedStack>;
 }
 
 /// Live: the loaded programs' maps and the real /proc.
@@ -110,6 +115,9 @@ impl SystemAccess for Probes {
     fn proc_reader(&self) -> &dyn procfs::ProcReader {
         &procfs::LiveProc
     }
+    fn blocked_stack(&self, pid: u32, tid: u32, bytes: usize) -> Option<procfs::BlockedStack> {
+        procfs::blocked_stack(pid, tid, bytes)
+    }
 }
 
 /// Replaying a saved recording: nothing is live, nothing is read, no kernel map is touched.
@@ -153,6 +161,9 @@ impl SystemAccess for Replay {
     fn proc_reader(&self) -> &dyn procfs::ProcReader {
         &procfs::NoProc
     }
+    fn blocked_stack(&self, _pid: u32, _tid: u32, _bytes: usize) -> Option<procfs::BlockedStack> {
+        None
+    }
 }
 
 /// A live system made of plain data, for unit tests: the processes /proc would show, the kernel
@@ -187,6 +198,8 @@ pub mod fake {
         pub unfollowed: Vec<u32>,
         /// What the stack readers find in /proc (a spawned process maps nothing: no Python).
         pub proc: procfs::fake::FakeProc,
+        /// Threads blocked in a syscall, by tid.
+        pub blocked: HashMap<u32, procfs::BlockedStack>,
     }
 
     impl FakeSystem {
@@ -277,6 +290,11 @@ pub mod fake {
         }
         fn proc_reader(&self) -> &dyn procfs::ProcReader {
             &self.proc
+        }
+        fn blocked_stack(&self, _pid: u32, tid: u32, bytes: usize) -> Option<procfs::BlockedStack> {
+            let mut blocked = self.blocked.get(&tid)?.clone();
+            blocked.stack.truncate(bytes);
+            Some(blocked)
         }
     }
 }

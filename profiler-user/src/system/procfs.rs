@@ -142,6 +142,7 @@ pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
 /// A thread blocked in a syscall as /proc shows it without stopping it: the syscall, the user
 /// stack pointer and instruction pointer it entered the call with
 /// (/proc/PID/task/TID/syscall), and up to `bytes` of its stack from there (/proc/PID/mem).
+#[derive(Clone, Debug)]
 pub struct BlockedStack {
     pub syscall: i64,
     pub ip: u64,
@@ -280,7 +281,7 @@ pub fn maps(pid: u32) -> Option<Vec<Mapping>> {
 /// [`NoProc`] finds nothing (the PIDs may belong to someone else by now); tests use
 /// [`fake::FakeProc`], so the readers' decisions (which mapping is an interpreter, which path
 /// reaches a replaced binary) are unit-tested without a target.
-pub trait ProcReader {
+pub trait ProcReader: Send {
     /// /proc/PID/maps, file-backed mappings only (None: gone, or not readable).
     fn maps(&self, pid: u32) -> Option<Vec<Mapping>>;
     /// The binary a process runs (/proc/PID/exe).
@@ -293,6 +294,10 @@ pub trait ProcReader {
     fn open_regular(&self, path: &Path) -> std::io::Result<fs::File>;
     /// /proc/PID/mem, read-only (no ptrace attach: the target keeps running).
     fn open_mem(&self, pid: u32) -> std::io::Result<fs::File>;
+    /// /proc/PID/cmdline: the arguments, NUL-separated (the target may have rewritten them).
+    fn cmdline(&self, pid: u32) -> Option<Vec<u8>>;
+    /// /proc/PID/stat.
+    fn stat(&self, pid: u32) -> Option<Stat>;
 }
 
 /// The real /proc.
@@ -314,6 +319,12 @@ impl ProcReader for LiveProc {
     }
     fn open_mem(&self, pid: u32) -> std::io::Result<fs::File> {
         fs::File::open(format!("/proc/{pid}/mem"))
+    }
+    fn cmdline(&self, pid: u32) -> Option<Vec<u8>> {
+        fs::read(format!("/proc/{pid}/cmdline")).ok()
+    }
+    fn stat(&self, pid: u32) -> Option<Stat> {
+        stat(pid)
     }
 }
 
@@ -341,6 +352,12 @@ impl ProcReader for NoProc {
             std::io::ErrorKind::NotFound,
             format!("/proc/{pid}/mem: not read when replaying"),
         ))
+    }
+    fn cmdline(&self, _pid: u32) -> Option<Vec<u8>> {
+        None
+    }
+    fn stat(&self, _pid: u32) -> Option<Stat> {
+        None
     }
 }
 
@@ -406,6 +423,9 @@ pub mod fake {
         pub files: HashMap<PathBuf, (u64, Option<PathBuf>)>,
         /// Every path opened, in order.
         pub opened: RefCell<Vec<PathBuf>>,
+        pub cmdlines: HashMap<u32, Vec<u8>>,
+        /// Process names (the stat's comm).
+        pub comms: HashMap<u32, String>,
     }
 
     impl FakeProc {
@@ -435,6 +455,17 @@ pub mod fake {
         }
         fn open_mem(&self, _pid: u32) -> std::io::Result<fs::File> {
             Err(std::io::ErrorKind::PermissionDenied.into())
+        }
+        fn cmdline(&self, pid: u32) -> Option<Vec<u8>> {
+            self.cmdlines.get(&pid).cloned()
+        }
+        fn stat(&self, pid: u32) -> Option<Stat> {
+            Some(Stat {
+                comm: self.comms.get(&pid)?.clone(),
+                state: 'S',
+                ppid: 1,
+                start_ticks: 0,
+            })
         }
     }
 }

@@ -275,7 +275,7 @@ impl Session {
         self.reorder.flush(&mut |r| released.push(r));
         self.handle_released(system, &mut released);
         if system.live() {
-            self.stacks_of_open_blocks();
+            self.stacks_of_open_blocks(system);
         }
         for held in self.late.drain() {
             self.handle_now(system, &held);
@@ -287,9 +287,9 @@ impl Session {
     /// entered the call with, its stack from /proc/PID/mem; the thread is not stopped) and
     /// unwind them as the kernel's copy would be. Native frames only: the Python walk runs in
     /// the kernel. A replay does not redo this (its saved events have no such stack).
-    fn stacks_of_open_blocks(&mut self) {
+    fn stacks_of_open_blocks(&mut self, system: &dyn SystemAccess) {
         for (pid, tid, syscall) in self.late.still_blocked() {
-            let Some(blocked) = procfs::blocked_stack(pid, tid, self.config.stack_bytes as usize)
+            let Some(blocked) = system.blocked_stack(pid, tid, self.config.stack_bytes as usize)
             else {
                 continue;
             };

@@ -44,7 +44,9 @@ pub struct ProcessTable {
     /// can be gone from /proc before its fork event is read; its own first event then shows it
     /// is a process).
     forks: HashMap<u32, (u64, u32)>,
-    thread_names: HashMap<u32, String>,
+    /// Looked up for every event: foldhash rather than SipHash (tids are not chosen by an
+    /// attacker who could aim at collisions).
+    thread_names: foldhash::HashMap<u32, String>,
     /// Names of waking threads, from the wake-up events (which run in the waker's context).
     waker_names: HashMap<u32, String>,
     /// Exited PIDs whose leftovers are dropped at the next [`ProcessTable::purge`] (`watch`).
