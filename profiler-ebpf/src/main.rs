@@ -637,6 +637,36 @@ const NO_PYTHON: PythonStack = PythonStack {
     gil_holder: None,
 };
 
+/// Takes the current thread's stacks (and Python frames) for `event`, which lives in map
+/// memory (`EVENT_SCRATCH`): what each capture found is written there as it is found, so no
+/// register or stack slot carries it past the Python walk. The walk is a `bpf_loop` call, and
+/// a verifier before 6.4 that must track a value's precision back across such a call gives up
+/// and treats every number it knows as exact; with the captures' outcomes (copied or not, an
+/// id or none, the state reported) still in registers, no two of its paths would then ever
+/// look alike again, and Debian 12's 6.1 refused `sched_switch` as too complex.
+#[inline(always)]
+fn capture<C: StackIdContext>(ctx: &C, event: &mut Event, syscall: i32, slot: u32) {
+    let (pid, tid) = (event.pid, event.tid);
+    let (kernel, user, copied) = stacks(ctx, pid, tid, syscall, slot);
+    event.kernel_stack_id = kernel;
+    event.user_stack_id = user;
+    if copied {
+        event.arg1 |= USER_STACK_COPIED;
+    }
+    let python = python_stack(pid, tid, syscall, slot);
+    if python.sent {
+        event.arg1 |= PY_STACK_COPIED;
+    }
+    if let Some(holder) = python.gil_holder {
+        event.arg1 |= GIL_HELD_BY_OTHER;
+        event.aux = holder;
+    }
+}
+
+/// Events being assembled (slot 0: switch-out, 1: sample), see `capture`.
+#[map]
+static EVENT_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(2, 0);
+
 /// Thread states looked at when a thread is not in the cache yet.
 const MAX_PY_THREADS: usize = 128;
 /// Shim frames skipped per walk on top of MAX_PY_FRAMES real ones.
@@ -1109,87 +1139,92 @@ fn on_switch<C: StackIdContext>(
     if is_followed_pid(tgid) {
         remember_thread(tgid, tid);
         check_switched_in(tgid, tid);
-        let prev_state = prev_state();
-        let syscall = current_syscall();
-        // A thread preempted inside a syscall is not waiting in it (it may be on its way out
-        // of the call, where the saved registers still name it): its stacks are taken as
-        // anywhere else.
-        let blocked_in = opaque(if prev_state & 0xff == 0 {
-            NO_SYSCALL as i64
-        } else {
-            syscall as i64
-        }) as i32;
-        // No stacks for a loop going idle in its wait point (between iterations), nor for a
-        // preempted thread: it is still where it was running, which its samples show (the
-        // agent gives its runqueue time the stack of its latest sample).
-        let preempted = prev_state & 0xff == 0 && EAGER_STACKS.load() == 0;
-        let idle = preempted || is_idle_wait(blocked_in as i64);
-        // Blocked in a syscall: its user registers and stack stay as they are until it leaves
-        // the call, so they are read then (`sys_exit_late`), and only if the block lasted.
+        // Through the map: `reported_state` ends in a constant per path (ten of them), and
+        // each would otherwise be a path of its own through everything that follows.
+        switch_out(ctx, tgid, tid, opaque(prev_state()));
+        switched_in(0, 0);
+    }
+    // Read back after the switch-out's captures (see `capture`), so that this test's
+    // precision is tracked to the read, not back across the Python walk.
+    let next_tid = opaque(i64::from(next_tid)) as u32;
+    if let Some(next_tgid) = followed_tid(next_tid) {
+        let event = new_event(kind::SWITCH_IN, next_tgid, next_tid);
+        submit(&event);
+        switched_in(next_tid, event.ts_ns);
+    }
+    Ok(())
+}
+
+/// The followed current thread leaves the CPU in `prev_state`: a SWITCH_OUT, with its stacks
+/// unless it goes idle in its wait point or was preempted.
+#[inline(always)]
+fn switch_out<C: StackIdContext>(ctx: &C, tgid: u32, tid: u32, prev_state: i64) {
+    let Some(event) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot of this program (see EVENT_SCRATCH), valid for this run.
+    let event = unsafe { &mut *event };
+    let syscall = current_syscall();
+    *event = new_event(kind::SWITCH_OUT, tgid, tid);
+    event.arg0 = prev_state as u64;
+    event.syscall = reported_syscall(syscall);
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    // A thread preempted inside a syscall is not waiting in it (it may be on its way out
+    // of the call, where the saved registers still name it): its stacks are taken as
+    // anywhere else.
+    let blocked_in = opaque(if prev_state & 0xff == 0 {
+        NO_SYSCALL as i64
+    } else {
+        syscall as i64
+    }) as i32;
+    // No stacks for a loop going idle in its wait point (between iterations), nor for a
+    // preempted thread: it is still where it was running, which its samples show (the
+    // agent gives its runqueue time the stack of its latest sample).
+    let preempted = prev_state & 0xff == 0 && EAGER_STACKS.load() == 0;
+    if !preempted && !is_idle_wait(blocked_in as i64) {
+        // When it went to sleep: a wake-up of a short sleep takes no waker stacks.
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
+        match BLOCKED_SINCE.get_ptr_mut(&tid) {
+            // SAFETY: pointer into the map's value, valid for this program run.
+            Some(slot) => unsafe { *slot = now },
+            None => {
+                let _ = BLOCKED_SINCE.insert(&tid, &now, 0);
+            }
+        }
+        // Blocked in a syscall: its user registers and stack stay as they are until it leaves
+        // the call, so they are read then (`sys_exit_late`), and only if the block lasted.
         // Not for CPython processes: the agent reads a stack's asyncio Task from the target's
         // memory when the record arrives, and after the thread left the call that Task may be
         // gone (the request done); their stacks are read at switch-out, while it sleeps.
         let late = !compat::NO_LATE
-            && !idle
             && blocked_in != NO_SYSCALL
             && LATE_MIN_NS.load() != 0
             // SAFETY: only compared against None.
             && unsafe { PY_PROCS.get(&tgid) }.is_none()
             && defer_stacks(tid, now);
-        let (kernel, user, copied, python) = if idle {
-            (NO_STACK, NO_STACK, false, NO_PYTHON)
-        } else if late {
-            let gil_holder = python_gil_holder(tgid, tid, blocked_in);
-            (
-                stack_id(ctx, 0, drop::KERNEL_STACK),
-                NO_STACK,
-                false,
-                PythonStack {
-                    sent: false,
-                    gil_holder,
-                },
-            )
-        } else {
-            let (kernel, user, copied) = stacks(ctx, tgid, tid, blocked_in, 0);
-            (kernel, user, copied, python_stack(tgid, tid, blocked_in, 0))
-        };
-        if !idle {
-            // When it went to sleep: a wake-up of a short sleep takes no waker stacks.
-            match BLOCKED_SINCE.get_ptr_mut(&tid) {
-                // SAFETY: pointer into the map's value, valid for this program run.
-                Some(slot) => unsafe { *slot = now },
-                None => {
-                    let _ = BLOCKED_SINCE.insert(&tid, &now, 0);
-                }
-            }
-        }
-        let mut event = new_event(kind::SWITCH_OUT, tgid, tid);
-        event.arg0 = prev_state as u64;
-        event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
-        if python.sent {
-            event.arg1 |= PY_STACK_COPIED;
-        }
         if late {
+            event.kernel_stack_id = stack_id(ctx, 0, drop::KERNEL_STACK);
             event.arg1 |= LATE_STACKS_PENDING;
+            if let Some(holder) = python_gil_holder(tgid, tid, blocked_in) {
+                event.arg1 |= GIL_HELD_BY_OTHER;
+                event.aux = holder;
+            }
+        } else {
+            capture(ctx, event, blocked_in, 0);
         }
-        if let Some(holder) = python.gil_holder {
-            event.arg1 |= GIL_HELD_BY_OTHER;
-            event.aux = holder;
-        }
-        (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
-        event.syscall = reported_syscall(syscall);
-        event.comm = bpf_get_current_comm().unwrap_or_default();
-        submit(&event);
-        switched_in(0, 0);
+        restamp(event);
     }
-    if let Some(next_tgid) = followed_tid(next_tid as u32) {
-        let event = new_event(kind::SWITCH_IN, next_tgid, next_tid as u32);
-        submit(&event);
-        switched_in(next_tid as u32, event.ts_ns);
-    }
-    Ok(())
+    submit(event);
+}
+
+/// Stamps `event` after its captures, as their records are: the agent attaches a copied
+/// stack only to an event stamped within a millisecond of it (under emulation a capture can
+/// take that long).
+#[inline(always)]
+fn restamp(event: &mut Event) {
+    // SAFETY: helper without preconditions.
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
 }
 
 #[raw_tracepoint(tracepoint = "sched_waking")]
@@ -1478,17 +1513,17 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_ids();
     if is_followed_pid(tgid) {
         check_switched_in(tgid, tid);
+        let Some(event) = EVENT_SCRATCH.get_ptr_mut(1) else {
+            return 0;
+        };
+        // SAFETY: per-CPU slot of this program (see EVENT_SCRATCH), valid for this run.
+        let event = unsafe { &mut *event };
         let syscall = current_syscall();
-        let (kernel, user, copied) = stacks(&ctx, tgid, tid, syscall, 1);
-        let python = python_stack(tgid, tid, syscall, 1);
-        let mut event = new_event(kind::SAMPLE, tgid, tid);
-        event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
-        if python.sent {
-            event.arg1 |= PY_STACK_COPIED;
-        }
-        (event.kernel_stack_id, event.user_stack_id) = (kernel, user);
+        *event = new_event(kind::SAMPLE, tgid, tid);
         event.syscall = reported_syscall(syscall);
-        submit(&event);
+        capture(&ctx, event, syscall, 1);
+        restamp(event);
+        submit(event);
     }
     0
 }

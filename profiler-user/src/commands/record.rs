@@ -353,8 +353,9 @@ pub fn load_probes(
     KernelFeatures,
 )> {
     match attach::load(&options(kernel)) {
-        Err(err) if kernel.full() && attach::is_too_complex(&err) => {
+        Err(err) if fallback(kernel, &err).is_some() => {
             let compat = kernel.with_full_refused();
+            eprintln!("stallscope: {}", fallback_line(&err, &compat));
             let (probes, ring) = attach::load(&options(compat)).with_context(|| {
                 format!("the compat programs, after the full ones were refused: {err:#}")
             })?;
@@ -362,6 +363,22 @@ pub fn load_probes(
         }
         loaded => loaded.map(|(probes, ring)| (probes, ring, kernel)),
     }
+}
+
+/// The features to load with after `err`: the compat build when the verifier refused the full
+/// programs as too complex (E2BIG; an older verifier prunes less), else none (the error
+/// stands: any other refusal is a bug to report, and the compat build was already tried).
+pub fn fallback(kernel: KernelFeatures, err: &anyhow::Error) -> Option<KernelFeatures> {
+    (kernel.full() && attach::is_too_complex(err)).then(|| kernel.with_full_refused())
+}
+
+/// The one line saying the compat build is loaded instead, and why: the refusal's own first
+/// line (which program, where its log is) and what the compat build lacks.
+pub fn fallback_line(err: &anyhow::Error, compat: &KernelFeatures) -> String {
+    let refusal = err.to_string();
+    let refusal = refusal.lines().next().unwrap_or_default();
+    let lacks = compat.limits().join("; ");
+    format!("{refusal}; loading the compat build instead: {lacks}")
 }
 
 pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
@@ -571,6 +588,53 @@ pub fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal as `attach::refused` makes it: the errno typed at the bottom, one line on top.
+    fn refusal(errno: i32) -> anyhow::Error {
+        anyhow::Error::new(std::io::Error::from_raw_os_error(errno)).context(
+            "the kernel's verifier refused program sched_switch (Argument list too long (os error 7)); \
+             its log is in /tmp/out/verifier.log; `stallscope doctor` says what this kernel lacks\n\
+             verifier log:\nprocessed 1000001 insns",
+        )
+    }
+
+    /// Issue #21: Debian 12's 6.1 refuses the full programs as too complex (E2BIG); only that
+    /// refusal, and only of the full build, falls back to the compat build.
+    #[test]
+    fn too_complex_full_programs_fall_back_to_compat_once() {
+        let compat = fallback(KernelFeatures::ALL, &refusal(libc::E2BIG));
+        assert_eq!(compat, Some(KernelFeatures::ALL.with_full_refused()));
+        assert!(
+            !compat.is_some_and(|c| c.full()),
+            "the fallback loads the compat build"
+        );
+        // Any other refusal is reported as it is.
+        assert_eq!(fallback(KernelFeatures::ALL, &refusal(libc::EINVAL)), None);
+        assert_eq!(fallback(KernelFeatures::ALL, &refusal(libc::EACCES)), None);
+        // The compat build refused too: nothing left to try.
+        assert_eq!(fallback(KernelFeatures::NONE, &refusal(libc::E2BIG)), None);
+        assert_eq!(
+            fallback(
+                KernelFeatures::ALL.with_full_refused(),
+                &refusal(libc::E2BIG)
+            ),
+            None
+        );
+    }
+
+    /// The user sees one line: which program was refused, where its log is, that the compat
+    /// build is loaded, and what that costs; not the log (even when --verbose put it below).
+    #[test]
+    fn fallback_says_so_in_one_line() {
+        let compat = KernelFeatures::ALL.with_full_refused();
+        let line = fallback_line(&refusal(libc::E2BIG), &compat);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("refused program sched_switch"), "{line}");
+        assert!(line.contains("/tmp/out/verifier.log"), "{line}");
+        assert!(line.contains("loading the compat build instead"), "{line}");
+        assert!(line.contains("too complex"), "{line}");
+        assert!(!line.contains("processed"), "{line}");
+    }
 
     fn explained(err: anyhow::Error) -> String {
         format!("{:#}", explain_load_error(err))

@@ -203,6 +203,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         0
     };
     let mut ebpf = EbpfLoader::new()
+        .verifier_log_level(log_level(options.verbose))
         .override_global("OFFSETS", &options.offsets, true)
         .override_global("LATE_MIN_NS", &late_min_ns, true)
         .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
@@ -267,12 +268,14 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
                     .try_into()
                     .with_context(|| format!("program {program} is not a raw tracepoint"))?;
                 if !programs_loaded.contains_key(program) {
+                    let started = std::time::Instant::now();
                     verified(
                         raw_tp.load(),
                         program,
                         &options.verifier_log,
                         options.verbose,
                     )?;
+                    log_verified(program, started, raw_tp.info());
                     programs_loaded.insert(program.to_string(), true);
                 }
                 raw_tp
@@ -316,12 +319,14 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
             .try_into()
             .with_context(|| format!("program {program} is not a tracepoint"))?;
         if !programs_loaded.contains_key(program) {
+            let started = std::time::Instant::now();
             verified(
                 tracepoint.load(),
                 program,
                 &options.verifier_log,
                 options.verbose,
             )?;
+            log_verified(program, started, tracepoint.info());
             programs_loaded.insert(program.to_string(), true);
         }
         match tracepoint.attach(category, name) {
@@ -340,12 +345,14 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .ok_or_else(|| anyhow!("program cpu_sample missing from the eBPF object"))?
         .try_into()
         .context("program cpu_sample is not a perf_event program")?;
+    let started = std::time::Instant::now();
     verified(
         sampler.load(),
         "cpu_sample",
         &options.verifier_log,
         options.verbose,
     )?;
+    log_verified("cpu_sample", started, sampler.info());
     let cpus = online_cpus().map_err(|(path, err)| anyhow!("reading {path}: {err}"))?;
     for cpu in cpus {
         sampler
@@ -394,6 +401,37 @@ pub fn is_too_complex(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(libc::E2BIG))
     })
+}
+
+/// What the verifier logs when it refuses a program: its error and statistics, and with
+/// `--verbose` also every instruction it walked. That trail runs to tens of megabytes for a
+/// program refused as too complex, and since a kernel before 6.4 stops at a full buffer, aya
+/// retries with ten times the buffer each time: each retry verifies the whole program again
+/// (two minutes each under emulation), and the compat build's load waited for all of them.
+fn log_level(verbose: bool) -> aya::VerifierLogLevel {
+    if verbose {
+        aya::VerifierLogLevel::DEBUG | aya::VerifierLogLevel::STATS
+    } else {
+        aya::VerifierLogLevel::STATS
+    }
+}
+
+/// Logs (`RUST_LOG=info`) how much work the verifier did on a program it accepted: the
+/// instructions it processed (its limit is a million; an older kernel's verifier prunes less,
+/// so a program near the limit here is refused there) and how long it took.
+fn log_verified(
+    program: &str,
+    started: std::time::Instant,
+    info: Result<aya::programs::ProgramInfo, ProgramError>,
+) {
+    let insns = info
+        .ok()
+        .and_then(|info| info.verified_instruction_count())
+        .map_or("?".to_string(), |n| n.to_string());
+    log::info!(
+        "verifier: {program}: {insns} instructions processed in {:.2?}",
+        started.elapsed()
+    );
 }
 
 /// Fills the kernel side's match tables before anything is attached.
