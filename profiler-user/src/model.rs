@@ -223,6 +223,10 @@ pub struct UnwindReport {
     /// Stacks the kernel found unchanged since the thread's previous copy (not copied again).
     #[serde(default)]
     pub repeated: u64,
+    /// Copies whose unwind was reused: the same registers and the same stack words read as a
+    /// copy unwound before (counted in `stacks` too).
+    #[serde(default)]
+    pub reused: u64,
 }
 
 /// The CPython interpreters seen, and how their frames were read.

@@ -1,8 +1,6 @@
 //! Ring-buffer bytes to typed events: the timeline's [`timeline::Event`]s and the process
 //! lifecycle events the follow set needs. Also detects lost events from per-CPU sequence gaps.
 
-use std::collections::HashMap;
-
 use profiler_common::{
     Event as RawEvent, GIL_HELD_BY_OTHER, NO_SYSCALL, PY_STACK_HEADER_SIZE, PyFrame, PyStackHeader,
     SWITCH_IN_UNTRACED, UserStackHeader, kind,
@@ -209,7 +207,7 @@ pub fn interpret(raw: &RawEvent) -> Decoded {
 /// Tracks per-CPU sequence numbers; a jump means the kernel dropped events on that CPU.
 #[derive(Default)]
 pub struct LossDetector {
-    last_seq: HashMap<u32, u64>,
+    last_seq: foldhash::HashMap<u32, u64>,
     pub lost: u64,
 }
 

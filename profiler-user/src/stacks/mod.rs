@@ -4,4 +4,5 @@ pub mod perf_map;
 pub mod python;
 pub mod symbolize;
 pub mod unwind;
+pub mod unwind_cache;
 pub mod v8;

@@ -24,7 +24,10 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::system::procfs::{self, Mapping};
+use crate::{
+    stacks::unwind_cache::{self, UnwindCache},
+    system::procfs::{self, Mapping},
+};
 
 /// Section bytes shared between the file cache and every unwinder using them.
 #[derive(Clone)]
@@ -194,6 +197,8 @@ pub struct UnwindStats {
     pub files_failed: u64,
     /// Stacks where a caller was found by scanning (no unwind rule for the leaf).
     pub scanned: u64,
+    /// Stacks whose unwind was reused (see [`unwind_cache`]); counted in `stacks` too.
+    pub reused: u64,
 }
 
 /// Unwinds from `start` (the interrupted instruction, or a return address found by the stack
@@ -219,6 +224,8 @@ fn walk(
         fps: Vec::with_capacity(32),
         sps: Vec::with_capacity(32),
         complete: false,
+        scanned: false,
+        scanned_found: false,
     };
     w.frames.push(start.address());
     w.fps.push(bp);
@@ -259,6 +266,9 @@ struct Walked {
     fps: Vec<u64>,
     sps: Vec<u64>,
     complete: bool,
+    /// The stack was scanned for the leaf's caller (see `copy_walk`), and a caller found.
+    scanned: bool,
+    scanned_found: bool,
 }
 
 /// Words of stack scanned for a return address when the leaf cannot be unwound.
@@ -302,6 +312,11 @@ pub struct Unwinders {
     files: HashMap<FileKey, Option<Arc<ElfUnwindInfo>>>,
     processes: HashMap<u32, ProcessUnwinder>,
     cache: CacheX86_64,
+    /// Unwinds of copies seen before (see [`unwind_cache`]).
+    pub reused: UnwindCache,
+    /// Bumped whenever a process gains modules or is forgotten: a reused unwind must have been
+    /// made with the same modules.
+    generation: u64,
     pub stats: UnwindStats,
 }
 
@@ -317,6 +332,8 @@ impl Unwinders {
             files: HashMap::new(),
             processes: HashMap::new(),
             cache: CacheX86_64::new(),
+            reused: UnwindCache::default(),
+            generation: 0,
             stats: UnwindStats::default(),
         }
     }
@@ -350,6 +367,7 @@ impl Unwinders {
     /// Forgets a process (its image was replaced by exec, or its PID now names another).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
+        self.generation += 1;
     }
 
     /// Adds modules for every executable mapping of `pid` not yet covered. Returns false when
@@ -381,6 +399,7 @@ impl Unwinders {
             && let Some(&other) = self.processes.keys().next()
         {
             self.processes.remove(&other);
+            self.generation += 1;
         }
         let mut added = Vec::new();
         {
@@ -428,6 +447,9 @@ impl Unwinders {
                 texts: Vec::new(),
                 mappings: Vec::new(),
             });
+        if !added.is_empty() {
+            self.generation += 1;
+        }
         for (range, module, text) in added {
             process.unwinder.add_module(module);
             process.covered.push(range);
@@ -463,66 +485,139 @@ impl Unwinders {
                 sps: vec![sp],
             };
         };
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let offset = addr.checked_sub(sp).ok_or(())? as usize;
-            let bytes = stack.get(offset..offset + 8).ok_or(())?;
-            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+        let word = |addr: u64| -> Option<u64> {
+            let offset = usize::try_from(addr.checked_sub(sp)?).ok()?;
+            let bytes = stack.get(offset..offset.checked_add(8)?)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
         };
-        let mut walked = walk(
-            &process.unwinder,
-            &mut self.cache,
-            &mut read_stack,
-            FrameAddress::from_instruction_pointer(ip),
-            sp,
-            bp,
-        );
-        if !walked.complete && walked.frames.len() <= 1 {
-            // The leaf has no usable unwind rule (hand-written assembly such as OpenSSL's
-            // SHA kernels, whose CFA is an expression): find its caller's return address by
-            // scanning the stack for a word that points just after a call instruction, and
-            // carry on from there. The same heuristic crash reporters use.
-            // Stale return addresses linger in dead stack slots; take the first candidate from
-            // which the rest of the stack unwinds cleanly to its root.
-            for (slot, return_address) in return_address_candidates(process, stack, sp).take(8) {
-                let Some(caller) = FrameAddress::from_return_address(return_address) else {
-                    continue;
-                };
-                let rest = walk(
-                    &process.unwinder,
-                    &mut self.cache,
-                    &mut read_stack,
-                    caller,
-                    slot + 8,
-                    bp,
-                );
-                if rest.complete {
-                    walked.frames.truncate(1);
-                    walked.frames.extend(rest.frames);
-                    walked.fps.truncate(1);
-                    walked.fps.extend(rest.fps);
-                    walked.sps.truncate(1);
-                    walked.sps.extend(rest.sps);
-                    walked.complete = true;
-                    self.stats.scanned += 1;
-                    break;
-                }
+        let key = unwind_cache::Key { pid, ip, sp };
+        let seen_here = match self.reused.get(&key, self.generation, bp, word) {
+            unwind_cache::Lookup::Hit { unwound, complete } => {
+                self.stats.reused += 1;
+                self.stats.truncated += u64::from(!complete);
+                self.stats.frames += unwound.ips.len() as u64;
+                return unwound;
             }
+            unwind_cache::Lookup::Miss { seen_here } => seen_here,
+        };
+        let (walked, reads) = copy_walk(process, &mut self.cache, ip, sp, bp, stack);
+        if walked.scanned_found {
+            self.stats.scanned += 1;
         }
         if !walked.complete {
             self.stats.truncated += 1;
         }
-        if walked.frames.is_empty() {
-            walked.frames.push(ip);
-            walked.fps.push(bp);
-            walked.sps.push(sp);
-        }
         self.stats.frames += walked.frames.len() as u64;
+        // A scan looked at words beyond those recorded: not reusable on the recorded ones.
+        if !walked.scanned {
+            // Seen here before with another rbp (code that uses rbp as a plain register, such
+            // as a loop keeping its deadline there): unwind again with a different rbp; if
+            // nothing but the frames that carry the initial rbp through changes, the unwind
+            // does not depend on it, and is reused whatever rbp the next copy has.
+            let probe = seen_here.then(|| {
+                let probe_bp = bp ^ unwind_cache::PROBE_BP;
+                let (other, other_reads) =
+                    copy_walk(process, &mut self.cache, ip, sp, probe_bp, stack);
+                let same = !other.scanned
+                    && other.complete == walked.complete
+                    && other_reads == reads
+                    && other.frames == walked.frames
+                    && other.sps == walked.sps;
+                same.then(|| unwind_cache::passthrough(&walked.fps, bp, &other.fps, probe_bp))
+                    .flatten()
+            });
+            let fps = match probe.flatten() {
+                Some(template) => unwind_cache::Fps::Template(template),
+                None => unwind_cache::Fps::Exact(bp),
+            };
+            self.reused.insert(
+                key,
+                self.generation,
+                fps,
+                reads,
+                &walked.frames,
+                &walked.fps,
+                &walked.sps,
+                walked.complete,
+            );
+        }
         Unwound {
             ips: walked.frames,
             fps: walked.fps,
             sps: walked.sps,
         }
     }
+}
+
+/// Unwinds one copy (with the stack-scan fallback), recording every stack word read.
+fn copy_walk(
+    process: &ProcessUnwinder,
+    cache: &mut CacheX86_64,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack: &[u8],
+) -> (Walked, Vec<(u64, Option<u64>)>) {
+    let word = |addr: u64| -> Option<u64> {
+        let offset = usize::try_from(addr.checked_sub(sp)?).ok()?;
+        let bytes = stack.get(offset..offset.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    // Every word read is remembered, so that the next copy with the same registers and the
+    // same words reuses this unwind.
+    let mut reads = Vec::with_capacity(64);
+    let mut read_stack = |addr: u64| -> Result<u64, ()> {
+        let value = word(addr);
+        reads.push((addr, value));
+        value.ok_or(())
+    };
+    let mut walked = walk(
+        &process.unwinder,
+        cache,
+        &mut read_stack,
+        FrameAddress::from_instruction_pointer(ip),
+        sp,
+        bp,
+    );
+    if !walked.complete && walked.frames.len() <= 1 {
+        // The leaf has no usable unwind rule (hand-written assembly such as OpenSSL's
+        // SHA kernels, whose CFA is an expression): find its caller's return address by
+        // scanning the stack for a word that points just after a call instruction, and
+        // carry on from there. The same heuristic crash reporters use.
+        // Stale return addresses linger in dead stack slots; take the first candidate from
+        // which the rest of the stack unwinds cleanly to its root.
+        walked.scanned = true;
+        for (slot, return_address) in return_address_candidates(process, stack, sp).take(8) {
+            let Some(caller) = FrameAddress::from_return_address(return_address) else {
+                continue;
+            };
+            let rest = walk(
+                &process.unwinder,
+                cache,
+                &mut read_stack,
+                caller,
+                slot + 8,
+                bp,
+            );
+            if rest.complete {
+                walked.frames.truncate(1);
+                walked.frames.extend(rest.frames);
+                walked.fps.truncate(1);
+                walked.fps.extend(rest.fps);
+                walked.sps.truncate(1);
+                walked.sps.extend(rest.sps);
+                walked.complete = true;
+                walked.scanned_found = true;
+                break;
+            }
+        }
+    }
+    if walked.frames.is_empty() {
+        walked.frames.push(ip);
+        walked.fps.push(bp);
+        walked.sps.push(sp);
+    }
+    (walked, reads)
 }
 
 /// One unwound stack, innermost first: the interrupted instruction then return addresses, and
@@ -695,6 +790,78 @@ mod tests {
         assert_eq!(frames, vec![0xf80, 0x1010]);
         assert_eq!(unwinders.stats.scanned, 1);
         assert_eq!(unwinders.stats.truncated, 0);
+    }
+
+    /// Unwinders for a fake process with two functions, 0x1000..0x1010 and 0x1010..0x1020,
+    /// both with the entry rule (CFA = rsp + 8): no frame pointer involved.
+    fn two_functions() -> Unwinders {
+        let module = 0x1000..0x3000;
+        let eh_frame = eh_frame(&[(0x1000, 0x10, 8), (0x1010, 0x10, 8)]);
+        let section_info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            eh_frame_svma: Some(0x2000..0x2000 + eh_frame.len() as u64),
+            eh_frame: Some(Bytes(Arc::from(&eh_frame[..]))),
+            ..Default::default()
+        };
+        let mut unwinder = UnwinderX86_64::new();
+        unwinder.add_module(Module::new("two".into(), module.clone(), 0, section_info));
+        let mut unwinders = Unwinders::new();
+        unwinders.processes.insert(
+            u32::MAX,
+            ProcessUnwinder {
+                unwinder,
+                covered: vec![module],
+                texts: Vec::new(),
+                mappings: Vec::new(),
+            },
+        );
+        unwinders
+    }
+
+    /// A copy with the same registers and words as one unwound before is not unwound again,
+    /// and what is reused is what a fresh unwind gives: with another rbp (this code does not
+    /// use it, as a second unwind shows), and not once a return address changed.
+    #[test]
+    fn a_repeated_copy_reuses_its_unwind_exactly() {
+        const PID: u32 = u32::MAX; // no such process: nothing is read from /proc
+        let sp = 0x7fff_0000;
+        let stack = |ret: u64| -> Vec<u8> {
+            [ret, 0, 0xdead]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect()
+        };
+        let fresh =
+            |bp: u64, ret: u64| two_functions().unwind_frames(PID, 0x1004, sp, bp, &stack(ret));
+        let mut unwinders = two_functions();
+        let first = unwinders.unwind_frames(PID, 0x1004, sp, 0x11, &stack(0x1015));
+        assert_eq!(first.ips, vec![0x1004, 0x1015]);
+        assert_eq!(first, fresh(0x11, 0x1015));
+        // Another rbp: unwound (and found not to depend on it).
+        assert_eq!(
+            unwinders.unwind_frames(PID, 0x1004, sp, 0x22, &stack(0x1015)),
+            fresh(0x22, 0x1015)
+        );
+        assert_eq!(unwinders.stats.reused, 0);
+        for bp in [0x33, 0x22, 0] {
+            assert_eq!(
+                unwinders.unwind_frames(PID, 0x1004, sp, bp, &stack(0x1015)),
+                fresh(bp, 0x1015),
+                "rbp {bp:#x}"
+            );
+        }
+        assert_eq!(unwinders.stats.reused, 3);
+        // The return address changed: unwound again.
+        let moved = unwinders.unwind_frames(PID, 0x1004, sp, 0x33, &stack(0x1017));
+        assert_eq!(moved, fresh(0x33, 0x1017));
+        assert_eq!(moved.ips, vec![0x1004, 0x1017]);
+        assert_eq!(unwinders.stats.reused, 3);
+        assert_eq!(unwinders.stats.stacks, 6);
+        assert_eq!(unwinders.stats.frames, 12);
+        // New modules for the process: nothing made before is reused.
+        unwinders.forget(PID - 1);
+        let _ = unwinders.unwind_frames(PID, 0x1004, sp, 0x33, &stack(0x1017));
+        assert_eq!(unwinders.stats.reused, 3);
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl Session {
                 bytes_copied: self.stacks.bytes_copied,
                 unwind_ns: self.stacks.unwind_ns,
                 repeated: self.stacks.repeated,
+                reused: self.unwinders.stats.reused,
                 files_parsed: self.unwinders.stats.files_parsed,
                 files_failed: self.unwinders.stats.files_failed,
                 symbol_failures: self.resolver.symbols.failures,

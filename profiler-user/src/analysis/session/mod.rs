@@ -132,7 +132,7 @@ pub struct Session {
     /// Blocks in a syscall whose stacks come when the thread leaves the call (see [`late`]).
     late: late::LateStacks,
     /// Decoded Python stacks waiting for their event: tid -> (taken at, frames, task).
-    pending_python: HashMap<u32, PendingPython>,
+    pending_python: foldhash::HashMap<u32, PendingPython>,
     /// Which followed processes run CPython (see [`PythonDetection`]).
     pub python: PythonDetection,
     /// The asyncio task each thread ran (see [`TaskHistory`]).
@@ -185,7 +185,7 @@ impl Session {
             waiting_at_start: Vec::new(),
             stacks: PendingStacks::default(),
             late: late::LateStacks::default(),
-            pending_python: HashMap::new(),
+            pending_python: Default::default(),
             python: PythonDetection::default(),
             tasks: TaskHistory::default(),
             kernel_drops_at_stop: None,

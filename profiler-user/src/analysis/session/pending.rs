@@ -17,8 +17,8 @@ pub(super) struct UserStack {
 #[derive(Default)]
 pub(super) struct PendingStacks {
     /// tid -> (taken at, stack).
-    waiting: HashMap<u32, (u64, UserStack)>,
-    last_unwound: HashMap<u32, UserStack>,
+    waiting: foldhash::HashMap<u32, (u64, UserStack)>,
+    last_unwound: foldhash::HashMap<u32, UserStack>,
     /// Repeated records that reused the thread's last unwind.
     pub(super) repeated: u64,
     /// Repeated records for a thread with no last copy here: counted among the drops.

@@ -9,11 +9,11 @@ use super::*;
 #[derive(Default)]
 pub struct Resolver {
     pub symbols: Symbols,
-    pub(super) stack_cache: HashMap<i32, Vec<u64>>,
-    pub(super) resolved: HashMap<StackKey, Vec<Frame>>,
+    pub(super) stack_cache: foldhash::HashMap<i32, Vec<u64>>,
+    pub(super) resolved: foldhash::HashMap<StackKey, Vec<Frame>>,
     /// Every stack seen in the events, resolved at the end so a saved recording can be
     /// re-rendered with a lower threshold.
-    pub seen: HashSet<StackKey>,
+    pub seen: foldhash::HashSet<StackKey>,
     /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
     /// apart from the kernel stack map's ids).
     /// (Each stack stored once, shared by the lookup table and the list.)
