@@ -645,7 +645,7 @@ const NO_PYTHON: PythonStack = PythonStack {
 /// id or none, the state reported) still in registers, no two of its paths would then ever
 /// look alike again, and Debian 12's 6.1 refused `sched_switch` as too complex.
 #[inline(always)]
-fn capture<C: StackIdContext>(ctx: &C, event: &mut Event, syscall: i32, slot: u32) {
+fn capture<C: StackIdContext>(ctx: &C, event: &mut Event, syscall: i32, slot: u32, gil: bool) {
     let (pid, tid) = (event.pid, event.tid);
     let (kernel, user, copied) = stacks(ctx, pid, tid, syscall, slot);
     event.kernel_stack_id = kernel;
@@ -653,7 +653,7 @@ fn capture<C: StackIdContext>(ctx: &C, event: &mut Event, syscall: i32, slot: u3
     if copied {
         event.arg1 |= USER_STACK_COPIED;
     }
-    let python = python_stack(pid, tid, syscall, slot);
+    let python = python_stack(pid, tid, syscall, slot, gil);
     if python.sent {
         event.arg1 |= PY_STACK_COPIED;
     }
@@ -788,7 +788,7 @@ fn gil_held_by_other(py: &PyProcess, own: u64) -> Option<u32> {
 /// Walks the current thread's Python frames (when its process runs CPython) and sends them
 /// for the event that follows. Skipped inside an idle wait point, like the native stack.
 #[inline(always)]
-fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
+fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32, gil: bool) -> PythonStack {
     if compat::NO_PYTHON_WALK || is_idle_wait(syscall as i64) {
         return NO_PYTHON;
     }
@@ -799,7 +799,7 @@ fn python_stack(pid: u32, tid: u32, syscall: i32, slot: u32) -> PythonStack {
     let Some(tstate) = thread_state(&py, tid) else {
         return NO_PYTHON;
     };
-    let gil_holder = if syscall == FUTEX {
+    let gil_holder = if gil && syscall == FUTEX {
         gil_held_by_other(&py, tstate)
     } else {
         None
@@ -1211,7 +1211,7 @@ fn switch_out<C: StackIdContext>(ctx: &C, tgid: u32, tid: u32, prev_state: i64) 
                 event.aux = holder;
             }
         } else {
-            capture(ctx, event, blocked_in, 0);
+            capture(ctx, event, blocked_in, 0, true);
         }
         restamp(event);
     }
@@ -1518,14 +1518,22 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         };
         // SAFETY: per-CPU slot of this program (see EVENT_SCRATCH), valid for this run.
         let event = unsafe { &mut *event };
-        let syscall = current_syscall();
         *event = new_event(kind::SAMPLE, tgid, tid);
-        event.syscall = reported_syscall(syscall);
-        capture(&ctx, event, syscall, 1);
-        restamp(event);
-        submit(event);
+        sample(&ctx, event);
     }
     0
+}
+
+/// Completes and sends a followed thread's sample event: its stacks and Python frames.
+#[inline(always)]
+fn sample(ctx: &PerfEventContext, event: &mut Event) {
+    let syscall = current_syscall();
+    event.syscall = reported_syscall(syscall);
+    // No GIL holder for a sample: the thread is on CPU (only a switch-out waits for the GIL),
+    // and the holder check doubles what the verifier walks here.
+    capture(ctx, event, syscall, 1, false);
+    restamp(event);
+    submit(event);
 }
 
 #[tracepoint]
