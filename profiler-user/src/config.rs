@@ -116,16 +116,19 @@ impl Formats {
         html: true,
     };
 
+    /// No rendering but stalls.json.
+    pub const NONE: Formats = Formats {
+        svg: false,
+        folded: false,
+        trace: false,
+        pprof: false,
+        summary: false,
+        junit: false,
+        html: false,
+    };
+
     pub fn parse(items: &[String]) -> Result<Formats, UsageError> {
-        let mut formats = Formats {
-            svg: false,
-            folded: false,
-            trace: false,
-            pprof: false,
-            summary: false,
-            junit: false,
-            html: false,
-        };
+        let mut formats = Formats::NONE;
         for item in items {
             match item.trim() {
                 "all" => formats = Formats::ALL,

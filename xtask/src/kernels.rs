@@ -1008,9 +1008,13 @@ pub fn judge_asyncio(json: Option<&Value>, responses: &str, agent: &str) -> (boo
             // Under emulation the vDSO clock is slow enough that the loop's own time() calls
             // can outweigh the regex in one stall: validate on one of its 3 heaviest stacks.
             let names = heaviest_code_stack_functions(stall);
-            let named = heavy_code_stacks_functions(stall, 3)
-                .iter()
-                .any(|stack| stack.iter().any(|n| n == "validate"));
+            let named = if agent.contains("Python frames limited to") {
+                named_with_truncated_frames(stall)
+            } else {
+                heavy_code_stacks_functions(stall, 3)
+                    .iter()
+                    .any(|stack| stack.iter().any(|n| n == "validate"))
+            };
             if named {
                 parts.push(format!(
                     "regex {} ms found, in validate",
@@ -1109,6 +1113,43 @@ fn heavy_code_stacks_functions(stall: &Value, n: usize) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
+}
+
+/// The handler's call tree, as a stall's stacks show it when the kernel walks only the
+/// innermost Python frames (the compat build: 2): a sample inside `json.loads`, which
+/// `validate` calls, names `JSONDecoder.decode < loads` and not `validate`, and the loop's own
+/// clock reads (slow under emulation) name `handle_validate`. So: `validate` named on some
+/// stack, and the Python function with the most time summed over the stall's stacks is one of
+/// the handler's own (not the event loop's, nor another handler's).
+fn named_with_truncated_frames(stall: &Value) -> bool {
+    const HANDLER: [&str; 5] = [
+        "handle_validate",
+        "validate",
+        "loads",
+        "JSONDecoder.decode",
+        "JSONDecoder.raw_decode",
+    ];
+    let mut summed: std::collections::BTreeMap<String, u64> = Default::default();
+    for stack in stall["stacks"].as_array().into_iter().flatten() {
+        if stack["kind"] == "runqueue" {
+            continue;
+        }
+        let weight = stack["weight_ns"].as_u64().unwrap_or(0);
+        let mut names: Vec<&str> = stack["frames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["kind"] == "python")
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            *summed.entry(name.to_string()).or_default() += weight;
+        }
+    }
+    let top = summed.iter().max_by_key(|(_, weight)| **weight);
+    summed.contains_key("validate") && top.is_some_and(|(name, _)| HANDLER.contains(&name.as_str()))
 }
 
 fn heaviest_code_stack_functions(stall: &Value) -> Vec<String> {
@@ -1283,6 +1324,43 @@ mod tests {
             serde_json::json!({"stalls": [python(990_000_000, 1_310_000_000, "handle_sleep")]});
         let (ok, detail) = judge_asyncio(Some(&unnamed), responses, "");
         assert!(!ok && detail.contains("NOT NAMED validate"), "{detail}");
+    }
+
+    /// With the compat build's 2 Python frames per stack (the 5.10 VM, CI of 2026-12-01): the
+    /// loop's clock reads in `handle_validate` and `json.loads` inside `validate` outweigh the
+    /// regex's own samples, each stack alone; the handler's call tree still names the stall. The
+    /// event loop's frames on top, or no `validate` at all, still fail.
+    #[test]
+    fn truncated_python_frames_name_the_handler_by_its_call_tree() {
+        let responses = "{\"start_ns\": 1000000000, \"end_ns\": 1300000000}\n";
+        let stack = |weight: u64, names: &[&str]| {
+            serde_json::json!({"kind": "on_cpu", "weight_ns": weight, "frames":
+                names.iter().map(|n| serde_json::json!({"kind": "python", "function": n}))
+                    .collect::<Vec<_>>()})
+        };
+        let stall = |stacks: Vec<Value>| {
+            serde_json::json!({"stalls": [{"start_ns": 990_000_000u64,
+                "end_ns": 1_310_000_000u64, "stacks": stacks}]})
+        };
+        let limited = "stallscope: on this kernel: Python frames limited to 2 per stack";
+        let ci = stall(vec![
+            stack(80, &["handle_validate", "serve_client"]),
+            stack(10, &["JSONDecoder.decode", "loads"]),
+            stack(10, &["JSONDecoder.raw_decode", "JSONDecoder.decode"]),
+            stack(10, &["JSONDecoder.raw_decode", "JSONDecoder.decode"]),
+            stack(10, &["validate", "handle_validate"]),
+        ]);
+        let (ok, detail) = judge_asyncio(Some(&ci), responses, limited);
+        assert!(ok && detail.contains("in validate"), "{detail}");
+        let (ok, _) = judge_asyncio(Some(&ci), responses, "");
+        assert!(!ok, "with full frames the top-3 rule holds");
+        let loop_on_top = stall(vec![
+            stack(200, &["_run_once", "run_forever"]),
+            stack(10, &["validate", "handle_validate"]),
+        ]);
+        assert!(!judge_asyncio(Some(&loop_on_top), responses, limited).0);
+        let no_validate = stall(vec![stack(200, &["JSONDecoder.decode", "loads"])]);
+        assert!(!judge_asyncio(Some(&no_validate), responses, limited).0);
     }
 
     #[test]

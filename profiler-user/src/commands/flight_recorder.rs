@@ -33,11 +33,7 @@ pub struct FlightRecorder {
 const FORMATS: Formats = Formats {
     svg: true,
     folded: true,
-    trace: false,
-    pprof: false,
-    summary: false,
-    junit: false,
-    html: false,
+    ..Formats::NONE
 };
 
 impl FlightRecorder {

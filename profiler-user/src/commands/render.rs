@@ -118,13 +118,8 @@ mod tests {
         ];
         let dir = std::env::temp_dir().join(format!("stallscope-render-{}", std::process::id()));
         let formats = Formats {
-            svg: false,
             folded: true,
-            trace: false,
-            pprof: false,
-            summary: false,
-            junit: false,
-            html: false,
+            ..Formats::NONE
         };
         let mut written = Vec::new();
         for view in [View::PythonFirst, View::Native] {

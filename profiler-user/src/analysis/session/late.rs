@@ -75,11 +75,7 @@ impl LateStacks {
         }
         if raw.kind == kind::EXIT {
             // Gone (it may have died in the call): nothing more will come for it.
-            let held = self
-                .pending
-                .remove(&tid)
-                .map(|p| p.held)
-                .unwrap_or_default();
+            let held = self.take_held(tid);
             return self.without(held);
         }
         let Some(pending) = self.pending.get_mut(&tid) else {
@@ -104,11 +100,7 @@ impl LateStacks {
                 // Blocked again in the same call, long after the first block: the kernel
                 // copied this one's stacks at once (see `defer_stacks` in the programs), and
                 // they are the ones the first block was waiting for.
-                let held = self
-                    .pending
-                    .remove(&tid)
-                    .map(|p| p.held)
-                    .unwrap_or_default();
+                let held = self.take_held(tid);
                 return Route::Patch {
                     user: raw.user_stack_id,
                     release: held,
@@ -119,11 +111,7 @@ impl LateStacks {
                 pending.held.push(*raw);
                 return Route::Held;
             }
-            let held = self
-                .pending
-                .remove(&tid)
-                .map(|p| p.held)
-                .unwrap_or_default();
+            let held = self.take_held(tid);
             return self.without(held);
         }
         match raw.kind {
@@ -141,6 +129,14 @@ impl LateStacks {
             }
             _ => Route::Now,
         }
+    }
+
+    /// Ends `tid`'s hold: the events held for it (none if it was not held).
+    fn take_held(&mut self, tid: u32) -> Vec<RawEvent> {
+        self.pending
+            .remove(&tid)
+            .map(|p| p.held)
+            .unwrap_or_default()
     }
 
     fn without(&mut self, held: Vec<RawEvent>) -> Route {
