@@ -613,6 +613,15 @@ mod tests {
     use super::*;
 
     /// Node 22's values (V8 12.4), as its `v8dbg_*` symbols give them.
+    /// The innermost JS frame the first native frame was replaced by, if any.
+    fn top_js(frames: &[Option<Vec<Frame>>]) -> Option<Frame> {
+        frames
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|f| f.into_iter().next())
+    }
+
     fn symbols() -> Symbols {
         let pairs: &[(&str, i64)] = &[
             ("HeapObjectTag", 1),
@@ -813,10 +822,7 @@ mod tests {
             let (sp, fp) = (0x7ffd_0000_0000u64, 0x7ffd_0000_0080u64);
             let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
             let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
-            let frame = frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .expect("a JS frame");
+            let frame = top_js(&frames).expect("a JS frame");
             assert_eq!(frame.function, "hashPasswordSync");
             assert_eq!(frame.file.as_deref(), Some("/srv/app.js"));
             assert_eq!(frame.kind, FrameKind::Js);
@@ -879,21 +885,14 @@ mod tests {
         let at = (fp - 32 - sp) as usize;
         stack[at..at + 8].copy_from_slice(&0x71001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
-        let frame = frames[0]
-            .clone()
-            .and_then(|f| f.into_iter().next())
-            .expect("followed to the new copy");
+        let frame = top_js(&frames).expect("followed to the new copy");
         assert_eq!(frame.function, "hashPasswordSync");
         // Later the old copy is gone: the BytecodeArray names the frame.
         stack[(fp - 16 - sp) as usize..(fp - 8 - sp) as usize]
             .copy_from_slice(&0xdead_0001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
         assert_eq!(
-            frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .map(|f| f.function)
-                .as_deref(),
+            top_js(&frames).map(|f| f.function).as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.by_bytecode, 1);
@@ -914,11 +913,7 @@ mod tests {
         let mut process = process(mem, (12, 4, 254));
         let frames = process.frames(&[0x7000_0010], &[fp], &copy, sp);
         assert_eq!(
-            frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .map(|f| f.function)
-                .as_deref(),
+            top_js(&frames).map(|f| f.function).as_deref(),
             Some("hashPasswordSync")
         );
         assert_eq!(process.stats.live, 1);
@@ -987,11 +982,7 @@ mod tests {
             let mut process =
                 V8Process::new(Arc::new(meta.clone()), mem, builtins.clone(), Vec::new());
             let frames = process.frames(&[0x50_0010], &[fp], &frame_with(offset), sp);
-            frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .expect("a JS frame")
-                .line
+            top_js(&frames).expect("a JS frame").line
         };
         let mut mem = heap(false);
         bytecode_with_positions(&mut mem, None);
@@ -1012,26 +1003,12 @@ mod tests {
         bytecode_with_positions(&mut mem, None);
         let mut process = V8Process::new(Arc::new(meta.clone()), mem, builtins, Vec::new());
         let frames = process.frames(&[0x7000_0010], &[fp], &frame_with(12), sp);
-        assert_eq!(
-            frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .expect("a JS frame")
-                .line,
-            Some(3)
-        );
+        assert_eq!(top_js(&frames).expect("a JS frame").line, Some(3));
         let mut baseline = frame_with(12);
         let at = (fp - 40 - sp) as usize;
         baseline[at..at + 8].copy_from_slice(&0x9001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &baseline, sp);
-        assert_eq!(
-            frames[0]
-                .clone()
-                .and_then(|f| f.into_iter().next())
-                .expect("a JS frame")
-                .line,
-            None
-        );
+        assert_eq!(top_js(&frames).expect("a JS frame").line, None);
     }
 
     #[test]
