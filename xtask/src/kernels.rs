@@ -223,7 +223,7 @@ STEP_S=120
 WATCHDOG=
 step() {
   [ -n "$WATCHDOG" ] && kill $WATCHDOG 2>/dev/null
-  echo "=== step $1" >&3; echo "=== end" >&3
+  echo "=== step $1" >&3; echo "at $(cut -d ' ' -f 1 /proc/uptime) s" >&3; echo "=== end" >&3
   ( sleep $STEP_S && hung "$1" ) &
   WATCHDOG=$!
 }
