@@ -230,17 +230,20 @@ step() {
 hung() {
   {
     echo "step '$1' still running after $STEP_S s"
-    ps
     for p in /proc/[0-9]*; do
-      [ -s $p/cmdline ] || continue
-      echo "--- ${p#/proc/}: $(tr '\0' ' ' < $p/cmdline)"
+      # Kernel threads have an empty command line (and /proc files a size of 0).
+      cmd=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+      [ -n "$cmd" ] || continue
+      echo "--- ${p#/proc/}: $cmd"
       for t in $p/task/*; do
         echo "  thread ${t##*/} $(grep State: $t/status) wchan $(cat $t/wchan 2>/dev/null)"
         sed 's/^/    /' $t/stack 2>/dev/null
       done
     done
     echo w > /proc/sysrq-trigger
-    dmesg | tail -n 200
+    sleep 1
+    # From the first report of trouble (or the blocked tasks just dumped) on.
+    dmesg | awk 'f || /sysrq: Show Blocked State|blocked for more than|soft lockup|BUG:|WARNING:|Call Trace/ {f=1} f' | tail -n 200
   } > /tmp/hung 2>&1
   section "hung $1" /tmp/hung
   poweroff -f
