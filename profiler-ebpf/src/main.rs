@@ -12,8 +12,6 @@
 //! - Built twice: as is for Linux 5.17+, and with feature `compat` for older kernels (see
 //!   `compat` below), which differ only in the helpers those kernels lack.
 #![no_std]
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 #![no_main]
 
 use aya_ebpf::{
@@ -112,35 +110,6 @@ static LATE_MIN_NS: Global<u64> = Global::new(0);
 /// the thread exits: a write in place costs less than a delete at every syscall exit.
 #[map]
 static LATE_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
-
-/// How many LATE_SINCE entries are non-zero (pending captures, all threads): the late-capture
-/// hook runs for every syscall exit (or switch-in) of the machine, and while nothing is
-/// pending it stops at this array read instead of a hash lookup by tid. Each count is one
-/// slot set from 0, and is taken back only by whoever sets that slot to 0 again (the thread
-/// itself: its own switch-out, its own syscall exit, its own exit), so it never undercounts.
-#[map]
-static LATE_PENDING: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Adds `delta` (wrapping: u64::MAX takes one away) to LATE_PENDING, atomically (threads on
-/// other CPUs change it too).
-#[inline(always)]
-fn count_pending(delta: u64) {
-    if let Some(count) = LATE_PENDING.get_ptr_mut(0) {
-        // SAFETY: pointer into the array's only value, valid and aligned for this run.
-        // (BPF has no AtomicU64 in core; the intrinsic compiles to the BPF atomic add.)
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                count, delta,
-            )
-        };
-    }
-}
-
-/// Whether any thread has a late capture pending.
-#[inline(always)]
-fn any_pending() -> bool {
-    LATE_PENDING.get(0).is_none_or(|&count| count != 0)
-}
 
 /// 1: stacks at preemptions too, and wakers' stacks for any wait (the behaviour before late
 /// capture; `STALLSCOPE_EAGER_STACKS=1`, for measuring what it saves).
@@ -1531,24 +1500,9 @@ macro_rules! syscall_trampolines {
 }
 
 syscall_trampolines!(
-    (
-        fentry_epoll_wait,
-        fexit_epoll_wait,
-        "__x64_sys_epoll_wait",
-        232
-    ),
-    (
-        fentry_epoll_pwait,
-        fexit_epoll_pwait,
-        "__x64_sys_epoll_pwait",
-        281
-    ),
-    (
-        fentry_epoll_pwait2,
-        fexit_epoll_pwait2,
-        "__x64_sys_epoll_pwait2",
-        441
-    ),
+    (fentry_epoll_wait, fexit_epoll_wait, "__x64_sys_epoll_wait", 232),
+    (fentry_epoll_pwait, fexit_epoll_pwait, "__x64_sys_epoll_pwait", 281),
+    (fentry_epoll_pwait2, fexit_epoll_pwait2, "__x64_sys_epoll_pwait2", 441),
     (fentry_poll, fexit_poll, "__x64_sys_poll", 7),
     (fentry_ppoll, fexit_ppoll, "__x64_sys_ppoll", 271),
     (fentry_select, fexit_select, "__x64_sys_select", 23),
@@ -1589,7 +1543,6 @@ fn defer_stacks(tid: u32, now: u64) -> bool {
         // SAFETY: pointer into the map's value, valid for this program run.
         Some(slot) => unsafe {
             if *slot == 0 {
-                count_pending(1);
                 *slot = now;
                 true
             } else if now.saturating_sub(*slot) >= LATE_MIN_NS.load() {
@@ -1603,7 +1556,6 @@ fn defer_stacks(tid: u32, now: u64) -> bool {
                 count_drop(drop::FOLLOW_MAP_FULL);
                 return false;
             }
-            count_pending(1);
             true
         }
     }
@@ -1636,20 +1588,13 @@ pub fn schedule_late(ctx: FExitContext) -> u32 {
 /// matter. One hash lookup by tid, and nothing else, for any thread without a pending block.
 #[inline(always)]
 fn late_capture<C: StackIdContext>(ctx: &C) {
-    if !any_pending() {
-        return;
-    }
     let (tgid, tid) = current_ids();
     let Some(slot) = LATE_SINCE.get_ptr_mut(&tid) else {
         return;
     };
     // SAFETY: pointer into the map's value, valid for this program run.
     let since = unsafe { core::ptr::replace(slot, 0) };
-    if since == 0 {
-        return;
-    }
-    count_pending(u64::MAX);
-    if !is_followed_pid(tgid) {
+    if since == 0 || !is_followed_pid(tgid) {
         return;
     }
     // SAFETY: helper without preconditions.
@@ -1754,10 +1699,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let _ = THREAD_SYSCALL.remove(&tid);
     let _ = LAST_STACKS.remove(&tid);
     let _ = BLOCKED_SINCE.remove(&tid);
-    // SAFETY: plain u64 copied out of the map.
-    if unsafe { LATE_SINCE.get(&tid) }.is_some_and(|&since| since != 0) {
-        count_pending(u64::MAX);
-    }
     let _ = LATE_SINCE.remove(&tid);
     // SAFETY: plain u64 copied out of the map.
     if let Some(tstate) = unsafe { PY_THREADS.get(&tid) }.copied() {

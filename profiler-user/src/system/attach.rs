@@ -295,8 +295,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     }
     // Trampolines where the kernel has them (no syscall tracepoint: bystanders' syscalls stay
     // on the fast path), else the per-syscall tracepoints and late capture on sys_exit.
-    let trampolines =
-        options.features.full() && load_trampolines(&mut ebpf, options, late_min_ns != 0)?;
+    let trampolines = options.features.full()
+        && load_trampolines(&mut ebpf, options, late_min_ns != 0)?;
     if trampolines {
         log::info!("hooks: trampolines on the syscall wrappers and on schedule()");
         attach_trampolines(&mut ebpf, options, late_min_ns != 0)?;
@@ -576,9 +576,7 @@ fn load_trampolines(ebpf: &mut Ebpf, options: &LoadOptions, late: bool) -> Resul
         match loaded {
             Ok(info) => log_verified(program, started, info),
             Err(err) => {
-                log::info!(
-                    "trampoline {program} on {function} not loaded ({err}): using tracepoints"
-                );
+                log::info!("trampoline {program} on {function} not loaded ({err}): using tracepoints");
                 return Ok(false);
             }
         }
