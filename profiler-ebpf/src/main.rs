@@ -1500,9 +1500,24 @@ macro_rules! syscall_trampolines {
 }
 
 syscall_trampolines!(
-    (fentry_epoll_wait, fexit_epoll_wait, "__x64_sys_epoll_wait", 232),
-    (fentry_epoll_pwait, fexit_epoll_pwait, "__x64_sys_epoll_pwait", 281),
-    (fentry_epoll_pwait2, fexit_epoll_pwait2, "__x64_sys_epoll_pwait2", 441),
+    (
+        fentry_epoll_wait,
+        fexit_epoll_wait,
+        "__x64_sys_epoll_wait",
+        232
+    ),
+    (
+        fentry_epoll_pwait,
+        fexit_epoll_pwait,
+        "__x64_sys_epoll_pwait",
+        281
+    ),
+    (
+        fentry_epoll_pwait2,
+        fexit_epoll_pwait2,
+        "__x64_sys_epoll_pwait2",
+        441
+    ),
     (fentry_poll, fexit_poll, "__x64_sys_poll", 7),
     (fentry_ppoll, fexit_ppoll, "__x64_sys_ppoll", 271),
     (fentry_select, fexit_select, "__x64_sys_select", 23),

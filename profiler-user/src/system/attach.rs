@@ -58,6 +58,8 @@ pub struct LoadOptions {
     /// when it leaves the call, if it was off-CPU at least this long (ns). Only with the full
     /// programs; the compat build copies them at switch-out.
     pub late_min_ns: u64,
+    /// Try BPF trampolines (fentry/fexit) before the syscall tracepoints (see `load`).
+    pub trampolines: bool,
     /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
     /// has no bpf_task_pt_regs.
     pub task_stack_offset: u32,
@@ -295,7 +297,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     }
     // Trampolines where the kernel has them (no syscall tracepoint: bystanders' syscalls stay
     // on the fast path), else the per-syscall tracepoints and late capture on sys_exit.
-    let trampolines = options.features.full()
+    let trampolines = options.trampolines
+        && options.features.full()
         && load_trampolines(&mut ebpf, options, late_min_ns != 0)?;
     if trampolines {
         log::info!("hooks: trampolines on the syscall wrappers and on schedule()");
@@ -576,7 +579,9 @@ fn load_trampolines(ebpf: &mut Ebpf, options: &LoadOptions, late: bool) -> Resul
         match loaded {
             Ok(info) => log_verified(program, started, info),
             Err(err) => {
-                log::info!("trampoline {program} on {function} not loaded ({err}): using tracepoints");
+                log::info!(
+                    "trampoline {program} on {function} not loaded ({err}): using tracepoints"
+                );
                 return Ok(false);
             }
         }
