@@ -7,7 +7,11 @@
  * With a second argument "fixed" the server plays the fixed version of itself: "burn" requests
  * answer at once (as if the work had moved off the loop).
  * For each planted stall it prints "planted KIND START_NS END_NS" (CLOCK_MONOTONIC, the clock
- * stallscope reports in), so tests compare the agent's durations with the truth.
+ * stallscope reports in), so tests compare the agent's durations with the truth. For each loop
+ * iteration (from epoll_wait's return to the next call) that took SLOW_ITERATION_MS or more by
+ * its own clock, planted or not, it prints "iteration START_NS END_NS": a judge then tells a
+ * quick request that really was slow (a loaded machine, a kernel under emulation) from a stall
+ * the agent reported where the loop was quick.
  *
  * Built with frame pointers: until full DWARF unwinding lands, the kernel's frame-pointer walk
  * is what gives user stacks. The sleep is a raw syscall so the innermost frame is our function
@@ -47,6 +51,8 @@ __attribute__((noinline)) void sleep_in_handler(long ms) {
 }
 
 static int fixed_mode;
+
+#define SLOW_ITERATION_MS 50
 
 __attribute__((noinline)) void handle_request(int fd) {
     char buf[256];
@@ -95,6 +101,7 @@ int main(int argc, char **argv) {
         struct epoll_event events[64];
         int n = epoll_wait(ep, events, 64, -1);
         if (n < 0 && errno == EINTR) continue;
+        long long woke = now_ns();
         for (int i = 0; i < n; i++) {
             int fd = events[i].data.fd;
             if (fd == listener) {
@@ -107,6 +114,11 @@ int main(int argc, char **argv) {
                 epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
                 close(fd);
             }
+        }
+        long long done = now_ns();
+        if (done - woke >= SLOW_ITERATION_MS * 1000000LL) {
+            printf("iteration %lld %lld\n", woke, done);
+            fflush(stdout);
         }
     }
 }
