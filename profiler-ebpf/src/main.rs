@@ -1220,8 +1220,8 @@ fn switch_out<C: StackIdContext>(ctx: &C, tgid: u32, tid: u32, prev_state: i64) 
 }
 
 /// Stamps `event` after its captures, as their records are: the agent attaches a copied
-/// stack only to an event stamped within a millisecond of it (under emulation a capture can
-/// take that long).
+/// stack only to an event stamped close to it (100 ms, `COPY_MAX_AGE_NS`; under emulation a
+/// capture can take milliseconds).
 #[inline(always)]
 fn restamp(event: &mut Event) {
     // SAFETY: helper without preconditions.

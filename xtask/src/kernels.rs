@@ -1212,6 +1212,17 @@ pub fn judge_python(json: Option<&Value>, agent: &str) -> (bool, String) {
             format!("no 200 ms burn found ({} stalls)", stalls.len()),
         );
     }
+    // A burn that began before the recording did (caught while the agent attached) precedes
+    // the agent's reading of the interpreter: its Python frames are not asked for.
+    let started = json["start_ns"].as_u64().unwrap_or(0);
+    let (early, burns): (Vec<&Value>, Vec<&Value>) = burns
+        .into_iter()
+        .partition(|s| s["start_ns"].as_u64().unwrap_or(u64::MAX) < started);
+    let early_note = if early.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} more before the recording began)", early.len())
+    };
     let named = burns
         .iter()
         .filter(|s| s.to_string().contains("\"burn_in_python\""))
@@ -1225,15 +1236,24 @@ pub fn judge_python(json: Option<&Value>, agent: &str) -> (bool, String) {
             ),
         );
     }
-    if named == burns.len() {
+    if burns.is_empty() {
+        (
+            false,
+            format!("no 200 ms burn after the recording began{early_note}"),
+        )
+    } else if named == burns.len() {
         (
             true,
-            format!("{} burns found, in burn_in_python", burns.len()),
+            format!("{} burns found, in burn_in_python{early_note}", burns.len()),
         )
     } else {
         (
             false,
-            format!("{named} of {} burns NOT NAMED burn_in_python", burns.len()),
+            format!(
+                "{} of {} burns NOT NAMED burn_in_python{early_note}",
+                burns.len() - named,
+                burns.len()
+            ),
         )
     }
 }
@@ -1494,6 +1514,20 @@ mod tests {
         };
         let (ok, detail) = judge_python(Some(&burn("burn_in_python")), "recording");
         assert!(ok && detail.contains("in burn_in_python"), "{detail}");
+        // The 5.10 VM on one host CPU: a burn caught while attaching, before the recording's
+        // start, has no Python frames yet; the burns after it must.
+        let stall = |start: u64, function: &str| {
+            serde_json::json!({"start_ns": start, "duration_ns": 201_000_000u64, "stacks": [
+                {"kind": "on_cpu", "frames": [{"kind": "python", "function": function}]}]})
+        };
+        let early = serde_json::json!({"start_ns": 1_000_000_000u64, "stalls": [
+            stall(800_000_000, "_PyEval_EvalFrameDefault"), stall(1_200_000_000, "burn_in_python")]});
+        let (ok, detail) = judge_python(Some(&early), "recording");
+        assert!(ok && detail.contains("1 more before"), "{detail}");
+        let late = serde_json::json!({"start_ns": 1_000_000_000u64, "stalls": [
+            stall(1_100_000_000, "_PyEval_EvalFrameDefault"), stall(1_200_000_000, "burn_in_python")]});
+        let (ok, detail) = judge_python(Some(&late), "recording");
+        assert!(!ok && detail.contains("1 of 2 burns NOT NAMED"), "{detail}");
         let (ok, detail) = judge_python(Some(&burn("_PyEval_EvalFrameDefault")), "recording");
         assert!(!ok && detail.contains("NOT NAMED"), "{detail}");
         let on_5_10 = "stallscope: on this kernel: no Python frames (no bpf_loop before 5.17)";

@@ -63,6 +63,9 @@ pub struct Limits {
     pub min_mark_ns: u64,
 }
 
+/// How far from its event a user-stack copy may be stamped (see `handle_raw`).
+const COPY_MAX_AGE_NS: u64 = 100_000_000;
+
 pub const LIMITS: Limits = Limits {
     stacks_per_stall: 256,
     offcpu_entries: 20_000,
@@ -210,8 +213,15 @@ impl Session {
                 raw.tid
             };
             // Only copies from this very event: one whose event was lost must not be attached
-            // to a later one.
-            let fresh = |taken_ns: u64| raw.ts_ns.abs_diff(taken_ns) < 1_000_000;
+            // to a later one. That is what the ring buffer's order gives: a thread's copy is
+            // the record just before its event (one program run, on one CPU), and the kernel
+            // flags an event as copied only once its copy is in the ring, so a later flagged
+            // event's own copy has replaced a lost event's (see `PendingStacks`). The time
+            // bound is a second guard, wide enough for an emulator's vCPU preempted by its
+            // loaded host between the copy's stamp and the event's (2.3 ms seen on a 5.10 VM
+            // sharing one host CPU: the sleep's copy then went unattached, its stall without
+            // user frames).
+            let fresh = |taken_ns: u64| raw.ts_ns.abs_diff(taken_ns) < COPY_MAX_AGE_NS;
             let native = self
                 .stacks
                 .take(owner)

@@ -30,13 +30,18 @@ pub(super) struct PendingStacks {
 impl PendingStacks {
     /// A "repeated" record: the thread is where it was at its last copy, so the same unwind
     /// waits for its event; without a last copy (lost, or not kept) it is counted.
+    /// Every record replaces what waited for the thread, so the event that follows a record
+    /// never takes an older copy (one whose own event was lost).
     pub(super) fn repeat(&mut self, tid: u32, ts_ns: u64) {
         match self.last_unwound.get(&tid) {
             Some(stack) => {
                 self.repeated += 1;
                 self.waiting.insert(tid, (ts_ns, stack.clone()));
             }
-            None => self.repeats_without_copy += 1,
+            None => {
+                self.repeats_without_copy += 1;
+                self.waiting.remove(&tid);
+            }
         }
     }
 
@@ -152,5 +157,14 @@ mod tests {
         stacks.repeat(1, 30);
         assert!(stacks.take(1).is_none(), "forgotten");
         assert_eq!(stacks.repeats_without_copy, 2);
+        // A copy whose event was lost, then a repeat the agent has no copy for: the repeat's
+        // event must not take the older copy.
+        stacks.unwound(3, 40, UserStack::default());
+        stacks.forget_thread(3);
+        stacks.repeat(3, 50);
+        assert!(
+            stacks.take(3).is_none(),
+            "the lost event's copy is not attached"
+        );
     }
 }

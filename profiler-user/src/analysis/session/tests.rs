@@ -438,7 +438,8 @@ fn fork_exec_and_exit_follow_and_unfollow_processes() {
     assert_eq!(recording.lost_events, 7);
 }
 
-/// A user-stack copy is attached to the event taken with it (same thread, same moment), never
+/// A user-stack copy is attached to the event taken with it (the thread's record just before
+/// it, even stamped 2.3 ms apart: an emulator's vCPU preempted between the two stamps), never
 /// to a later event of the thread or to another thread's event.
 #[test]
 fn a_stack_copy_goes_to_its_own_event_only() {
@@ -464,10 +465,26 @@ fn a_stack_copy_goes_to_its_own_event_only() {
     };
     // Its own event.
     copy_then_sample(10 * MS, SERVER, 10 * MS);
-    // A copy whose event was lost: the next event, 15 ms later, says it has a copy too.
-    copy_then_sample(20 * MS, SERVER, 35 * MS);
+    // A copy whose event was lost: the next event, 15 ms later, has a copy too, a repeat of
+    // a copy the agent does not have (its record comes first, as every copy's does).
+    session.handle_stack(&copy(20 * MS, SERVER), &[]);
+    let mut repeat = copy(35 * MS, SERVER);
+    repeat.flags = profiler_common::STACK_REPEATED;
+    session.stacks.forget_thread(SERVER);
+    session.handle_stack(&repeat, &[]);
+    script.event(35 * MS, SERVER, kind::SAMPLE).arg1 = profiler_common::USER_STACK_COPIED;
+    let event = script.events.pop().expect("just pushed");
+    session.handle_raw(&mut system, &event);
+    let mut copy_then_sample = |stack_ts_ns: u64, stack_tid: u32, sample_ts_ns: u64| {
+        session.handle_stack(&copy(stack_ts_ns, stack_tid), &[]);
+        script.event(sample_ts_ns, SERVER, kind::SAMPLE).arg1 = profiler_common::USER_STACK_COPIED;
+        let event = script.events.pop().expect("just pushed");
+        session.handle_raw(&mut system, &event);
+    };
     // Another thread's copy.
     copy_then_sample(40 * MS, THREAD, 40 * MS);
+    // Its own event, stamped 2.3 ms after the copy.
+    copy_then_sample(50 * MS, SERVER, 50 * MS + 2_300_000);
     session.flush(&mut system);
     let unwound: Vec<_> = session
         .resolver
@@ -475,5 +492,5 @@ fn a_stack_copy_goes_to_its_own_event_only() {
         .iter()
         .filter(|k| k.user >= INTERNED_BASE)
         .collect();
-    assert_eq!(unwound.len(), 1, "{unwound:?}");
+    assert_eq!(unwound.len(), 2, "{unwound:?}");
 }
