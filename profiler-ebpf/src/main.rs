@@ -22,10 +22,11 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{map, perf_event, raw_tracepoint, tracepoint},
+    macros::{fentry, fexit, map, perf_event, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
-        PerfEventContext, RawTracePointContext, TracePointContext, tracing::StackIdContext,
+        FEntryContext, FExitContext, PerfEventContext, RawTracePointContext, TracePointContext,
+        tracing::StackIdContext,
     },
 };
 use aya_log_ebpf::debug;
@@ -1349,13 +1350,6 @@ fn syscall_waits_on_no_fds(nr: i64, arg: impl Fn(usize) -> u64) -> bool {
     arg(index) == 0
 }
 
-#[inline(always)]
-fn waits_on_no_fds(ctx: &TracePointContext, offsets: &TracepointOffsets, nr: i64) -> bool {
-    syscall_waits_on_no_fds(nr, |index| {
-        unsafe { ctx.read_at(offsets.syscall_enter_args as usize + 8 * index) }.unwrap_or(1)
-    })
-}
-
 /// The syscall to report in an event (without the NOT_A_WAIT mark).
 #[inline(always)]
 fn reported_syscall(marked: i32) -> i32 {
@@ -1379,23 +1373,32 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_followed_pid(tgid) {
         return Ok(());
     }
-    check_switched_in(tgid, tid);
     let offsets = OFFSETS.load();
     let nr: i32 = unsafe { ctx.read_at(offsets.syscall_enter_nr as usize)? };
-    let nr = nr as i64;
+    on_sys_enter(tgid, tid, nr as i64, |index| {
+        unsafe { ctx.read_at(offsets.syscall_enter_args as usize + 8 * index) }.unwrap_or(1)
+    });
+    Ok(())
+}
+
+/// Entry of a wait point or of exit/exit_group by a followed thread, from either hook (the
+/// per-syscall tracepoints or the trampolines on the syscall wrappers). `arg(i)` reads the
+/// syscall's argument i.
+#[inline(always)]
+fn on_sys_enter(tgid: u32, tid: u32, nr: i64, arg: impl Fn(usize) -> u64) {
+    check_switched_in(tgid, tid);
     // exit (60) and exit_group (231) never return: this is the only place to see the status.
     if nr == 60 || nr == 231 {
-        let status: i64 = unsafe { ctx.read_at(offsets.syscall_enter_args as usize) }.unwrap_or(0);
         let mut event = new_event(kind::EXIT_CALL, tgid, tid);
         event.syscall = nr as i32;
-        event.arg0 = status as u64;
+        event.arg0 = arg(0);
         submit(&event);
-        return Ok(());
+        return;
     }
     if !is_wait_point(nr) {
-        return Ok(());
+        return;
     }
-    let sleep = waits_on_no_fds(ctx, &offsets, nr);
+    let sleep = syscall_waits_on_no_fds(nr, &arg);
     set_thread_syscall(
         tid,
         if sleep {
@@ -1410,7 +1413,6 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i32> {
         event.syscall = nr as i32;
         submit(&event);
     }
-    Ok(())
 }
 
 /// Attached to the wait points' `syscalls:sys_exit_NAME` tracepoints only.
@@ -1425,24 +1427,125 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_followed_pid(tgid) {
         return Ok(());
     }
-    check_switched_in(tgid, tid);
     let offsets = OFFSETS.load();
     let nr: i32 = unsafe { ctx.read_at(offsets.syscall_exit_nr as usize)? };
-    let nr = nr as i64;
+    let ret: i64 = unsafe { ctx.read_at(offsets.syscall_exit_ret as usize) }.unwrap_or(0);
+    on_sys_exit(tgid, tid, nr as i64, ret);
+    Ok(())
+}
+
+/// Exit of a wait point by a followed thread, from either hook.
+#[inline(always)]
+fn on_sys_exit(tgid: u32, tid: u32, nr: i64, ret: i64) {
+    check_switched_in(tgid, tid);
     let marked = thread_syscall(tid);
     let was_sleep = marked != NO_SYSCALL && marked & NOT_A_WAIT != 0;
     if marked != NO_SYSCALL {
         set_thread_syscall(tid, NO_SYSCALL);
     }
     if is_wait_point(nr) && !was_sleep {
-        let ret: i64 = unsafe { ctx.read_at(offsets.syscall_exit_ret as usize) }.unwrap_or(0);
         let mut event = new_event(kind::WAIT_EXIT, tgid, tid);
         event.syscall = nr as i32;
         event.arg0 = ret as u64;
         submit(&event);
     }
-    Ok(())
 }
+
+/// x86-64 `struct pt_regs` offsets of the syscall arguments (di, si, dx, r10), fixed by the
+/// architecture's ABI: the trampolines on `__x64_sys_*` get the caller's saved registers.
+const PT_REGS_ARGS: [usize; 4] = [112, 104, 96, 56];
+
+/// Argument `index` of the syscall whose saved registers are at `regs` (1 when unreadable,
+/// which `syscall_waits_on_no_fds` takes as "has descriptors").
+#[inline(always)]
+fn regs_arg(regs: u64, index: usize) -> u64 {
+    let offset = if index < PT_REGS_ARGS.len() {
+        PT_REGS_ARGS[index]
+    } else {
+        return 1;
+    };
+    // SAFETY: probe read of kernel memory, failure handled.
+    unsafe { bpf_probe_read_kernel((regs as usize + offset) as *const u64) }.unwrap_or(1)
+}
+
+/// Trampolines on the syscall wrappers (`__x64_sys_NAME`), used instead of the per-syscall
+/// tracepoints where the kernel has them: any `syscalls:*` tracepoint flags every task of the
+/// machine for the slow syscall path (TIF_SYSCALL_TRACEPOINT), a trampoline costs only the
+/// callers of its own syscall. One program per syscall: a tracing program is loaded for one
+/// function. The syscall number is the wrapper's, not read from the registers.
+macro_rules! syscall_trampolines {
+    ($(($entry:ident, $exit:ident, $wrapper:literal, $nr:literal)),* $(,)?) => {
+        $(
+            #[fentry(function = $wrapper)]
+            pub fn $entry(ctx: FEntryContext) -> u32 {
+                let (tgid, tid) = current_ids();
+                if is_followed_pid(tgid) {
+                    let regs: u64 = ctx.arg(0);
+                    on_sys_enter(tgid, tid, $nr, |index| regs_arg(regs, index));
+                }
+                0
+            }
+
+            #[fexit(function = $wrapper)]
+            pub fn $exit(ctx: FExitContext) -> u32 {
+                let (tgid, tid) = current_ids();
+                if is_followed_pid(tgid) {
+                    let ret: i64 = ctx.arg(1);
+                    on_sys_exit(tgid, tid, $nr, ret);
+                }
+                0
+            }
+        )*
+    };
+}
+
+syscall_trampolines!(
+    (
+        fentry_epoll_wait,
+        fexit_epoll_wait,
+        "__x64_sys_epoll_wait",
+        232
+    ),
+    (
+        fentry_epoll_pwait,
+        fexit_epoll_pwait,
+        "__x64_sys_epoll_pwait",
+        281
+    ),
+    (
+        fentry_epoll_pwait2,
+        fexit_epoll_pwait2,
+        "__x64_sys_epoll_pwait2",
+        441
+    ),
+    (fentry_poll, fexit_poll, "__x64_sys_poll", 7),
+    (fentry_ppoll, fexit_ppoll, "__x64_sys_ppoll", 271),
+    (fentry_select, fexit_select, "__x64_sys_select", 23),
+    (fentry_pselect6, fexit_pselect6, "__x64_sys_pselect6", 270),
+    (fentry_futex, fexit_futex, "__x64_sys_futex", 202),
+);
+
+/// exit and exit_group never return: an entry trampoline only.
+macro_rules! exit_trampolines {
+    ($(($entry:ident, $wrapper:literal, $nr:literal)),* $(,)?) => {
+        $(
+            #[fentry(function = $wrapper)]
+            pub fn $entry(ctx: FEntryContext) -> u32 {
+                let (tgid, tid) = current_ids();
+                if is_followed_pid(tgid) {
+                    let regs: u64 = ctx.arg(0);
+                    on_sys_enter(tgid, tid, $nr, |index| regs_arg(regs, index));
+                }
+                0
+            }
+        )*
+    };
+}
+
+exit_trampolines!(
+    (fentry_exit, "__x64_sys_exit", 60),
+    (fentry_exit_group, "__x64_sys_exit_group", 231),
+);
 
 /// Whether `tid`, blocked in a syscall at `now`, leaves its stacks to its exit from the call:
 /// yes for its first block there (noted), and for more blocks in the same call while the
@@ -1479,19 +1582,40 @@ fn defer_stacks(tid: u32, now: u64) -> bool {
 /// the registers and stack it blocked with, when it was off-CPU long enough to matter.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_late(ctx: RawTracePointContext) -> i32 {
+    late_capture(&ctx);
+    0
+}
+
+/// Late capture on the return of `schedule()` (a trampoline, used instead of `sys_exit_late`
+/// where the kernel has them): it runs in the woken thread's own context, still in the
+/// kernel, so its user registers and stack are the ones it blocked with; it runs once per
+/// voluntary switch-in instead of at every syscall exit of the machine, and sets no syscall
+/// tracepoint flag. A block is judged on its own length there (a thread's next block starts
+/// a new pending capture).
+#[fexit(function = "schedule")]
+pub fn schedule_late(ctx: FExitContext) -> u32 {
+    late_capture(&ctx);
+    0
+}
+
+/// A thread that blocked in a syscall has its user stack copied and its Python frames walked
+/// now, with the registers and stack it blocked with, when it was off-CPU long enough to
+/// matter. One hash lookup by tid, and nothing else, for any thread without a pending block.
+#[inline(always)]
+fn late_capture<C: StackIdContext>(ctx: &C) {
     let (tgid, tid) = current_ids();
     let Some(slot) = LATE_SINCE.get_ptr_mut(&tid) else {
-        return 0;
+        return;
     };
     // SAFETY: pointer into the map's value, valid for this program run.
     let since = unsafe { core::ptr::replace(slot, 0) };
     if since == 0 || !is_followed_pid(tgid) {
-        return 0;
+        return;
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(since) < LATE_MIN_NS.load() {
-        return 0;
+        return;
     }
     check_switched_in(tgid, tid);
     let copied = copy_user_stack(tgid, tid, 3);
@@ -1499,13 +1623,12 @@ pub fn sys_exit_late(ctx: RawTracePointContext) -> i32 {
     event.arg0 = since;
     event.arg1 = if copied { USER_STACK_COPIED } else { 0 };
     if !copied {
-        event.user_stack_id = stack_id(&ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
+        event.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64, drop::USER_STACK);
     }
     if python_frames(tgid, tid) {
         event.arg1 |= PY_STACK_COPIED;
     }
     submit(&event);
-    0
 }
 
 #[perf_event]

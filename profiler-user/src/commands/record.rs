@@ -260,6 +260,7 @@ pub fn load_options(
             config.threshold_ns / profiler_common::LATE_STACK_FRACTION
         },
         task_stack_offset: stack_offset(&kernel),
+        trampolines: trampolines(),
         features: kernel,
         verifier_log,
         verbose: config.verbose,
@@ -297,6 +298,14 @@ fn eager_stacks() -> bool {
 /// to measure it against that, or to spare a host whose other processes make many syscalls).
 fn late_stacks() -> bool {
     std::env::var_os("STALLSCOPE_LATE_STACKS").is_none_or(|v| v != "0")
+}
+
+/// `STALLSCOPE_TRAMPOLINES=1`: the wait points, exits and late capture on BPF trampolines
+/// instead of syscall tracepoints (sparing every other process's syscalls the tracepoint slow
+/// path), where the kernel loads them. Opt-in until that path has run on a kernel that allows
+/// tracing programs (the development host refuses them; bench/RESULTS.md).
+fn trampolines() -> bool {
+    std::env::var_os("STALLSCOPE_TRAMPOLINES").is_some_and(|v| v == "1")
 }
 
 /// `STALLSCOPE_CLASSIC_TRACEPOINTS=1` forces the classic scheduler tracepoints (to measure the

@@ -58,6 +58,8 @@ pub struct LoadOptions {
     /// when it leaves the call, if it was off-CPU at least this long (ns). Only with the full
     /// programs; the compat build copies them at switch-out.
     pub late_min_ns: u64,
+    /// Try BPF trampolines (fentry/fexit) before the syscall tracepoints (see `load`).
+    pub trampolines: bool,
     /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
     /// has no bpf_task_pt_regs.
     pub task_stack_offset: u32,
@@ -293,24 +295,21 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         }
         attachments.push((category, name.to_string(), program.to_string(), required));
     }
-    if late_min_ns != 0 {
-        // Before anything is recorded: a pending block must always find its exit hooked.
-        let raw_tp: &mut RawTracePoint = ebpf
-            .program_mut("sys_exit_late")
-            .ok_or_else(|| anyhow!("program sys_exit_late missing from the eBPF object"))?
-            .try_into()
-            .context("program sys_exit_late is not a raw tracepoint")?;
-        verified(
-            raw_tp.load(),
-            "sys_exit_late",
-            &options.verifier_log,
-            options.verbose,
-        )?;
-        raw_tp
-            .attach("sys_exit")
-            .context("attaching to raw tracepoint sys_exit (late stack capture)")?;
+    // Trampolines where the kernel has them (no syscall tracepoint: bystanders' syscalls stay
+    // on the fast path), else the per-syscall tracepoints and late capture on sys_exit.
+    let trampolines = options.trampolines
+        && options.features.full()
+        && load_trampolines(&mut ebpf, options, late_min_ns != 0)?;
+    if trampolines {
+        log::info!("hooks: trampolines on the syscall wrappers and on schedule()");
+        attach_trampolines(&mut ebpf, options, late_min_ns != 0)?;
+    } else {
+        log::info!("hooks: per-syscall tracepoints, late capture on raw_syscalls:sys_exit");
+        if late_min_ns != 0 {
+            attach_sys_exit_late(&mut ebpf, options)?;
+        }
+        attachments.extend(syscall_attachments(options));
     }
-    attachments.extend(syscall_attachments(options));
     for (category, name, program, required) in attachments {
         let (name, program) = (name.as_str(), program.as_str());
         let tracepoint: &mut TracePoint = ebpf
@@ -500,10 +499,28 @@ fn refused(
     anyhow::Error::new(io_error).context(line)
 }
 
-/// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
-/// and end there), entry of exit and exit_group. A wait point this kernel has no tracepoint for
-/// is skipped with a warning (loops waiting in it are then not seen as loops).
-fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, String, bool)> {
+/// Late capture on `raw_syscalls:sys_exit`, where trampolines are not available. Before
+/// anything is recorded: a pending block must always find its exit hooked.
+fn attach_sys_exit_late(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<()> {
+    let raw_tp: &mut RawTracePoint = ebpf
+        .program_mut("sys_exit_late")
+        .ok_or_else(|| anyhow!("program sys_exit_late missing from the eBPF object"))?
+        .try_into()
+        .context("program sys_exit_late is not a raw tracepoint")?;
+    verified(
+        raw_tp.load(),
+        "sys_exit_late",
+        &options.verifier_log,
+        options.verbose,
+    )?;
+    raw_tp
+        .attach("sys_exit")
+        .context("attaching to raw tracepoint sys_exit (late stack capture)")?;
+    Ok(())
+}
+
+/// The syscall names of every wait point, then exit and exit_group.
+fn hooked_syscalls(options: &LoadOptions) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
     for &nr in options
         .wait_points
@@ -516,6 +533,81 @@ fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, Stri
             names.push(name);
         }
     }
+    names
+}
+
+/// The trampoline programs for `options`: (program, kernel function) pairs.
+fn trampoline_programs(options: &LoadOptions, late: bool) -> Vec<(String, String)> {
+    let mut programs = Vec::new();
+    for name in hooked_syscalls(options) {
+        for prefix in ["fentry_", "fexit_"] {
+            programs.push((format!("{prefix}{name}"), format!("__x64_sys_{name}")));
+        }
+    }
+    for name in EXIT_SYSCALLS {
+        programs.push((format!("fentry_{name}"), format!("__x64_sys_{name}")));
+    }
+    if late {
+        programs.push(("schedule_late".to_string(), "schedule".to_string()));
+    }
+    programs
+}
+
+/// Loads the trampoline programs; false (logged, nothing attached) when this kernel cannot
+/// take one of them (no BTF, no such function, no trampolines on this architecture), and the
+/// agent falls back to the tracepoints.
+fn load_trampolines(ebpf: &mut Ebpf, options: &LoadOptions, late: bool) -> Result<bool> {
+    let programs = trampoline_programs(options, late);
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => {
+            log::info!("no kernel BTF for trampolines ({err}): using tracepoints");
+            return Ok(false);
+        }
+    };
+    for (program, function) in &programs {
+        let started = std::time::Instant::now();
+        let loaded = match ebpf.program_mut(program) {
+            Some(aya::programs::Program::FEntry(p)) => p.load(function, &btf).map(|()| p.info()),
+            Some(aya::programs::Program::FExit(p)) => p.load(function, &btf).map(|()| p.info()),
+            // A wait point without a trampoline program (one added to the table only).
+            _ => {
+                log::info!("no trampoline program {program}: using tracepoints");
+                return Ok(false);
+            }
+        };
+        match loaded {
+            Ok(info) => log_verified(program, started, info),
+            Err(err) => {
+                log::info!(
+                    "trampoline {program} on {function} not loaded ({err}): using tracepoints"
+                );
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Attaches the trampolines [`load_trampolines`] loaded.
+fn attach_trampolines(ebpf: &mut Ebpf, options: &LoadOptions, late: bool) -> Result<()> {
+    let programs = trampoline_programs(options, late);
+    for (program, function) in &programs {
+        let attached = match ebpf.program_mut(program) {
+            Some(aya::programs::Program::FEntry(p)) => p.attach().map(|_| ()),
+            Some(aya::programs::Program::FExit(p)) => p.attach().map(|_| ()),
+            _ => return Err(anyhow!("program {program} missing from the eBPF object")),
+        };
+        attached.with_context(|| format!("attaching trampoline {program} on {function}"))?;
+    }
+    Ok(())
+}
+
+/// The per-syscall tracepoints: entry and exit of every wait point (a thread's iterations start
+/// and end there), entry of exit and exit_group. A wait point this kernel has no tracepoint for
+/// is skipped with a warning (loops waiting in it are then not seen as loops).
+fn syscall_attachments(options: &LoadOptions) -> Vec<(&'static str, String, String, bool)> {
+    let names = hooked_syscalls(options);
     let mut attachments = Vec::new();
     for name in &names {
         for (program, prefix) in SYSCALL_PROGRAMS {

@@ -124,8 +124,8 @@ pub(super) struct PositionLayout {
     /// Optimized code (V8 12 and later, where `Code` has these fields): `None` before.
     pub(super) code: Option<CodeLayout>,
     /// Bytecode sizes by operand scale (`Bytecodes::kBytecodeSizes`, read from the binary's
-    /// symbol table), to walk a baseline code's bytecode offset table: `None` when the binary
-    /// has no such symbol (a stripped build).
+    /// symbol table, else the known table of its V8 version), to walk a baseline code's
+    /// bytecode offset table: `None` for a stripped build of a V8 version not known here.
     pub(super) bytecode_sizes: Option<BytecodeSizes>,
 }
 
@@ -365,6 +365,10 @@ impl Metadata {
             _ => None,
         };
         let mut meta = Self::from_symbols(&Symbols { values }, version, builtins_svma, path)?;
+        // A stripped binary has no symbol: the table of its V8 version, where it is known.
+        let bytecode_sizes = bytecode_sizes.or_else(|| {
+            super::bytecode_tables::known(version).and_then(|t| BytecodeSizes::new(t.to_vec()))
+        });
         if let Some(positions) = meta.positions.as_mut() {
             positions.bytecode_sizes = bytecode_sizes;
         }

@@ -34,6 +34,7 @@ use crate::{
     system::procfs::{self, Mapping},
 };
 
+mod bytecode_tables;
 mod code;
 mod discovery;
 mod metadata;
@@ -1218,6 +1219,18 @@ mod tests {
         // The sizes table from the binary is checked: the prefixes are one byte wide.
         assert!(BytecodeSizes::new(vec![2u8; 48]).is_none());
         assert!(BytecodeSizes::new(vec![1u8; 47]).is_none());
+    }
+
+    #[test]
+    fn known_v8_versions_have_sane_bytecode_sizes_for_stripped_binaries() {
+        // Debian's nodejs 24 (V8 13.6.233) exports no kBytecodeSizes: its table is known.
+        for version in [(12, 4, 254), (13, 6, 233), (14, 6, 202)] {
+            let table = bytecode_tables::known(version).expect("a known table");
+            assert!(BytecodeSizes::new(table.to_vec()).is_some(), "{version:?}");
+        }
+        // Another build's bytecode list may differ: no table rather than a wrong one.
+        assert!(bytecode_tables::known((13, 6, 234)).is_none());
+        assert!(bytecode_tables::known((11, 3, 244)).is_none());
     }
 
     mod fuzz {
