@@ -211,6 +211,9 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
+# The host's STALLSCOPE_TRAMPOLINES=1 (the agent's opt-in to fentry/fexit hooks) reaches the guest
+# as a kernel parameter.
+grep -q 'stallscope.trampolines=1' /proc/cmdline && export STALLSCOPE_TRAMPOLINES=1
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo
 exec 3>/dev/ttyS1
@@ -609,6 +612,16 @@ pub fn parse_ldd(listing: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The guest kernel's command line; `stallscope.trampolines=1` (an unknown parameter the kernel
+/// leaves in /proc/cmdline) when the host asks for the agent's trampoline hooks.
+fn kernel_command_line() -> String {
+    let mut line = "console=ttyS0 quiet panic=-1".to_string();
+    if std::env::var_os("STALLSCOPE_TRAMPOLINES").is_some_and(|v| v == "1") {
+        line.push_str(" stallscope.trampolines=1");
+    }
+    line
+}
+
 /// Boots one kernel with the initramfs; returns what the guest wrote on its second serial port.
 fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path) -> Result<String> {
     let dir = work_dir().join(kernel.suite);
@@ -622,7 +635,7 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path) -> Result<String> {
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(["-append", &kernel_command_line()])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
