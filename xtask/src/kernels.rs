@@ -212,8 +212,8 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 # The host's STALLSCOPE_TRAMPOLINES=1 (the agent's opt-in to fentry/fexit hooks) reaches the guest
-# as a kernel parameter.
-grep -q 'stallscope.trampolines=1' /proc/cmdline && export STALLSCOPE_TRAMPOLINES=1
+# as a kernel parameter (with the attach log on: it says which hooks were used).
+grep -q 'stallscope.trampolines=1' /proc/cmdline && export STALLSCOPE_TRAMPOLINES=1 RUST_LOG=profiler_user::system::attach=info
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo
 exec 3>/dev/ttyS1
