@@ -199,3 +199,71 @@ fn developer_checks_pass_on_this_machine() {
     out.assert_status("tracefs", "ok");
     assert_eq!(out.last_line(), "stallscope doctor: all checks passed");
 }
+
+/// A kernel older than 5.10, as the agent sees it: `setarch --uname-2.6` (the UNAME26
+/// personality) makes uname(2) report a 2.6 release. doctor fails on it, and record and watch
+/// refuse at once with the very same reason and fix on one line, exit 1, before touching the
+/// kernel: no verifier output, no half-started recording.
+#[test]
+fn a_kernel_older_than_5_10_is_refused_by_record_and_watch_with_doctors_line() {
+    require_root();
+    let uname26 = ["setarch", "x86_64", "--uname-2.6"];
+    let out = doctor(&uname26, &[]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    out.assert_status("kernel", "FAIL");
+    let verdict = out.line("kernel");
+    let reason = verdict
+        .split_once("Linux ")
+        .map(|(_, rest)| format!("Linux {rest}"))
+        .expect("doctor names the release");
+    assert!(
+        reason.contains("older than 5.10") && reason.contains("fix: upgrade to Linux 5.10"),
+        "{verdict}"
+    );
+    let dir = std::env::temp_dir().join(format!("stallscope-too-old-{}", std::process::id()));
+    let own = std::process::id().to_string();
+    let out_dir = |name: &str| dir.join(name).display().to_string();
+    for command in [
+        vec![
+            "record",
+            "--pid",
+            &own,
+            "--duration",
+            "2s",
+            "-o",
+            &out_dir("record"),
+        ],
+        vec![
+            "watch",
+            "--pid",
+            &own,
+            "--quiet",
+            "--events",
+            &out_dir("watch"),
+        ],
+        vec!["ci", "--pid", &own, "-o", &out_dir("ci"), "--", "true"],
+    ] {
+        let out = Command::new(uname26[0])
+            .args(&uname26[1..])
+            .arg(agent_bin())
+            .args(&command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run stallscope");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", command[0]);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{}: one line only:\n{stderr}", command[0]);
+        assert!(
+            lines[0].contains(&reason),
+            "{}: the same reason and fix as doctor ({reason}):\n{stderr}",
+            command[0]
+        );
+        assert!(
+            !stderr.contains("verifier") && !stderr.contains("recording"),
+            "{}: {stderr}",
+            command[0]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

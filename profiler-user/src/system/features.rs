@@ -134,11 +134,19 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The running kernel's release (`uname -r`).
+/// The running kernel's release as uname(2) gives it to us (`uname -r`): the one source for
+/// doctor's verdict and record's/watch's refusal, so they always agree (a UNAME26 personality,
+/// `setarch --uname-2.6`, makes both say the same "too old").
 pub fn kernel_release() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .map(|s| s.trim().to_string())
+    // SAFETY: utsname is plain old data; all-zero bytes are a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes into the struct we own and pass by valid pointer.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel NUL-terminates `release` within the array.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) };
+    Some(release.to_string_lossy().into_owned())
 }
 
 pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;

@@ -8,7 +8,6 @@
 //! attaches a program, never changes a sysctl.
 
 use std::{
-    ffi::CStr,
     fmt::Write as _,
     fs,
     io::ErrorKind,

@@ -7,7 +7,7 @@ use super::*;
 /// Looks at this machine.
 pub fn probe(developer: bool) -> Facts {
     Facts {
-        kernel_release: kernel_release(),
+        kernel_release: crate::system::features::kernel_release(),
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         task_fsbase: crate::system::btf::task_fsbase_offset().ok(),
         features: KernelFeatures::probe(),
@@ -30,18 +30,6 @@ pub fn probe(developer: bool) -> Facts {
             .and_then(|s| s.trim().parse().ok()),
         developer: developer.then(probe_developer),
     }
-}
-
-pub(super) fn kernel_release() -> Option<String> {
-    // SAFETY: utsname is plain old data; all-zero bytes are a valid value.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname writes into the struct we own and pass by valid pointer.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return None;
-    }
-    // SAFETY: the kernel NUL-terminates `release` within the array.
-    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
-    Some(release.to_string_lossy().into_owned())
 }
 
 pub(super) fn probe_tracefs() -> Tracefs {
