@@ -1468,6 +1468,21 @@ fn regs_arg(regs: u64, index: usize) -> u64 {
     unsafe { bpf_probe_read_kernel((regs as usize + offset) as *const u64) }.unwrap_or(1)
 }
 
+/// The entry trampoline of one syscall wrapper (both macros below use it).
+macro_rules! entry_trampoline {
+    ($entry:ident, $wrapper:literal, $nr:literal) => {
+        #[fentry(function = $wrapper)]
+        pub fn $entry(ctx: FEntryContext) -> u32 {
+            let (tgid, tid) = current_ids();
+            if is_followed_pid(tgid) {
+                let regs: u64 = ctx.arg(0);
+                on_sys_enter(tgid, tid, $nr, |index| regs_arg(regs, index));
+            }
+            0
+        }
+    };
+}
+
 /// Trampolines on the syscall wrappers (`__x64_sys_NAME`), used instead of the per-syscall
 /// tracepoints where the kernel has them: any `syscalls:*` tracepoint flags every task of the
 /// machine for the slow syscall path (TIF_SYSCALL_TRACEPOINT), a trampoline costs only the
@@ -1476,15 +1491,7 @@ fn regs_arg(regs: u64, index: usize) -> u64 {
 macro_rules! syscall_trampolines {
     ($(($entry:ident, $exit:ident, $wrapper:literal, $nr:literal)),* $(,)?) => {
         $(
-            #[fentry(function = $wrapper)]
-            pub fn $entry(ctx: FEntryContext) -> u32 {
-                let (tgid, tid) = current_ids();
-                if is_followed_pid(tgid) {
-                    let regs: u64 = ctx.arg(0);
-                    on_sys_enter(tgid, tid, $nr, |index| regs_arg(regs, index));
-                }
-                0
-            }
+            entry_trampoline!($entry, $wrapper, $nr);
 
             #[fexit(function = $wrapper)]
             pub fn $exit(ctx: FExitContext) -> u32 {
@@ -1529,15 +1536,7 @@ syscall_trampolines!(
 macro_rules! exit_trampolines {
     ($(($entry:ident, $wrapper:literal, $nr:literal)),* $(,)?) => {
         $(
-            #[fentry(function = $wrapper)]
-            pub fn $entry(ctx: FEntryContext) -> u32 {
-                let (tgid, tid) = current_ids();
-                if is_followed_pid(tgid) {
-                    let regs: u64 = ctx.arg(0);
-                    on_sys_enter(tgid, tid, $nr, |index| regs_arg(regs, index));
-                }
-                0
-            }
+            entry_trampoline!($entry, $wrapper, $nr);
         )*
     };
 }
