@@ -1532,19 +1532,9 @@ syscall_trampolines!(
     (fentry_futex, fexit_futex, "__x64_sys_futex", 202),
 );
 
-/// exit and exit_group never return: an entry trampoline only.
-macro_rules! exit_trampolines {
-    ($(($entry:ident, $wrapper:literal, $nr:literal)),* $(,)?) => {
-        $(
-            entry_trampoline!($entry, $wrapper, $nr);
-        )*
-    };
-}
-
-exit_trampolines!(
-    (fentry_exit, "__x64_sys_exit", 60),
-    (fentry_exit_group, "__x64_sys_exit_group", 231),
-);
+// exit and exit_group never return: an entry trampoline only.
+entry_trampoline!(fentry_exit, "__x64_sys_exit", 60);
+entry_trampoline!(fentry_exit_group, "__x64_sys_exit_group", 231);
 
 /// Whether `tid`, blocked in a syscall at `now`, leaves its stacks to its exit from the call:
 /// yes for its first block there (noted), and for more blocks in the same call while the
