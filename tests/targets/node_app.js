@@ -3,8 +3,8 @@
 //
 // Usage: node [--perf-basic-prof] node_app.js PORT   (PORT 0 = ephemeral)
 // Prints "listening PORT", then serves on 127.0.0.1:
-//   /pbkdf2 -> hashPasswordSync(): crypto.pbkdf2Sync on the loop thread, ~200 ms (on-CPU, in
-//              OpenSSL called from JS)
+//   /pbkdf2 -> hashPasswordSync(200): crypto.pbkdf2Sync rounds on the loop thread for 200 ms
+//              (on-CPU, in OpenSSL called from JS)
 //   /spin   -> spinForMs(200): a JS busy loop on the loop thread (on-CPU, in JIT code)
 //   /quick  -> answers at once
 // Each planted stall prints "planted KIND DURATION_NS" (process.hrtime.bigint, i.e.
@@ -16,11 +16,18 @@ const http = require('http');
 
 const PLANTED_MS = 200;
 
-// Calibrated at start-up so that one call takes about PLANTED_MS on this machine.
-let pbkdf2Iterations = 10000;
+// Calibrated at start-up for about 20 ms of PBKDF2 a round.
+let pbkdf2Iterations = 2000;
 
-function hashPasswordSync(iterations) {
-  return crypto.pbkdf2Sync('correct horse battery staple', 'stallscope-salt', iterations, 64, 'sha512');
+// Hashes in rounds until ms have passed (one round at least): a fixed count calibrated once
+// is a guess on a loaded machine (a slow calibration made a planted call too short to stall).
+function hashPasswordSync(ms) {
+  const end = process.hrtime.bigint() + BigInt(ms) * 1000000n;
+  let key;
+  do {
+    key = crypto.pbkdf2Sync('correct horse battery staple', 'stallscope-salt', pbkdf2Iterations, 64, 'sha512');
+  } while (process.hrtime.bigint() < end);
+  return key;
 }
 
 function spinForMs(ms) {
@@ -40,20 +47,20 @@ function spinForMs(ms) {
 // interprets runs inside the shared Builtins_InterpreterEntryTrampoline and has no native frame
 // of its own (short of --interpreted-frames-native-stack).
 function warmUp() {
+  const iterations = pbkdf2Iterations;
+  pbkdf2Iterations = 1;
   for (let i = 0; i < 3000; i++) {
-    hashPasswordSync(1);
+    hashPasswordSync(0);
     spinForMs(0);
   }
+  pbkdf2Iterations = iterations;
 }
 
 function calibrate() {
-  let tookNs = 0;
-  for (let round = 0; round < 2; round++) {
-    const start = process.hrtime.bigint();
-    hashPasswordSync(pbkdf2Iterations);
-    tookNs = Number(process.hrtime.bigint() - start);
-    pbkdf2Iterations = Math.max(1000, Math.round((pbkdf2Iterations * PLANTED_MS * 1e6) / tookNs));
-  }
+  const start = process.hrtime.bigint();
+  crypto.pbkdf2Sync('x', 'y', pbkdf2Iterations, 64, 'sha512');
+  const tookNs = Number(process.hrtime.bigint() - start);
+  pbkdf2Iterations = Math.max(100, Math.round((pbkdf2Iterations * 20e6) / tookNs));
 }
 
 function planted(kind, work) {
@@ -69,7 +76,7 @@ calibrate();
 const server = http.createServer((req, res) => {
   switch (req.url) {
     case '/pbkdf2':
-      planted('pbkdf2', () => hashPasswordSync(pbkdf2Iterations));
+      planted('pbkdf2', () => hashPasswordSync(PLANTED_MS));
       break;
     case '/spin':
       planted('spin', () => spinForMs(PLANTED_MS));

@@ -1241,11 +1241,11 @@ fn node_js_frames(major: &str) {
             Some(call) => line == call,
             None => line >= first && line <= last,
         };
-        // Interpreted, baseline and optimized code alike are read at their position, except
-        // baseline code in Debian's stripped libnode.so (no bytecode size table) and compiled
-        // code on Node 20 (V8 11's code objects are not read): there a warm frame may have its
+        // Interpreted, baseline and optimized code alike are read at their position (Node 20's
+        // V8 11.3 code objects too), except baseline code in Debian's stripped libnode.so,
+        // read through a copied bytecode size table: there a warm frame may have its
         // function's first line.
-        let lenient = (major == "debian" || major == "20") && phase == "warm";
+        let lenient = major == "debian" && phase == "warm";
         let right = |line: &Option<u64>| match line {
             Some(line) if at_position(*line) => true,
             Some(line) => lenient && *line == first,

@@ -245,22 +245,72 @@ impl PositionLayout {
             byte_array_types,
             byte_array_length: symbols.field("FixedArrayBase", "length").unwrap_or(8),
             byte_array_data: symbols.field("FixedArray", "data").unwrap_or(16),
-            code: CodeLayout::from_symbols(symbols),
+            code: CodeLayout::from_symbols(symbols, version),
             bytecode_sizes: None,
         })
     }
 }
 
-impl CodeLayout {
-    fn from_symbols(symbols: &Symbols) -> Option<Self> {
-        // V8 12's Code: deoptimization data, position table, wrapper, instruction stream,
-        // instruction start (code.h); the table is not exported, the wrapper is.
+/// Where a Code object keeps its tables and instructions.
+struct CodeFields {
+    deopt_data: u64,
+    positions: u64,
+    instruction_stream: u64,
+    instruction_start: u64,
+    instruction_size: u64,
+    flags: u64,
+}
+
+impl CodeFields {
+    /// V8 12 and later: deoptimization data, position table, wrapper, instruction stream,
+    /// instruction start, ... (code.h); the table is not exported, the wrapper and the rest are.
+    fn exported(symbols: &Symbols) -> Option<Self> {
         let wrapper = symbols.field("Code", "wrapper")?;
-        let kind = |name: &str| symbols.get(name).and_then(|v| u32::try_from(v).ok());
-        let index = |name: &str| symbols.get(name).and_then(|v| u64::try_from(v).ok());
         let positions = symbols
             .field("Code", "source_position_table")
             .unwrap_or(wrapper.checked_sub(8)?);
+        Some(CodeFields {
+            deopt_data: positions.checked_sub(8)?,
+            positions,
+            instruction_stream: symbols.field("Code", "instruction_stream")?,
+            instruction_start: symbols.field("Code", "instruction_start")?,
+            instruction_size: symbols.field("Code", "instruction_size")?,
+            flags: symbols.field("Code", "flags")?,
+        })
+    }
+
+    /// V8 11.3 (Node 20), where Code and InstructionStream were already split: it exports the
+    /// deoptimization data and the position table (or, for baseline code, the bytecode offset
+    /// table in the same field), not the rest, which V8 11.3's code.h places right after the
+    /// table: the instruction stream, the instruction start, the flags (4 bytes, then the
+    /// builtin id and kind-specific flags) and the instruction size. Each use is checked (the
+    /// stream's back pointer, the Code's own type, the pc within its instructions).
+    fn v8_11(symbols: &Symbols, version: (u32, u32, u32)) -> Option<Self> {
+        if !((11, 3, 0)..(12, 0, 0)).contains(&version)
+            || symbols
+                .type_tag(&["InstructionStream__INSTRUCTION_STREAM_TYPE"])
+                .is_none()
+        {
+            return None;
+        }
+        let positions = symbols.field("Code", "source_position_table")?;
+        Some(CodeFields {
+            deopt_data: symbols.field("Code", "deoptimization_data")?,
+            positions,
+            instruction_stream: positions.checked_add(8)?,
+            instruction_start: positions.checked_add(16)?,
+            flags: positions.checked_add(24)?,
+            instruction_size: positions.checked_add(32)?,
+        })
+    }
+}
+
+impl CodeLayout {
+    fn from_symbols(symbols: &Symbols, version: (u32, u32, u32)) -> Option<Self> {
+        let fields =
+            CodeFields::exported(symbols).or_else(|| CodeFields::v8_11(symbols, version))?;
+        let kind = |name: &str| symbols.get(name).and_then(|v| u32::try_from(v).ok());
+        let index = |name: &str| symbols.get(name).and_then(|v| u64::try_from(v).ok());
         let stream = symbols
             .type_tag(&["InstructionStream__INSTRUCTION_STREAM_TYPE"])
             .zip(symbols.field("InstructionStream", "instruction_start"))
@@ -287,15 +337,15 @@ impl CodeLayout {
         Some(CodeLayout {
             function_code: symbols.field("JSFunction", "code"),
             type_code: symbols.type_tag(&["Code__CODE_TYPE"])?,
-            deopt_data: positions.checked_sub(8)?,
-            positions,
-            instruction_start: symbols.field("Code", "instruction_start")?,
-            instruction_size: symbols.field("Code", "instruction_size")?,
-            flags: symbols.field("Code", "flags")?,
+            deopt_data: fields.deopt_data,
+            positions: fields.positions,
+            instruction_start: fields.instruction_start,
+            instruction_size: fields.instruction_size,
+            flags: fields.flags,
             kind_mask: kind("CodeKindFieldMask").unwrap_or(15),
             kind_shift: kind("CodeKindFieldShift").unwrap_or(0),
             kind_baseline: kind("CodeKindBaseline")?,
-            instruction_stream: symbols.field("Code", "instruction_stream")?,
+            instruction_stream: fields.instruction_stream,
             stream,
             inlining,
         })

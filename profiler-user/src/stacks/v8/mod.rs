@@ -1222,6 +1222,53 @@ mod tests {
     }
 
     #[test]
+    fn node_20s_code_objects_are_laid_out_as_v8_11_3_places_them() {
+        // Node 20.20.2 (V8 11.3.244) exports these, not Code's stream, start, flags or size.
+        let mut symbols = symbols_with_positions();
+        for (name, value) in [
+            ("type_Code__CODE_TYPE", 245),
+            ("type_InstructionStream__INSTRUCTION_STREAM_TYPE", 252),
+            ("class_InstructionStream__instruction_start__uintptr_t", 16),
+            ("class_Code__deoptimization_data__FixedArray", 16),
+            ("class_Code__source_position_table__ByteArray", 24),
+            ("CodeKindBaseline", 11),
+        ] {
+            symbols.values.insert(name.into(), value);
+        }
+        symbols
+            .values
+            .remove("class_BytecodeArray__wrapper__Tagged_BytecodeWrapper_");
+        let code = |version| {
+            Metadata::from_symbols(&symbols, version, None, "node")
+                .expect("metadata")
+                .positions
+                .and_then(|p| p.code)
+        };
+        let layout = code((11, 3, 244)).expect("V8 11.3's code layout");
+        // As read from a live Node 20 (a TurboFan function's Code and its stream).
+        assert_eq!(
+            (
+                layout.deopt_data,
+                layout.positions,
+                layout.instruction_stream
+            ),
+            (16, 24, 32)
+        );
+        assert_eq!(
+            (
+                layout.instruction_start,
+                layout.flags,
+                layout.instruction_size
+            ),
+            (40, 48, 56)
+        );
+        assert_eq!(layout.stream.map(|s| s.header), Some(16));
+        // Another version without Code's exported fields is not guessed.
+        assert!(code((12, 4, 254)).is_none());
+        assert!(code((11, 2, 0)).is_none());
+    }
+
+    #[test]
     fn known_v8_versions_have_sane_bytecode_sizes_for_stripped_binaries() {
         // Debian's nodejs 24 (V8 13.6.233) exports no kBytecodeSizes: its table is known.
         for version in [(12, 4, 254), (13, 6, 233), (14, 6, 202)] {
