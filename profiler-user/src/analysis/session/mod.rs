@@ -27,6 +27,7 @@ use crate::{
 mod finish;
 mod late;
 mod lifecycle;
+mod names;
 mod pending;
 mod processes;
 mod python_detection;
@@ -34,6 +35,7 @@ mod python_tasks;
 mod resolver;
 mod stalls;
 
+use names::Names;
 use pending::PendingStacks;
 pub use processes::{Added, ProcessState, ProcessTable};
 pub use python_detection::PythonDetection;
@@ -549,7 +551,7 @@ fn span_label(frames: &[Frame]) -> String {
         .iter()
         .find(|f| f.kind != FrameKind::Kernel)
         .or_else(|| frames.first())
-        .map(|f| f.function.clone())
+        .map(|f| f.function.to_string())
         .unwrap_or_default()
 }
 
