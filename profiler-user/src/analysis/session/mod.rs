@@ -56,8 +56,10 @@ pub struct Limits {
     /// an hour must not eat the machine).
     pub stalls: usize,
     /// Resolved frames held by the kept stalls' stacks. A busy Python service's stall carries
-    /// a few thousand frames (~0.5 MB): 10,000 of them would be gigabytes. Past this (~60 MB)
-    /// later stalls are kept with their times but without stacks, counted in `stacks_dropped`.
+    /// a few thousand frames: 10,000 of them would be gigabytes. Past this later stalls are
+    /// kept with their times but without stacks, counted in `stacks_dropped`. Names are shared
+    /// and so are frame lists met again (see `StallRecords`): at most ~72 bytes per frame
+    /// (~22 MB) while recording, far less when stalls repeat their stacks.
     pub stall_frames: usize,
     /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
     pub marks: usize,
