@@ -1195,21 +1195,9 @@ fn node_js_frames(major: &str) {
             .unwrap_or_else(|| panic!("unexpected planted kind {}", truth.kind));
         let stacks: Vec<&Value> = stall["stacks"].as_array().into_iter().flatten().collect();
         let total: u64 = stacks.iter().map(|s| weight(s)).sum();
-        // Node 26's Maglev code records a call's source position after the call (its table
-        // gives the position before: for waitAtomicsMs the function's start, see README's
-        // limits): warm, the inlined helper may be missing and the caller at its first line.
-        let maglev_gap = major == "26" && phase == "warm";
-        let excused = |(f, line): (&str, Option<u64>)| {
-            maglev_gap
-                && truth.kind == "atomics"
-                && f == "waitAtomicsMs"
-                && line == Some(body_lines(f).0)
-        };
         let named: u64 = stacks
             .iter()
-            .filter(|s| {
-                first_script_frame(s).is_some_and(|frame| frame.0 == expected || excused(frame))
-            })
+            .filter(|s| first_script_frame(s).is_some_and(|frame| frame.0 == expected))
             .map(|s| weight(s))
             .sum();
         // pbkdf2's samples are mostly in OpenSSL's SHA-512 assembly, whose CFA framehop cannot
@@ -1228,7 +1216,6 @@ fn node_js_frames(major: &str) {
         let wrong: Vec<&str> = stacks
             .iter()
             .filter_map(|s| first_script_frame(s))
-            .filter(|frame| !excused(*frame))
             .map(|(f, _)| f)
             .filter(|f| *f != expected && PLANTED_JS.iter().any(|(_, p)| p == f))
             .collect();
@@ -1271,10 +1258,7 @@ fn node_js_frames(major: &str) {
                 if lenient { ", or its first line" } else { "" }
             )
         });
-        let helper_on_top = stacks
-            .iter()
-            .any(|s| first_script_frame(s).is_some_and(|(f, _)| f == expected));
-        if truth.kind == "atomics" && !lenient && (!maglev_gap || helper_on_top) {
+        if truth.kind == "atomics" && !lenient {
             check_inlined_helper(&stacks, &what, &mut failures);
         }
         // Below the native code it called: a blocking call's stacks start in libc / V8 / Node.

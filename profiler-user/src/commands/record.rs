@@ -254,13 +254,14 @@ pub fn load_options(
             config.threshold_ns / WAKER_STACK_FRACTION
         },
         eager_stacks: eager_stacks(),
-        late_min_ns: if eager_stacks() || !late_stacks() {
+        late_min_ns: if eager_stacks() || !late_stacks() || !syscall_hooks() {
             0
         } else {
             config.threshold_ns / profiler_common::LATE_STACK_FRACTION
         },
         task_stack_offset: stack_offset(&kernel),
         trampolines: trampolines(),
+        syscall_hooks: syscall_hooks(),
         features: kernel,
         verifier_log,
         verbose: config.verbose,
@@ -306,6 +307,14 @@ fn late_stacks() -> bool {
 /// tracing programs (the development host refuses them; bench/RESULTS.md).
 fn trampolines() -> bool {
     std::env::var_os("STALLSCOPE_TRAMPOLINES").is_some_and(|v| v == "1")
+}
+
+/// `STALLSCOPE_SYSCALL_HOOKS=0`: no program on any syscall (no wait points, exits or late
+/// capture), only the scheduler's: for the benchmark, to split what other processes pay per
+/// switch from what they pay per syscall. Loop iterations are then not cut at the wait points
+/// and blocks carry no syscall: not for real recordings.
+fn syscall_hooks() -> bool {
+    std::env::var_os("STALLSCOPE_SYSCALL_HOOKS").is_none_or(|v| v != "0")
 }
 
 /// `STALLSCOPE_CLASSIC_TRACEPOINTS=1` forces the classic scheduler tracepoints (to measure the

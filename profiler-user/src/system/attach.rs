@@ -60,6 +60,8 @@ pub struct LoadOptions {
     pub late_min_ns: u64,
     /// Try BPF trampolines (fentry/fexit) before the syscall tracepoints (see `load`).
     pub trampolines: bool,
+    /// Programs on syscalls at all (false only to measure the scheduler hooks' cost alone).
+    pub syscall_hooks: bool,
     /// Offset of `task_struct.stack` (0: unknown), for the user registers where the kernel
     /// has no bpf_task_pt_regs.
     pub task_stack_offset: u32,
@@ -298,9 +300,12 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
     // Trampolines where the kernel has them (no syscall tracepoint: bystanders' syscalls stay
     // on the fast path), else the per-syscall tracepoints and late capture on sys_exit.
     let trampolines = options.trampolines
+        && options.syscall_hooks
         && options.features.full()
         && load_trampolines(&mut ebpf, options, late_min_ns != 0)?;
-    if trampolines {
+    if !options.syscall_hooks {
+        log::warn!("hooks: none on syscalls (STALLSCOPE_SYSCALL_HOOKS=0, for measuring only)");
+    } else if trampolines {
         log::info!("hooks: trampolines on the syscall wrappers and on schedule()");
         attach_trampolines(&mut ebpf, options, late_min_ns != 0)?;
     } else {

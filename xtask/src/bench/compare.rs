@@ -47,6 +47,8 @@ struct Variant {
 
 const EAGER: (&str, &str) = ("STALLSCOPE_EAGER_STACKS", "1");
 const CLASSIC: (&str, &str) = ("STALLSCOPE_CLASSIC_TRACEPOINTS", "1");
+/// No program on any syscall: what a bystander pays per switch alone (not a usable recording).
+const SCHEDULER_ONLY: (&str, &str) = ("STALLSCOPE_SYSCALL_HOOKS", "0");
 
 fn this_build(label: &str, env: &[(&'static str, &'static str)], args: &[&'static str]) -> Variant {
     Variant {
@@ -123,6 +125,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
         vec![
             default_variant(),
             this_build("classic tracepoints", &[CLASSIC], &[]),
+            this_build("scheduler hooks only", &[SCHEDULER_ONLY], &[]),
         ],
         base,
     );

@@ -1,7 +1,9 @@
 //! Compiled JavaScript code: which `Code` object a pc is in, and where in the program that pc
 //! is: for baseline (Sparkplug) code the bytecode offset (through the code's bytecode offset
 //! table), for optimized (Maglev, TurboFan) code the source position, with the functions
-//! inlined there (through the code's deoptimization data), innermost first.
+//! inlined there (through the code's deoptimization data), innermost first. V8 14's Maglev
+//! code records each position after the machine code it is for (TurboFan's and older Maglev's
+//! before it), so its table is read at the first entry past the pc.
 //!
 //! Up to V8 12 a JSFunction points at its code; since V8 13 it holds a handle into the
 //! process-wide dispatch table, and its current code may not even be the one a frame runs (a
@@ -64,7 +66,15 @@ impl<M: Memory> V8Process<M> {
                 offset: Some(self.bytecode_position(slots.bytecode_array, offset)?),
             });
         }
-        let raw = positions::raw_position_at(&table, i64::try_from(pc_offset).ok()?)?;
+        let pc_offset = i64::try_from(pc_offset).ok()?;
+        // CodeKind lists MAGLEV right after BASELINE (V8 11-14).
+        let raw = if code_layout.kind_baseline.checked_add(1) == Some(kind)
+            && meta.version >= (14, 0, 0)
+        {
+            positions::raw_position_after(&table, pc_offset)?
+        } else {
+            positions::raw_position_at(&table, pc_offset)?
+        };
         let position = positions::decode_position(raw)?;
         self.inlined_chain(code, position)
     }

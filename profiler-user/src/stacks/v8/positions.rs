@@ -49,6 +49,25 @@ pub(super) fn raw_position_at(table: &[u8], code_offset: i64) -> Option<i64> {
     found
 }
 
+/// The raw `SourcePosition` of the first entry after `code_offset`: V8 14's Maglev code
+/// records a node's position at the end of the node's machine code (seen on 14.6: a call's
+/// entry follows its return address, the entry before it being the previous node's), so the
+/// code up to an entry has that entry's position.
+pub(super) fn raw_position_after(table: &[u8], code_offset: i64) -> Option<i64> {
+    let (mut code, mut position) = (-1i64, 0i64);
+    let mut at = 0;
+    while at < table.len() {
+        let delta = signed_vlq(table, &mut at)?;
+        let delta = if delta >= 0 { delta } else { -(delta + 1) };
+        code = code.checked_add(delta)?;
+        position = position.checked_add(signed_vlq(table, &mut at)?)?;
+        if code > code_offset {
+            return Some(position);
+        }
+    }
+    None
+}
+
 /// The bytecode offset a baseline (Sparkplug) code's pc offset is at (-1: the prologue), from
 /// its bytecode offset table (unsigned VLQ lengths of machine code: the prologue's, then one per
 /// bytecode in order) walked beside the bytecodes, as V8's BytecodeOffsetIterator does.
@@ -156,6 +175,32 @@ pub(super) mod tests {
         assert_eq!(at(29).map(|p| p.script_offset), Some(149));
         assert_eq!(at(-1).map(|p| p.script_offset), Some(91));
         assert_eq!(at(-2), None);
+    }
+
+    #[test]
+    fn maglev_14_positions_are_read_after_the_pc() {
+        // waitAtomicsMs's Maglev code as Node 26.12.1 keeps it (entries from its table): the
+        // call into Atomics.wait returns at 0x6e, and its position (`wait`, in the inlined
+        // waitOnCell) is the entry at 0x84; the one before is the function's start.
+        let table = encode(&[
+            (0x10, raw(1995, -1), true),
+            (0x4d, raw(1995, -1), true),
+            (0x84, raw(2276, 0), true),
+            (0xf7, raw(2178, -1), true),
+        ]);
+        let after = |offset| raw_position_after(&table, offset).and_then(decode_position);
+        let expected = SourcePosition {
+            script_offset: 2276,
+            inlined: Some(0),
+        };
+        assert_eq!(after(0x6d), Some(expected));
+        assert_eq!(after(0x83), Some(expected));
+        assert_eq!(after(0x84).map(|p| p.script_offset), Some(2178));
+        assert_eq!(after(0xf7), None);
+        assert_eq!(after(0).map(|p| p.script_offset), Some(1995));
+        // Where the entry before is read (TurboFan, Maglev before V8 14): the start.
+        let before = raw_position_at(&table, 0x6d).and_then(decode_position);
+        assert_eq!(before.map(|p| p.script_offset), Some(1995));
     }
 
     #[test]
