@@ -110,8 +110,11 @@ impl StallRecords {
 /// the stacks' order, shared with the other kept stalls.
 struct Kept {
     record: StallRecord,
-    frames: Vec<(Arc<[Frame]>, Option<Arc<[Frame]>>)>,
+    frames: Vec<KeptFrames>,
 }
+
+/// A kept stack's frames and its waker's.
+type KeptFrames = (Arc<[Frame]>, Option<Arc<[Frame]>>);
 
 impl Kept {
     fn into_record(self) -> StallRecord {
