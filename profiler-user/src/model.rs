@@ -6,7 +6,10 @@
 //! The schema's closed sets of values (a stall's `rule`, a stack's `kind`) are enums with the
 //! names stalls.json has always used, so a renderer matches on variants, not on strings.
 
-use std::fmt::{self, Write as _};
+use std::{
+    fmt::{self, Write as _},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,14 +26,16 @@ pub enum FrameKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
-    pub function: String,
-    pub file: Option<String>,
+    /// Shared (`Arc<str>`): the same names repeat across a recording's stacks, and a kept
+    /// stall's frames are clones of the resolver's (see `analysis::session::Names`).
+    pub function: Arc<str>,
+    pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     /// 1-based column of the position in `line` (JavaScript frames read at their position);
     /// absent in recordings made before it existed and where unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<u32>,
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
     pub kind: FrameKind,
 }
 
@@ -703,7 +708,7 @@ pub fn frame_text(frame: &Frame) -> String {
         (Some(file), None) if frame.kind == FrameKind::Js => {
             format!("{} ({})", frame.function, short_path(file))
         }
-        _ => frame.function.clone(),
+        _ => frame.function.to_string(),
     }
 }
 

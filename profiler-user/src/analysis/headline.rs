@@ -73,7 +73,7 @@ fn frame_text(frame: &Frame) -> String {
             frame.function,
             file.rsplit('/').next().unwrap_or(file)
         ),
-        _ => frame.function.clone(),
+        _ => frame.function.to_string(),
     }
 }
 
@@ -179,7 +179,7 @@ fn fold(chosen: &[&Frame]) -> Vec<Shown> {
                 graph: if matches!(frame.kind, FrameKind::Python | FrameKind::Js) {
                     frame_text(frame)
                 } else {
-                    frame.function.clone()
+                    frame.function.to_string()
                 },
             });
             i += 1;
@@ -187,7 +187,7 @@ fn fold(chosen: &[&Frame]) -> Vec<Shown> {
         }
         let run = chosen[i..].iter().take_while(|f| !is_named(f)).count();
         let text = if run == 1 {
-            frame.function.clone()
+            frame.function.to_string()
         } else {
             let module = module_name(frame);
             let same = chosen[i..i + run].iter().all(|f| module_name(f) == module);
@@ -725,7 +725,7 @@ mod tests {
         // The graphs (flamegraph.svg, report.html) get the same frames.
         let graph: Vec<&str> = view_frames(&frames, true, View::PythonFirst)
             .iter()
-            .map(|f| f.function.as_str())
+            .map(|f| &*f.function)
             .collect();
         assert_eq!(
             graph,

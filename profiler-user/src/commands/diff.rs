@@ -43,7 +43,7 @@ fn time_by_function(recording: &Recording) -> HashMap<String, u64> {
     for stall in &recording.stalls {
         for stack in &stall.stacks {
             if let Some(frame) = top_user_frames(stack, 1).first() {
-                *totals.entry(frame.function.clone()).or_default() += stack.weight_ns;
+                *totals.entry(frame.function.to_string()).or_default() += stack.weight_ns;
             }
         }
     }

@@ -202,7 +202,7 @@ mod tests {
                     .into_iter()
                     .map(|name| Frame {
                         column: None,
-                        function: crate::sanitize::name(&name),
+                        function: crate::sanitize::name(&name).into(),
                         file: None,
                         line: None,
                         module: None,

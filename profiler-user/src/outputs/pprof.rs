@@ -13,7 +13,7 @@
 //! (`go tool pprof -tagfocus`, Pyroscope/Parca label selectors) and identical code merges
 //! across threads.
 
-use std::{collections::HashMap, io::Write as _};
+use std::{collections::HashMap, io::Write as _, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use flate2::{Compression, write::GzEncoder};
@@ -176,7 +176,7 @@ struct Builder {
     profile: Profile,
     strings: HashMap<String, i64>,
     /// (name, file) → function id.
-    functions: HashMap<(String, Option<String>), u64>,
+    functions: HashMap<(Arc<str>, Option<Arc<str>>), u64>,
     /// module → mapping id.
     mappings: HashMap<String, u64>,
     locations: HashMap<LocationKey, u64>,
@@ -184,7 +184,7 @@ struct Builder {
 
 /// What tells locations apart: the frame as pprof can show it, i.e. with its mapping rather
 /// than its kind (see [`module_of`]).
-type LocationKey = (String, Option<String>, Option<u32>, Option<String>);
+type LocationKey = (Arc<str>, Option<Arc<str>>, Option<u32>, Option<String>);
 
 impl Builder {
     fn new() -> Self {
@@ -327,7 +327,7 @@ impl Builder {
             // counts it in the total only): a placeholder frame keeps it visible.
             vec![self.location(&Frame {
                 column: None,
-                function: NO_STACK.to_string(),
+                function: NO_STACK.into(),
                 file: None,
                 line: None,
                 module: None,

@@ -153,7 +153,7 @@ fn stall_event(clock: &Clock, stall: &StallRecord) -> Event {
             let location = match (&frame.file, crate::model::position_text(frame)) {
                 (Some(file), Some(line)) => format!("{} ({file}:{line})", frame.function),
                 (Some(file), None) => format!("{} ({file})", frame.function),
-                _ => frame.function.clone(),
+                _ => frame.function.to_string(),
             };
             args.insert("top_frame".into(), json!(location));
         }

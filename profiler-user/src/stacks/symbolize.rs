@@ -46,10 +46,10 @@ fn unknown_frame_as(
     };
     Frame {
         column: None,
-        function,
+        function: function.into(),
         file: None,
         line: None,
-        module,
+        module: module.map(Into::into),
         kind,
     }
 }
@@ -286,7 +286,7 @@ impl Symbols {
             None => match self.jit_symbol(pid, addr) {
                 Some(name) => vec![Frame {
                     column: None,
-                    function: name,
+                    function: name.into(),
                     file: None,
                     line: None,
                     module: Some("[jit]".into()),
@@ -418,7 +418,7 @@ impl Symbols {
                         let frame = match result {
                             Symbolized::Sym(sym) => Frame {
                                 column: None,
-                                function: sym.name.to_string(),
+                                function: sym.name.as_ref().into(),
                                 file: None,
                                 line: None,
                                 module: Some("[kernel]".into()),
@@ -465,10 +465,12 @@ fn frames_of(
             )
         })
     };
+    // One module name for the symbol and every function inlined in it.
+    let module: Option<std::sync::Arc<str>> = module.map(Into::into);
     let frame = |name: &str, (file, line): (Option<String>, Option<u32>)| Frame {
         column: None,
-        function: sanitize::name(name),
-        file,
+        function: sanitize::name(name).into(),
+        file: file.map(Into::into),
         line,
         module: module.clone(),
         kind,

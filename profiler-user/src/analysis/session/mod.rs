@@ -27,6 +27,7 @@ use crate::{
 mod finish;
 mod late;
 mod lifecycle;
+mod names;
 mod pending;
 mod processes;
 mod python_detection;
@@ -34,6 +35,7 @@ mod python_tasks;
 mod resolver;
 mod stalls;
 
+use names::Names;
 use pending::PendingStacks;
 pub use processes::{Added, ProcessState, ProcessTable};
 pub use python_detection::PythonDetection;
@@ -54,8 +56,10 @@ pub struct Limits {
     /// an hour must not eat the machine).
     pub stalls: usize,
     /// Resolved frames held by the kept stalls' stacks. A busy Python service's stall carries
-    /// a few thousand frames (~0.5 MB): 10,000 of them would be gigabytes. Past this (~60 MB)
-    /// later stalls are kept with their times but without stacks, counted in `stacks_dropped`.
+    /// a few thousand frames: 10,000 of them would be gigabytes. Past this later stalls are
+    /// kept with their times but without stacks, counted in `stacks_dropped`. Names are shared
+    /// and so are frame lists met again (see `StallRecords`): at most ~72 bytes per frame
+    /// (~22 MB) while recording, far less when stalls repeat their stacks.
     pub stall_frames: usize,
     /// Spans and samples for the timeline view (trace.json): about 10 MB at most.
     pub marks: usize,
@@ -549,7 +553,7 @@ fn span_label(frames: &[Frame]) -> String {
         .iter()
         .find(|f| f.kind != FrameKind::Kernel)
         .or_else(|| frames.first())
-        .map(|f| f.function.clone())
+        .map(|f| f.function.to_string())
         .unwrap_or_default()
 }
 

@@ -37,6 +37,8 @@ pub struct Resolver {
     pub(super) js_frame_ids: foldhash::HashMap<Frame, u64>,
     /// `--python-only`: stacks with Python frames show only those.
     pub python_only: bool,
+    /// The names of resolved frames, one copy each (kept stalls clone resolved frames).
+    pub(super) names: Names,
 }
 
 /// Marks an entry of an unwound stack as a Python frame (user addresses never have this bit);
@@ -65,9 +67,11 @@ pub(super) const MAX_SEEN_STACKS: usize = 200_000;
 
 impl Resolver {
     pub fn from_saved(saved: Vec<SavedStack>) -> Self {
+        let mut names = Names::default();
         let resolved = saved
             .into_iter()
-            .map(|s| {
+            .map(|mut s| {
+                names.share(&mut s.frames);
                 (
                     StackKey {
                         pid: s.pid,
@@ -80,6 +84,7 @@ impl Resolver {
             .collect();
         Resolver {
             resolved,
+            names,
             ..Default::default()
         }
     }
@@ -310,6 +315,7 @@ impl Resolver {
         if self.python_only && frames.iter().any(|f| f.kind == FrameKind::Python) {
             frames.retain(|f| f.kind == FrameKind::Python);
         }
+        self.names.share(&mut frames);
         self.resolved.insert(key, frames.clone());
         frames
     }

@@ -1,13 +1,19 @@
 //! Stall and waker records: which stalls are reported, and each one turned into its
 //! [`StallRecord`] (stacks resolved, waker named) as it ends, handed to the sinks.
 
+use std::sync::Arc;
+
 use super::*;
 
 /// The stalls kept for the recording as they end, bounded in count (`LIMITS.stalls`) and in
 /// frames (`LIMITS.stall_frames`), and what was left out.
 #[derive(Default)]
 pub struct StallRecords {
-    kept: Vec<StallRecord>,
+    kept: Vec<Kept>,
+    /// The frame lists of kept stacks and wakers, one copy each: a service's stalls go through
+    /// the same few stacks again and again (issue #16: the kept stalls' frames were most of
+    /// the agent's heap). Holds only what `kept` holds, so the frame budget bounds it too.
+    shared: foldhash::HashSet<Arc<[Frame]>>,
     /// Stalls past `LIMITS.stalls`: counted, not kept.
     not_kept: u64,
     /// Frames held by `kept`.
@@ -42,10 +48,36 @@ impl StallRecords {
         }
     }
 
-    fn keep(&mut self, mut record: StallRecord) {
+    pub(super) fn keep(&mut self, mut record: StallRecord) {
         self.stacks_not_kept +=
             keep_within_frame_budget(&mut record, &mut self.frames_held, LIMITS.stall_frames);
-        self.kept.push(record);
+        let frames = record
+            .stacks
+            .iter_mut()
+            .map(|stack| {
+                let waker = stack
+                    .waker
+                    .as_mut()
+                    .map(|w| self.share(std::mem::take(&mut w.frames)));
+                (self.share(std::mem::take(&mut stack.frames)), waker)
+            })
+            .collect();
+        self.kept.push(Kept { record, frames });
+    }
+
+    #[cfg(test)]
+    pub(super) fn shared_lists(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// The one copy of a frame list.
+    fn share(&mut self, frames: Vec<Frame>) -> Arc<[Frame]> {
+        if let Some(shared) = self.shared.get(frames.as_slice()) {
+            return shared.clone();
+        }
+        let frames: Arc<[Frame]> = frames.into();
+        self.shared.insert(frames.clone());
+        frames
     }
 
     /// Stalls and stacks left out.
@@ -63,10 +95,37 @@ impl StallRecords {
         let mut stalls: Vec<StallRecord> = self
             .kept
             .into_iter()
-            .filter(|s| keep(s, startup_runs.contains(&(s.pid, s.tid, s.start_ns))))
+            .filter(|s| {
+                let s = &s.record;
+                keep(s, startup_runs.contains(&(s.pid, s.tid, s.start_ns)))
+            })
+            .map(Kept::into_record)
             .collect();
         stalls.sort_by_key(|s| s.start_ns);
         stalls
+    }
+}
+
+/// A kept stall: its record, the frames of its stacks (and of their wakers) held apart, in
+/// the stacks' order, shared with the other kept stalls.
+struct Kept {
+    record: StallRecord,
+    frames: Vec<KeptFrames>,
+}
+
+/// A kept stack's frames and its waker's.
+type KeptFrames = (Arc<[Frame]>, Option<Arc<[Frame]>>);
+
+impl Kept {
+    fn into_record(self) -> StallRecord {
+        let mut record = self.record;
+        for (stack, (frames, waker)) in record.stacks.iter_mut().zip(self.frames) {
+            stack.frames = frames.to_vec();
+            if let (Some(w), Some(frames)) = (stack.waker.as_mut(), waker) {
+                w.frames = frames.to_vec();
+            }
+        }
+        record
     }
 }
 

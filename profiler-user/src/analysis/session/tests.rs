@@ -136,6 +136,38 @@ fn kept_stalls_hold_no_more_frames_than_the_budget_and_the_rest_is_counted() {
     assert_eq!(kept[99].duration_ns, 300 * MS);
 }
 
+/// Kept stalls hold one copy of each frame list (stacks and wakers): what comes back out is
+/// what went in, in order, and the same stack in two stalls is stored once.
+#[test]
+fn kept_stalls_share_their_frames_and_give_them_back_unchanged() {
+    let mut records = StallRecords::default();
+    let mut with_waker = stall_with(2, 3);
+    with_waker.stacks[1].frames = vec![frame("other"), frame("main")];
+    with_waker.stacks[1].waker = Some(crate::model::WakerRecord {
+        pid: 1,
+        tid: 2,
+        comm: "writer".into(),
+        frames: vec![frame("wake_up"), frame("write")],
+    });
+    let first = StallRecord {
+        start_ns: 1,
+        ..with_waker.clone()
+    };
+    let second = StallRecord {
+        start_ns: 2,
+        ..with_waker.clone()
+    };
+    records.keep(first.clone());
+    records.keep(second.clone());
+    assert_eq!(
+        records.shared_lists(),
+        3,
+        "two stacks and one waker, each stored once"
+    );
+    let back = records.into_sorted(|_, _| true);
+    assert_eq!(back, vec![first, second]);
+}
+
 fn frame(name: &str) -> Frame {
     Frame {
         column: None,

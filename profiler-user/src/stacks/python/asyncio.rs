@@ -59,7 +59,7 @@ impl Pythons {
         if info.coroutine.is_empty()
             && let Some(frame) = decoded.iter().rev().find(|f| f.coroutine)
         {
-            info.coroutine = frame.frame.function.clone();
+            info.coroutine = frame.frame.function.to_string();
         }
         let mut awaited_by = Vec::new();
         let mut current = task;
@@ -144,7 +144,7 @@ pub(super) fn first_awaiter(
 
 /// asyncio's `Handle._run` (3.11+ qualname; older versions only say `_run`).
 pub(super) fn is_handle_run(frame: &Frame) -> bool {
-    (frame.function == "Handle._run" || frame.function == "_run")
+    (&*frame.function == "Handle._run" || &*frame.function == "_run")
         && frame
             .file
             .as_deref()

@@ -62,8 +62,8 @@ pub(super) fn read_code(memory: &Memory, addr: u64, layout: &CodeLayout) -> Opti
     let linetable = memory.bytes(table_obj.checked_add(0x20)?, table_len as usize)?;
     let flags = memory.u64(addr.checked_add(layout.flags)?)? as u32;
     Some(Code {
-        name,
-        file,
+        name: name.into(),
+        file: file.into(),
         first_line: first_line as u32,
         linetable,
         coroutine: flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0,

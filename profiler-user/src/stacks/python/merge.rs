@@ -39,7 +39,7 @@ pub fn place_runs(sps: &[u64], python: &[DecodedFrame]) -> Option<Vec<usize>> {
 /// frames named as interpreter internals next to a run go (the tail-calling interpreter's
 /// instruction function above it, the inlined `_PyEval_EvalFrame` wrapper below it).
 pub fn merge_placed(frames: Vec<Frame>) -> Vec<Frame> {
-    let internal = |f: &Frame| is_eval_frame(f) || f.function == "_PyEval_EvalFrame";
+    let internal = |f: &Frame| is_eval_frame(f) || &*f.function == "_PyEval_EvalFrame";
     let python = |f: Option<&Frame>| f.is_some_and(|f| f.kind == FrameKind::Python);
     let mut keep = vec![true; frames.len()];
     let mut start = 0;
@@ -71,7 +71,7 @@ pub fn merge_placed(frames: Vec<Frame>) -> Vec<Frame> {
 pub(super) fn is_eval_frame(frame: &Frame) -> bool {
     frame.kind == FrameKind::Native
         && (frame.function.starts_with("_PyEval_EvalFrameDefault")
-            || frame.function == "PyEval_EvalFrameEx"
+            || &*frame.function == "PyEval_EvalFrameEx"
             || is_tail_call(frame))
 }
 
@@ -119,7 +119,7 @@ pub fn merge(native: Vec<Frame>, python: &[DecodedFrame]) -> Vec<Frame> {
                 }
                 None => merged.push(frame),
             }
-        } else if !(replaced && frame.function == "_PyEval_EvalFrame") {
+        } else if !(replaced && &*frame.function == "_PyEval_EvalFrame") {
             // (`_PyEval_EvalFrame` is the inline wrapper around the loop just replaced.)
             merged.push(frame);
         }
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.function.as_str()).collect()
+        frames.iter().map(|f| &*f.function).collect()
     }
 
     #[test]
@@ -286,10 +286,7 @@ mod tests {
         ];
         let places = place_runs(&sps, &python).expect("placed");
         // The loop's frames (one function, stripped: no name says so).
-        let replaced: Vec<&str> = places
-            .iter()
-            .map(|&k| native[k].function.as_str())
-            .collect();
+        let replaced: Vec<&str> = places.iter().map(|&k| &*native[k].function).collect();
         assert_eq!(replaced, ["python3.14+0x523d4", "python3.14+0x4b204"]);
         // Outside every frame but the root's, out of order, unknown: not placed.
         assert_eq!(place_runs(&sps, &[entry_at("f", 0x7fff_1a10)]), None);

@@ -217,8 +217,9 @@ const CO_ITERABLE_COROUTINE: u32 = 0x100;
 const CO_ASYNC_GENERATOR: u32 = 0x200;
 
 struct Code {
-    name: String,
-    file: String,
+    /// Shared with every frame decoded from this code object (see `model::Frame`).
+    name: std::sync::Arc<str>,
+    file: std::sync::Arc<str>,
     first_line: u32,
     linetable: Vec<u8>,
     coroutine: bool,
@@ -384,7 +385,7 @@ impl Pythons {
             return Some(task);
         }
         let outermost = decoded.iter().rposition(|f| f.coroutine)?;
-        let coroutine = decoded[outermost].frame.function.clone();
+        let coroutine = decoded[outermost].frame.function.to_string();
         let process = self.processes.get_mut(&pid)?;
         let minor = process.interpreter.minor;
         let memory = process.memory.as_ref()?;

@@ -200,8 +200,9 @@ impl FrameSlots {
 struct SharedInfo {
     name_word: u64,
     script_word: u64,
-    name: String,
-    script: Option<String>,
+    /// Shared with every frame of this function (see `model::Frame`).
+    name: std::sync::Arc<str>,
+    script: Option<std::sync::Arc<str>>,
     /// The Script object (for the line of a position in it), when the function has one.
     script_object: Option<u64>,
     line: Option<u32>,
@@ -554,10 +555,10 @@ impl<M: Memory> V8Process<M> {
             script_word,
             script_object: is_script.then_some(script_word),
             name: match name {
-                Some(name) if !name.is_empty() => name,
+                Some(name) if !name.is_empty() => name.into(),
                 _ => "(anonymous)".into(),
             },
-            script,
+            script: script.map(Into::into),
             line,
         }
     }
@@ -824,7 +825,7 @@ mod tests {
             let stack = stack_with_frame(sp, fp, 0x9001, FUNCTION + 1);
             let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
             let frame = top_js(&frames).expect("a JS frame");
-            assert_eq!(frame.function, "hashPasswordSync");
+            assert_eq!(&*frame.function, "hashPasswordSync");
             assert_eq!(frame.file.as_deref(), Some("/srv/app.js"));
             assert_eq!(frame.kind, FrameKind::Js);
             // Before V8 12.8 the start position (100) follows the name: line 2.
@@ -887,7 +888,7 @@ mod tests {
         stack[at..at + 8].copy_from_slice(&0x71001u64.to_le_bytes());
         let frames = process.frames(&[0x7000_0010], &[fp], &stack, sp);
         let frame = top_js(&frames).expect("followed to the new copy");
-        assert_eq!(frame.function, "hashPasswordSync");
+        assert_eq!(&*frame.function, "hashPasswordSync");
         // Later the old copy is gone: the BytecodeArray names the frame.
         stack[(fp - 16 - sp) as usize..(fp - 8 - sp) as usize]
             .copy_from_slice(&0xdead_0001u64.to_le_bytes());
@@ -1157,7 +1158,7 @@ mod tests {
             let frames = frames[0].clone().expect("JS frames");
             frames
                 .iter()
-                .map(|f| (f.function.clone(), f.line, f.column))
+                .map(|f| (f.function.to_string(), f.line, f.column))
                 .collect::<Vec<_>>()
         };
         let outer = ("hashPasswordSync".to_string(), Some(2), Some(11));
