@@ -204,13 +204,14 @@ pub async fn run_with_start(
     test_finish_delay();
     let end_ns = monotonic_ns();
     let event_log = session.event_log.take();
-    let saved = session.resolver.save_all(&probes);
+    let mut saved = symbols::SymbolTable::default();
+    session.resolver.save_all(&probes, |stack| saved.push(stack));
     let mut recording = session.finish(&probes, start_ns, end_ns);
     recording.kernel_limits = kernel.limits();
     if let Some(log) = event_log {
         recording.drops.events_not_saved = log.finish()?;
     }
-    symbols::save_symbols(&out_dir, &saved)?;
+    symbols::save_symbols(&out_dir, saved)?;
     recording.verdict = budget::judge(&config.budgets, &recording);
     let written = render::write_outputs(&out_dir, &recording, &config.formats, config.view)?;
     if stop == StopReason::TargetsExited {

@@ -28,29 +28,47 @@ pub struct SavedStackFrames {
     pub frames: Vec<u32>,
 }
 
+/// Builds `symbols.json`'s table one stack at a time, so the resolved stacks of a recording
+/// need not all be held at once (each frame's names are shared `Arc<str>`: a key is cheap).
+#[derive(Default)]
+pub struct SymbolTable {
+    saved: SavedSymbols,
+    index: HashMap<Frame, u32>,
+}
+
+impl SymbolTable {
+    pub fn push(&mut self, stack: &SavedStack) {
+        let saved = &mut self.saved;
+        let frames = stack
+            .frames
+            .iter()
+            .map(|frame| {
+                *self.index.entry(frame.clone()).or_insert_with(|| {
+                    saved.frames.push(frame.clone());
+                    saved.frames.len() as u32 - 1
+                })
+            })
+            .collect();
+        saved.stacks.push(SavedStackFrames {
+            pid: stack.pid,
+            kernel: stack.kernel,
+            user: stack.user,
+            frames,
+        });
+    }
+
+    pub fn into_saved(self) -> SavedSymbols {
+        self.saved
+    }
+}
+
 impl SavedSymbols {
     pub fn from_stacks(stacks: &[SavedStack]) -> Self {
-        let mut saved = SavedSymbols::default();
-        let mut index: HashMap<&Frame, u32> = HashMap::new();
+        let mut table = SymbolTable::default();
         for stack in stacks {
-            let frames = stack
-                .frames
-                .iter()
-                .map(|frame| {
-                    *index.entry(frame).or_insert_with(|| {
-                        saved.frames.push(frame.clone());
-                        saved.frames.len() as u32 - 1
-                    })
-                })
-                .collect();
-            saved.stacks.push(SavedStackFrames {
-                pid: stack.pid,
-                kernel: stack.kernel,
-                user: stack.user,
-                frames,
-            });
+            table.push(stack);
         }
-        saved
+        table.into_saved()
     }
 
     pub fn into_stacks(self) -> Vec<SavedStack> {
@@ -87,10 +105,9 @@ pub fn parse_symbols(text: &str) -> serde_json::Result<Vec<SavedStack>> {
 }
 
 /// Writes `symbols.json` into a recording directory.
-pub fn save_symbols(dir: &Path, saved: &[SavedStack]) -> Result<()> {
+pub fn save_symbols(dir: &Path, table: SymbolTable) -> Result<()> {
     let path = dir.join(SYMBOLS_JSON);
-    let json =
-        serde_json::to_vec(&SavedSymbols::from_stacks(saved)).context("serializing symbols")?;
+    let json = serde_json::to_vec(&table.into_saved()).context("serializing symbols")?;
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
 }
 
