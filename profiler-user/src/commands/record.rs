@@ -205,7 +205,9 @@ pub async fn run_with_start(
     let end_ns = monotonic_ns();
     let event_log = session.event_log.take();
     let mut saved = symbols::SymbolTable::default();
-    session.resolver.save_all(&probes, |stack| saved.push(stack));
+    session
+        .resolver
+        .save_all(&probes, |stack| saved.push(stack));
     let mut recording = session.finish(&probes, start_ns, end_ns);
     recording.kernel_limits = kernel.limits();
     if let Some(log) = event_log {
