@@ -258,7 +258,16 @@ fn function_names(event: &Value) -> Vec<String> {
 
 /// The logged stall that contains a planted one (same clock), with 20 ms of slack.
 fn logged<'a>(events: &'a [Value], planted: &Planted) -> Option<&'a Value> {
+    logged_of(events, planted, None)
+}
+
+/// The line of a planted stall of the process named `comm` (another service running beside
+/// it may stall at the same time: its line must not stand for this one's).
+fn logged_of<'a>(events: &'a [Value], planted: &Planted, comm: Option<&str>) -> Option<&'a Value> {
     events.iter().find(|e| {
+        if comm.is_some_and(|comm| e["process"]["comm"] != comm) {
+            return false;
+        }
         let start = e["start_ns"].as_u64().unwrap_or(u64::MAX);
         let end = e["end_ns"].as_u64().unwrap_or(0);
         start <= planted.start_ns + 20_000_000 && end + 20_000_000 >= planted.end_ns
@@ -393,8 +402,8 @@ fn watch_feeds_prometheus_the_stalls_of_services_started_after_it() {
     let comms: Vec<&str> = lines.iter().filter_map(|e| e["comm"].as_str()).collect();
     assert_eq!(lines.len(), 5, "one line per stall: {comms:?}");
     for planted in &c_planted {
-        let event = logged(&lines, planted)
-            .unwrap_or_else(|| panic!("no logged stall at {planted:?}: {lines:#?}"));
+        let event = logged_of(&lines, planted, Some("stallsvc_c"))
+            .unwrap_or_else(|| panic!("no logged stall of stallsvc_c at {planted:?}: {lines:#?}"));
         assert_eq!(event["process"]["comm"], "stallsvc_c");
         assert!(
             event["duration_ns"].as_u64().is_some_and(
