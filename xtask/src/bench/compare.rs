@@ -187,10 +187,21 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
     Ok(())
 }
 
-fn run_pingpong(binary: &Path, rounds: u64) -> Result<f64> {
+/// The ping-pong's output: wall time and the process's CPU time, in ns.
+pub fn pingpong_ns(out: &str) -> Result<(u64, u64)> {
+    let mut fields = out.split_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(wall)), Some(Ok(cpu))) => Ok((wall, cpu)),
+        _ => anyhow::bail!("ping-pong output is not `WALL_NS CPU_NS`: {out:?}"),
+    }
+}
+
+/// One ping-pong run: (wall, CPU) in ms.
+fn run_pingpong(binary: &Path, rounds: u64) -> Result<(f64, f64)> {
     let out = output(Command::new(binary).arg(rounds.to_string()))
         .context("running the ping-pong benchmark")?;
-    Ok(out.trim().parse::<f64>().context("ping-pong output")? / 1e6)
+    let (wall, cpu) = pingpong_ns(&out)?;
+    Ok((wall as f64 / 1e6, cpu as f64 / 1e6))
 }
 
 /// bpftrace with one classic `sched_switch` probe filtered to one pid: the usual price of a
@@ -242,8 +253,10 @@ fn unfollowed(opts: &Options, dir: &Path, variants: &[Variant], pairs: usize) ->
     let peers = 2 + variants.len();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); peers];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); peers];
+    let mut cpu_ratios: Vec<Vec<f64>> = vec![Vec::new(); peers];
     for round in 0..pairs {
-        let mut this_round = vec![0.0f64; peers];
+        let mut this_round = vec![(0.0f64, 0.0f64); peers];
         for step in 0..peers {
             let which = (round + step) % peers;
             this_round[which] = match which {
@@ -264,25 +277,32 @@ fn unfollowed(opts: &Options, dir: &Path, variants: &[Variant], pairs: usize) ->
             };
         }
         for which in 0..peers {
-            times[which].push(this_round[which]);
-            ratios[which].push(this_round[which] / this_round[0]);
+            let ((wall, cpu_ms), (wall_none, cpu_none)) = (this_round[which], this_round[0]);
+            times[which].push(wall);
+            ratios[which].push(wall / wall_none);
+            cpu[which].push(cpu_ms);
+            cpu_ratios[which].push(cpu_ms / cpu_none);
         }
     }
     drop(idle);
     let mut table = format!(
-        "\n## A process no agent follows\n\nA pipe ping-pong between two threads, {} round trips (about 400,000 context switches and 800,000 syscalls), with no agent, with bpftrace's one classic `sched_switch` probe filtered to another pid, and with each variant recording another (idle) process; {pairs} interleaved rounds. Ratio: time with the peer over time without it in the same round.\n\n| peer | time, median (min-max) | ratio to none, median (min-max) | rounds slower than none |\n| --- | --- | --- | --- |\n| none | {} ms | 1 | - |\n",
+        "\n## A process no agent follows\n\nA pipe ping-pong between two threads, {} round trips (about 400,000 context switches and 800,000 syscalls), with no agent, with bpftrace's one classic `sched_switch` probe filtered to another pid, and with each variant recording another (idle) process; {pairs} interleaved rounds. Ratio: time with the peer over time without it in the same round. CPU: the ping-pong's own CPU time (both threads; the programs that run for its switches and syscalls run in its context), which shows a peer's cost where wall time may not (a probe on the switch path can keep a small VM's vCPUs from idling between wake-ups).\n\n| peer | time, median (min-max) | ratio to none, median (min-max) | rounds slower than none | CPU, median (min-max) | CPU ratio to none, median (min-max) | rounds with more CPU than none |\n| --- | --- | --- | --- | --- | --- | --- |\n| none | {} ms | 1 | - | {} ms | 1 | - |\n",
         thousands(rounds as f64),
-        Spread::of(&times[0]).show(1)
+        Spread::of(&times[0]).show(1),
+        Spread::of(&cpu[0]).show(1)
     );
     let labels: Vec<String> = std::iter::once("bpftrace, one `sched_switch` probe".to_string())
         .chain(variants.iter().map(|v| format!("stallscope, {}", v.label)))
         .collect();
     for (peer, label) in labels.iter().enumerate().map(|(i, l)| (i + 1, l)) {
         let slower = ratios[peer].iter().filter(|&&r| r > 1.0).count();
+        let costlier = cpu_ratios[peer].iter().filter(|&&r| r > 1.0).count();
         table.push_str(&format!(
-            "| {label} | {} ms | {} | {slower} of {pairs} |\n",
+            "| {label} | {} ms | {} | {slower} of {pairs} | {} ms | {} | {costlier} of {pairs} |\n",
             Spread::of(&times[peer]).show(1),
             Spread::of(&ratios[peer]).show(3),
+            Spread::of(&cpu[peer]).show(1),
+            Spread::of(&cpu_ratios[peer]).show(3),
         ));
     }
     Ok(table)

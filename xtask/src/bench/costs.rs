@@ -61,10 +61,11 @@ pub fn unwinding(opts: &Options, dir: &Path) -> Result<String> {
     Ok(table)
 }
 
+/// One ping-pong run: its wall time in ns (the first of the two numbers it prints).
 fn run_pingpong(binary: &Path, rounds: u64) -> Result<u64> {
     let out = output(Command::new(binary).arg(rounds.to_string()))
         .context("running the ping-pong benchmark")?;
-    out.trim().parse().context("ping-pong output")
+    Ok(super::compare::pingpong_ns(&out)?.0)
 }
 
 /// The in-kernel filter, measured.

@@ -889,6 +889,18 @@ mod tests {
     }
 
     #[test]
+    fn the_ping_pong_prints_wall_then_cpu_time() {
+        assert_eq!(
+            compare::pingpong_ns("1338462557 957618044\n").ok(),
+            Some((1338462557, 957618044))
+        );
+        // A ping-pong built before it printed CPU time, or garbage: an error, not a zero.
+        for bad in ["1338462557\n", "", "12 x"] {
+            assert!(compare::pingpong_ns(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn thousands_separators() {
         assert_eq!(thousands(0.0), "0");
         assert_eq!(thousands(999.4), "999");
