@@ -415,7 +415,7 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = config::DEFAULT_STACK_BYTES)]
     pub stack_bytes: u32,
 
-    /// Ring buffer size in KiB (a power of two, at least 4). The default (8 MiB) holds ~250
+    /// Ring buffer size in KiB (a power of two, at least 4). The default (4 MiB) holds ~125
     /// full stack copies (a repeated stack is sent without its copy): no loss measured on a
     /// loaded FastAPI service at 999 Hz; a larger one helps targets with bursts of new stacks.
     #[arg(long, default_value_t = config::DEFAULT_RING_BUFFER_KIB)]

@@ -18,12 +18,12 @@ pub const DEFAULT_FREQ_HZ: u64 = 99;
 /// `--stack-bytes` when not given, and its maximum (the kernel side's copy buffer).
 pub const DEFAULT_STACK_BYTES: u32 = 32768;
 pub const MAX_STACK_BYTES: u32 = 32768;
-/// `--ring-buffer-kib` when not given (8 MiB: ~250 full stack copies, and most copies are
+/// `--ring-buffer-kib` when not given (4 MiB: ~125 full stack copies, and most copies are
 /// not full: a repeated stack is sent as its registers). No loss at 8 or 4 MiB on the loaded
 /// FastAPI service at 999 Hz nor on the followed ping-pong at 30,000 switches/s (bench/RESULTS.md,
-/// 2026-12-01); the kernel maps a ring's pages twice (for records that wrap around), so the
-/// 32 MiB of before cost 64 MiB of the agent's RSS once the ring had gone round.
-pub const DEFAULT_RING_BUFFER_KIB: u32 = 8192;
+/// section 8); the kernel maps a ring's pages twice (for records that wrap around), so each
+/// MiB of ring is two of the agent's RSS once the ring has gone round (issue #16's 100 MiB).
+pub const DEFAULT_RING_BUFFER_KIB: u32 = 4096;
 /// `ci --ready-timeout` when not given.
 pub const DEFAULT_READY_TIMEOUT: &str = "30s";
 

@@ -162,7 +162,7 @@ fn two_hundred_mixed_stalls_on_a_migrating_loop_all_add_up() {
     let json = result.stalls_json();
     let stalls = json["stalls"].as_array().expect("stalls");
 
-    // Nothing is lost here (8 MiB ring buffer, the default), nothing comes later than the reorder window,
+    // Nothing is lost here (4 MiB ring buffer, the default), nothing comes later than the reorder window,
     // and a switch-in the kernel did not trace is timed by the kernel side: every breakdown
     // must add up. (Had the kernel lost events, the stalls would say so; this test wants none.)
     let mut problems = Vec::new();

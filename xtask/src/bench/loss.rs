@@ -11,7 +11,7 @@ use super::{
 };
 
 /// The agent's default (`--ring-buffer-kib`).
-pub const DEFAULT_RING_KIB: u64 = 8 * 1024;
+pub const DEFAULT_RING_KIB: u64 = 4 * 1024;
 /// A small ring, to show where loss starts when the buffer is what limits.
 const SMALL_RING_KIB: u64 = 256;
 const PAIRS: u32 = 4;

@@ -159,7 +159,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     let tools = tools::ensure(&dir)?;
     report.push(&format!(
-        "# stallscope benchmarks\n\nMachine: {}\n\nReproduce: `cargo xtask bench` (as root; installs wrk, bpftrace and py-spy when missing).{}\n\nTools: {}. stallscope runs at default settings unless said (`--freq 99`, 8 MiB ring buffer, 32 KiB stack copies; `--quiet --format json`, which change only what is printed and written at the end). A target's *switches* are the kernel's count of its threads' context switches (voluntary + involuntary, from `/proc/PID/task/*/status`, what `pidstat -w` shows). Ratios are to the unprofiled run of the same round; spreads are min-max over rounds.\n",
+        "# stallscope benchmarks\n\nMachine: {}\n\nReproduce: `cargo xtask bench` (as root; installs wrk, bpftrace and py-spy when missing).{}\n\nTools: {}. stallscope runs at default settings unless said (`--freq 99`, 4 MiB ring buffer, 32 KiB stack copies; `--quiet --format json`, which change only what is printed and written at the end). A target's *switches* are the kernel's count of its threads' context switches (voluntary + involuntary, from `/proc/PID/task/*/status`, what `pidstat -w` shows). Ratios are to the unprofiled run of the same round; spreads are min-max over rounds.\n",
         machine_line(),
         if opts.quick {
             " **Quick run (`--quick`): one round, short runs. A smoke test, not results.**"

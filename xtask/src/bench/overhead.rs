@@ -692,7 +692,7 @@ fn agent_markdown(apps: &[AppResult]) -> String {
 
 fn loss_markdown(apps: &[AppResult]) -> String {
     let mut text = String::from(
-        "Under the load test of section 1 (8 MiB ring buffer, the default):\n\n| service | setting | runs | events/s received | lost events (all runs) |\n| --- | --- | --- | --- | --- |\n",
+        "Under the load test of section 1 (4 MiB ring buffer, the default):\n\n| service | setting | runs | events/s received | lost events (all runs) |\n| --- | --- | --- | --- | --- |\n",
     );
     for app in apps {
         for row in app.rows.iter().filter(|r| r.tool.is_stallscope()) {

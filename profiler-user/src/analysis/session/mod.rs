@@ -33,6 +33,7 @@ mod processes;
 mod python_detection;
 mod python_tasks;
 mod resolver;
+mod stack_table;
 mod stalls;
 
 use names::Names;
@@ -41,6 +42,7 @@ pub use processes::{Added, ProcessState, ProcessTable};
 pub use python_detection::PythonDetection;
 use python_tasks::{PendingPython, TaskHistory};
 pub use resolver::{INTERNED_BASE, Resolver, SavedStack};
+use stack_table::StackTable;
 pub use stalls::StallRecords;
 
 /// Limits on what a recording keeps, with the reason for each.

@@ -14,12 +14,10 @@ pub struct Resolver {
     /// Every stack seen in the events, resolved at the end so a saved recording can be
     /// re-rendered with a lower threshold.
     pub seen: foldhash::HashSet<StackKey>,
-    /// User stacks unwound in userspace, by the ids handed out for them (from INTERNED_BASE,
-    /// apart from the kernel stack map's ids).
-    /// (Each stack stored once, shared by the lookup table and the list.)
-    pub(super) interned: foldhash::HashMap<std::sync::Arc<[u64]>, i32>,
-    pub(super) interned_ips: Vec<std::sync::Arc<[u64]>>,
-    /// The id of `interned_ips[0]` once the table was rotated (0, the derived default, stands
+    /// User stacks unwound in userspace; a stack's id is its node's number plus `first_id`
+    /// (from INTERNED_BASE, apart from the kernel stack map's ids).
+    pub(super) interned: StackTable,
+    /// The id of the table's node 0 once the table was rotated (0, the derived default, stands
     /// for INTERNED_BASE: see `first_id`).
     pub(super) first_interned: i32,
     /// `watch`: when the table is full, start it afresh instead of dropping new stacks (a run
@@ -59,8 +57,16 @@ pub(super) const MAX_JS_FRAMES: usize = 200_000;
 
 /// First id given to an unwound user stack; kernel stack-map ids are far below.
 pub const INTERNED_BASE: i32 = 1 << 24;
-/// Distinct unwound stacks kept (bounded memory); past it new ones are dropped and counted.
-pub(super) const MAX_INTERNED: usize = 100_000;
+/// Frames of distinct unwound stacks kept, as nodes of the prefix tree (bounded memory: ~50
+/// bytes a node); past it new stacks are dropped and counted. A new stack mostly adds a few
+/// nodes: the FastAPI service of bench/RESULTS.md met ~12,000 stacks in 10 minutes.
+pub(super) const MAX_INTERNED: usize = 1_000_000;
+
+impl Default for StackTable {
+    fn default() -> Self {
+        StackTable::new(MAX_INTERNED)
+    }
+}
 
 /// Bound on distinct stacks remembered for saving; past it, re-rendering shows fewer frames.
 pub(super) const MAX_SEEN_STACKS: usize = 200_000;
@@ -228,18 +234,21 @@ impl Resolver {
     /// The id of an unwound user stack (the same stack always gets the same id, within one
     /// generation of the table).
     pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
-        if let Some(&id) = self.interned.get(ips.as_slice()) {
-            return id;
-        }
-        if self.interned_ips.len() >= MAX_INTERNED && !self.rotate_interned_table() {
-            self.interned_dropped += 1;
-            return profiler_common::NO_STACK;
-        }
-        let id = self.first_id() + self.interned_ips.len() as i32;
-        let ips: std::sync::Arc<[u64]> = ips.into();
-        self.interned_ips.push(ips.clone());
-        self.interned.insert(ips, id);
-        id
+        let node = match self.interned.find_or_insert(&ips) {
+            Some(node) => node,
+            None if self.rotate_interned_table() => match self.interned.find_or_insert(&ips) {
+                Some(node) => node,
+                None => return self.drop_interned(),
+            },
+            None => return self.drop_interned(),
+        };
+        // In range: `rotate_interned_table` keeps first_id + capacity within i32.
+        self.first_id().saturating_add(node as i32)
+    }
+
+    fn drop_interned(&mut self) -> i32 {
+        self.interned_dropped += 1;
+        profiler_common::NO_STACK
     }
 
     fn first_id(&self) -> i32 {
@@ -258,16 +267,19 @@ impl Resolver {
         if !self.rotate_interned {
             return false;
         }
-        let Some(next) = i32::try_from(self.interned_ips.len())
+        let Some(next) = i32::try_from(self.interned.len())
             .ok()
             .and_then(|n| self.first_id().checked_add(n))
-            .filter(|next| next.checked_add(MAX_INTERNED as i32).is_some())
+            .filter(|next| {
+                i32::try_from(self.interned.capacity())
+                    .ok()
+                    .and_then(|capacity| next.checked_add(capacity))
+                    .is_some()
+            })
         else {
             return false;
         };
         self.interned.clear();
-        self.interned_ips.clear();
-        self.interned_ips.shrink_to(MAX_INTERNED / 16);
         let old = self.first_id()..next;
         self.resolved.retain(|key, _| !old.contains(&key.user));
         self.first_interned = next;
@@ -276,9 +288,9 @@ impl Resolver {
     }
 
     /// The addresses of an unwound stack by its id; None for an id of an older generation.
-    fn interned_stack(&self, id: i32) -> Option<&[u64]> {
-        let index = usize::try_from(id.checked_sub(self.first_id())?).ok()?;
-        self.interned_ips.get(index).map(|ips| &ips[..])
+    fn interned_stack(&self, id: i32) -> Option<Vec<u64>> {
+        let node = u32::try_from(id.checked_sub(self.first_id())?).ok()?;
+        self.interned.stack(node)
     }
 
     pub(super) fn stack_ips(&mut self, system: &dyn SystemAccess, id: i32) -> Vec<u64> {
@@ -286,10 +298,7 @@ impl Resolver {
             return Vec::new();
         }
         if id >= INTERNED_BASE {
-            return self
-                .interned_stack(id)
-                .map(<[u64]>::to_vec)
-                .unwrap_or_default();
+            return self.interned_stack(id).unwrap_or_default();
         }
         if let Some(ips) = self.stack_cache.get(&id) {
             return ips.clone();
@@ -380,9 +389,13 @@ pub struct SavedStack {
 mod rotation_tests {
     use super::*;
 
+    /// A table of 7 nodes (root, the shared frame 1, then one node a stack) filled up.
+    const SMALL: usize = 7;
+
     fn fill(resolver: &mut Resolver) -> Vec<i32> {
-        (0..MAX_INTERNED as u64)
-            .map(|n| resolver.intern(vec![n, 1]))
+        resolver.interned = StackTable::new(SMALL);
+        (0..SMALL as u64 - 2)
+            .map(|n| resolver.intern(vec![n + 10, 1]))
             .collect()
     }
 
@@ -390,10 +403,16 @@ mod rotation_tests {
     fn a_recording_drops_stacks_past_the_bound_and_counts_them() {
         let mut resolver = Resolver::default();
         let ids = fill(&mut resolver);
-        assert_eq!(ids[0], INTERNED_BASE);
+        assert_eq!(
+            ids[0],
+            INTERNED_BASE + 2,
+            "node 0 the empty stack, 1 the frame 1"
+        );
         assert_eq!(resolver.intern(vec![u64::MAX]), profiler_common::NO_STACK);
         assert_eq!(resolver.interned_dropped, 1);
-        assert_eq!(resolver.interned_stack(ids[7]), Some(&[7, 1][..]));
+        assert_eq!(resolver.interned_stack(ids[3]), Some(vec![13, 1]));
+        // A stack known already still has its id.
+        assert_eq!(resolver.intern(vec![12, 1]), ids[2]);
     }
 
     #[test]
@@ -418,20 +437,20 @@ mod rotation_tests {
         let next = resolver.intern(vec![u64::MAX]);
         assert_eq!(
             next,
-            INTERNED_BASE + MAX_INTERNED as i32,
+            INTERNED_BASE + SMALL as i32 + 1,
             "ids go on, not from the start"
         );
         assert_eq!(
             (resolver.interned_rotations, resolver.interned_dropped),
             (1, 0)
         );
-        assert_eq!(resolver.interned_stack(next), Some(&[u64::MAX][..]));
+        assert_eq!(resolver.interned_stack(next), Some(vec![u64::MAX]));
         // An id of the old generation no longer names a stack (never another one's).
         assert_eq!(resolver.interned_stack(ids[3]), None);
         assert!(!resolver.resolved.contains_key(&old));
         assert!(resolver.resolved.contains_key(&kernel_only));
         // The same stack again is a new id of the new generation.
-        assert_eq!(resolver.intern(vec![3, 1]), next + 1);
+        assert_ne!(resolver.intern(vec![13, 1]), ids[3]);
     }
 
     #[test]
