@@ -7,8 +7,6 @@
 //! Bounded: a few events per thread, released by time too (a stack that never comes: the
 //! event was lost, the thread died in the call).
 
-use std::collections::HashMap;
-
 use profiler_common::{
     Event as RawEvent, LATE_STACK_FRACTION, LATE_STACKS_PENDING, NO_STACK, kind,
 };
@@ -50,7 +48,9 @@ pub(super) enum Route {
 
 #[derive(Default)]
 pub(super) struct LateStacks {
-    pending: HashMap<u32, Pending>,
+    /// Looked up for every event: foldhash, not SipHash (tids are not an attacker's choice of
+    /// collisions).
+    pending: foldhash::HashMap<u32, Pending>,
     /// Blocks whose events were released without their stacks (counted, for --verbose).
     pub(super) released_without: u64,
     /// Event time of the next look for holds past [`MAX_HOLD_NS`].

@@ -32,7 +32,8 @@ pub enum Added {
 
 #[derive(Default)]
 pub struct ProcessTable {
-    followed: HashMap<u32, ProcessState>,
+    /// Looked up for every event, like the names below: foldhash (see `thread_names`).
+    followed: foldhash::HashMap<u32, ProcessState>,
     /// Processes that exited during the recording (their PIDs may come back as others).
     past: Vec<ProcessRecord>,
     /// PIDs seen exit live: a later process with one of them is a new one.
@@ -48,7 +49,7 @@ pub struct ProcessTable {
     /// attacker who could aim at collisions).
     thread_names: foldhash::HashMap<u32, String>,
     /// Names of waking threads, from the wake-up events (which run in the waker's context).
-    waker_names: HashMap<u32, String>,
+    waker_names: foldhash::HashMap<u32, String>,
     /// Exited PIDs whose leftovers are dropped at the next [`ProcessTable::purge`] (`watch`).
     to_purge: Vec<u32>,
 }
