@@ -4,7 +4,7 @@
 # middle it prints the agent CPU (from /proc/PID/stat) and every BPF program's run count and
 # run time (kernel.bpf_stats_enabled). Usage, as root: switcher_bpf_stats.sh BIN LABEL
 BIN=$1; LABEL=$2
-cd /work/main
+cd "$(dirname "$0")/../.."
 [ -x /tmp/switcher ] || gcc -O2 -pthread -o /tmp/switcher bench/targets/switcher.c
 /tmp/switcher pairs 4 10000 60 > /dev/null & T=$!
 sleep 1
