@@ -465,7 +465,9 @@ pub struct OffCpuRecord {
     pub comm: String,
     pub weight_ns: u64,
     pub syscall: Option<String>,
-    pub frames: Vec<Frame>,
+    /// Shared between the records of one stack (threads, syscalls and wakers apart): a busy
+    /// recording has thousands of records and a Python stack is ~70 frames.
+    pub frames: std::sync::Arc<[Frame]>,
     #[serde(default)]
     pub waker: Option<WakerRecord>,
 }

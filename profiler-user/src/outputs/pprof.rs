@@ -528,7 +528,7 @@ mod tests {
                     comm: "worker".into(),
                     weight_ns: 4_000_000_000,
                     syscall: Some("futex".into()),
-                    frames: vec![frame("schedule", None, None, FrameKind::Kernel), main],
+                    frames: vec![frame("schedule", None, None, FrameKind::Kernel), main].into(),
                     waker: None,
                 },
                 OffCpuRecord {
@@ -537,7 +537,7 @@ mod tests {
                     comm: "server".into(),
                     weight_ns: 700_000_000,
                     syscall: None,
-                    frames: vec![],
+                    frames: Vec::new().into(),
                     waker: None,
                 },
             ],

@@ -514,7 +514,7 @@ mod tests {
                 comm: "helper".into(),
                 weight_ns: 1,
                 syscall: None,
-                frames: vec![],
+                frames: Vec::new().into(),
                 waker: None,
             }],
             spans: vec![

@@ -50,6 +50,7 @@ impl Session {
         let mut offcpu: Vec<_> = result.offcpu.into_iter().collect();
         offcpu.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let offcpu_dropped = offcpu.len().saturating_sub(LIMITS.offcpu_written) as u64;
+        let mut shared = foldhash::HashMap::default();
         let offcpu = offcpu
             .into_iter()
             .take(LIMITS.offcpu_written)
@@ -60,11 +61,12 @@ impl Session {
                     comm: self.thread_name(tid),
                     weight_ns,
                     syscall: syscall_name(syscall),
-                    frames: self.resolver.frames(system, stack),
+                    frames: self.resolver.shared_frames(system, stack, &mut shared),
                     waker: waker.map(|w| self.waker_record(system, w)),
                 },
             )
             .collect();
+        drop(shared);
         let spans = result
             .marks
             .iter()

@@ -318,6 +318,26 @@ impl Resolver {
         frames
     }
 
+    /// The frames of a stack, one shared copy per key in `shared` (the end of a recording: the
+    /// off-CPU profile names thousands of stacks, each by several records). What is not
+    /// cached yet is resolved without caching it: the one copy is the shared one.
+    pub fn shared_frames(
+        &mut self,
+        system: &dyn SystemAccess,
+        key: StackKey,
+        shared: &mut foldhash::HashMap<StackKey, std::sync::Arc<[Frame]>>,
+    ) -> std::sync::Arc<[Frame]> {
+        if let Some(frames) = shared.get(&key) {
+            return frames.clone();
+        }
+        let frames: std::sync::Arc<[Frame]> = match self.resolved.get(&key) {
+            Some(frames) => frames.as_slice().into(),
+            None => self.resolve(system, key).into(),
+        };
+        shared.insert(key, frames.clone());
+        frames
+    }
+
     /// Resolves one stack, not cached.
     fn resolve(&mut self, system: &dyn SystemAccess, key: StackKey) -> Vec<Frame> {
         // Replaying, every stack was resolved when it was saved: one that was not has no frames.
