@@ -66,7 +66,9 @@ impl Session {
                 },
             )
             .collect();
-        drop(shared);
+        // Span labels through the same shared copies: resolving them into the cache kept a
+        // second copy of every span's stack (heaptrack: 119 MB after 4 minutes of loaded
+        // FastAPI).
         let spans = result
             .marks
             .iter()
@@ -79,10 +81,11 @@ impl Session {
                 syscall: syscall_name(mark.syscall),
                 label: mark
                     .stack
-                    .map(|key| span_label(&self.resolver.frames(system, key)))
+                    .map(|key| span_label(&self.resolver.shared_frames(system, key, &mut shared)))
                     .unwrap_or_default(),
             })
             .collect();
+        drop(shared);
         let startups = result
             .startups
             .iter()
