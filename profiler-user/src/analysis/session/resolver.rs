@@ -338,6 +338,14 @@ impl Resolver {
         frames
     }
 
+    /// The frames of a stack, from the cache if there, else resolved without caching them.
+    pub fn uncached_frames(&mut self, system: &dyn SystemAccess, key: StackKey) -> Vec<Frame> {
+        match self.resolved.get(&key) {
+            Some(frames) => frames.clone(),
+            None => self.resolve(system, key),
+        }
+    }
+
     /// Resolves one stack, not cached.
     fn resolve(&mut self, system: &dyn SystemAccess, key: StackKey) -> Vec<Frame> {
         // Replaying, every stack was resolved when it was saved: one that was not has no frames.
