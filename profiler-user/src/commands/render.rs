@@ -22,21 +22,6 @@ use crate::{
 
 /// Writes stalls.json and the renderings `formats` asks for into `dir`, stacks shown in `view`;
 /// returns their paths.
-/// Writes `value` as JSON to `path` through a buffer (never the whole text in memory); its
-/// path as shown to the user.
-fn write_json(path: &Path, value: &impl serde::Serialize, pretty: bool) -> Result<String> {
-    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    let serialized = if pretty {
-        serde_json::to_writer_pretty(&mut out, value)
-    } else {
-        serde_json::to_writer(&mut out, value)
-    };
-    serialized.with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path.display().to_string())
-}
-
 pub fn write_outputs(
     dir: &Path,
     recording: &Recording,
@@ -100,6 +85,12 @@ pub fn write_outputs(
         )?);
     }
     Ok(written)
+}
+
+/// `store::write_json`, returning the path as shown to the user.
+fn write_json(path: &Path, value: &impl serde::Serialize, pretty: bool) -> Result<String> {
+    crate::store::write_json(path, value, pretty)?;
+    Ok(path.display().to_string())
 }
 
 /// Makes sure `dir` can take the outputs, with the error every command gives when it cannot.

@@ -107,13 +107,7 @@ pub fn parse_symbols(text: &str) -> serde_json::Result<Vec<SavedStack>> {
 /// Writes `symbols.json` into a recording directory.
 pub fn save_symbols(dir: &Path, table: SymbolTable) -> Result<()> {
     let path = dir.join(SYMBOLS_JSON);
-    // Streamed, like stalls.json: never the whole text in memory.
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    serde_json::to_writer(&mut out, &table.into_saved())
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", path.display()))
+    super::write_json(&path, &table.into_saved(), false)
 }
 
 /// Reads `symbols.json` of a recording directory.

@@ -234,21 +234,19 @@ impl Resolver {
     /// The id of an unwound user stack (the same stack always gets the same id, within one
     /// generation of the table).
     pub fn intern(&mut self, ips: Vec<u64>) -> i32 {
-        let node = match self.interned.find_or_insert(&ips) {
-            Some(node) => node,
-            None if self.rotate_interned_table() => match self.interned.find_or_insert(&ips) {
-                Some(node) => node,
-                None => return self.drop_interned(),
-            },
-            None => return self.drop_interned(),
-        };
-        // In range: `rotate_interned_table` keeps first_id + capacity within i32.
-        self.first_id().saturating_add(node as i32)
-    }
-
-    fn drop_interned(&mut self) -> i32 {
-        self.interned_dropped += 1;
-        profiler_common::NO_STACK
+        let node = self.interned.find_or_insert(&ips).or_else(|| {
+            self.rotate_interned_table()
+                .then(|| self.interned.find_or_insert(&ips))
+                .flatten()
+        });
+        match node {
+            // In range: `rotate_interned_table` keeps first_id + capacity within i32.
+            Some(node) => self.first_id().saturating_add(node as i32),
+            None => {
+                self.interned_dropped += 1;
+                profiler_common::NO_STACK
+            }
+        }
     }
 
     fn first_id(&self) -> i32 {
@@ -327,15 +325,10 @@ impl Resolver {
         key: StackKey,
         shared: &mut foldhash::HashMap<StackKey, std::sync::Arc<[Frame]>>,
     ) -> std::sync::Arc<[Frame]> {
-        if let Some(frames) = shared.get(&key) {
-            return frames.clone();
-        }
-        let frames: std::sync::Arc<[Frame]> = match self.resolved.get(&key) {
-            Some(frames) => frames.as_slice().into(),
-            None => self.resolve(system, key).into(),
-        };
-        shared.insert(key, frames.clone());
-        frames
+        shared
+            .entry(key)
+            .or_insert_with(|| self.uncached_frames(system, key).into())
+            .clone()
     }
 
     /// The frames of a stack, from the cache if there, else resolved without caching them.
