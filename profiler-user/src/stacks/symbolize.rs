@@ -434,14 +434,46 @@ impl Symbols {
                 Err(_) => self.failures += 1,
             }
         }
-        ips.iter()
+        let frames: Vec<Frame> = ips
+            .iter()
             .map(|ip| {
                 self.kernel_cache.get(ip).cloned().unwrap_or_else(|| {
                     unknown_frame(*ip, Some("[kernel]".into()), FrameKind::Kernel)
                 })
             })
-            .collect()
+            .collect();
+        without_probe_frames(frames)
     }
+}
+
+/// A kernel stack taken inside one of our programs begins (innermost) with the program and the
+/// tracepoint machinery that ran it (`bpf_prog_<tag>_sched_switch`, `bpf_trace_run4`,
+/// `__bpf_trace_sched_switch`, `__traceiter_sched_switch`): our cost, not the target's code,
+/// so a blocked stack starts at `__schedule` as the user expects.
+fn without_probe_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
+    const PROBE_PREFIXES: &[&str] = &[
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "bpf_get_stack",
+        "bpf_get_stackid",
+        "__bpf_get_stack",
+        "perf_trace_",
+    ];
+    let probe = frames
+        .iter()
+        .take_while(|f| {
+            PROBE_PREFIXES
+                .iter()
+                .any(|prefix| f.function.starts_with(prefix))
+        })
+        .count();
+    // A stack of nothing but probe frames is kept: an empty one would read as no stack.
+    if probe < frames.len() {
+        frames.drain(..probe);
+    }
+    frames
 }
 
 /// The path that reaches the file behind a mapping of a live process (see
@@ -492,6 +524,44 @@ fn frames_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kernel(name: &str) -> Frame {
+        Frame {
+            column: None,
+            function: name.into(),
+            file: None,
+            line: None,
+            module: Some("[kernel]".into()),
+            kind: FrameKind::Kernel,
+        }
+    }
+
+    /// The stack begins at `__schedule`, not in our program; the machinery's names further
+    /// out (a target's own tracepoint use) and a stack of nothing else are kept.
+    #[test]
+    fn the_probe_s_own_frames_are_cut_from_the_leaf_end_only() {
+        let names = |frames: Vec<Frame>| -> Vec<String> {
+            frames.iter().map(|f| f.function.to_string()).collect()
+        };
+        let stack = [
+            "bpf_prog_e7dd1991dc44c54b_sched_switch",
+            "bpf_trace_run4",
+            "__bpf_trace_sched_switch",
+            "__schedule",
+            "schedule",
+            "__traceiter_x",
+            "do_nanosleep",
+        ]
+        .map(kernel)
+        .to_vec();
+        assert_eq!(
+            names(without_probe_frames(stack)),
+            ["__schedule", "schedule", "__traceiter_x", "do_nanosleep"]
+        );
+        let only = vec![kernel("bpf_trace_run4")];
+        assert_eq!(names(without_probe_frames(only)), ["bpf_trace_run4"]);
+        assert!(without_probe_frames(Vec::new()).is_empty());
+    }
 
     /// A snapshot reads the process's mappings while it lives (through the reader: faked
     /// here) and the name it was started as (Debian's redis-server, a symlink to
