@@ -1,4 +1,4 @@
-//! Durations: reading them as the command line writes them (`100ms`, `1.5s`), and writing them
+//! Durations and the clock: reading durations as the command line writes them (`100ms`, `1.5s`), and writing them
 //! for people. One formatter for every output, so the live line, the summaries and the budgets
 //! print a duration the same way.
 
@@ -55,6 +55,18 @@ pub fn format_percent(percent: f64) -> String {
         return "+0.0%".to_string();
     }
     format!("{percent:+.1}%")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the kernel side stamps events with
+/// (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -662,11 +662,15 @@ fn gunicorn_gthread_recycled_workers_seed_001() {
     }
     assert!(
         problems.is_empty(),
-        "{} problem(s) following gunicorn's workers (recording in {}):\n{}\nprocesses: {:?}",
+        "{} problem(s) following gunicorn's workers (recording in {}):\n{}\nprocesses: {:?}\n\
+         lost_events {}, drops {}\nthe agent said:\n{}",
         problems.len(),
         out.display(),
         problems.join("\n"),
-        processes.keys().collect::<Vec<_>>()
+        processes.keys().collect::<Vec<_>>(),
+        json["lost_events"],
+        json["drops"],
+        result.stderr.join("\n")
     );
 }
 

@@ -88,7 +88,10 @@ pub fn run(selected: &[String]) -> Result<()> {
             // both boots. The first boot's logs are kept beside the second's, and its verdict
             // is printed either way.
             let first = keep_first_attempt(kernel, verdict.summary);
-            eprintln!("kernels: {} failed once, booting it again: {first}", kernel.series);
+            eprintln!(
+                "kernels: {} failed once, booting it again: {first}",
+                kernel.series
+            );
             verdict = check();
             verdict.summary = format!("{} (first boot failed: {first})", verdict.summary);
         }
@@ -134,10 +137,7 @@ fn keep_first_attempt(kernel: &Kernel, summary: String) -> String {
     ] {
         let _ = fs::rename(dir.join(from), dir.join(to));
     }
-    format!(
-        "{summary} [{}]",
-        dir.join("results.first.txt").display()
-    )
+    format!("{summary} [{}]", dir.join("results.first.txt").display())
 }
 
 fn apt_options(dir: &Path) -> Vec<String> {

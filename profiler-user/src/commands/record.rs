@@ -5,7 +5,6 @@ use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior},
 };
@@ -24,8 +23,14 @@ use crate::{
     system::features::{self, KernelFeatures},
     system::privileges,
     system::procfs,
+    system::ring_reader::{Batch, RingReader},
     system::tracefs,
 };
+
+/// Records read from the kernel's ring but not handled yet, at most: a few seconds of a busy
+/// service's events while the session is busy with something slow (a first symbolization);
+/// past it the kernel's ring fills and drops, counted.
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 /// Why recording stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,10 +479,7 @@ async fn event_loop(
     mut child: Option<tokio::process::Child>,
     mut stop: Pin<Box<dyn Future<Output = ()>>>,
 ) -> Result<StopReason> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
-    // AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow!("watching the ring buffer: {}", e.into_parts().1))?;
+    let mut ring = RingReader::spawn(ring, MAX_QUEUED_BYTES)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -485,26 +487,16 @@ async fn event_loop(
     let mut reported_losses = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The kernel side wakes us only per batch (see WAKEUP_BYTES there); drain on a short timer
-    // so live lines stay prompt on a quiet target.
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(10));
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                drain(session, probes, guard.get_inner_mut());
-                guard.clear_ready();
+            batch = ring.next() => {
+                let Some(batch) = batch else {
+                    bail!("the ring buffer's reader thread ended");
+                };
+                handle_batch(session, probes, &batch);
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 break StopReason::Duration;
-            }
-            _ = drain_tick.tick() => {
-                // Read the clock before draining: what was stamped before it is in the ring
-                // now (unless it took longer than the reorder window to get there).
-                let now = monotonic_ns();
-                drain(session, probes, ring.get_mut());
-                session.advance(probes, now);
             }
             () = &mut stop => break StopReason::External,
             _ = sigint.recv() => break StopReason::Signal,
@@ -532,7 +524,7 @@ async fn event_loop(
             }
         }
     };
-    drain(session, probes, ring.get_mut());
+    read_to_the_end(session, probes, &mut ring).await;
     session.flush(probes);
     if reason == StopReason::Signal {
         abort_on_second_interrupt(session.stalls.len());
@@ -583,26 +575,30 @@ fn abort_on_second_interrupt(stalls_so_far: usize) {
     }
 }
 
-pub fn drain(
-    session: &mut Session,
-    probes: &mut Probes,
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-) {
-    // Copy each record out before handling it: handling may read maps, and the ring slot must
-    // be released promptly so the kernel can reuse it.
-    while let Some(item) = ring.next() {
-        match events::decode_record(&item) {
-            Some(events::Record::Event(raw)) => {
-                drop(item);
-                session.handle_raw(probes, &raw);
-            }
+/// Stops reading the ring after a last read, and handles every batch up to it.
+pub async fn read_to_the_end(session: &mut Session, probes: &mut Probes, ring: &mut RingReader) {
+    ring.stop();
+    while let Some(batch) = ring.next().await {
+        handle_batch(session, probes, &batch);
+    }
+}
+
+/// What the ring held, handled in order; then the events older than the read's start are
+/// released from the reorder window (they were in the ring by then, unless they took longer
+/// than the window to get there).
+pub fn handle_batch(session: &mut Session, probes: &mut Probes, batch: &Batch) {
+    for record in batch.records() {
+        match events::decode_record(record) {
+            Some(events::Record::Event(raw)) => session.handle_raw(probes, &raw),
             Some(events::Record::Stack { header, stack }) => session.handle_stack(&header, stack),
             Some(events::Record::Python { header, frames }) => {
-                drop(item);
                 session.handle_python(&header, &frames);
             }
             None => {}
         }
+    }
+    if let Some(read_ns) = batch.read_ns {
+        session.advance(probes, read_ns);
     }
 }
 

@@ -20,10 +20,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use profiler_common::{MatchPattern, drop as drop_index};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _, Interest, unix::AsyncFd},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
     time::MissedTickBehavior,
@@ -45,7 +45,9 @@ use crate::{
         attach::{Matching, Probes},
         cgroup,
         features::{self, KernelFeatures},
-        privileges, procfs, tracefs,
+        privileges, procfs,
+        ring_reader::RingReader,
+        tracefs,
     },
 };
 
@@ -423,32 +425,23 @@ async fn event_loop(
     outputs: &Rc<RefCell<Outputs>>,
     selection: &mut Selection,
 ) -> Result<()> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
-    // AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow!("watching the ring buffer: {}", e.into_parts().1))?;
+    let mut ring = RingReader::spawn(ring, record::MAX_QUEUED_BYTES)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut reported_losses = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(10));
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut rescan_tick = tokio::time::interval(RESCAN);
     rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut counts = IterationCounts::default();
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                record::drain(session, probes, guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => {
-                let now = monotonic_ns();
-                record::drain(session, probes, ring.get_mut());
-                session.advance(probes, now);
+            batch = ring.next() => {
+                let Some(batch) = batch else {
+                    bail!("the ring buffer's reader thread ended");
+                };
+                record::handle_batch(session, probes, &batch);
             }
             _ = tick.tick() => {
                 if let Some(logger) = probes.logger.as_mut() {
@@ -493,7 +486,7 @@ async fn event_loop(
             _ = sigterm.recv() => break,
         }
     }
-    record::drain(session, probes, ring.get_mut());
+    record::read_to_the_end(session, probes, &mut ring).await;
     session.flush(probes);
     Ok(())
 }

@@ -7,4 +7,5 @@ pub mod cgroup;
 pub mod features;
 pub mod privileges;
 pub mod procfs;
+pub mod ring_reader;
 pub mod tracefs;

@@ -82,15 +82,7 @@ pub const LIMITS: Limits = Limits {
     min_mark_ns: 1_000_000,
 };
 
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::units::monotonic_ns;
 
 /// Where each stall goes as it ends, besides the recording: `watch`'s metrics, events log and
 /// flight recorder. Called with the stall's process (None when it is not known any more).

@@ -1,0 +1,235 @@
+//! The kernel's ring buffer, emptied on a thread of its own.
+//!
+//! The session handles events one by one on the agent's main task, and some of that work is
+//! slow once: the first symbolization of a big binary, a new process's Python detection,
+//! unwind tables. While it ran, nobody read the ring, and a burst (workers recycled under
+//! load, each new thread's first 32 KiB stack copies) filled the 4 MiB ring in a few hundred
+//! milliseconds: gunicorn's recycled workers lost their forks and exits that way. Here a
+//! thread copies records out as soon as the kernel has them, into batches the session takes
+//! at its own pace. Bounded: past [`RingReader::spawn`]'s byte limit of batches not yet
+//! handled the thread stops reading, so the kernel's ring fills and its drops are counted as
+//! before (one place counts losses: the kernel's counters and the sequence gaps).
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+
+use crate::units::monotonic_ns;
+
+/// How long the thread waits for the kernel's wake-up before reading anyway: the kernel wakes
+/// us per batch of records only, and a quiet target's events must not wait longer than this.
+const POLL_MS: i32 = 10;
+
+/// A batch is closed at this size so the session starts on it while the thread reads on.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Batches in flight at most (besides the byte limit).
+const MAX_BATCHES: usize = 1024;
+
+/// Records copied out of the ring in the order the kernel wrote them.
+pub struct Batch {
+    /// Every record stamped before this time was in the ring when this batch's read began, so
+    /// it is in this batch or an earlier one (None: the read went on into a next batch).
+    pub read_ns: Option<u64>,
+    /// Each record as its length (u32, native endian) and its bytes.
+    bytes: Vec<u8>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Batch {
+    fn new(queued: &Arc<AtomicUsize>) -> Self {
+        Self {
+            read_ns: None,
+            bytes: Vec::new(),
+            queued: Arc::clone(queued),
+        }
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        // A record is at most the ring's size (a u32).
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes
+            .extend_from_slice(record.get(..len as usize).unwrap_or(record));
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> Records<'_> {
+        Records { rest: &self.bytes }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Handled (or thrown away): its bytes no longer count against the limit.
+        self.queued.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+pub struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let len = u32::from_ne_bytes(*len) as usize;
+        let record = rest.get(..len)?;
+        self.rest = &rest[len..];
+        Some(record)
+    }
+}
+
+/// The thread reading the ring, and the batches it made.
+pub struct RingReader {
+    batches: mpsc::Receiver<Batch>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RingReader {
+    /// Starts reading `ring`; at most `max_queued_bytes` of records wait for the session.
+    pub fn spawn(ring: RingBuf<MapData>, max_queued_bytes: usize) -> Result<Self> {
+        let (tx, batches) = mpsc::channel(MAX_BATCHES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("stallscope-ring".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || read_until_stopped(ring, &tx, &stop, max_queued_bytes)
+            })
+            .context("starting the ring buffer's reader thread")?;
+        Ok(Self {
+            batches,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next batch (at least one every [`POLL_MS`] while reading); None once the reader
+    /// stopped and every batch was taken.
+    pub async fn next(&mut self) -> Option<Batch> {
+        self.batches.recv().await
+    }
+
+    /// Stops reading after one last read of what the kernel has now; the batches up to it are
+    /// still to be taken with [`Self::next`] until it says None.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.stop();
+        // Unblock a send waiting for room, then let the thread end.
+        self.batches.close();
+        while self.batches.try_recv().is_ok() {}
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn read_until_stopped(
+    mut ring: RingBuf<MapData>,
+    tx: &mpsc::Sender<Batch>,
+    stop: &AtomicBool,
+    max_queued_bytes: usize,
+) {
+    let queued = Arc::new(AtomicUsize::new(0));
+    let fd = ring.as_raw_fd();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        // Full: leave the records in the kernel's ring (which drops and counts past its size)
+        // until the session catches up; the last read at stop is made regardless.
+        if queued.load(Ordering::Relaxed) < max_queued_bytes || stopping {
+            for batch in read_ring(&mut ring, &queued) {
+                if tx.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        wait_readable(fd);
+    }
+}
+
+/// Everything in the ring now, in batches of about [`BATCH_BYTES`]; the last one says when
+/// the read began. Always at least one batch, so the session's clock moves on a quiet target.
+fn read_ring(ring: &mut RingBuf<MapData>, queued: &Arc<AtomicUsize>) -> Vec<Batch> {
+    let read_ns = monotonic_ns();
+    let mut batches = Vec::new();
+    let mut batch = Batch::new(queued);
+    while let Some(item) = ring.next() {
+        batch.push(&item);
+        // Counted at once so the limit sees a batch still being made.
+        queued.fetch_add(4 + item.len(), Ordering::Relaxed);
+        drop(item);
+        if batch.bytes.len() >= BATCH_BYTES {
+            batches.push(std::mem::replace(&mut batch, Batch::new(queued)));
+        }
+    }
+    batch.read_ns = Some(read_ns);
+    batches.push(batch);
+    batches
+}
+
+/// Until the kernel wakes the ring's readers, or [`POLL_MS`].
+fn wait_readable(fd: RawFd) {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a failure (EINTR) only ends the wait early.
+    unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_gives_back_its_records_in_order_and_releases_their_bytes() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut batch = Batch::new(&queued);
+        for record in [&b"first"[..], b"", b"third record"] {
+            batch.push(record);
+            queued.fetch_add(4 + record.len(), Ordering::Relaxed);
+        }
+        let records: Vec<&[u8]> = batch.records().collect();
+        assert_eq!(records, vec![&b"first"[..], b"", b"third record"]);
+        assert_eq!(queued.load(Ordering::Relaxed), 4 * 3 + 5 + 12);
+        drop(batch);
+        assert_eq!(
+            queued.load(Ordering::Relaxed),
+            0,
+            "handled bytes leave the limit"
+        );
+    }
+
+    #[test]
+    fn a_truncated_batch_ends_at_its_last_whole_record() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut batch = Batch::new(&queued);
+        batch.push(b"whole");
+        batch.bytes.extend_from_slice(&100u32.to_ne_bytes());
+        batch.bytes.extend_from_slice(b"short");
+        queued.fetch_add(batch.bytes.len(), Ordering::Relaxed);
+        assert_eq!(batch.records().collect::<Vec<_>>(), vec![&b"whole"[..]]);
+    }
+}
