@@ -97,7 +97,9 @@ impl<M: Memory> V8Process<M> {
             .find(|(range, _)| range.contains(&pc))
             .map(|(_, code)| *code);
         if let Some(code) = cached {
-            if let Some(start) = self.code_holding(code, pc) {
+            if let Some(start) = self.code_holding(code, pc)
+                && self.stream_points_back(code, start)
+            {
                 return Some((code, start));
             }
             // Moved or freed since: forget the range.
@@ -126,6 +128,28 @@ impl<M: Memory> V8Process<M> {
         pc.checked_sub(start)
             .filter(|&o| o < u64::from(size))
             .map(|_| start)
+    }
+
+    /// Whether `code`'s InstructionStream still is its own (points back at it, and its
+    /// instructions start at `start`). A remembered Code the GC freed keeps its old fields
+    /// for a while, its range already reused by other code: its position table would place
+    /// a frame of that new code at an unrelated line. Where streams are not described, true.
+    fn stream_points_back(&self, code: u64, start: u64) -> bool {
+        let Some(layout) = self.meta.positions.as_ref().and_then(|p| p.code.as_ref()) else {
+            return true;
+        };
+        let Some(stream) = layout.stream.as_ref() else {
+            return true;
+        };
+        let reader = self.reader();
+        let Some(tagged) = reader.field(code, layout.instruction_stream) else {
+            return false;
+        };
+        reader.field(tagged, stream.code) == Some(code)
+            && tagged
+                .checked_sub(HEAP_OBJECT_TAG)
+                .and_then(|s| s.checked_add(stream.header))
+                == Some(start)
     }
 
     /// The Code whose InstructionStream is the nearest one below `pc`, checked both ways (the

@@ -1174,6 +1174,16 @@ mod tests {
             at(&mut process, INSTRUCTIONS + 0x200),
             vec![("hashPasswordSync".to_string(), None, None)]
         );
+        // The GC freed that Code and its stream now holds other code: the remembered Code's
+        // table no longer says where a pc there is (it placed Node 22's hashPasswordSync at a
+        // line of another function once).
+        let reused = (INSTRUCTIONS - 32 + 8, 0x95001u64.to_le_bytes().to_vec());
+        process.mem.regions.insert(0, reused);
+        assert_eq!(
+            at(&mut process, INSTRUCTIONS + 0x60),
+            vec![("hashPasswordSync".to_string(), None, None)]
+        );
+        assert!(process.codes.is_empty(), "the stale range is forgotten");
     }
 
     #[test]
