@@ -26,8 +26,12 @@ use tokio::sync::mpsc;
 use crate::units::monotonic_ns;
 
 /// How long the thread waits for the kernel's wake-up before reading anyway: the kernel wakes
-/// us per batch of records only, and a quiet target's events must not wait longer than this.
-const POLL_MS: i32 = 10;
+/// us per 128 KiB of records only, and a quiet target's events must not wait longer than this.
+/// Well inside the reorder window (50 ms), so a record read this late is not a late event.
+/// Each read wakes this thread and the session's task: at 10 ms (the old drain timer) the
+/// followed switcher's agent took 4.1-4.9 % of a core against 3.7-4.4 % reading on its own
+/// task; at 20 ms 3.0-3.7 % (50 ms: 2.9-3.6 %), bench/RESULTS.md section 13.
+const POLL_MS: i32 = 20;
 
 /// A batch is closed at this size so the session starts on it while the thread reads on.
 const BATCH_BYTES: usize = 1 << 20;
