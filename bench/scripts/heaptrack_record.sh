@@ -12,7 +12,9 @@ set -eu
 SECS=${1:-240}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=$ROOT/target/bench-venv
-AGENT=$ROOT/target/release/stallscope
+# STALLSCOPE_BIN: another agent binary. Allocation sites are named only in a build with line
+# tables (CARGO_PROFILE_RELEASE_DEBUG=line-tables-only; the release profile has none).
+AGENT=${STALLSCOPE_BIN:-$ROOT/target/release/stallscope}
 PORT=18765
 OUT=/tmp/heaptrack-record
 rm -rf "$OUT" && mkdir -p "$OUT"
