@@ -27,11 +27,6 @@ use crate::{
     system::tracefs,
 };
 
-/// Records read from the kernel's ring but not handled yet, at most: a few seconds of a busy
-/// service's events while the session is busy with something slow (a first symbolization);
-/// past it the kernel's ring fills and drops, counted.
-pub const MAX_QUEUED_BYTES: usize = 32 << 20;
-
 /// Why recording stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -479,7 +474,7 @@ async fn event_loop(
     mut child: Option<tokio::process::Child>,
     mut stop: Pin<Box<dyn Future<Output = ()>>>,
 ) -> Result<StopReason> {
-    let mut ring = RingReader::spawn(ring, MAX_QUEUED_BYTES)?;
+    let mut ring = RingReader::spawn(ring)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -592,7 +587,7 @@ pub fn handle_batch(session: &mut Session, probes: &mut Probes, batch: &Batch) {
             Some(events::Record::Event(raw)) => session.handle_raw(probes, &raw),
             Some(events::Record::Stack { header, stack }) => session.handle_stack(&header, stack),
             Some(events::Record::Python { header, frames }) => {
-                session.handle_python(&header, &frames);
+                session.handle_python(&header, &frames)
             }
             None => {}
         }

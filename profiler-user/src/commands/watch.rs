@@ -425,7 +425,7 @@ async fn event_loop(
     outputs: &Rc<RefCell<Outputs>>,
     selection: &mut Selection,
 ) -> Result<()> {
-    let mut ring = RingReader::spawn(ring, record::MAX_QUEUED_BYTES)?;
+    let mut ring = RingReader::spawn(ring)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

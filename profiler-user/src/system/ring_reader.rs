@@ -6,8 +6,8 @@
 //! load, each new thread's first 32 KiB stack copies) filled the 4 MiB ring in a few hundred
 //! milliseconds: gunicorn's recycled workers lost their forks and exits that way. Here a
 //! thread copies records out as soon as the kernel has them, into batches the session takes
-//! at its own pace. Bounded: past [`RingReader::spawn`]'s byte limit of batches not yet
-//! handled the thread stops reading, so the kernel's ring fills and its drops are counted as
+//! at its own pace. Bounded: past [`MAX_QUEUED_BYTES`] of records not yet handled the thread
+//! stops reading, so the kernel's ring fills and its drops are counted as
 //! before (one place counts losses: the kernel's counters and the sequence gaps).
 
 use std::{
@@ -32,6 +32,10 @@ use crate::units::monotonic_ns;
 /// followed switcher's agent took 4.1-4.9 % of a core against 3.7-4.4 % reading on its own
 /// task; at 20 ms 3.0-3.7 % (50 ms: 2.9-3.6 %), bench/RESULTS.md section 13.
 const POLL_MS: i32 = 20;
+
+/// Records read from the kernel's ring but not handled yet, at most: a few seconds of a busy
+/// service's events while the session is busy with something slow (a first symbolization).
+const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 /// A batch is closed at this size so the session starts on it while the thread reads on.
 const BATCH_BYTES: usize = 1 << 20;
@@ -58,12 +62,13 @@ impl Batch {
         }
     }
 
+    /// Appends a record, counted against the limit until the batch is dropped. A ring
+    /// record is at most the ring's size, which is a u32.
     fn push(&mut self, record: &[u8]) {
-        // A record is at most the ring's size (a u32).
-        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        self.bytes.extend_from_slice(&len.to_ne_bytes());
         self.bytes
-            .extend_from_slice(record.get(..len as usize).unwrap_or(record));
+            .extend_from_slice(&(record.len() as u32).to_ne_bytes());
+        self.bytes.extend_from_slice(record);
+        self.queued.fetch_add(4 + record.len(), Ordering::Relaxed);
     }
 
     /// The records, in order.
@@ -103,15 +108,15 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    /// Starts reading `ring`; at most `max_queued_bytes` of records wait for the session.
-    pub fn spawn(ring: RingBuf<MapData>, max_queued_bytes: usize) -> Result<Self> {
+    /// Starts reading `ring`.
+    pub fn spawn(ring: RingBuf<MapData>) -> Result<Self> {
         let (tx, batches) = mpsc::channel(MAX_BATCHES);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("stallscope-ring".into())
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || read_until_stopped(ring, &tx, &stop, max_queued_bytes)
+                move || read_until_stopped(ring, &tx, &stop)
             })
             .context("starting the ring buffer's reader thread")?;
         Ok(Self {
@@ -137,59 +142,63 @@ impl RingReader {
 impl Drop for RingReader {
     fn drop(&mut self) {
         self.stop();
-        // Unblock a send waiting for room, then let the thread end.
+        // Fails a send waiting for room, so the thread ends.
         self.batches.close();
-        while self.batches.try_recv().is_ok() {}
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn read_until_stopped(
-    mut ring: RingBuf<MapData>,
-    tx: &mpsc::Sender<Batch>,
-    stop: &AtomicBool,
-    max_queued_bytes: usize,
-) {
+fn read_until_stopped(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<Batch>, stop: &AtomicBool) {
     let queued = Arc::new(AtomicUsize::new(0));
     let fd = ring.as_raw_fd();
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        // Full: leave the records in the kernel's ring (which drops and counts past its size)
-        // until the session catches up; the last read at stop is made regardless.
-        if queued.load(Ordering::Relaxed) < max_queued_bytes || stopping {
-            for batch in read_ring(&mut ring, &queued) {
-                if tx.blocking_send(batch).is_err() {
-                    return;
-                }
-            }
-        }
-        if stopping {
+        // The last read at stop is made whatever is queued.
+        let limit = if stopping {
+            usize::MAX
+        } else {
+            MAX_QUEUED_BYTES
+        };
+        if read_ring(&mut ring, &queued, limit, tx).is_err() || stopping {
             return;
         }
         wait_readable(fd);
     }
 }
 
-/// Everything in the ring now, in batches of about [`BATCH_BYTES`]; the last one says when
-/// the read began. Always at least one batch, so the session's clock moves on a quiet target.
-fn read_ring(ring: &mut RingBuf<MapData>, queued: &Arc<AtomicUsize>) -> Vec<Batch> {
+/// Sends what the ring holds now, in batches of about [`BATCH_BYTES`], each as soon as it is
+/// full; the last one says when the read began. At least one batch (so the session's clock
+/// moves on a quiet target) unless `limit` bytes wait already: then the records stay in the
+/// kernel's ring (which drops and counts past its size) until the session catches up. Err:
+/// the session is gone.
+fn read_ring(
+    ring: &mut RingBuf<MapData>,
+    queued: &Arc<AtomicUsize>,
+    limit: usize,
+    tx: &mpsc::Sender<Batch>,
+) -> Result<(), ()> {
     let read_ns = monotonic_ns();
-    let mut batches = Vec::new();
     let mut batch = Batch::new(queued);
-    while let Some(item) = ring.next() {
+    let room = || queued.load(Ordering::Relaxed) < limit;
+    while room() {
+        let Some(item) = ring.next() else {
+            batch.read_ns = Some(read_ns);
+            break;
+        };
         batch.push(&item);
-        // Counted at once so the limit sees a batch still being made.
-        queued.fetch_add(4 + item.len(), Ordering::Relaxed);
         drop(item);
         if batch.bytes.len() >= BATCH_BYTES {
-            batches.push(std::mem::replace(&mut batch, Batch::new(queued)));
+            let full = std::mem::replace(&mut batch, Batch::new(queued));
+            tx.blocking_send(full).map_err(drop)?;
         }
     }
-    batch.read_ns = Some(read_ns);
-    batches.push(batch);
-    batches
+    // Cut short by the limit: no read time, the ring may still hold older records.
+    if batch.bytes.is_empty() && batch.read_ns.is_none() {
+        return Ok(());
+    }
+    tx.blocking_send(batch).map_err(drop)
 }
 
 /// Until the kernel wakes the ring's readers, or [`POLL_MS`].
@@ -213,7 +222,6 @@ mod tests {
         let mut batch = Batch::new(&queued);
         for record in [&b"first"[..], b"", b"third record"] {
             batch.push(record);
-            queued.fetch_add(4 + record.len(), Ordering::Relaxed);
         }
         let records: Vec<&[u8]> = batch.records().collect();
         assert_eq!(records, vec![&b"first"[..], b"", b"third record"]);
@@ -233,7 +241,7 @@ mod tests {
         batch.push(b"whole");
         batch.bytes.extend_from_slice(&100u32.to_ne_bytes());
         batch.bytes.extend_from_slice(b"short");
-        queued.fetch_add(batch.bytes.len(), Ordering::Relaxed);
+        queued.fetch_add(4 + 5, Ordering::Relaxed);
         assert_eq!(batch.records().collect::<Vec<_>>(), vec![&b"whole"[..]]);
     }
 }
