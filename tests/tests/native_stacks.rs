@@ -141,11 +141,18 @@ impl Failures {
     }
 
     fn finish(self) {
+        self.finish_with(String::new);
+    }
+
+    /// As [`Self::finish`], with what the recording says about itself (its losses, the agent's
+    /// stderr) after the failed checks: what a rare failure in CI needs to be understood.
+    fn finish_with(self, context: impl FnOnce() -> String) {
         assert!(
             self.0.is_empty(),
-            "{} check(s) failed:\n\n{}",
+            "{} check(s) failed:\n\n{}\n\n{}",
             self.0.len(),
-            self.0.join("\n\n")
+            self.0.join("\n\n"),
+            context()
         );
     }
 }
@@ -1276,7 +1283,15 @@ fn node_js_frames(major: &str) {
             });
         }
     }
-    failures.finish();
+    failures.finish_with(|| {
+        format!(
+            "recording in {}: lost_events {}, drops {}\nthe agent said:\n{}",
+            out.display(),
+            json["lost_events"],
+            json["drops"],
+            result.stderr.join("\n")
+        )
+    });
 }
 
 /// The atomics stall: waitOnCell on top of waitAtomicsMs, each at its call (warm, waitOnCell
