@@ -576,6 +576,10 @@ pub async fn read_to_the_end(session: &mut Session, probes: &mut Probes, ring: &
     while let Some(batch) = ring.next().await {
         handle_batch(session, probes, &batch);
     }
+    log::info!(
+        "ring reader: at most {} KiB of records waited for the session",
+        ring.most_queued_bytes() >> 10
+    );
 }
 
 /// What the ring held, handled in order; then the events older than the read's start are

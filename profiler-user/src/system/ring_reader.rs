@@ -13,7 +13,7 @@
 use std::{
     os::fd::{AsRawFd, RawFd},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -43,6 +43,23 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight at most (besides the byte limit).
 const MAX_BATCHES: usize = 1024;
 
+/// Handled batches' buffers kept for the next reads, at most, and the largest kept: a busy
+/// target's 20 ms of records is tens of KiB, and a fresh buffer grown to that each read cost
+/// its reallocations and page faults (perf on the followed switcher: ~3 % of the agent).
+/// Larger ones (a burst) go back to the allocator, so the spares stay under 1 MiB.
+const SPARE_BUFFERS: usize = 4;
+const SPARE_MAX_BYTES: usize = 256 << 10;
+
+/// What the reader and the batches it made share: the bytes not yet handled, and spare
+/// buffers.
+#[derive(Default)]
+struct Shared {
+    queued: AtomicUsize,
+    /// The most `queued` has been (it is the agent's memory for records at that moment).
+    most_queued: AtomicUsize,
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
 /// Records copied out of the ring in the order the kernel wrote them.
 pub struct Batch {
     /// Every record stamped before this time was in the ring when this batch's read began, so
@@ -50,15 +67,22 @@ pub struct Batch {
     pub read_ns: Option<u64>,
     /// Each record as its length (u32, native endian) and its bytes.
     bytes: Vec<u8>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl Batch {
-    fn new(queued: &Arc<AtomicUsize>) -> Self {
+    /// An empty batch, in a spare buffer when there is one.
+    fn new(shared: &Arc<Shared>) -> Self {
+        let bytes = shared
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_default();
         Self {
             read_ns: None,
-            bytes: Vec::new(),
-            queued: Arc::clone(queued),
+            bytes,
+            shared: Arc::clone(shared),
         }
     }
 
@@ -68,7 +92,13 @@ impl Batch {
         self.bytes
             .extend_from_slice(&(record.len() as u32).to_ne_bytes());
         self.bytes.extend_from_slice(record);
-        self.queued.fetch_add(4 + record.len(), Ordering::Relaxed);
+        let queued = self
+            .shared
+            .queued
+            .fetch_add(4 + record.len(), Ordering::Relaxed);
+        self.shared
+            .most_queued
+            .fetch_max(queued + 4 + record.len(), Ordering::Relaxed);
     }
 
     /// The records, in order.
@@ -80,7 +110,19 @@ impl Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         // Handled (or thrown away): its bytes no longer count against the limit.
-        self.queued.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.shared
+            .queued
+            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        bytes.clear();
+        if let Ok(mut spare) = self.shared.spare.lock()
+            && spare.len() < SPARE_BUFFERS
+        {
+            spare.push(bytes);
+        }
     }
 }
 
@@ -103,6 +145,7 @@ impl<'a> Iterator for Records<'a> {
 /// The thread reading the ring, and the batches it made.
 pub struct RingReader {
     batches: mpsc::Receiver<Batch>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -112,15 +155,17 @@ impl RingReader {
     pub fn spawn(ring: RingBuf<MapData>) -> Result<Self> {
         let (tx, batches) = mpsc::channel(MAX_BATCHES);
         let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name("stallscope-ring".into())
             .spawn({
-                let stop = Arc::clone(&stop);
-                move || read_until_stopped(ring, &tx, &stop)
+                let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
+                move || read_until_stopped(ring, &tx, &stop, &shared)
             })
             .context("starting the ring buffer's reader thread")?;
         Ok(Self {
             batches,
+            shared,
             stop,
             thread: Some(thread),
         })
@@ -137,6 +182,11 @@ impl RingReader {
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
     }
+
+    /// The most bytes of records that waited for the session at once so far.
+    pub fn most_queued_bytes(&self) -> usize {
+        self.shared.most_queued.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for RingReader {
@@ -150,8 +200,12 @@ impl Drop for RingReader {
     }
 }
 
-fn read_until_stopped(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<Batch>, stop: &AtomicBool) {
-    let queued = Arc::new(AtomicUsize::new(0));
+fn read_until_stopped(
+    mut ring: RingBuf<MapData>,
+    tx: &mpsc::Sender<Batch>,
+    stop: &AtomicBool,
+    shared: &Arc<Shared>,
+) {
     let fd = ring.as_raw_fd();
     loop {
         let stopping = stop.load(Ordering::Acquire);
@@ -161,7 +215,7 @@ fn read_until_stopped(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<Batch>, stop
         } else {
             MAX_QUEUED_BYTES
         };
-        if read_ring(&mut ring, &queued, limit, tx).is_err() || stopping {
+        if read_ring(&mut ring, shared, limit, tx).is_err() || stopping {
             return;
         }
         wait_readable(fd);
@@ -175,13 +229,13 @@ fn read_until_stopped(mut ring: RingBuf<MapData>, tx: &mpsc::Sender<Batch>, stop
 /// the session is gone.
 fn read_ring(
     ring: &mut RingBuf<MapData>,
-    queued: &Arc<AtomicUsize>,
+    shared: &Arc<Shared>,
     limit: usize,
     tx: &mpsc::Sender<Batch>,
 ) -> Result<(), ()> {
     let read_ns = monotonic_ns();
-    let mut batch = Batch::new(queued);
-    let room = || queued.load(Ordering::Relaxed) < limit;
+    let mut batch = Batch::new(shared);
+    let room = || shared.queued.load(Ordering::Relaxed) < limit;
     while room() {
         let Some(item) = ring.next() else {
             batch.read_ns = Some(read_ns);
@@ -190,7 +244,7 @@ fn read_ring(
         batch.push(&item);
         drop(item);
         if batch.bytes.len() >= BATCH_BYTES {
-            let full = std::mem::replace(&mut batch, Batch::new(queued));
+            let full = std::mem::replace(&mut batch, Batch::new(shared));
             tx.blocking_send(full).map_err(drop)?;
         }
     }
@@ -218,17 +272,17 @@ mod tests {
 
     #[test]
     fn a_batch_gives_back_its_records_in_order_and_releases_their_bytes() {
-        let queued = Arc::new(AtomicUsize::new(0));
-        let mut batch = Batch::new(&queued);
+        let shared = Arc::new(Shared::default());
+        let mut batch = Batch::new(&shared);
         for record in [&b"first"[..], b"", b"third record"] {
             batch.push(record);
         }
         let records: Vec<&[u8]> = batch.records().collect();
         assert_eq!(records, vec![&b"first"[..], b"", b"third record"]);
-        assert_eq!(queued.load(Ordering::Relaxed), 4 * 3 + 5 + 12);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 4 * 3 + 5 + 12);
         drop(batch);
         assert_eq!(
-            queued.load(Ordering::Relaxed),
+            shared.queued.load(Ordering::Relaxed),
             0,
             "handled bytes leave the limit"
         );
@@ -236,12 +290,36 @@ mod tests {
 
     #[test]
     fn a_truncated_batch_ends_at_its_last_whole_record() {
-        let queued = Arc::new(AtomicUsize::new(0));
-        let mut batch = Batch::new(&queued);
+        let shared = Arc::new(Shared::default());
+        let mut batch = Batch::new(&shared);
         batch.push(b"whole");
         batch.bytes.extend_from_slice(&100u32.to_ne_bytes());
         batch.bytes.extend_from_slice(b"short");
-        queued.fetch_add(4 + 5, Ordering::Relaxed);
+        shared.queued.fetch_add(4 + 5, Ordering::Relaxed);
         assert_eq!(batch.records().collect::<Vec<_>>(), vec![&b"whole"[..]]);
+    }
+
+    /// A handled batch's buffer serves a next batch, empty; a burst's big buffer is not kept,
+    /// nor more than a few.
+    #[test]
+    fn handled_buffers_are_reused_a_few_and_small_ones_only() {
+        let shared = Arc::new(Shared::default());
+        let mut batch = Batch::new(&shared);
+        batch.push(&[7; 1000]);
+        let buffer = batch.bytes.as_ptr();
+        drop(batch);
+        let next = Batch::new(&shared);
+        assert_eq!(next.bytes.as_ptr(), buffer, "the spare buffer is reused");
+        assert!(next.bytes.is_empty() && next.records().next().is_none());
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
+        drop(next);
+        let mut burst = Batch::new(&shared);
+        burst.push(&vec![1; SPARE_MAX_BYTES + 1]);
+        drop(burst);
+        let many: Vec<Batch> = (0..SPARE_BUFFERS + 3).map(|_| Batch::new(&shared)).collect();
+        drop(many);
+        let spare = shared.spare.lock().expect("not poisoned");
+        assert!(spare.len() <= SPARE_BUFFERS);
+        assert!(spare.iter().all(|b| b.capacity() <= SPARE_MAX_BYTES));
     }
 }
