@@ -50,8 +50,10 @@ impl Deref for Bytes {
 struct ElfUnwindInfo {
     /// (p_vaddr, p_offset, p_filesz) of each executable PT_LOAD segment, to place mappings.
     segments: Vec<(u64, u64, u64)>,
+    /// Where .text lies (its bytes are not kept: framehop does not use them for ELF, and the
+    /// stack scan reads the few it checks from the target, see [`CodeBytes`]; a copy of every
+    /// module's .text was ~10 MB of a Python service's agent).
     text_svma: Option<Range<u64>>,
-    text: Option<Bytes>,
     eh_frame_svma: Option<Range<u64>>,
     eh_frame: Option<Bytes>,
     eh_frame_hdr_svma: Option<Range<u64>>,
@@ -101,7 +103,10 @@ impl ElfUnwindInfo {
                 (s.address(), offset, size)
             })
             .collect();
-        let (text_svma, text) = section(&file, ".text");
+        let text_svma = file.section_by_name(".text").and_then(|text| {
+            let end = text.address().checked_add(text.size())?;
+            Some(text.address()..end)
+        });
         let (eh_frame_svma, eh_frame) = section(&file, ".eh_frame");
         let (eh_frame_hdr_svma, eh_frame_hdr) = section(&file, ".eh_frame_hdr");
         let (_, debug_frame) = section(&file, ".debug_frame");
@@ -109,7 +114,6 @@ impl ElfUnwindInfo {
         Some(ElfUnwindInfo {
             segments,
             text_svma,
-            text,
             eh_frame_svma,
             eh_frame,
             eh_frame_hdr_svma,
@@ -123,7 +127,7 @@ impl ElfUnwindInfo {
         ExplicitModuleSectionInfo {
             base_svma: 0,
             text_svma: self.text_svma.clone(),
-            text: self.text.clone(),
+            text: None,
             eh_frame_svma: self.eh_frame_svma.clone(),
             eh_frame: self.eh_frame.clone(),
             eh_frame_hdr_svma: self.eh_frame_hdr_svma.clone(),
@@ -168,21 +172,56 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Start addresses of the mappings that became modules.
     covered: Vec<Range<u64>>,
-    /// (avma range of .text, bias, .text bytes), to check return-address candidates.
-    texts: Vec<(Range<u64>, u64, Bytes)>,
+    /// The avma ranges of the modules' .text, where return-address candidates are checked.
+    texts: Vec<Range<u64>>,
+    code: CodeBytes,
     /// The mappings last read, for a forked child to inherit.
     mappings: Vec<Mapping>,
 }
 
 impl ProcessUnwinder {
-    /// The 7 code bytes before `avma`, if it lies in a known .text.
+    /// The 7 code bytes before `avma`, if it lies in a known .text (and they are in it too).
     fn code_before(&self, avma: u64) -> Option<[u8; 7]> {
-        let (range, bias, text) = self.texts.iter().find(|(r, _, _)| r.contains(&avma))?;
-        let svma = avma.wrapping_sub(*bias);
-        let text_start = range.start.wrapping_sub(*bias);
-        let offset = svma.checked_sub(text_start)? as usize;
-        let bytes = text.get(offset.checked_sub(7)?..offset)?;
-        bytes.try_into().ok()
+        let start = avma.checked_sub(7)?;
+        self.texts
+            .iter()
+            .find(|r| r.contains(&avma) && r.start <= start)?;
+        let mut bytes = [0u8; 7];
+        self.code.read(start, &mut bytes).then_some(bytes)
+    }
+}
+
+/// Where the stack scan reads the code before a candidate return address: the target's memory
+/// (the code it runs, read only for the few words that point into a module's .text), or a
+/// test's bytes.
+enum CodeBytes {
+    Target(u32),
+    #[cfg(test)]
+    Fixed {
+        start: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+impl CodeBytes {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match self {
+            CodeBytes::Target(pid) => procfs::read_memory(*pid, addr, buf),
+            #[cfg(test)]
+            CodeBytes::Fixed { start, bytes } => {
+                let found = usize::try_from(addr.wrapping_sub(*start))
+                    .ok()
+                    .filter(|_| addr >= *start)
+                    .and_then(|offset| bytes.get(offset..offset.checked_add(buf.len())?));
+                match found {
+                    Some(found) => {
+                        buf.copy_from_slice(found);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
     }
 }
 
@@ -427,14 +466,10 @@ impl Unwinders {
                     bias,
                     info.section_info(),
                 );
-                let text = match (&info.text_svma, &info.text) {
-                    (Some(svma), Some(bytes)) => Some((
-                        svma.start.wrapping_add(bias)..svma.end.wrapping_add(bias),
-                        bias,
-                        bytes.clone(),
-                    )),
-                    _ => None,
-                };
+                let text = info
+                    .text_svma
+                    .as_ref()
+                    .map(|svma| svma.start.wrapping_add(bias)..svma.end.wrapping_add(bias));
                 added.push((mapping.start..mapping.end, module, text));
             }
         }
@@ -445,6 +480,7 @@ impl Unwinders {
                 unwinder: UnwinderX86_64::new(),
                 covered: Vec::new(),
                 texts: Vec::new(),
+                code: CodeBytes::Target(pid),
                 mappings: Vec::new(),
             });
         if !added.is_empty() {
@@ -657,7 +693,6 @@ mod tests {
         ElfUnwindInfo {
             segments,
             text_svma: None,
-            text: None,
             eh_frame_svma: None,
             eh_frame: None,
             eh_frame_hdr_svma: None,
@@ -755,7 +790,6 @@ mod tests {
         let section_info = ExplicitModuleSectionInfo {
             base_svma: 0,
             text_svma: Some(text_avma.clone()),
-            text: Some(Bytes(Arc::from(&text[..]))),
             eh_frame_svma: Some(0x2000..0x2000 + eh_frame.len() as u64),
             eh_frame: Some(Bytes(Arc::from(&eh_frame[..]))),
             ..Default::default()
@@ -773,7 +807,11 @@ mod tests {
             ProcessUnwinder {
                 unwinder,
                 covered: vec![module],
-                texts: vec![(text_avma, 0, Bytes(Arc::from(&text[..])))],
+                texts: vec![text_avma],
+                code: CodeBytes::Fixed {
+                    start: text_start,
+                    bytes: text,
+                },
                 mappings: Vec::new(),
             },
         );
@@ -812,6 +850,7 @@ mod tests {
                 unwinder,
                 covered: vec![module],
                 texts: Vec::new(),
+                code: CodeBytes::Target(u32::MAX),
                 mappings: Vec::new(),
             },
         );

@@ -139,6 +139,27 @@ pub fn blocked_syscall(pid: u32, tid: u32) -> Option<i64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// Reads `buf.len()` bytes of process `pid`'s memory at `addr` (process_vm_readv: no file
+/// descriptor, the target is not stopped); false unless all were read. The bytes are the
+/// target's and may change under it: callers treat them as hostile input.
+pub fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one local iovec over `buf`, which we own and which outlives the call; the
+    // remote address is only read by the kernel, which checks it against the target's mappings.
+    let read = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    usize::try_from(read).is_ok_and(|n| n == buf.len())
+}
+
 /// A thread blocked in a syscall as /proc shows it without stopping it: the syscall, the user
 /// stack pointer and instruction pointer it entered the call with
 /// (/proc/PID/task/TID/syscall), and up to `bytes` of its stack from there (/proc/PID/mem).
@@ -473,6 +494,25 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// process_vm_readv reads what a process holds at an address (our own here), and says
+    /// so when it cannot (an unmapped page).
+    #[test]
+    fn memory_is_read_whole_or_not_at_all() {
+        let here: [u8; 7] = *b"stalls!";
+        let mut read = [0u8; 7];
+        assert!(read_memory(
+            std::process::id(),
+            here.as_ptr() as u64,
+            &mut read
+        ));
+        assert_eq!(&read, b"stalls!");
+        assert!(
+            !read_memory(std::process::id(), 8, &mut read),
+            "page 0 is not mapped"
+        );
+        assert!(!read_memory(u32::MAX, here.as_ptr() as u64, &mut read));
+    }
 
     /// A blocked thread's line names its syscall, stack and instruction pointers; a running
     /// thread or one in user space has none.

@@ -316,7 +316,9 @@ mod tests {
         let mut burst = Batch::new(&shared);
         burst.push(&vec![1; SPARE_MAX_BYTES + 1]);
         drop(burst);
-        let many: Vec<Batch> = (0..SPARE_BUFFERS + 3).map(|_| Batch::new(&shared)).collect();
+        let many: Vec<Batch> = (0..SPARE_BUFFERS + 3)
+            .map(|_| Batch::new(&shared))
+            .collect();
         drop(many);
         let spare = shared.spare.lock().expect("not poisoned");
         assert!(spare.len() <= SPARE_BUFFERS);
