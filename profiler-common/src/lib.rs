@@ -42,6 +42,21 @@ pub mod kind {
     pub const LATE_STACKS: u32 = 13;
 }
 
+/// Indices into the per-CPU `KSTACK_STATS` counter array: how the kernel stacks of
+/// switch-outs and wakers were had (see `KSTACK_REUSE` in the eBPF programs).
+pub mod kstack_stat {
+    /// Walked by the kernel (`bpf_get_stackid`): no reuse possible or allowed.
+    pub const TAKEN: u32 = 0;
+    /// The stack id taken last at the same place, reused without a walk.
+    pub const REUSED: u32 = 1;
+    /// Walked again to check a place's reused id.
+    pub const VERIFIED: u32 = 2;
+    /// Checks that found another stack: that place is walked every time from then on.
+    pub const DIFFERED: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
 /// Indices into the per-CPU `DROPS` counter array: every place the kernel side gives up on data.
 pub mod drop {
     /// The ring buffer was full; the event was lost.

@@ -23,7 +23,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{fentry, fexit, map, perf_event, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, RawTracePointContext, TracePointContext,
         tracing::StackIdContext,
@@ -37,7 +37,7 @@ use profiler_common::{
     PY_FRAME_ENTRY, PY_FRAME_OWNER_NOT_CODE, PY_STACK_COPIED, PY_STACK_HEADER_SIZE, PyFrame,
     PyProcess, PyStackCopy, PyStackHeader, STACK_REPEAT_PROBE, STACK_REPEATED, SWITCH_IN_UNTRACED,
     TaskOffsets, TracepointOffsets, USER_STACK_COPIED, UserStackCopy, UserStackHeader, drop,
-    is_runtime_worker, kind, matching, syscall_nr::FUTEX, wait_mark,
+    is_runtime_worker, kind, kstack_stat, matching, syscall_nr::FUTEX, wait_mark,
 };
 
 #[unsafe(no_mangle)]
@@ -359,6 +359,204 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, drop_counter: u32) -> i32 {
     }
 }
 
+/// Where a kernel stack is taken: the hooks' own frames differ, and so how many of them the
+/// walk skips (see `kstack_skip`).
+mod kstack_site {
+    pub const SWITCH_OUT: u32 = 0;
+    pub const WAKER: u32 = 1;
+}
+
+/// How many innermost frames a kernel stack walk at `site` skips: our programs' own (the
+/// sched_switch program and its switch-out subprogram; the sched_waking program). Their
+/// return addresses differ wherever the compiler copied the call, which would make one place
+/// give several stack ids; the agent drops these frames anyway (`without_probe_frames`), so
+/// skipping one too many (a `bpf_trace_run`) loses nothing of the target's.
+#[inline(always)]
+fn kstack_skip(site: u32) -> u64 {
+    if site == kstack_site::WAKER { 1 } else { 2 }
+}
+
+/// A place a followed process's kernel stack was taken: its syscall (`orig_ax`, -1 outside
+/// one), where its user code made it (the saved user ip), and where the syscall's handler
+/// returns to in `do_syscall_64` and how far above the hook that return address sits (see
+/// `kstack_anchor`). The same syscall from the same user instruction through frames adding
+/// up to the same size has, but for a rare coincidence, the same kernel stack (checked, see
+/// `kernel_stack_id`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KstackPlace {
+    tgid: u32,
+    site: u32,
+    syscall: u64,
+    user_ip: u64,
+    anchor: u64,
+    anchor_offset: u64,
+}
+
+/// How much of the task stack above a raw tracepoint's arguments is searched for the return
+/// into `do_syscall_64`: deeper paths are walked every time.
+const KSTACK_WINDOW: usize = 2048;
+const KSTACK_WINDOW_WORDS: usize = KSTACK_WINDOW / 8;
+
+#[map]
+static KSTACK_SCRATCH: PerCpuArray<[u64; KSTACK_WINDOW_WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// `do_syscall_64`'s code, from /proc/kallsyms (both 0: unknown, or reuse off by
+/// `STALLSCOPE_KSTACK_REUSE=0`: every kernel stack walked).
+#[unsafe(no_mangle)]
+static SYSCALL_TEXT_START: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_TEXT_END: Global<u64> = Global::new(0);
+
+/// The stack id last taken at a place, and how often it was reused since (`KSTACK_UNSTABLE`:
+/// a check found another stack there, so it is walked every time).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KstackSeen {
+    id: i32,
+    uses: u32,
+}
+
+const KSTACK_UNSTABLE: u32 = u32::MAX;
+
+/// Kernel stacks reused at switch-outs and wakers' wake-ups. Walking ~20 kernel frames
+/// (`bpf_get_stackid`, ORC) is ~2 µs, two thirds of a followed switch-out's cost, and a
+/// thread blocks in the same few places again and again. Stack ids stay valid: STACKS never
+/// evicts (no `BPF_F_REUSE_STACKID`).
+#[map]
+static KSTACK_REUSE: LruHashMap<KstackPlace, KstackSeen> = LruHashMap::with_max_entries(8192, 0);
+
+#[map]
+static KSTACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kstack_stat::COUNT, 0);
+
+#[inline(always)]
+fn count_kstack(index: u32) {
+    if let Some(counter) = KSTACK_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, see count_drop.
+        unsafe { *counter += 1 }
+    }
+}
+
+/// The place the current task's kernel stack would be taken at, None when the hook's
+/// arguments are not on the task's own stack (a classic tracepoint's record, a waker in an
+/// interrupt), outside a 64-bit syscall, or the stack is unreadable.
+#[inline(always)]
+fn kstack_place<C: StackIdContext>(ctx: &C, tgid: u32, site: u32) -> Option<KstackPlace> {
+    let regs = compat::user_regs();
+    if regs.is_null() {
+        return None;
+    }
+    // A raw tracepoint's arguments are an array on its caller's frame, on the task's stack,
+    // whose top holds the saved user registers. The addresses pass through `opaque` (the
+    // verifier forbids arithmetic on pointers).
+    let args = ctx.as_ptr() as *const u64;
+    let depth = opaque(regs as i64) - opaque(args as i64);
+    if !(64..16384).contains(&depth) {
+        return None;
+    }
+    // SAFETY: probe read of kernel memory; failure handled. orig_ax and ip are adjacent.
+    let saved: [u64; 2] =
+        unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX).cast()) }.ok()?;
+    let (anchor_offset, anchor) = kstack_anchor(args, depth as u64)?;
+    Some(KstackPlace {
+        tgid,
+        site,
+        syscall: saved[0],
+        user_ip: saved[1],
+        anchor,
+        anchor_offset,
+    })
+}
+
+/// The first return address into `do_syscall_64` above `args` (its word index, and itself),
+/// never reading past the saved registers `depth` bytes up. Why not simply the depth: with
+/// randomize_kstack_offset each syscall's frames start up to 1 KiB lower, below the syscall
+/// entry's frame; the frames from the hook up to that return address do not move relative
+/// to each other.
+#[inline(always)]
+fn kstack_anchor(args: *const u64, depth: u64) -> Option<(u64, u64)> {
+    let (start, end) = (SYSCALL_TEXT_START.load(), SYSCALL_TEXT_END.load());
+    if start == 0 {
+        return None;
+    }
+    let scratch = KSTACK_SCRATCH.get_ptr_mut(0)?;
+    let len = depth.min(KSTACK_WINDOW as u64) & !7;
+    if len == 0 || len > KSTACK_WINDOW as u64 {
+        return None;
+    }
+    // SAFETY: probe read of at most KSTACK_WINDOW bytes (bounded above) into the per-CPU
+    // scratch of that size; failure handled.
+    let read = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(scratch.cast(), len as u32, args.cast())
+    };
+    if read != 0 {
+        return None;
+    }
+    // SAFETY: per-CPU scratch, filled above.
+    let words = unsafe { &*scratch };
+    for index in 0..KSTACK_WINDOW_WORDS {
+        if (index as u64) * 8 >= len {
+            break;
+        }
+        let word = words[index];
+        if word > start && word < end {
+            return Some((index as u64, word));
+        }
+    }
+    None
+}
+
+/// Whether the `uses`-th reuse of a place walks the stack again to check it: the first three,
+/// then one in 16.
+#[inline(always)]
+fn kstack_check_due(uses: u32) -> bool {
+    uses <= 3 || uses % 16 == 0
+}
+
+/// The current thread's kernel stack id at a switch-out or a waker's wake-up, reused from the
+/// last walk at the same place (see `KstackPlace`) when there was one. Some reuses walk it
+/// again: a place whose stack turns out to differ is walked every time from then on, so at
+/// most 15 events of a place whose stacks vary get the stack seen there before.
+#[inline(always)]
+fn kernel_stack_id<C: StackIdContext>(ctx: &C, tgid: u32, site: u32) -> i32 {
+    let Some(place) = kstack_place(ctx, tgid, site) else {
+        count_kstack(kstack_stat::TAKEN);
+        return stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
+    };
+    if let Some(seen) = KSTACK_REUSE.get_ptr_mut(&place) {
+        // SAFETY: pointer into the map's value, valid for this program run.
+        let seen = unsafe { &mut *seen };
+        if seen.uses == KSTACK_UNSTABLE {
+            count_kstack(kstack_stat::TAKEN);
+            return stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
+        }
+        // Kept below the mark, and past the first checks, however long it runs.
+        seen.uses = if seen.uses >= 1 << 30 {
+            16
+        } else {
+            seen.uses + 1
+        };
+        if !kstack_check_due(seen.uses) {
+            count_kstack(kstack_stat::REUSED);
+            return seen.id;
+        }
+        count_kstack(kstack_stat::VERIFIED);
+        let id = stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
+        if id != seen.id {
+            seen.uses = KSTACK_UNSTABLE;
+            count_kstack(kstack_stat::DIFFERED);
+        }
+        return id;
+    }
+    count_kstack(kstack_stat::TAKEN);
+    let id = stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
+    if id != NO_STACK {
+        let _ = KSTACK_REUSE.insert(&place, &KstackSeen { id, uses: 0 }, 0);
+    }
+    id
+}
+
 /// The current task's `sched_info.last_arrival` (runqueue clock; 0 when unknown).
 #[inline(always)]
 fn current_arrival() -> u64 {
@@ -477,7 +675,12 @@ fn stacks<C: StackIdContext>(
     syscall: i32,
     slot: u32,
 ) -> (i32, i32, bool) {
-    let kernel = stack_id(ctx, 0, drop::KERNEL_STACK);
+    // Slot 0 is a switch-out's: its kernel stack is one of few places (a sample's is not).
+    let kernel = if slot == 0 {
+        kernel_stack_id(ctx, pid, kstack_site::SWITCH_OUT)
+    } else {
+        stack_id(ctx, 0, drop::KERNEL_STACK)
+    };
     let copied = !is_idle_wait(syscall as i64) && copy_user_stack(pid, tid, slot);
     let user = if copied {
         NO_STACK
@@ -1209,7 +1412,7 @@ fn switch_out<C: StackIdContext>(ctx: &C, tgid: u32, tid: u32, prev_state: i64) 
             && unsafe { PY_PROCS.get(&tgid) }.is_none()
             && defer_stacks(tid, now);
         if late {
-            event.kernel_stack_id = stack_id(ctx, 0, drop::KERNEL_STACK);
+            event.kernel_stack_id = kernel_stack_id(ctx, tgid, kstack_site::SWITCH_OUT);
             event.arg1 |= LATE_STACKS_PENDING;
             if let Some(holder) = python_gil_holder(tgid, tid, blocked_in) {
                 event.arg1 |= GIL_HELD_BY_OTHER;
@@ -1305,7 +1508,7 @@ fn on_wakeup<C: StackIdContext>(
         // sched_waking runs in the waker's context: its stacks say what released the sleeper
         // (the code that unlocked the mutex, wrote to the pipe, ...). A followed waker's user
         // stack is copied for full unwinding (libc's wrappers keep no frame pointer).
-        event.kernel_stack_id = stack_id(ctx, 0, drop::KERNEL_STACK);
+        event.kernel_stack_id = kernel_stack_id(ctx, waker_tgid, kstack_site::WAKER);
         if is_followed_pid(waker_tgid) && copy_user_stack(waker_tgid, waker_tid, 2) {
             event.arg1 = USER_STACK_COPIED;
         } else {

@@ -263,6 +263,7 @@ pub fn load_options(
             config.threshold_ns / profiler_common::LATE_STACK_FRACTION
         },
         task_stack_offset: stack_offset(&kernel),
+        syscall_text: syscall_text(),
         trampolines: trampolines(),
         syscall_hooks: syscall_hooks(),
         features: kernel,
@@ -290,6 +291,16 @@ fn fsbase_offset() -> u32 {
 /// Their time is still counted, with the sleeper's own switch-out stack. Futex waits (locks, the
 /// GIL) always get their waker's stacks: a contended lock is many short waits.
 const WAKER_STACK_FRACTION: u64 = 100;
+
+/// Where `do_syscall_64` is, for reusing kernel stacks taken at the same place; (0, 0) when
+/// /proc/kallsyms hides it (every kernel stack is then walked) or with
+/// `STALLSCOPE_KSTACK_REUSE=0` (exact, for measuring what reuse saves).
+fn syscall_text() -> (u64, u64) {
+    if std::env::var_os("STALLSCOPE_KSTACK_REUSE").is_some_and(|v| v == "0") {
+        return (0, 0);
+    }
+    crate::system::kallsyms::syscall_entry_text().unwrap_or((0, 0))
+}
 
 /// `STALLSCOPE_EAGER_STACKS=1`: stacks at every preemption and for every waker, as before late
 /// capture (to measure what it saves).
@@ -521,10 +532,24 @@ async fn event_loop(
     };
     read_to_the_end(session, probes, &mut ring).await;
     session.flush(probes);
+    log_kstack_stats(probes);
     if reason == StopReason::Signal {
         abort_on_second_interrupt(session.stalls.len());
     }
     Ok(reason)
+}
+
+/// How many kernel stacks were walked and how many reused (`RUST_LOG=info`, for the benches).
+pub fn log_kstack_stats(probes: &Probes) {
+    use profiler_common::kstack_stat;
+    let stats = probes.kstack_stats();
+    log::info!(
+        "kernel stacks at switch-outs and wakers: {} walked, {} reused, {} checks, {} differed",
+        stats[kstack_stat::TAKEN as usize],
+        stats[kstack_stat::REUSED as usize],
+        stats[kstack_stat::VERIFIED as usize],
+        stats[kstack_stat::DIFFERED as usize],
+    );
 }
 
 /// Says so, live, when the kernel drops events (at most once per tick, and only when the count

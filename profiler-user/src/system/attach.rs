@@ -19,7 +19,8 @@ use aya::{
 };
 use profiler_common::{
     COMPAT_PY_FRAMES, FIELD_ABSENT, MATCH_PATTERN_BYTES, MAX_MATCH_CGROUPS, MAX_MATCH_PATTERNS,
-    MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, matching, wait_mark,
+    MatchPattern, PyProcess, TaskOffsets, TracepointOffsets, drop, kstack_stat, matching,
+    wait_mark,
 };
 
 use crate::system::features::KernelFeatures;
@@ -58,6 +59,9 @@ pub struct LoadOptions {
     /// when it leaves the call, if it was off-CPU at least this long (ns). Only with the full
     /// programs; the compat build copies them at switch-out.
     pub late_min_ns: u64,
+    /// Where `do_syscall_64`'s code is (start, end), to reuse a kernel stack id taken before
+    /// at the same place (see `KSTACK_REUSE` in the programs); (0, 0) walks every one.
+    pub syscall_text: (u64, u64),
     /// Try BPF trampolines (fentry/fexit) before the syscall tracepoints (see `load`).
     pub trampolines: bool,
     /// Programs on syscalls at all (false only to measure the scheduler hooks' cost alone).
@@ -149,6 +153,7 @@ pub struct Probes {
     followed_tids: HashMap<MapData, u32, u32>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
+    kstack_stats: PerCpuArray<MapData, u64>,
     py_procs: HashMap<MapData, u32, PyProcess>,
     match_cgroups: HashMap<MapData, u64, u32>,
     /// The loaded programs walk Python frames (not the compat build without a walk).
@@ -215,6 +220,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         .override_global("TASK_ARRIVAL_OFFSET", &options.task_arrival_offset, true)
         .override_global("WAKER_MIN_BLOCKED_NS", &options.waker_min_blocked_ns, true)
         .override_global("EAGER_STACKS", &u32::from(options.eager_stacks), true)
+        .override_global("SYSCALL_TEXT_START", &options.syscall_text.0, true)
+        .override_global("SYSCALL_TEXT_END", &options.syscall_text.1, true)
         .override_global(
             "TASK",
             &options.task_offsets.unwrap_or(TaskOffsets::UNSET),
@@ -375,6 +382,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
         followed_tids: take(&mut ebpf, "FOLLOWED_TIDS")?,
         stacks: take(&mut ebpf, "STACKS")?,
         drops: take(&mut ebpf, "DROPS")?,
+        kstack_stats: take(&mut ebpf, "KSTACK_STATS")?,
         py_procs: take(&mut ebpf, "PY_PROCS")?,
         python_walk: options.features.full() || COMPAT_PY_FRAMES != 0,
         logger,
@@ -729,14 +737,25 @@ impl Probes {
 
     /// Kernel-side drop counters, summed over CPUs, indexed by `profiler_common::drop`.
     pub fn drops(&self) -> [u64; drop::COUNT as usize] {
-        let mut totals = [0u64; drop::COUNT as usize];
-        for (index, total) in totals.iter_mut().enumerate() {
-            if let Ok(values) = self.drops.get(&(index as u32), 0) {
-                *total = values.iter().sum();
-            }
-        }
-        totals
+        summed(&self.drops)
     }
+
+    /// How the kernel stacks of switch-outs and wakers were had, summed over CPUs, indexed
+    /// by `profiler_common::kstack_stat`.
+    pub fn kstack_stats(&self) -> [u64; kstack_stat::COUNT as usize] {
+        summed(&self.kstack_stats)
+    }
+}
+
+/// Every counter of a per-CPU array, summed over CPUs (0 for one that cannot be read).
+fn summed<const N: usize>(counters: &PerCpuArray<MapData, u64>) -> [u64; N] {
+    let mut totals = [0u64; N];
+    for (index, total) in totals.iter_mut().enumerate() {
+        if let Ok(values) = counters.get(&(index as u32), 0) {
+            *total = values.iter().sum();
+        }
+    }
+    totals
 }
 
 #[cfg(test)]

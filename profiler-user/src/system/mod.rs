@@ -5,6 +5,7 @@ pub mod attach;
 pub mod btf;
 pub mod cgroup;
 pub mod features;
+pub mod kallsyms;
 pub mod privileges;
 pub mod procfs;
 pub mod ring_reader;
