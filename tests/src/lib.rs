@@ -424,8 +424,18 @@ impl Agent {
 
     /// As [`Agent::record`], with the agent pinned to one CPU (as `taskset -c CPU` would).
     pub fn record_on(args: &[&str], out_dir: &Path, cpu: Option<usize>) -> Self {
+        Self::start(args, out_dir, cpu, &[])
+    }
+
+    /// As [`Agent::record`], with these environment variables set for the agent.
+    pub fn record_with_env(args: &[&str], out_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start(args, out_dir, None, env)
+    }
+
+    fn start(args: &[&str], out_dir: &Path, cpu: Option<usize>, env: &[(&str, &str)]) -> Self {
         require_root();
         let mut command = Command::new(agent_bin());
+        command.envs(env.iter().copied());
         if let Some(cpu) = cpu {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.

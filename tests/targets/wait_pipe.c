@@ -4,8 +4,12 @@
  * write_after_delay(), sleeps 250 ms and then writes one byte: an off-CPU stall in `read` whose
  * waker is the writer.
  *
+ * With an argument N, each SIGUSR1 first runs N quick rounds of the same read (the writer writes
+ * at once), so the planted read blocks at a place the loop has blocked at many times before
+ * (kernel stacks are reused there).
+ *
  * Prints "ready" once set up, then "planted read START_NS END_NS" (CLOCK_MONOTONIC) around each
- * blocking read; exits by itself after 15 s.
+ * planted blocking read; exits by itself after 15 s.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -27,6 +31,7 @@
 
 static int go_efd, pipe_fds[2];
 volatile int rounds;
+static volatile long delay_ms = DELAY_MS;
 
 static void notify(int fd) {
     uint64_t one = 1;
@@ -52,7 +57,7 @@ static void *writer_main(void *arg) {
     pthread_setname_np(pthread_self(), "writer");
     for (;;) {
         drain(go_efd);
-        write_after_delay(DELAY_MS);
+        write_after_delay(delay_ms);
     }
     return NULL;
 }
@@ -64,7 +69,8 @@ __attribute__((noinline)) void read_from_pipe(void) {
     rounds++;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int warmups = argc > 1 ? atoi(argv[1]) : 0;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);
@@ -91,6 +97,12 @@ int main(void) {
             } else if (fd == sfd) {
                 struct signalfd_siginfo info;
                 if (read(sfd, &info, sizeof info) != sizeof info) abort();
+                delay_ms = 0;
+                for (int w = 0; w < warmups; w++) {
+                    notify(go_efd);
+                    read_from_pipe();
+                }
+                delay_ms = DELAY_MS;
                 long long start = now_ns();
                 notify(go_efd);
                 read_from_pipe();

@@ -296,6 +296,73 @@ fn blocking_read_names_the_writer() {
     }
 }
 
+/// The planted read blocks where the loop has blocked 40 times just before, so its kernel stack
+/// at switch-out is the one reused from that place (the agent's counts, logged at info, say
+/// reuse happened and no check found a different stack there): it must still be the pipe read's,
+/// with the same syscall, user frames and waker as a walked one.
+#[test]
+fn reused_kernel_stack_is_the_blocking_reads() {
+    require_root();
+    let mut target = start_target("wait_pipe", &["40"]);
+    let pid = target.pid();
+    let out = scratch_dir("why-pipe-reused");
+    let agent = Agent::record_with_env(
+        &["--pid", &pid.to_string(), "--threshold", "100ms"],
+        &out,
+        &[("RUST_LOG", "info")],
+    );
+    let planted: Vec<Planted> = (1..=ROUNDS).map(|r| trigger(&mut target, r)).collect();
+    let (result, json) = stop(agent);
+
+    let counts = result
+        .stderr
+        .iter()
+        .find_map(|l| {
+            l.split_once("kernel stacks at switch-outs and wakers: ")
+                .map(|(_, c)| c)
+        })
+        .unwrap_or_else(|| panic!("no kernel stack counts logged: {:#?}", result.stderr));
+    let count = |what: &str| -> u64 {
+        counts
+            .split(", ")
+            .find_map(|part| part.strip_suffix(what)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{what}` count in {counts:?}"))
+    };
+    eprintln!("kernel stacks: {counts}");
+    assert!(
+        count(" reused") >= 40,
+        "the repeated reads reused their kernel stack: {counts}"
+    );
+    assert_eq!(
+        count(" differed"),
+        0,
+        "no check found another stack at a place: {counts}"
+    );
+    for truth in &planted {
+        let stall = stall_for(&result, &json, pid, truth);
+        let top = dominant_code_stack(stall);
+        assert_eq!(top["syscall"], "read", "{top:#}");
+        let kernel = kernel_function_names(top);
+        assert!(
+            kernel.iter().any(|n| n.contains("pipe_read")),
+            "the reused kernel stack is the pipe read's: {kernel:?}"
+        );
+        assert!(
+            !kernel
+                .iter()
+                .any(|n| n.contains("nanosleep") || n.contains("ep_poll") || n.starts_with("bpf_")),
+            "nothing of another place, nor of our programs: {kernel:?}"
+        );
+        assert!(
+            user_function_names(top)
+                .iter()
+                .any(|n| n == "read_from_pipe"),
+            "{top:#}"
+        );
+        assert_eq!(top["waker"]["comm"], "writer", "{top:#}");
+    }
+}
+
 #[test]
 fn waiting_for_a_cpu_is_runqueue_time() {
     require_root();

@@ -2,7 +2,8 @@
 //! side in one run, interleaved, for the before/after of the levers of issue #16. The variants
 //! are this build at default settings, this build with a lever switched back off by its
 //! environment switch (`STALLSCOPE_EAGER_STACKS=1`: stacks copied at every switch-out as
-//! before; `STALLSCOPE_CLASSIC_TRACEPOINTS=1`: classic sched tracepoints), at 999 Hz, and the
+//! before; `STALLSCOPE_CLASSIC_TRACEPOINTS=1`: classic sched tracepoints;
+//! `STALLSCOPE_KSTACK_REUSE=0`: every kernel stack walked), at 999 Hz, and the
 //! agent binary BASE when given. Writes `bench/SIDE_BY_SIDE.md` (`--quick`:
 //! `target/bench/COMPARE.md`). Each measure is a ratio or a
 //! figure with its min-max spread over rounds:
@@ -47,6 +48,7 @@ struct Variant {
 
 const EAGER: (&str, &str) = ("STALLSCOPE_EAGER_STACKS", "1");
 const CLASSIC: (&str, &str) = ("STALLSCOPE_CLASSIC_TRACEPOINTS", "1");
+const WALK_ALL: (&str, &str) = ("STALLSCOPE_KSTACK_REUSE", "0");
 /// No program on any syscall: what a bystander pays per switch alone (not a usable recording).
 const SCHEDULER_ONLY: (&str, &str) = ("STALLSCOPE_SYSCALL_HOOKS", "0");
 
@@ -92,6 +94,11 @@ fn default_variant() -> Variant {
     this_build("default", &[], &[])
 }
 
+/// Every kernel stack walked, none reused from the same place.
+fn walk_all() -> Variant {
+    this_build("kernel stacks walked", &[WALK_ALL], &[])
+}
+
 /// Both levers off: the hooks and stack capture as they were before issue #16 (the per-syscall
 /// tracepoints stay: they have no switch).
 fn levers_off() -> Variant {
@@ -104,7 +111,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
     let base = compare.base.as_deref();
     let load = output(Command::new("cat").arg("/proc/loadavg")).unwrap_or_default();
     let mut text = format!(
-        "# stallscope: variants side by side\n\nMachine: {}; load average at the start: {}.{}\n\nVariants: this build (`{}`) at default settings; with `{}=1` (stacks copied at every switch-out, as before the late-stacks lever); with `{}=1` (classic sched tracepoints, as before the raw-tracepoint lever); with both; at `--freq 999`; and `stallscope watch --pid` (the always-on monitor){}. Spreads are min-max over rounds; rounds are interleaved, the order rotated each round.\n",
+        "# stallscope: variants side by side\n\nMachine: {}; load average at the start: {}.{}\n\nVariants: this build (`{}`) at default settings; with `{}=1` (stacks copied at every switch-out, as before the late-stacks lever); with `{}=1` (classic sched tracepoints, as before the raw-tracepoint lever); with `{}=0` (every kernel stack walked, as before their reuse); with the first two; at `--freq 999`; and `stallscope watch --pid` (the always-on monitor){}. Spreads are min-max over rounds; rounds are interleaved, the order rotated each round.\n",
         super::machine_line(),
         load.split_whitespace()
             .take(3)
@@ -118,6 +125,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
         super::default_agent_path().display(),
         EAGER.0,
         CLASSIC.0,
+        WALK_ALL.0,
         base.map_or(String::new(), |b| format!("; and BASE `{}`", b.display())),
     );
     eprintln!("bench: side by side: unfollowed ping-pong");
@@ -136,6 +144,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
             default_variant(),
             this_build("eager stacks", &[EAGER], &[]),
             this_build("classic tracepoints", &[CLASSIC], &[]),
+            walk_all(),
             levers_off(),
             watch_variant(),
         ],
@@ -148,6 +157,7 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
             vec![
                 default_variant(),
                 this_build("`--freq 999`", &[], &["--freq", "999"]),
+                walk_all(),
                 levers_off(),
                 watch_variant(),
             ],
