@@ -225,6 +225,18 @@ fn opaque(value: i64) -> i64 {
     }
 }
 
+/// A pointer's address as a number the verifier knows nothing about (see `opaque`), for
+/// arithmetic it forbids on pointers; None (never the pointer itself) if the slot is missing.
+#[inline(always)]
+fn address<T>(pointer: *const T) -> Option<i64> {
+    let slot = OPAQUE.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, see count_drop; written then read back at once.
+    unsafe {
+        core::ptr::write_volatile(slot, pointer as i64);
+        Some(core::ptr::read_volatile(slot))
+    }
+}
+
 #[inline(always)]
 fn count_drop(index: u32) {
     if let Some(counter) = DROPS.get_ptr_mut(index) {
@@ -448,10 +460,9 @@ fn kstack_place<C: StackIdContext>(ctx: &C, tgid: u32, site: u32) -> Option<Ksta
         return None;
     }
     // A raw tracepoint's arguments are an array on its caller's frame, on the task's stack,
-    // whose top holds the saved user registers. The addresses pass through `opaque` (the
-    // verifier forbids arithmetic on pointers).
+    // whose top holds the saved user registers.
     let args = ctx.as_ptr() as *const u64;
-    let depth = opaque(regs as i64) - opaque(args as i64);
+    let depth = address(regs)? - address(args)?;
     if !(64..16384).contains(&depth) {
         return None;
     }
