@@ -128,6 +128,8 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
         WALK_ALL.0,
         base.map_or(String::new(), |b| format!("; and BASE `{}`", b.display())),
     );
+    // bpftrace runs in the first part already (wrk and py-spy only for the HTTP services).
+    let tools = tools::ensure(&dir)?;
     eprintln!("bench: side by side: unfollowed ping-pong");
     let hooks = with_base(
         vec![
@@ -152,7 +154,6 @@ pub fn run(opts: &Options, compare: &CompareOptions) -> Result<()> {
     );
     text.push_str(&followed(opts, &dir, &levers)?);
     if compare.http_rounds > 0 {
-        let tools = tools::ensure(&dir)?;
         let http_variants = with_base(
             vec![
                 default_variant(),
