@@ -324,6 +324,9 @@ fn setup_rust_src() -> Result<()> {
     }
 }
 
+/// The bpf-linker the eBPF programs were last verified with on every tested kernel.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
 fn setup_bpf_linker() -> Result<()> {
     if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
         eprintln!("setup: ok: {} present", version.trim());
@@ -337,6 +340,9 @@ fn setup_bpf_linker() -> Result<()> {
             .args([
                 "install",
                 "bpf-linker",
+                // Pinned: the programs' verifier budgets depend on its code generation.
+                "--version",
+                BPF_LINKER_VERSION,
                 "--locked",
                 "--no-default-features",
                 "--features",
