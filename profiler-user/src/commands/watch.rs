@@ -488,6 +488,7 @@ async fn event_loop(
     }
     record::read_to_the_end(session, probes, &mut ring).await;
     session.flush(probes);
+    record::log_kstack_stats(probes);
     Ok(())
 }
 
