@@ -28,6 +28,7 @@ pub fn probe(developer: bool) -> Facts {
         perf_event_paranoid: fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
             .ok()
             .and_then(|s| s.trim().parse().ok()),
+        syscall_entry: crate::system::kallsyms::syscall_entry_text(),
         developer: developer.then(probe_developer),
     }
 }
