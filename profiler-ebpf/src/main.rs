@@ -215,24 +215,23 @@ static OPAQUE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 /// number again, as a map lookup's result always was, and the programs stay verifiable.
 #[inline(always)]
 fn opaque(value: i64) -> i64 {
-    match OPAQUE.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, see count_drop; written then read back at once.
-        Some(slot) => unsafe {
-            core::ptr::write_volatile(slot, value);
-            core::ptr::read_volatile(slot)
-        },
-        None => value,
-    }
+    forget(value).unwrap_or(value)
 }
 
 /// A pointer's address as a number the verifier knows nothing about (see `opaque`), for
 /// arithmetic it forbids on pointers; None (never the pointer itself) if the slot is missing.
 #[inline(always)]
 fn address<T>(pointer: *const T) -> Option<i64> {
+    forget(pointer as i64)
+}
+
+/// `value` written to the `OPAQUE` slot and read back: what the verifier knew of it is gone.
+#[inline(always)]
+fn forget(value: i64) -> Option<i64> {
     let slot = OPAQUE.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, see count_drop; written then read back at once.
     unsafe {
-        core::ptr::write_volatile(slot, pointer as i64);
+        core::ptr::write_volatile(slot, value);
         Some(core::ptr::read_volatile(slot))
     }
 }
@@ -527,45 +526,48 @@ fn kstack_check_due(uses: u32) -> bool {
 
 /// The current thread's kernel stack id at a switch-out or a waker's wake-up, reused from the
 /// last walk at the same place (see `KstackPlace`) when there was one. Some reuses walk it
-/// again: a place whose stack turns out to differ is walked every time from then on, so at
-/// most 15 events of a place whose stacks vary get the stack seen there before.
+/// again (`kstack_check_due`): a place where a check finds another stack is walked every time
+/// from then on; between two checks, an event whose path differs gets the place's stack.
 #[inline(always)]
 fn kernel_stack_id<C: StackIdContext>(ctx: &C, tgid: u32, site: u32) -> i32 {
     let Some(place) = kstack_place(ctx, tgid, site) else {
-        count_kstack(kstack_stat::TAKEN);
-        return stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
+        return walk_kernel_stack(ctx, site, kstack_stat::TAKEN);
     };
-    if let Some(seen) = KSTACK_REUSE.get_ptr_mut(&place) {
-        // SAFETY: pointer into the map's value, valid for this program run.
-        let seen = unsafe { &mut *seen };
-        if seen.uses == KSTACK_UNSTABLE {
-            count_kstack(kstack_stat::TAKEN);
-            return stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
-        }
-        // Kept below the mark, and past the first checks, however long it runs.
-        seen.uses = if seen.uses >= 1 << 30 {
-            16
-        } else {
-            seen.uses + 1
-        };
-        if !kstack_check_due(seen.uses) {
-            count_kstack(kstack_stat::REUSED);
-            return seen.id;
-        }
-        count_kstack(kstack_stat::VERIFIED);
-        let id = stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
-        if id != seen.id {
-            seen.uses = KSTACK_UNSTABLE;
-            count_kstack(kstack_stat::DIFFERED);
+    let Some(seen) = KSTACK_REUSE.get_ptr_mut(&place) else {
+        let id = walk_kernel_stack(ctx, site, kstack_stat::TAKEN);
+        if id != NO_STACK {
+            let _ = KSTACK_REUSE.insert(&place, &KstackSeen { id, uses: 0 }, 0);
         }
         return id;
+    };
+    // SAFETY: pointer into the map's value, valid for this program run.
+    let seen = unsafe { &mut *seen };
+    if seen.uses == KSTACK_UNSTABLE {
+        return walk_kernel_stack(ctx, site, kstack_stat::TAKEN);
     }
-    count_kstack(kstack_stat::TAKEN);
-    let id = stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK);
-    if id != NO_STACK {
-        let _ = KSTACK_REUSE.insert(&place, &KstackSeen { id, uses: 0 }, 0);
+    // Kept below the mark, and past the first checks, however long it runs.
+    seen.uses = if seen.uses >= 1 << 30 {
+        16
+    } else {
+        seen.uses + 1
+    };
+    if !kstack_check_due(seen.uses) {
+        count_kstack(kstack_stat::REUSED);
+        return seen.id;
+    }
+    let id = walk_kernel_stack(ctx, site, kstack_stat::VERIFIED);
+    if id != seen.id {
+        seen.uses = KSTACK_UNSTABLE;
+        count_kstack(kstack_stat::DIFFERED);
     }
     id
+}
+
+/// Walks the kernel stack at `site`, counted as `why` (`kstack_stat`).
+#[inline(always)]
+fn walk_kernel_stack<C: StackIdContext>(ctx: &C, site: u32, why: u32) -> i32 {
+    count_kstack(why);
+    stack_id(ctx, kstack_skip(site), drop::KERNEL_STACK)
 }
 
 /// The current task's `sched_info.last_arrival` (runqueue clock; 0 when unknown).

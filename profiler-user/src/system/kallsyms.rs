@@ -12,31 +12,30 @@ pub fn syscall_entry_text() -> Option<(u64, u64)> {
 }
 
 /// The code of text symbol `name` in a kallsyms listing: from its address to the next higher
-/// symbol's (the listing gives no sizes).
+/// symbol's (the listing gives no sizes, and is not sorted throughout).
 pub fn symbol_range(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
-    let mut start = None;
-    let mut addresses = Vec::new();
-    for line in kallsyms.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(address), Some(kind), Some(symbol)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let Ok(address) = u64::from_str_radix(address, 16) else {
-            continue;
-        };
-        if symbol == name && matches!(kind, "T" | "t") && fields.next().is_none() {
-            start = Some(address);
-        }
-        addresses.push(address);
-    }
-    let start = start.filter(|&address| address != 0)?;
-    let end = addresses
-        .into_iter()
+    let start = kallsyms
+        .lines()
+        .filter_map(parse_line)
+        .find(|&(_, kind, symbol, module)| symbol == name && matches!(kind, "T" | "t") && !module)
+        .map(|(address, ..)| address)
+        .filter(|&address| address != 0)?;
+    let end = kallsyms
+        .lines()
+        .filter_map(parse_line)
+        .map(|(address, ..)| address)
         .filter(|&address| address > start)
         .min()?;
     Some((start, end))
+}
+
+/// One kallsyms line: address, type, name, and whether a module's (`[module]` after it).
+fn parse_line(line: &str) -> Option<(u64, &str, &str, bool)> {
+    let mut fields = line.split_ascii_whitespace();
+    let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let kind = fields.next()?;
+    let symbol = fields.next()?;
+    Some((address, kind, symbol, fields.next().is_some()))
 }
 
 #[cfg(test)]
